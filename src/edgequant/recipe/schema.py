@@ -1,0 +1,231 @@
+"""Recipe: WHAT the user asked for, typed and validated, unknown keys rejected.
+
+A recipe mirrors every CLI flag of ``edgequant quantize``; a YAML file with the same keys (dashes
+or underscores) gives the same result as the flags.  The recipe never imports onnx: whether a
+setting fits a particular model is the planner's question, not this module's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from edgequant.errors import RecipeError
+
+Method = Literal["static", "dynamic", "fp16", "weight-only"]
+CalibMethod = Literal["minmax", "percentile", "entropy", "mse"]
+METHODS: tuple[str, ...] = get_args(Method)
+CALIB_METHODS: tuple[str, ...] = get_args(CalibMethod)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How raw data (images, video frames, CSV rows) becomes a model input."""
+
+    preset: str | None = None  # e.g. "imagenet"
+    resize: int | None = None  # shorter side, pixels
+    center_crop: int | None = None
+    channel_order: Literal["rgb", "bgr"] = "rgb"
+    layout: Literal["nchw", "nhwc"] = "nchw"
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    dtype: Literal["float32", "float16", "uint8", "int8", "int64", "int32"] = "float32"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    method: Method = "static"
+    weight_bits: int = 8
+    act_bits: int = 8
+    per_channel: bool = True
+    weight_symmetric: bool = True
+    act_symmetric: bool = False
+    act_signed: Literal["auto", "signed", "unsigned"] = "auto"
+    power_of_two: bool = False
+    block_size: int | None = None
+    calib_data: str | None = None
+    calib_method: CalibMethod = "minmax"
+    percentile: float = 99.99
+    calib_samples: int = 128
+    batch_size: int = 8
+    sampling: Literal["first", "random"] = "first"
+    seed: int = 0
+    exclude: tuple[str, ...] = ()  # node names, op types, or regular expressions ("re:...")
+    skip_first: bool = False
+    skip_last: bool = False
+    reduce_range: Literal["auto", "on", "off"] = "auto"
+    keep_io_types: bool = True
+    target: str = "cpu"
+    tag: str | None = None
+    input_map: dict[str, str] = field(default_factory=dict)
+    preprocess: Preprocess = field(default_factory=Preprocess)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise RecipeError(
+                f"unknown method '{self.method}'; allowed: {', '.join(METHODS)}.",
+                f"use one of {', '.join(METHODS)}" + _suggest(self.method, METHODS),
+            )
+        if self.calib_method not in CALIB_METHODS:
+            raise RecipeError(
+                f"unknown calibration method '{self.calib_method}'; allowed: {', '.join(CALIB_METHODS)}.",
+                f"use one of {', '.join(CALIB_METHODS)}" + _suggest(self.calib_method, CALIB_METHODS),
+            )
+        if self.weight_bits not in (2, 4, 8):
+            raise RecipeError(
+                f"weight bits {self.weight_bits} is impossible; allowed: 2, 4, 8.", "use --weight-bits 8, 4 or 2."
+            )
+        if self.act_bits not in (2, 4, 8, 16):
+            raise RecipeError(
+                f"activation bits {self.act_bits} is impossible; allowed: 4, 8, 16.", "use --act-bits 8 or 16."
+            )
+        if not 50.0 < self.percentile <= 100.0:
+            raise RecipeError(
+                f"percentile {self.percentile} is outside (50, 100].", "use a value such as 99.99."
+            )
+        if self.calib_samples < 1 or self.batch_size < 1:
+            raise RecipeError(
+                f"calib_samples ({self.calib_samples}) and batch_size ({self.batch_size}) must be >= 1.",
+                "use positive counts.",
+            )
+        if self.block_size is not None and (self.block_size < 16 or self.block_size & (self.block_size - 1)):
+            raise RecipeError(
+                f"block size {self.block_size} is not a power of two >= 16.", "use 32, 64 or 128."
+            )
+
+    @property
+    def default_tag(self) -> str:
+        if self.tag:
+            return self.tag
+        if self.method == "fp16":
+            return "fp16"
+        if self.method == "dynamic":
+            return "dynamic_int8" if self.weight_bits == 8 else f"dynamic_w{self.weight_bits}"
+        if self.method == "weight-only":
+            return f"w{self.weight_bits}" + (f"b{self.block_size}" if self.block_size else "")
+        if self.weight_bits == 8 and self.act_bits == 8:
+            return "int8"
+        return f"w{self.weight_bits}a{self.act_bits}"
+
+    def replace(self, **changes: Any) -> Recipe:
+        return from_dict({**to_dict(self), **changes})
+
+
+def _suggest(value: str, allowed: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(value), list(allowed), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against a type hint; return it in canonical form or raise RecipeError."""
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        options = get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for opt in options:
+            if opt is type(None):
+                continue
+            try:
+                return _coerce(value, opt, where)
+            except RecipeError as exc:
+                errors.append(exc.detail)
+        raise RecipeError(f"{where}: {errors[0] if errors else 'bad value'}", "see 'edgequant quantize --help'.")
+    if origin is Literal:
+        allowed = get_args(hint)
+        if value not in allowed:
+            raise RecipeError(
+                f"{where} = {value!r} is not allowed; allowed: {', '.join(map(str, allowed))}.",
+                f"use one of {', '.join(map(str, allowed))}" + _suggest(str(value), map(str, allowed)),
+            )
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise RecipeError(f"{where} must be a list, got {type(value).__name__}.", "write a YAML list.")
+        item = get_args(hint)[0]
+        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where} must be a mapping, got {type(value).__name__}.", "write a YAML mapping.")
+        return {str(k): _coerce(v, str, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where} must be a mapping, got {type(value).__name__}.", "write a YAML mapping.")
+        return _build(hint, value, where)  # type: ignore[arg-type]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise RecipeError(f"{where} must be true or false, got {value!r}.", "write true or false.")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RecipeError(f"{where} must be an integer, got {value!r}.", "write a whole number.")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise RecipeError(f"{where} must be a number, got {value!r}.", "write a number.")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise RecipeError(f"{where} must be a string, got {value!r}.", "quote the value.")
+        return value
+    raise RecipeError(f"{where}: unsupported type {hint}.", "report this as a bug.")
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for raw_key, value in data.items():
+        key = str(raw_key).replace("-", "_")
+        if key not in names:
+            raise RecipeError(
+                f"unknown key '{raw_key}' in {where}; allowed: {', '.join(sorted(names))}.",
+                "remove or rename the key" + _suggest(key, names) + ".",
+            )
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}" if where != "recipe" else key)
+    return cls(**kwargs)
+
+
+def from_dict(data: dict[str, Any]) -> Recipe:
+    """Build a Recipe from a mapping (YAML, JSON body, CLI flags); unknown keys are errors."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"a recipe must be a mapping, got {type(data).__name__}.", "write key: value pairs.")
+    recipe: Recipe = _build(Recipe, data, "recipe")
+    return recipe
+
+
+def to_dict(recipe: Recipe) -> dict[str, Any]:
+    out = dataclasses.asdict(recipe)
+    out["exclude"] = list(recipe.exclude)
+    pre = out["preprocess"]
+    for k in ("mean", "std"):
+        if pre[k] is not None:
+            pre[k] = list(pre[k])
+    return out
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read a YAML recipe file."""
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError(f"recipe file '{p}' does not exist.", "check the path given to --recipe.")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"recipe file '{p}' is not valid YAML: {exc}.", "fix the YAML syntax.") from exc
+    if data is None:
+        data = {}
+    return from_dict(data)

@@ -1,0 +1,126 @@
+"""Quantization parameters from ranges, and the quantize / dequantize arithmetic (numpy only).
+
+For a range ``[lo, hi]`` (always widened to contain 0 so that zero is exact, as padding needs):
+
+* asymmetric: ``s = (hi - lo) / (qmax - qmin)``, ``z = round(qmin - lo / s)`` clipped to the grid;
+* symmetric:  ``s = max(|lo|, |hi|) / ((qmax - qmin) / 2)``, ``z = 0`` (signed) or the grid centre
+  (unsigned, e.g. 128 for uint8).
+
+``power_of_two`` rounds ``s`` up to the next ``2**k`` (never down: rounding down would clip).
+Jacob et al., "Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only
+Inference", CVPR 2018, give the affine scheme; Krishnamoorthi, arXiv:1806.08342, the per-channel one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgequant.schemes.spec import Granularity, QuantSpec, ScaleRule
+
+_TINY = np.float32(1e-12)
+
+
+def qparams_from_range(
+    lo: np.ndarray | float, hi: np.ndarray | float, spec: QuantSpec
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scale (float32) and zero point (int64) for element-wise ranges ``lo``/``hi``."""
+    lo_a = np.minimum(np.asarray(lo, dtype=np.float64), 0.0)
+    hi_a = np.maximum(np.asarray(hi, dtype=np.float64), 0.0)
+    qmin, qmax = spec.qmin, spec.qmax
+    if spec.symmetric:
+        amax = np.maximum(np.abs(lo_a), np.abs(hi_a))
+        scale = amax / ((qmax - qmin) / 2.0)
+        centre = 0 if spec.signed else (qmax + qmin + 1) // 2
+        zero = np.full(scale.shape, centre, dtype=np.int64)
+    else:
+        scale = (hi_a - lo_a) / float(qmax - qmin)
+        zero = np.zeros(scale.shape, dtype=np.int64)
+    scale = np.where(scale <= 0, 1.0, scale)
+    scale = np.maximum(scale, float(_TINY))
+    if spec.scale_rule is ScaleRule.POWER_OF_TWO:
+        scale = np.exp2(np.ceil(np.log2(scale)))
+    if not spec.symmetric:
+        zero = np.clip(np.round(qmin - lo_a / scale), qmin, qmax).astype(np.int64)
+    return scale.astype(np.float32), zero
+
+
+def weight_ranges(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Min and max of a weight per tensor, per channel (``spec.axis``) or per block.
+
+    Per block, the result has the weight's shape with ``axis`` divided (rounded up) by block size,
+    which is the layout ONNX's blocked DequantizeLinear (opset 21) expects for its scale.
+    """
+    if spec.granularity is Granularity.PER_TENSOR:
+        return np.asarray(w.min()), np.asarray(w.max())
+    assert spec.axis is not None
+    axis = spec.axis % w.ndim
+    if spec.granularity is Granularity.PER_CHANNEL:
+        reduce = tuple(i for i in range(w.ndim) if i != axis)
+        return w.min(axis=reduce), w.max(axis=reduce)
+    assert spec.block_size is not None
+    blocks = _to_blocks(w, axis, spec.block_size)
+    return blocks.min(axis=axis + 1), blocks.max(axis=axis + 1)
+
+
+def _to_blocks(w: np.ndarray, axis: int, block: int) -> np.ndarray:
+    """Reshape so that ``axis`` becomes (n_blocks, block); the tail is padded with zeros."""
+    n = w.shape[axis]
+    n_blocks = -(-n // block)
+    pad = n_blocks * block - n
+    if pad:
+        widths = [(0, 0)] * w.ndim
+        widths[axis] = (0, pad)
+        w = np.pad(w, widths)
+    shape = (*w.shape[:axis], n_blocks, block, *w.shape[axis + 1 :])
+    return w.reshape(shape)
+
+
+def expand_params(p: np.ndarray, shape: tuple[int, ...], spec: QuantSpec) -> np.ndarray:
+    """Broadcast per-tensor / per-channel / per-block params to a tensor of ``shape``."""
+    if spec.granularity is Granularity.PER_TENSOR:
+        return np.asarray(p).reshape(())
+    assert spec.axis is not None
+    axis = spec.axis % len(shape)
+    if spec.granularity is Granularity.PER_CHANNEL:
+        view = [1] * len(shape)
+        view[axis] = -1
+        return np.asarray(p).reshape(view)
+    assert spec.block_size is not None
+    return np.repeat(p, spec.block_size, axis=axis).take(range(shape[axis]), axis=axis)
+
+
+def quantize(x: np.ndarray, scale: np.ndarray, zero: np.ndarray, spec: QuantSpec) -> np.ndarray:
+    """Integers (int64) on the spec's grid; round half to even, as ONNX QuantizeLinear does."""
+    s = expand_params(scale, x.shape, spec).astype(np.float64)
+    z = expand_params(zero, x.shape, spec)
+    q = np.round(x.astype(np.float64) / s) + z
+    return np.clip(q, spec.qmin, spec.qmax).astype(np.int64)
+
+
+def dequantize(q: np.ndarray, scale: np.ndarray, zero: np.ndarray, spec: QuantSpec) -> np.ndarray:
+    s = expand_params(scale, q.shape, spec).astype(np.float32)
+    z = expand_params(zero, q.shape, spec)
+    return ((q - z) * s).astype(np.float32)
+
+
+def fake_quant(x: np.ndarray, scale: np.ndarray, zero: np.ndarray, spec: QuantSpec) -> np.ndarray:
+    return dequantize(quantize(x, scale, zero, spec), scale, zero, spec)
+
+
+def quantize_weight(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(q, scale, zero) for a constant weight under ``spec``."""
+    lo, hi = weight_ranges(w, spec)
+    scale, zero = qparams_from_range(lo, hi, spec)
+    return quantize(w, scale, zero, spec), scale, zero
+
+
+def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in dB: 10·log10(Σx² / Σ(x - x̂)²); inf when exact."""
+    ref = np.asarray(reference, dtype=np.float64)
+    noise = float(np.sum((ref - np.asarray(approx, dtype=np.float64)) ** 2))
+    signal = float(np.sum(ref**2))
+    if noise == 0.0:
+        return float("inf")
+    if signal == 0.0:
+        return float("-inf")
+    return 10.0 * float(np.log10(signal / noise))

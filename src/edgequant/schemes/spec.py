@@ -1,0 +1,105 @@
+"""QuantSpec: how one tensor is quantized.
+
+A tensor ``x`` is mapped to integers ``q = clamp(round(x / s) + z, qmin, qmax)`` and back with
+``x_hat = (q - z) * s``.  ``bits`` and ``signed`` fix the integer grid, ``symmetric`` forces ``z``
+to the grid's centre (0 for signed, 2**(bits-1) for unsigned), ``granularity`` says whether one
+``(s, z)`` pair serves the whole tensor, one output channel (``axis``), or one block of
+``block_size`` consecutive elements along ``axis``.  ``scale_rule=power_of_two`` rounds ``s`` up to
+``2**k`` so that integer-only hardware can rescale with a shift.  ``narrow_range`` drops the most
+negative code (-127..127 for int8), which keeps symmetric products from overflowing.
+
+The spec is frozen and validates itself when built, so an impossible combination never reaches
+the exporter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import Enum
+from typing import Any
+
+from edgequant.errors import RecipeError
+
+SUPPORTED_BITS = (2, 4, 8, 16)
+
+
+class Granularity(str, Enum):
+    PER_TENSOR = "per_tensor"
+    PER_CHANNEL = "per_channel"
+    PER_BLOCK = "per_block"
+
+
+class ScaleRule(str, Enum):
+    FLOAT = "float"
+    POWER_OF_TWO = "power_of_two"
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    bits: int = 8
+    signed: bool = True
+    symmetric: bool = True
+    granularity: Granularity = Granularity.PER_TENSOR
+    axis: int | None = None
+    block_size: int | None = None
+    scale_rule: ScaleRule = ScaleRule.FLOAT
+    narrow_range: bool = False
+
+    def __post_init__(self) -> None:
+        if self.bits not in SUPPORTED_BITS:
+            raise RecipeError(
+                f"bit width {self.bits} is not supported; allowed: {', '.join(map(str, SUPPORTED_BITS))}.",
+                "choose one of the allowed bit widths.",
+            )
+        object.__setattr__(self, "granularity", Granularity(self.granularity))
+        object.__setattr__(self, "scale_rule", ScaleRule(self.scale_rule))
+        if self.granularity is Granularity.PER_TENSOR and (self.axis is not None or self.block_size):
+            raise RecipeError("a per-tensor QuantSpec takes no axis and no block size.", "drop axis/block_size.")
+        if self.granularity is not Granularity.PER_TENSOR and self.axis is None:
+            raise RecipeError(f"a {self.granularity.value} QuantSpec needs an axis.", "set axis.")
+        if self.granularity is Granularity.PER_BLOCK:
+            if not self.block_size or self.block_size < 2 or self.block_size & (self.block_size - 1):
+                raise RecipeError(
+                    f"block size {self.block_size} is not a power of two >= 2 (e.g. 32, 64, 128).",
+                    "set block_size to 16, 32, 64 or 128.",
+                )
+        elif self.block_size is not None:
+            raise RecipeError("block_size is only meaningful for per_block granularity.", "drop block_size.")
+        if self.narrow_range and not (self.signed and self.symmetric):
+            raise RecipeError("narrow_range needs a signed symmetric spec.", "drop narrow_range.")
+
+    @property
+    def qmin(self) -> int:
+        if self.signed:
+            return -(2 ** (self.bits - 1)) + (1 if self.narrow_range else 0)
+        return 0
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
+
+    @property
+    def levels(self) -> int:
+        return self.qmax - self.qmin + 1
+
+    @property
+    def name(self) -> str:
+        """A name that states the scheme, e.g. ``Int8SymmetricPerChannel``."""
+        kind = "Int" if self.signed else "UInt"
+        sym = "Symmetric" if self.symmetric else "Asymmetric"
+        gran = {"per_tensor": "PerTensor", "per_channel": "PerChannel", "per_block": "PerBlock"}[
+            self.granularity.value
+        ]
+        pot = "Pow2" if self.scale_rule is ScaleRule.POWER_OF_TWO else ""
+        block = str(self.block_size) if self.block_size else ""
+        return f"{kind}{self.bits}{sym}{gran}{block}{pot}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["granularity"] = self.granularity.value
+        d["scale_rule"] = self.scale_rule.value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> QuantSpec:
+        return cls(**d)
