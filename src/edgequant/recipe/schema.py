@@ -81,11 +81,13 @@ class Recipe:
             )
         if self.weight_bits not in (2, 4, 8):
             raise RecipeError(
-                f"weight bits {self.weight_bits} is impossible; allowed: 2, 4, 8.", "use --weight-bits 8, 4 or 2."
+                f"weight bits {self.weight_bits} is impossible; allowed: 2, 4, 8.",
+                "use --weight-bits 8, 4 or 2.",
             )
         if self.act_bits not in (2, 4, 8, 16):
             raise RecipeError(
-                f"activation bits {self.act_bits} is impossible; allowed: 4, 8, 16.", "use --act-bits 8 or 16."
+                f"activation bits {self.act_bits} is impossible; allowed: 4, 8, 16.",
+                "use --act-bits 8 or 16.",
             )
         if not 50.0 < self.percentile <= 100.0:
             raise RecipeError(
@@ -139,7 +141,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 return _coerce(value, opt, where)
             except RecipeError as exc:
                 errors.append(exc.detail)
-        raise RecipeError(f"{where}: {errors[0] if errors else 'bad value'}", "see 'edgequant quantize --help'.")
+        raise RecipeError(
+            f"{where}: {errors[0] if errors else 'bad value'}", "see 'edgequant quantize --help'."
+        )
     if origin is Literal:
         allowed = get_args(hint)
         if value not in allowed:
@@ -157,13 +161,17 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
-            raise RecipeError(f"{where} must be a mapping, got {type(value).__name__}.", "write a YAML mapping.")
+            raise RecipeError(
+                f"{where} must be a mapping, got {type(value).__name__}.", "write a YAML mapping."
+            )
         return {str(k): _coerce(v, str, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(hint):
-        if isinstance(value, hint):
+        if isinstance(value, hint):  # type: ignore[arg-type]
             return value
         if not isinstance(value, dict):
-            raise RecipeError(f"{where} must be a mapping, got {type(value).__name__}.", "write a YAML mapping.")
+            raise RecipeError(
+                f"{where} must be a mapping, got {type(value).__name__}.", "write a YAML mapping."
+            )
         return _build(hint, value, where)  # type: ignore[arg-type]
     if hint is bool:
         if not isinstance(value, bool):
@@ -202,7 +210,9 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
 def from_dict(data: dict[str, Any]) -> Recipe:
     """Build a Recipe from a mapping (YAML, JSON body, CLI flags); unknown keys are errors."""
     if not isinstance(data, dict):
-        raise RecipeError(f"a recipe must be a mapping, got {type(data).__name__}.", "write key: value pairs.")
+        raise RecipeError(
+            f"a recipe must be a mapping, got {type(data).__name__}.", "write key: value pairs."
+        )
     recipe: Recipe = _build(Recipe, data, "recipe")
     return recipe
 

@@ -34,7 +34,9 @@ def ort_version() -> str:
 class OrtSession:
     """One InferenceSession; ``run`` returns a name -> array dict."""
 
-    def __init__(self, session: ort.InferenceSession, tmpdir: tempfile.TemporaryDirectory[str] | None) -> None:
+    def __init__(
+        self, session: ort.InferenceSession, tmpdir: tempfile.TemporaryDirectory[str] | None
+    ) -> None:
         self._session = session
         self._tmpdir = tmpdir
         self.input_names = [i.name for i in session.get_inputs()]

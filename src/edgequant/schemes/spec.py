@@ -20,7 +20,7 @@ from typing import Any
 
 from edgequant.errors import RecipeError
 
-SUPPORTED_BITS = (2, 4, 8, 16)
+SUPPORTED_BITS = (2, 4, 8, 16, 32)  # 32: int32 biases only
 
 
 class Granularity(str, Enum):
@@ -44,6 +44,7 @@ class QuantSpec:
     block_size: int | None = None
     scale_rule: ScaleRule = ScaleRule.FLOAT
     narrow_range: bool = False
+    reduce_range: bool = False  # 7-bit grid in an 8-bit container (x86 without VNNI, see runtime.cpu)
 
     def __post_init__(self) -> None:
         if self.bits not in SUPPORTED_BITS:
@@ -54,7 +55,9 @@ class QuantSpec:
         object.__setattr__(self, "granularity", Granularity(self.granularity))
         object.__setattr__(self, "scale_rule", ScaleRule(self.scale_rule))
         if self.granularity is Granularity.PER_TENSOR and (self.axis is not None or self.block_size):
-            raise RecipeError("a per-tensor QuantSpec takes no axis and no block size.", "drop axis/block_size.")
+            raise RecipeError(
+                "a per-tensor QuantSpec takes no axis and no block size.", "drop axis/block_size."
+            )
         if self.granularity is not Granularity.PER_TENSOR and self.axis is None:
             raise RecipeError(f"a {self.granularity.value} QuantSpec needs an axis.", "set axis.")
         if self.granularity is Granularity.PER_BLOCK:
@@ -65,18 +68,22 @@ class QuantSpec:
                 )
         elif self.block_size is not None:
             raise RecipeError("block_size is only meaningful for per_block granularity.", "drop block_size.")
+        if self.reduce_range and self.bits != 8:
+            raise RecipeError("reduce_range applies to 8-bit tensors only.", "drop reduce_range.")
         if self.narrow_range and not (self.signed and self.symmetric):
             raise RecipeError("narrow_range needs a signed symmetric spec.", "drop narrow_range.")
 
     @property
     def qmin(self) -> int:
+        bits = self.bits - 1 if self.reduce_range else self.bits
         if self.signed:
-            return -(2 ** (self.bits - 1)) + (1 if self.narrow_range else 0)
+            return -(2 ** (bits - 1)) + (1 if self.narrow_range else 0)
         return 0
 
     @property
     def qmax(self) -> int:
-        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
+        bits = self.bits - 1 if self.reduce_range else self.bits
+        return 2 ** (bits - 1) - 1 if self.signed else 2**bits - 1
 
     @property
     def levels(self) -> int:
@@ -92,7 +99,8 @@ class QuantSpec:
         ]
         pot = "Pow2" if self.scale_rule is ScaleRule.POWER_OF_TWO else ""
         block = str(self.block_size) if self.block_size else ""
-        return f"{kind}{self.bits}{sym}{gran}{block}{pot}"
+        reduced = "Reduced" if self.reduce_range else ""
+        return f"{kind}{self.bits}{reduced}{sym}{gran}{block}{pot}"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

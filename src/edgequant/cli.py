@@ -1,0 +1,214 @@
+"""The ``edgequant`` command: a thin typer app over the public API.
+
+Every EdgeQuantError is printed as one line ``error: ...`` on stderr with exit code 2, and nothing
+is written: outputs are saved only after the whole run succeeded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from edgequant.errors import EdgeQuantError, ModelError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Quantize ONNX models for real, and prove it."
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(exc: EdgeQuantError) -> None:
+    err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def run_guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except EdgeQuantError as exc:
+        fail(exc)
+
+
+class ProgressBar:
+    """A rich progress bar fed by the pipeline's ``progress(stage, done, total)`` callback."""
+
+    def __init__(self) -> None:
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=err_console, transient=True, disable=not err_console.is_terminal,
+        )  # fmt: skip
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> ProgressBar:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.__exit__(None, None, None)
+
+    def __call__(self, stage: str, done: int, total: int | None) -> None:
+        if stage not in self._tasks:
+            self._tasks[stage] = self._progress.add_task(stage, total=total)
+        self._progress.update(self._tasks[stage], completed=done, total=total)
+
+
+def _load_torch(model: Path, factory: str | None, checkpoint: Path | None, input_shape: str | None) -> Any:
+    from edgequant.model.torch_import import load_factory, load_torchscript, parse_input_shapes
+
+    if input_shape is None:
+        raise ModelError(
+            "a PyTorch model needs the shape of its example input(s) for export.",
+            "add --input-shape 1x3x224x224 (several inputs: comma-separated).",
+        )
+    import torch
+
+    module = load_factory(factory, checkpoint) if factory else load_torchscript(model)
+    shapes = parse_input_shapes(input_shape)
+    examples = tuple(torch.randn(*s) for s in shapes)
+    return module, examples[0] if len(examples) == 1 else examples
+
+
+@app.command()
+def quantize(
+    model: Annotated[Path, typer.Argument(help="ONNX file, or a TorchScript file (.pt) with --input-shape.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output directory.")],
+    method: Annotated[str | None, typer.Option(help="static | dynamic | fp16 | weight-only")] = None,
+    weight_bits: Annotated[int | None, typer.Option(help="8, 4 or 2")] = None,
+    act_bits: Annotated[int | None, typer.Option(help="8, 16 or 4")] = None,
+    per_channel: Annotated[bool | None, typer.Option("--per-channel/--per-tensor")] = None,
+    symmetric: Annotated[bool | None, typer.Option("--symmetric/--asymmetric", help="Activations.")] = None,
+    act_signed: Annotated[str | None, typer.Option(help="auto | signed | unsigned")] = None,
+    power_of_two: Annotated[bool | None, typer.Option("--power-of-two/--float-scales")] = None,
+    block_size: Annotated[int | None, typer.Option(help="Block size for weight-only.")] = None,
+    calib_data: Annotated[str | None, typer.Option(help=".npy/.npz, image folder, video, HDF5, CSV.")] = None,
+    calib_method: Annotated[str | None, typer.Option(help="minmax | percentile | entropy | mse")] = None,
+    percentile: Annotated[float | None, typer.Option()] = None,
+    calib_samples: Annotated[int | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    sampling: Annotated[str | None, typer.Option(help="first | random")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option(help="Node name, op type, or re:REGEX. Repeatable.")
+    ] = None,
+    skip_first: Annotated[bool | None, typer.Option("--skip-first/--no-skip-first")] = None,
+    skip_last: Annotated[bool | None, typer.Option("--skip-last/--no-skip-last")] = None,
+    reduce_range: Annotated[str | None, typer.Option(help="auto | on | off")] = None,
+    tag: Annotated[str | None, typer.Option(help="Output name tag (default from the method).")] = None,
+    recipe: Annotated[Path | None, typer.Option(help="YAML recipe; flags given here override it.")] = None,
+    factory: Annotated[str | None, typer.Option(help="PyTorch 'package.module:factory'.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="State dict for --factory.")] = None,
+    input_shape: Annotated[
+        str | None, typer.Option(help="PyTorch example input shape, e.g. 1x3x32x32.")
+    ] = None,
+) -> None:
+    """Quantize MODEL and write <name>_<tag>.onnx, its report (.json) and plan (.plan.json) into OUT."""
+    from edgequant.pipeline import quantize as run
+
+    flags = {
+        "method": method, "weight_bits": weight_bits, "act_bits": act_bits, "per_channel": per_channel,
+        "act_symmetric": symmetric, "act_signed": act_signed, "power_of_two": power_of_two,
+        "block_size": block_size, "calib_data": calib_data, "calib_method": calib_method,
+        "percentile": percentile, "calib_samples": calib_samples, "batch_size": batch_size,
+        "sampling": sampling, "seed": seed, "exclude": exclude or None, "skip_first": skip_first,
+        "skip_last": skip_last, "reduce_range": reduce_range, "tag": tag,
+    }  # fmt: skip
+    overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
+    try:
+        source: Any = model
+        examples = None
+        if factory or model.suffix in (".pt", ".pth", ".ts", ".torchscript"):
+            source, examples = _load_torch(model, factory, checkpoint, input_shape)
+        with ProgressBar() as bar:
+            result = run(source, None, recipe, example_inputs=examples, progress=bar, **overrides)
+        if examples is not None:
+            from edgequant.model import save_model
+
+            save_model(result.float_model, out / f"{result.name}_float.onnx")
+        paths = result.save(out)
+    except EdgeQuantError as exc:
+        fail(exc)
+    print_summary(result.report, paths.model)
+
+
+def print_summary(report: dict[str, Any], model_path: Path) -> None:
+    sizes = report["sizes"]
+    t = Table(title=f"{report['method']} -> {model_path}", show_header=False)
+    t.add_row("float size", f"{sizes['float_bytes'] / 1e6:.3f} MB")
+    t.add_row("quantized file", f"{sizes['quantized_bytes'] / 1e6:.3f} MB")
+    t.add_row("packed size", f"{sizes['packed_bytes'] / 1e6:.3f} MB ({sizes['compression_ratio']}x)")
+    t.add_row(
+        "nodes quantized / skipped",
+        f"{len(report['nodes']['quantized'])} / {len(report['nodes']['skipped'])}",
+    )
+    t.add_row("integer weights", f"{report['integer_weights']} of {report['planned_weights']}")
+    for name, db in report["check"]["output_sqnr_db"].items():
+        t.add_row(f"SQNR vs float ({name})", f"{db} dB")
+    t.add_row("time", f"{report['seconds']['total']} s")
+    console.print(t)
+    for w in report["warnings"]:
+        err_console.print(f"warning: {w}", markup=False)
+
+
+@app.command()
+def inspect(
+    model: Annotated[Path, typer.Argument(help="ONNX file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show inputs, outputs, an op histogram, the parameter count and the quantizable nodes."""
+    from edgequant.model import load_model, summarize
+
+    info = run_guarded(lambda: summarize(load_model(model)))
+    if as_json:
+        console.print_json(json.dumps(info))
+        return
+    console.print(f"[bold]{model}[/bold]  opset {info['opset']}  {info['producer']}")
+    io = Table("", "name", "dtype", "shape")
+    for kind in ("inputs", "outputs"):
+        for v in info[kind]:
+            io.add_row(kind[:-1], v["name"], v["dtype"], "x".join(map(str, v["shape"])) or "?")
+    console.print(io)
+    ops = Table("op", "count")
+    for op, n in info["ops"].items():
+        ops.add_row(op, str(n))
+    console.print(ops)
+    console.print(
+        f"parameters: {info['parameters']:,}  nodes: {info['nodes']} (in subgraphs: {info['subgraph_nodes']})"
+    )
+    q = info["quantizable_nodes"]
+    console.print(
+        f"quantizable nodes ({len(q)}): " + ", ".join(f"{n['name']} [{n['op_type']}]" for n in q[:40])
+    )
+
+
+_COMMAND_MODULES = ("demo", "evaluate", "compare", "serve")
+
+
+def _register_commands() -> None:
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"edgequant.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"edgequant.commands.{name}":
+                continue  # not part of this build
+            raise
+        module.register(app)
+
+
+_register_commands()
+
+
+def main() -> None:
+    try:
+        app()
+    except EdgeQuantError as exc:  # raised outside a command's own guard
+        err_console.print(f"error: {exc}", markup=False)
+        sys.exit(2)

@@ -1,0 +1,258 @@
+"""Plan + ranges -> a standard ONNX QDQ model that ONNX Runtime runs.
+
+* weight ``W`` (float initializer) -> integer initializer ``W_q`` + ``W_scale``/``W_zp`` and
+  ``DequantizeLinear(W_q) -> W_dq`` (``axis`` per channel, ``axis``+``block_size`` per block);
+* activation ``X`` -> ``QuantizeLinear(X) -> X_q -> DequantizeLinear -> X_dq``; quantized consumers
+  read ``X_dq``, everything else keeps reading ``X``;
+* the bias of a quantized Conv/Gemm becomes int32 with scale ``s_x · s_w`` and zero point 0, the
+  form ORT's QDQ fusion needs to run QLinearConv / integer Gemm.
+
+The ``_dq`` suffix is a contract: ``evaluate.per_layer`` pairs ``X_dq`` with the float ``X``.
+2-bit weights are stored in int8 containers; the packed size (``export.sizes``) counts 2 bits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgequant.errors import ExportError
+from edgequant.model.io import opset_of
+from edgequant.plan import QuantPlan, TensorEntry
+from edgequant.schemes.qparams import qparams_from_range, quantize, quantize_weight
+from edgequant.schemes.spec import Granularity, QuantSpec
+
+_INT32 = np.iinfo(np.int32)
+
+
+def onnx_int_type(spec: QuantSpec) -> int:
+    container = {2: 8, 4: 4, 8: 8, 16: 16}[spec.bits]
+    table = {
+        (4, True): TensorProto.INT4,
+        (4, False): TensorProto.UINT4,
+        (8, True): TensorProto.INT8,
+        (8, False): TensorProto.UINT8,
+        (16, True): TensorProto.INT16,
+        (16, False): TensorProto.UINT16,
+    }
+    return table[(container, spec.signed)]
+
+
+def _int_tensor(name: str, values: np.ndarray, spec: QuantSpec) -> onnx.TensorProto:
+    dtype = onnx_int_type(spec)
+    if dtype in (TensorProto.INT4, TensorProto.UINT4):
+        return helper.make_tensor(name, dtype, values.shape, values.astype(np.int64).reshape(-1).tolist())
+    np_type = helper.tensor_dtype_to_np_dtype(dtype)
+    return numpy_helper.from_array(values.astype(np_type), name)
+
+
+def _dq_attrs(spec: QuantSpec) -> dict[str, Any]:
+    if spec.granularity is Granularity.PER_TENSOR:
+        return {}
+    assert spec.axis is not None
+    attrs: dict[str, Any] = {"axis": spec.axis}
+    if spec.granularity is Granularity.PER_BLOCK:
+        assert spec.block_size is not None
+        attrs["block_size"] = spec.block_size
+    return attrs
+
+
+class _Names:
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.used = {o for n in graph.node for o in n.output} | {t.name for t in graph.initializer}
+        self.used |= {i.name for i in graph.input} | {n.name for n in graph.node}
+
+    def fresh(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.used:
+            name, k = f"{base}_{k}", k + 1
+        self.used.add(name)
+        return name
+
+
+def export_qdq(model: onnx.ModelProto, plan: QuantPlan) -> tuple[onnx.ModelProto, QuantPlan]:
+    """Build the QDQ model; returns it and the plan with scales and zero points filled in."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    plan = QuantPlan.from_dict(plan.to_dict())
+    g = out.graph
+    if opset_of(out) < plan.opset:
+        raise ExportError(
+            f"the plan needs opset {plan.opset} but the model is at opset {opset_of(out)}.",
+            "this is a bug in the pipeline: the opset should have been raised before export.",
+        )
+    names = _Names(g)
+    inits = {t.name: t for t in g.initializer}
+    quantized = {d.node for d in plan.quantized_nodes if d.graph == "main"}
+    rename: dict[tuple[int, int], str] = {}  # (node index, input slot) -> new input name
+    new_inits: list[onnx.TensorProto] = []
+    head: list[onnx.NodeProto] = []
+    after: dict[str, list[onnx.NodeProto]] = {}
+    params: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    consumers: dict[str, list[tuple[int, int]]] = {}
+    for ni, node in enumerate(g.node):
+        for si, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((ni, si))
+
+    def rewire(src: str, dst: str) -> None:
+        for ni, si in consumers.get(src, []):
+            if g.node[ni].name in quantized:
+                rename[(ni, si)] = dst
+
+    for entry in plan.tensors.values():
+        if entry.role != "weight":
+            continue
+        if entry.name not in inits:
+            raise ExportError(
+                f"weight '{entry.name}' in the plan is not an initializer.", "re-run the planner."
+            )
+        w = numpy_helper.to_array(inits[entry.name]).astype(np.float32)
+        q, scale, zero = quantize_weight(w, entry.spec)
+        params[entry.name] = (scale, zero)
+        _fill(entry, scale, zero)
+        q_name, s_name, z_name = (names.fresh(f"{entry.name}{s}") for s in ("_q", "_scale", "_zp"))
+        dq_name = names.fresh(f"{entry.name}_dq")
+        new_inits += [
+            _int_tensor(q_name, q, entry.spec),
+            numpy_helper.from_array(scale.astype(np.float32), s_name),
+            _int_tensor(z_name, zero, entry.spec),
+        ]
+        head.append(
+            helper.make_node(
+                "DequantizeLinear", [q_name, s_name, z_name], [dq_name], name=dq_name, **_dq_attrs(entry.spec)
+            )
+        )
+        rewire(entry.name, dq_name)
+
+    producers = {o: n.name for n in g.node for o in n.output}
+    for entry in plan.tensors.values():
+        if entry.role != "activation":
+            continue
+        if entry.lo is None or entry.hi is None:
+            raise ExportError(
+                f"activation '{entry.name}' has no calibrated range.", "calibrate before export."
+            )
+        scale, zero = qparams_from_range(entry.lo, entry.hi, entry.spec)
+        params[entry.name] = (scale, zero)
+        _fill(entry, scale, zero)
+        s_name, z_name = names.fresh(f"{entry.name}_scale"), names.fresh(f"{entry.name}_zp")
+        q_name, dq_name = names.fresh(f"{entry.name}_q"), names.fresh(f"{entry.name}_dq")
+        new_inits += [
+            numpy_helper.from_array(scale.reshape(()).astype(np.float32), s_name),
+            _int_tensor(z_name, zero.reshape(()), entry.spec),
+        ]
+        pair = [
+            helper.make_node("QuantizeLinear", [entry.name, s_name, z_name], [q_name], name=q_name),
+            helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq_name], name=dq_name),
+        ]
+        producer = producers.get(entry.name)
+        if producer is None:
+            head.extend(pair)
+        else:
+            after.setdefault(producer, []).extend(pair)
+        rewire(entry.name, dq_name)
+
+    plan.notes.extend(_quantize_biases(g, plan, params, inits, rename, new_inits, head, names, quantized))
+
+    nodes: list[onnx.NodeProto] = list(head)
+    for ni, node in enumerate(g.node):
+        for si in range(len(node.input)):
+            if (ni, si) in rename:
+                node.input[si] = rename[(ni, si)]
+        nodes.append(node)
+        nodes.extend(after.get(node.name, []))
+    del g.node[:]
+    g.node.extend(nodes)
+    g.initializer.extend(new_inits)
+    _drop_unused_initializers(g)
+    return out, plan
+
+
+def _fill(entry: TensorEntry, scale: np.ndarray, zero: np.ndarray) -> None:
+    entry.scale = [float(v) for v in np.asarray(scale).reshape(-1)]
+    entry.zero_point = [int(v) for v in np.asarray(zero).reshape(-1)]
+
+
+def _quantize_biases(
+    g: onnx.GraphProto,
+    plan: QuantPlan,
+    params: dict[str, tuple[np.ndarray, np.ndarray]],
+    inits: dict[str, onnx.TensorProto],
+    rename: dict[tuple[int, int], str],
+    new_inits: list[onnx.TensorProto],
+    head: list[onnx.NodeProto],
+    names: _Names,
+    quantized: set[str],
+) -> list[str]:
+    notes: list[str] = []
+    for ni, node in enumerate(g.node):
+        if node.op_type not in ("Conv", "Gemm") or node.name not in quantized or len(node.input) < 3:
+            continue
+        x, w, b = node.input[0], node.input[1], node.input[2]
+        if b not in inits or x not in params or w not in params:
+            continue
+        w_spec, x_spec = plan.tensors[w].spec, plan.tensors[x].spec
+        if w_spec.bits != 8 or x_spec.bits != 8 or w_spec.granularity is Granularity.PER_BLOCK:
+            continue
+        bias = numpy_helper.to_array(inits[b]).astype(np.float64).reshape(-1)
+        s_w = params[w][0].astype(np.float64).reshape(-1)
+        s_x = float(params[x][0].reshape(-1)[0])
+        scale = s_x * (s_w if s_w.size == bias.size else np.full(bias.size, s_w[0]))
+        q = np.round(bias / scale)
+        if np.any(np.abs(q) > _INT32.max):
+            notes.append(f"bias '{b}' of '{node.name}' would overflow int32 at scale s_x·s_w; kept float.")
+            continue
+        q_name, s_name, z_name = names.fresh(f"{b}_q"), names.fresh(f"{b}_scale"), names.fresh(f"{b}_zp")
+        dq_name = names.fresh(f"{b}_dq")
+        new_inits += [
+            numpy_helper.from_array(q.astype(np.int32), q_name),
+            numpy_helper.from_array(scale.astype(np.float32), s_name),
+            numpy_helper.from_array(np.zeros(bias.size, np.int32), z_name),
+        ]
+        head.append(
+            helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq_name], name=dq_name, axis=0)
+        )
+        rename[(ni, 2)] = dq_name
+        plan.tensors[b] = TensorEntry(
+            b,
+            "bias",
+            QuantSpec(bits=32, signed=True, symmetric=True),
+            scale=[float(v) for v in scale],
+            zero_point=[0] * bias.size,
+            note="int32 bias, scale = s_x * s_w, zero point 0",
+        )
+    return notes
+
+
+def _drop_unused_initializers(g: onnx.GraphProto) -> None:
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+
+    def sub_inputs(graph: onnx.GraphProto) -> set[str]:
+        names: set[str] = set()
+        for n in graph.node:
+            names |= set(n.input)
+            for a in n.attribute:
+                for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+                    names |= sub_inputs(sub)
+        return names
+
+    used |= sub_inputs(g)
+    keep = [t for t in g.initializer if t.name in used]
+    if len(keep) != len(g.initializer):
+        del g.initializer[:]
+        g.initializer.extend(keep)
+    inputs = [i for i in g.input if i.name in used or i.name not in {t.name for t in keep}]
+    del g.input[:]
+    g.input.extend(inputs)
+
+
+def fake_quant_reference(x: np.ndarray, entry: TensorEntry) -> np.ndarray:
+    """What ``DQ(Q(x))`` computes for an activation entry (used by tests and per-layer analysis)."""
+    assert entry.lo is not None and entry.hi is not None
+    scale, zero = qparams_from_range(entry.lo, entry.hi, entry.spec)
+    q = quantize(x, scale, zero, entry.spec)
+    return ((q - zero.reshape(())) * scale.reshape(())).astype(np.float32)

@@ -1,0 +1,194 @@
+"""Repairs that make real exported graphs quantizable, each recorded as a note for the report.
+
+* ``Constant`` nodes holding tensors become initializers (Paddle2ONNX and some TF converters store
+  every weight this way; left alone, those weights would silently stay float).
+* A top-level ``If`` whose condition is a constant is replaced by the branch it always takes, so a
+  network wrapped in ``If`` is quantized rather than copied.
+* Stale shape information is dropped and re-inferred: intermediate ``value_info`` is removed, and a
+  graph output whose stored shape contradicts inference gets the inferred shape (the ORT tool
+  stops here with "Inferred shape and existing shape differ").
+* The default-domain opset is raised when the quantized form needs it (per-axis Q/DQ need 13;
+  int4/int16 and blocked Q/DQ need 21), with ``onnx.version_converter``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, shape_inference, version_converter
+
+from edgequant.errors import ModelError, UnsupportedError
+from edgequant.model.io import opset_of
+
+log = logging.getLogger(__name__)
+
+_CONST_ATTRS = ("value", "value_float", "value_floats", "value_int", "value_ints")
+
+
+def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
+    for attr in node.attribute:
+        if attr.name not in _CONST_ATTRS:
+            continue
+        if attr.name == "value":
+            return numpy_helper.to_array(attr.t)
+        if attr.name == "value_float":
+            return np.asarray(attr.f, dtype=np.float32)
+        if attr.name == "value_floats":
+            return np.asarray(list(attr.floats), dtype=np.float32)
+        if attr.name == "value_int":
+            return np.asarray(attr.i, dtype=np.int64)
+        return np.asarray(list(attr.ints), dtype=np.int64)
+    return None  # sparse or string constants stay as they are
+
+
+def constants_to_initializers(graph: onnx.GraphProto) -> int:
+    """Move tensor ``Constant`` nodes of ``graph`` into initializers; returns how many moved."""
+    keep, moved = [], 0
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            value = _constant_value(node)
+            if value is not None:
+                graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+                moved += 1
+                continue
+        keep.append(node)
+    if moved:
+        del graph.node[:]
+        graph.node.extend(keep)
+    return moved
+
+
+def _initializer(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+    for t in graph.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t)
+    return None
+
+
+def inline_constant_ifs(graph: onnx.GraphProto) -> list[str]:
+    """Replace each top-level If with a constant condition by the branch it takes."""
+    notes: list[str] = []
+    used = {o for n in graph.node for o in n.output} | {t.name for t in graph.initializer}
+    used |= {i.name for i in graph.input}
+    new_nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        cond = _initializer(graph, node.input[0]) if node.op_type == "If" else None
+        if cond is None:
+            new_nodes.append(node)
+            continue
+        taken = bool(np.asarray(cond).reshape(-1)[0])
+        branch = next(a.g for a in node.attribute if a.name == ("then_branch" if taken else "else_branch"))
+        rename = {}
+        for name in [o for n in branch.node for o in n.output] + [t.name for t in branch.initializer]:
+            if name in used:
+                rename[name] = f"{name}__{node.name or 'if'}_{'then' if taken else 'else'}"
+        for t in branch.initializer:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(t)
+            copy.name = rename.get(t.name, t.name)
+            graph.initializer.append(copy)
+        for inner in branch.node:
+            copy_n = onnx.NodeProto()
+            copy_n.CopyFrom(inner)
+            copy_n.input[:] = [rename.get(i, i) for i in inner.input]
+            copy_n.output[:] = [rename.get(o, o) for o in inner.output]
+            new_nodes.append(copy_n)
+        for b_out, if_out in zip(branch.output, node.output, strict=True):
+            new_nodes.append(
+                helper.make_node(
+                    "Identity", [rename.get(b_out.name, b_out.name)], [if_out], name=f"{if_out}_id"
+                )
+            )
+        used |= set(rename.values())
+        notes.append(
+            f"If node '{node.name}' has a constant condition ({taken}); its "
+            f"{'then' if taken else 'else'} branch ({len(branch.node)} nodes) was inlined so it is quantized."
+        )
+    if notes:
+        del graph.node[:]
+        graph.node.extend(new_nodes)
+    return notes
+
+
+def refresh_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """Drop stale intermediate shapes, re-infer, and fix graph outputs that contradict inference."""
+    notes: list[str] = []
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    if len(out.graph.value_info):
+        notes.append(f"dropped {len(out.graph.value_info)} stored intermediate shapes and re-inferred them.")
+        del out.graph.value_info[:]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(out)
+    for o in probe.graph.output:
+        o.type.tensor_type.ClearField("shape")
+    try:
+        inferred = shape_inference.infer_shapes(probe, strict_mode=False, data_prop=True)
+    except Exception as exc:  # inference is help, not a requirement: quantization needs no shapes
+        notes.append(f"shape inference failed ({str(exc).splitlines()[0][:160]}); continuing without it.")
+        return out, notes
+    shapes = {v.name: v for v in inferred.graph.value_info}
+    shapes.update({v.name: v for v in inferred.graph.output})
+    for o in out.graph.output:
+        got = shapes.get(o.name)
+        if (
+            got is None
+            or not got.type.tensor_type.HasField("shape")
+            or not o.type.tensor_type.HasField("shape")
+        ):
+            continue
+        stored = [d.dim_value if d.HasField("dim_value") else None for d in o.type.tensor_type.shape.dim]
+        new = [d.dim_value if d.HasField("dim_value") else None for d in got.type.tensor_type.shape.dim]
+        conflict = len(stored) != len(new) or any(
+            a is not None and b is not None and a != b for a, b in zip(stored, new, strict=False)
+        )
+        if conflict:
+            o.type.tensor_type.shape.CopyFrom(got.type.tensor_type.shape)
+            notes.append(f"graph output '{o.name}' stored shape {stored} contradicts the graph; now {new}.")
+    out.graph.value_info.extend(
+        v
+        for v in inferred.graph.value_info
+        if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type
+    )
+    return out, notes
+
+
+def ensure_opset(model: onnx.ModelProto, minimum: int, why: str) -> tuple[onnx.ModelProto, str | None]:
+    """Raise the default-domain opset to ``minimum`` (no-op when already there)."""
+    current = opset_of(model)
+    if current >= minimum:
+        return model, None
+    try:
+        converted = version_converter.convert_version(model, minimum)
+        onnx.checker.check_model(converted)
+    except Exception as exc:
+        raise UnsupportedError(
+            f"{why} needs opset >= {minimum}, and converting this opset-{current} model failed: "
+            f"{str(exc).splitlines()[0][:200]}.",
+            f"re-export the model at opset {minimum} or newer, or choose per-tensor 8-bit quantization.",
+        ) from exc
+    if converted.ir_version < 7:
+        converted.ir_version = 7
+    return converted, f"opset raised from {current} to {minimum}: {why}."
+
+
+def prepare(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """Apply the repairs above to a copy of ``model``; returns it with notes for the report."""
+    if not model.graph.node:
+        raise ModelError("the model graph has no nodes.", "export a model with at least one operator.")
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    notes: list[str] = []
+    moved = constants_to_initializers(out.graph)
+    if moved:
+        notes.append(f"{moved} Constant node(s) converted to initializers so their weights are quantized.")
+    notes += inline_constant_ifs(out.graph)
+    if moved or notes:
+        constants_to_initializers(out.graph)  # constants that came in with an inlined branch
+    out, shape_notes = refresh_shapes(out)
+    notes += shape_notes
+    for n in notes:
+        log.info(n)
+    return out, notes

@@ -1,0 +1,287 @@
+"""The whole flow, in one function: model + calibration data + recipe -> a QDQ model that runs.
+
+model   -> load, check ORT can run it, repair (constants, constant Ifs, stale shapes)
+recipe  -> plan (per tensor: bits, symmetry, granularity; per node: decision + reason)
+data    -> streaming statistics of the planned activations -> ranges
+plan + ranges -> QDQ model -> loaded back in ORT and compared with float on real batches
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgequant import planner
+from edgequant.data import CalibrationSource, input_specs, open_source
+from edgequant.errors import ExportError, InferenceError, ModelError, UnsupportedError
+from edgequant.export import export_qdq
+from edgequant.model import ensure_opset, load_model, prepare
+from edgequant.plan import QuantPlan
+from edgequant.recipe import Recipe, from_dict, load_recipe, to_dict
+from edgequant.result import QuantResult, build_report
+from edgequant.runtime import OrtRuntime, detect
+from edgequant.schemes import sqnr_db
+from edgequant.schemes.spec import Granularity, QuantSpec
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, int, "int | None"], None]
+ModelLike = str | Path | onnx.ModelProto | Any
+DataLike = str | Path | np.ndarray | dict[str, np.ndarray] | Iterable[dict[str, np.ndarray]] | None
+
+
+def resolve_recipe(recipe: Recipe | dict[str, Any] | str | Path | None, overrides: dict[str, Any]) -> Recipe:
+    if recipe is None:
+        base: dict[str, Any] = {}
+    elif isinstance(recipe, Recipe):
+        base = to_dict(recipe)
+    elif isinstance(recipe, dict):
+        base = dict(recipe)
+    else:
+        base = to_dict(load_recipe(recipe))
+    return from_dict({**base, **overrides})
+
+
+def load_input_model(model: ModelLike, example_inputs: Any = None) -> tuple[onnx.ModelProto, str]:
+    """An ONNX model and a name for it, from a path, a ModelProto, or a torch.nn.Module."""
+    if isinstance(model, onnx.ModelProto):
+        return model, (model.graph.name or "model").replace("/", "_")
+    if isinstance(model, str | Path):
+        return load_model(model), Path(model).stem
+    if type(model).__module__.startswith("torch") or hasattr(model, "state_dict"):
+        import tempfile
+
+        from edgequant.model.torch_import import export_torch
+
+        if example_inputs is None:
+            raise ModelError(
+                "a PyTorch module needs example inputs to be exported to ONNX.",
+                "pass example_inputs=torch.randn(1, 3, 224, 224) (or a tuple for several inputs).",
+            )
+        with tempfile.TemporaryDirectory(prefix="edgequant-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            export_torch(model, example_inputs, path)
+            return load_model(path), type(model).__name__.lower()
+    raise ModelError(
+        f"cannot quantize an object of type {type(model).__name__}.",
+        "pass a path to an .onnx file, an onnx.ModelProto, or a torch.nn.Module with example_inputs.",
+    )
+
+
+def quantize(
+    model: ModelLike,
+    calibration: DataLike = None,
+    recipe: Recipe | dict[str, Any] | str | Path | None = None,
+    *,
+    example_inputs: Any = None,
+    runtime: OrtRuntime | None = None,
+    progress: Progress | None = None,
+    **overrides: Any,
+) -> QuantResult:
+    """Quantize ``model`` as ``recipe`` says; the result's model is checked to run in ORT."""
+    t0 = time.perf_counter()
+    recipe = resolve_recipe(recipe, overrides)
+    runtime = runtime or OrtRuntime()
+    onnx_model, name = load_input_model(model, example_inputs)
+    _require_loadable(runtime, onnx_model)
+    float_model, notes = prepare(onnx_model)
+    cpu = detect()
+    warnings: list[str] = []
+    seconds: dict[str, float] = {"load": time.perf_counter() - t0}
+    calib_info: dict[str, Any] | None = None
+    if calibration is None and recipe.calib_data is not None:
+        calibration = recipe.calib_data
+    excluded = planner.excluded_nodes(float_model, recipe)
+
+    if recipe.method == "fp16":
+        from edgequant.export.fp16 import convert_fp16
+
+        quantized, plan = convert_fp16(
+            float_model, keep_io_types=recipe.keep_io_types, exclude_nodes=excluded
+        )
+    elif recipe.method == "dynamic":
+        from edgequant.export.dynamic import quantize_dynamic
+
+        reduce = recipe.reduce_range == "on" or (recipe.reduce_range == "auto" and cpu.needs_reduce_range)
+        quantized, plan = quantize_dynamic(
+            float_model,
+            weight_bits=recipe.weight_bits,
+            per_channel=recipe.per_channel,
+            reduce_range=reduce,
+            exclude_nodes=excluded,
+        )
+    else:
+        plan = planner.resolve(float_model, recipe, cpu)
+        float_model, plan = _raise_opset(float_model, plan, notes)
+        if plan.activations():
+            t1 = time.perf_counter()
+            source = _source(calibration, float_model, recipe)
+            if getattr(source.stats, "synthetic", False):
+                warnings.append("activation ranges came from synthetic random data, not real inputs.")
+            plan, calib_info = _calibrate(float_model, plan, source, recipe, runtime, progress)
+            seconds["calibration"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        quantized, plan = export_qdq(float_model, plan)
+        seconds["export"] = time.perf_counter() - t2
+
+    check = _check(runtime, float_model, quantized, calibration, recipe)
+    seconds["total"] = time.perf_counter() - t0
+    result = QuantResult(quantized, float_model, plan, recipe, name, recipe.default_tag)
+    result.report = build_report(
+        result,
+        seconds=seconds,
+        calibration=calib_info,
+        notes=notes,
+        warnings=warnings,
+        cpu=cpu.describe(),
+        check=check,
+    )
+    return result
+
+
+def _require_loadable(runtime: OrtRuntime, model: onnx.ModelProto) -> None:
+    try:
+        runtime.session(model, "the input model").close()
+    except InferenceError as exc:
+        raise ModelError(
+            exc.detail, "re-export the model so that ONNX Runtime loads it; " + exc.hint
+        ) from exc
+
+
+def _raise_opset(
+    model: onnx.ModelProto, plan: QuantPlan, notes: list[str]
+) -> tuple[onnx.ModelProto, QuantPlan]:
+    why = "per-axis/int4/int16 QuantizeLinear and DequantizeLinear"
+    try:
+        model, note = ensure_opset(model, plan.opset, why)
+    except UnsupportedError:
+        if plan.opset > 13 or not any(
+            e.spec.granularity is Granularity.PER_CHANNEL for e in plan.tensors.values()
+        ):
+            raise
+        for entry in plan.tensors.values():  # per-axis Q/DQ needs opset 13: per-tensor is the stated choice
+            if entry.spec.granularity is Granularity.PER_CHANNEL:
+                entry.spec = QuantSpec(**{**entry.spec.to_dict(), "granularity": "per_tensor", "axis": None})
+                entry.note = "per-tensor: the model's opset could not be raised to 13 for per-axis Q/DQ."
+        plan.opset = 10
+        plan.notes.append(
+            "per-channel weights need opset 13 and the conversion failed; weights are per-tensor."
+        )
+        return model, plan
+    if note:
+        notes.append(note)
+    return model, plan
+
+
+def _source(calibration: DataLike, model: onnx.ModelProto, recipe: Recipe) -> CalibrationSource:
+    return open_source(
+        calibration,
+        input_specs(model),
+        batch_size=recipe.batch_size,
+        max_samples=recipe.calib_samples,
+        sampling=recipe.sampling,
+        seed=recipe.seed,
+        preprocess=recipe.preprocess,
+        input_map=recipe.input_map or None,
+    )
+
+
+def _calibrate(
+    model: onnx.ModelProto,
+    plan: QuantPlan,
+    source: CalibrationSource,
+    recipe: Recipe,
+    runtime: OrtRuntime,
+    progress: Progress | None,
+) -> tuple[QuantPlan, dict[str, Any]]:
+    from edgequant.observe import collect
+
+    act = next(plan.tensors[n].spec for n in plan.activations())
+    res = collect(
+        model,
+        source,
+        plan.activations(),
+        method=recipe.calib_method,
+        percentile=recipe.percentile,
+        qbits=act.bits,
+        symmetric=act.symmetric,
+        runtime=runtime,
+        max_samples=recipe.calib_samples,
+        progress=(lambda done, total: progress("calibrate", done, total)) if progress else None,
+    )
+    if res.samples == 0:
+        from edgequant.errors import DataError
+
+        raise DataError(
+            "the calibration data yielded no samples.", "pass a non-empty dataset to --calib-data."
+        )
+    for name, count in res.sentinels.items():
+        if count and name in plan.tensors:
+            del plan.tensors[name]
+            plan.notes.append(
+                f"'{name}' holds {count} mask sentinel value(s) (-inf / finfo.min) on the calibration data; "
+                "it stays float so the mask keeps its meaning and other values keep their resolution."
+            )
+    plan = plan.with_ranges(res.ranges)
+    info = {
+        "method": recipe.calib_method,
+        "percentile": recipe.percentile if recipe.calib_method == "percentile" else None,
+        "samples": res.samples,
+        "batches": res.batches,
+        "passes": res.passes,
+        "synthetic": bool(getattr(source.stats, "synthetic", False)),
+        "skipped_samples": int(getattr(source.stats, "skipped", 0)),
+        "source": getattr(source.stats, "description", ""),
+    }
+    return plan, info
+
+
+def _check(
+    runtime: OrtRuntime,
+    float_model: onnx.ModelProto,
+    quantized: onnx.ModelProto,
+    calibration: DataLike,
+    recipe: Recipe,
+) -> dict[str, Any]:
+    """Load the result in ORT and compare its outputs with float on one or two real batches."""
+    try:
+        q_sess = runtime.session(quantized, "the quantized model")
+    except InferenceError as exc:
+        if recipe.method == "static" and recipe.act_bits == 4:
+            raise UnsupportedError(
+                f"4-bit activations cannot run on this graph in ONNX Runtime: {exc.detail}",
+                "use --act-bits 8 (or 16).",
+            ) from exc
+        raise ExportError(
+            f"the quantized model does not load in ONNX Runtime: {exc.detail}",
+            "please report this with the model; try --method fp16 or --exclude the named node meanwhile.",
+        ) from exc
+    f_sess = runtime.session(float_model, "the float model")
+    source = open_source(
+        calibration,
+        input_specs(float_model),
+        batch_size=recipe.batch_size,
+        max_samples=min(recipe.batch_size * 2, recipe.calib_samples),
+        seed=recipe.seed,
+        preprocess=recipe.preprocess,
+        input_map=recipe.input_map or None,
+    )
+    per_output: dict[str, list[float]] = {}
+    try:
+        for batch in source:
+            ref, got = f_sess.run(batch), q_sess.run(batch)
+            for k, v in ref.items():
+                if np.issubdtype(v.dtype, np.floating):
+                    per_output.setdefault(k, []).append(sqnr_db(v, got[k]))
+    finally:
+        q_sess.close()
+        f_sess.close()
+    return {
+        "loads_in_onnxruntime": True,
+        "output_sqnr_db": {k: round(float(np.mean(v)), 2) for k, v in per_output.items()},
+    }

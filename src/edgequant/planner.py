@@ -1,0 +1,347 @@
+"""Graph + recipe + CPU -> QuantPlan: which tensors are quantized, how, and why others are not.
+
+Static QDQ follows the shape ONNX Runtime's QDQ fusions look for: the float input and output
+activations of compute ops (Conv, ConvTranspose, MatMul, Gemm) and of the ops ORT runs on integers
+or passes through (Add, Concat, pooling, Relu, Reshape, ...) get a QuantizeLinear/DequantizeLinear
+pair; their constant weights get a DequantizeLinear of an integer initializer, per output channel by
+default.  Every node gets a decision, and every node left float gets its reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import onnx
+
+from edgequant.errors import RecipeError, UnsupportedError
+from edgequant.plan import QuantPlan, TensorEntry
+from edgequant.recipe import Recipe
+from edgequant.runtime.cpu import CpuFeatures
+from edgequant.schemes.spec import Granularity, QuantSpec, ScaleRule
+
+COMPUTE_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+RECURRENT_OPS = {"LSTM", "GRU", "RNN"}
+# ops whose float data inputs/outputs get Q/DQ so ORT can fuse or pass them through in integers
+PASS_OPS = {
+    "Add", "Mul", "Concat", "Relu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool", "Sigmoid",
+    "LeakyRelu", "Resize", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Softmax", "Split",
+    "Pad", "HardSwish", "ReduceMean", "Gather",
+}  # fmt: skip
+# which inputs carry data (the rest are shapes, indices, scales)
+DATA_INPUTS = {"Resize": (0,), "Clip": (0,), "Pad": (0,), "Reshape": (0,), "Split": (0,), "Gather": (0,)}
+CONTROL_FLOW = {"If", "Loop", "Scan"}
+FLOAT_TYPES = {onnx.TensorProto.FLOAT}
+
+
+@dataclass(frozen=True)
+class GraphIndex:
+    """Lookups over one graph: initializers, float tensors, producers and consumers."""
+
+    graph: onnx.GraphProto
+
+    @property
+    def initializers(self) -> dict[str, onnx.TensorProto]:
+        return {t.name: t for t in self.graph.initializer}
+
+    def float_tensors(self) -> set[str]:
+        g = self.graph
+        names = {v.name for v in list(g.value_info) + list(g.input) + list(g.output)
+                 if v.type.tensor_type.elem_type in FLOAT_TYPES}  # fmt: skip
+        names |= {t.name for t in g.initializer if t.data_type in FLOAT_TYPES}
+        typed = {v.name for v in list(g.value_info) + list(g.input) + list(g.output)}
+        # outputs whose type inference could not tell: assume float when produced by a float op
+        for n in g.node:
+            if n.op_type in COMPUTE_OPS | PASS_OPS:
+                names |= {o for o in n.output if o and o not in typed}
+        return names
+
+
+def _matches(node: onnx.NodeProto, pattern: str) -> bool:
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], node.name) is not None
+    return pattern in (node.name, node.op_type)
+
+
+def _weight_axis(node: onnx.NodeProto, w: onnx.TensorProto) -> int:
+    nd = len(w.dims)
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    if node.op_type in RECURRENT_OPS:
+        return 1
+    return nd - 1  # MatMul B [.., K, N]: one scale per output column
+
+
+def _reduction_axis(node: onnx.NodeProto, w: onnx.TensorProto) -> int | None:
+    """The axis a block-wise scale runs along (the dot-product axis), or None when not blocked."""
+    if node.op_type == "MatMul" and len(w.dims) == 2:
+        return 0
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 1 if trans_b else 0
+    return None
+
+
+class Planner:
+    def __init__(self, model: onnx.ModelProto, recipe: Recipe, cpu: CpuFeatures) -> None:
+        self.model = model
+        self.recipe = recipe
+        self.cpu = cpu
+        self.index = GraphIndex(model.graph)
+
+    # -- specs ------------------------------------------------------------------------------
+    def activation_spec(self) -> QuantSpec:
+        r = self.recipe
+        if r.act_bits == 2:
+            raise UnsupportedError(
+                "2-bit activations cannot run on the CPU runtime (ONNX Runtime has no 2-bit QuantizeLinear).",
+                "use --act-bits 8 (or 4 or 16).",
+            )
+        signed = {"signed": True, "unsigned": False}.get(r.act_signed, r.act_bits == 16)
+        return QuantSpec(
+            bits=r.act_bits,
+            signed=signed,
+            symmetric=r.act_symmetric,
+            scale_rule=ScaleRule.POWER_OF_TWO if r.power_of_two else ScaleRule.FLOAT,
+        )
+
+    def weight_spec(self, node: onnx.NodeProto, w: onnx.TensorProto) -> QuantSpec:
+        r = self.recipe
+        reduce = (
+            r.weight_bits == 8
+            and r.method == "static"
+            and (r.reduce_range == "on" or (r.reduce_range == "auto" and self.cpu.needs_reduce_range))
+        )
+        common: dict[str, Any] = {
+            "bits": r.weight_bits,
+            "signed": True,
+            "symmetric": r.weight_symmetric,
+            "narrow_range": r.weight_symmetric,
+            "reduce_range": reduce,
+            "scale_rule": ScaleRule.POWER_OF_TWO if r.power_of_two else ScaleRule.FLOAT,
+        }
+        if r.block_size is not None and r.method == "weight-only":
+            axis = _reduction_axis(node, w)
+            if axis is not None and w.dims[axis] >= r.block_size:
+                return QuantSpec(
+                    **common, granularity=Granularity.PER_BLOCK, axis=axis, block_size=r.block_size
+                )
+        if r.per_channel and len(w.dims) >= 2:
+            return QuantSpec(**common, granularity=Granularity.PER_CHANNEL, axis=_weight_axis(node, w))
+        return QuantSpec(**common)
+
+    # -- plan -------------------------------------------------------------------------------
+    def resolve(self) -> QuantPlan:
+        r = self.recipe
+        g = self.model.graph
+        plan = QuantPlan(method=r.method, opset=0)
+        inits = self.index.initializers
+        floats = self.index.float_tensors()
+        excluded = self._excluded()
+        first_last = self._first_last()
+        act = self.activation_spec() if r.method == "static" else None
+        for node in g.node:
+            reason = self._skip_reason(node, excluded, first_last)
+            if reason:
+                plan.decide(node.name, node.op_type, False, reason)
+                continue
+            touched = self._plan_node(node, plan, inits, floats, act)
+            if touched:
+                plan.decide(node.name, node.op_type, True)
+            else:
+                plan.decide(node.name, node.op_type, False, "no float tensor to quantize on this node.")
+        self._record_subgraphs(g, plan)
+        if not plan.quantized_nodes:
+            self._refuse_empty(plan)
+        plan.opset = self.required_opset(plan)
+        if act is not None and not act.signed:
+            plan.notes.append(
+                f"activations are unsigned {act.bits}-bit: ORT's x86 u8 kernels are about 2x faster than s8."
+            )
+        if any(e.spec.reduce_range for e in plan.tensors.values()):
+            plan.notes.append(
+                f"weights use a 7-bit range (reduce_range): this CPU ({self.cpu.describe()}) has no VNNI, "
+                "and ORT's u8 x s8 kernels can saturate with full 8-bit weights."
+            )
+        if r.weight_bits == 2:
+            plan.notes.append(
+                "2-bit weights are stored in int8 containers (ONNX Runtime's int2 needs opset 25); the "
+                "packed size counts 2 bits per weight."
+            )
+        return plan
+
+    def _excluded(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        nodes = list(self.model.graph.node)
+        for pattern in self.recipe.exclude:
+            if pattern.startswith("re:"):
+                try:
+                    re.compile(pattern[3:])
+                except re.error as exc:
+                    raise RecipeError(
+                        f"exclude pattern '{pattern}' is not a valid regex: {exc}.", "fix it."
+                    ) from exc
+            hits = [n for n in nodes if _matches(n, pattern)]
+            if not hits:
+                raise RecipeError(
+                    f"exclude '{pattern}' matches no node name or op type in the model.",
+                    "check the names with 'edgequant inspect MODEL'; regexes are written 're:PATTERN'.",
+                )
+            for n in hits:
+                out.setdefault(n.name, f"excluded by the user ('{pattern}').")
+        return out
+
+    def _first_last(self) -> dict[str, str]:
+        compute = [n for n in self.model.graph.node if n.op_type in COMPUTE_OPS]
+        out: dict[str, str] = {}
+        if compute and self.recipe.skip_first:
+            out[compute[0].name] = "first compute layer kept float (skip_first)."
+        if compute and self.recipe.skip_last:
+            out[compute[-1].name] = "last compute layer kept float (skip_last)."
+        return out
+
+    def _skip_reason(self, node: onnx.NodeProto, excluded: dict[str, str], first_last: dict[str, str]) -> str:
+        method = self.recipe.method
+        if node.name in excluded:
+            return excluded[node.name]
+        if node.name in first_last:
+            return first_last[node.name]
+        if node.op_type in CONTROL_FLOW:
+            return f"{node.op_type}: control flow; the nodes of its subgraphs stay float (listed separately)."
+        if node.domain not in ("", "ai.onnx"):
+            return f"custom-domain op '{node.domain}.{node.op_type}' is left as it is."
+        if method == "weight-only":
+            if node.op_type in COMPUTE_OPS | RECURRENT_OPS or node.op_type == "Gather":
+                return ""
+            return "weight-only: only the weights of Conv/MatMul/Gemm/LSTM/GRU/Gather are quantized."
+        if node.op_type in RECURRENT_OPS:
+            return ""
+        if node.op_type not in COMPUTE_OPS | PASS_OPS:
+            return (
+                f"ONNX Runtime has no quantized kernel for {node.op_type}; it runs in float between DQ and Q."
+            )
+        return ""
+
+    def _plan_node(
+        self,
+        node: onnx.NodeProto,
+        plan: QuantPlan,
+        inits: dict[str, onnx.TensorProto],
+        floats: set[str],
+        act: QuantSpec | None,
+    ) -> bool:
+        touched = False
+        recurrent = node.op_type in RECURRENT_OPS
+        if node.op_type in COMPUTE_OPS | RECURRENT_OPS or (node.op_type == "Gather" and act is None):
+            weight_slots = (1, 2) if recurrent else ((0,) if node.op_type == "Gather" else (1,))
+            for slot in weight_slots:
+                if slot < len(node.input) and node.input[slot] in inits:
+                    w = inits[node.input[slot]]
+                    if w.data_type in FLOAT_TYPES and len(w.dims) >= 1:
+                        touched |= self._add_weight(node, w, plan)
+        if recurrent:
+            if touched:
+                plan.notes.append(
+                    f"{node.op_type} '{node.name}': weights quantized per channel; its activations and the "
+                    "recurrent state it carries between calls stay float (ORT has no integer "
+                    f"{node.op_type} kernel, and quantized state would compound error across calls)."
+                )
+            return touched
+        if act is None:
+            return touched
+        slots = DATA_INPUTS.get(node.op_type, range(len(node.input)))
+        for i in slots:
+            if i >= len(node.input) or not node.input[i]:
+                continue
+            name = node.input[i]
+            if name in inits:
+                continue
+            if node.op_type in ("Conv", "ConvTranspose", "Gemm") and i != 0:
+                continue
+            if name in floats:
+                self._add_activation(name, act, plan)
+                touched = True
+        for name in node.output:
+            if name and name in floats:
+                self._add_activation(name, act, plan)
+                touched = True
+        return touched
+
+    def _add_weight(self, node: onnx.NodeProto, w: onnx.TensorProto, plan: QuantPlan) -> bool:
+        spec = self.weight_spec(node, w)
+        prev = plan.tensors.get(w.name)
+        if prev is not None and prev.spec != spec:
+            per_tensor = QuantSpec(
+                **{**spec.to_dict(), "granularity": "per_tensor", "axis": None, "block_size": None}
+            )
+            plan.tensors[w.name] = TensorEntry(
+                w.name, "weight", per_tensor, note="shared by nodes with different channel axes: per-tensor."
+            )
+            return True
+        plan.tensors[w.name] = TensorEntry(w.name, "weight", spec)
+        return True
+
+    @staticmethod
+    def _add_activation(name: str, spec: QuantSpec, plan: QuantPlan) -> None:
+        if name not in plan.tensors:
+            plan.tensors[name] = TensorEntry(name, "activation", spec)
+
+    def _record_subgraphs(self, graph: onnx.GraphProto, plan: QuantPlan) -> None:
+        for node in graph.node:
+            for attr in node.attribute:
+                subs: Iterable[onnx.GraphProto] = (
+                    [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+                )
+                for sub in subs:
+                    for inner in sub.node:
+                        plan.decide(
+                            inner.name,
+                            inner.op_type,
+                            False,
+                            f"inside the '{attr.name}' subgraph of {node.op_type} '{node.name}', whose condition "
+                            "is computed at run time; EdgeQuant quantizes the main graph only.",
+                            graph=f"{node.name}/{attr.name}",
+                        )
+
+    def _refuse_empty(self, plan: QuantPlan) -> None:
+        inner = [d for d in plan.nodes if d.graph != "main" and d.op_type in COMPUTE_OPS | RECURRENT_OPS]
+        if inner:
+            holder = inner[0].graph.split("/")[0]
+            raise UnsupportedError(
+                f"the network's {len(inner)} compute node(s) are all inside the subgraphs of control-flow node "
+                f"'{holder}', whose condition is computed at run time; quantizing only the main graph would "
+                "change nothing.",
+                "re-export the model with the branch selected (a constant condition is inlined automatically).",
+            )
+        reasons = sorted({d.reason for d in plan.skipped_nodes})[:3]
+        raise UnsupportedError(
+            "no node of this model can be quantized with the chosen settings; reasons: "
+            + " | ".join(reasons),
+            "check --exclude and --method; 'edgequant inspect MODEL' lists the quantizable nodes.",
+        )
+
+    def required_opset(self, plan: QuantPlan) -> int:
+        need = 10
+        for e in plan.tensors.values():
+            if e.spec.granularity is not Granularity.PER_TENSOR:
+                need = max(need, 13)
+            if e.spec.granularity is Granularity.PER_BLOCK or e.spec.bits in (4, 16):
+                need = max(need, 21)
+        return need
+
+
+def resolve(model: onnx.ModelProto, recipe: Recipe, cpu: CpuFeatures) -> QuantPlan:
+    return Planner(model, recipe, cpu).resolve()
+
+
+def excluded_nodes(model: onnx.ModelProto, recipe: Recipe) -> set[str]:
+    """Names of the nodes that ``recipe.exclude`` and ``skip_first``/``skip_last`` keep float."""
+    p = Planner(model, recipe, CpuFeatures(arch="", vnni=True, avx2=True))
+    return set(p._excluded()) | set(p._first_last())

@@ -1,0 +1,136 @@
+"""QuantResult: the quantized model, its plan, and the run's report; ``save`` writes them atomically."""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgequant.errors import ExportError
+from edgequant.export.sizes import file_bytes, integer_weight_count, packed_bytes
+from edgequant.model.io import save_model, write_text_atomic
+from edgequant.plan import QuantPlan
+from edgequant.recipe import Recipe, to_dict
+from edgequant.runtime import ort_version
+
+__version__ = "0.1.0"
+
+
+@dataclass(frozen=True)
+class SavedPaths:
+    model: Path
+    report: Path
+    plan: Path
+
+
+@dataclass
+class QuantResult:
+    model: onnx.ModelProto
+    float_model: onnx.ModelProto
+    plan: QuantPlan
+    recipe: Recipe
+    name: str
+    tag: str
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stem(self) -> str:
+        return f"{self.name}_{self.tag}"
+
+    def save(self, outdir: str | Path) -> SavedPaths:
+        """Write ``<name>_<tag>.onnx``, ``<name>_<tag>.json`` (report) and ``.plan.json`` into ``outdir``."""
+        out = Path(outdir)
+        if out.exists() and not out.is_dir():
+            raise ExportError(
+                f"output path '{out}' exists and is not a directory.", "pass a directory to -o."
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        model_path = out / f"{self.stem}.onnx"
+        report_path = out / f"{self.stem}.json"
+        plan_path = out / f"{self.stem}.plan.json"
+        write_text_atomic(plan_path, self.plan.to_json())
+        try:
+            save_model(self.model, model_path)
+            self.report["files"] = {
+                "model": model_path.name,
+                "report": report_path.name,
+                "plan": plan_path.name,
+            }
+            write_text_atomic(report_path, json.dumps(self.report, indent=1, default=_json_default))
+        except Exception:
+            for p in (model_path, plan_path):
+                p.unlink(missing_ok=True)
+            raise
+        return SavedPaths(model_path, report_path, plan_path)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def versions() -> dict[str, str]:
+    return {
+        "edgequant": __version__,
+        "python": platform.python_version(),
+        "onnx": onnx.__version__,
+        "onnxruntime": ort_version(),
+        "numpy": np.__version__,
+    }
+
+
+def build_report(
+    result: QuantResult,
+    *,
+    seconds: dict[str, float],
+    calibration: dict[str, Any] | None,
+    notes: list[str],
+    warnings: list[str],
+    cpu: str,
+    check: dict[str, Any],
+) -> dict[str, Any]:
+    plan = result.plan
+    fb, qb = file_bytes(result.float_model), file_bytes(result.model)
+    pb = packed_bytes(result.model, plan)
+    weights = plan.weights()
+    int_weights = (
+        integer_weight_count(result.model, plan) if plan.method in ("static", "weight-only") else len(weights)
+    )
+    return {
+        "edgequant_version": __version__,
+        "method": plan.method,
+        "tag": result.tag,
+        "recipe": to_dict(result.recipe),
+        "sizes": {
+            "float_bytes": fb,
+            "quantized_bytes": qb,
+            "packed_bytes": pb,
+            "compression_ratio": round(fb / max(pb, 1), 3),
+            "file_ratio": round(fb / max(qb, 1), 3),
+        },
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "nodes": {
+            "quantized": [{"node": d.node, "op_type": d.op_type} for d in plan.quantized_nodes],
+            "skipped": [
+                {"node": d.node, "op_type": d.op_type, "reason": d.reason, "graph": d.graph}
+                for d in plan.skipped_nodes
+            ],
+        },
+        "integer_weights": int_weights,
+        "planned_weights": len(weights),
+        "calibration": calibration,
+        "check": check,
+        "notes": notes + plan.notes,
+        "warnings": warnings,
+        "versions": versions(),
+        "seed": result.recipe.seed,
+        "cpu": cpu,
+    }

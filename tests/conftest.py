@@ -1,0 +1,8 @@
+"""Shared fixtures: tiny ONNX models built in a few lines (see tinymodels.py), seeded data."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
