@@ -1,0 +1,161 @@
+"""The CLI: quantize and inspect work; each bad input gives one line, exit code 2, and writes nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+from tinymodels import conv_net, images
+from typer.testing import CliRunner
+
+from edgequant.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def files(tmp_path: Path) -> dict[str, Path]:
+    model = tmp_path / "net.onnx"
+    onnx.save_model(conv_net(), model)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=images(24))
+    return {"model": model, "calib": calib, "out": tmp_path / "out"}
+
+
+def test_quantize_writes_model_report_and_plan(files: dict[str, Path]) -> None:
+    res = runner.invoke(
+        app,
+        [
+            "quantize",
+            str(files["model"]),
+            "-o",
+            str(files["out"]),
+            "--calib-data",
+            str(files["calib"]),
+            "--calib-method",
+            "percentile",
+            "--calib-samples",
+            "16",
+            "--exclude",
+            "gap",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    names = sorted(p.name for p in files["out"].iterdir())
+    assert names == ["net_int8.json", "net_int8.onnx", "net_int8.plan.json"]
+    report = json.loads((files["out"] / "net_int8.json").read_text())
+    assert report["calibration"]["samples"] == 16 and report["calibration"]["method"] == "percentile"
+    assert report["sizes"]["packed_bytes"] > 0 and report["versions"]["onnxruntime"]
+    assert {
+        "node": "gap",
+        "op_type": "GlobalAveragePool",
+        "reason": "excluded by the user ('gap').",
+        "graph": "main",
+    } in (report["nodes"]["skipped"])
+
+
+def test_w4a8_tag_and_recipe_file(files: dict[str, Path], tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"weight_bits: 4\ncalib_data: {files['calib']}\n")
+    res = runner.invoke(
+        app, ["quantize", str(files["model"]), "-o", str(files["out"]), "--recipe", str(recipe)]
+    )
+    assert res.exit_code == 0, res.output
+    assert (files["out"] / "net_w4a8.onnx").is_file()
+
+
+def test_inspect_lists_ops_and_quantizable_nodes(files: dict[str, Path]) -> None:
+    res = runner.invoke(app, ["inspect", str(files["model"]), "--json"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.output)
+    assert info["ops"]["Conv"] == 3 and info["parameters"] == 8 * 27 + 8 + 8 * 9 + 8 + 64 + 8 + 160 + 10
+    assert [n["name"] for n in info["quantizable_nodes"]] == ["conv1", "dwconv", "pwconv", "fc"]
+
+
+def _bad(files: dict[str, Path], *args: str) -> str:
+    res = runner.invoke(app, ["quantize", *args, "-o", str(files["out"])])
+    assert res.exit_code == 2, res.output
+    assert not files["out"].exists() or not any(files["out"].iterdir()), "nothing may be written"
+    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
+    return " ".join(lines)
+
+
+def test_missing_model(files: dict[str, Path], tmp_path: Path) -> None:
+    out = _bad(files, str(tmp_path / "nope.onnx"))
+    assert out.startswith("error: model file") and "does not exist. Fix: check the path." in out
+
+
+def test_not_onnx(files: dict[str, Path], tmp_path: Path) -> None:
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"this is a text file, not a protobuf\x00\xff")
+    assert "is not an ONNX model" in _bad(files, str(junk))
+
+
+def test_model_ort_cannot_load(files: dict[str, Path], tmp_path: Path) -> None:
+    g = h.make_graph(
+        [h.make_node("NoSuchOp", ["x"], ["y"], domain="acme")],
+        "g",
+        [h.make_tensor_value_info("x", T.FLOAT, [1])],
+        [h.make_tensor_value_info("y", T.FLOAT, [1])],
+    )
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("acme", 1)])
+    p = tmp_path / "custom.onnx"
+    onnx.save_model(m, p)
+    out = _bad(files, str(p))
+    assert "ONNX Runtime cannot load the input model" in out and "NoSuchOp" in out
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        (
+            {"x": np.zeros((4, 3, 8, 8), np.float32)},
+            "input 'x' has shape 4x3x8x8, the model expects ?x3x16x16",
+        ),
+        ({"x": np.zeros((4, 3, 16, 16), np.int32)}, "input 'x' has dtype int32, the model expects float32"),
+        (
+            {"image": np.zeros((4, 3, 16, 16), np.float32), "depth": np.zeros((4, 1, 16, 16), np.float32)},
+            "has no field 'x' for model input 'x'",
+        ),
+    ],
+)
+def test_wrong_calibration_arrays(
+    files: dict[str, Path], tmp_path: Path, arrays: dict[str, np.ndarray], message: str
+) -> None:
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **arrays)  # type: ignore[arg-type]
+    assert message in _bad(files, str(files["model"]), "--calib-data", str(bad))
+
+
+def test_unknown_method(files: dict[str, Path]) -> None:
+    out = _bad(files, str(files["model"]), "--method", "int3")
+    assert out == (
+        "error: method = 'int3' is not allowed; allowed: static, dynamic, fp16, weight-only. "
+        "Fix: use one of static, dynamic, fp16, weight-only"
+    )
+
+
+def test_impossible_bit_width(files: dict[str, Path]) -> None:
+    out = _bad(files, str(files["model"]), "--weight-bits", "3")
+    assert out == "error: weight bits 3 is impossible; allowed: 2, 4, 8. Fix: use --weight-bits 8, 4 or 2."
+
+
+def test_console_script_exit_code(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "edgequant"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "edgequant.cli"]
+    res = subprocess.run(
+        [*cmd, "quantize", str(tmp_path / "missing.onnx"), "-o", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0 and res.stderr.startswith("error: model file")
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,178 @@
+"""Graphs that real exporters produce and that break or silently defeat other tools."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+from onnx import numpy_helper as nh
+from tinymodels import conv_net, images, mlp
+
+import edgequant
+from edgequant.model import load_model, save_model
+from edgequant.runtime import OrtRuntime, detect
+
+
+def _with_constant_weights(m: onnx.ModelProto) -> onnx.ModelProto:
+    """Move every initializer into a Constant node, as Paddle2ONNX does."""
+    out = onnx.ModelProto()
+    out.CopyFrom(m)
+    consts = [
+        h.make_node("Constant", [], [t.name], name=f"const_{t.name}", value=t) for t in out.graph.initializer
+    ]
+    del out.graph.initializer[:]
+    nodes = consts + list(out.graph.node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
+
+
+def test_constant_node_weights_are_quantized() -> None:
+    m = _with_constant_weights(conv_net())
+    r = edgequant.quantize(m, {"x": images(32)})
+    assert r.report["integer_weights"] == 4 and r.report["planned_weights"] == 4
+    assert not any(n.op_type == "Constant" for n in r.model.graph.node)
+    assert any("Constant node(s) converted to initializers" in n for n in r.report["notes"])
+
+
+def _wrap_in_if(m: onnx.ModelProto, cond_const: bool) -> onnx.ModelProto:
+    g = m.graph
+    then_g = h.make_graph(
+        list(g.node), "then", [], [h.make_tensor_value_info("y", T.FLOAT, None)], list(g.initializer)
+    )
+    else_g = h.make_graph(
+        [h.make_node("Identity", ["x"], ["y_else"])],
+        "else",
+        [],
+        [h.make_tensor_value_info("y_else", T.FLOAT, None)],
+    )
+    nodes = [h.make_node("If", ["cond"], ["y"], name="top_if", then_branch=then_g, else_branch=else_g)]
+    inputs = list(g.input)
+    inits = []
+    if cond_const:
+        inits.append(nh.from_array(np.array(True), "cond"))
+    else:
+        inputs.append(h.make_tensor_value_info("cond", T.BOOL, []))
+    out = h.make_model(
+        h.make_graph(nodes, "wrapped", inputs, list(g.output), inits), opset_imports=m.opset_import
+    )
+    out.ir_version = 8
+    return out
+
+
+def test_network_inside_constant_if_is_inlined_and_quantized() -> None:
+    m = _wrap_in_if(mlp(), cond_const=True)
+    x = np.random.default_rng(0).standard_normal((256, 32)).astype(np.float32)
+    r = edgequant.quantize(m, x, calib_samples=256)
+    assert r.report["integer_weights"] == 2
+    assert not any(n.op_type == "If" for n in r.model.graph.node)
+    ev = {"x": x[:16]}
+    ref, got = OrtRuntime().run(m, ev)["y"], OrtRuntime().run(r.model, ev)["y"]
+    assert 10 * np.log10(np.sum(ref**2) / np.sum((ref - got) ** 2)) > 30
+
+
+def test_network_inside_runtime_if_is_refused_with_reason() -> None:
+    m = _wrap_in_if(mlp(), cond_const=False)
+    feeds = [{"x": np.zeros((2, 32), np.float32), "cond": np.array(True)}]
+    with pytest.raises(
+        edgequant.UnsupportedError, match="all inside the subgraphs of control-flow node 'top_if'"
+    ):
+        edgequant.quantize(m, feeds)
+
+
+def test_stale_shapes_are_repaired() -> None:
+    m = conv_net()
+    # stale intermediate and output shapes, as left by a graph surgery tool
+    m.graph.value_info.append(h.make_tensor_value_info("c1", T.FLOAT, [1, 99, 4, 4]))
+    m.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 7
+    # what the ORT tool runs into: "[ShapeInferenceError] Inferred shape and existing shape differ"
+    with pytest.raises(onnx.shape_inference.InferenceError, match="Inferred shape and existing shape differ"):
+        onnx.shape_inference.infer_shapes(m, strict_mode=True)
+    r = edgequant.quantize(m, {"x": images(16)})
+    assert any("contradicts the graph" in n for n in r.report["notes"])
+    assert r.report["check"]["output_sqnr_db"]["y"] > 30
+
+
+def test_old_opset_is_raised_for_per_axis_qdq() -> None:
+    m = conv_net(opset=11)
+    r = edgequant.quantize(m, {"x": images(16)})
+    assert r.model.opset_import[0].version == 13
+    assert any("opset raised from 11 to 13" in n for n in r.report["notes"])
+    assert r.report["check"]["output_sqnr_db"]["y"] > 30
+
+
+def test_variable_sequence_lengths_without_padding() -> None:
+    rng = np.random.default_rng(0)
+    m = mlp()
+    m.graph.input[0].type.tensor_type.shape.ClearField("dim")
+    for d in ("N", "T", 32):
+        dim = m.graph.input[0].type.tensor_type.shape.dim.add()
+        if isinstance(d, str):
+            dim.dim_param = d
+        else:
+            dim.dim_value = d
+    m.graph.output[0].type.tensor_type.ClearField("shape")
+    batches = [{"x": rng.standard_normal((2, t, 32)).astype(np.float32)} for t in (3, 9, 5, 12)]
+    r = edgequant.quantize(m, batches)
+    assert r.report["calibration"]["samples"] == 8
+    assert r.report["check"]["output_sqnr_db"]["y"] > 25
+
+
+def test_attention_mask_sentinels_do_not_poison_ranges() -> None:
+    rng = np.random.default_rng(0)
+    nodes = [
+        h.make_node("MatMul", ["x", "w"], ["s"], name="scores"),
+        h.make_node("Add", ["s", "mask"], ["masked"], name="add_mask"),
+        h.make_node("Softmax", ["masked"], ["p"], name="softmax", axis=-1),
+        h.make_node("MatMul", ["p", "v"], ["y"], name="mix"),
+    ]
+    g = h.make_graph(
+        nodes,
+        "attn",
+        [
+            h.make_tensor_value_info("x", T.FLOAT, ["N", 8]),
+            h.make_tensor_value_info("mask", T.FLOAT, ["N", 8]),
+        ],
+        [h.make_tensor_value_info("y", T.FLOAT, ["N", 4])],
+        [
+            nh.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w"),
+            nh.from_array(rng.standard_normal((8, 4)).astype(np.float32), "v"),
+        ],
+    )
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 8
+    mask = np.zeros((64, 8), np.float32)
+    mask[:, 6:] = np.finfo(np.float32).min
+    x = rng.standard_normal((64, 8)).astype(np.float32)
+    r = edgequant.quantize(m, {"x": x, "mask": mask})
+    assert "mask" not in r.plan.tensors and "masked" not in r.plan.tensors
+    s = r.plan.tensors["s"]
+    assert s.lo is not None and s.lo > -100 and s.hi is not None and s.hi < 100
+    assert any("mask sentinel" in n for n in r.report["notes"])
+    assert r.report["check"]["output_sqnr_db"]["y"] > 25
+
+
+def test_external_data_model_loads(tmp_path: Path) -> None:
+    m = mlp(d_in=256, hidden=512)
+    path = tmp_path / "big.onnx"
+    onnx.save_model(m, path, save_as_external_data=True, location="big.onnx.data", size_threshold=0)
+    assert (tmp_path / "big.onnx.data").stat().st_size > 256 * 512 * 4
+    loaded = load_model(path)
+    r = edgequant.quantize(loaded, np.zeros((4, 256), np.float32) + 0.5)
+    saved = save_model(r.model, tmp_path / "out" / "q.onnx")
+    assert OrtRuntime().run(saved, {"x": np.ones((2, 256), np.float32)})["y"].shape == (2, 8)
+
+
+def test_cpu_feature_detection_decides_reduce_range(tmp_path: Path) -> None:
+    avx2_only = tmp_path / "cpuinfo"
+    avx2_only.write_text("processor: 0\nflags\t\t: fpu sse avx avx2 fma\n")
+    cpu = detect(avx2_only)
+    if cpu.arch == "x86_64":
+        assert cpu.needs_reduce_range and not cpu.vnni
+    vnni = tmp_path / "cpuinfo2"
+    vnni.write_text("flags\t\t: avx2 avx512f avx512_vnni\n")
+    assert not detect(vnni).needs_reduce_range

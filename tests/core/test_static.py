@@ -1,0 +1,154 @@
+"""Static QDQ quantization end to end: outputs in ONNX Runtime within a stated SQNR of float."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto
+from tinymodels import conv_net, images, lstm_with_state, mlp
+
+import edgequant
+from edgequant.runtime import OrtRuntime
+
+
+def _sqnr(model: onnx.ModelProto, q: onnx.ModelProto, feeds: dict[str, np.ndarray], out: str = "y") -> float:
+    rt = OrtRuntime()
+    ref, got = rt.run(model, feeds)[out], rt.run(q, feeds)[out]
+    return float(10 * np.log10(np.sum(ref**2) / np.sum((ref - got) ** 2)))
+
+
+def _op_count(m: onnx.ModelProto, op: str) -> int:
+    return sum(n.op_type == op for n in m.graph.node)
+
+
+def test_conv_net_int8_per_channel_close_to_float() -> None:
+    m, x = conv_net(), images(64)
+    r = edgequant.quantize(m, {"x": x})
+    assert r.tag == "int8"
+    # conv, depthwise conv, pointwise conv, residual add, concat, pooling, gemm: all quantized
+    assert {d.node for d in r.plan.quantized_nodes} >= {
+        "conv1",
+        "dwconv",
+        "pwconv",
+        "residual",
+        "concat",
+        "fc",
+    }
+    assert _sqnr(m, r.model, {"x": images(16, seed=7)}) > 30.0
+    assert r.report["integer_weights"] == r.report["planned_weights"] == 4
+    w1 = r.plan.tensors["w1"]
+    assert w1.spec.granularity.value == "per_channel" and len(w1.scale or []) == 8
+    ints = {t.name: t.data_type for t in r.model.graph.initializer}
+    assert ints["w1_q"] == TensorProto.INT8 and "w1" not in ints  # the float weight is gone
+    assert ints["b1_q"] == TensorProto.INT32  # bias in the form ORT's QLinearConv fusion needs
+
+
+def test_depthwise_per_tensor_is_worse_than_per_channel() -> None:
+    m, x, ev = conv_net(), images(64), {"x": images(16, seed=7)}
+    pc = _sqnr(m, edgequant.quantize(m, {"x": x}).model, ev)
+    pt = _sqnr(m, edgequant.quantize(m, {"x": x}, per_channel=False).model, ev)
+    assert pc > pt + 1.0
+
+
+def test_mlp_matmul_w8a8_and_w4a8_and_w8a16() -> None:
+    m = mlp()
+    # enough calibration samples that held-out data is rarely clipped
+    x = np.random.default_rng(3).standard_normal((1024, 32)).astype(np.float32)
+    ev = {"x": np.random.default_rng(4).standard_normal((16, 32)).astype(np.float32)}
+    assert _sqnr(m, edgequant.quantize(m, x, calib_samples=1024, batch_size=64).model, ev) > 30.0
+    w4 = edgequant.quantize(m, x, weight_bits=4)
+    assert w4.tag == "w4a8"
+    assert {t.data_type for t in w4.model.graph.initializer if t.name.endswith("w1_q")} == {TensorProto.INT4}
+    assert _sqnr(m, w4.model, ev) > 15.0
+    a16 = edgequant.quantize(m, x, act_bits=16)
+    assert _sqnr(m, a16.model, ev) > 35.0
+    assert a16.model.opset_import[0].version >= 21
+
+
+def test_weight_only_int4_blockwise_has_no_activation_qdq() -> None:
+    m = mlp()
+    r = edgequant.quantize(m, None, method="weight-only", weight_bits=4, block_size=16)
+    assert _op_count(r.model, "QuantizeLinear") == 0
+    dq = [n for n in r.model.graph.node if n.op_type == "DequantizeLinear"]
+    assert {a.name: a.i for a in dq[0].attribute} == {"axis": 0, "block_size": 16}
+    ev = {"x": np.random.default_rng(4).standard_normal((16, 32)).astype(np.float32)}
+    assert _sqnr(m, r.model, ev) > 15.0
+    assert r.report["sizes"]["packed_bytes"] < r.report["sizes"]["float_bytes"] / 3
+
+
+def test_lstm_with_state_weights_per_channel_state_float() -> None:
+    m = lstm_with_state()
+    rng = np.random.default_rng(0)
+    feeds = {
+        "x": rng.standard_normal((5, 4, 8)).astype(np.float32),
+        "h0": np.zeros((1, 4, 16), np.float32),
+        "c0": np.zeros((1, 4, 16), np.float32),
+    }
+    r = edgequant.quantize(m, [feeds])  # one batch as-is: the batch axis of x is 1, not 0
+    assert r.plan.tensors["W"].spec.granularity.value == "per_channel"
+    assert r.plan.tensors["R"].spec.axis == 1
+    for state in ("h0", "c0", "h1", "c1", "Y"):
+        assert state not in r.plan.tensors
+    assert any("recurrent state" in n for n in r.report["notes"])
+    rt = OrtRuntime()
+    # carry the state over three calls: error must not blow up
+    hf, cf, hq, cq = feeds["h0"], feeds["c0"], feeds["h0"], feeds["c0"]
+    for step in range(3):
+        x = rng.standard_normal((5, 4, 8)).astype(np.float32)
+        of = rt.run(m, {"x": x, "h0": hf, "c0": cf})
+        oq = rt.run(r.model, {"x": x, "h0": hq, "c0": cq})
+        hf, cf, hq, cq = of["h1"], of["c1"], oq["h1"], oq["c1"]
+        sq = 10 * np.log10(np.sum(of["y"] ** 2) / np.sum((of["y"] - oq["y"]) ** 2))
+        assert sq > 25.0, f"call {step}: {sq:.1f} dB"
+
+
+def test_two_bit_activations_are_refused_with_reason() -> None:
+    with pytest.raises(
+        edgequant.UnsupportedError,
+        match=r"2-bit activations cannot run on the CPU runtime \(ONNX Runtime has no 2-bit QuantizeLinear\)\. Fix: use --act-bits 8",
+    ):
+        edgequant.quantize(mlp(), None, act_bits=2)
+
+
+def test_activation_signedness_auto_is_unsigned_and_settable() -> None:
+    x = np.random.default_rng(3).standard_normal((16, 32)).astype(np.float32)
+    auto = edgequant.quantize(mlp(), x)
+    assert {e.spec.signed for e in auto.plan.tensors.values() if e.role == "activation"} == {False}
+    signed = edgequant.quantize(mlp(), x, act_signed="signed", act_symmetric=True)
+    acts = [e for e in signed.plan.tensors.values() if e.role == "activation"]
+    assert all(e.spec.signed and e.zero_point == [0] for e in acts)
+
+
+def test_power_of_two_scales() -> None:
+    r = edgequant.quantize(conv_net(), {"x": images(32)}, power_of_two=True)
+    for e in r.plan.tensors.values():
+        if e.role in ("weight", "activation"):
+            assert e.scale and all(float(np.log2(s)).is_integer() for s in e.scale), e.name
+
+
+def test_reduce_range_on_gives_seven_bit_weights() -> None:
+    r = edgequant.quantize(conv_net(), {"x": images(32)}, reduce_range="on")
+    q = next(t for t in r.model.graph.initializer if t.name == "w1_q")
+    vals = onnx.numpy_helper.to_array(q)
+    assert vals.min() >= -64 and vals.max() <= 63 and vals.max() == 63
+    assert any("reduce_range" in n for n in r.report["notes"])
+
+
+def test_scales_do_not_depend_on_batch_size() -> None:
+    m, x = conv_net(), images(40)
+    a = edgequant.quantize(m, {"x": x}, batch_size=1, calib_method="percentile")
+    b = edgequant.quantize(m, {"x": x}, batch_size=7, calib_method="percentile")
+    for name in a.plan.activations():
+        assert a.plan.tensors[name].scale == pytest.approx(b.plan.tensors[name].scale, rel=1e-6)
+
+
+def test_exclude_by_name_op_type_and_regex_and_first_last() -> None:
+    m, x = conv_net(), {"x": images(16)}
+    r = edgequant.quantize(m, x, exclude=["dwconv", "Concat", "re:pw.*"], skip_last=True)
+    skipped = {d.node: d.reason for d in r.plan.skipped_nodes}
+    assert skipped["dwconv"] == "excluded by the user ('dwconv')."
+    assert "Concat" in skipped["concat"] and "re:pw.*" in skipped["pwconv"]
+    assert skipped["fc"] == "last compute layer kept float (skip_last)."
+    with pytest.raises(edgequant.RecipeError, match="exclude 'dwcnv' matches no node name or op type"):
+        edgequant.quantize(m, x, exclude=["dwcnv"])
