@@ -32,6 +32,7 @@ PASS_OPS = {
 }  # fmt: skip
 # which inputs carry data (the rest are shapes, indices, scales)
 DATA_INPUTS = {"Resize": (0,), "Clip": (0,), "Pad": (0,), "Reshape": (0,), "Split": (0,), "Gather": (0,)}
+FUSED_ACTIVATIONS = {"Relu", "Clip"}
 CONTROL_FLOW = {"If", "Loop", "Scan"}
 FLOAT_TYPES = {onnx.TensorProto.FLOAT}
 
@@ -268,8 +269,9 @@ class Planner:
             if name in floats:
                 self._add_activation(name, act, plan)
                 touched = True
-        for name in node.output:
-            if name and name in floats:
+        graph_outputs = {o.name for o in self.model.graph.output}
+        for name in node.output:  # a graph output keeps full precision: its Q/DQ would feed nothing
+            if name and name in floats and name not in graph_outputs and not self._feeds_activation(name):
                 self._add_activation(name, act, plan)
                 touched = True
         return touched
@@ -287,6 +289,12 @@ class Planner:
             return True
         plan.tensors[w.name] = TensorEntry(w.name, "weight", spec)
         return True
+
+    def _feeds_activation(self, name: str) -> bool:
+        """True when ``name``'s only consumer is a Relu/Clip: ORT fuses Conv+Relu, so only the Relu
+        output is quantized (a Q/DQ in between would cost a requantization and split the fusion)."""
+        users = [n for n in self.model.graph.node if name in n.input]
+        return len(users) == 1 and users[0].op_type in FUSED_ACTIVATIONS and users[0].input[0] == name
 
     @staticmethod
     def _add_activation(name: str, spec: QuantSpec, plan: QuantPlan) -> None:

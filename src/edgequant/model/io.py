@@ -55,9 +55,16 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     return model
 
 
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _fsync_replace(tmp: Path, final: Path) -> None:
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
+    os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; give the file the usual permissions
     os.replace(tmp, final)
 
 
@@ -108,6 +115,7 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp_name, _umask_mode())
         os.replace(tmp_name, final)
     except Exception:
         Path(tmp_name).unlink(missing_ok=True)
