@@ -129,10 +129,6 @@ def quantize(
             source, examples = _load_torch(model, factory, checkpoint, input_shape)
         with ProgressBar() as bar:
             result = run(source, None, recipe, example_inputs=examples, progress=bar, **overrides)
-        if examples is not None:
-            from edgequant.model import save_model
-
-            save_model(result.float_model, out / f"{result.name}_float.onnx")
         paths = result.save(out)
     except EdgeQuantError as exc:
         fail(exc)

@@ -47,12 +47,14 @@ def resolve_recipe(recipe: Recipe | dict[str, Any] | str | Path | None, override
     return from_dict({**base, **overrides})
 
 
-def load_input_model(model: ModelLike, example_inputs: Any = None) -> tuple[onnx.ModelProto, str]:
-    """An ONNX model and a name for it, from a path, a ModelProto, or a torch.nn.Module."""
+def load_input_model(
+    model: ModelLike, example_inputs: Any = None
+) -> tuple[onnx.ModelProto, str, dict[str, Any] | None]:
+    """An ONNX model, a name for it, and the export check when it came from a torch.nn.Module."""
     if isinstance(model, onnx.ModelProto):
-        return model, (model.graph.name or "model").replace("/", "_")
+        return model, (model.graph.name or "model").replace("/", "_"), None
     if isinstance(model, str | Path):
-        return load_model(model), Path(model).stem
+        return load_model(model), Path(model).stem, None
     if type(model).__module__.startswith("torch") or hasattr(model, "state_dict"):
         import tempfile
 
@@ -65,8 +67,14 @@ def load_input_model(model: ModelLike, example_inputs: Any = None) -> tuple[onnx
             )
         with tempfile.TemporaryDirectory(prefix="edgequant-") as tmp:
             path = Path(tmp) / "model.onnx"
-            export_torch(model, example_inputs, path)
-            return load_model(path), type(model).__name__.lower()
+            rep = export_torch(model, example_inputs, path)
+            check = {
+                "source": rep.source,
+                "max_abs_diff": rep.max_abs_diff,
+                "sqnr_db": rep.sqnr_db if np.isfinite(rep.sqnr_db) else None,
+                "opset": rep.opset,
+            }
+            return load_model(path), type(model).__name__.lower(), check
     raise ModelError(
         f"cannot quantize an object of type {type(model).__name__}.",
         "pass a path to an .onnx file, an onnx.ModelProto, or a torch.nn.Module with example_inputs.",
@@ -87,7 +95,7 @@ def quantize(
     t0 = time.perf_counter()
     recipe = resolve_recipe(recipe, overrides)
     runtime = runtime or OrtRuntime()
-    onnx_model, name = load_input_model(model, example_inputs)
+    onnx_model, name, imported = load_input_model(model, example_inputs)
     _require_loadable(runtime, onnx_model)
     float_model, notes = prepare(onnx_model)
     cpu = detect()
@@ -131,7 +139,7 @@ def quantize(
 
     check = _check(runtime, float_model, quantized, calibration, recipe)
     seconds["total"] = time.perf_counter() - t0
-    result = QuantResult(quantized, float_model, plan, recipe, name, recipe.default_tag)
+    result = QuantResult(quantized, float_model, plan, recipe, name, recipe.default_tag, save_float=bool(imported))
     result.report = build_report(
         result,
         seconds=seconds,
@@ -141,6 +149,8 @@ def quantize(
         cpu=cpu.describe(),
         check=check,
     )
+    if imported:
+        result.report["import"] = imported
     return result
 
 

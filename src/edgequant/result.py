@@ -37,6 +37,7 @@ class QuantResult:
     name: str
     tag: str
     report: dict[str, Any] = field(default_factory=dict)
+    save_float: bool = False  # the float model was exported here (from PyTorch): write it beside
 
     @property
     def stem(self) -> str:
@@ -53,17 +54,22 @@ class QuantResult:
         model_path = out / f"{self.stem}.onnx"
         report_path = out / f"{self.stem}.json"
         plan_path = out / f"{self.stem}.plan.json"
+        float_path = out / f"{self.name}_float.onnx"
         write_text_atomic(plan_path, self.plan.to_json())
         try:
+            if self.save_float:
+                save_model(self.float_model, float_path)
             save_model(self.model, model_path)
             self.report["files"] = {
                 "model": model_path.name,
                 "report": report_path.name,
                 "plan": plan_path.name,
             }
+            if self.save_float:
+                self.report["files"]["float_model"] = float_path.name
             write_text_atomic(report_path, json.dumps(self.report, indent=1, default=_json_default))
         except Exception:
-            for p in (model_path, plan_path):
+            for p in (model_path, plan_path, *([float_path] if self.save_float else [])):
                 p.unlink(missing_ok=True)
             raise
         return SavedPaths(model_path, report_path, plan_path)
