@@ -139,7 +139,9 @@ def quantize(
 
     check = _check(runtime, float_model, quantized, calibration, recipe)
     seconds["total"] = time.perf_counter() - t0
-    result = QuantResult(quantized, float_model, plan, recipe, name, recipe.default_tag, save_float=bool(imported))
+    result = QuantResult(
+        quantized, float_model, plan, recipe, name, recipe.default_tag, save_float=bool(imported)
+    )
     result.report = build_report(
         result,
         seconds=seconds,

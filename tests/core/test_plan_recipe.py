@@ -54,7 +54,7 @@ def test_qparams_math() -> None:
     s, z = qparams_from_range(-1.0, 3.0, spec)
     assert float(s) == pytest.approx(4.0 / 255) and int(z) == 64
     w = np.array([[1.0, -2.0], [0.5, 0.25]], np.float32)
-    q, s2, z2 = quantize_weight(w, QuantSpec(bits=8, narrow_range=True, granularity="per_channel", axis=0))
+    q, s2, _z2 = quantize_weight(w, QuantSpec(bits=8, narrow_range=True, granularity="per_channel", axis=0))
     assert s2.tolist() == pytest.approx([2 / 127, 0.5 / 127]) and q.tolist() == [[64, -127], [127, 64]]
 
 
@@ -64,14 +64,14 @@ def test_yaml_recipe_mirrors_flags(tmp_path: Path) -> None:
     r = load_recipe(p)
     assert (r.weight_bits, r.per_channel, r.exclude, r.calib_method) == (4, False, ("fc",), "entropy")
     res = edgequant.quantize(conv_net(), {"x": images(16)}, p)
-    assert res.tag == "w4a8" and not [d for d in res.plan.nodes if d.node == "fc"][0].quantized
+    assert res.tag == "w4a8" and not next(d for d in res.plan.nodes if d.node == "fc").quantized
 
 
 def test_unknown_recipe_key_is_an_error(tmp_path: Path) -> None:
     p = tmp_path / "r.yaml"
     p.write_text("method: static\nweight_bit: 4\n")
     with pytest.raises(
-        edgequant.RecipeError, match="unknown key 'weight_bit' in recipe.*did you mean 'weight_bits'"
+        edgequant.RecipeError, match=r"unknown key 'weight_bit' in recipe.*did you mean 'weight_bits'"
     ):
         load_recipe(p)
 
