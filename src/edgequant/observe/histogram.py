@@ -1,0 +1,103 @@
+"""A mergeable histogram on a global power-of-two grid, independent of how the data is batched.
+
+The grid is symmetric around 0 with ``2 * bins`` bins of width ``w = 2**k``: bin ``j`` covers
+``[(j - bins) * w, (j - bins + 1) * w)``, so 0 is always a bin edge.  ``k`` is the smallest integer
+(not below ``K_MIN``) with ``max|x| < bins * 2**k`` over every value seen so far.
+
+When a new value falls outside the grid, ``k`` grows by ``d`` and bin ``j`` moves to
+``floor((j - bins) / 2**d) + bins``: each new bin is the exact union of ``2**d`` old ones, because
+old and new edges are all multiples of the old width and 0 is an edge of both.  Binning is
+``floor(x * 2**-k)``, which is exact since ``w`` is a power of two (float32 arithmetic while
+``-126 <= k <= 0``, float64 otherwise, so that no value underflows).  Hence the final counts equal a one-shot
+histogram of all the data at the final ``k``, whatever the batch sizes, the batch order or the
+tensor shapes: histogram observers give the same range for batch size 1, 7 or everything at once.
+
+Memory is ``2 * bins`` float64 counts (32 KiB for 2048 bins) plus a few scalars, whatever the number
+of samples.  Counts are float64 holding integers, exact up to 2**53 values.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+K_MIN = -140  # 2**-140 * bins is below float32's smallest subnormal: every float32 range fits above it
+_CHUNK = 1 << 20  # values binned per step, to bound the float64 temporaries
+
+
+class PowerOfTwoHistogram:
+    """Counts of finite values on the grid described in the module docstring."""
+
+    def __init__(self, bins: int = 2048) -> None:
+        self.bins = int(bins)
+        self.counts = np.zeros(2 * self.bins, dtype=np.float64)
+        self.k = K_MIN
+        self.total = 0
+        self.lo = math.inf
+        self.hi = -math.inf
+
+    @property
+    def width(self) -> float:
+        return math.ldexp(1.0, self.k)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.counts.nbytes) + 64
+
+    def edges(self) -> np.ndarray:
+        """The ``2 * bins + 1`` bin edges of the signed grid."""
+        return (np.arange(2 * self.bins + 1, dtype=np.float64) - self.bins) * self.width
+
+    def required_k(self, amax: float) -> int:
+        """Smallest ``k >= K_MIN`` with ``amax < bins * 2**k``."""
+        if amax <= 0.0:
+            return K_MIN
+        _, k = math.frexp(amax / self.bins)  # amax/bins = m * 2**k with 0.5 <= m < 1
+        k = max(K_MIN, k)
+        while amax >= math.ldexp(float(self.bins), k):  # guard the division's rounding (exact compare)
+            k += 1
+        return k
+
+    def grow(self, k: int) -> None:
+        """Coarsen the grid to width ``2**k`` by merging ``2**(k - self.k)`` bins into one (exact)."""
+        d = k - self.k
+        if d <= 0:
+            return
+        if self.total:
+            offsets = np.arange(2 * self.bins, dtype=np.int64) - self.bins
+            target = np.floor_divide(offsets, 1 << min(d, 62)) + self.bins
+            self.counts = np.bincount(target, weights=self.counts, minlength=2 * self.bins).astype(np.float64)
+        self.k = k
+
+    def update(self, values: np.ndarray) -> None:
+        """Add finite values (callers drop non-finite and sentinel values first)."""
+        flat = values.reshape(-1)
+        if flat.size == 0:
+            return
+        lo = float(flat.min())
+        hi = float(flat.max())
+        self.lo = min(self.lo, lo)
+        self.hi = max(self.hi, hi)
+        self.grow(self.required_k(max(abs(self.lo), abs(self.hi))))
+        # float32 is exact when -126 <= k <= 0: 2**-k is a float32, scaling by it keeps every bit and
+        # |x * 2**-k| < bins.
+        # For k > 0 a tiny negative x could underflow to -0.0 and land in the wrong bin: use float64.
+        small = -126 <= self.k <= 0 and flat.dtype in (np.float32, np.float16)
+        work_dtype = np.float32 if small else np.float64
+        scale = work_dtype(math.ldexp(1.0, -self.k))
+        for start in range(0, flat.size, _CHUNK):
+            part = np.multiply(flat[start : start + _CHUNK], scale, dtype=work_dtype)
+            np.floor(part, out=part)
+            idx = part.astype(np.intp)
+            idx += self.bins
+            self.counts += np.bincount(idx, minlength=2 * self.bins)
+        self.total += int(flat.size)
+
+    def magnitude_counts(self) -> np.ndarray:
+        """Counts of ``|x|`` on ``bins`` bins of width ``w`` over ``[0, bins * w]``.
+
+        Positive bin ``bins + m`` holds ``[m w, (m+1) w)``; negative bin ``bins - 1 - m`` holds
+        ``[-(m+1) w, -m w)``, i.e. ``|x|`` in ``(m w, (m+1) w]``; both fold into magnitude bin ``m``.
+        """
+        return self.counts[self.bins :] + self.counts[: self.bins][::-1]

@@ -1,0 +1,188 @@
+"""Observers: streaming range estimators with ``update(x)`` / ``compute() -> (lo, hi)``.
+
+* ``minmax``: the running minimum and maximum.
+* ``percentile``, ``entropy``, ``mse``: a :class:`PowerOfTwoHistogram` (exactly mergeable, so the
+  result does not depend on batch size, batch order or tensor shapes) read by the searches in
+  :mod:`edgequant.observe.thresholds` (percentile; KL divergence after Migacz 2017; expected MSE
+  after Banner et al. 2019).
+
+Mask sentinels are not data: values that are NaN, +-inf or have ``|x| >= 1e30`` (attention masks
+use ``finfo(float32).min``) are dropped before any statistic and counted in ``sentinels``.
+
+Memory per observer is constant: two floats for minmax, ``2 * bins`` float64 counts otherwise.
+The returned range is the observed one, clipped by the method; it need not contain 0 (the scheme
+layer widens it).  An observer that saw no finite value raises DataError from ``compute``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from edgequant.errors import DataError, RecipeError
+from edgequant.observe.histogram import PowerOfTwoHistogram
+from edgequant.observe.thresholds import entropy_range, mse_range, percentile_range
+
+SENTINEL_ABS = 1e30
+METHODS: tuple[str, ...] = ("minmax", "percentile", "entropy", "mse")
+
+
+@runtime_checkable
+class Observer(Protocol):
+    """Streaming range estimator; memory does not depend on how many values it has seen."""
+
+    sentinels: int
+
+    def update(self, x: np.ndarray) -> None: ...
+
+    def compute(self) -> tuple[float, float]: ...
+
+    @property
+    def tracked_bytes(self) -> int: ...
+
+
+def split_sentinels(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """Flattened float data without mask sentinels, and how many sentinels were dropped."""
+    arr = np.asarray(x)
+    if arr.dtype.kind != "f":
+        raise DataError(
+            f"an observer received an array of dtype {arr.dtype}; only float tensors are observed.",
+            "observe float activations only; integer tensors are not quantized from ranges.",
+        )
+    flat = arr.reshape(-1)
+    if flat.size == 0:
+        return flat, 0
+    lo, hi = flat.min(), flat.max()  # NaN propagates into both
+    if -SENTINEL_ABS < lo and hi < SENTINEL_ABS:
+        return flat, 0
+    keep = np.abs(flat) < SENTINEL_ABS  # False for NaN and +-inf too
+    dropped = int(flat.size - np.count_nonzero(keep))
+    return flat[keep], dropped
+
+
+def _no_data(method: str, sentinels: int) -> DataError:
+    return DataError(
+        f"the {method} observer saw no finite values (mask sentinels or non-finite values dropped: "
+        f"{sentinels}), so it has no range to report.",
+        "check that the calibration data reaches this tensor with real values.",
+    )
+
+
+class MinMaxObserver:
+    """Running minimum and maximum."""
+
+    method = "minmax"
+
+    def __init__(self) -> None:
+        self.lo = math.inf
+        self.hi = -math.inf
+        self.sentinels = 0
+
+    @property
+    def tracked_bytes(self) -> int:
+        return 16
+
+    def update(self, x: np.ndarray) -> None:
+        values, dropped = split_sentinels(x)
+        self.sentinels += dropped
+        if values.size:
+            self.lo = min(self.lo, float(values.min()))
+            self.hi = max(self.hi, float(values.max()))
+
+    def compute(self) -> tuple[float, float]:
+        if self.lo > self.hi:
+            raise _no_data(self.method, self.sentinels)
+        return self.lo, self.hi
+
+
+class HistogramObserver:
+    """Base of the histogram observers: keeps the exact mergeable histogram."""
+
+    method = "histogram"
+
+    def __init__(self, bins: int, qbits: int, symmetric: bool) -> None:
+        self.hist = PowerOfTwoHistogram(bins)
+        self.qbits = qbits
+        self.symmetric = symmetric
+        self.sentinels = 0
+
+    @property
+    def tracked_bytes(self) -> int:
+        return self.hist.nbytes
+
+    def update(self, x: np.ndarray) -> None:
+        values, dropped = split_sentinels(x)
+        self.sentinels += dropped
+        self.hist.update(values)
+
+    def compute(self) -> tuple[float, float]:
+        if self.hist.total == 0:
+            raise _no_data(self.method, self.sentinels)
+        return self._range()
+
+    def _range(self) -> tuple[float, float]:
+        raise NotImplementedError
+
+
+class PercentileObserver(HistogramObserver):
+    method = "percentile"
+
+    def __init__(self, percentile: float, bins: int, qbits: int, symmetric: bool) -> None:
+        super().__init__(bins, qbits, symmetric)
+        self.percentile = percentile
+
+    def _range(self) -> tuple[float, float]:
+        return percentile_range(self.hist, self.percentile, self.symmetric)
+
+
+class EntropyObserver(HistogramObserver):
+    method = "entropy"
+
+    def _range(self) -> tuple[float, float]:
+        return entropy_range(self.hist, self.qbits, self.symmetric)
+
+
+class MseObserver(HistogramObserver):
+    method = "mse"
+
+    def _range(self) -> tuple[float, float]:
+        return mse_range(self.hist, self.qbits, self.symmetric)
+
+
+def create_observer(
+    method: str,
+    *,
+    percentile: float = 99.99,
+    bins: int = 2048,
+    qbits: int = 8,
+    symmetric: bool = False,
+) -> Observer:
+    """An observer for ``method`` (minmax | percentile | entropy | mse); RecipeError otherwise.
+
+    ``bins`` is the resolution of ``|x|``: the signed histogram has ``2 * bins`` bins.
+    """
+    if method not in METHODS:
+        raise RecipeError(
+            f"unknown calibration method '{method}'; allowed: {', '.join(METHODS)}.",
+            f"use one of {', '.join(METHODS)}.",
+        )
+    if isinstance(qbits, bool) or not isinstance(qbits, int) or not 2 <= qbits <= 16:
+        raise RecipeError(f"qbits {qbits!r} is outside 2..16.", "use 8 (or 4, 16) activation bits.")
+    if isinstance(bins, bool) or not isinstance(bins, int) or not 16 <= bins <= 1 << 20:
+        raise RecipeError(f"bins {bins!r} is outside 16..1048576.", "use the default 2048 bins.")
+    if not 50.0 < float(percentile) <= 100.0:
+        raise RecipeError(f"percentile {percentile} is outside (50, 100].", "use a value such as 99.99.")
+    if method == "minmax":
+        return MinMaxObserver()
+    if method == "percentile":
+        return PercentileObserver(float(percentile), bins, qbits, symmetric)
+    if method == "entropy":
+        if bins < 2**qbits:
+            raise RecipeError(
+                f"entropy calibration with {qbits}-bit activations needs bins >= {2**qbits}; got {bins}.",
+                f"raise bins to {2**qbits} or more, or use percentile / mse for {qbits}-bit activations.",
+            )
+        return EntropyObserver(bins, qbits, symmetric)
+    return MseObserver(bins, qbits, symmetric)
