@@ -9,6 +9,7 @@ default.  Every node gets a decision, and every node left float gets its reason.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -266,7 +267,7 @@ class Planner:
                 continue
             if node.op_type in ("Conv", "ConvTranspose", "Gemm") and i != 0:
                 continue
-            if name in floats:
+            if name in floats and not self._feeds_activation(name):
                 self._add_activation(name, act, plan)
                 touched = True
         graph_outputs = {o.name for o in self.model.graph.output}
@@ -291,10 +292,25 @@ class Planner:
         return True
 
     def _feeds_activation(self, name: str) -> bool:
-        """True when ``name``'s only consumer is a Relu/Clip: ORT fuses Conv+Relu, so only the Relu
-        output is quantized (a Q/DQ in between would cost a requantization and split the fusion)."""
-        users = [n for n in self.model.graph.node if name in n.input]
-        return len(users) == 1 and users[0].op_type in FUSED_ACTIVATIONS and users[0].input[0] == name
+        """True when ``name`` comes from a compute op and its only consumer is a Relu/Clip: ORT fuses
+        Conv+Relu, so only the Relu output is quantized (a Q/DQ in between would cost a
+        requantization and split the fusion)."""
+        return name in self._pre_activation
+
+    @functools.cached_property
+    def _pre_activation(self) -> set[str]:
+        consumers: dict[str, list[onnx.NodeProto]] = {}
+        for n in self.model.graph.node:
+            for i in n.input:
+                consumers.setdefault(i, []).append(n)
+        out = set()
+        for n in self.model.graph.node:
+            if n.op_type not in COMPUTE_OPS or not n.output:
+                continue
+            users = consumers.get(n.output[0], [])
+            if len(users) == 1 and users[0].op_type in FUSED_ACTIVATIONS and users[0].input[0] == n.output[0]:
+                out.add(n.output[0])
+        return out
 
     @staticmethod
     def _add_activation(name: str, spec: QuantSpec, plan: QuantPlan) -> None:
