@@ -1,46 +1,97 @@
 """File size and packed size of a model.
 
 ``file_bytes`` is what the ONNX file takes (protobuf serialisation; int4 is already packed two per
-byte).  ``packed_bytes`` is what the weights take at their real bit widths: a 2-bit weight stored in
-an int8 container counts 2 bits, an int4 weight half a byte, everything else its dtype's size.
+byte).  ``packed_bytes`` is what the tensors (initializers and Constant values) take at their real bit
+widths: an integer weight counts the bits its plan entry says (a 2-bit weight in an int8
+container counts 2 bits), int4 half a byte, everything else its dtype's size.  Graph structure
+(names, attributes) is not counted: it is the payload a device has to store.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
+from edgequant.errors import ModelError
 from edgequant.plan import QuantPlan
 
-_SUB_BYTE: dict[int, int] = {TensorProto.INT4: 4, TensorProto.UINT4: 4}
+_BITS_BY_NAME = {
+    "FLOAT": 32,
+    "UINT8": 8,
+    "INT8": 8,
+    "UINT16": 16,
+    "INT16": 16,
+    "INT32": 32,
+    "INT64": 64,
+    "BOOL": 8,
+    "FLOAT16": 16,
+    "BFLOAT16": 16,
+    "DOUBLE": 64,
+    "UINT32": 32,
+    "UINT64": 64,
+    "COMPLEX64": 64,
+    "COMPLEX128": 128,
+    "FLOAT8E4M3FN": 8,
+    "FLOAT8E4M3FNUZ": 8,
+    "FLOAT8E5M2": 8,
+    "FLOAT8E5M2FNUZ": 8,
+    "FLOAT8E8M0": 8,
+    "UINT4": 4,
+    "INT4": 4,
+    "FLOAT4E2M1": 4,
+    "UINT2": 2,
+    "INT2": 2,
+}
+DTYPE_BITS: dict[int, int] = {
+    getattr(TensorProto, k): v for k, v in _BITS_BY_NAME.items() if hasattr(TensorProto, k)
+}
+INTEGER_TYPES = {
+    getattr(TensorProto, k)
+    for k in ("UINT8", "INT8", "UINT16", "INT16", "INT32", "UINT4", "INT4", "UINT2", "INT2")
+    if hasattr(TensorProto, k)
+}
 
 
 def file_bytes(model: onnx.ModelProto) -> int:
     return int(model.ByteSize())
 
 
-def _bits_of(t: onnx.TensorProto) -> int:
-    if t.data_type in _SUB_BYTE:
-        return _SUB_BYTE[t.data_type]
-    return int(np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize * 8)
+def all_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    out = list(model.graph.initializer)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            out.extend(
+                a.t for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR
+            )
+    return out
+
+
+def packed_size(model: onnx.ModelProto, plan: QuantPlan | None = None) -> tuple[int, dict[int, int]]:
+    """Packed bytes (rounded up) and the parameter count per bit width."""
+    by_bits: dict[int, int] = {}
+    total_bits = 0
+    for t in all_tensors(model):
+        numel = int(np.prod(t.dims)) if len(t.dims) else 1
+        bits = DTYPE_BITS.get(t.data_type)
+        if bits is None:
+            raise ModelError(
+                f"tensor '{t.name}' has ONNX element type {t.data_type}, whose size is unknown.",
+                "report this model; EdgeQuant cannot size it.",
+            )
+        if plan is not None and t.data_type in INTEGER_TYPES:
+            name = t.name[:-2] if t.name.endswith("_q") and t.name not in plan.tensors else t.name
+            entry = plan.tensors.get(name)
+            if entry is not None and entry.role == "weight":
+                bits = entry.spec.bits
+        by_bits[bits] = by_bits.get(bits, 0) + numel
+        total_bits += numel * bits
+    return (total_bits + 7) // 8, dict(sorted(by_bits.items()))
 
 
 def packed_bytes(model: onnx.ModelProto, plan: QuantPlan | None = None) -> int:
-    """Bytes of all initializers at their real bit widths, plus the non-weight part of the file."""
-    bits_by_q: dict[str, int] = {}
-    if plan is not None:
-        for e in plan.tensors.values():
-            if e.role == "weight" and e.spec.bits == 2:
-                bits_by_q[f"{e.name}_q"] = 2
-    total_bits = 0
-    stored = 0
-    for t in model.graph.initializer:
-        n = int(np.prod(t.dims)) if len(t.dims) else 1
-        total_bits += n * bits_by_q.get(t.name, _bits_of(t))
-        stored += t.ByteSize()
-    overhead = max(file_bytes(model) - stored, 0)
-    return overhead + (total_bits + 7) // 8
+    """Bytes of all weights and constants at their real bit widths (see ``packed_size``)."""
+    return packed_size(model, plan)[0]
 
 
 def integer_weight_count(model: onnx.ModelProto, plan: QuantPlan) -> int:

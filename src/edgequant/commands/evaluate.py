@@ -1,0 +1,143 @@
+"""``edgequant evaluate FLOAT QUANT --data PATH``: task metrics float vs quantized, optionally
+per-layer error and latency; results to the console (rich table), JSON (-o) and CSV (atomic)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from edgequant.errors import EdgeQuantError
+
+
+def _fail(exc: EdgeQuantError) -> None:
+    Console(stderr=True).print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def run_evaluate(
+    float_model: Path,
+    quant_model: Path,
+    data: str,
+    task: str,
+    *,
+    metric: str | None,
+    blank: int,
+    layout: str,
+    output_name: str | None,
+    batch_size: int,
+    max_samples: int | None,
+    per_layer: bool,
+    top_k: int,
+    layer_samples: int,
+    latency: bool,
+    runs: int,
+    threads: int,
+    latency_batch: int,
+    memory: bool,
+) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
+    """Everything the command computes: (EvalResult, JSON-able dict, CSV rows)."""
+    from edgequant.evaluate import core, layers, perf, tasks
+
+    tasks.check_task(task)
+    fm, qm = core.as_model(float_model), core.as_model(quant_model)
+    name = core.output_name(fm, output_name)
+    core.output_name(qm, name)
+    rt = core.OrtRuntime()
+    ev = core.load_eval_data(data, fm, batch_size=batch_size, max_samples=max_samples)
+    lay = core.ev_layout(task, layout)
+    ref = core.join(core.run_outputs(fm, ev.batches, name, rt, "the float model"), task, lay)
+    got = core.join(core.run_outputs(qm, ev.batches, name, rt, "the quantized model"), task, lay)
+    result = core.score_outputs(task, ref, got, ev.labels, name, metric=metric, blank=blank)
+    out: dict[str, Any] = {"kind": "evaluate", "float_model": str(float_model), "quant_model": str(quant_model),
+                           "data": ev.description, **result.to_dict()}  # fmt: skip
+    rows = result.rows()
+    sizes = {"float": perf.model_size(float_model), "quantized": perf.model_size(quant_model)}
+    out["sizes"] = {k: v.to_dict() for k, v in sizes.items()}
+    for key in ("file_bytes", "packed_bytes"):
+        f, q = getattr(sizes["float"], key), getattr(sizes["quantized"], key)
+        rows.append({"metric": f"size.{key}", "float": f, "quantized": q, "delta": q - f})
+    if latency:
+        lat = {k: perf.measure_latency(p, ev.batches[0], runs=runs, threads=threads, batch_size=latency_batch)
+               for k, p in (("float", float_model), ("quantized", quant_model))}  # fmt: skip
+        out["latency"] = {k: v.to_dict() for k, v in lat.items()}
+        for key in ("median_ms", "p90_ms", "throughput"):
+            f, q = getattr(lat["float"], key), getattr(lat["quantized"], key)
+            rows.append({"metric": f"latency.{key}", "float": f, "quantized": q, "delta": q - f})
+    if memory:
+        mem = {k: perf.measure_memory(p, ev.batches[0], batch_size=latency_batch, threads=threads)
+               for k, p in (("float", float_model), ("quantized", quant_model))}  # fmt: skip
+        out["memory"] = mem
+        f, q = mem["float"]["peak_rss_delta_mb"], mem["quantized"]["peak_rss_delta_mb"]
+        rows.append({"metric": "memory.peak_rss_delta_mb", "float": f, "quantized": q, "delta": q - f})
+    if per_layer:
+        samples = core.load_eval_data(data, fm, batch_size=layer_samples, max_samples=layer_samples).batches
+        out["per_layer"] = layers.per_layer_error(
+            fm, qm, samples, top_k=top_k, output=name, runtime=rt
+        ).to_dict()
+    return result, out, rows
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def evaluate(
+        float_model: Annotated[Path, typer.Argument(help="The float ONNX model.")],
+        quant_model: Annotated[Path, typer.Argument(help="The quantized ONNX model.")],
+        data: Annotated[
+            str, typer.Option(help="Evaluation data (.npz with inputs and 'labels', images, ...).")
+        ],
+        task: Annotated[str, typer.Option(help="classification | regression | embedding | sequence")] = (
+            "classification"
+        ),
+        metric: Annotated[str | None, typer.Option(help="Custom metric module:function.")] = None,
+        blank: Annotated[int, typer.Option(help="CTC blank index (sequence).")] = 0,
+        layout: Annotated[
+            str, typer.Option(help="Sequence output layout: ntc ([N,T,C]) or tnc ([T,N,C]).")
+        ] = "ntc",
+        output_name: Annotated[
+            str | None, typer.Option(help="Model output to score (default: the first).")
+        ] = None,
+        batch_size: Annotated[int, typer.Option(help="Evaluation batch size.")] = 32,
+        max_samples: Annotated[int | None, typer.Option(help="Evaluate at most N samples.")] = None,
+        output_json: Annotated[
+            Path | None, typer.Option("-o", "--output-json", help="Write JSON here.")
+        ] = None,
+        output_csv: Annotated[Path | None, typer.Option("--output-csv", help="Write CSV here.")] = None,
+        per_layer: Annotated[bool, typer.Option("--per-layer", help="Per-layer SQNR analysis.")] = False,
+        top_k: Annotated[int, typer.Option(help="Nodes for the only-this-layer analysis.")] = 10,
+        layer_samples: Annotated[int, typer.Option(help="Samples for the per-layer analysis.")] = 8,
+        latency: Annotated[bool, typer.Option("--latency", help="Measure ORT CPU latency of both.")] = False,
+        runs: Annotated[int, typer.Option(help="Timed runs for latency.")] = 50,
+        threads: Annotated[int, typer.Option(help="ORT intra-op threads (0 = ORT default).")] = 1,
+        latency_batch: Annotated[int, typer.Option(help="Batch size for latency/memory.")] = 1,
+        memory: Annotated[bool, typer.Option("--memory", help="Peak session memory (subprocess).")] = False,
+    ) -> None:
+        """Compare a quantized model with its float model on labeled or unlabeled data."""
+        from edgequant.evaluate.table import format_table
+        from edgequant.report import render_csv, render_json, write_text
+
+        try:
+            result, out, rows = run_evaluate(
+                float_model, quant_model, data, task, metric=metric, blank=blank, layout=layout,
+                output_name=output_name, batch_size=batch_size, max_samples=max_samples, per_layer=per_layer,
+                top_k=top_k, layer_samples=layer_samples, latency=latency, runs=runs, threads=threads,
+                latency_batch=latency_batch, memory=memory,
+            )  # fmt: skip
+            if output_json is not None:
+                write_text(output_json, render_json(out))
+            if output_csv is not None:
+                write_text(output_csv, render_csv(rows, ("metric", "float", "quantized", "delta")))
+        except EdgeQuantError as exc:
+            _fail(exc)
+        console = Console()
+        console.print(format_table(result))
+        if per_layer:
+            from edgequant.evaluate.layers import LayerReport, NodeError, TensorError
+            from edgequant.evaluate.table import format_layer_table
+
+            pl = out["per_layer"]
+            rep = LayerReport(pl["samples"], pl["output"], [TensorError(**t) for t in pl["tensors"]],
+                              [NodeError(**n) for n in pl["isolated"]], pl["unmatched"])  # fmt: skip
+            console.print(format_layer_table(rep))

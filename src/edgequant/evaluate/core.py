@@ -1,0 +1,284 @@
+"""``evaluate``: run the float and the quantized model on the same batches and score both.
+
+Both models see exactly the same feeds, batch by batch; their chosen output (default: the first
+graph output) is concatenated along the batch axis and handed to ``edgequant.evaluate.tasks``.
+Evaluation data is held in memory (it is the eval set, usually small); ``max_samples`` caps it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgequant.data.base import Batch, check_batch
+from edgequant.data.model_inputs import input_specs
+from edgequant.errors import DataError, ModelError
+from edgequant.evaluate import tasks
+from edgequant.model.io import load_model
+from edgequant.runtime import OrtRuntime
+
+LABEL_KEYS = ("labels", "label")
+ModelLike = str | Path | onnx.ModelProto
+
+
+@dataclass
+class EvalData:
+    """Evaluation batches held in memory, with their labels (None when unlabeled)."""
+
+    batches: list[Batch]
+    labels: Any | None
+    samples: int
+    description: str = ""
+
+
+@dataclass
+class EvalResult:
+    task: str
+    samples: int
+    labeled: bool
+    output: str
+    float_metrics: dict[str, float]
+    quant_metrics: dict[str, float]
+    agreement: dict[str, float]
+    custom: dict[str, float]
+    primary: str
+    float_score: float
+    quant_score: float
+    drop: float
+    drop_unit: str
+    notes: list[str] = field(default_factory=list)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per metric: ``metric``, ``float``, ``quantized``, ``delta`` (quantized - float)."""
+        out: list[dict[str, Any]] = []
+        for key in sorted(set(self.float_metrics) | set(self.quant_metrics)):
+            f, q = self.float_metrics.get(key), self.quant_metrics.get(key)
+            delta = q - f if f is not None and q is not None else None
+            out.append({"metric": key, "float": f, "quantized": q, "delta": delta})
+        for key, value in self.agreement.items():
+            out.append({"metric": f"agreement.{key}", "float": None, "quantized": value, "delta": None})
+        for key, value in self.custom.items():
+            out.append({"metric": f"custom.{key}", "float": None, "quantized": value, "delta": None})
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "samples": self.samples,
+            "labeled": self.labeled,
+            "output": self.output,
+            "float": self.float_metrics,
+            "quantized": self.quant_metrics,
+            "agreement": self.agreement,
+            "custom": self.custom,
+            "primary": {
+                "metric": self.primary,
+                "float": self.float_score,
+                "quantized": self.quant_score,
+                "drop": self.drop,
+                "unit": self.drop_unit,
+            },
+            "notes": list(self.notes),
+        }
+
+
+def as_model(model: ModelLike) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if isinstance(model, str | Path):
+        return load_model(model)
+    raise ModelError(
+        f"expected an ONNX model (path or onnx.ModelProto), got {type(model).__name__}.",
+        "export the model to ONNX first (edgequant.quantize accepts PyTorch modules).",
+    )
+
+
+def _split(arrays: Mapping[str, np.ndarray], batch: int) -> list[Batch]:
+    n = len(next(iter(arrays.values())))
+    return [{k: v[i : i + batch] for k, v in arrays.items()} for i in range(0, n, batch)]
+
+
+def load_eval_data(
+    data: Any,
+    model: onnx.ModelProto,
+    *,
+    labels: Any | None = None,
+    batch_size: int = 32,
+    max_samples: int | None = None,
+) -> EvalData:
+    """Batches for ``model`` from a path (via ``edgequant.data``), an array, a dict or batches.
+
+    In-memory dicts may carry the labels under ``labels`` or ``label``; an explicit ``labels``
+    argument wins.  A model with a fixed batch dimension gets batches of exactly that size.
+    """
+    specs = input_specs(model)
+    fixed = specs[0].shape[0] if specs and specs[0].shape else None
+    batch = fixed if isinstance(fixed, int) else batch_size
+    found_labels: Any | None = None
+    if isinstance(data, str | Path):
+        from edgequant import data as data_mod  # the data layer owns file formats
+
+        source = data_mod.open_source(data, specs, batch_size=batch, max_samples=max_samples, split="all")
+        batches, label_parts = [], []
+        for b, lab in source.iter_labeled():  # one pass: inputs and their labels together
+            batches.append(dict(b))
+            label_parts.append(lab)
+        if label_parts and all(p is not None for p in label_parts):
+            found_labels = np.concatenate([p for p in label_parts if p is not None])
+        description = str(data)
+    elif isinstance(data, np.ndarray | Mapping):
+        arrays: dict[str, np.ndarray]
+        if isinstance(data, np.ndarray):
+            if len(specs) != 1:
+                raise DataError(
+                    f"a bare array was given but the model has {len(specs)} inputs {[s.name for s in specs]}.",
+                    "pass a dict mapping each input name to its array.",
+                )
+            arrays = {specs[0].name: data}
+        else:
+            arrays = {str(k): np.asarray(v) for k, v in data.items()}
+            for key in LABEL_KEYS:
+                if key in arrays:
+                    found_labels = arrays.pop(key)
+                    break
+        if not arrays:
+            raise DataError("the evaluation data holds no input arrays.", "pass at least one input array.")
+        lengths = {k: len(v) for k, v in arrays.items()}
+        if len(set(lengths.values())) != 1:
+            raise DataError(f"input arrays have different sample counts: {lengths}.", "give equal counts.")
+        if max_samples is not None:
+            arrays = {k: v[:max_samples] for k, v in arrays.items()}
+        batches = _split(arrays, batch)
+        description = f"in-memory arrays {sorted(arrays)}"
+    elif isinstance(data, Iterable):
+        batches, parts = [], []
+        for item in data:
+            b = dict(item)
+            for key in LABEL_KEYS:
+                if key in b:
+                    parts.append(np.asarray(b.pop(key)))
+                    break
+            batches.append(b)
+        if parts:
+            found_labels = np.concatenate(parts)
+        description = "in-memory batches"
+    else:
+        raise DataError(
+            f"evaluation data of type {type(data).__name__} is not supported.",
+            "pass a file path, a numpy array, a dict of arrays, or an iterable of dict batches.",
+        )
+    for b in batches:
+        check_batch(b, specs, where="evaluation data")
+    samples = sum(len(next(iter(b.values()))) for b in batches)
+    if samples == 0:
+        raise DataError(f"the evaluation data ({description}) holds no samples.", "give at least one sample.")
+    if fixed is not None and any(len(next(iter(b.values()))) != fixed for b in batches):
+        raise DataError(
+            f"the model has a fixed batch size of {fixed} but the {samples} evaluation samples do not split "
+            f"into batches of {fixed}.",
+            f"evaluate a multiple of {fixed} samples (--max-samples), or export the model with a dynamic batch.",
+        )
+    chosen = labels if labels is not None else found_labels
+    if chosen is not None and len(chosen) > samples and max_samples is not None:
+        chosen = chosen[:samples]
+    if chosen is not None and len(chosen) != samples:
+        raise DataError(
+            f"there are {len(chosen)} labels for {samples} evaluation samples ({description}).",
+            "give exactly one label per sample.",
+        )
+    return EvalData(batches, chosen, samples, description)
+
+
+def output_name(model: onnx.ModelProto, output: str | None) -> str:
+    names = [o.name for o in model.graph.output]
+    if output is None:
+        return names[0]
+    if output not in names:
+        raise ModelError(f"the model has no output '{output}'; outputs: {names}.", "pass one of them.")
+    return output
+
+
+def run_outputs(
+    model: onnx.ModelProto, batches: list[Batch], name: str, runtime: OrtRuntime, what: str
+) -> list[np.ndarray]:
+    """One output array per batch."""
+    session = runtime.session(model, what=what)
+    try:
+        return [np.asarray(session.run(b, [name])[name]) for b in batches]
+    finally:
+        session.close()
+
+
+def join(parts: list[np.ndarray], task: str, layout: str) -> np.ndarray:
+    if task == "sequence":
+        parts = [tasks.to_ntc(p, layout) for p in parts]
+    return np.concatenate(parts, axis=0)
+
+
+def evaluate(
+    float_model: ModelLike,
+    quant_model: ModelLike,
+    data: Any,
+    task: str = "classification",
+    labels: Any | None = None,
+    *,
+    metric: str | tasks.MetricFn | None = None,
+    blank: int = 0,
+    layout: str = "ntc",
+    output: str | None = None,
+    batch_size: int = 32,
+    max_samples: int | None = None,
+    runtime: OrtRuntime | None = None,
+) -> EvalResult:
+    """Score ``quant_model`` against ``float_model`` (and ``labels``) on ``data``; see ``tasks``."""
+    tasks.check_task(task)
+    fm, qm = as_model(float_model), as_model(quant_model)
+    name = output_name(fm, output)
+    output_name(qm, name)
+    rt = runtime or OrtRuntime()
+    ev = load_eval_data(data, fm, labels=labels, batch_size=batch_size, max_samples=max_samples)
+    ref = join(run_outputs(fm, ev.batches, name, rt, "the float model"), task, ev_layout(task, layout))
+    out = join(run_outputs(qm, ev.batches, name, rt, "the quantized model"), task, ev_layout(task, layout))
+    return score_outputs(task, ref, out, ev.labels, name, metric=metric, blank=blank)
+
+
+def ev_layout(task: str, layout: str) -> str:
+    return layout if task == "sequence" else "ntc"
+
+
+def score_outputs(
+    task: str,
+    ref: np.ndarray,
+    out: np.ndarray,
+    labels: Any | None,
+    name: str,
+    *,
+    metric: str | tasks.MetricFn | None = None,
+    blank: int = 0,
+) -> EvalResult:
+    s = tasks.score(task, ref, out, labels, blank=blank)
+    custom: dict[str, float] = {}
+    if metric is not None:
+        fn_name, fn = tasks.load_metric(metric)
+        custom = tasks.run_metric(fn_name, fn, ref, out, labels)
+    return EvalResult(
+        task=task,
+        samples=int(ref.shape[0]),
+        labeled=labels is not None,
+        output=name,
+        float_metrics=s.float_metrics,
+        quant_metrics=s.quant_metrics,
+        agreement=s.agreement,
+        custom=custom,
+        primary=s.primary,
+        float_score=s.float_score,
+        quant_score=s.quant_score,
+        drop=s.drop,
+        drop_unit=s.drop_unit,
+        notes=s.notes,
+    )

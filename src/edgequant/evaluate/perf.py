@@ -1,0 +1,220 @@
+"""Latency, peak memory and size of a model on ONNX Runtime's CPU provider.
+
+* Latency: one batch (the first evaluation sample repeated ``batch_size`` times) is run
+  ``warmup`` times untimed, then ``runs`` times timed with ``time.perf_counter``; we report the
+  median, the 90th percentile (numpy's linear interpolation), the mean and the minimum in ms, and
+  the throughput ``batch_size / median`` in samples/s.  ``threads`` sets ORT's intra-op threads
+  (0 = ORT's default, one per core).
+* Peak memory: a fresh Python subprocess imports ONNX Runtime, records its current resident set
+  (``/proc/self/statm``), creates the session and runs the batch once, then reads the peak resident
+  set ``ru_maxrss``; the difference is the session's peak memory (weights, arena, first-run
+  buffers).  Without ``/proc`` (macOS) the baseline is ``ru_maxrss`` too, which can under-count.
+  ``tracemalloc`` cannot see ORT's C++ allocations, hence the subprocess.
+* Size: the file size on disk (plus external data) and the packed size
+  ``sum over initializers (and Constant tensors) of numel * bits / 8``.  ``bits`` comes from the
+  quantization plan beside the model (``<stem>.plan.json``) for integer tensors the plan names
+  (``W`` or its quantized form ``W_q``), so int4 / 2-bit weights held in wider containers count at
+  their real width; otherwise from the ONNX element type.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgequant.data.base import Batch
+from edgequant.errors import DataError, InferenceError, ModelError
+from edgequant.export.sizes import all_tensors, packed_size
+from edgequant.plan import QuantPlan
+from edgequant.runtime import OrtRuntime
+
+
+@dataclass
+class Latency:
+    median_ms: float
+    p90_ms: float
+    mean_ms: float
+    min_ms: float
+    runs: int
+    warmup: int
+    threads: int
+    batch_size: int
+    throughput: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Size:
+    file_bytes: int
+    packed_bytes: int
+    params_by_bits: dict[int, int]
+    plan_used: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "params_by_bits": {str(k): v for k, v in self.params_by_bits.items()}}
+
+
+def repeat_sample(sample: Batch, batch_size: int) -> Batch:
+    """The first sample of ``sample`` repeated ``batch_size`` times along axis 0."""
+    if batch_size < 1:
+        raise DataError(f"batch size {batch_size} must be >= 1.", "pass --batch-size 1 or more.")
+    return {k: np.repeat(np.asarray(v)[:1], batch_size, axis=0) for k, v in sample.items()}
+
+
+def measure_latency(
+    model: onnx.ModelProto | Path,
+    sample: Batch,
+    *,
+    runs: int = 50,
+    warmup: int = 5,
+    threads: int = 1,
+    batch_size: int = 1,
+) -> Latency:
+    """Median / p90 latency of one batch on ORT CPU; see the module docstring."""
+    if runs < 1 or warmup < 0 or threads < 0:
+        raise DataError(
+            f"latency settings runs={runs}, warmup={warmup}, threads={threads} are invalid.",
+            "use runs >= 1, warmup >= 0, threads >= 0 (0 = ORT default).",
+        )
+    feeds = repeat_sample(sample, batch_size)
+    session = OrtRuntime(intra_op_threads=threads).session(model, what="the model for latency measurement")
+    try:
+        for _ in range(warmup):
+            session.run(feeds)
+        times = np.empty(runs, dtype=np.float64)
+        for i in range(runs):
+            start = time.perf_counter()
+            session.run(feeds)
+            times[i] = time.perf_counter() - start
+    finally:
+        session.close()
+    ms = times * 1e3
+    median = float(np.median(ms))
+    return Latency(
+        median_ms=median,
+        p90_ms=float(np.percentile(ms, 90)),
+        mean_ms=float(ms.mean()),
+        min_ms=float(ms.min()),
+        runs=runs,
+        warmup=warmup,
+        threads=threads,
+        batch_size=batch_size,
+        throughput=batch_size / (median / 1e3) if median > 0 else float("inf"),
+    )
+
+
+_MEMORY_SCRIPT = """
+import json, os, resource, sys
+import numpy as np
+from edgequant.runtime import OrtRuntime
+feeds = dict(np.load(sys.argv[2]))
+scale = 1 if sys.platform == "darwin" else 1024
+def current():
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+before = current()
+session = OrtRuntime(intra_op_threads=int(sys.argv[3])).session(sys.argv[1])
+session.run(feeds)
+after = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale, current())
+print(json.dumps({"before": before, "after": after}))
+"""
+
+
+def measure_memory(
+    model: onnx.ModelProto | Path,
+    sample: Batch,
+    *,
+    batch_size: int = 1,
+    threads: int = 1,
+    timeout: float = 120.0,
+) -> dict[str, float]:
+    """Peak RSS growth (MB, 1 MB = 2**20 bytes) of creating and running a session, in a subprocess."""
+    import edgequant
+
+    root = str(Path(edgequant.__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    with tempfile.TemporaryDirectory(prefix="edgequant-mem-") as tmp:
+        path = Path(model) if isinstance(model, Path) else Path(tmp) / "model.onnx"
+        if isinstance(model, onnx.ModelProto):
+            onnx.save_model(model, str(path))
+        feeds = Path(tmp) / "feeds.npz"
+        np.savez(feeds, **repeat_sample(sample, batch_size))  # type: ignore[arg-type]
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-c", _MEMORY_SCRIPT, str(path), str(feeds), str(threads)],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=env,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise InferenceError(
+                f"the memory measurement did not finish within {timeout:.0f} s.",
+                "skip it (--no-memory) or raise the timeout.",
+            ) from exc
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1][:300]
+        raise InferenceError(f"the memory measurement subprocess failed: {tail}", "skip it with --no-memory.")
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    mib = 2.0**20
+    return {
+        "peak_rss_delta_mb": (data["after"] - data["before"]) / mib,
+        "baseline_rss_mb": data["before"] / mib,
+        "peak_rss_mb": data["after"] / mib,
+    }
+
+
+def plan_path(model_path: Path) -> Path:
+    """``<stem>.plan.json`` beside the model."""
+    return model_path.with_name(model_path.stem + ".plan.json")
+
+
+def load_plan_beside(model_path: Path) -> QuantPlan | None:
+    p = plan_path(model_path)
+    if not p.is_file():
+        return None
+    try:
+        return QuantPlan.from_json(p.read_text(encoding="utf-8"))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelError(
+            f"the plan '{p}' is not a valid EdgeQuant plan: {exc}.", "re-create it or remove it."
+        ) from exc
+
+
+def model_size(model: onnx.ModelProto | Path, plan: QuantPlan | None = None) -> Size:
+    """File size (path: on disk incl. external ``.data`` files; proto: serialized) and packed size."""
+    if isinstance(model, Path):
+        if not model.is_file():
+            raise ModelError(f"model file '{model}' does not exist.", "check the path.")
+        file_bytes = model.stat().st_size
+        try:  # sizes need dims and types only, not the (external) data
+            proto = onnx.load(str(model), load_external_data=False)
+        except Exception as exc:
+            raise ModelError(f"'{model}' is not an ONNX model: {exc}", "pass an .onnx file.") from exc
+        locations = {e.value for t in all_tensors(proto) for e in t.external_data if e.key == "location"}
+        file_bytes += sum(
+            (model.parent / loc).stat().st_size for loc in locations if (model.parent / loc).is_file()
+        )
+        if plan is None:
+            plan = load_plan_beside(model)
+    else:
+        proto, file_bytes = model, model.ByteSize()
+    packed, by_bits = packed_size(proto, plan)
+    return Size(file_bytes, packed, by_bits, plan is not None)

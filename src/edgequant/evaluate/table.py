@@ -1,0 +1,79 @@
+"""Rich tables of evaluation, comparison and per-layer results (for the CLI and the demo)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rich.table import Table
+
+from edgequant.report.render import MB, fmt
+
+if TYPE_CHECKING:
+    from edgequant.evaluate.compare import CompareResult
+    from edgequant.evaluate.core import EvalResult
+    from edgequant.evaluate.layers import LayerReport
+
+
+def format_table(result: CompareResult | EvalResult) -> Table:
+    """A rich table of a ``CompareResult`` (one row per method) or an ``EvalResult`` (one per metric)."""
+    from edgequant.evaluate.compare import CompareResult
+
+    if isinstance(result, CompareResult):
+        return _compare_table(result)
+    return _eval_table(result)
+
+
+def _eval_table(r: EvalResult) -> Table:
+    t = Table(title=f"{r.task}: float vs quantized ({r.samples} samples, output '{r.output}')")
+    for col in ("metric", "float", "quantized", "delta"):
+        t.add_column(col, justify="left" if col == "metric" else "right")
+    for row in r.rows():
+        t.add_row(row["metric"], fmt(row["float"], 4), fmt(row["quantized"], 4), fmt(row["delta"], 4))
+    t.caption = f"primary: {r.primary}, drop {fmt(r.drop, 2)} {r.drop_unit}"
+    return t
+
+
+def _compare_table(r: CompareResult) -> Table:
+    t = Table(title=f"{r.model}: every method ({r.task}, {r.samples} samples, metric {r.primary})")
+    t.caption_justify = "left"
+    t.add_column("method", no_wrap=True)
+    unit = next((m.drop_unit for m in r.methods if m.ok), "pp")
+    for col in ("score", f"drop {unit}", "ms", "MB", "packed"):
+        t.add_column(col, justify="right", no_wrap=True)
+    t.add_column("limits")
+    for m in r.methods:
+        mark = " *" if m.method == r.recommended else ""
+        if not m.ok:
+            t.add_row(m.method, "[red]failed[/red]", "-", "-", "-", "-", _short(m.error, 40))
+            continue
+        lat: dict[str, Any] = m.latency or {}
+        short = {"accuracy": "drop", "latency": "lat", "size": "size"}
+        fails = ",".join(short.get(f.split(" ")[0], f.split(" ")[0]) for f in m.limit_failures)
+        t.add_row(
+            m.method + mark,
+            fmt(m.score, 2),
+            fmt(m.drop, 2),
+            fmt(lat.get("median_ms")),
+            fmt((m.file_bytes or 0) / MB),
+            fmt((m.packed_bytes or 0) / MB),
+            "ok" if m.meets_limits else f"[yellow]over {fails}[/yellow]",
+        )
+    t.caption = ("* recommended: " if r.recommended else "") + r.reason
+    return t
+
+
+def _short(text: str, n: int = 70) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def format_layer_table(report: LayerReport, limit: int = 15) -> Table:
+    t = Table(title=f"Per-layer SQNR, worst first ({report.samples} samples)")
+    for col in ("tensor", "kind", "SQNR dB", "MSE"):
+        t.add_column(col, justify="left" if col in ("tensor", "kind") else "right")
+    for e in report.tensors[:limit]:
+        t.add_row(e.tensor, e.kind, fmt(e.sqnr_db, 2), f"{e.mse:.3g}")
+    if report.isolated:
+        t.caption = "only-this-node output SQNR: " + ", ".join(
+            f"{n.node} {fmt(n.output_sqnr_db, 1)} dB" for n in report.isolated[:5]
+        )
+    return t

@@ -1,0 +1,92 @@
+"""The evaluate and compare commands through typer, with real files."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import tinymodels
+import typer
+from typer.testing import CliRunner
+
+from edgequant import pipeline
+from edgequant.commands import compare as compare_cmd
+from edgequant.commands import evaluate as evaluate_cmd
+from edgequant.runtime import OrtRuntime
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("cli")
+    m = tinymodels.conv_net(seed=1)
+    fpath = d / "tiny.onnx"
+    onnx.save_model(m, str(fpath))
+    x = tinymodels.images(24, seed=5)
+    labels = OrtRuntime().run(m, {"x": x})["y"].argmax(axis=1)
+    np.savez(d / "eval.npz", x=x, labels=labels)
+    np.savez(d / "calib.npz", x=tinymodels.images(16, seed=6))
+    saved = pipeline.quantize(fpath, d / "calib.npz", method="static").save(d / "q")
+    return {"float": fpath, "quant": saved.model, "eval": d / "eval.npz", "calib": d / "calib.npz", "dir": d}
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    evaluate_cmd.register(app)
+    compare_cmd.register(app)
+    return app
+
+
+def test_evaluate_writes_json_and_csv(files: dict[str, Path], tmp_path: Path) -> None:
+    out_json, out_csv = tmp_path / "r" / "eval.json", tmp_path / "eval.csv"
+    res = CliRunner().invoke(
+        _app(),
+        ["evaluate", str(files["float"]), str(files["quant"]), "--data", str(files["eval"]), "-o", str(out_json),
+         "--output-csv", str(out_csv), "--per-layer", "--top-k", "1", "--latency", "--runs", "3"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    d = json.loads(out_json.read_text())
+    assert d["labeled"] and d["float"]["top1"] == 1.0 and d["primary"]["metric"] == "top1"
+    assert d["sizes"]["quantized"]["plan_used"] is True  # <stem>.plan.json beside the model was read
+    assert d["per_layer"]["tensors"] and len(d["per_layer"]["isolated"]) == 1
+    assert d["latency"]["quantized"]["runs"] == 3
+    rows = {r["metric"]: r for r in csv.DictReader(out_csv.open())}
+    assert rows["top1"]["float"] == "1.0" and "top5" in rows and "agreement.sqnr_db" in rows
+    assert "latency.median_ms" in rows and "size.packed_bytes" in rows
+
+
+def test_evaluate_errors_are_one_line_exit_2(files: dict[str, Path], tmp_path: Path) -> None:
+    res = CliRunner().invoke(
+        _app(), ["evaluate", str(tmp_path / "nope.onnx"), str(files["quant"]), "--data", str(files["eval"])]
+    )
+    assert res.exit_code == 2
+    assert (
+        res.stderr.strip()
+        == f"error: model file '{tmp_path / 'nope.onnx'}' does not exist. Fix: check the path."
+    )
+    res = CliRunner().invoke(
+        _app(),
+        ["evaluate", str(files["float"]), str(files["quant"]), "--data", str(files["eval"]), "--task", "nlp"],
+    )
+    assert res.exit_code == 2 and res.stderr.startswith("error: unknown task 'nlp'")
+
+
+def test_compare_command(files: dict[str, Path], tmp_path: Path) -> None:
+    res = CliRunner().invoke(
+        _app(),
+        ["compare", str(files["float"]), "--calib-data", str(files["calib"]), "--eval-data", str(files["eval"]),
+         "--methods", "float,int8-static,weight-only-int8", "--no-memory", "--runs", "2", "-o", str(tmp_path)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "recommended: " in res.stdout or "no quantized method" in res.stdout
+    assert {"report.json", "results.csv", "report.md", "report.html", "tiny_int8.onnx"} <= {
+        p.name for p in tmp_path.iterdir()
+    }
+    res = CliRunner().invoke(
+        _app(), ["compare", str(files["float"]), "--eval-data", str(files["eval"]), "--methods", "bogus",
+                 "-o", str(tmp_path / "x")],
+    )  # fmt: skip
+    assert res.exit_code == 2 and res.stderr.startswith("error: unknown method(s) ['bogus']")
