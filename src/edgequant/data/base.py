@@ -59,7 +59,8 @@ def check_batch(batch: Batch, inputs: list[InputSpec], where: str = "calibration
         if unknown:
             parts.append(f"unknown name(s) {unknown}")
         raise DataError(
-            f"{where} does not match the model inputs: {'; '.join(parts)}; the model expects {sorted(expected)}.",
+            f"{where} does not match the model inputs: {'; '.join(parts)}; "
+            f"the model expects {sorted(expected)}.",
             "name the arrays after the model inputs (npz keys), or map them with input_map.",
         )
     for name, arr in batch.items():

@@ -1,0 +1,118 @@
+"""Make a source's fields into model feeds: name mapping, the allowed dtype casts, the batch size.
+
+Name mapping (``input_map`` is ``{model input name: source field}``):
+  1. every input named in ``input_map`` reads the field it names;
+  2. any other input reads the field of the same name;
+  3. a single-input model fed from a single-field source needs no names at all.
+A field used by no input is an error (a key that silently goes unused is usually a mistake),
+except the label fields ("labels", "label", "y").
+
+Casts: only float64 -> float32 (NumPy's default float against the usual model dtype) and
+int32 <-> int64 (index tensors; int64 -> int32 is checked to be exact) are made, and each one is
+recorded in the source's description.  Every other dtype mismatch is a DataError.
+
+Batch size: axis 0 is the batch.  If the model fixes it (e.g. ``1x3x224x224``), batches have that
+size whatever ``batch_size`` says, and the change is recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from edgequant.data.base import Batch, InputSpec
+from edgequant.errors import DataError
+
+LABEL_KEYS = ("labels", "label", "y")
+
+_CASTS = {
+    (np.dtype(np.float64), np.dtype(np.float32)),
+    (np.dtype(np.int32), np.dtype(np.int64)),
+    (np.dtype(np.int64), np.dtype(np.int32)),
+}
+
+
+def map_fields(
+    fields: Sequence[str], inputs: list[InputSpec], input_map: Mapping[str, str] | None, where: str
+) -> dict[str, str]:
+    """Return ``{input name: field name}`` or raise DataError naming what is missing or unused."""
+    names = [i.name for i in inputs]
+    input_map = dict(input_map or {})
+    unknown_inputs = sorted(set(input_map) - set(names))
+    if unknown_inputs:
+        raise DataError(
+            f"input_map names {unknown_inputs}, which are not model inputs; the model inputs are {names}.",
+            "write input_map as {model input name: data field name}.",
+        )
+    data_fields = [f for f in fields if f not in LABEL_KEYS]
+    if not input_map and len(inputs) == 1 and len(data_fields) == 1:
+        return {names[0]: data_fields[0]}
+    mapping: dict[str, str] = {}
+    for name in names:
+        field = input_map.get(name, name)
+        if field not in fields:
+            raise DataError(
+                f"{where} has no field '{field}' for model input '{name}'; available: {list(data_fields)}.",
+                "name the arrays after the model inputs, or map them with input_map "
+                "({model input name: data field name}).",
+            )
+        mapping[name] = field
+    unused = sorted(set(data_fields) - set(mapping.values()))
+    if unused:
+        raise DataError(
+            f"{where} has field(s) {unused} that feed no model input (inputs: {names}).",
+            "remove them, or map them with input_map; labels must be named 'labels', 'label' or 'y'.",
+        )
+    return mapping
+
+
+class Caster:
+    """Applies the allowed casts per input and records each kind once in ``notes``."""
+
+    def __init__(self, inputs: list[InputSpec], notes: list[str]) -> None:
+        self._want = {i.name: i.dtype for i in inputs}
+        self._notes = notes
+        self._seen: set[tuple[str, str]] = set()
+
+    def __call__(self, batch: Batch, where: str) -> Batch:
+        out: Batch = {}
+        for name, arr in batch.items():
+            want = self._want.get(name)
+            if want is None or arr.dtype == want or (arr.dtype, want) not in _CASTS:
+                out[name] = arr
+                continue
+            if arr.dtype == np.int64 and arr.size:
+                lo, hi = int(arr.min()), int(arr.max())
+                info = np.iinfo(np.int32)
+                if lo < info.min or hi > info.max:
+                    raise DataError(
+                        f"{where}: input '{name}' is int64 with values in [{lo}, {hi}], outside int32, "
+                        "which the model expects.",
+                        "check the data; values for an int32 input must fit in int32.",
+                    )
+            out[name] = arr.astype(want)
+            key = (name, str(arr.dtype))
+            if key not in self._seen:
+                self._seen.add(key)
+                self._notes.append(f"input '{name}': {arr.dtype} data cast to {want}")
+        return out
+
+
+def fixed_batch(inputs: list[InputSpec], batch_size: int, notes: list[str]) -> tuple[int, bool]:
+    """The batch size to use, and whether the model fixes it (then a short last batch is dropped)."""
+    if batch_size < 1:
+        raise DataError(f"batch_size must be >= 1, got {batch_size}.", "use a positive batch size.")
+    fixed = {i.shape[0] for i in inputs if i.shape and i.shape[0] is not None}
+    if not fixed:
+        return batch_size, False
+    if len(fixed) > 1:
+        raise DataError(
+            f"the model inputs fix different batch sizes {sorted(fixed)} "
+            f"({[(i.name, i.shape) for i in inputs]}).",
+            "re-export the model with one batch size (or a dynamic batch axis).",
+        )
+    b = fixed.pop()
+    if b != batch_size:
+        notes.append(f"batch size {b} (fixed by the model; {batch_size} was asked)")
+    return b, True
