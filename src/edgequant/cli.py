@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgequant.errors import EdgeQuantError, ModelError
+from edgequant.errors import EdgeQuantError, ModelError, RecipeError
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Quantize ONNX models for real, and prove it."
@@ -103,6 +104,9 @@ def quantize(
     skip_last: Annotated[bool | None, typer.Option("--skip-last/--no-skip-last")] = None,
     reduce_range: Annotated[str | None, typer.Option(help="auto | on | off")] = None,
     tag: Annotated[str | None, typer.Option(help="Output name tag (default from the method).")] = None,
+    data_option: Annotated[
+        list[str] | None, typer.Option(help="Data format option KEY=VALUE, e.g. video_frames=32. Repeatable.")
+    ] = None,
     recipe: Annotated[Path | None, typer.Option(help="YAML recipe; flags given here override it.")] = None,
     factory: Annotated[str | None, typer.Option(help="PyTorch 'package.module:factory'.")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="State dict for --factory.")] = None,
@@ -123,6 +127,8 @@ def quantize(
     }  # fmt: skip
     overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     try:
+        if data_option:
+            overrides["data_options"] = parse_options(data_option)
         source: Any = model
         examples = None
         if factory or model.suffix in (".pt", ".pth", ".ts", ".torchscript"):
@@ -133,6 +139,20 @@ def quantize(
     except EdgeQuantError as exc:
         fail(exc)
     print_summary(result.report, paths.model)
+
+
+def parse_options(items: list[str]) -> dict[str, Any]:
+    """``["video_frames=32", "csv_columns=a,b"]`` -> ``{"video_frames": 32, "csv_columns": ["a", "b"]}``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise RecipeError(
+                f"data option '{item}' is not KEY=VALUE.", "write e.g. --data-option video_frames=32."
+            )
+        values = [yaml.safe_load(v) for v in raw.split(",")]
+        out[key.strip()] = values if len(values) > 1 else values[0]
+    return out
 
 
 def print_summary(report: dict[str, Any], model_path: Path) -> None:

@@ -94,7 +94,7 @@ def quantize(
     """Quantize ``model`` as ``recipe`` says; the result's model is checked to run in ORT."""
     t0 = time.perf_counter()
     recipe = resolve_recipe(recipe, overrides)
-    runtime = runtime or OrtRuntime()
+    runtime = runtime or OrtRuntime(allow_spinning=False)
     onnx_model, name, imported = load_input_model(model, example_inputs)
     _require_loadable(runtime, onnx_model)
     float_model, notes = prepare(onnx_model)
@@ -200,6 +200,7 @@ def _source(calibration: DataLike, model: onnx.ModelProto, recipe: Recipe) -> Ca
         seed=recipe.seed,
         preprocess=recipe.preprocess,
         input_map=recipe.input_map or None,
+        options=recipe.data_options or None,
     )
 
 
@@ -282,6 +283,7 @@ def _check(
         seed=recipe.seed,
         preprocess=recipe.preprocess,
         input_map=recipe.input_map or None,
+        options=recipe.data_options or None,
     )
     per_output: dict[str, list[float]] = {}
     try:

@@ -159,3 +159,51 @@ def test_console_script_exit_code(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and res.stderr.startswith("error: model file")
     assert not (tmp_path / "o").exists()
+
+
+def test_data_options_reach_the_source(tmp_path: Path) -> None:
+    from tinymodels import mlp
+
+    m = mlp(d_in=8)
+    dims = m.graph.input[0].type.tensor_type.shape.dim  # [N, 8] -> [N, 4, 8]: 4-row CSV windows
+    dims.insert(1, onnx.TensorShapeProto.Dimension(dim_value=4))
+    m.graph.output[0].type.tensor_type.ClearField("shape")
+    model = tmp_path / "win.onnx"
+    onnx.save_model(m, model)
+    csv = tmp_path / "series.csv"
+    rows = np.random.default_rng(0).standard_normal((40, 8))
+    csv.write_text("\n".join(",".join(f"{v:.4f}" for v in r) for r in rows) + "\n")
+    out = tmp_path / "o"
+    res = runner.invoke(
+        app,
+        [
+            "quantize",
+            str(model),
+            "-o",
+            str(out),
+            "--calib-data",
+            str(csv),
+            "--data-option",
+            "csv_window=4",
+            "--data-option",
+            "csv_stride=2",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "win_int8.json").read_text())
+    assert report["calibration"]["samples"] == 19  # (40 - 4) // 2 + 1 windows
+    res = runner.invoke(
+        app,
+        [
+            "quantize",
+            str(model),
+            "-o",
+            str(tmp_path / "o2"),
+            "--calib-data",
+            str(csv),
+            "--data-option",
+            "csv_windw=4",
+        ],
+    )
+    assert res.exit_code == 2 and "csv_windw" in res.output and "csv_window" in res.output
+    assert not (tmp_path / "o2").exists()

@@ -67,6 +67,7 @@ class Recipe:
     tag: str | None = None
     input_map: dict[str, str] = field(default_factory=dict)
     preprocess: Preprocess = field(default_factory=Preprocess)
+    data_options: dict[str, Any] = field(default_factory=dict)  # edgequant.data.SourceOptions names
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -164,7 +165,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise RecipeError(
                 f"{where} must be a mapping, got {type(value).__name__}.", "write a YAML mapping."
             )
-        return {str(k): _coerce(v, str, f"{where}.{k}") for k, v in value.items()}
+        item_hint = get_args(hint)[1]
+        if item_hint is Any:  # option values are checked by their owner (e.g. data.SourceOptions)
+            return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
+        return {str(k): _coerce(v, item_hint, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(hint):
         if isinstance(value, hint):  # type: ignore[arg-type]
             return value
@@ -190,6 +194,16 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise RecipeError(f"{where} must be a string, got {value!r}.", "quote the value.")
         return value
     raise RecipeError(f"{where}: unsupported type {hint}.", "report this as a bug.")
+
+
+def _plain(value: Any, where: str) -> Any:
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, list | tuple) and all(isinstance(v, str | int | float | bool) for v in value):
+        return list(value)
+    raise RecipeError(
+        f"{where} must be a number, string, boolean or list of them, got {value!r}.", "simplify it."
+    )
 
 
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:

@@ -75,6 +75,7 @@ class OrtRuntime:
         providers: Sequence[str] = ("CPUExecutionProvider",),
         intra_op_threads: int = 0,
         optimize: bool = True,
+        allow_spinning: bool = True,
     ) -> None:
         available = ort.get_available_providers()
         missing = [p for p in providers if p not in available]
@@ -87,12 +88,16 @@ class OrtRuntime:
         self.providers = list(providers)
         self.intra_op_threads = intra_op_threads
         self.optimize = optimize
+        # idle ORT threads spin by default; during calibration that takes the CPU from data loading
+        self.allow_spinning = allow_spinning
 
     def session(self, model: onnx.ModelProto | Path | str, what: str = "the model") -> OrtSession:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         if self.intra_op_threads:
             opts.intra_op_num_threads = self.intra_op_threads
+        if not self.allow_spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if not self.optimize:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         tmp: tempfile.TemporaryDirectory[str] | None = None
