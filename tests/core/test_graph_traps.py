@@ -176,3 +176,14 @@ def test_cpu_feature_detection_decides_reduce_range(tmp_path: Path) -> None:
     vnni = tmp_path / "cpuinfo2"
     vnni.write_text("flags\t\t: avx2 avx512f avx512_vnni\n")
     assert not detect(vnni).needs_reduce_range
+
+
+def test_unnamed_nodes_get_unique_names() -> None:
+    m = conv_net()
+    for n in m.graph.node:
+        n.name = ""
+    r = edgequant.quantize(m, {"x": images(16)})
+    names = [n.name for n in r.model.graph.node]
+    assert len(names) == len(set(names)) and all(names)
+    assert any("unnamed or duplicate-named node(s)" in n for n in r.report["notes"])
+    assert r.report["check"]["output_sqnr_db"]["y"] > 30

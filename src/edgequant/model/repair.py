@@ -174,6 +174,25 @@ def ensure_opset(model: onnx.ModelProto, minimum: int, why: str) -> tuple[onnx.M
     return converted, f"opset raised from {current} to {minimum}: {why}."
 
 
+def name_nodes(graph: onnx.GraphProto) -> int:
+    """Give every unnamed (or duplicate-named) node a unique name; plans and reports refer to nodes by name."""
+    taken = {n.name for n in graph.node if n.name}
+    seen: set[str] = set()
+    renamed = 0
+    for i, node in enumerate(graph.node):
+        if node.name and node.name not in seen:
+            seen.add(node.name)
+            continue
+        base = f"{node.name or node.op_type}_{i}"
+        name, k = base, 1
+        while name in taken or name in seen:
+            name, k = f"{base}_{k}", k + 1
+        node.name = name
+        seen.add(name)
+        renamed += 1
+    return renamed
+
+
 def prepare(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     """Apply the repairs above to a copy of ``model``; returns it with notes for the report."""
     if not model.graph.node:
@@ -187,6 +206,9 @@ def prepare(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     notes += inline_constant_ifs(out.graph)
     if moved or notes:
         constants_to_initializers(out.graph)  # constants that came in with an inlined branch
+    named = name_nodes(out.graph)
+    if named:
+        notes.append(f"{named} unnamed or duplicate-named node(s) were given unique names.")
     out, shape_notes = refresh_shapes(out)
     notes += shape_notes
     for n in notes:

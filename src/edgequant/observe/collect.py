@@ -141,7 +141,7 @@ def collect(
                         _check_float(name, outs[name])
                         observers[name].update(outs[name])
                     del outs
-                n = _batch_size(batch)
+                n = max(_batch_size(batch), 1)  # a batch that is not batch-first is one sample
                 samples += n
                 batches += 1
                 done += n
@@ -228,15 +228,18 @@ def _check_float(name: str, arr: np.ndarray) -> None:
 
 
 def _batch_size(batch: Batch) -> int:
-    sizes = {name: (arr.shape[0] if np.ndim(arr) else None) for name, arr in batch.items()}
-    values = set(sizes.values())
-    if not batch or None in values or len(values) != 1:
-        raise DataError(
-            f"a calibration batch must map input names to arrays sharing the batch size on axis 0; "
-            f"got batch sizes {sizes}.",
-            "give every input array the batch as its first axis.",
-        )
-    return int(values.pop())  # type: ignore[arg-type]
+    """Samples in a batch: the shared axis-0 size, or 1 for a batch that is not batch-first.
+
+    A sequence-first recurrent model (``x: T x N x D`` with state ``h0: 1 x N x H``) gets its
+    batches whole, as the data layer passes them; such a batch counts as one sample and is
+    never cut by ``max_samples``.
+    """
+    if not batch:
+        raise DataError("a calibration batch holds no arrays.", "map every model input name to an array.")
+    sizes = {np.shape(arr)[0] if np.ndim(arr) else None for arr in batch.values()}
+    if len(sizes) == 1 and None not in sizes:
+        return int(sizes.pop())  # type: ignore[arg-type]
+    return -1
 
 
 def _limited(source: Iterable[Batch], max_samples: int | None) -> Iterator[Batch]:
@@ -246,7 +249,9 @@ def _limited(source: Iterable[Batch], max_samples: int | None) -> Iterator[Batch
         return
     for batch in source:
         n = _batch_size(batch)
-        if max_samples is not None and seen + n > max_samples:
+        if n < 0:  # not batch-first: one whole sample
+            n = 1
+        elif max_samples is not None and seen + n > max_samples:
             keep = max_samples - seen
             batch = {k: v[:keep] for k, v in batch.items()}
             n = keep

@@ -1,0 +1,57 @@
+"""The REST service (optional extra ``edgequant[serve]``: fastapi, uvicorn, python-multipart).
+
+``serve(...)`` runs one uvicorn process with the FastAPI app of ``edgequant.service.app``; jobs run
+in ``workers`` separate worker processes (``edgequant.service.jobs``), never in a request handler.
+State lives in ``--store DIR`` (SQLite job table + uploaded files); see ``edgequant.service.store``.
+Importing this package does not import fastapi, so the CLI works without the extra.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgequant.errors import DependencyError
+from edgequant.service.config import TARGETS, ServiceConfig
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+_EXTRA_MODULES = (("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("python_multipart", "python-multipart"))
+
+
+def require_extra() -> None:
+    """Raise DependencyError when a package of the ``serve`` extra is missing."""
+    for module, package in _EXTRA_MODULES:
+        if importlib.util.find_spec(module) is None:
+            raise DependencyError.missing(package, "serve", "The REST service")
+
+
+def create_app(config: ServiceConfig) -> FastAPI:
+    """The ASGI application for ``config`` (workers start when the app's lifespan starts)."""
+    require_extra()
+    from edgequant.service.app import create_app as _create
+
+    return _create(config)
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    store: str | Path = "edgequant-store",
+    *,
+    api_key: str | None = None,
+    max_upload_mb: float = 200.0,
+    workers: int = 2,
+    log_level: str = "info",
+) -> None:
+    """Run the service until interrupted (Ctrl-C / SIGTERM stop the workers too)."""
+    require_extra()
+    import uvicorn
+
+    config = ServiceConfig.create(store, api_key=api_key, max_upload_mb=max_upload_mb, workers=workers)
+    uvicorn.run(create_app(config), host=host, port=port, log_level=log_level, workers=1)
+
+
+__all__ = ["TARGETS", "ServiceConfig", "create_app", "require_extra", "serve"]

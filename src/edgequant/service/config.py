@@ -1,0 +1,167 @@
+"""Service settings, the quantization targets the service knows, and the service's own errors.
+
+Targets live in one table, ``TARGETS``.  Only ``onnx`` (ONNX Runtime CPU, QDQ; alias ``cpu``) is
+served.  Vendor targets are listed so a request for them gets an honest answer naming the toolchain
+to install (HTTP 501), never a fake success; any other name is a 422 listing the valid targets.
+
+Errors raised by the service itself subclass EdgeQuantError and carry their HTTP status; the app
+maps library errors by class (``STATUS_BY_ERROR``) and always answers ``{error, detail, hint}``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgequant.errors import (
+    DataError,
+    DependencyError,
+    EdgeQuantError,
+    ExportError,
+    InferenceError,
+    ModelError,
+    RecipeError,
+    TargetError,
+    UnsupportedError,
+)
+
+API_KEY_ENV = "EDGEQUANT_API_KEY"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target name as the REST API sees it."""
+
+    name: str
+    recipe_target: str | None  # value for Recipe.target; None = not served by this service
+    description: str
+    toolchain: str = ""  # what to install for a vendor target
+
+
+TARGETS: dict[str, Target] = {
+    "onnx": Target("onnx", "cpu", "ONNX Runtime CPU, QDQ model (the default)"),
+    "cpu": Target("cpu", "cpu", "alias of 'onnx'"),
+    "tidl": Target(
+        "tidl",
+        None,
+        "TI TDA4/AM6x C7x-MMA NPU",
+        "TI TIDL tools (github.com/TexasInstruments/edgeai-tidl-tools)",
+    ),
+    "vitis-ai": Target(
+        "vitis-ai", None, "AMD/Xilinx DPU", "AMD Vitis AI (its vai_q_onnx quantizer and compiler)"
+    ),
+    "akida": Target(
+        "akida", None, "BrainChip Akida", "BrainChip MetaTF (pip install akida cnn2snn quantizeml)"
+    ),
+}
+DEFAULT_TARGET = "onnx"
+
+
+def served_targets() -> list[str]:
+    return [t.name for t in TARGETS.values() if t.recipe_target is not None]
+
+
+def resolve_target(name: str | None) -> str:
+    """The Recipe.target value for a REST ``target``; TargetError (422) or ToolchainMissing (501)."""
+    key = (name or DEFAULT_TARGET).strip().lower()
+    target = TARGETS.get(key)
+    if target is None:
+        raise TargetError(
+            f"unknown target '{name}'; valid targets: {', '.join(served_targets())}.",
+            f"use target={DEFAULT_TARGET} (ONNX Runtime CPU QDQ). Vendor targets "
+            f"{', '.join(t for t in TARGETS if TARGETS[t].recipe_target is None)} need their toolchains.",
+        )
+    if target.recipe_target is None:
+        raise ToolchainMissing(
+            f"target '{key}' ({target.description}) needs {target.toolchain}, which this server does not "
+            f"have and EdgeQuant does not drive; valid targets here: {', '.join(served_targets())}.",
+            f"install {target.toolchain} and compile the QDQ model from target={DEFAULT_TARGET} with it.",
+        )
+    return target.recipe_target
+
+
+class ServiceError(EdgeQuantError):
+    """An error of the HTTP layer; ``status`` is its HTTP status code."""
+
+    status = 400
+
+
+class BadRequest(ServiceError):
+    status = 400
+
+
+class Unauthorized(ServiceError):
+    status = 401
+
+
+class NotFound(ServiceError):
+    status = 404
+
+
+class Conflict(ServiceError):
+    status = 409
+
+
+class PayloadTooLarge(ServiceError):
+    status = 413
+
+
+class ToolchainMissing(ServiceError):
+    status = 501
+
+
+STATUS_BY_ERROR: dict[type[EdgeQuantError], int] = {
+    RecipeError: 422,
+    TargetError: 422,
+    UnsupportedError: 422,
+    ModelError: 400,
+    DataError: 400,
+    InferenceError: 422,
+    ExportError: 422,
+    DependencyError: 501,
+}
+
+
+def status_of(exc: EdgeQuantError) -> int:
+    if isinstance(exc, ServiceError):
+        return exc.status
+    for cls in type(exc).__mro__:
+        if cls in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[cls]
+    return 400
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """How the server runs.  ``workers`` = job worker processes (uvicorn itself runs one process)."""
+
+    store: Path
+    api_key: str | None = None
+    max_upload_mb: float = 200.0
+    workers: int = 2
+    max_extract_mb: float | None = None  # total uncompressed size of a zip; default 4x the upload limit
+    max_zip_members: int = 20000
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise BadRequest(f"--workers must be >= 1, got {self.workers}.", "use --workers 2.")
+        if self.max_upload_mb <= 0:
+            raise BadRequest(f"--max-upload-mb must be > 0, got {self.max_upload_mb}.", "use e.g. 200.")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_extract_bytes(self) -> int:
+        mb = self.max_extract_mb if self.max_extract_mb is not None else 4 * self.max_upload_mb
+        return int(mb * 1024 * 1024)
+
+    @classmethod
+    def create(
+        cls, store: str | Path, api_key: str | None = None, max_upload_mb: float = 200.0, workers: int = 2
+    ) -> ServiceConfig:
+        """Settings with the API key taken from EDGEQUANT_API_KEY when not given."""
+        key = api_key if api_key else os.environ.get(API_KEY_ENV) or None
+        return cls(Path(store).resolve(), key, float(max_upload_mb), int(workers))

@@ -1,0 +1,170 @@
+"""The service's store directory and its SQLite job table.
+
+Layout of ``--store DIR``::
+
+    jobs.sqlite               one row per job (WAL mode; the server and its workers all write it)
+    models/<name>.onnx|.pt    uploaded models, and <name>.json beside each (format, size, inputs)
+    datasets/<name>.npz       calibration data: an npz, or datasets/<name>/ (extracted images),
+                              and <name>.json beside each
+    jobs/<id>/                artifacts of a finished job; jobs/<id>.partial/ while it runs
+    tmp/                      uploads in flight
+
+Every status change is a conditional UPDATE (``... WHERE status = <expected>``), so a job that was
+cancelled, or failed by a restart, can never be flipped to "succeeded" by a late worker.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+ACTIVE = ("queued", "running")
+RESTART_REASON = "interrupted by server restart; resubmit"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    model TEXT NOT NULL,
+    dataset TEXT,
+    recipe TEXT NOT NULL,
+    status TEXT NOT NULL,
+    progress REAL NOT NULL DEFAULT 0,
+    stage TEXT NOT NULL DEFAULT '',
+    error TEXT,
+    report TEXT,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created);
+"""
+
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
+
+
+class JobStore:
+    """Thread-safe access to the jobs table of one store directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        for sub in ("models", "datasets", "jobs", "tmp"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(root / "jobs.sqlite", timeout=30.0, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._db.commit()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                yield self._db
+                self._db.commit()
+            except BaseException:
+                self._db.rollback()
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def job_dir(self, job_id: str, partial: bool = False) -> Path:
+        return self.root / "jobs" / (f"{job_id}.partial" if partial else job_id)
+
+    def create(self, kind: str, model: str, dataset: str | None, recipe: dict[str, Any]) -> str:
+        job_id = uuid.uuid4().hex
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO jobs (id, kind, model, dataset, recipe, status, stage, created) "
+                "VALUES (?, ?, ?, ?, ?, 'queued', 'queued', ?)",
+                (job_id, kind, model, dataset, json.dumps(recipe), time.time()),
+            )
+        return job_id
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else dict(row)
+
+    def next_queued(self) -> list[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY created").fetchall()
+        return [r["id"] for r in rows]
+
+    def count_active(self, model: str) -> int:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*) AS n FROM jobs WHERE model = ? AND status IN ('queued', 'running')", (model,)
+            ).fetchone()
+        return int(row["n"])
+
+    def transition(self, job_id: str, old: tuple[str, ...], new: str, **values: Any) -> bool:
+        """Set ``status = new`` (and ``values``) only if the status is one of ``old``; True if it was."""
+        sets = ["status = ?"]
+        args: list[Any] = [new]
+        for key, value in values.items():
+            if key not in ("progress", "stage", "error", "report", "started", "finished"):
+                raise KeyError(key)
+            sets.append(f"{key} = ?")
+            args.append(json.dumps(value) if key in ("error", "report") else value)
+        marks = ", ".join("?" for _ in old)
+        with self._tx() as db:
+            cur = db.execute(
+                f"UPDATE jobs SET {', '.join(sets)} WHERE id = ? AND status IN ({marks})",
+                (*args, job_id, *old),
+            )
+        return cur.rowcount == 1
+
+    def set_progress(self, job_id: str, progress: float, stage: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET progress = ?, stage = ? WHERE id = ? AND status = 'running'",
+                (max(0.0, min(1.0, progress)), stage, job_id),
+            )
+
+    def fail_interrupted(self) -> list[str]:
+        """At startup: every queued or running job is failed with RESTART_REASON; returns their ids."""
+        error = {"error": "Interrupted", "detail": RESTART_REASON, "hint": "submit the job again."}
+        with self._tx() as db:
+            ids = [r["id"] for r in db.execute("SELECT id FROM jobs WHERE status IN ('queued', 'running')")]
+            db.execute(
+                "UPDATE jobs SET status = 'failed', stage = 'failed', error = ?, finished = ? "
+                "WHERE status IN ('queued', 'running')",
+                (json.dumps(error), time.time()),
+            )
+        return ids
+
+
+def public_job(row: dict[str, Any], artifacts: list[str] | None = None) -> dict[str, Any]:
+    """The JSON view of a job row for GET /jobs/{id}."""
+    out: dict[str, Any] = {
+        "job_id": row["id"],
+        "kind": row["kind"],
+        "model": row["model"],
+        "dataset": row["dataset"],
+        "status": row["status"],
+        "progress": {"fraction": round(float(row["progress"]), 4), "stage": row["stage"]},
+        "recipe": json.loads(row["recipe"]),
+        "created": _iso(row["created"]),
+        "started": _iso(row["started"]),
+        "finished": _iso(row["finished"]),
+        "error": json.loads(row["error"]) if row["error"] else None,
+        "report": json.loads(row["report"]) if row["report"] else None,
+    }
+    return out

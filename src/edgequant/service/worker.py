@@ -1,0 +1,243 @@
+"""What a job worker process runs: one quantize or compare job at a time, outside the server.
+
+A worker is a ``spawn``-context process holding its own SQLite connection.  It receives a job id on
+its pipe, runs the job, writes progress while it runs, and records the outcome:
+
+* files go to ``jobs/<id>.partial/``; only after the run succeeded is that folder renamed to
+  ``jobs/<id>/`` and the job marked succeeded (a conditional UPDATE: a job cancelled meanwhile
+  stays cancelled and its folder is removed);
+* an EdgeQuantError (corrupt model or data, bad recipe for this graph ...) fails the job with the
+  error's ``to_dict()``; any other exception fails it as an internal error with the exception text.
+
+Progress: the pipeline's ``progress(stage, done, total)`` becomes ``0.05 + 0.85 * done / total``
+(for compare jobs ``0.05 + 0.9 * ...``), written at most 5 times a second or on a stage change.
+A watchdog thread exits the worker when the server process is gone, so no orphan finishes a job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from edgequant.errors import DataError, EdgeQuantError, ModelError
+from edgequant.service.safety import remove_tree
+from edgequant.service.store import JobStore
+
+log = logging.getLogger(__name__)
+
+
+def model_file(root: Path, name: str) -> Path:
+    for suffix in (".onnx", ".pt"):
+        path = root / "models" / f"{name}{suffix}"
+        if path.is_file():
+            return path
+    raise ModelError(f"model '{name}' is no longer in the store.", "upload it again and resubmit the job.")
+
+
+def dataset_path(root: Path, name: str | None) -> Path | None:
+    if name is None:
+        return None
+    for path in (root / "datasets" / f"{name}.npz", root / "datasets" / name):
+        if path.exists():
+            return path
+    raise DataError(f"dataset '{name}' is no longer in the store.", "upload it again and resubmit the job.")
+
+
+class _Progress:
+    def __init__(self, store: JobStore, job_id: str, start: float, span: float) -> None:
+        self.store, self.job_id, self.start, self.span = store, job_id, start, span
+        self.stage = ""
+        self.last = 0.0
+        self.fraction = start
+
+    def set(self, fraction: float, stage: str) -> None:
+        now = time.monotonic()
+        if stage != self.stage or now - self.last >= 0.2:
+            self.store.set_progress(self.job_id, fraction, stage)
+            self.stage, self.last = stage, now
+        self.fraction = fraction
+
+    def __call__(self, stage: str, done: int, total: int | None) -> None:
+        fraction = self.start + self.span * min(done / total, 1.0) if total else self.fraction
+        self.set(fraction, stage)
+
+
+def _onnx_input(root: Path, row: dict[str, Any], data: Path | None, tmp: Path) -> Path:
+    """The ONNX file to quantize; a TorchScript upload is exported (and verified) first."""
+    path = model_file(root, row["model"])
+    if path.suffix != ".pt":
+        return path
+    from edgequant.model.torch_import import export_torch, load_torchscript
+
+    if data is None or data.suffix != ".npz":
+        raise DataError(
+            "a TorchScript model needs an npz dataset: its arrays (in file order) are the forward() inputs "
+            "used to export the model to ONNX.",
+            "upload an npz whose arrays are named after, and ordered like, the model's inputs.",
+        )
+    import numpy as np
+
+    with np.load(data, allow_pickle=False) as npz:
+        names = list(npz.files)
+        example = tuple(np.ascontiguousarray(npz[k][:1]) for k in names)
+    out = tmp / f"{row['model']}.onnx"
+    export_torch(load_torchscript(path), example, out, input_names=names)
+    return out
+
+
+def _summary(report: dict[str, Any], files: dict[str, str]) -> dict[str, Any]:
+    sizes = report.get("sizes", {})
+    return {
+        "name": files["model"].rsplit(".", 1)[0],
+        "method": report.get("method"),
+        "tag": report.get("tag"),
+        "sizes": {
+            "original_bytes": sizes.get("float_bytes"),
+            "quantized_bytes": sizes.get("quantized_bytes"),
+            "packed_bytes": sizes.get("packed_bytes"),
+            "compression_ratio": sizes.get("compression_ratio"),
+            "file_ratio": sizes.get("file_ratio"),
+        },
+        "metrics": report.get("check", {}),
+        "calibration": report.get("calibration"),
+        "seconds": report.get("seconds", {}),
+        "warnings": report.get("warnings", []),
+        "files": files,
+    }
+
+
+def _run_quantize(root: Path, row: dict[str, Any], out: Path, progress: _Progress) -> dict[str, Any]:
+    from edgequant.pipeline import quantize
+    from edgequant.runtime import OrtRuntime
+
+    data = dataset_path(root, row["dataset"])
+    progress.set(0.02, "loading")
+    model = _onnx_input(root, row, data, out)
+    recipe = json.loads(row["recipe"])
+    result = quantize(
+        model, str(data) if data else None, recipe, runtime=OrtRuntime(intra_op_threads=1), progress=progress
+    )
+    progress.set(0.95, "saving")
+    saved = result.save(out)
+    if model.parent == out:
+        model.unlink()
+    files = {"model": saved.model.name, "report": saved.report.name, "plan": saved.plan.name}
+    return _summary(result.report, files)
+
+
+def _run_compare(root: Path, row: dict[str, Any], out: Path, progress: _Progress) -> dict[str, Any]:
+    from edgequant.evaluate.compare import compare
+
+    data = dataset_path(root, row["dataset"])
+    options = json.loads(row["recipe"])
+    progress.set(0.02, "loading")
+    model = _onnx_input(root, row, data, out)
+    result = compare(
+        model,
+        str(data) if data else None,
+        str(data) if data else None,
+        methods=options.get("methods", "all"),
+        max_drop=options.get("max_drop"),
+        max_latency_ms=options.get("max_latency_ms"),
+        max_size_mb=options.get("max_size_mb"),
+        task=options.get("task", "classification"),
+        outdir=out,
+        progress=progress,
+    )
+    if model.parent == out:
+        model.unlink()
+    summary = result.to_dict()
+    summary.pop("outdir", None)
+    return summary
+
+
+def _scrub(report: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Replace the server's store path with ``<store>`` so reports do not reveal server paths."""
+    text = json.dumps(report, default=str)
+    prefix = json.dumps(str(root))[1:-1]
+    cleaned: dict[str, Any] = json.loads(text.replace(prefix, "<store>"))
+    return cleaned
+
+
+def run_job(store: JobStore, job_id: str) -> None:
+    """Run one claimed (status running) job to its end state."""
+    row = store.get(job_id)
+    if row is None or row["status"] != "running":
+        return
+    partial, final = store.job_dir(job_id, partial=True), store.job_dir(job_id)
+    remove_tree(partial)
+    partial.mkdir(parents=True)
+    span = 0.9 if row["kind"] == "compare" else 0.85
+    progress = _Progress(store, job_id, 0.05, span)
+    error: dict[str, Any] | None = None
+    report: dict[str, Any] = {}
+    try:
+        if row["kind"] == "compare":
+            report = _run_compare(store.root, row, partial, progress)
+        else:
+            report = _run_quantize(store.root, row, partial, progress)
+    except EdgeQuantError as exc:
+        error = exc.to_dict()
+    except Exception as exc:
+        log.exception("job %s failed with an unexpected error", job_id)
+        error = {
+            "error": "InternalError",
+            "detail": f"{type(exc).__name__}: {str(exc)[:500]}",
+            "hint": "this is a bug in EdgeQuant; please report it with the model and data.",
+        }
+    if error is not None:
+        error = _scrub(error, store.root)
+        remove_tree(partial)
+        store.transition(job_id, ("running",), "failed", error=error, stage="failed", finished=time.time())
+        return
+    remove_tree(final)
+    os.replace(partial, final)
+    report["artifacts"] = sorted(p.name for p in final.iterdir() if p.is_file())
+    report = _scrub(report, store.root)
+    done = store.transition(
+        job_id, ("running",), "succeeded", report=report, progress=1.0, stage="done", finished=time.time()
+    )
+    if not done:
+        remove_tree(final)
+
+
+def _watch_parent(parent_pid: int) -> None:
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(3)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def worker_main(conn: Connection, root: str, parent_pid: int) -> None:
+    """Entry point of a worker process: run job ids from ``conn`` until it closes or sends None."""
+    _watch_parent(parent_pid)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(process)d %(levelname)s %(message)s")
+    store = JobStore(Path(root))
+    try:
+        import edgequant.pipeline  # noqa: F401  (warm up: the first job should not pay the imports)
+    except Exception:
+        log.exception("could not import the pipeline")
+    while True:
+        try:
+            job_id = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job_id is None:
+            return
+        try:
+            run_job(store, job_id)
+        except Exception:
+            log.exception("job %s crashed the worker loop", job_id)
+        try:
+            conn.send(job_id)
+        except (BrokenPipeError, OSError):
+            return

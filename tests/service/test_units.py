@@ -1,0 +1,94 @@
+"""In-process checks: missing extra, the 500 handler, the CLI command, target table, TorchScript."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import warnings
+from pathlib import Path
+
+import pytest
+from service_helpers import Server, tiny_npz, upload, wait_job
+
+from edgequant.errors import DependencyError, TargetError
+from edgequant.service import ServiceConfig, create_app, require_extra
+from edgequant.service.config import TARGETS, ToolchainMissing, resolve_target
+from edgequant.service.safety import check_name
+
+
+def test_missing_extra_is_a_dependency_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "fastapi" else real(name, *a)
+    )
+    with pytest.raises(DependencyError) as err:
+        require_extra()
+    assert err.value.to_dict() == {
+        "error": "DependencyError",
+        "detail": "The REST service needs the Python package 'fastapi', which is not installed.",
+        "hint": "pip install 'edgequant[serve]'",
+    }
+
+
+def test_unexpected_exception_is_logged_json_500(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from fastapi.testclient import TestClient
+
+    app = create_app(ServiceConfig.create(tmp_path))
+
+    @app.get("/api/v1/boom")
+    def boom() -> None:
+        raise RuntimeError("kaboom")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.get("/api/v1/boom")
+    assert r.status_code == 500
+    assert r.json() == {
+        "error": "InternalError",
+        "detail": "RuntimeError: kaboom",
+        "hint": "this is a bug; please report it.",
+    }
+    assert "unhandled error on GET /api/v1/boom" in caplog.text
+
+
+def test_targets_and_names() -> None:
+    assert resolve_target(None) == resolve_target("onnx") == resolve_target("CPU") == "cpu"
+    with pytest.raises(TargetError, match="valid targets: onnx, cpu"):
+        resolve_target("npu")
+    for vendor in ("tidl", "vitis-ai", "akida"):
+        with pytest.raises(ToolchainMissing) as err:
+            resolve_target(vendor)
+        assert TARGETS[vendor].toolchain in err.value.detail and err.value.status == 501
+    assert check_name("resnet18_v1.2") == "resnet18_v1.2"
+
+
+def test_serve_command_is_registered() -> None:
+    from typer.testing import CliRunner
+
+    from edgequant.cli import app
+
+    out = CliRunner().invoke(app, ["serve", "--help"])
+    assert out.exit_code == 0
+    for flag in ("--host", "--port", "--store", "--api-key", "--max-upload-mb", "--workers"):
+        assert flag in out.output
+
+
+def test_torchscript_upload_and_quantize(server: Server) -> None:
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(256, 10)
+    )
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(net.eval()), buf)
+    with server.client() as c:
+        r = upload(c, "models", "ts", buf.getvalue(), "ts.pt", overwrite="true")
+        assert r.status_code == 201 and r.json()["format"] == "torchscript", r.text
+        assert upload(c, "datasets", "calib", tiny_npz(), "c.npz", overwrite="true").status_code == 201
+        job = wait_job(c, c.post("/api/v1/model/ts/quantize", params={"dataset": "calib"}).json()["job_id"])
+        assert job["status"] == "succeeded", job["error"]
+        assert job["report"]["metrics"]["output_sqnr_db"]
+        assert min(job["report"]["metrics"]["output_sqnr_db"].values()) >= 25.0
+        assert "ts_int8.onnx" in job["report"]["artifacts"]
+        assert not any(a.endswith(".pt") for a in job["report"]["artifacts"])
