@@ -205,21 +205,8 @@ def inspect(
     )
 
 
-_COMMAND_MODULES = ("demo", "evaluate", "compare", "serve")
-
-
-def _register_commands() -> None:
-    for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"edgequant.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"edgequant.commands.{name}":
-                continue  # not part of this build
-            raise
-        module.register(app)
-
-
-_register_commands()
+for _name in ("demo", "evaluate", "compare", "serve"):
+    importlib.import_module(f"edgequant.commands.{_name}").register(app)
 
 
 def main() -> None:

@@ -44,6 +44,7 @@ def test_histogram_after_growth_equals_one_shot_histogram(scales: tuple[float, .
     expected, _ = np.histogram(allx, bins=hist.edges())
     np.testing.assert_array_equal(hist.counts, expected)
     assert hist.total == allx.size
+    assert hist.zeros == int(np.count_nonzero(allx == 0))
     amax = np.abs(allx).max()
     assert amax < hist.bins * hist.width and (
         amax == 0 or hist.bins * hist.width <= 2 * amax or hist.k == -140
@@ -75,12 +76,17 @@ def test_entropy_clips_outliers_that_minmax_keeps() -> None:
     assert lo_mm == float(x.min())
 
 
-def _kl_reference(h: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Migacz 2017 written out candidate by candidate (slow, for checking the vectorised search)."""
+def _kl_reference(h: np.ndarray, levels: int, zeros: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Migacz 2017 written out candidate by candidate (slow, for checking the vectorised search).
+
+    The ``zeros`` exact zeros of bin 0 are an extra singleton bin, identical in P and Q.
+    """
+    h = h.astype(np.float64).copy()
+    h[0] -= zeros
     n = int(np.flatnonzero(h)[-1]) + 1
     cands, kls = [], []
     for i in range(levels, n + 1):
-        p = h[:i].astype(np.float64).copy()
+        p = h[:i].copy()
         p[i - 1] += h[i:n].sum()
         group = (np.arange(i) * levels) // i
         q = np.zeros(i)
@@ -89,6 +95,8 @@ def _kl_reference(h: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
             nonzero = members & (p > 0)
             if nonzero.any():
                 q[nonzero] = h[:i][members].sum() / nonzero.sum()
+        p = np.append(p, zeros)
+        q = np.append(q, zeros)
         p /= p.sum()
         q /= q.sum()
         mask = p > 0
@@ -99,19 +107,68 @@ def _kl_reference(h: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("levels", [8, 16])
-def test_vectorised_kl_equals_the_candidate_loop(levels: int) -> None:
+@pytest.mark.parametrize("zeros", [0.0, 700.0])
+def test_vectorised_kl_equals_the_candidate_loop(levels: int, zeros: float) -> None:
     rng = np.random.default_rng(4)
     h = np.floor(rng.exponential(50.0, size=120) * np.exp(-np.arange(120) / 30.0))
     h[[5, 17, 60]] = 0.0  # empty bins inside groups
     h[110:115] = 0.0
     h[118] = 3.0
-    cand, kl = kl_divergences(h, levels)
-    ref_cand, ref_kl = _kl_reference(h, levels)
+    h[0] += zeros
+    cand, kl = kl_divergences(h, levels, zeros)
+    ref_cand, ref_kl = _kl_reference(h, levels, zeros)
     np.testing.assert_array_equal(cand, ref_cand)
     finite = np.isfinite(ref_kl)
     np.testing.assert_array_equal(np.isfinite(kl), finite)
     np.testing.assert_allclose(kl[finite], ref_kl[finite], rtol=1e-9, atol=1e-12)
     assert finite.sum() > 50
+
+
+def test_kl_rejects_more_zeros_than_bin_zero_holds() -> None:
+    with pytest.raises(DataError, match=r"got zeros=5\.0 exact zeros but bin 0 holds 4\.0"):
+        kl_divergences(np.array([4.0, 1.0, 1.0]), 2, zeros=5.0)
+
+
+def _relu_like(tail: str, n: int = 100_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Half exact zeros, half a half-normal or Exp(1) tail (shuffled); also the tail alone."""
+    rng = np.random.default_rng(seed)
+    pos = np.abs(rng.normal(size=n // 2)) if tail == "halfnormal" else rng.exponential(size=n // 2)
+    x = np.concatenate([np.zeros(n - n // 2), pos]).astype(np.float32)
+    return x[rng.permutation(n)], pos.astype(np.float32)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("tail", ["halfnormal", "exponential"])
+def test_entropy_threshold_on_relu_outputs_ignores_the_zero_spike(tail: str, symmetric: bool) -> None:
+    """The exact zeros must not move the KL threshold (regression: they forced the first candidate).
+
+    With ``z`` zeros, ``T`` values, ``c_i`` of them within the candidate ``i`` and ``S_i`` the bin sum
+    (see thresholds.py), ``T KL_i = S_i + T log(c_i / T)`` and without the zeros
+    ``(T - z) KL_i = S_i + (T - z) log((c_i - z) / (T - z))``: both are ``S_i - (T - c_i)`` to first
+    order in the clipped count, so the threshold of the ReLU-like data equals that of its tail alone
+    (observed: identical for these seeds; allowed: 2 bins).  The search must then clip only the far
+    tail: above the tail's own 99.9th percentile (3.29 half-normal, 6.9 Exp(1); the old search gave
+    1.0 and 2.0 = 256 bins, below the 99th percentile of the data) and at most the maximum.
+    """
+    x, pos = _relu_like(tail)
+    lo, hi = _range_of("entropy", [x], symmetric=symmetric)
+    _, hi_tail = _range_of("entropy", [pos], symmetric=symmetric)
+    obs = create_observer("entropy", symmetric=symmetric)
+    obs.update(x)
+    width = obs.hist.width  # type: ignore[attr-defined]
+    assert obs.hist.zeros == x.size // 2  # type: ignore[attr-defined]
+    assert lo == 0.0
+    assert abs(hi - hi_tail) <= 2 * width
+    assert float(np.percentile(pos, 99.9)) < hi <= float(x.max())
+    assert float(np.mean(x > hi)) < 5e-4  # clips under 0.05 % of all values
+
+
+def test_entropy_on_relu_outputs_does_not_depend_on_batching() -> None:
+    x, _ = _relu_like("exponential", n=20_000, seed=9)
+    x[:7] = -0.0
+    whole = _range_of("entropy", [x])
+    pieces = _range_of("entropy", [x[i : i + 1000].reshape(-1, 4) for i in range(0, x.size, 1000)])
+    assert whole == pieces
 
 
 def test_entropy_search_over_2048_bins_is_fast() -> None:

@@ -12,6 +12,11 @@ old and new edges are all multiples of the old width and 0 is an edge of both.  
 histogram of all the data at the final ``k``, whatever the batch sizes, the batch order or the
 tensor shapes: histogram observers give the same range for batch size 1, 7 or everything at once.
 
+Exact zeros (``+0.0`` and ``-0.0``) are also counted on their own in ``zeros`` (they stay in bin
+``bins``, which covers ``[0, w)``): 0 is exactly representable after quantization, and ReLU outputs
+put a large share of their values there, so the KL search treats them as an atom, not as part of a
+bin whose mass may be spread (see :mod:`edgequant.observe.thresholds`).
+
 Memory is ``2 * bins`` float64 counts (32 KiB for 2048 bins) plus a few scalars, whatever the number
 of samples.  Counts are float64 holding integers, exact up to 2**53 values.
 """
@@ -34,6 +39,7 @@ class PowerOfTwoHistogram:
         self.counts = np.zeros(2 * self.bins, dtype=np.float64)
         self.k = K_MIN
         self.total = 0
+        self.zeros = 0  # exact zeros (+0.0 and -0.0), also counted in bin ``bins``
         self.lo = math.inf
         self.hi = -math.inf
 
@@ -93,6 +99,7 @@ class PowerOfTwoHistogram:
             idx += self.bins
             self.counts += np.bincount(idx, minlength=2 * self.bins)
         self.total += int(flat.size)
+        self.zeros += int(flat.size - np.count_nonzero(flat))
 
     def magnitude_counts(self) -> np.ndarray:
         """Counts of ``|x|`` on ``bins`` bins of width ``w`` over ``[0, bins * w]``.

@@ -18,6 +18,17 @@ candidate ``i`` in ``L..n``:
   each group's count spread evenly over the bins of the group where ``P`` is non-zero;
 * ``KL(P || Q)`` with both normalised; the threshold is ``i * w`` for the ``i`` with the least KL.
 
+Exact zeros (``z`` of them, counted by the histogram) are an atom of their own, outside the bins:
+0 is exactly representable whatever the threshold (the zero point is an integer), so the atom is
+the same in ``P`` and ``Q`` and enters only the normalisations (``P`` by ``T = sum(h)``, ``Q`` by the
+in-range mass ``c_i``, both including ``z``).  Writing ``S_i`` for the unnormalised KL sum over the
+bins, ``KL_i = S_i / T + log(c_i / T)``, which to first order in the clipped mass ``T - c_i`` has
+the same minimiser as the zero-free data.  Without the atom, ReLU outputs (often 30-60 % exact
+zeros) break the search: the zeros sit in bin 0, which as soon as ``i > L`` shares a group with bin
+1, and spreading the spike evenly over both costs about ``(z / T) log 2`` (0.2-0.35 nats), far more
+than any clipping, so every ReLU tensor got the first candidate ``L * w``, a power of two in
+``(amax / 8, amax / 4]`` for ``L = 256`` (``n`` is always in ``[bins / 2, bins]``).
+
 ``L = 2**(bits-1)`` for symmetric or signed data (one half of the grid covers ``[0, t]``) and
 ``L = 2**bits`` for asymmetric non-negative data (e.g. after ReLU).  Because ``Q`` is constant on
 the non-zero bins of a group, ``sum P log Q`` needs only the group sums, so with prefix sums of
@@ -40,6 +51,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgequant.errors import DataError
 from edgequant.observe.histogram import PowerOfTwoHistogram
 
 _CELLS = 1 << 22  # candidates x levels per step of the vectorised KL search
@@ -73,14 +85,25 @@ def entropy_levels(qbits: int, symmetric: bool, lo: float) -> int:
     return 2**qbits if (not symmetric and lo >= 0.0) else 2 ** (qbits - 1)
 
 
-def kl_divergences(magnitude: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate ends ``i`` (in bins) and ``KL(P_i || Q_i)`` for each, per the module docstring."""
-    h = np.asarray(magnitude, dtype=np.float64)
+def kl_divergences(magnitude: np.ndarray, levels: int, zeros: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate ends ``i`` (in bins) and ``KL(P_i || Q_i)`` for each, per the module docstring.
+
+    ``zeros`` of the counts of bin 0 are exact zeros: an atom kept out of the binned search (its own
+    singleton group, equal in ``P`` and ``Q``); it only enters the normalisations.
+    """
+    h = np.array(magnitude, dtype=np.float64)
+    if not 0.0 <= zeros <= (h[0] if h.size else 0.0):
+        raise DataError(
+            f"kl_divergences got zeros={zeros} exact zeros but bin 0 holds {h[0] if h.size else 0.0} "
+            "values; the exact zeros are part of bin 0.",
+            "pass the histogram's own 'zeros' count with its magnitude_counts().",
+        )
     nonzero = np.flatnonzero(h)
     if nonzero.size == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0)
     n = int(nonzero[-1]) + 1
     h = h[:n]
+    h[0] -= zeros
     if n <= levels:  # the histogram is no finer than the quantization grid: nothing to clip
         return np.array([n], dtype=np.int64), np.zeros(1)
     zero = np.zeros(1)
@@ -88,16 +111,17 @@ def kl_divergences(magnitude: np.ndarray, levels: int) -> tuple[np.ndarray, np.n
     safe = np.where(h > 0, h, 1.0)
     hl = np.concatenate([zero, np.cumsum(h * np.log(safe))])
     nz = np.concatenate([zero, np.cumsum(h > 0)])
-    total = c[n]
+    total = c[n] + zeros
+    atom_plogp = float(_xlogx(np.array(zeros)))
     cand = np.arange(levels, n + 1, dtype=np.int64)
     out = np.empty(cand.size)
     step = max(1, _CELLS // (levels + 1))
     g = np.arange(levels + 1, dtype=np.int64)
     for s0 in range(0, cand.size, step):
         i = cand[s0 : s0 + step]
-        outliers = total - c[i]
+        outliers = c[n] - c[i]
         p_last = h[i - 1] + outliers
-        sum_plogp = (hl[i - 1] + _xlogx(p_last)) / total - np.log(total)
+        sum_plogp = (hl[i - 1] + _xlogx(p_last) + atom_plogp) / total - np.log(total)
         bounds = (g[None, :] * i[:, None] + levels - 1) // levels  # group g is bins [bounds_g, bounds_g+1)
         group = c[bounds[:, 1:]] - c[bounds[:, :-1]]
         count = nz[bounds[:, 1:]] - nz[bounds[:, :-1]]
@@ -105,13 +129,12 @@ def kl_divergences(magnitude: np.ndarray, levels: int) -> tuple[np.ndarray, np.n
         p_group = group.copy()
         p_group[:, -1] += outliers
         ok = group > 0
-        log_q = (
-            np.log(np.where(ok, group, 1.0))
-            - np.log(np.maximum(count, 1.0))
-            - np.log(np.maximum(c[i], 1.0))[:, None]
-        )
-        sum_plogq = np.where(ok, p_group * log_q, 0.0).sum(axis=1) / total
-        kl = sum_plogp - sum_plogq
+        log_norm = np.log(np.maximum(c[i] + zeros, 1.0))  # Q holds the in-range mass and the zero atom
+        log_q = np.log(np.where(ok, group, 1.0)) - np.log(np.maximum(count, 1.0)) - log_norm[:, None]
+        sum_plogq = np.where(ok, p_group * log_q, 0.0).sum(axis=1)
+        if zeros > 0:
+            sum_plogq += zeros * (np.log(zeros) - log_norm)
+        kl = sum_plogp - sum_plogq / total
         kl[((p_group > 0) & ~ok).any(axis=1)] = np.inf
         out[s0 : s0 + step] = kl
     return cand, out
@@ -124,7 +147,7 @@ def _xlogx(x: np.ndarray) -> np.ndarray:
 def entropy_range(hist: PowerOfTwoHistogram, qbits: int, symmetric: bool) -> tuple[float, float]:
     lo, hi = hist.lo, hist.hi
     levels = entropy_levels(qbits, symmetric, lo)
-    cand, kl = kl_divergences(hist.magnitude_counts(), levels)
+    cand, kl = kl_divergences(hist.magnitude_counts(), levels, float(hist.zeros))
     if cand.size == 0:
         return lo, hi
     t = float(cand[int(np.argmin(kl))]) * hist.width
