@@ -112,6 +112,7 @@ def quantize(
         quantized, plan = convert_fp16(
             float_model, keep_io_types=recipe.keep_io_types, exclude_nodes=excluded
         )
+        _require_change(plan)
     elif recipe.method == "dynamic":
         from edgequant.export.dynamic import quantize_dynamic
 
@@ -123,6 +124,7 @@ def quantize(
             reduce_range=reduce,
             exclude_nodes=excluded,
         )
+        _require_change(plan)
     else:
         plan = planner.resolve(float_model, recipe, cpu)
         float_model, plan = _raise_opset(float_model, plan, notes)
@@ -154,6 +156,18 @@ def quantize(
     if imported:
         result.report["import"] = imported
     return result
+
+
+def _require_change(plan: QuantPlan) -> None:
+    """A method that changes no node would hand back a copy of the float model: refuse it."""
+    if plan.quantized_nodes:
+        return
+    reasons = sorted({d.reason for d in plan.skipped_nodes})[:3]
+    raise UnsupportedError(
+        f"{plan.method} quantization changes no node of this model, so its output would be a copy of "
+        "the float model; reasons: " + " | ".join(reasons),
+        "use --method static for conv nets (or weight-only), or check --exclude.",
+    )
 
 
 def _require_loadable(runtime: OrtRuntime, model: onnx.ModelProto) -> None:

@@ -169,3 +169,12 @@ def test_exclude_by_name_op_type_and_regex_and_first_last() -> None:
     assert skipped["fc"] == "last compute layer kept float (skip_last)."
     with pytest.raises(edgequant.RecipeError, match="exclude 'dwcnv' matches no node name or op type"):
         edgequant.quantize(m, x, exclude=["dwcnv"])
+
+
+def test_dynamic_on_a_pure_conv_net_is_refused_not_copied() -> None:
+    from tinymodels import conv_net as net
+
+    m = net()
+    m.graph.node[-1].op_type = "Gemm"  # keep the head; exclude it so nothing is left for dynamic
+    with pytest.raises(edgequant.UnsupportedError, match="would be a copy of the float model"):
+        edgequant.quantize(m, None, method="dynamic", exclude=["fc"])
