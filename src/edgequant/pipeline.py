@@ -254,7 +254,7 @@ def _calibrate(
                 f"'{name}' holds {count} mask sentinel value(s) (-inf / finfo.min) on the calibration data; "
                 "it stays float so the mask keeps its meaning and other values keep their resolution."
             )
-    plan = plan.with_ranges(res.ranges)
+    plan = planner.tie_activation_ranges(model, plan.with_ranges(res.ranges))
     info = {
         "method": recipe.calib_method,
         "percentile": recipe.percentile if recipe.calib_method == "percentile" else None,

@@ -178,3 +178,23 @@ def test_dynamic_on_a_pure_conv_net_is_refused_not_copied() -> None:
     m.graph.node[-1].op_type = "Gemm"  # keep the head; exclude it so nothing is left for dynamic
     with pytest.raises(edgequant.UnsupportedError, match="would be a copy of the float model"):
         edgequant.quantize(m, None, method="dynamic", exclude=["fc"])
+
+
+def test_relu_after_add_is_folded_so_ort_runs_integer_ops_end_to_end() -> None:
+    g = conv_net().graph
+    # insert Add -> Relu: residual = relu(cp + r1)
+    add = next(n for n in g.node if n.name == "residual")
+    add.output[0] = "res_pre"
+    idx = list(g.node).index(add)
+    g.node.insert(idx + 1, onnx.helper.make_node("Relu", ["res_pre"], ["res"], name="res_relu"))
+    m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    r = edgequant.quantize(m, {"x": images(64)})
+    assert "res_relu" not in {n.name for n in r.model.graph.node}
+    (d,) = [d for d in r.plan.nodes if d.node == "res_relu"]
+    assert (
+        d.quantized and d.reason == "folded into the quantization of its input (zero point = grid minimum)."
+    )
+    assert "res_pre" not in r.plan.tensors and r.plan.tensors["res"].lo == 0.0
+    assert _op_count(r.model, "Relu") == 2  # after Conv: ORT fuses those into QLinearConv itself
+    assert _sqnr(m, r.model, {"x": images(16, seed=7)}) > 30.0

@@ -84,6 +84,7 @@ def export_qdq(model: onnx.ModelProto, plan: QuantPlan) -> tuple[onnx.ModelProto
             f"the plan needs opset {plan.opset} but the model is at opset {opset_of(out)}.",
             "this is a bug in the pipeline: the opset should have been raised before export.",
         )
+    _fold_relus(out, plan)
     names = _Names(g)
     inits = {t.name: t for t in g.initializer}
     quantized = {d.node for d in plan.quantized_nodes if d.graph == "main"}
@@ -170,6 +171,43 @@ def export_qdq(model: onnx.ModelProto, plan: QuantPlan) -> tuple[onnx.ModelProto
     g.initializer.extend(new_inits)
     _drop_unused_initializers(g)
     return out, plan
+
+
+def _fold_relus(model: onnx.ModelProto, plan: QuantPlan) -> None:
+    """Drop a Relu whose input and output are quantized on one grid that starts at 0.
+
+    ``X -> Relu -> Y`` with Y's zero point at the grid minimum: quantizing X on Y's grid already
+    clamps negatives to 0, so the Relu is a no-op.  The producer writes Y directly, X's entry goes,
+    and ORT runs the producer as an integer op straight into its consumers (as ORT's own tool does).
+    """
+    g = model.graph
+    consumers: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers[i] = consumers.get(i, 0) + 1
+    outputs = {o.name for o in g.output}
+    producer = {o: n for n in g.node for o in n.output}
+    drop = []
+    for node in g.node:
+        if node.op_type != "Relu" or node.input[0] in outputs or consumers.get(node.input[0]) != 1:
+            continue
+        x, y = plan.tensors.get(node.input[0]), plan.tensors.get(node.output[0])
+        if x is None or y is None or x.role != "activation" or y.role != "activation" or x.spec != y.spec:
+            continue
+        if y.lo is None or y.hi is None or node.input[0] not in producer:
+            continue
+        _scale, zero = qparams_from_range(y.lo, y.hi, y.spec)
+        if int(zero.reshape(-1)[0]) != y.spec.qmin:
+            continue
+        src = producer[node.input[0]]
+        src.output[list(src.output).index(node.input[0])] = node.output[0]
+        del plan.tensors[node.input[0]]
+        plan.decide(
+            node.name, "Relu", True, "folded into the quantization of its input (zero point = grid minimum)."
+        )
+        drop.append(node)
+    for node in drop:
+        g.node.remove(node)
 
 
 def _fill(entry: TensorEntry, scale: np.ndarray, zero: np.ndarray) -> None:
