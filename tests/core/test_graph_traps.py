@@ -187,3 +187,44 @@ def test_unnamed_nodes_get_unique_names() -> None:
     assert len(names) == len(set(names)) and all(names)
     assert any("unnamed or duplicate-named node(s)" in n for n in r.report["notes"])
     assert r.report["check"]["output_sqnr_db"]["y"] > 30
+
+
+def test_incomplete_shape_inference_still_quantizes() -> None:
+    """A Reshape whose target shape is computed from the data: symbolic inference cannot follow it."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        h.make_node("MatMul", ["x", "w1"], ["m1"], name="mm1"),
+        h.make_node("Shape", ["x"], ["shp"], name="shape"),
+        h.make_node("ReduceMax", ["x"], ["mx"], name="rmax", keepdims=0),  # data-dependent value
+        h.make_node("Cast", ["mx"], ["mx_i"], name="cast", to=T.INT64),
+        h.make_node("Mul", ["mx_i", "zero"], ["z"], name="zero_it"),
+        h.make_node("Add", ["z", "minus1"], ["neg1"], name="neg_one"),
+        h.make_node("Concat", ["neg1", "sixteen"], ["target"], name="target", axis=0),
+        h.make_node("Reshape", ["m1", "target"], ["r"], name="reshape"),
+        h.make_node("MatMul", ["r", "w2"], ["y"], name="mm2"),
+    ]
+    inits = [
+        nh.from_array(rng.standard_normal((32, 64)).astype(np.float32) * 0.2, "w1"),
+        nh.from_array(rng.standard_normal((16, 4)).astype(np.float32) * 0.2, "w2"),
+        nh.from_array(np.array(0, np.int64), "zero"),
+        nh.from_array(np.array([-1], np.int64), "minus1"),
+        nh.from_array(np.array([16], np.int64), "sixteen"),
+    ]
+    g = h.make_graph(
+        nodes,
+        "dyn",
+        [h.make_tensor_value_info("x", T.FLOAT, ["N", 32])],
+        [h.make_tensor_value_info("y", T.FLOAT, None)],
+        inits,
+    )
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 8
+    inferred = onnx.shape_inference.infer_shapes(m, data_prop=True)
+    shapes = {v.name: v for v in inferred.graph.value_info}
+    first = shapes["r"].type.tensor_type.shape.dim[0]
+    assert first.dim_param.startswith("unk")  # inference cannot tie it to N: incomplete
+    x = rng.standard_normal((256, 32)).astype(np.float32)
+    r = edgequant.quantize(m, x, calib_samples=256)
+    assert {d.node for d in r.plan.quantized_nodes} >= {"mm1", "mm2", "reshape"}
+    assert r.report["integer_weights"] == 2
+    assert r.report["check"]["output_sqnr_db"]["y"] > 25
