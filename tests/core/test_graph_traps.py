@@ -228,3 +228,66 @@ def test_incomplete_shape_inference_still_quantizes() -> None:
     assert {d.node for d in r.plan.quantized_nodes} >= {"mm1", "mm2", "reshape"}
     assert r.report["integer_weights"] == 2
     assert r.report["check"]["output_sqnr_db"]["y"] > 25
+
+
+def test_opset_conversion_that_adds_unnamed_nodes_still_exports() -> None:
+    """onnx's version converter expands an opset-11 Softmax(axis=1) into unnamed nodes."""
+    w = nh.from_array(np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32), "w")
+    g = h.make_graph(
+        [
+            h.make_node("MatMul", ["x", "w"], ["mm"], name="mm"),
+            h.make_node("Softmax", ["mm"], ["sm"], name="sm", axis=1),
+            h.make_node("Identity", ["sm"], ["y"], name="id"),
+        ],
+        "g",
+        [h.make_tensor_value_info("x", T.FLOAT, ["N", 4, 8])],
+        [h.make_tensor_value_info("y", T.FLOAT, ["N", 4, 4])],
+        [w],
+    )
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 11)])
+    x = np.random.default_rng(1).normal(size=(16, 4, 8)).astype(np.float32)
+    r = edgequant.quantize(m, x, calib_samples=16)
+    names = [n.name for n in r.model.graph.node]
+    assert len(names) == len(set(names)) and r.model.opset_import[0].version == 13
+    assert r.report["check"]["output_sqnr_db"]["y"] > 30
+
+
+def test_per_tensor_bias_at_opset_11_has_no_axis() -> None:
+    r = edgequant.quantize(conv_net(opset=11), {"x": images(32)}, per_channel=False)
+    assert r.model.opset_import[0].version == 11  # per-tensor needs no conversion
+    bias_dq = [
+        n for n in r.model.graph.node if n.op_type == "DequantizeLinear" and n.input[0].startswith("b1")
+    ]
+    assert bias_dq and not bias_dq[0].attribute
+    assert r.report["check"]["output_sqnr_db"]["y"] > 30
+
+
+def test_state_input_with_a_different_first_axis_calibrates() -> None:
+    """Silero-VAD-like: input [1, 576] and state [2, 1, 128], feeds given whole."""
+    rng = np.random.default_rng(0)
+    w = nh.from_array(rng.normal(size=(576, 128)).astype(np.float32), "w")
+    g = h.make_graph(
+        [
+            h.make_node("MatMul", ["input", "w"], ["hh"], name="mm"),
+            h.make_node("ReduceMean", ["state"], ["s"], name="rm", axes=[0], keepdims=0),
+            h.make_node("Add", ["hh", "s"], ["out"], name="add"),
+        ],
+        "g",
+        [
+            h.make_tensor_value_info("input", T.FLOAT, [1, 576]),
+            h.make_tensor_value_info("state", T.FLOAT, [2, 1, 128]),
+        ],
+        [h.make_tensor_value_info("out", T.FLOAT, [1, 128])],
+        [w],
+    )
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    feeds = [
+        {
+            "input": rng.normal(size=(1, 576)).astype(np.float32),
+            "state": rng.normal(size=(2, 1, 128)).astype(np.float32),
+        }
+        for _ in range(8)
+    ]
+    r = edgequant.quantize(m, feeds, calib_samples=8, batch_size=1)
+    assert r.report["calibration"]["samples"] == 8
+    assert r.report["check"]["output_sqnr_db"]["out"] > 30

@@ -99,12 +99,21 @@ class Caster:
         return out
 
 
-def fixed_batch(inputs: list[InputSpec], batch_size: int, notes: list[str]) -> tuple[int, bool]:
-    """The batch size to use, and whether the model fixes it (then a short last batch is dropped)."""
+def fixed_batch(
+    inputs: list[InputSpec], batch_size: int, notes: list[str], *, whole_batches: bool = False
+) -> tuple[int, bool]:
+    """The batch size to use, and whether the model fixes it (then a short last batch is dropped).
+
+    ``whole_batches``: the caller passes ready-made batches through unsplit, so inputs whose first
+    axis is not the batch (recurrent state such as ``[2, 1, 128]``) are fine.
+    """
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}.", "use a positive batch size.")
     fixed = {i.shape[0] for i in inputs if i.shape and i.shape[0] is not None}
     if not fixed:
+        return batch_size, False
+    if len(fixed) > 1 and whole_batches:
+        notes.append(f"inputs fix different first axes {sorted(fixed)}: batches are used whole")
         return batch_size, False
     if len(fixed) > 1:
         raise DataError(

@@ -126,7 +126,7 @@ def open_source(
                 "use sampling='first', or pass arrays (npy/npz/dict) for random sampling.",
             )
         notes: list[str] = []
-        size, _ = fixed_batch(inputs, batch_size, notes)
+        size, _ = fixed_batch(inputs, batch_size, notes, whole_batches=True)
         source = StreamSource(
             data,
             inputs,

@@ -239,20 +239,25 @@ def _quantize_biases(
         bias = numpy_helper.to_array(inits[b]).astype(np.float64).reshape(-1)
         s_w = params[w][0].astype(np.float64).reshape(-1)
         s_x = float(params[x][0].reshape(-1)[0])
-        scale = s_x * (s_w if s_w.size == bias.size else np.full(bias.size, s_w[0]))
+        per_channel = s_w.size == bias.size and s_w.size > 1
+        scale = s_x * (s_w if per_channel else s_w[:1])  # one scale per channel, or one for all
         q = np.round(bias / scale)
         if np.any(np.abs(q) > _INT32.max):
             notes.append(f"bias '{b}' of '{node.name}' would overflow int32 at scale s_x·s_w; kept float.")
             continue
+        shape: tuple[int, ...] = (bias.size,) if per_channel else ()
         q_name, s_name, z_name = names.fresh(f"{b}_q"), names.fresh(f"{b}_scale"), names.fresh(f"{b}_zp")
         dq_name = names.fresh(f"{b}_dq")
         new_inits += [
             numpy_helper.from_array(q.astype(np.int32), q_name),
-            numpy_helper.from_array(scale.astype(np.float32), s_name),
-            numpy_helper.from_array(np.zeros(bias.size, np.int32), z_name),
+            numpy_helper.from_array(scale.reshape(shape).astype(np.float32), s_name),
+            numpy_helper.from_array(np.zeros(shape, np.int32), z_name),
         ]
+        axis: dict[str, Any] = (
+            {"axis": 0} if per_channel else {}
+        )  # a scalar scale is valid at every opset; axis needs 13
         head.append(
-            helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq_name], name=dq_name, axis=0)
+            helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq_name], name=dq_name, **axis)
         )
         rename[(ni, 2)] = dq_name
         plan.tensors[b] = TensorEntry(
@@ -260,7 +265,7 @@ def _quantize_biases(
             "bias",
             QuantSpec(bits=32, signed=True, symmetric=True),
             scale=[float(v) for v in scale],
-            zero_point=[0] * bias.size,
+            zero_point=[0] * scale.size,
             note="int32 bias, scale = s_x * s_w, zero point 0",
         )
     return notes

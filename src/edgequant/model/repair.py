@@ -171,6 +171,7 @@ def ensure_opset(model: onnx.ModelProto, minimum: int, why: str) -> tuple[onnx.M
         ) from exc
     if converted.ir_version < 7:
         converted.ir_version = 7
+    name_nodes(converted.graph)  # the converter expands some ops into unnamed nodes
     return converted, f"opset raised from {current} to {minimum}: {why}."
 
 
