@@ -291,3 +291,19 @@ def test_state_input_with_a_different_first_axis_calibrates() -> None:
     r = edgequant.quantize(m, feeds, calib_samples=8, batch_size=1)
     assert r.report["calibration"]["samples"] == 8
     assert r.report["check"]["output_sqnr_db"]["out"] > 30
+
+
+def test_weights_computed_from_constants_are_folded_and_quantized() -> None:
+    """Exporters write an LSTM's W as Unsqueeze(stored 2-D weight); folding exposes it (Silero VAD)."""
+    from tinymodels import lstm_with_state
+
+    m = lstm_with_state()
+    g = m.graph
+    w = next(t for t in g.initializer if t.name == "W")
+    w2d = nh.from_array(nh.to_array(w)[0], "W2d")
+    g.initializer.remove(w)
+    g.initializer.extend([w2d, nh.from_array(np.array([0], np.int64), "axis0")])
+    g.node.insert(0, h.make_node("Unsqueeze", ["W2d", "axis0"], ["W"], name="unsq_w"))
+    r = edgequant.quantize(m, None, method="dynamic")
+    assert any("folded into initializers" in n for n in r.report["notes"])
+    assert [d.node for d in r.plan.quantized_nodes if d.op_type == "LSTM"] == ["lstm"]

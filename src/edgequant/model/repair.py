@@ -60,6 +60,55 @@ def constants_to_initializers(graph: onnx.GraphProto) -> int:
     return moved
 
 
+# shape/layout ops that exporters put between a stored weight and its consumer (e.g. an LSTM's
+# W = Unsqueeze(Slice(w))); folding them exposes the weight to quantization
+_FOLDABLE = {"Unsqueeze", "Squeeze", "Reshape", "Transpose", "Concat", "Slice", "Gather", "Cast", "Identity",
+             "Split", "Flatten", "Expand", "Mul", "Add", "Sub", "Div", "Neg", "Tile"}  # fmt: skip
+
+
+def fold_constants(model: onnx.ModelProto) -> int:
+    """Replace nodes of ``_FOLDABLE`` types whose inputs are all initializers by their value."""
+    from onnx.reference import ReferenceEvaluator
+
+    g = model.graph
+    values = {t.name: t for t in g.initializer}
+    opsets = list(model.opset_import)
+    keep: list[onnx.NodeProto] = []
+    folded = 0
+    for node in g.node:
+        inputs = [i for i in node.input if i]
+        if node.op_type not in _FOLDABLE or node.domain not in ("", "ai.onnx") or not inputs:
+            keep.append(node)
+            continue
+        if not all(i in values for i in inputs):
+            keep.append(node)
+            continue
+        try:
+            single = helper.make_model(
+                helper.make_graph(
+                    [node],
+                    "fold",
+                    [],
+                    [helper.make_tensor_value_info(o, 0, None) for o in node.output],
+                    [values[i] for i in set(inputs)],
+                ),
+                opset_imports=opsets,
+            )
+            outs = ReferenceEvaluator(single).run(None, {})
+        except Exception:  # not foldable here: leave the node as it is
+            keep.append(node)
+            continue
+        for name, arr in zip(node.output, outs, strict=True):
+            t = numpy_helper.from_array(np.asarray(arr), name)
+            g.initializer.append(t)
+            values[name] = t
+        folded += 1
+    if folded:
+        del g.node[:]
+        g.node.extend(keep)
+    return folded
+
+
 def _initializer(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
     for t in graph.initializer:
         if t.name == name:
@@ -207,6 +256,9 @@ def prepare(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     notes += inline_constant_ifs(out.graph)
     if moved or notes:
         constants_to_initializers(out.graph)  # constants that came in with an inlined branch
+    folded = fold_constants(out)
+    if folded:
+        notes.append(f"{folded} node(s) computing only from constants were folded into initializers.")
     named = name_nodes(out.graph)
     if named:
         notes.append(f"{named} unnamed or duplicate-named node(s) were given unique names.")
