@@ -1,0 +1,42 @@
+"""Benchmark models and their data: the built-in example and real pretrained models from PyPI wheels.
+
+Each entry of ``MODELS`` gives a ``BenchModel``: the float ONNX file, a way to write N seeded
+calibration samples to disk (both quantization tools then read the same bytes, batch by batch),
+an evaluation set (different seed) with a task metric, and a fixed-batch feed for latency.
+
+    shapes    examples/shapes_cnn.onnx, 10-class CNN; metric: top-1 accuracy + agreement with float
+    ocr_cls   rapidocr-onnxruntime 1.4.4 ch_ppocr_mobile_v2.0_cls (upright vs 180 deg text line)
+    ocr_rec   rapidocr-onnxruntime 1.4.4 ch_PP-OCRv4_rec (CTC text recognizer); metric: CER
+    vad       silero-vad 6.2.3 silero_vad_openvino_16k (LSTM with state); metric: speech-frame agreement
+
+The real models are read from installed wheels without importing their packages:
+``pip install --no-deps rapidocr-onnxruntime==1.4.4 silero-vad==6.2.3``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from models.common import BenchModel, DataFiles, sqnr_db
+
+_LOADERS: dict[str, str] = {
+    "shapes": "models.shapes",
+    "ocr_cls": "models.ocr",
+    "ocr_rec": "models.ocr",
+    "vad": "models.vad",
+}
+NAMES: tuple[str, ...] = tuple(_LOADERS)
+
+
+def load(name: str) -> BenchModel:
+    """The benchmark model called ``name`` (one of ``NAMES``)."""
+    import importlib
+
+    if name not in _LOADERS:
+        raise SystemExit(f"unknown model '{name}'; choose from {', '.join(NAMES)}")
+    module = importlib.import_module(_LOADERS[name])
+    factory: Callable[[str], BenchModel] = module.make
+    return factory(name)
+
+
+__all__ = ["NAMES", "BenchModel", "DataFiles", "load", "sqnr_db"]
