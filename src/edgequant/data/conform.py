@@ -119,7 +119,8 @@ def fixed_batch(
         raise DataError(
             f"the model inputs fix different batch sizes {sorted(fixed)} "
             f"({[(i.name, i.shape) for i in inputs]}).",
-            "re-export the model with one batch size (or a dynamic batch axis).",
+            "pass the data as a list of feed dicts (each batch is then used whole, as for recurrent "
+            "state inputs), or re-export the model with one batch size (or a dynamic batch axis).",
         )
     b = fixed.pop()
     if b != batch_size:
