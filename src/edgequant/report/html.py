@@ -14,7 +14,7 @@ from html import escape
 from typing import Any
 
 from edgequant.report import svg
-from edgequant.report.render import MB, compare_rows, fmt
+from edgequant.report.render import METHOD_COLUMNS, compare_rows, fmt, method_cells
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em;color:#222;max-width:1100px}
@@ -69,40 +69,11 @@ def render_html(data: Mapping[str, Any]) -> str:
         )
     else:
         parts.append(f'<div class="rec none">{escape(rec["reason"])}<br>Limits: {escape(limits)}</div>')
-    headers = [
-        "method",
-        "status",
-        "score",
-        "drop",
-        "median ms",
-        "p90 ms",
-        "samples/s",
-        "peak MB",
-        "size MB",
-        "packed MB",
-        "within limits",
-        "notes",
-    ]
     trs = []
     for r in rows:
         cls = "failed" if r["status"] != "ok" else ("best" if r["method"] == rec["method"] else "")
-        packed = r["packed_bytes"] / MB if isinstance(r["packed_bytes"], int) else None
-        cells = [
-            r["method"],
-            r["status"],
-            fmt(r["score"], 2),
-            f"{fmt(r['drop'], 2)} {r['drop_unit']}",
-            fmt(r["median_ms"]),
-            fmt(r["p90_ms"]),
-            fmt(r["throughput"], 1),
-            fmt(r["peak_mem_mb"], 1),
-            fmt(r["size_mb"]),
-            fmt(packed),
-            fmt(r["meets_limits"]),
-            r["error"] or r["limit_failures"],
-        ]
-        trs.append((cls, cells))
-    parts += ["<h2>Methods</h2>", _table(headers, trs, left=2)]
+        trs.append((cls, method_cells(r)))
+    parts += ["<h2>Methods</h2>", _table(METHOD_COLUMNS, trs, left=2)]
     ok = [r for r in rows if r["status"] == "ok"]
     y_label = f"{primary} (%)" if primary not in ("mse",) else primary
     parts.append('<h2>Trade-offs</h2><div class="charts">')

@@ -40,6 +40,31 @@ CSV_COLUMNS = (
 )
 
 
+METHOD_COLUMNS = [
+    "method", "status", "score", "drop", "median ms", "p90 ms", "samples/s", "peak MB", "size MB",
+    "packed MB", "within limits", "notes",
+]  # fmt: skip
+
+
+def method_cells(r: Mapping[str, Any]) -> list[str]:
+    """One compare row as the cells of ``METHOD_COLUMNS`` (shared by the Markdown and HTML reports)."""
+    packed = r["packed_bytes"] / MB if isinstance(r["packed_bytes"], int) else None
+    return [
+        r["method"],
+        r["status"],
+        fmt(r["score"], 2),
+        f"{fmt(r['drop'], 2)} {r['drop_unit']}",
+        fmt(r["median_ms"]),
+        fmt(r["p90_ms"]),
+        fmt(r["throughput"], 1),
+        fmt(r["peak_mem_mb"], 1),
+        fmt(r["size_mb"]),
+        fmt(packed),
+        fmt(r["meets_limits"]),
+        r["error"] or r["limit_failures"],
+    ]
+
+
 def jsonable(obj: Any) -> Any:
     """A strict-JSON-ready copy: non-finite floats as strings/null, paths and numpy scalars plain."""
     if isinstance(obj, Mapping):
@@ -150,41 +175,7 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         "## Methods",
         "",
     ]
-    headers = [
-        "method",
-        "status",
-        "score",
-        "drop",
-        "median ms",
-        "p90 ms",
-        "samples/s",
-        "peak MB",
-        "size MB",
-        "packed MB",
-        "within limits",
-        "notes",
-    ]
-    rows = []
-    for r in compare_rows(data):
-        notes = r["error"] or r["limit_failures"]
-        packed = r["packed_bytes"] / MB if isinstance(r["packed_bytes"], int) else None
-        rows.append(
-            [
-                r["method"],
-                r["status"],
-                fmt(r["score"], 2),
-                f"{fmt(r['drop'], 2)} {r['drop_unit']}",
-                fmt(r["median_ms"]),
-                fmt(r["p90_ms"]),
-                fmt(r["throughput"], 1),
-                fmt(r["peak_mem_mb"], 1),
-                fmt(r["size_mb"]),
-                fmt(packed),
-                fmt(r["meets_limits"]),
-                notes,
-            ]
-        )
-    lines += _md_table(headers, rows)
+    lines += _md_table(METHOD_COLUMNS, [method_cells(r) for r in compare_rows(data)])
     layer = data.get("per_layer")
     if layer:
         lines += ["", f"## Per-layer error ({_md_escape(layer.get('method'))})", ""]
