@@ -139,7 +139,7 @@ def quantize(
         quantized, plan = export_qdq(float_model, plan)
         seconds["export"] = time.perf_counter() - t2
 
-    check = _check(runtime, float_model, quantized, calibration, recipe)
+    check = _check(runtime, onnx_model, quantized, calibration, recipe)
     seconds["total"] = time.perf_counter() - t0
     result = QuantResult(
         quantized, float_model, plan, recipe, name, recipe.default_tag, save_float=bool(imported)
@@ -275,7 +275,8 @@ def _check(
     calibration: DataLike,
     recipe: Recipe,
 ) -> dict[str, Any]:
-    """Load the result in ORT and compare its outputs with float on one or two real batches."""
+    """Load the result in ORT and compare its outputs with the user's float model (before any repair or
+    fusion, so a wrong rewrite shows here too) on one or two real batches."""
     try:
         q_sess = runtime.session(quantized, "the quantized model")
     except InferenceError as exc:

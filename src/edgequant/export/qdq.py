@@ -3,7 +3,8 @@
 * weight ``W`` (float initializer) -> integer initializer ``W_q`` + ``W_scale``/``W_zp`` and
   ``DequantizeLinear(W_q) -> W_dq`` (``axis`` per channel, ``axis``+``block_size`` per block);
 * activation ``X`` -> ``QuantizeLinear(X) -> X_q -> DequantizeLinear -> X_dq``; quantized consumers
-  read ``X_dq``, everything else keeps reading ``X``;
+  read ``X_dq``, everything else keeps reading ``X`` -- except after a quantized Conv/MatMul/Gemm,
+  where every consumer reads ``X_dq`` so the Q is the op's only consumer and ORT fuses it;
 * the bias of a quantized Conv/Gemm becomes int32 with scale ``s_x · s_w`` and zero point 0, the
   form ORT's QDQ fusion needs to run QLinearConv / integer Gemm.
 
@@ -26,6 +27,7 @@ from edgequant.schemes.qparams import qparams_from_range, quantize, quantize_wei
 from edgequant.schemes.spec import Granularity, QuantSpec
 
 _INT32 = np.iinfo(np.int32)
+_INTEGER_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}  # ORT fuses DQ -> op -> Q into one integer kernel
 
 
 def onnx_int_type(spec: QuantSpec) -> int:
@@ -99,9 +101,9 @@ def export_qdq(model: onnx.ModelProto, plan: QuantPlan) -> tuple[onnx.ModelProto
         for si, name in enumerate(node.input):
             consumers.setdefault(name, []).append((ni, si))
 
-    def rewire(src: str, dst: str) -> None:
+    def rewire(src: str, dst: str, every: bool = False) -> None:
         for ni, si in consumers.get(src, []):
-            if g.node[ni].name in quantized:
+            if every or g.node[ni].name in quantized:
                 rename[(ni, si)] = dst
 
     for entry in plan.tensors.values():
@@ -130,6 +132,9 @@ def export_qdq(model: onnx.ModelProto, plan: QuantPlan) -> tuple[onnx.ModelProto
         rewire(entry.name, dq_name)
 
     producers = {o: n.name for n in g.node for o in n.output}
+    integer_producers = {
+        o for n in g.node if n.name in quantized and n.op_type in _INTEGER_OPS for o in n.output
+    }
     for entry in plan.tensors.values():
         if entry.role != "activation":
             continue
@@ -155,7 +160,8 @@ def export_qdq(model: onnx.ModelProto, plan: QuantPlan) -> tuple[onnx.ModelProto
             head.extend(pair)
         else:
             after.setdefault(producer, []).extend(pair)
-        rewire(entry.name, dq_name)
+        # after an integer op every consumer reads X_dq, so the op's only consumer is the Q that ORT fuses
+        rewire(entry.name, dq_name, every=entry.name in integer_producers)
 
     plan.notes.extend(_quantize_biases(g, plan, params, inits, rename, new_inits, head, names, quantized))
 

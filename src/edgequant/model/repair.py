@@ -4,6 +4,8 @@
   every weight this way; left alone, those weights would silently stay float).
 * A top-level ``If`` whose condition is a constant is replaced by the branch it always takes, so a
   network wrapped in ``If`` is quantized rather than copied.
+* Float fusions (``model.fuse``): BatchNormalization and per-channel affines folded into the Conv
+  before them, written-out hard-swish fused into ``HardSwish`` (raising the opset to 14 for it).
 * Stale shape information is dropped and re-inferred: intermediate ``value_info`` is removed, and a
   graph output whose stored shape contradicts inference gets the inferred shape (the ORT tool
   stops here with "Inferred shape and existing shape differ").
@@ -243,6 +245,32 @@ def name_nodes(graph: onnx.GraphProto) -> int:
     return renamed
 
 
+def _fuse(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+    from edgequant.model import fuse
+
+    convs = fuse.fold_into_convs(model)
+    if convs:
+        notes.append(
+            f"{convs} BatchNormalization/per-channel Mul/Add node(s) folded into the Conv before them, so "
+            "each Conv runs as one integer kernel."
+        )
+    if fuse.count_hardswish(model) and opset_of(model) < 14:
+        try:
+            model, note = ensure_opset(model, 14, "fusing the written-out hard-swish into HardSwish")
+        except UnsupportedError as exc:
+            notes.append(f"hard-swish patterns stay as written: {exc.detail}")
+        else:
+            notes.append(note or "")
+            constants_to_initializers(model.graph)  # the converter writes Clip's bounds as Constant nodes
+    swish = fuse.fuse_hardswish(model)
+    if swish:
+        notes.append(
+            f"{swish} written-out hard-swish pattern(s) (x * relu6(x + 3) / 6) fused into HardSwish nodes: "
+            "one float op between Q/DQ instead of four quantized steps."
+        )
+    return model
+
+
 def prepare(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     """Apply the repairs above to a copy of ``model``; returns it with notes for the report."""
     if not model.graph.node:
@@ -259,6 +287,7 @@ def prepare(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     folded = fold_constants(out)
     if folded:
         notes.append(f"{folded} node(s) computing only from constants were folded into initializers.")
+    out = _fuse(out, notes)
     named = name_nodes(out.graph)
     if named:
         notes.append(f"{named} unnamed or duplicate-named node(s) were given unique names.")
