@@ -225,6 +225,11 @@ class Planner:
             return "weight-only: only the weights of Conv/MatMul/Gemm/LSTM/GRU/Gather are quantized."
         if node.op_type in RECURRENT_OPS:
             return ""
+        if node.name in self._layernorms:
+            return (
+                "part of a written-out layer normalization: kept float as one unit, which ORT fuses into a "
+                "LayerNormalization kernel (8-bit grids on its mean and variance would cost accuracy)."
+            )
         if node.op_type not in COMPUTE_OPS | PASS_OPS:
             return (
                 f"ONNX Runtime has no quantized kernel for {node.op_type}; it runs in float between DQ and Q."
@@ -296,6 +301,12 @@ class Planner:
         Conv+Relu, so only the Relu output is quantized (a Q/DQ in between would cost a
         requantization and split the fusion)."""
         return name in self._pre_activation
+
+    @functools.cached_property
+    def _layernorms(self) -> set[str]:
+        from edgequant.model.fuse import layernorm_nodes
+
+        return layernorm_nodes(self.model)
 
     @functools.cached_property
     def _pre_activation(self) -> set[str]:

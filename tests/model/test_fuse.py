@@ -138,3 +138,62 @@ def test_every_conv_runs_as_qlinearconv_after_fusion(tmp_path: Path) -> None:
     x = images(16, seed=9)
     ref, got = OrtRuntime().run(m, {"x": x})["y"], OrtRuntime().run(r.model, {"x": x})["y"]
     assert 10 * np.log10(np.sum(ref**2) / np.sum((ref - got) ** 2)) > 25.0
+
+
+def _layernorm_mlp() -> onnx.ModelProto:
+    """MatMul -> written-out LayerNorm (ReduceMean, Sub, Pow, ReduceMean, Add, Sqrt, Div, Mul, Add) -> MatMul."""
+    rng = np.random.default_rng(4)
+    inits = [
+        _const("w1", rng.standard_normal((16, 32)) * 0.3),
+        _const("two", 2.0),
+        _const("eps", 1e-5),
+        _const("gamma", rng.uniform(0.5, 1.5, 32)),
+        _const("beta", rng.standard_normal(32) * 0.1),
+        _const("w2", rng.standard_normal((32, 4)) * 0.3),
+    ]
+    nodes = [
+        h.make_node("MatMul", ["x", "w1"], ["a"], name="fc1"),
+        h.make_node("ReduceMean", ["a"], ["mu"], name="ln_mean", axes=[-1]),
+        h.make_node("Sub", ["a", "mu"], ["d"], name="ln_sub"),
+        h.make_node("Pow", ["d", "two"], ["d2"], name="ln_pow"),
+        h.make_node("ReduceMean", ["d2"], ["var"], name="ln_var", axes=[-1]),
+        h.make_node("Add", ["var", "eps"], ["ve"], name="ln_eps"),
+        h.make_node("Sqrt", ["ve"], ["sd"], name="ln_sqrt"),
+        h.make_node("Div", ["d", "sd"], ["n"], name="ln_div"),
+        h.make_node("Mul", ["n", "gamma"], ["ng"], name="ln_gamma"),
+        h.make_node("Add", ["ng", "beta"], ["nb"], name="ln_beta"),
+        h.make_node("MatMul", ["nb", "w2"], ["y"], name="fc2"),
+    ]
+    g = h.make_graph(
+        nodes,
+        "ln",
+        [h.make_tensor_value_info("x", T.FLOAT, ["N", 16])],
+        [h.make_tensor_value_info("y", T.FLOAT, ["N", 4])],
+        inits,
+    )
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_written_out_layernorm_stays_float_as_one_unit(tmp_path: Path) -> None:
+    m = _layernorm_mlp()
+    x = np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32)
+    r = edgequant.quantize(m, {"x": x})
+    ln = [d for d in r.plan.nodes if d.node.startswith("ln_")]
+    assert len(ln) == 9 and not any(d.quantized for d in ln)
+    assert ln[0].reason.startswith("part of a written-out layer normalization: kept float as one unit")
+    assert {d.node for d in r.plan.quantized_nodes} == {"fc1", "fc2"}
+    assert "mu" not in r.plan.tensors and "var" not in r.plan.tensors and "n" not in r.plan.tensors
+    path = tmp_path / "q.onnx"
+    onnx.save(r.model, str(path))
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    ran = _ops(onnx.load(str(tmp_path / "opt.onnx")))
+    # ORT fused the float chain into one normalization kernel (Simplified: RMS norm of x - mean)
+    assert ran["LayerNormalization"] + ran["SimplifiedLayerNormalization"] == 1, ran
+    assert ran["Pow"] == ran["Sqrt"] == ran["Div"] == 0, ran
+    xe = np.random.default_rng(5).standard_normal((16, 16)).astype(np.float32)
+    ref, got = OrtRuntime().run(m, {"x": xe})["y"], OrtRuntime().run(r.model, {"x": xe})["y"]
+    assert 10 * np.log10(np.sum(ref**2) / np.sum((ref - got) ** 2)) > 30.0

@@ -292,3 +292,55 @@ def count_hardswish(model: onnx.ModelProto) -> int:
     """How many hard-swish patterns the graph holds (whatever its opset)."""
     g = _Graph(model.graph)
     return sum(_match_hardswish(g, n) is not None for n in model.graph.node)
+
+
+def _layernorm_at(g: _Graph, mean: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+    """``mean`` = ReduceMean(x) starting y = (x - mean) / sqrt(mean((x - mean)^2) + eps) [* gamma + beta]."""
+    x = mean.input[0]
+    sub = g.sole_consumer(mean.output[0])
+    if sub is None or sub.op_type != "Sub" or list(sub.input) != [x, mean.output[0]]:
+        return None
+    users = g.consumers.get(sub.output[0], [])
+    sq = next(
+        (
+            u
+            for u in users
+            if u.op_type == "Pow" or (u.op_type == "Mul" and list(u.input) == [sub.output[0]] * 2)
+        ),
+        None,
+    )
+    div = next((u for u in users if u.op_type == "Div" and u.input[0] == sub.output[0]), None)
+    if sq is None or div is None or len(users) != 2:
+        return None
+    if sq.op_type == "Pow" and not _scalar(g, sq.input[1], 2.0):
+        return None
+    var = g.sole_consumer(sq.output[0])
+    eps = var and g.sole_consumer(var.output[0])
+    root = eps and g.sole_consumer(eps.output[0])
+    if var is None or var.op_type != "ReduceMean" or eps is None or eps.op_type != "Add" or root is None:
+        return None
+    if root.op_type != "Sqrt" or g.sole_consumer(root.output[0]) is not div or div.input[1] != root.output[0]:
+        return None
+    nodes = [mean, sub, sq, var, eps, root, div]
+    for op in ("Mul", "Add"):  # the affine, when its operands are constants
+        nxt = g.sole_consumer(nodes[-1].output[0])
+        if nxt is None or nxt.op_type != op or (_other(nxt, nodes[-1].output[0]) or "") not in g.inits:
+            break
+        nodes.append(nxt)
+    return nodes
+
+
+def layernorm_nodes(model: onnx.ModelProto) -> set[str]:
+    """Names of the nodes that spell out layer normalizations (ReduceMean, Sub, Pow, ..., the affine).
+
+    ORT fuses such a chain into one float LayerNormalization kernel when no Q/DQ sits inside it, and
+    8-bit grids on the mean or the variance cost more accuracy than anything else in the block.
+    """
+    g = _Graph(model.graph)
+    out: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type == "ReduceMean" and node.domain in ("", "ai.onnx"):
+            hit = _layernorm_at(g, node)
+            if hit:
+                out |= {n.name for n in hit}
+    return out
