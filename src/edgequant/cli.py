@@ -80,7 +80,13 @@ def _load_torch(model: Path, factory: str | None, checkpoint: Path | None, input
 
 @app.command()
 def quantize(
-    model: Annotated[Path, typer.Argument(help="ONNX file, or a TorchScript file (.pt) with --input-shape.")],
+    model: Annotated[
+        Path,
+        typer.Argument(
+            help="ONNX file, a TorchScript file (.pt) with --input-shape, or (with edgequant[tf]) a "
+            ".keras/.h5 file or SavedModel directory."
+        ),
+    ],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output directory.")],
     method: Annotated[str | None, typer.Option(help="static | dynamic | fp16 | weight-only")] = None,
     weight_bits: Annotated[int | None, typer.Option(help="8, 4 or 2")] = None,

@@ -19,11 +19,11 @@ import onnx
 
 from edgequant import planner
 from edgequant.data import CalibrationSource, input_specs, open_source
-from edgequant.errors import ExportError, InferenceError, ModelError, UnsupportedError
+from edgequant.errors import ExportError, InferenceError, ModelError, RecipeError, UnsupportedError
 from edgequant.export import export_qdq
 from edgequant.model import ensure_opset, load_model, prepare
 from edgequant.plan import QuantPlan
-from edgequant.recipe import Recipe, from_dict, load_recipe, to_dict
+from edgequant.recipe import PRESETS, Recipe, from_dict, load_recipe, preset, to_dict
 from edgequant.result import QuantResult, build_report
 from edgequant.runtime import OrtRuntime, detect
 from edgequant.schemes import sqnr_db
@@ -42,6 +42,13 @@ def resolve_recipe(recipe: Recipe | dict[str, Any] | str | Path | None, override
         base = to_dict(recipe)
     elif isinstance(recipe, dict):
         base = dict(recipe)
+    elif isinstance(recipe, str) and recipe in PRESETS and not Path(recipe).exists():
+        base = to_dict(preset(recipe))  # quantize(model, data, "int8-static")
+    elif isinstance(recipe, str) and not Path(recipe).suffix and not Path(recipe).exists():
+        raise RecipeError(
+            f"'{recipe}' is neither a recipe file nor a preset; presets: {', '.join(PRESETS)}.",
+            "pass a preset name from the list, or the path of a YAML recipe.",
+        )
     else:
         base = to_dict(load_recipe(recipe))
     return from_dict({**base, **overrides})

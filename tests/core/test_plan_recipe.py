@@ -94,3 +94,17 @@ def test_impossible_settings(data: dict[str, object], message: str) -> None:
 def test_presets() -> None:
     assert preset("w4a8").default_tag == "w4a8"
     assert preset("weight-only-int4").block_size == 32
+
+
+def test_a_preset_name_is_accepted_where_a_recipe_goes() -> None:
+    from tinymodels import mlp
+
+    import edgequant
+
+    r = edgequant.quantize(mlp(), None, "weight-only-int4")
+    assert r.recipe.method == "weight-only" and r.recipe.weight_bits == 4 and r.tag == "w4b32"
+    with pytest.raises(
+        edgequant.RecipeError,
+        match="'int9-static' is neither a recipe file nor a preset; presets: dynamic-int8, fp16,",
+    ):
+        edgequant.quantize(mlp(), None, "int9-static")
