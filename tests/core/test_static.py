@@ -198,3 +198,20 @@ def test_relu_after_add_is_folded_so_ort_runs_integer_ops_end_to_end() -> None:
     assert "res_pre" not in r.plan.tensors and r.plan.tensors["res"].lo == 0.0
     assert _op_count(r.model, "Relu") == 2  # after Conv: ORT fuses those into QLinearConv itself
     assert _sqnr(m, r.model, {"x": images(16, seed=7)}) > 30.0
+
+
+def test_dead_weight_channel_keeps_an_int32_bias() -> None:
+    """A channel with weights ~1e-20 (BN folded with gamma ~ 0) but a real bias: before the scale floor
+    its s_x·s_w was ~1e-24 and the bias stayed float, so ORT could not run the Conv as QLinearConv."""
+    m = conv_net()
+    w1 = next(t for t in m.graph.initializer if t.name == "w1")
+    arr = onnx.numpy_helper.to_array(w1).copy()
+    arr[3] = 1e-20
+    w1.CopyFrom(onnx.numpy_helper.from_array(arr, "w1"))
+    r = edgequant.quantize(m, {"x": images(64)})
+    assert not any("would overflow int32" in n for n in r.plan.notes)
+    ints = {t.name: t.data_type for t in r.model.graph.initializer}
+    assert ints["b1_q"] == TensorProto.INT32
+    scale = np.asarray(r.plan.tensors["w1"].scale)
+    assert scale[3] == pytest.approx(scale.max() * 2.0**-16, rel=1e-3)
+    assert _sqnr(m, r.model, {"x": images(16, seed=7)}) > 30.0

@@ -108,8 +108,19 @@ def fake_quant(x: np.ndarray, scale: np.ndarray, zero: np.ndarray, spec: QuantSp
 
 
 def quantize_weight(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(q, scale, zero) for a constant weight under ``spec``."""
+    """(q, scale, zero) for a constant weight under ``spec``.
+
+    Per channel, a channel whose range is below 2^-16 of the widest channel's (a dead channel, or a
+    BatchNorm folded with a near-zero gamma) gets the range ±(widest · 2^-16): its values round to
+    about zero either way, and a scale near zero would push that channel's int32 bias
+    (scale s_x·s_w) out of range, which keeps the whole Conv from running as an integer kernel.
+    """
     lo, hi = weight_ranges(w, spec)
+    if spec.granularity is Granularity.PER_CHANNEL:
+        amax = np.maximum(np.abs(lo), np.abs(hi))
+        floor = float(amax.max()) * 2.0**-16
+        dead = amax < floor
+        lo, hi = np.where(dead, -floor, lo), np.where(dead, floor, hi)
     scale, zero = qparams_from_range(lo, hi, spec)
     return quantize(w, scale, zero, spec), scale, zero
 
