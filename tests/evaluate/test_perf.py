@@ -74,3 +74,38 @@ def test_memory_subprocess_reports_a_positive_peak() -> None:
     mem = perf.measure_memory(_model(), {"x": np.ones((1, 64), np.float32)})
     assert mem["peak_rss_mb"] >= mem["baseline_rss_mb"] > 10.0  # python + numpy + onnxruntime
     assert mem["peak_rss_delta_mb"] >= 0.0
+
+
+def _stateful() -> onnx.ModelProto:
+    """y = Concat(Unsqueeze(x), state) along axis 0: x [N, 4], state [2, N, 4] (batch on axis 1), sr []."""
+    g = h.make_graph(
+        [
+            h.make_node("Unsqueeze", ["x", "ax"], ["xu"]),
+            h.make_node("Concat", ["xu", "state"], ["cat"], axis=0),
+            h.make_node("Cast", ["sr"], ["srf"], to=T.FLOAT),
+            h.make_node("Mul", ["cat", "srf"], ["y"]),
+        ],
+        "stateful",
+        [
+            h.make_tensor_value_info("x", T.FLOAT, ["N", 4]),
+            h.make_tensor_value_info("state", T.FLOAT, [2, "N", 4]),
+            h.make_tensor_value_info("sr", T.INT64, []),
+        ],
+        [h.make_tensor_value_info("y", T.FLOAT, [3, "N", 4])],
+        [nh.from_array(np.array([0], np.int64), "ax")],
+    )
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_latency_batches_a_state_input_along_its_own_batch_axis() -> None:
+    sample = {
+        "x": np.ones((1, 4), np.float32),
+        "state": np.zeros((2, 1, 4), np.float32),
+        "sr": np.array(16000, np.int64),
+    }
+    feeds = perf.repeat_sample(sample, 3, _stateful())
+    assert {k: v.shape for k, v in feeds.items()} == {"x": (3, 4), "state": (2, 3, 4), "sr": ()}
+    for batch in (1, 3):  # before: state was cut to [1, 1, 4] and the model refused it
+        assert perf.measure_latency(_stateful(), sample, runs=3, warmup=1, batch_size=batch).median_ms > 0

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from edgequant.data import input_specs
 from edgequant.data.base import Batch
 from edgequant.errors import DataError, InferenceError, ModelError
 from edgequant.export.sizes import all_tensors, packed_size
@@ -66,11 +67,27 @@ class Size:
         return {**self.__dict__, "params_by_bits": {str(k): v for k, v in self.params_by_bits.items()}}
 
 
-def repeat_sample(sample: Batch, batch_size: int) -> Batch:
-    """The first sample of ``sample`` repeated ``batch_size`` times along axis 0."""
+def _batch_axes(model: onnx.ModelProto | Path | None) -> dict[str, int | None]:
+    """Per input, the axis that carries the batch: its first dynamic dimension (a recurrent state
+    [2, N, 128] batches along axis 1); None for scalars and fully fixed shapes."""
+    if model is None:
+        return {}
+    m = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
+    return {s.name: next((i for i, d in enumerate(s.shape) if d is None), None) for s in input_specs(m)}
+
+
+def repeat_sample(sample: Batch, batch_size: int, model: onnx.ModelProto | Path | None = None) -> Batch:
+    """The first sample of ``sample`` repeated ``batch_size`` times along each input's batch axis
+    (axis 0 when ``model`` is not given); inputs without a batch axis are fed as they are."""
     if batch_size < 1:
         raise DataError(f"batch size {batch_size} must be >= 1.", "pass --batch-size 1 or more.")
-    return {k: np.repeat(np.asarray(v)[:1], batch_size, axis=0) for k, v in sample.items()}
+    axes = _batch_axes(model)
+    out: Batch = {}
+    for k, v in sample.items():
+        a = np.asarray(v)
+        axis = axes.get(k, 0) if a.ndim else None
+        out[k] = a if axis is None else np.repeat(np.take(a, [0], axis=axis), batch_size, axis=axis)
+    return out
 
 
 def measure_latency(
@@ -88,7 +105,7 @@ def measure_latency(
             f"latency settings runs={runs}, warmup={warmup}, threads={threads} are invalid.",
             "use runs >= 1, warmup >= 0, threads >= 0 (0 = ORT default).",
         )
-    feeds = repeat_sample(sample, batch_size)
+    feeds = repeat_sample(sample, batch_size, model)
     session = OrtRuntime(intra_op_threads=threads).session(model, what="the model for latency measurement")
     try:
         for _ in range(warmup):
@@ -154,7 +171,7 @@ def measure_memory(
         if isinstance(model, onnx.ModelProto):
             onnx.save_model(model, str(path))
         feeds = Path(tmp) / "feeds.npz"
-        np.savez(feeds, **repeat_sample(sample, batch_size))  # type: ignore[arg-type]
+        np.savez(feeds, **repeat_sample(sample, batch_size, model))  # type: ignore[arg-type]
         try:
             proc = subprocess.run(
                 [sys.executable, "-c", _MEMORY_SCRIPT, str(path), str(feeds), str(threads)],

@@ -19,7 +19,8 @@ from edgequant.report.render import METHOD_COLUMNS, compare_rows, fmt, method_ce
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em;color:#222;max-width:1100px}
 table{border-collapse:collapse;margin:1em 0;font-size:13px}
-th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right;white-space:nowrap}
+td:last-child{white-space:normal;text-align:left;min-width:12em}
 th{background:#f4f4f4}td.l,th.l{text-align:left}
 tr.failed td{color:#a00}tr.best td{background:#eaffea}
 .rec{padding:.8em 1em;border-left:4px solid #2ca02c;background:#f6fff6}
@@ -76,6 +77,7 @@ def render_html(data: Mapping[str, Any]) -> str:
     parts += ["<h2>Methods</h2>", _table(METHOD_COLUMNS, trs, left=2)]
     ok = [r for r in rows if r["status"] == "ok"]
     y_label = f"{primary} (%)" if primary not in ("mse",) else primary
+    hlines, size_lines, lat_lines = _limit_lines(data, ok)
     parts.append('<h2>Trade-offs</h2><div class="charts">')
     parts.append(
         svg.scatter(
@@ -83,6 +85,8 @@ def render_html(data: Mapping[str, Any]) -> str:
             "Accuracy vs size",
             "file size (MB)",
             y_label,
+            hlines=hlines,
+            vlines=size_lines,
         )
     )
     parts.append(
@@ -91,6 +95,8 @@ def render_html(data: Mapping[str, Any]) -> str:
             "Accuracy vs latency",
             "median latency (ms)",
             y_label,
+            hlines=hlines,
+            vlines=lat_lines,
         )
     )
     parts.append("</div>")
@@ -105,6 +111,25 @@ def render_html(data: Mapping[str, Any]) -> str:
         )
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _limit_lines(
+    data: Mapping[str, Any], ok: Sequence[Mapping[str, Any]]
+) -> tuple[list[tuple[float, str]], list[tuple[float, str]], list[tuple[float, str]]]:
+    """Dashed limit lines: the lowest score within ``max_drop`` (when higher scores are better and the
+    drop is in points of the score), ``max_size_mb`` and ``max_latency_ms``."""
+    limits = data.get("limits") or {}
+    hlines: list[tuple[float, str]] = []
+    base = next((r for r in ok if r["method"] == "float"), None)
+    drop = _num(limits.get("max_drop"))
+    if base is not None and math.isfinite(drop) and data.get("task") in ("classification", "embedding"):
+        hlines.append((_num(base["score"]) - drop, f"float - max_drop ({drop:g} pp)"))
+    size, lat = _num(limits.get("max_size_mb")), _num(limits.get("max_latency_ms"))
+    return (
+        hlines,
+        [(size, f"max_size_mb {size:g}")] if math.isfinite(size) else [],
+        [(lat, f"max_latency_ms {lat:g}")] if math.isfinite(lat) else [],
+    )
 
 
 def _per_layer(layer: Mapping[str, Any] | None) -> list[str]:
