@@ -107,15 +107,48 @@ def fake_quant(x: np.ndarray, scale: np.ndarray, zero: np.ndarray, spec: QuantSp
     return dequantize(quantize(x, scale, zero, spec), scale, zero, spec)
 
 
+def _unit_sums(e2: np.ndarray, spec: QuantSpec) -> np.ndarray:
+    """Sum of ``e2`` over each unit that has its own scale (the tensor, a channel or a block)."""
+    if spec.granularity is Granularity.PER_TENSOR:
+        return np.asarray(e2.sum())
+    assert spec.axis is not None
+    axis = spec.axis % e2.ndim
+    if spec.granularity is Granularity.PER_CHANNEL:
+        return e2.sum(axis=tuple(i for i in range(e2.ndim) if i != axis))
+    assert spec.block_size is not None
+    return _to_blocks(e2, axis, spec.block_size).sum(axis=axis + 1)
+
+
+CLIP_RATIOS = tuple(1.0 - 0.05 * i for i in range(11))  # 1.0, 0.95, ..., 0.5
+
+
+def mse_weight_ranges(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Per unit, the range ``ratio · [min, max]`` (ratio in ``CLIP_RATIOS``) with the least squared error.
+
+    With 16 levels or fewer, the min-max grid wastes most of its steps on a few large weights;
+    clipping them costs less than the rounding error it saves everywhere else.
+    """
+    lo, hi = weight_ranges(w, spec)
+    w64 = w.astype(np.float64)
+    errs = []
+    for r in CLIP_RATIOS:
+        scale, zero = qparams_from_range(lo * r, hi * r, spec)
+        errs.append(_unit_sums((w64 - fake_quant(w, scale, zero, spec)) ** 2, spec))
+    best = np.asarray(CLIP_RATIOS)[np.argmin(np.stack(errs), axis=0)]
+    return lo * best, hi * best
+
+
 def quantize_weight(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(q, scale, zero) for a constant weight under ``spec``.
 
-    Per channel, a channel whose range is below 2^-16 of the widest channel's (a dead channel, or a
-    BatchNorm folded with a near-zero gamma) gets the range ±(widest · 2^-16): its values round to
-    about zero either way, and a scale near zero would push that channel's int32 bias
-    (scale s_x·s_w) out of range, which keeps the whole Conv from running as an integer kernel.
+    8 bits and more use the min-max range; 4 bits and fewer the clipped range of
+    ``mse_weight_ranges``.  Per channel, a channel whose range is below 2^-16 of the widest
+    channel's (a dead channel, or a BatchNorm folded with a near-zero gamma) gets the range
+    ±(widest · 2^-16): its values round to about zero either way, and a scale near zero would push
+    that channel's int32 bias (scale s_x·s_w) out of range, which keeps the whole Conv from running as
+    an integer kernel.
     """
-    lo, hi = weight_ranges(w, spec)
+    lo, hi = mse_weight_ranges(w, spec) if spec.bits <= 4 else weight_ranges(w, spec)
     if spec.granularity is Granularity.PER_CHANNEL:
         amax = np.maximum(np.abs(lo), np.abs(hi))
         floor = float(amax.max()) * 2.0**-16
