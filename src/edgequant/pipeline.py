@@ -247,6 +247,7 @@ def _calibrate(
         runtime=runtime,
         max_samples=recipe.calib_samples,
         progress=(lambda done, total: progress("calibrate", done, total)) if progress else None,
+        full_range=planner.bounded_outputs(model) if recipe.calib_method != "minmax" else (),
     )
     if res.samples == 0:
         from edgequant.errors import DataError

@@ -382,6 +382,27 @@ def excluded_nodes(model: onnx.ModelProto, recipe: Recipe) -> set[str]:
     return set(p._excluded()) | set(p._first_last())
 
 
+BOUNDED_OPS = {"Softmax", "Sigmoid", "HardSigmoid", "Tanh"}
+_LAYOUT_OPS = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze"}  # values pass through unchanged
+
+
+def bounded_outputs(model: onnx.ModelProto) -> set[str]:
+    """Outputs of ops with a fixed output range (Softmax, Sigmoid, HardSigmoid, Tanh), and of the
+    layout ops (Reshape, Transpose, ...) that carry them on.
+
+    Their decisive values are the few large ones (the attention weight that wins, the open gate);
+    percentile, entropy and MSE would clip those to give the many small ones resolution they do not
+    need, so these tensors keep their observed min and max whatever the calibration method.
+    """
+    out: set[str] = set()
+    for n in model.graph.node:  # in graph order, so a layout op sees its producer's verdict
+        if not n.output:
+            continue
+        if n.op_type in BOUNDED_OPS or (n.op_type in _LAYOUT_OPS and n.input and n.input[0] in out):
+            out.add(n.output[0])
+    return out
+
+
 def tie_activation_ranges(model: onnx.ModelProto, plan: QuantPlan) -> QuantPlan:
     """Give the input of a Relu/Clip the range of its output when both are quantized.
 

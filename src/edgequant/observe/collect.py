@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,12 +78,17 @@ def collect(
     max_samples: int | None = None,
     memory_budget_bytes: int = 1 << 30,
     progress: Callable[[int, int | None], None] | None = None,
+    full_range: Collection[str] = (),
 ) -> CollectResult:
-    """Ranges of ``tensors`` over ``source`` (see the module docstring)."""
+    """Ranges of ``tensors`` over ``source`` (see the module docstring); the tensors in ``full_range``
+    get their observed min and max whatever ``method`` says."""
     start = time.perf_counter()
     names = list(dict.fromkeys(tensors))
     observers: dict[str, Observer] = {
-        n: create_observer(method, percentile=percentile, qbits=qbits, symmetric=symmetric) for n in names
+        n: create_observer(
+            "minmax" if n in full_range else method, percentile=percentile, qbits=qbits, symmetric=symmetric
+        )
+        for n in names
     }
     if max_samples is not None and max_samples < 1:
         raise RecipeError(
