@@ -57,14 +57,21 @@ def resolve_recipe(recipe: Recipe | dict[str, Any] | str | Path | None, override
 def load_input_model(
     model: ModelLike, example_inputs: Any = None
 ) -> tuple[onnx.ModelProto, str, dict[str, Any] | None]:
-    """An ONNX model, a name for it, and the export check when it came from a torch.nn.Module."""
+    """An ONNX model, a name for it, and the export check when it came from PyTorch or TensorFlow."""
+    from edgequant.model.tf_import import is_tf_model, is_tf_path
+
     if isinstance(model, onnx.ModelProto):
         return model, (model.graph.name or "model").replace("/", "_"), None
-    if isinstance(model, str | Path):
+    if isinstance(model, str | Path) and not is_tf_path(model):
         return load_model(model), Path(model).stem, None
-    if type(model).__module__.startswith("torch") or hasattr(model, "state_dict"):
-        import tempfile
+    if isinstance(model, str | Path) or is_tf_model(model):
+        from edgequant.model.tf_import import export_tf
 
+        name = (
+            Path(model).stem if isinstance(model, str | Path) else str(getattr(model, "name", "") or "model")
+        )
+        return _imported(lambda path: export_tf(model, path, example_inputs=example_inputs), name)
+    if type(model).__module__.startswith("torch") or hasattr(model, "state_dict"):
         from edgequant.model.torch_import import export_torch
 
         if example_inputs is None:
@@ -72,20 +79,28 @@ def load_input_model(
                 "a PyTorch module needs example inputs to be exported to ONNX.",
                 "pass example_inputs=torch.randn(1, 3, 224, 224) (or a tuple for several inputs).",
             )
-        with tempfile.TemporaryDirectory(prefix="edgequant-") as tmp:
-            path = Path(tmp) / "model.onnx"
-            rep = export_torch(model, example_inputs, path)
-            check = {
-                "source": rep.source,
-                "max_abs_diff": rep.max_abs_diff,
-                "sqnr_db": rep.sqnr_db if np.isfinite(rep.sqnr_db) else None,
-                "opset": rep.opset,
-            }
-            return load_model(path), type(model).__name__.lower(), check
+        return _imported(lambda path: export_torch(model, example_inputs, path), type(model).__name__.lower())
     raise ModelError(
         f"cannot quantize an object of type {type(model).__name__}.",
-        "pass a path to an .onnx file, an onnx.ModelProto, or a torch.nn.Module with example_inputs.",
+        "pass a path to an .onnx file, a Keras .keras/.h5 file or SavedModel directory, an onnx.ModelProto, "
+        "a torch.nn.Module with example_inputs, or a Keras model.",
     )
+
+
+def _imported(export: Callable[[Path], Any], name: str) -> tuple[onnx.ModelProto, str, dict[str, Any]]:
+    """Run an importer into a temporary file; the ONNX model, its name and the import check."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="edgequant-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        rep = export(path)
+        check = {
+            "source": rep.source,
+            "max_abs_diff": rep.max_abs_diff,
+            "sqnr_db": rep.sqnr_db if np.isfinite(rep.sqnr_db) else None,
+            "opset": rep.opset,
+        }
+        return load_model(path), name.replace("/", "_"), check
 
 
 def quantize(

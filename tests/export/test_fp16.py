@@ -10,6 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgequant.errors import ExportError
+from edgequant.export import _graph
 from edgequant.export.fp16 import convert_fp16
 from edgequant.runtime import OrtRuntime
 from edgequant.schemes.qparams import sqnr_db
@@ -275,3 +276,21 @@ def test_custom_domain_op_stays_float32() -> None:
     assert not gelu.quantized
     assert gelu.reason.startswith("no ONNX schema for Gelu in domain 'com.microsoft'")
     assert "no type inferred for output(s) ['g'] of 'gelu'; assumed float32." in plan.notes
+
+
+def test_graph_helpers_walk_subgraph_scopes() -> None:
+    m = if_model()
+    g = m.graph
+    assert [sg.name for sg in _graph.graphs(g)] == ["g", "else", "then"]  # attribute order (sorted)
+    subs = dict(_graph.named_subgraphs(g.node[0]))
+    assert list(subs) == ["else_branch", "then_branch"]
+    assert _graph.free_names(subs["then_branch"]) == {"x", "k"}  # the then-branch reads outer x, k
+    assert _graph.free_names(g) == set()  # the main graph defines everything it reads (inputs, k)
+    names = _graph.all_names(g)
+    assert {"x", "k", "t", "e_c", "else_add", "if"} <= names
+    assert _graph.fresh_name(names, "t") == "t_1" and _graph.fresh_name(names, "t") == "t_2"
+    _graph.rename_value(g, "x", "x_in")
+    assert list(subs["then_branch"].node[0].input) == ["x_in", "k"] and g.input[0].name == "x_in"
+    assert _graph.collect_elem_types(g)["cond"] == TensorProto.BOOL
+    _graph.set_elem_type(g.output[0].type, FP16)
+    assert _graph.elem_type(g.output[0].type) == FP16

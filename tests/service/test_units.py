@@ -7,13 +7,15 @@ import io
 import warnings
 from pathlib import Path
 
+import onnx
 import pytest
-from service_helpers import Server, tiny_npz, upload, wait_job
+from onnx import external_data_helper
+from service_helpers import Server, tiny_model, tiny_npz, upload, wait_job
 
-from edgequant.errors import DependencyError, TargetError
+from edgequant.errors import DependencyError, ModelError, TargetError
 from edgequant.service import ServiceConfig, create_app, require_extra
 from edgequant.service.config import TARGETS, ToolchainMissing, resolve_target
-from edgequant.service.safety import check_name
+from edgequant.service.safety import check_name, inspect_model
 
 
 def test_missing_extra_is_a_dependency_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -92,3 +94,39 @@ def test_torchscript_upload_and_quantize(server: Server) -> None:
         assert min(job["report"]["metrics"]["output_sqnr_db"].values()) >= 25.0
         assert "ts_int8.onnx" in job["report"]["artifacts"]
         assert not any(a.endswith(".pt") for a in job["report"]["artifacts"])
+
+
+def test_inspect_model_words_errors_for_an_upload(tmp_path: Path) -> None:
+    ok = tmp_path / "ok.bin"
+    ok.write_bytes(tiny_model().SerializeToString())
+    info = inspect_model(ok)
+    assert (info.format, info.suffix) == ("onnx", ".onnx")
+    assert info.details == {"inputs": ["input"], "outputs": ["logits"], "nodes": 4, "opset": 17}
+
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\x08\x07this is not a model" * 10)
+    with pytest.raises(ModelError) as err:
+        inspect_model(junk)
+    assert err.value.to_dict()["detail"].startswith(
+        "the upload is not an ONNX model (protobuf parse failed: "
+    )
+    assert str(tmp_path) not in str(err.value)  # the server's temporary path is never echoed
+
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(onnx.ModelProto(ir_version=8).SerializeToString())
+    with pytest.raises(ModelError) as err:
+        inspect_model(empty)
+    assert err.value.to_dict() == {
+        "error": "ModelError",
+        "detail": "the upload parsed as protobuf but holds no ONNX graph (no nodes, no outputs).",
+        "hint": "upload an .onnx file (or a TorchScript archive where torch is installed).",
+    }
+
+    external = tiny_model()
+    external_data_helper.convert_model_to_external_data(external, location="w.data", size_threshold=0)
+    ext = tmp_path / "ext.bin"
+    ext.write_bytes(external.SerializeToString())
+    with pytest.raises(
+        ModelError, match="stores weights as external data, which a single upload cannot carry"
+    ):
+        inspect_model(ext)

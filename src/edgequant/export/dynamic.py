@@ -33,7 +33,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgequant.errors import ExportError, UnsupportedError
-from edgequant.export.fp16 import _all_names, _free_names, _fresh, _graphs, _name_nodes, _named_subgraphs
+from edgequant.export._graph import all_names, free_names, fresh_name, graphs, name_nodes, named_subgraphs
 from edgequant.model.io import opset_of
 from edgequant.plan import NodeDecision, QuantPlan, TensorEntry
 from edgequant.schemes.spec import Granularity, QuantSpec
@@ -70,7 +70,7 @@ class _Ctx:
     removed: set[str] = field(default_factory=set)  # node names folded away
 
     def fresh(self, base: str) -> str:
-        return _fresh(self.names, base)
+        return fresh_name(self.names, base)
 
 
 def quantize_dynamic(
@@ -91,8 +91,8 @@ def quantize_dynamic(
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
-    names = _all_names(g)
-    _name_nodes(g, names)
+    names = all_names(g)
+    name_nodes(g, names)
     unknown = sorted(set(exclude_nodes) - {n.name for n in g.node})
     if unknown:
         raise ExportError(
@@ -138,8 +138,8 @@ def quantize_dynamic(
     for n in nodes:
         ok, why = reasons[n.name]
         plan.nodes.append(NodeDecision(n.name, n.op_type, ok, why))
-        for attr, sub in _named_subgraphs(n):
-            for sg in _graphs(sub):
+        for attr, sub in named_subgraphs(n):
+            for sg in graphs(sub):
                 for sn in sg.node:
                     plan.nodes.append(
                         NodeDecision(
@@ -185,8 +185,8 @@ def _index(g: onnx.GraphProto, ctx: _Ctx) -> None:
                 ctx.const_nodes[n.output[0]] = n
         for name in n.input:
             ctx.uses[name] = ctx.uses.get(name, 0) + 1
-        for _, sub in _named_subgraphs(n):
-            for name in _free_names(sub):
+        for _, sub in named_subgraphs(n):
+            for name in free_names(sub):
                 ctx.uses[name] = ctx.uses.get(name, 0) + 1
     for o in g.output:
         ctx.uses[o.name] = ctx.uses.get(o.name, 0) + 1
@@ -356,8 +356,8 @@ def _prune(
     used = {o.name for o in g.output}
     for n in new_nodes:
         used.update(n.input)
-        for _, sub in _named_subgraphs(n):
-            used.update(_free_names(sub))
+        for _, sub in named_subgraphs(n):
+            used.update(free_names(sub))
     for d in ctx.plan.nodes:  # folded Adds recorded during the rewrite
         reasons[d.node] = (d.quantized, d.reason)
     ctx.plan.nodes.clear()

@@ -23,7 +23,7 @@ relative rounding error of a value is at most 2**-11 ≈ 4.9e-4 (≈ 66 dB SQNR 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,8 +31,21 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgequant.errors import ExportError
+from edgequant.export._graph import (
+    all_names,
+    collect_elem_types,
+    free_names,
+    fresh_name,
+    graphs,
+    name_nodes,
+    named_subgraphs,
+    rename_value,
+    set_elem_type,
+)
 from edgequant.model.io import opset_of
 from edgequant.plan import NodeDecision, QuantPlan
+
+# export/dynamic.py imports these under their old private names; remove once it imports export._graph.
 
 FP32, FP16 = TensorProto.FLOAT, TensorProto.FLOAT16
 FP16_MAX = 65504.0
@@ -66,17 +79,7 @@ class _Ctx:
     casts: int = 0
 
     def fresh(self, base: str) -> str:
-        return _fresh(self.names, base)
-
-
-def _fresh(names: set[str], base: str) -> str:
-    """``base``, or ``base_1``, ``base_2``... whichever is unused; the result is reserved in ``names``."""
-    name, i = base, 0
-    while name in names:
-        i += 1
-        name = f"{base}_{i}"
-    names.add(name)
-    return name
+        return fresh_name(self.names, base)
 
 
 def convert_fp16(
@@ -97,12 +100,12 @@ def convert_fp16(
         opsets={(i.domain or ""): int(i.version) for i in out.opset_import},
         exclude=set(exclude_nodes),
         keep_io_types=keep_io_types,
-        types=_collect_types(inferred.graph),
+        types=collect_elem_types(inferred.graph),
         plan=plan,
-        names=_all_names(out.graph),
+        names=all_names(out.graph),
     )
-    _name_nodes(out.graph, ctx.names)
-    unknown = sorted(ctx.exclude - {n.name for g in _graphs(out.graph) for n in g.node})
+    name_nodes(out.graph, ctx.names)
+    unknown = sorted(ctx.exclude - {n.name for g in graphs(out.graph) for n in g.node})
     if unknown:
         raise ExportError(
             f"exclude_nodes names {len(unknown)} node(s) not in the model, e.g. '{unknown[0]}'.",
@@ -127,100 +130,6 @@ def convert_fp16(
         else "model inputs/outputs changed to float16 (keep_io_types=False).",
     ]
     return out, plan
-
-
-def _name_nodes(g: onnx.GraphProto, names: set[str]) -> None:
-    """Give unnamed nodes a unique name, so that every plan entry points at one node."""
-    for sg in _graphs(g):
-        for n in sg.node:
-            if not n.name:
-                n.name = _fresh(names, n.op_type)
-
-
-# -- graph walk ----------------------------------------------------------------------------------
-def _graphs(g: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield g
-    for n in g.node:
-        for _, sub in _named_subgraphs(n):
-            yield from _graphs(sub)
-
-
-def _named_subgraphs(n: onnx.NodeProto) -> list[tuple[str, onnx.GraphProto]]:
-    """(attribute name, graph) for each control-flow body, e.g. ('then_branch', g)."""
-    subs: list[tuple[str, onnx.GraphProto]] = []
-    for a in n.attribute:
-        if a.type == onnx.AttributeProto.GRAPH:
-            subs.append((a.name, a.g))
-        elif a.type == onnx.AttributeProto.GRAPHS:
-            subs.extend((f"{a.name}[{k}]", g) for k, g in enumerate(a.graphs))
-    return subs
-
-
-def _all_names(g: onnx.GraphProto) -> set[str]:
-    names: set[str] = set()
-    for sg in _graphs(g):
-        names.update(v.name for v in (*sg.input, *sg.output, *sg.value_info))
-        names.update(t.name for t in sg.initializer)
-        for n in sg.node:
-            names.update((*n.input, *n.output, n.name))
-    return names
-
-
-def _elem(t: onnx.TypeProto) -> int:
-    kind = t.WhichOneof("value")
-    if kind == "tensor_type":
-        return int(t.tensor_type.elem_type)
-    if kind == "sequence_type":
-        return _elem(t.sequence_type.elem_type)
-    if kind == "optional_type":
-        return _elem(t.optional_type.elem_type)
-    return 0
-
-
-def _set_elem(t: onnx.TypeProto, elem: int) -> None:
-    kind = t.WhichOneof("value")
-    if kind == "tensor_type":
-        t.tensor_type.elem_type = elem
-    elif kind == "sequence_type":
-        _set_elem(t.sequence_type.elem_type, elem)
-    elif kind == "optional_type":
-        _set_elem(t.optional_type.elem_type, elem)
-
-
-def _collect_types(g: onnx.GraphProto) -> dict[str, int]:
-    types: dict[str, int] = {}
-    for sg in _graphs(g):
-        for v in (*sg.input, *sg.output, *sg.value_info):
-            if _elem(v.type):
-                types[v.name] = _elem(v.type)
-        for t in sg.initializer:
-            types[t.name] = t.data_type
-    return types
-
-
-def _free_names(g: onnx.GraphProto) -> set[str]:
-    """Names a (sub)graph reads from enclosing scopes."""
-    defined = {v.name for v in g.input} | {t.name for t in g.initializer}
-    used: set[str] = set()
-    for n in g.node:
-        used.update(i for i in n.input if i and i not in defined)
-        for _, sub in _named_subgraphs(n):
-            used.update(x for x in _free_names(sub) if x not in defined)
-        defined.update(n.output)
-    used.update(o.name for o in g.output if o.name not in defined)
-    return used
-
-
-def _rename(g: onnx.GraphProto, old: str, new: str) -> None:
-    """Rename a value everywhere in ``g`` and its subgraphs (ONNX names are unique across scopes)."""
-    for sg in _graphs(g):
-        for n in sg.node:
-            n.input[:] = [new if i == old else i for i in n.input]
-            n.output[:] = [new if o == old else o for o in n.output]
-        for coll in (sg.input, sg.output, sg.value_info, sg.initializer):
-            for v in coll:
-                if v.name == old:
-                    v.name = new
 
 
 # -- per-node schema decisions ---------------------------------------------------------------------
@@ -338,8 +247,8 @@ def _convert_graph(g: onnx.GraphProto, ctx: _Ctx, path: str, main: bool) -> None
         for i, name in enumerate(n.input):
             if is_float(name):
                 wants.setdefault(name, set()).add(FP32 if r.in_fp32[i] else FP16)
-        for _, sub in _named_subgraphs(n):
-            for name in _free_names(sub):
+        for _, sub in named_subgraphs(n):
+            for name in free_names(sub):
                 if is_float(name):
                     wants.setdefault(name, set()).add(FP32 if r.keep32 else FP16)
     for o in g.output:
@@ -382,13 +291,13 @@ def _convert_graph(g: onnx.GraphProto, ctx: _Ctx, path: str, main: bool) -> None
         for j, name in enumerate(n.output):
             if is_float(name):
                 ctx.native[name] = FP32 if r.keep32 or r.out_fp32[j] else FP16
-        for attr, sub in _named_subgraphs(n):
+        for attr, sub in named_subgraphs(n):
             sub_path = f"{path}/{n.name}.{attr}"
             if r.keep32:
-                for name in _free_names(sub):
+                for name in free_names(sub):
                     if is_float(name) and ctx.native.get(name) == FP16:
-                        _rename(sub, name, _cast(name, FP32, cache, new_nodes, ctx))
-                for sg in _graphs(sub):
+                        rename_value(sub, name, _cast(name, FP32, cache, new_nodes, ctx))
+                for sg in graphs(sub):
                     for sn in sg.node:
                         why = f"inside a subgraph of float32 node '{n.name}'"
                         ctx.plan.nodes.append(NodeDecision(sn.name, sn.op_type, False, why, sub_path))
@@ -413,7 +322,7 @@ def _convert_graph(g: onnx.GraphProto, ctx: _Ctx, path: str, main: bool) -> None
                 inner = ctx.fresh(f"{outer}_{'fp16' if want == FP32 else 'fp32'}")
                 ctx.native[inner] = ctx.native[outer]
                 ctx.types[inner] = FP32
-                _rename(g, outer, inner)
+                rename_value(g, outer, inner)
                 g.output[k].name = outer
                 g.node.append(
                     helper.make_node("Cast", [inner], [outer], name=ctx.fresh(f"{outer}_Cast"), to=want)
@@ -423,13 +332,13 @@ def _convert_graph(g: onnx.GraphProto, ctx: _Ctx, path: str, main: bool) -> None
                 casted: list[onnx.NodeProto] = []
                 o.name = _cast(o.name, want, cache, casted, ctx)
                 g.node.extend(casted)
-        _set_elem(o.type, want)
+        set_elem_type(o.type, want)
     for v in g.input:
         if is_float(v.name):
-            _set_elem(v.type, ctx.native[v.name])
+            set_elem_type(v.type, ctx.native[v.name])
     for v in g.value_info:
         if is_float(v.name) and v.name in ctx.native:
-            _set_elem(v.type, ctx.native[v.name])
+            set_elem_type(v.type, ctx.native[v.name])
 
 
 def _convert_attrs(n: onnx.NodeProto, ctx: _Ctx, only32: Callable[[str], bool]) -> bool:

@@ -1,7 +1,9 @@
 """File size and packed size of a model.
 
 ``file_bytes`` is what the ONNX file takes (protobuf serialisation; int4 is already packed two per
-byte).  ``packed_bytes`` is what the tensors (initializers and Constant values) take at their real bit
+byte); above protobuf's 2 GB limit it is the sum of the ``.onnx`` header and the external data
+(``serialized_size`` adds up the parts, since protobuf refuses to size such a model).
+``packed_bytes`` is what the tensors (initializers and Constant values) take at their real bit
 widths: an integer weight counts the bits its plan entry says (a 2-bit weight in an int8
 container counts 2 bits), int4 half a byte, everything else its dtype's size.  Graph structure
 (names, attributes) is not counted: it is the payload a device has to store.
@@ -14,6 +16,7 @@ import onnx
 from onnx import TensorProto
 
 from edgequant.errors import ModelError
+from edgequant.model.io import serialized_size
 from edgequant.plan import QuantPlan
 
 _BITS_BY_NAME = {
@@ -54,7 +57,7 @@ INTEGER_TYPES = {
 
 
 def file_bytes(model: onnx.ModelProto) -> int:
-    return int(model.ByteSize())
+    return serialized_size(model)
 
 
 def all_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:

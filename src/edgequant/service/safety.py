@@ -2,8 +2,9 @@
 
 * Names (models, datasets, artifact files) match ``^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`` and hold no
   ``..``; so a name can never leave its directory.  Anything else is a 400.
-* Models: ONNX is parsed with ``onnx.load`` and ``onnx.checker``; external data is refused (a single
-  upload cannot carry it, and its location could point anywhere).  TorchScript archives are accepted
+* Models: ONNX is parsed by ``edgequant.model.io.parse_onnx`` (the check ``load_model`` makes,
+  worded for an upload) and checked with ``onnx.checker``; external data is refused (a single upload
+  cannot carry it, and its location could point anywhere).  TorchScript archives are accepted
   by structure (``code/`` + ``constants.pkl``) only when torch is installed, and only loaded in a job
   worker with ``torch.jit.load``; ``torch.save`` pickles are refused.  Nothing is ever unpickled.
 * npz: each member is a ``.npy`` whose header is read without loading data; object dtypes are
@@ -76,20 +77,15 @@ def inspect_model(path: Path) -> ModelInfo:
     if head == b"PK\x03\x04":
         return _inspect_torchscript(path)
     import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise ModelError(
-            f"the upload is not an ONNX model (protobuf parse failed: {str(exc).splitlines()[0][:200]}).",
-            "upload an .onnx file (or a TorchScript archive where torch is installed).",
-        ) from exc
-    if not model.graph.node and not model.graph.output:
-        raise ModelError(
-            "the upload parsed as protobuf but holds no ONNX graph.", "upload an .onnx model file."
-        )
     from onnx import external_data_helper
 
+    from edgequant.model.io import parse_onnx
+
+    model = parse_onnx(
+        path,
+        subject="the upload",
+        hint="upload an .onnx file (or a TorchScript archive where torch is installed).",
+    )
     if any(external_data_helper.uses_external_data(t) for t in model.graph.initializer):
         raise ModelError(
             "the ONNX model stores weights as external data, which a single upload cannot carry.",
@@ -136,6 +132,14 @@ def _inspect_torchscript(path: Path) -> ModelInfo:
     return ModelInfo("torchscript", ".pt", {"entries": len(names)})
 
 
+def open_zip(path: Path, detail: str, hint: str) -> zipfile.ZipFile:
+    """Open a zip archive; DataError "``detail``: <zipfile's reason>." with ``hint`` when it is not one."""
+    try:
+        return zipfile.ZipFile(path)
+    except zipfile.BadZipFile as exc:
+        raise DataError(f"{detail}: {exc}.", hint) from exc
+
+
 def _checked_member(name: str) -> PurePosixPath:
     if (
         not name
@@ -161,13 +165,7 @@ def _zip_infos(zf: zipfile.ZipFile, max_members: int, what: str) -> list[zipfile
 
 def extract_images(archive: Path, dest: Path, max_total: int, max_members: int) -> dict[str, Any]:
     """Safely extract the images of a zip into ``dest`` (created); returns counts for the listing."""
-    try:
-        zf = zipfile.ZipFile(archive)
-    except zipfile.BadZipFile as exc:
-        raise DataError(
-            f"the upload is not a valid zip or npz file: {exc}.", "re-create the archive."
-        ) from exc
-    with zf:
+    with open_zip(archive, "the upload is not a valid zip or npz file", "re-create the archive.") as zf:
         chosen: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
         skipped: list[str] = []
         total = 0
@@ -242,14 +240,8 @@ def _verify_images(root: Path, members: list[PurePosixPath]) -> None:
 
 def inspect_npz(path: Path, max_total: int, max_members: int) -> dict[str, Any]:
     """Check an npz without loading its data or unpickling; returns array names, shapes and dtypes."""
-    try:
-        zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as exc:
-        raise DataError(
-            f"the upload is not a valid npz (zip) file: {exc}.", "save it with np.savez."
-        ) from exc
     arrays: dict[str, Any] = {}
-    with zf:
+    with open_zip(path, "the upload is not a valid npz (zip) file", "save it with np.savez.") as zf:
         infos = _zip_infos(zf, max_members, "the npz")
         total = sum(i.file_size for i in infos)
         if total > max_total:
