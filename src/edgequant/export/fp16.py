@@ -45,7 +45,6 @@ from edgequant.export._graph import (
 from edgequant.model.io import opset_of
 from edgequant.plan import NodeDecision, QuantPlan
 
-# export/dynamic.py imports these under their old private names; remove once it imports export._graph.
 
 FP32, FP16 = TensorProto.FLOAT, TensorProto.FLOAT16
 FP16_MAX = 65504.0
