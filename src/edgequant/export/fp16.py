@@ -45,7 +45,6 @@ from edgequant.export._graph import (
 from edgequant.model.io import opset_of
 from edgequant.plan import NodeDecision, QuantPlan
 
-
 FP32, FP16 = TensorProto.FLOAT, TensorProto.FLOAT16
 FP16_MAX = 65504.0
 _DTYPE_ATTRS = ("to", "dtype")
