@@ -14,7 +14,7 @@ from typing import Any, Literal
 from edgequant.errors import ModelError
 from edgequant.schemes.spec import QuantSpec
 
-Role = Literal["weight", "activation", "bias"]
+Role = Literal["weight", "activation", "bias", "constant"]  # constant: an Add/Mul operand
 PLAN_VERSION = 1
 
 

@@ -15,12 +15,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from edgequant.errors import RecipeError, UnsupportedError
 from edgequant.plan import QuantPlan, TensorEntry
 from edgequant.recipe import Recipe
 from edgequant.runtime.cpu import CpuFeatures
+from edgequant.schemes.qparams import dequantize, quantize_weight, sqnr_db
 from edgequant.schemes.spec import Granularity, QuantSpec, ScaleRule
 
 COMPUTE_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
@@ -36,6 +39,9 @@ DATA_INPUTS = {"Resize": (0,), "Clip": (0,), "Pad": (0,), "Reshape": (0,), "Spli
 FUSED_ACTIVATIONS = {"Relu", "Clip"}
 CONTROL_FLOW = {"If", "Loop", "Scan"}
 FLOAT_TYPES = {onnx.TensorProto.FLOAT}
+CONSTANT_OPERAND_OPS = {"Add", "Mul"}  # ORT's QLinearAdd / QLinearMul take both operands quantized
+CONSTANT_MIN_SQNR_DB = 30.0  # Add: error of the offset as a whole
+CONSTANT_MAX_REL_ERROR = 0.1  # Mul: error of each factor
 
 
 @dataclass(frozen=True)
@@ -269,6 +275,7 @@ class Planner:
                 continue
             name = node.input[i]
             if name in inits:
+                touched |= self._add_constant_operand(node, inits[name], act, plan)
                 continue
             if node.op_type in ("Conv", "ConvTranspose", "Gemm") and i != 0:
                 continue
@@ -281,6 +288,44 @@ class Planner:
                 self._add_activation(name, act, plan)
                 touched = True
         return touched
+
+    def _add_constant_operand(
+        self, node: onnx.NodeProto, c: onnx.TensorProto, act: QuantSpec, plan: QuantPlan
+    ) -> bool:
+        """A constant operand of Add/Mul on the activations' 8-bit grid, so ORT runs QLinearAdd /
+        QLinearMul instead of DQ -> float op -> Q; kept float when 8 bits would cost it accuracy."""
+        if node.op_type not in CONSTANT_OPERAND_OPS or act.bits != 8 or c.data_type not in FLOAT_TYPES:
+            return False
+        if c.name in plan.tensors:
+            return True
+        value = numpy_helper.to_array(c)
+        spec = QuantSpec(**{**act.to_dict(), "granularity": "per_tensor", "axis": None})
+        if value.size == 0 or not np.all(np.isfinite(value)):
+            return False
+        q, scale, zero = quantize_weight(value, spec)
+        approx = dequantize(q, scale, zero, spec).astype(np.float64)
+        v = value.astype(np.float64)
+        if node.op_type == "Mul":  # a factor: every element must keep its size (a 0 would kill a channel)
+            worst = float(np.max(np.abs(approx - v) / np.maximum(np.abs(v), 1e-30)))
+            problem = (
+                f"an element would move by {100 * worst:.0f} %" if worst > CONSTANT_MAX_REL_ERROR else ""
+            )
+        else:  # an offset: the error counts against the whole
+            db = sqnr_db(v, approx)
+            problem = f"its SQNR would be {db:.1f} dB" if db < CONSTANT_MIN_SQNR_DB else ""
+        if problem:
+            plan.notes.append(
+                f"constant '{c.name}' of {node.op_type} '{node.name}' stays float: on the 8-bit grid {problem}, "
+                f"so ORT runs that {node.op_type} in float."
+            )
+            return False
+        plan.tensors[c.name] = TensorEntry(
+            c.name,
+            "constant",
+            spec,
+            note=f"constant operand of {node.op_type}, on the activations' grid so ORT runs QLinear{node.op_type}.",
+        )
+        return True
 
     def _add_weight(self, node: onnx.NodeProto, w: onnx.TensorProto, plan: QuantPlan) -> bool:
         spec = self.weight_spec(node, w)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -215,3 +217,62 @@ def test_dead_weight_channel_keeps_an_int32_bias() -> None:
     scale = np.asarray(r.plan.tensors["w1"].scale)
     assert scale[3] == pytest.approx(scale.max() * 2.0**-16, rel=1e-3)
     assert _sqnr(m, r.model, {"x": images(16, seed=7)}) > 30.0
+
+
+def _affine_mlp(scale: np.ndarray) -> onnx.ModelProto:
+    """MatMul -> Add(bias constant) -> Mul(scale constant) -> Relu -> MatMul."""
+    rng = np.random.default_rng(3)
+    g = onnx.helper.make_graph(
+        [
+            onnx.helper.make_node("MatMul", ["x", "w1"], ["a"], name="fc1"),
+            onnx.helper.make_node("Add", ["a", "bias"], ["ab"], name="add_bias"),
+            onnx.helper.make_node("Mul", ["scale", "ab"], ["am"], name="mul_scale"),
+            onnx.helper.make_node("Relu", ["am"], ["r"], name="relu"),
+            onnx.helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2"),
+        ],
+        "affine",
+        [onnx.helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [onnx.helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [
+            onnx.numpy_helper.from_array((rng.standard_normal((16, 32)) * 0.3).astype(np.float32), "w1"),
+            onnx.numpy_helper.from_array((rng.standard_normal(32) * 0.2).astype(np.float32), "bias"),
+            onnx.numpy_helper.from_array(scale.astype(np.float32), "scale"),
+            onnx.numpy_helper.from_array((rng.standard_normal((32, 4)) * 0.3).astype(np.float32), "w2"),
+        ],
+    )
+    m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_constant_operands_of_add_and_mul_are_quantized_so_ort_runs_qlinear_ops(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    m = _affine_mlp(np.random.default_rng(4).uniform(0.5, 2.0, 32))
+    x = np.random.default_rng(5).standard_normal((128, 16)).astype(np.float32)
+    r = edgequant.quantize(m, {"x": x})
+    assert r.plan.tensors["bias"].role == r.plan.tensors["scale"].role == "constant"
+    ints = {t.name: t.data_type for t in r.model.graph.initializer}
+    assert ints["bias_q"] == ints["scale_q"] == TensorProto.UINT8  # the activations' grid
+    assert r.report["integer_weights"] == 2  # w1, w2: constants are counted apart
+    path = tmp_path / "q.onnx"
+    onnx.save(r.model, str(path))
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    ran = {n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node}
+    assert {"QLinearAdd", "QLinearMul"} <= ran and not {"Add", "Mul"} & ran
+    assert _sqnr(m, r.model, {"x": x[:32]}) > 30.0
+
+
+def test_constant_with_a_wide_dynamic_range_stays_float_with_the_reason() -> None:
+    scale = np.full(32, 1e-3)
+    scale[0] = 50.0  # 8 bits over [0, 50] leave the 1e-3 entries at zero
+    r = edgequant.quantize(_affine_mlp(scale), {"x": images(1).reshape(-1, 16)[:64]})
+    assert "scale" not in r.plan.tensors and r.plan.tensors["bias"].role == "constant"
+    assert any(
+        n.startswith(
+            "constant 'scale' of Mul 'mul_scale' stays float: on the 8-bit grid an element would move by 100 %"
+        )
+        for n in r.plan.notes
+    )

@@ -107,7 +107,7 @@ def export_qdq(model: onnx.ModelProto, plan: QuantPlan) -> tuple[onnx.ModelProto
                 rename[(ni, si)] = dst
 
     for entry in plan.tensors.values():
-        if entry.role != "weight":
+        if entry.role not in ("weight", "constant"):
             continue
         if entry.name not in inits:
             raise ExportError(
