@@ -9,7 +9,9 @@ Requested initializers (weights) and non-float tensors are a ModelError naming t
 Memory.  Observers hold constant-size statistics (see :mod:`edgequant.observe.observers`), so peak
 memory does not grow with the number of samples.  What a batch costs is the fetched arrays: their
 size is estimated from ONNX shape inference with the first batch's concrete input shapes (tensors
-whose shape stays unknown are measured on the first batch).  If the sum exceeds
+whose shape stays unknown are measured on the first batch by a probe run; when that one run
+measured them all and everything fits the budget, pass 1 observes the probe's outputs instead of
+fetching them again for the first batch).  If the sum exceeds
 ``memory_budget_bytes``, the tensors are split into groups in graph order and the source is read
 once per group ("passes"); every pass sees the same data, so the ranges equal those of one pass.
 A single tensor larger than the budget is a group of its own (logged).  Batches whose shapes vary
@@ -106,8 +108,10 @@ def collect(
         raise DataError(
             "the calibration source yielded no batches.", "check the calibration data path and filters."
         )
-    sizes = _estimate_bytes(model, fetch_names, first, runtime, memory_budget_bytes)
+    sizes, probed = _estimate_bytes(model, fetch_names, first, runtime, memory_budget_bytes)
     groups = _group(fetch_names, sizes, memory_budget_bytes) or [[]]
+    first_group = set(groups[0])
+    probed = {n: a for n, a in probed.items() if n in first_group}  # observed on pass 1's first batch
     head = [first]  # pass 1 starts with the batch already read; popped so it is not kept
     del first
     if len(groups) > 1:
@@ -141,7 +145,10 @@ def collect(
                     for name in feed_names:
                         observers[name].update(batch[name])
                 if session is not None:
-                    outs = session.run(batch, group)
+                    todo = [n for n in group if n not in probed]  # the probe already fetched the rest
+                    outs = session.run(batch, todo) if todo else {}
+                    outs.update(probed)
+                    probed = {}
                     for name in group:
                         _check_float(name, outs[name])
                         observers[name].update(outs[name])
@@ -297,10 +304,14 @@ def _augment(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:
 
 def _estimate_bytes(
     model: onnx.ModelProto, names: list[str], first: Batch, runtime: OrtRuntime, budget: int
-) -> dict[str, int]:
-    """Bytes of each tensor for the first batch: from shape inference, else measured by a probe run."""
+) -> tuple[dict[str, int], dict[str, np.ndarray]]:
+    """Bytes of each tensor for the first batch: from shape inference, else measured by a probe run.
+
+    When one probe run measured every unknown tensor, its outputs are returned too, so that pass 1
+    observes them instead of running the first batch for them again.
+    """
     if not names:
-        return {}
+        return {}, {}
     infos = _inferred(model, first)
     sizes: dict[str, int] = {}
     unknown: list[str] = []
@@ -313,10 +324,12 @@ def _estimate_bytes(
             continue
         itemsize = onnx.helper.tensor_dtype_to_np_dtype(info.elem_type).itemsize
         sizes[name] = int(np.prod(info.shape, dtype=np.int64)) * itemsize  # type: ignore[arg-type]
+    probed: dict[str, np.ndarray] = {}
     if unknown:
         logger.info("collect: measuring %d tensor sizes on the first batch", len(unknown))
         guess = max([*sizes.values(), sum(int(a.nbytes) for a in first.values())])
-        for group in _group(unknown, dict.fromkeys(unknown, guess), budget):
+        probe_groups = _group(unknown, dict.fromkeys(unknown, guess), budget)
+        for group in probe_groups:
             session = runtime.session(_augment(model, group), what="the model with calibration outputs")
             try:
                 outs = session.run(first, group)
@@ -325,8 +338,10 @@ def _estimate_bytes(
             for name in group:
                 _check_float(name, outs[name])
                 sizes[name] = int(outs[name].nbytes)
+            if len(probe_groups) == 1 and sum(sizes.values()) <= budget:  # what pass 1 fetches anyway
+                probed = outs
             del outs
-    return sizes
+    return sizes, probed
 
 
 def _inferred(model: onnx.ModelProto, first: Batch) -> dict[str, _TensorInfo]:

@@ -28,7 +28,7 @@ import math
 import numpy as np
 
 K_MIN = -140  # 2**-140 * bins is below float32's smallest subnormal: every float32 range fits above it
-_CHUNK = 1 << 20  # values binned per step, to bound the float64 temporaries
+_CHUNK = 1 << 18  # values per step: bounds the temporaries (float64 + int32: 3 MiB)
 
 
 class PowerOfTwoHistogram:
@@ -77,29 +77,38 @@ class PowerOfTwoHistogram:
         self.k = k
 
     def update(self, values: np.ndarray) -> None:
-        """Add finite values (callers drop non-finite and sentinel values first)."""
+        """Add finite values (callers drop non-finite and sentinel values first).
+
+        Chunks of ``_CHUNK`` values are binned one after the other; the grid grows between chunks
+        when a chunk needs it, which is exact (module docstring), so the counts equal those of
+        binning everything at the final ``k``.  Per chunk: min/max, one scaling, then for a chunk
+        without negative values a truncating cast to int32 (equal to floor there), else floor.
+        """
         flat = values.reshape(-1)
         if flat.size == 0:
             return
-        lo = float(flat.min())
-        hi = float(flat.max())
-        self.lo = min(self.lo, lo)
-        self.hi = max(self.hi, hi)
-        self.grow(self.required_k(max(abs(self.lo), abs(self.hi))))
-        # float32 is exact when -126 <= k <= 0: 2**-k is a float32, scaling by it keeps every bit and
-        # |x * 2**-k| < bins.
-        # For k > 0 a tiny negative x could underflow to -0.0 and land in the wrong bin: use float64.
-        small = -126 <= self.k <= 0 and flat.dtype in (np.float32, np.float16)
-        work_dtype = np.float32 if small else np.float64
-        scale = work_dtype(math.ldexp(1.0, -self.k))
+        f64 = flat.dtype not in (np.float32, np.float16)
         for start in range(0, flat.size, _CHUNK):
-            part = np.multiply(flat[start : start + _CHUNK], scale, dtype=work_dtype)
-            np.floor(part, out=part)
-            idx = part.astype(np.intp)
-            idx += self.bins
-            self.counts += np.bincount(idx, minlength=2 * self.bins)
-        self.total += int(flat.size)
-        self.zeros += int(flat.size - np.count_nonzero(flat))
+            part = flat[start : start + _CHUNK]
+            lo, hi = float(part.min()), float(part.max())
+            self.lo = min(self.lo, lo)
+            self.hi = max(self.hi, hi)
+            self.grow(self.required_k(max(abs(self.lo), abs(self.hi))))
+            # float32 is exact when -126 <= k <= 0: 2**-k is a float32, scaling by it keeps every bit
+            # and |x * 2**-k| < bins.  For k > 0 a tiny negative x could underflow to -0.0 and land in
+            # the wrong bin: use float64.
+            if -126 <= self.k <= 0 and not f64:
+                y = np.multiply(part, np.float32(math.ldexp(1.0, -self.k)), dtype=np.float32)
+            else:
+                y = np.multiply(part, math.ldexp(1.0, -self.k), dtype=np.float64)
+            if lo >= 0.0:  # no negative value: truncation is floor, and the bins are the upper half
+                self.counts[self.bins :] += np.bincount(y.astype(np.int32), minlength=self.bins)
+            else:  # floor(y) + bins is an integer below 2 * bins <= 2**21: exact in float32 too
+                np.floor(y, out=y)
+                y += self.bins
+                self.counts += np.bincount(y.astype(np.int32), minlength=2 * self.bins)
+            self.total += int(part.size)
+            self.zeros += int(np.count_nonzero(part == 0))  # +0.0 and -0.0 (4x faster than on floats)
 
     def magnitude_counts(self) -> np.ndarray:
         """Counts of ``|x|`` on ``bins`` bins of width ``w`` over ``[0, bins * w]``.
