@@ -13,7 +13,7 @@ import onnx
 
 from edgequant.errors import ExportError
 from edgequant.export.sizes import file_bytes, integer_weight_count, packed_bytes
-from edgequant.model.io import save_model, write_text_atomic
+from edgequant.model.io import external_data_path, save_model, write_text_atomic
 from edgequant.plan import QuantPlan
 from edgequant.recipe import Recipe, to_dict
 from edgequant.runtime import ort_version
@@ -44,7 +44,11 @@ class QuantResult:
         return f"{self.name}_{self.tag}"
 
     def save(self, outdir: str | Path) -> SavedPaths:
-        """Write ``<name>_<tag>.onnx``, ``<name>_<tag>.json`` (report) and ``.plan.json`` into ``outdir``."""
+        """Write ``<name>_<tag>.onnx``, ``<name>_<tag>.json`` (report) and ``.plan.json`` into ``outdir``.
+
+        Above protobuf's 2 GB limit the weights go to ``<name>_<tag>.onnx.data`` beside the model;
+        the report's ``files`` names it (``model_data``).  On failure nothing written here is left.
+        """
         out = Path(outdir)
         if out.exists() and not out.is_dir():
             raise ExportError(
@@ -65,12 +69,19 @@ class QuantResult:
                 "report": report_path.name,
                 "plan": plan_path.name,
             }
-            if self.save_float:
-                self.report["files"]["float_model"] = float_path.name
+            saved = [("model", model_path)] + ([("float_model", float_path)] if self.save_float else [])
+            for key, path in saved:
+                self.report["files"][key] = path.name
+                data = external_data_path(path)  # above 2 GB the weights sit in <model>.onnx.data
+                if data is not None:
+                    self.report["files"][f"{key}_data"] = data.name
             write_text_atomic(report_path, json.dumps(self.report, indent=1, default=_json_default))
         except Exception:
             for p in (model_path, plan_path, *([float_path] if self.save_float else [])):
-                p.unlink(missing_ok=True)
+                data = external_data_path(p) if p.suffix == ".onnx" else None
+                for leftover in (p, data):
+                    if leftover is not None:
+                        leftover.unlink(missing_ok=True)
             raise
         return SavedPaths(model_path, report_path, plan_path)
 
