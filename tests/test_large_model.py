@@ -187,18 +187,11 @@ def test_failed_result_save_removes_the_data_file(tmp_path: Path, monkeypatch: p
     assert _files(tmp_path) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime/ort.py hands a >2 GB ModelProto to onnx.save_model(save_as_external_data=True), which "
-    "moves the caller's weights out (raw_data cleared) into a temp dir deleted on close; the proposed "
-    "fix saves it with edgequant.model.io.save_model instead.  Remove this mark with that fix.",
-)
 def test_runtime_session_keeps_the_callers_weights(monkeypatch: pytest.MonkeyPatch) -> None:
-    from edgequant.runtime import ort as ort_mod
-
+    """Above the limit the session is built from a temp copy with external data; the caller's model
+    keeps its weights (onnx.save_model(save_as_external_data=True) used to clear their raw_data)."""
     model = mlp()
     before = model.SerializeToString()
-    monkeypatch.setattr(ort_mod, "_PROTO_LIMIT", 10_000, raising=False)  # gone with the fix
     monkeypatch.setattr(io, "PROTO_LIMIT", 10_000)
     OrtRuntime().session(model).close()
     assert model.SerializeToString() == before

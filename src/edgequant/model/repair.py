@@ -22,7 +22,7 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference, version_converter
 
 from edgequant.errors import ModelError, UnsupportedError
-from edgequant.model.io import opset_of
+from edgequant.model.io import opset_of, weightless_copy
 
 log = logging.getLogger(__name__)
 
@@ -164,15 +164,14 @@ def inline_constant_ifs(graph: onnx.GraphProto) -> list[str]:
 
 
 def refresh_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
-    """Drop stale intermediate shapes, re-infer, and fix graph outputs that contradict inference."""
+    """Drop stale intermediate shapes, re-infer, and fix graph outputs that contradict inference
+    (in place: ``model`` is changed and returned)."""
     notes: list[str] = []
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = model  # prepare() hands over its own copy; no second copy of the weights
     if len(out.graph.value_info):
         notes.append(f"dropped {len(out.graph.value_info)} stored intermediate shapes and re-inferred them.")
         del out.graph.value_info[:]
-    probe = onnx.ModelProto()
-    probe.CopyFrom(out)
+    probe = weightless_copy(out)  # inference needs shapes, not weight values (and works above 2 GB)
     for o in probe.graph.output:
         o.type.tensor_type.ClearField("shape")
     try:

@@ -18,8 +18,6 @@ import onnxruntime as ort
 
 from edgequant.errors import InferenceError
 
-_PROTO_LIMIT = 2**31 - 1024
-
 
 class Runtime(Protocol):
     def run(
@@ -103,10 +101,12 @@ class OrtRuntime:
         tmp: tempfile.TemporaryDirectory[str] | None = None
         try:
             if isinstance(model, onnx.ModelProto):
-                if model.ByteSize() > _PROTO_LIMIT:
+                from edgequant.model.io import PROTO_LIMIT, save_model, serialized_size
+
+                if serialized_size(model) > PROTO_LIMIT:  # ByteSize() itself raises above 2 GB
                     tmp = tempfile.TemporaryDirectory(prefix="edgequant-")
                     path = Path(tmp.name) / "model.onnx"
-                    onnx.save_model(model, path, save_as_external_data=True, location="model.data")
+                    save_model(model, path, durable=False)  # leaves the caller's weights in place
                     sess = ort.InferenceSession(str(path), opts, providers=self.providers)
                 else:
                     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=self.providers)
