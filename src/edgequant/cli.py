@@ -113,6 +113,18 @@ def quantize(
     data_option: Annotated[
         list[str] | None, typer.Option(help="Data format option KEY=VALUE, e.g. video_frames=32. Repeatable.")
     ] = None,
+    target_sqnr: Annotated[
+        float | None,
+        typer.Option(
+            metavar="DB", help="Static: keep the most sensitive nodes float until the output SQNR reaches DB."
+        ),
+    ] = None,
+    max_float_nodes: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N", help="Cap for --target-sqnr (default: 10 % of the quantized compute nodes)."
+        ),
+    ] = None,
     recipe: Annotated[Path | None, typer.Option(help="YAML recipe; flags given here override it.")] = None,
     factory: Annotated[str | None, typer.Option(help="PyTorch 'package.module:factory'.")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="State dict for --factory.")] = None,
@@ -130,6 +142,7 @@ def quantize(
         "percentile": percentile, "calib_samples": calib_samples, "batch_size": batch_size,
         "sampling": sampling, "seed": seed, "exclude": exclude or None, "skip_first": skip_first,
         "skip_last": skip_last, "reduce_range": reduce_range, "tag": tag,
+        "target_sqnr_db": target_sqnr, "max_float_nodes": max_float_nodes,
     }  # fmt: skip
     overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     try:

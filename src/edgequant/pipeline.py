@@ -8,6 +8,7 @@ plan + ranges -> QDQ model -> loaded back in ORT and compared with float on real
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -18,6 +19,7 @@ import numpy as np
 import onnx
 
 from edgequant import planner
+from edgequant.algorithms import keep_sensitive_float
 from edgequant.data import CalibrationSource, input_specs, open_source
 from edgequant.errors import ExportError, InferenceError, ModelError, RecipeError, UnsupportedError
 from edgequant.export import export_qdq
@@ -124,6 +126,7 @@ def quantize(
     warnings: list[str] = []
     seconds: dict[str, float] = {"load": time.perf_counter() - t0}
     calib_info: dict[str, Any] | None = None
+    sensitivity: dict[str, Any] | None = None
     if calibration is None and recipe.calib_data is not None:
         calibration = recipe.calib_data
     excluded = planner.excluded_nodes(float_model, recipe)
@@ -158,8 +161,15 @@ def quantize(
             plan, calib_info = _calibrate(float_model, plan, source, recipe, runtime, progress)
             seconds["calibration"] = time.perf_counter() - t1
         t2 = time.perf_counter()
+        calibrated = plan
         quantized, plan = export_qdq(float_model, plan)
         seconds["export"] = time.perf_counter() - t2
+        if recipe.target_sqnr_db is not None:  # keep the most sensitive nodes float until the target is met
+            quantized, plan, sensitivity = keep_sensitive_float(
+                float_model, quantized, plan, calibrated=calibrated, recipe=recipe, cpu=cpu, runtime=runtime,
+                samples=list(itertools.islice(_source(calibration, float_model, recipe), 2)),
+            )  # fmt: skip
+            seconds["sensitivity"] = sensitivity["seconds"]
 
     check = _check(runtime, onnx_model, quantized, calibration, recipe)
     seconds["total"] = time.perf_counter() - t0
@@ -177,6 +187,8 @@ def quantize(
     )
     if imported:
         result.report["import"] = imported
+    if sensitivity:
+        result.report["sensitivity"] = sensitivity
     return result
 
 

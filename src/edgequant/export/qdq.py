@@ -14,6 +14,7 @@ The ``_dq`` suffix is a contract: ``evaluate.per_layer`` pairs ``X_dq`` with the
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -75,8 +76,15 @@ class _Names:
         return name
 
 
-def export_qdq(model: onnx.ModelProto, plan: QuantPlan) -> tuple[onnx.ModelProto, QuantPlan]:
-    """Build the QDQ model; returns it and the plan with scales and zero points filled in."""
+def export_qdq(
+    model: onnx.ModelProto, plan: QuantPlan, float_readers: Collection[str] = ()
+) -> tuple[onnx.ModelProto, QuantPlan]:
+    """Build the QDQ model; returns it and the plan with scales and zero points filled in.
+
+    Nodes in ``float_readers`` read the float ``X`` even after an integer op (which then keeps its
+    output in float as well as feeding the Q): nodes kept float for accuracy, whose error would
+    otherwise come in through their inputs.
+    """
     out = onnx.ModelProto()
     out.CopyFrom(model)
     plan = QuantPlan.from_dict(plan.to_dict())
@@ -103,7 +111,8 @@ def export_qdq(model: onnx.ModelProto, plan: QuantPlan) -> tuple[onnx.ModelProto
 
     def rewire(src: str, dst: str, every: bool = False) -> None:
         for ni, si in consumers.get(src, []):
-            if every or g.node[ni].name in quantized:
+            name = g.node[ni].name
+            if name in quantized or (every and name not in float_readers):
                 rename[(ni, si)] = dst
 
     for entry in plan.tensors.values():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -68,6 +69,8 @@ class Recipe:
     input_map: dict[str, str] = field(default_factory=dict)
     preprocess: Preprocess = field(default_factory=Preprocess)
     data_options: dict[str, Any] = field(default_factory=dict)  # edgequant.data.SourceOptions names
+    target_sqnr_db: float | None = None  # output SQNR vs float to reach by keeping sensitive nodes float
+    max_float_nodes: int | None = None  # cap on those nodes; None: 10 % of the quantized compute nodes
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -102,6 +105,32 @@ class Recipe:
         if self.block_size is not None and (self.block_size < 16 or self.block_size & (self.block_size - 1)):
             raise RecipeError(
                 f"block size {self.block_size} is not a power of two >= 16.", "use 32, 64 or 128."
+            )
+        self._check_sensitivity()
+
+    def _check_sensitivity(self) -> None:
+        target, cap = self.target_sqnr_db, self.max_float_nodes
+        if target is not None and not (math.isfinite(target) and target > 0):
+            raise RecipeError(
+                f"target_sqnr_db {target} is not a positive, finite number of dB.",
+                "use e.g. --target-sqnr 25 (dB of output SQNR against the float model).",
+            )
+        if target is not None and self.method != "static":
+            raise RecipeError(
+                f"target_sqnr_db is set but method is '{self.method}'; the target keeps nodes of a static "
+                "int model float, so it applies to method 'static' only.",
+                "use --method static with --target-sqnr, or drop --target-sqnr.",
+            )
+        if cap is not None and cap < 1:
+            raise RecipeError(
+                f"max_float_nodes {cap} is not a positive count.",
+                "use e.g. --max-float-nodes 5, or leave it unset for 10 % of the quantized compute nodes.",
+            )
+        if cap is not None and target is None:
+            raise RecipeError(
+                f"max_float_nodes ({cap}) is set but target_sqnr_db is not; the cap limits the nodes "
+                "that --target-sqnr keeps float.",
+                "add --target-sqnr DB, or drop --max-float-nodes.",
             )
 
     @property
