@@ -129,12 +129,33 @@ def mse_weight_ranges(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.nd
     clipping them costs less than the rounding error it saves everywhere else.
     """
     lo, hi = weight_ranges(w, spec)
-    w64 = w.astype(np.float64)
-    errs = []
-    for r in CLIP_RATIOS:
+    w32 = np.asarray(w, dtype=np.float32)
+    best = np.ones(np.shape(lo))
+    best_err = np.full(np.shape(lo), np.inf)
+    blocked = spec.granularity is Granularity.PER_BLOCK
+    if blocked:  # work on the [.., n_blocks, block, ..] view: scales broadcast, no repeat
+        assert spec.axis is not None and spec.block_size is not None
+        axis = spec.axis % w32.ndim
+        w32 = _to_blocks(w32, axis, spec.block_size)
+    for r in CLIP_RATIOS:  # float32 in place: one temporary the size of w per ratio
         scale, zero = qparams_from_range(lo * r, hi * r, spec)
-        errs.append(_unit_sums((w64 - fake_quant(w, scale, zero, spec)) ** 2, spec))
-    best = np.asarray(CLIP_RATIOS)[np.argmin(np.stack(errs), axis=0)]
+        if blocked:
+            s = np.expand_dims(scale, axis + 1).astype(np.float32)
+            z = np.expand_dims(zero, axis + 1).astype(np.float32)
+        else:
+            s = expand_params(scale, w32.shape, spec).astype(np.float32)
+            z = expand_params(zero, w32.shape, spec).astype(np.float32)
+        e = np.rint(w32 / s)  # round half to even, as quantize() does
+        e += z
+        np.clip(e, spec.qmin, spec.qmax, out=e)
+        e -= z
+        e *= s
+        e -= w32
+        e *= e
+        err = e.sum(axis=axis + 1) if blocked else _unit_sums(e, spec)
+        better = err < best_err
+        best = np.where(better, r, best)
+        best_err = np.where(better, err, best_err)
     return lo * best, hi * best
 
 
