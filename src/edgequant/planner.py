@@ -37,6 +37,18 @@ PASS_OPS = {
 # which inputs carry data (the rest are shapes, indices, scales)
 DATA_INPUTS = {"Resize": (0,), "Clip": (0,), "Pad": (0,), "Reshape": (0,), "Split": (0,), "Gather": (0,)}
 FUSED_ACTIVATIONS = {"Relu", "Clip"}
+# layout ops a recurrent state passes through between the graph's state input/output and the op
+STATE_PATH_OPS = {
+    "Gather",
+    "Unsqueeze",
+    "Squeeze",
+    "Reshape",
+    "Transpose",
+    "Concat",
+    "Split",
+    "Slice",
+    "Identity",
+}
 CONTROL_FLOW = {"If", "Loop", "Scan"}
 FLOAT_TYPES = {onnx.TensorProto.FLOAT}
 CONSTANT_OPERAND_OPS = {"Add", "Mul"}  # ORT's QLinearAdd / QLinearMul take both operands quantized
@@ -279,12 +291,18 @@ class Planner:
                 continue
             if node.op_type in ("Conv", "ConvTranspose", "Gemm") and i != 0:
                 continue
-            if name in floats and not self._feeds_activation(name):
+            if name in floats and not self._feeds_activation(name) and name not in self._recurrent_state:
                 self._add_activation(name, act, plan)
                 touched = True
         graph_outputs = {o.name for o in self.model.graph.output}
         for name in node.output:  # a graph output keeps full precision: its Q/DQ would feed nothing
-            if name and name in floats and name not in graph_outputs and not self._feeds_activation(name):
+            if (
+                name
+                and name in floats
+                and name not in graph_outputs
+                and not self._feeds_activation(name)
+                and name not in self._recurrent_state
+            ):
                 self._add_activation(name, act, plan)
                 touched = True
         return touched
@@ -346,6 +364,50 @@ class Planner:
         Conv+Relu, so only the Relu output is quantized (a Q/DQ in between would cost a
         requantization and split the fusion)."""
         return name in self._pre_activation
+
+    @functools.cached_property
+    def _recurrent_state(self) -> set[str]:
+        """Tensors on a recurrent state path: what reaches an LSTM/GRU/RNN's initial state inputs and
+        what leaves its final-state outputs, through layout ops only.  They stay float, like the
+        state inside the op: a Q/DQ there costs time and compounds error across calls."""
+        g = self.model.graph
+        producer = {o: n for n in g.node for o in n.output}
+        consumers: dict[str, list[onnx.NodeProto]] = {}
+        for n in g.node:
+            for i in n.input:
+                consumers.setdefault(i, []).append(n)
+        back = [i for n in g.node if n.op_type in RECURRENT_OPS for i in n.input[5:7] if i]
+        ahead = [o for n in g.node if n.op_type in RECURRENT_OPS for o in n.output[1:] if o]
+        state: set[str] = set()
+        while back:
+            t = back.pop()
+            if t in state:
+                continue
+            state.add(t)
+            p = producer.get(t)
+            if p is not None and p.op_type in STATE_PATH_OPS:
+                back += [i for i in (p.input if p.op_type == "Concat" else p.input[:1]) if i]
+        seen: set[str] = set()
+        while ahead:
+            t = ahead.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            ahead += [o for c in consumers.get(t, []) if c.op_type in STATE_PATH_OPS for o in c.output if o]
+        # of what leaves the op, only what reaches a graph output through layout ops is carried state;
+        # a branch into a compute op (a head reading the final hidden state) is quantized as usual
+        carried: set[str] = set()
+        back = [o.name for o in g.output]
+        while back:
+            t = back.pop()
+            if t in carried:
+                continue
+            carried.add(t)
+            p = producer.get(t)
+            if p is not None and p.op_type in STATE_PATH_OPS:
+                back += [i for i in (p.input if p.op_type == "Concat" else p.input[:1]) if i]
+        state |= seen & carried
+        return state
 
     @functools.cached_property
     def _layernorms(self) -> set[str]:

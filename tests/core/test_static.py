@@ -276,3 +276,69 @@ def test_constant_with_a_wide_dynamic_range_stays_float_with_the_reason() -> Non
         )
         for n in r.plan.notes
     )
+
+
+def _silero_like(hidden: int = 16, d_in: int = 8) -> onnx.ModelProto:
+    """state [2, N, H] -> Gather/Unsqueeze -> LSTM h0/c0; h1, c1 -> Concat -> state_out; h1 -> head."""
+    rng = np.random.default_rng(6)
+    nh = onnx.numpy_helper
+    hp = onnx.helper
+    inits = [
+        nh.from_array((rng.standard_normal((1, 4 * hidden, d_in)) * 0.3).astype(np.float32), "W"),
+        nh.from_array((rng.standard_normal((1, 4 * hidden, hidden)) * 0.3).astype(np.float32), "R"),
+        nh.from_array((rng.standard_normal((hidden, 4)) * 0.3).astype(np.float32), "wo"),
+        nh.from_array(np.array(0, np.int64), "i0"),
+        nh.from_array(np.array(1, np.int64), "i1"),
+        nh.from_array(np.array([0], np.int64), "ax0"),
+    ]
+    nodes = [
+        hp.make_node("Gather", ["state", "i0"], ["hg"], name="gather_h", axis=0),
+        hp.make_node("Gather", ["state", "i1"], ["cg"], name="gather_c", axis=0),
+        hp.make_node("Unsqueeze", ["hg", "ax0"], ["h0"], name="unsq_h"),
+        hp.make_node("Unsqueeze", ["cg", "ax0"], ["c0"], name="unsq_c"),
+        hp.make_node(
+            "LSTM", ["x", "W", "R", "", "", "h0", "c0"], ["Y", "h1", "c1"], name="lstm", hidden_size=hidden
+        ),
+        hp.make_node("Concat", ["h1", "c1"], ["state_out"], name="concat_state", axis=0),
+        hp.make_node("Squeeze", ["h1", "ax0"], ["hs"], name="squeeze"),
+        hp.make_node("Relu", ["hs"], ["hr"], name="relu"),
+        hp.make_node("MatMul", ["hr", "wo"], ["y"], name="head"),
+    ]
+    g = hp.make_graph(
+        nodes,
+        "silero_like",
+        [
+            hp.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "N", d_in]),
+            hp.make_tensor_value_info("state", TensorProto.FLOAT, [2, "N", hidden]),
+        ],
+        [
+            hp.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4]),
+            hp.make_tensor_value_info("state_out", TensorProto.FLOAT, [2, "N", hidden]),
+        ],
+        inits,
+    )
+    m = hp.make_model(g, opset_imports=[hp.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_recurrent_state_path_through_layout_ops_stays_float() -> None:
+    """Silero VAD's pattern: before, Gather/Unsqueeze/Concat on the state got Q/DQ (13 Q / 18 DQ in the
+    graph ORT ran, int8 no faster than float); the state path now stays float end to end."""
+    m = _silero_like()
+    rng = np.random.default_rng(7)
+    state = np.zeros((2, 1, 16), np.float32)
+    calib = []
+    for _ in range(8):
+        batch = {"x": rng.standard_normal((5, 1, 8)).astype(np.float32), "state": state}
+        calib.append(batch)
+        state = OrtRuntime().run(m, batch)["state_out"]
+    r = edgequant.quantize(m, calib)
+    for t in ("state", "hg", "cg", "h0", "c0", "h1", "c1"):
+        assert t not in r.plan.tensors, t
+    assert "hr" in r.plan.tensors  # the head's input is quantized as usual
+    assert r.plan.tensors["W"].spec.granularity.value == "per_channel"
+    feeds = {"x": rng.standard_normal((5, 1, 8)).astype(np.float32), "state": state}
+    ref, got = OrtRuntime().run(m, feeds), OrtRuntime().run(r.model, feeds)
+    for out in ("y", "state_out"):
+        assert 10 * np.log10(np.sum(ref[out] ** 2) / np.sum((ref[out] - got[out]) ** 2)) > 25.0
