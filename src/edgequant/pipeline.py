@@ -120,8 +120,14 @@ def quantize(
     recipe = resolve_recipe(recipe, overrides)
     runtime = runtime or OrtRuntime(allow_spinning=False)
     onnx_model, name, imported = load_input_model(model, example_inputs)
-    _require_loadable(runtime, onnx_model)
-    float_model, notes = prepare(onnx_model)
+    # an ONNX file is the user's float model: ORT reads it from disk (external data included) for the
+    # load check and the final comparison, and the loaded copy is repaired in place (one copy of the
+    # weights in memory, which matters above 2 GB)
+    on_disk = isinstance(model, str | Path) and imported is None
+    reference: onnx.ModelProto | Path = Path(model) if on_disk else onnx_model
+    _require_loadable(runtime, reference)
+    float_model, notes = prepare(onnx_model, copy=not on_disk)
+    del onnx_model
     cpu = detect()
     warnings: list[str] = []
     seconds: dict[str, float] = {"load": time.perf_counter() - t0}
@@ -171,7 +177,7 @@ def quantize(
             )  # fmt: skip
             seconds["sensitivity"] = sensitivity["seconds"]
 
-    check = _check(runtime, onnx_model, quantized, calibration, recipe)
+    check = _check(runtime, reference, quantized, calibration, recipe)
     seconds["total"] = time.perf_counter() - t0
     result = QuantResult(
         quantized, float_model, plan, recipe, name, recipe.default_tag, save_float=bool(imported)
@@ -204,7 +210,7 @@ def _require_change(plan: QuantPlan) -> None:
     )
 
 
-def _require_loadable(runtime: OrtRuntime, model: onnx.ModelProto) -> None:
+def _require_loadable(runtime: OrtRuntime, model: onnx.ModelProto | Path) -> None:
     try:
         runtime.session(model, "the input model").close()
     except InferenceError as exc:
@@ -305,7 +311,7 @@ def _calibrate(
 
 def _check(
     runtime: OrtRuntime,
-    float_model: onnx.ModelProto,
+    float_model: onnx.ModelProto | Path,
     quantized: onnx.ModelProto,
     calibration: DataLike,
     recipe: Recipe,
@@ -327,7 +333,11 @@ def _check(
     f_sess = runtime.session(float_model, "the float model")
     source = open_source(
         calibration,
-        input_specs(float_model),
+        input_specs(
+            float_model
+            if isinstance(float_model, onnx.ModelProto)
+            else onnx.load(str(float_model), load_external_data=False)
+        ),
         batch_size=recipe.batch_size,
         max_samples=min(recipe.batch_size * 2, recipe.calib_samples),
         seed=recipe.seed,

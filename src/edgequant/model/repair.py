@@ -270,12 +270,15 @@ def _fuse(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
     return model
 
 
-def prepare(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
-    """Apply the repairs above to a copy of ``model``; returns it with notes for the report."""
+def prepare(model: onnx.ModelProto, *, copy: bool = True) -> tuple[onnx.ModelProto, list[str]]:
+    """Apply the repairs above to a copy of ``model`` (to ``model`` itself with ``copy=False``, for a
+    model the caller loaded and no longer needs); returns it with notes for the report."""
     if not model.graph.node:
         raise ModelError("the model graph has no nodes.", "export a model with at least one operator.")
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = model
+    if copy:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
     notes: list[str] = []
     moved = constants_to_initializers(out.graph)
     if moved:
