@@ -224,3 +224,23 @@ def test_scratch_saves_skip_fsync(
     save_model(mlp(), tmp_path / "m.onnx", durable=durable)
     assert len(calls) == fsyncs  # .onnx.data and .onnx
     assert _files(tmp_path) == ["m.onnx", "m.onnx.data"]
+
+
+def test_opset_of_a_large_model_is_raised_on_a_weightless_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The version converter serialises the model (fails above 2 GB with "Failed to serialize proto"):
+    above the limit the graph is converted without its big weights and they are put back by name."""
+    from edgequant.model import repair
+
+    model = mlp(layers=2, dim=64)
+    monkeypatch.setattr(repair, "PROTO_LIMIT", 10_000)
+    converted, note = repair.ensure_opset(model, 21, "int4 Q/DQ")
+    assert note == f"opset raised from {repair.opset_of(model)} to 21: int4 Q/DQ."
+    assert repair.opset_of(converted) == 21
+    weights = {t.name: t.raw_data for t in model.graph.initializer}
+    got = {t.name: t.raw_data for t in converted.graph.initializer}
+    assert got == weights  # every weight back, byte for byte, none left pointing at external data
+    x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    rt = OrtRuntime()
+    name = model.graph.input[0].name
+    out = model.graph.output[0].name
+    np.testing.assert_allclose(rt.run(converted, {name: x})[out], rt.run(model, {name: x})[out], rtol=1e-6)

@@ -19,10 +19,10 @@ import logging
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper, shape_inference, version_converter
+from onnx import external_data_helper, helper, numpy_helper, shape_inference, version_converter
 
 from edgequant.errors import ModelError, UnsupportedError
-from edgequant.model.io import opset_of, weightless_copy
+from edgequant.model.io import PROTO_LIMIT, opset_of, serialized_size, weightless_copy
 
 log = logging.getLogger(__name__)
 
@@ -210,9 +210,17 @@ def ensure_opset(model: onnx.ModelProto, minimum: int, why: str) -> tuple[onnx.M
     current = opset_of(model)
     if current >= minimum:
         return model, None
+    large = serialized_size(model) > PROTO_LIMIT  # the converter and checker serialise: 2 GB at most
     try:
-        converted = version_converter.convert_version(model, minimum)
-        onnx.checker.check_model(converted)
+        if large:  # convert the graph without its big weights, then put the weights back by name
+            converted = version_converter.convert_version(weightless_copy(model), minimum)
+            weights = {t.name: t for t in model.graph.initializer}
+            for t in converted.graph.initializer:
+                if external_data_helper.uses_external_data(t) and t.name in weights:
+                    t.CopyFrom(weights[t.name])
+        else:
+            converted = version_converter.convert_version(model, minimum)
+            onnx.checker.check_model(converted)  # above 2 GB, ORT's load of the result checks it
     except Exception as exc:
         raise UnsupportedError(
             f"{why} needs opset >= {minimum}, and converting this opset-{current} model failed: "
