@@ -24,6 +24,7 @@ from edgequant.data import CalibrationSource, input_specs, open_source
 from edgequant.errors import ExportError, InferenceError, ModelError, RecipeError, UnsupportedError
 from edgequant.export import export_qdq
 from edgequant.model import ensure_opset, load_model, prepare
+from edgequant.model.patterns import bounded_outputs
 from edgequant.plan import QuantPlan
 from edgequant.recipe import PRESETS, Recipe, from_dict, load_recipe, preset, to_dict
 from edgequant.result import QuantResult, build_report
@@ -280,7 +281,7 @@ def _calibrate(
         runtime=runtime,
         max_samples=recipe.calib_samples,
         progress=(lambda done, total: progress("calibrate", done, total)) if progress else None,
-        full_range=planner.bounded_outputs(model) if recipe.calib_method != "minmax" else (),
+        full_range=bounded_outputs(model) if recipe.calib_method != "minmax" else (),
     )
     if res.samples == 0:
         from edgequant.errors import DataError

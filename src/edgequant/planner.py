@@ -20,6 +20,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgequant.errors import RecipeError, UnsupportedError
+from edgequant.model.patterns import RECURRENT_OPS, recurrent_state_tensors
 from edgequant.plan import QuantPlan, TensorEntry
 from edgequant.recipe import Recipe
 from edgequant.runtime.cpu import CpuFeatures
@@ -27,7 +28,6 @@ from edgequant.schemes.qparams import dequantize, quantize_weight, sqnr_db
 from edgequant.schemes.spec import Granularity, QuantSpec, ScaleRule
 
 COMPUTE_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
-RECURRENT_OPS = {"LSTM", "GRU", "RNN"}
 # ops whose float data inputs/outputs get Q/DQ so ORT can fuse or pass them through in integers
 PASS_OPS = {
     "Add", "Mul", "Concat", "Relu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool", "Sigmoid",
@@ -37,18 +37,6 @@ PASS_OPS = {
 # which inputs carry data (the rest are shapes, indices, scales)
 DATA_INPUTS = {"Resize": (0,), "Clip": (0,), "Pad": (0,), "Reshape": (0,), "Split": (0,), "Gather": (0,)}
 FUSED_ACTIVATIONS = {"Relu", "Clip"}
-# layout ops a recurrent state passes through between the graph's state input/output and the op
-STATE_PATH_OPS = {
-    "Gather",
-    "Unsqueeze",
-    "Squeeze",
-    "Reshape",
-    "Transpose",
-    "Concat",
-    "Split",
-    "Slice",
-    "Identity",
-}
 CONTROL_FLOW = {"If", "Loop", "Scan"}
 FLOAT_TYPES = {onnx.TensorProto.FLOAT}
 CONSTANT_OPERAND_OPS = {"Add", "Mul"}  # ORT's QLinearAdd / QLinearMul take both operands quantized
@@ -367,47 +355,7 @@ class Planner:
 
     @functools.cached_property
     def _recurrent_state(self) -> set[str]:
-        """Tensors on a recurrent state path: what reaches an LSTM/GRU/RNN's initial state inputs and
-        what leaves its final-state outputs, through layout ops only.  They stay float, like the
-        state inside the op: a Q/DQ there costs time and compounds error across calls."""
-        g = self.model.graph
-        producer = {o: n for n in g.node for o in n.output}
-        consumers: dict[str, list[onnx.NodeProto]] = {}
-        for n in g.node:
-            for i in n.input:
-                consumers.setdefault(i, []).append(n)
-        back = [i for n in g.node if n.op_type in RECURRENT_OPS for i in n.input[5:7] if i]
-        ahead = [o for n in g.node if n.op_type in RECURRENT_OPS for o in n.output[1:] if o]
-        state: set[str] = set()
-        while back:
-            t = back.pop()
-            if t in state:
-                continue
-            state.add(t)
-            p = producer.get(t)
-            if p is not None and p.op_type in STATE_PATH_OPS:
-                back += [i for i in (p.input if p.op_type == "Concat" else p.input[:1]) if i]
-        seen: set[str] = set()
-        while ahead:
-            t = ahead.pop()
-            if t in seen:
-                continue
-            seen.add(t)
-            ahead += [o for c in consumers.get(t, []) if c.op_type in STATE_PATH_OPS for o in c.output if o]
-        # of what leaves the op, only what reaches a graph output through layout ops is carried state;
-        # a branch into a compute op (a head reading the final hidden state) is quantized as usual
-        carried: set[str] = set()
-        back = [o.name for o in g.output]
-        while back:
-            t = back.pop()
-            if t in carried:
-                continue
-            carried.add(t)
-            p = producer.get(t)
-            if p is not None and p.op_type in STATE_PATH_OPS:
-                back += [i for i in (p.input if p.op_type == "Concat" else p.input[:1]) if i]
-        state |= seen & carried
-        return state
+        return recurrent_state_tensors(self.model.graph)
 
     @functools.cached_property
     def _layernorms(self) -> set[str]:
@@ -487,27 +435,6 @@ def excluded_nodes(model: onnx.ModelProto, recipe: Recipe) -> set[str]:
     """Names of the nodes that ``recipe.exclude`` and ``skip_first``/``skip_last`` keep float."""
     p = Planner(model, recipe, CpuFeatures(arch="", vnni=True, avx2=True))
     return set(p._excluded()) | set(p._first_last())
-
-
-BOUNDED_OPS = {"Softmax", "Sigmoid", "HardSigmoid", "Tanh"}
-_LAYOUT_OPS = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze"}  # values pass through unchanged
-
-
-def bounded_outputs(model: onnx.ModelProto) -> set[str]:
-    """Outputs of ops with a fixed output range (Softmax, Sigmoid, HardSigmoid, Tanh), and of the
-    layout ops (Reshape, Transpose, ...) that carry them on.
-
-    Their decisive values are the few large ones (the attention weight that wins, the open gate);
-    percentile, entropy and MSE would clip those to give the many small ones resolution they do not
-    need, so these tensors keep their observed min and max whatever the calibration method.
-    """
-    out: set[str] = set()
-    for n in model.graph.node:  # in graph order, so a layout op sees its producer's verdict
-        if not n.output:
-            continue
-        if n.op_type in BOUNDED_OPS or (n.op_type in _LAYOUT_OPS and n.input and n.input[0] in out):
-            out.add(n.output[0])
-    return out
 
 
 def tie_activation_ranges(model: onnx.ModelProto, plan: QuantPlan) -> QuantPlan:

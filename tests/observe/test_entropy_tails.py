@@ -121,7 +121,7 @@ def test_bounded_outputs_keep_min_max_under_entropy() -> None:
     from onnx import numpy_helper as nh
 
     import edgequant
-    from edgequant.planner import bounded_outputs
+    from edgequant.model.patterns import bounded_outputs
 
     rng = np.random.default_rng(1)
     g = h.make_graph(
