@@ -331,7 +331,6 @@ def _check(
             f"the quantized model does not load in ONNX Runtime: {exc.detail}",
             "please report this with the model; try --method fp16 or --exclude the named node meanwhile.",
         ) from exc
-    f_sess = runtime.session(float_model, "the float model")
     source = open_source(
         calibration,
         input_specs(
@@ -346,16 +345,22 @@ def _check(
         input_map=recipe.input_map or None,
         options=recipe.data_options or None,
     )
-    per_output: dict[str, list[float]] = {}
+    # one session at a time (two batches of outputs are small; two sessions of a big model are not)
     try:
-        for batch in source:
-            ref, got = f_sess.run(batch), q_sess.run(batch)
-            for k, v in ref.items():
-                if np.issubdtype(v.dtype, np.floating):
-                    per_output.setdefault(k, []).append(sqnr_db(v, got[k]))
+        batches = list(source)
+        got = [q_sess.run(b) for b in batches]
     finally:
         q_sess.close()
+    f_sess = runtime.session(float_model, "the float model")
+    try:
+        ref = [f_sess.run(b) for b in batches]
+    finally:
         f_sess.close()
+    per_output: dict[str, list[float]] = {}
+    for r, q in zip(ref, got, strict=True):
+        for k, v in r.items():
+            if np.issubdtype(v.dtype, np.floating):
+                per_output.setdefault(k, []).append(sqnr_db(v, q[k]))
     return {
         "loads_in_onnxruntime": True,
         "output_sqnr_db": {k: round(float(np.mean(v)), 2) for k, v in per_output.items()},

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, external_data_helper, helper, numpy_helper
 
 from edgequant.errors import ExportError
-from edgequant.model.io import opset_of
+from edgequant.model.io import opset_of, weightless_copy
 from edgequant.plan import QuantPlan, TensorEntry
 from edgequant.schemes.qparams import qparams_from_range, quantize, quantize_weight
 from edgequant.schemes.spec import Granularity, QuantSpec
@@ -85,8 +85,9 @@ def export_qdq(
     output in float as well as feeding the Q): nodes kept float for accuracy, whose error would
     otherwise come in through their inputs.
     """
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = weightless_copy(
+        model
+    )  # big float weights are read from ``model``; those still used go back at the end
     plan = QuantPlan.from_dict(plan.to_dict())
     g = out.graph
     if opset_of(out) < plan.opset:
@@ -96,7 +97,7 @@ def export_qdq(
         )
     _fold_relus(out, plan)
     names = _Names(g)
-    inits = {t.name: t for t in g.initializer}
+    inits = {t.name: t for t in model.graph.initializer}
     quantized = {d.node for d in plan.quantized_nodes if d.graph == "main"}
     rename: dict[tuple[int, int], str] = {}  # (node index, input slot) -> new input name
     new_inits: list[onnx.TensorProto] = []
@@ -185,6 +186,9 @@ def export_qdq(
     g.node.extend(nodes)
     g.initializer.extend(new_inits)
     _drop_unused_initializers(g)
+    for t in g.initializer:  # the big float tensors that stay float
+        if external_data_helper.uses_external_data(t) and t.name in inits:
+            t.CopyFrom(inits[t.name])
     return out, plan
 
 
