@@ -3,8 +3,9 @@
 * weight ``W`` (float initializer) -> integer initializer ``W_q`` + ``W_scale``/``W_zp`` and
   ``DequantizeLinear(W_q) -> W_dq`` (``axis`` per channel, ``axis``+``block_size`` per block);
 * activation ``X`` -> ``QuantizeLinear(X) -> X_q -> DequantizeLinear -> X_dq``; quantized consumers
-  read ``X_dq``, everything else keeps reading ``X`` -- except after a quantized Conv/MatMul/Gemm,
-  where every consumer reads ``X_dq`` so the Q is the op's only consumer and ORT fuses it;
+  read ``X_dq``, everything else keeps reading ``X`` -- except after a quantized op that ORT fuses into
+  an integer kernel (``_FUSED_OPS``), where every consumer reads ``X_dq`` so the Q is the op's only
+  consumer;
 * the bias of a quantized Conv/Gemm becomes int32 with scale ``s_x · s_w`` and zero point 0, the
   form ORT's QDQ fusion needs to run QLinearConv / integer Gemm.
 
@@ -28,7 +29,11 @@ from edgequant.schemes.qparams import qparams_from_range, quantize, quantize_wei
 from edgequant.schemes.spec import Granularity, QuantSpec
 
 _INT32 = np.iinfo(np.int32)
-_INTEGER_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}  # ORT fuses DQ -> op -> Q into one integer kernel
+# ops ORT fuses with the DQ before and the Q after into one integer kernel (QLinearConv, QLinearAdd, ...)
+_FUSED_OPS = {
+    "Conv", "MatMul", "Gemm", "Add", "Mul", "Concat", "Sigmoid", "Softmax", "GlobalAveragePool",
+    "AveragePool", "LeakyRelu",
+}  # fmt: skip
 
 
 def onnx_int_type(spec: QuantSpec) -> int:
@@ -142,12 +147,16 @@ def export_qdq(
         rewire(entry.name, dq_name)
 
     producers = {o: n.name for n in g.node for o in n.output}
-    integer_producers = {
-        o for n in g.node if n.name in quantized and n.op_type in _INTEGER_OPS for o in n.output
+    quantized_outputs = {
+        o for n in g.node if n.name in quantized and n.op_type in _FUSED_OPS for o in n.output
     }
-    for entry in plan.tensors.values():
+    for entry in list(plan.tensors.values()):
         if entry.role != "activation":
             continue
+        # after a quantized op that ORT runs as an integer kernel every consumer reads X_dq, so that
+        # op's only consumer is the Q that ORT fuses into it.  (A pair that nobody reads is still
+        # written: dropping one beside a Loop made ORT 1.32 abort at load: test_tf_import LSTM+GRU.)
+        every = entry.name in quantized_outputs
         if entry.lo is None or entry.hi is None:
             raise ExportError(
                 f"activation '{entry.name}' has no calibrated range.", "calibrate before export."
@@ -170,8 +179,7 @@ def export_qdq(
             head.extend(pair)
         else:
             after.setdefault(producer, []).extend(pair)
-        # after an integer op every consumer reads X_dq, so the op's only consumer is the Q that ORT fuses
-        rewire(entry.name, dq_name, every=entry.name in integer_producers)
+        rewire(entry.name, dq_name, every=every)
 
     plan.notes.extend(_quantize_biases(g, plan, params, inits, rename, new_inits, head, names, quantized))
 
