@@ -342,3 +342,42 @@ def test_recurrent_state_path_through_layout_ops_stays_float() -> None:
     ref, got = OrtRuntime().run(m, feeds), OrtRuntime().run(r.model, feeds)
     for out in ("y", "state_out"):
         assert 10 * np.log10(np.sum(ref[out] ** 2) / np.sum((ref[out] - got[out]) ** 2)) > 25.0
+
+
+def test_float_consumer_of_a_quantized_add_reads_its_dq_so_ort_fuses_qlinearadd(tmp_path: Path) -> None:
+    """Silero VAD's STFT magnitude: Add(Pow, Pow) -> Sqrt.  Sqrt has no integer kernel; before, it read
+    the float Add output, the Q/DQ after the Add had no reader and ORT ran the Add in float."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(8)
+    hp, nh = onnx.helper, onnx.numpy_helper
+    g = hp.make_graph(
+        [
+            hp.make_node("MatMul", ["x", "w1"], ["a"], name="fc_a"),
+            hp.make_node("MatMul", ["x", "w2"], ["b"], name="fc_b"),
+            hp.make_node("Relu", ["a"], ["ra"], name="relu_a"),
+            hp.make_node("Relu", ["b"], ["rb"], name="relu_b"),
+            hp.make_node("Add", ["ra", "rb"], ["s"], name="add"),
+            hp.make_node("Sqrt", ["s"], ["r"], name="sqrt"),
+            hp.make_node("MatMul", ["r", "w3"], ["y"], name="fc_out"),
+        ],
+        "mag",
+        [hp.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [hp.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [nh.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), n) for n, s in
+         (("w1", (16, 32)), ("w2", (16, 32)), ("w3", (32, 4)))],
+    )  # fmt: skip
+    m = hp.make_model(g, opset_imports=[hp.make_opsetid("", 17)])
+    m.ir_version = 8
+    x = rng.standard_normal((128, 16)).astype(np.float32)
+    r = edgequant.quantize(m, {"x": x})
+    sqrt = next(n for n in r.model.graph.node if n.name == "sqrt")
+    assert sqrt.input[0].endswith("_dq")
+    path = tmp_path / "q.onnx"
+    onnx.save(r.model, str(path))
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    ran = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert "QLinearAdd" in ran and "Add" not in ran
+    assert _sqnr(m, r.model, {"x": x[:32]}) > 30.0
