@@ -125,6 +125,13 @@ def quantize(
             metavar="N", help="Cap for --target-sqnr (default: 10 % of the quantized compute nodes)."
         ),
     ] = None,
+    bias_correction: Annotated[
+        bool | None,
+        typer.Option(
+            "--bias-correction/--no-bias-correction",
+            help="Static: fold the per-channel output mean shift of quantized Conv/Gemm into their biases.",
+        ),
+    ] = None,
     recipe: Annotated[Path | None, typer.Option(help="YAML recipe; flags given here override it.")] = None,
     factory: Annotated[str | None, typer.Option(help="PyTorch 'package.module:factory'.")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="State dict for --factory.")] = None,
@@ -142,7 +149,7 @@ def quantize(
         "percentile": percentile, "calib_samples": calib_samples, "batch_size": batch_size,
         "sampling": sampling, "seed": seed, "exclude": exclude or None, "skip_first": skip_first,
         "skip_last": skip_last, "reduce_range": reduce_range, "tag": tag,
-        "target_sqnr_db": target_sqnr, "max_float_nodes": max_float_nodes,
+        "target_sqnr_db": target_sqnr, "max_float_nodes": max_float_nodes, "bias_correction": bias_correction,
     }  # fmt: skip
     overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     try:

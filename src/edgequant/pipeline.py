@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from edgequant import planner
-from edgequant.algorithms import keep_sensitive_float
+from edgequant.algorithms import correct_biases, keep_sensitive_float
 from edgequant.data import CalibrationSource, input_specs, open_source
 from edgequant.errors import ExportError, InferenceError, ModelError, RecipeError, UnsupportedError
 from edgequant.export import export_qdq
@@ -134,6 +134,7 @@ def quantize(
     seconds: dict[str, float] = {"load": time.perf_counter() - t0}
     calib_info: dict[str, Any] | None = None
     sensitivity: dict[str, Any] | None = None
+    bias_info: dict[str, Any] | None = None
     if calibration is None and recipe.calib_data is not None:
         calibration = recipe.calib_data
     excluded = planner.excluded_nodes(float_model, recipe)
@@ -171,9 +172,16 @@ def quantize(
         calibrated = plan
         quantized, plan = export_qdq(float_model, plan)
         seconds["export"] = time.perf_counter() - t2
+        export_from = float_model  # the float model the QDQ model is exported from (biases corrected)
+        if recipe.bias_correction:  # fold each layer's per-channel output mean shift into its float bias
+            quantized, plan, export_from, bias_info = correct_biases(
+                float_model, quantized, plan, calibrated=calibrated, runtime=runtime,
+                source=_source(calibration, float_model, recipe),
+            )  # fmt: skip
+            seconds["bias_correction"] = bias_info["seconds"]
         if recipe.target_sqnr_db is not None:  # keep the most sensitive nodes float until the target is met
             quantized, plan, sensitivity = keep_sensitive_float(
-                float_model, quantized, plan, calibrated=calibrated, recipe=recipe, cpu=cpu, runtime=runtime,
+                export_from, quantized, plan, calibrated=calibrated, recipe=recipe, cpu=cpu, runtime=runtime,
                 samples=list(itertools.islice(_source(calibration, float_model, recipe), 2)),
             )  # fmt: skip
             seconds["sensitivity"] = sensitivity["seconds"]
@@ -194,6 +202,8 @@ def quantize(
     )
     if imported:
         result.report["import"] = imported
+    if bias_info:
+        result.report["bias_correction"] = bias_info
     if sensitivity:
         result.report["sensitivity"] = sensitivity
     return result

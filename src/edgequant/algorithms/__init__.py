@@ -1,9 +1,13 @@
 """Algorithms that refine a quantized model and its plan after (or around) calibration.
 
+``correct_biases`` (``bias_correction``): empirical bias correction; the per-channel mean shift
+that quantization adds to each Conv/Gemm output is measured on calibration data and folded into
+the float bias before the QDQ model is exported again.
 ``keep_sensitive_float`` (``sensitivity``): mixed precision driven by measured per-node sensitivity;
 the nodes that cost the most output SQNR stay float until ``recipe.target_sqnr_db`` is met.
 """
 
+from edgequant.algorithms.bias_correction import correct_biases
 from edgequant.algorithms.sensitivity import Candidate, default_cap, keep_sensitive_float
 
-__all__ = ["Candidate", "default_cap", "keep_sensitive_float"]
+__all__ = ["Candidate", "correct_biases", "default_cap", "keep_sensitive_float"]

@@ -71,6 +71,7 @@ class Recipe:
     data_options: dict[str, Any] = field(default_factory=dict)  # edgequant.data.SourceOptions names
     target_sqnr_db: float | None = None  # output SQNR vs float to reach by keeping sensitive nodes float
     max_float_nodes: int | None = None  # cap on those nodes; None: 10 % of the quantized compute nodes
+    bias_correction: bool = False  # static: fold the measured per-channel output mean shift into biases
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -107,6 +108,12 @@ class Recipe:
                 f"block size {self.block_size} is not a power of two >= 16.", "use 32, 64 or 128."
             )
         self._check_sensitivity()
+        if self.bias_correction and self.method != "static":
+            raise RecipeError(
+                f"bias_correction is set but method is '{self.method}'; it corrects the biases of a static "
+                "int model against its calibration data, so it applies to method 'static' only.",
+                "use --method static with --bias-correction, or drop --bias-correction.",
+            )
 
     def _check_sensitivity(self) -> None:
         target, cap = self.target_sqnr_db, self.max_float_nodes
