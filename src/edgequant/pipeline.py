@@ -182,7 +182,7 @@ def quantize(
         if recipe.target_sqnr_db is not None:  # keep the most sensitive nodes float until the target is met
             quantized, plan, sensitivity = keep_sensitive_float(
                 export_from, quantized, plan, calibrated=calibrated, recipe=recipe, cpu=cpu, runtime=runtime,
-                samples=list(itertools.islice(_source(calibration, float_model, recipe), 2)),
+                samples=list(itertools.islice(_source(calibration, float_model, recipe), 2)), reference=float_model,
             )  # fmt: skip
             seconds["sensitivity"] = sensitivity["seconds"]
 

@@ -161,19 +161,23 @@ def keep_sensitive_float(
     samples: list[Batch],
     cpu: CpuFeatures,
     runtime: OrtRuntime,
+    reference: onnx.ModelProto | None = None,
 ) -> tuple[onnx.ModelProto, QuantPlan, dict[str, Any]]:
     """Meet ``recipe.target_sqnr_db`` by keeping the most sensitive nodes float (module docstring).
 
     ``quantized``/``plan`` are the static QDQ model and its exported plan, ``calibrated`` the plan
     before export; ``samples`` a few calibration batches.  Returns the model, its plan, and the
     report's ``sensitivity`` section.  Raises UnsupportedError when the target cannot be met.
+    ``reference`` is the float model SQNRs are measured against when ``float_model`` (the one that is
+    re-exported) differs from it, e.g. after bias correction changed its biases.
     """
     if recipe.target_sqnr_db is None:
         raise ValueError("keep_sensitive_float needs recipe.target_sqnr_db")  # a caller bug, not user input
     t0 = time.perf_counter()
     target = recipe.target_sqnr_db
     cap = recipe.max_float_nodes or default_cap(plan)
-    ref = float_outputs(float_model, samples, runtime)
+    ref_model = float_model if reference is None else reference
+    ref = float_outputs(ref_model, samples, runtime)
     before = output_sqnr(ref, quantized, samples, runtime)
     worst = min(before, key=lambda k: before[k])
     section: dict[str, Any] = {
@@ -193,7 +197,7 @@ def keep_sensitive_float(
             "no node kept float."
         )
         return quantized, plan, section
-    ranked = rank(float_model, quantized, plan, samples, worst, runtime)
+    ranked = rank(ref_model, quantized, plan, samples, worst, runtime)
     section["ranked"] = [_row(c) for c in ranked[:20]]
     kept: list[Candidate] = []
     current = before[worst]
