@@ -207,3 +207,16 @@ def test_data_options_reach_the_source(tmp_path: Path) -> None:
     )
     assert res.exit_code == 2 and "csv_windw" in res.output and "csv_window" in res.output
     assert not (tmp_path / "o2").exists()
+
+
+def test_a_corrupt_file_names_the_real_ways_in(tmp_path: Path) -> None:
+    """The hint used to point at an 'edgequant quantize --torch' option that does not exist."""
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"garbage")
+    res = CliRunner().invoke(app, ["quantize", str(bad), "-o", str(tmp_path / "out")])
+    assert res.exit_code == 2
+    assert (
+        "PyTorch: a TorchScript .pt with --input-shape, or --factory pkg.mod:fn --checkpoint FILE"
+        in res.output
+    )
+    assert not (tmp_path / "out").exists()

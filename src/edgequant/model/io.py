@@ -64,7 +64,10 @@ def parse_onnx(
     path: str | Path,
     *,
     subject: str | None = None,
-    hint: str = "pass an .onnx file; PyTorch models go through the Python API or 'edgequant quantize --torch'.",
+    hint: str = (
+        "pass an .onnx file; PyTorch: a TorchScript .pt with --input-shape, or --factory pkg.mod:fn "
+        "--checkpoint FILE; Keras: a .keras/.h5 file or SavedModel directory (edgequant[tf])."
+    ),
 ) -> onnx.ModelProto:
     """Parse an ONNX file without its external data; ModelError when it is not protobuf or holds no graph.
 
