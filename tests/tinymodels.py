@@ -5,6 +5,9 @@ Each builder returns a ModelProto (opset 17 unless said) with float32 input "x" 
 
 from __future__ import annotations
 
+from collections import Counter
+from pathlib import Path
+
 import numpy as np
 import onnx
 from onnx import TensorProto as T
@@ -130,3 +133,16 @@ def lstm_with_state(seed: int = 0, d_in: int = 8, hidden: int = 16) -> onnx.Mode
 
 def images(n: int = 32, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, 3, 16, 16)).astype(np.float32)
+
+
+def ort_ran_ops(model: onnx.ModelProto, tmp_path: Path, level: str = "ORT_ENABLE_ALL") -> Counter[str]:
+    """Op types of the graph ONNX Runtime actually runs for ``model`` (its optimized model file)."""
+    import onnxruntime as ort
+
+    path, opt = tmp_path / "q.onnx", tmp_path / "opt.onnx"
+    onnx.save(model, str(path))
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(opt)
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return Counter(n.op_type for n in onnx.load(str(opt)).graph.node)

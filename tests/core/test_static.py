@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto
-from tinymodels import conv_net, images, lstm_with_state, mlp
+from tinymodels import conv_net, images, lstm_with_state, mlp, ort_ran_ops
 
 import edgequant
 from edgequant.runtime import OrtRuntime
@@ -246,8 +246,6 @@ def _affine_mlp(scale: np.ndarray) -> onnx.ModelProto:
 
 
 def test_constant_operands_of_add_and_mul_are_quantized_so_ort_runs_qlinear_ops(tmp_path: Path) -> None:
-    import onnxruntime as ort
-
     m = _affine_mlp(np.random.default_rng(4).uniform(0.5, 2.0, 32))
     x = np.random.default_rng(5).standard_normal((128, 16)).astype(np.float32)
     r = edgequant.quantize(m, {"x": x})
@@ -255,12 +253,7 @@ def test_constant_operands_of_add_and_mul_are_quantized_so_ort_runs_qlinear_ops(
     ints = {t.name: t.data_type for t in r.model.graph.initializer}
     assert ints["bias_q"] == ints["scale_q"] == TensorProto.UINT8  # the activations' grid
     assert r.report["integer_weights"] == 2  # w1, w2: constants are counted apart
-    path = tmp_path / "q.onnx"
-    onnx.save(r.model, str(path))
-    so = ort.SessionOptions()
-    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
-    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    ran = {n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node}
+    ran = set(ort_ran_ops(r.model, tmp_path))
     assert {"QLinearAdd", "QLinearMul"} <= ran and not {"Add", "Mul"} & ran
     assert _sqnr(m, r.model, {"x": x[:32]}) > 30.0
 
@@ -347,8 +340,6 @@ def test_recurrent_state_path_through_layout_ops_stays_float() -> None:
 def test_float_consumer_of_a_quantized_add_reads_its_dq_so_ort_fuses_qlinearadd(tmp_path: Path) -> None:
     """Silero VAD's STFT magnitude: Add(Pow, Pow) -> Sqrt.  Sqrt has no integer kernel; before, it read
     the float Add output, the Q/DQ after the Add had no reader and ORT ran the Add in float."""
-    import onnxruntime as ort
-
     rng = np.random.default_rng(8)
     hp, nh = onnx.helper, onnx.numpy_helper
     g = hp.make_graph(
@@ -373,11 +364,6 @@ def test_float_consumer_of_a_quantized_add_reads_its_dq_so_ort_fuses_qlinearadd(
     r = edgequant.quantize(m, {"x": x})
     sqrt = next(n for n in r.model.graph.node if n.name == "sqrt")
     assert sqrt.input[0].endswith("_dq")
-    path = tmp_path / "q.onnx"
-    onnx.save(r.model, str(path))
-    so = ort.SessionOptions()
-    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
-    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    ran = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    ran = ort_ran_ops(r.model, tmp_path)
     assert "QLinearAdd" in ran and "Add" not in ran
     assert _sqnr(m, r.model, {"x": x[:32]}) > 30.0

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
-from tinymodels import images
+from tinymodels import images, ort_ran_ops
 
 import edgequant
 from edgequant.model import fuse
@@ -126,13 +125,7 @@ def test_channel_vector_rejects_non_channel_broadcasts() -> None:
 def test_every_conv_runs_as_qlinearconv_after_fusion(tmp_path: Path) -> None:
     m = paddle_like(opset=11)
     r = edgequant.quantize(m, {"x": images(32)}, calib_samples=32)
-    path = tmp_path / "q.onnx"
-    onnx.save(r.model, str(path))
-    so = ort.SessionOptions()
-    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    ran = _ops(onnx.load(str(tmp_path / "opt.onnx")))
+    ran = ort_ran_ops(r.model, tmp_path, "ORT_ENABLE_EXTENDED")
     # before the fusions the BN and the bias Add kept both Convs float (DQ -> Conv -> BN)
     assert ran["QLinearConv"] == 2 and ran["Conv"] == 0
     x = images(16, seed=9)
@@ -185,12 +178,7 @@ def test_written_out_layernorm_stays_float_as_one_unit(tmp_path: Path) -> None:
     assert ln[0].reason.startswith("part of a written-out layer normalization: kept float as one unit")
     assert {d.node for d in r.plan.quantized_nodes} == {"fc1", "fc2"}
     assert "mu" not in r.plan.tensors and "var" not in r.plan.tensors and "n" not in r.plan.tensors
-    path = tmp_path / "q.onnx"
-    onnx.save(r.model, str(path))
-    so = ort.SessionOptions()
-    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
-    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    ran = _ops(onnx.load(str(tmp_path / "opt.onnx")))
+    ran = ort_ran_ops(r.model, tmp_path)
     # ORT fused the float chain into one normalization kernel (Simplified: RMS norm of x - mean)
     assert ran["LayerNormalization"] + ran["SimplifiedLayerNormalization"] == 1, ran
     assert ran["Pow"] == ran["Sqrt"] == ran["Div"] == 0, ran

@@ -24,6 +24,7 @@ from onnx import TensorProto, external_data_helper, helper, numpy_helper
 
 from edgequant.errors import ExportError
 from edgequant.model.io import opset_of, weightless_copy
+from edgequant.model.patterns import names_read
 from edgequant.plan import QuantPlan, TensorEntry
 from edgequant.schemes.qparams import qparams_from_range, quantize, quantize_weight
 from edgequant.schemes.spec import Granularity, QuantSpec
@@ -299,18 +300,7 @@ def _quantize_biases(
 
 
 def _drop_unused_initializers(g: onnx.GraphProto) -> None:
-    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-
-    def sub_inputs(graph: onnx.GraphProto) -> set[str]:
-        names: set[str] = set()
-        for n in graph.node:
-            names |= set(n.input)
-            for a in n.attribute:
-                for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
-                    names |= sub_inputs(sub)
-        return names
-
-    used |= sub_inputs(g)
+    used = names_read(g) | {o.name for o in g.output}
     keep = [t for t in g.initializer if t.name in used]
     if len(keep) != len(g.initializer):
         del g.initializer[:]

@@ -26,6 +26,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgequant.model.io import opset_of
+from edgequant.model.patterns import names_read
 
 _RTOL = 1e-6
 
@@ -74,21 +75,10 @@ class _Graph:
         keep = [n for n in self.graph.node if id(n) not in self.removed]
         del self.graph.node[:]
         self.graph.node.extend(keep)
-        used = {i for n in self.graph.node for i in n.input} | self.outputs
-        used |= _subgraph_inputs(self.graph)
+        used = names_read(self.graph) | self.outputs
         dead = [t for t in self.graph.initializer if t.name not in used]
         for t in dead:
             self.graph.initializer.remove(t)
-
-
-def _subgraph_inputs(graph: onnx.GraphProto) -> set[str]:
-    names: set[str] = set()
-    for n in graph.node:
-        for a in n.attribute:
-            for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
-                names |= {i for m in sub.node for i in m.input}
-                names |= _subgraph_inputs(sub)
-    return names
 
 
 def _attr(node: onnx.NodeProto, name: str, default: float | int) -> float | int:

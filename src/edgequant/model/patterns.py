@@ -10,6 +10,20 @@ from __future__ import annotations
 import onnx
 
 RECURRENT_OPS = {"LSTM", "GRU", "RNN"}
+
+
+def names_read(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name a node of ``graph`` reads, including nodes inside its subgraphs (outer-scope
+    names a branch or loop body uses)."""
+    names: set[str] = set()
+    for n in graph.node:
+        names.update(n.input)
+        for a in n.attribute:
+            for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+                names |= names_read(sub)
+    return names
+
+
 # layout ops a recurrent state passes through between the graph's state input/output and the op
 STATE_PATH_OPS = {
     "Gather",
@@ -38,6 +52,18 @@ def _upstream(seeds: list[str], producer: dict[str, onnx.NodeProto]) -> set[str]
     return out
 
 
+def _downstream(seeds: list[str], consumers: dict[str, list[onnx.NodeProto]]) -> set[str]:
+    """``seeds`` and every tensor made from them through layout ops."""
+    out: set[str] = set()
+    while seeds:
+        t = seeds.pop()
+        if t in out:
+            continue
+        out.add(t)
+        seeds += [o for c in consumers.get(t, []) if c.op_type in STATE_PATH_OPS for o in c.output if o]
+    return out
+
+
 def recurrent_state_tensors(g: onnx.GraphProto) -> set[str]:
     """Tensors on a recurrent state path: what reaches an LSTM/GRU/RNN's initial state inputs and
     what leaves its final-state outputs, through layout ops only.  They stay float, like the
@@ -48,17 +74,12 @@ def recurrent_state_tensors(g: onnx.GraphProto) -> set[str]:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     state = _upstream([i for n in g.node if n.op_type in RECURRENT_OPS for i in n.input[5:7] if i], producer)
-    ahead = [o for n in g.node if n.op_type in RECURRENT_OPS for o in n.output[1:] if o]
-    seen: set[str] = set()
-    while ahead:
-        t = ahead.pop()
-        if t in seen:
-            continue
-        seen.add(t)
-        ahead += [o for c in consumers.get(t, []) if c.op_type in STATE_PATH_OPS for o in c.output if o]
+    ahead = _downstream(
+        [o for n in g.node if n.op_type in RECURRENT_OPS for o in n.output[1:] if o], consumers
+    )
     # of what leaves the op, only what reaches a graph output through layout ops is carried state;
     # a branch into a compute op (a head reading the final hidden state) is quantized as usual
-    return state | (seen & _upstream([o.name for o in g.output], producer))
+    return state | (ahead & _upstream([o.name for o in g.output], producer))
 
 
 BOUNDED_OPS = {"Softmax", "Sigmoid", "HardSigmoid", "Tanh"}
