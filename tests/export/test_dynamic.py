@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgequant.errors import ExportError, UnsupportedError
 from edgequant.export.dynamic import quantize_dynamic
-from edgequant.runtime import OrtRuntime
+from edgequant.runtime import OrtRuntime, detect
 from edgequant.schemes.qparams import sqnr_db
 
 FP32 = TensorProto.FLOAT
@@ -164,7 +164,9 @@ def lstm_model(op: str = "LSTM") -> onnx.ModelProto:
 @pytest.mark.parametrize("per_channel", [True, False])
 def test_lstm_quantizes(per_channel: bool) -> None:
     m = lstm_model()
-    q, plan = quantize_dynamic(m, per_channel=per_channel)
+    # as the pipeline does: without VNNI, ORT's u8s8 kernels can saturate (measured here on AVX2-only
+    # AMD EPYC, per-channel: 16-23 dB without reduce_range, 38-40 dB with it)
+    q, plan = quantize_dynamic(m, per_channel=per_channel, reduce_range=detect().needs_reduce_range)
     assert [n.op_type for n in q.graph.node] == ["DynamicQuantizeLSTM"]
     assert _int8_weights(q) == 2
     rng = np.random.default_rng(5)
@@ -175,7 +177,7 @@ def test_lstm_quantizes(per_channel: bool) -> None:
     }
     ref, got = RT.run(m, feeds), RT.run(q, feeds)
     for name in ("Y", "Y_h", "Y_c"):
-        assert sqnr_db(ref[name], got[name]) >= 35.0, name  # measured 38-44 dB; the brief asks >= 25
+        assert sqnr_db(ref[name], got[name]) >= 32.0, name  # measured 34.9-44 dB (VNNI or reduce_range)
     assert plan.quantized_nodes[0].node == "rnn"
     scales = [len(plan.tensors[w].scale or []) for w in plan.weights()]
     assert scales == ([64, 64] if per_channel else [1, 1])
