@@ -73,7 +73,7 @@ def test_restart_keeps_finished_jobs_and_fails_interrupted_ones(tmp_path: Path) 
         pgid = srv.proc.pid
         os.kill(srv.proc.pid, signal.SIGKILL)
         srv.proc.wait(timeout=10)
-        deadline = time.monotonic() + 30  # the orphan polls its parent; generous under a loaded 2-core machine
+        deadline = time.monotonic() + 30  # the orphan polls its parent; generous under load
         while _group_alive(pgid) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert _group_alive(pgid) == []
