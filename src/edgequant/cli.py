@@ -192,6 +192,8 @@ def print_summary(report: dict[str, Any], model_path: Path) -> None:
         f"{len(report['nodes']['quantized'])} / {len(report['nodes']['skipped'])}",
     )
     t.add_row("integer weights", f"{report['integer_weights']} of {report['planned_weights']}")
+    if report.get("float_weights"):
+        t.add_row("float weights", str(len(report["float_weights"])))
     for name, db in report["check"]["output_sqnr_db"].items():
         t.add_row(f"SQNR vs float ({name})", f"{db} dB")
     t.add_row("time", f"{report['seconds']['total']} s")

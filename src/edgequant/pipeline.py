@@ -23,6 +23,7 @@ from edgequant.algorithms import correct_biases, keep_sensitive_float
 from edgequant.data import CalibrationSource, input_specs, open_source
 from edgequant.errors import ExportError, InferenceError, ModelError, RecipeError, UnsupportedError
 from edgequant.export import export_qdq
+from edgequant.export.nbits import weight_only_kernels
 from edgequant.model import ensure_opset, load_model, prepare
 from edgequant.model.patterns import bounded_outputs
 from edgequant.plan import QuantPlan
@@ -158,6 +159,7 @@ def quantize(
             exclude_nodes=excluded,
         )
         _require_change(plan)
+        warnings += _mostly_float(float_model, quantized, plan)
     else:
         plan = planner.resolve(float_model, recipe, cpu)
         float_model, plan = _raise_opset(float_model, plan, notes)
@@ -171,6 +173,11 @@ def quantize(
         t2 = time.perf_counter()
         calibrated = plan
         quantized, plan = export_qdq(float_model, plan)
+        if (
+            recipe.method == "weight-only"
+        ):  # MatMulNBits where it applies; a note where ORT dequantizes per run
+            quantized, plan = weight_only_kernels(quantized, plan)
+            warnings += [n for n in plan.notes if n.startswith("slower than float")]
         seconds["export"] = time.perf_counter() - t2
         export_from = float_model  # the float model the QDQ model is exported from (biases corrected)
         if recipe.bias_correction:  # fold each layer's per-channel output mean shift into its float bias
@@ -219,6 +226,27 @@ def _require_change(plan: QuantPlan) -> None:
         "the float model; reasons: " + " | ".join(reasons),
         "use --method static for conv nets (or weight-only), or check --exclude.",
     )
+
+
+def _mostly_float(before: onnx.ModelProto, after: onnx.ModelProto, plan: QuantPlan) -> list[str]:
+    """A warning (also a plan note) when most weight values stay float: a change to a small head
+    is not the model quantized."""
+    from edgequant.export.sizes import float_weight_share
+
+    share, left = float_weight_share(before, after)
+    if share <= 0.5:
+        return []
+    readers = {i: n for n in after.graph.node for i in n.input}
+    why = {d.node: d.reason for d in plan.nodes}
+    nodes = list(dict.fromkeys(readers[w].name for w in left if w in readers))[:2]
+    biggest = [why.get(n, "") for n in nodes]
+    msg = (
+        f"{100 * share:.0f} % of the weight values stay float under {plan.method} quantization; "
+        + "; ".join(f"'{n}': {b}" for n, b in zip(nodes, biggest, strict=True))
+        + ". Weight-only or static quantization stores those weights as integers."
+    )
+    plan.notes.append(msg)
+    return [msg]
 
 
 def _require_loadable(runtime: OrtRuntime, model: onnx.ModelProto | Path) -> None:

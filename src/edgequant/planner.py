@@ -20,6 +20,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgequant.errors import RecipeError, UnsupportedError
+from edgequant.model.einsum import why_not as einsum_why_not
 from edgequant.model.patterns import RECURRENT_OPS, recurrent_state_tensors
 from edgequant.plan import QuantPlan, TensorEntry
 from edgequant.recipe import Recipe
@@ -84,6 +85,8 @@ def _weight_axis(node: onnx.NodeProto, w: onnx.TensorProto) -> int:
         return 0 if trans_b else 1
     if node.op_type in RECURRENT_OPS:
         return 1
+    if node.op_type == "Gather":
+        return 0  # an embedding table: one scale per row (token), dequantized after the Gather
     return nd - 1  # MatMul B [.., K, N]: one scale per output column
 
 
@@ -125,6 +128,7 @@ class Planner:
         reduce = (
             r.weight_bits == 8
             and r.method == "static"
+            and node.op_type != "Gather"  # a gathered row meets no u8 x s8 product
             and (r.reduce_range == "on" or (r.reduce_range == "auto" and self.cpu.needs_reduce_range))
         )
         common: dict[str, Any] = {
@@ -141,6 +145,8 @@ class Planner:
                 return QuantSpec(
                     **common, granularity=Granularity.PER_BLOCK, axis=axis, block_size=r.block_size
                 )
+        if r.per_channel and len(w.dims) >= 3 and node.op_type == "MatMul":
+            return QuantSpec(**common)  # see batched_weight_note: ORT's integer MatMul needs it
         if r.per_channel and len(w.dims) >= 2:
             return QuantSpec(**common, granularity=Granularity.PER_CHANNEL, axis=_weight_axis(node, w))
         return QuantSpec(**common)
@@ -236,6 +242,8 @@ class Planner:
                 "part of a written-out layer normalization: kept float as one unit, which ORT fuses into a "
                 "LayerNormalization kernel (8-bit grids on its mean and variance would cost accuracy)."
             )
+        if node.op_type == "Einsum":
+            return einsum_why_not(node, self.index.initializers)
         if node.op_type not in COMPUTE_OPS | PASS_OPS:
             return (
                 f"ONNX Runtime has no quantized kernel for {node.op_type}; it runs in float between DQ and Q."
@@ -252,7 +260,8 @@ class Planner:
     ) -> bool:
         touched = False
         recurrent = node.op_type in RECURRENT_OPS
-        if node.op_type in COMPUTE_OPS | RECURRENT_OPS or (node.op_type == "Gather" and act is None):
+        table = node.op_type == "Gather" and (act is None or self._is_table(node, inits))
+        if node.op_type in COMPUTE_OPS | RECURRENT_OPS or table:
             weight_slots = (1, 2) if recurrent else ((0,) if node.op_type == "Gather" else (1,))
             for slot in weight_slots:
                 if slot < len(node.input) and node.input[slot] in inits:
@@ -262,12 +271,13 @@ class Planner:
         if recurrent:
             if touched:
                 plan.notes.append(
-                    f"{node.op_type} '{node.name}': weights quantized per channel; its activations and the "
-                    "recurrent state it carries between calls stay float (ORT has no integer "
-                    f"{node.op_type} kernel, and quantized state would compound error across calls)."
+                    f"{node.op_type} '{node.name}': weights stored as integers and dequantized for ORT's float "
+                    f"{node.op_type} kernel (ORT has no integer one); its gates and the recurrent state it "
+                    "carries between calls run in float (quantized state would compound error across steps); "
+                    "its input and output sequences get Q/DQ only where a neighbouring integer op reads them."
                 )
             return touched
-        if act is None:
+        if act is None or (table and touched):  # a table's rows are dequantized after the Gather
             return touched
         slots = DATA_INPUTS.get(node.op_type, range(len(node.input)))
         for i in slots:
@@ -294,6 +304,13 @@ class Planner:
                 self._add_activation(name, act, plan)
                 touched = True
         return touched
+
+    @staticmethod
+    def _is_table(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> bool:
+        """A Gather of rows (axis 0) from a constant float table of rank 2: an embedding."""
+        t = inits.get(node.input[0])
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        return t is not None and t.data_type in FLOAT_TYPES and len(t.dims) == 2 and axis == 0
 
     def _add_constant_operand(
         self, node: onnx.NodeProto, c: onnx.TensorProto, act: QuantSpec, plan: QuantPlan
@@ -336,6 +353,9 @@ class Planner:
     def _add_weight(self, node: onnx.NodeProto, w: onnx.TensorProto, plan: QuantPlan) -> bool:
         spec = self.weight_spec(node, w)
         prev = plan.tensors.get(w.name)
+        if prev is not None and prev.spec.reduce_range != spec.reduce_range:  # a table tied to a head
+            spec = QuantSpec(**{**spec.to_dict(), "reduce_range": True})
+            prev.spec = QuantSpec(**{**prev.spec.to_dict(), "reduce_range": True})
         if prev is not None and prev.spec != spec:
             per_tensor = QuantSpec(
                 **{**spec.to_dict(), "granularity": "per_tensor", "axis": None, "block_size": None}
@@ -344,7 +364,10 @@ class Planner:
                 w.name, "weight", per_tensor, note="shared by nodes with different channel axes: per-tensor."
             )
             return True
-        plan.tensors[w.name] = TensorEntry(w.name, "weight", spec)
+        note = batched_weight_note(node, w, self.recipe) if spec.granularity is Granularity.PER_TENSOR else ""
+        plan.tensors[w.name] = TensorEntry(w.name, "weight", spec, note=note)
+        if note:
+            plan.notes.append(f"'{w.name}' of {node.op_type} '{node.name}': {note}")
         return True
 
     def _feeds_activation(self, name: str) -> bool:
@@ -425,6 +448,22 @@ class Planner:
             if e.spec.granularity is Granularity.PER_BLOCK or e.spec.bits in (4, 16):
                 need = max(need, 21)
         return need
+
+
+def batched_weight_note(node: onnx.NodeProto, w: onnx.TensorProto, recipe: Recipe) -> str:
+    """Why a rank-3+ MatMul weight is per-tensor although per-channel was asked for ('' otherwise)."""
+    if (
+        node.op_type != "MatMul"
+        or len(w.dims) < 3
+        or not recipe.per_channel
+        or recipe.method == "weight-only"
+    ):
+        return ""
+    return (
+        f"rank-{len(w.dims)} weight {list(w.dims)}: per-tensor, because ORT's integer MatMul kernels take one "
+        "scale for a batched weight; with per-channel scales ORT dequantizes it and runs the float MatMul "
+        "(x[1,12,128,64]·W[12,64,64], 2 threads: 0.74x float speed, per-tensor 1.29x; benchmarks/README.md)."
+    )
 
 
 def resolve(model: onnx.ModelProto, recipe: Recipe, cpu: CpuFeatures) -> QuantPlan:

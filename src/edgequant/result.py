@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from edgequant.errors import ExportError
-from edgequant.export.sizes import file_bytes, integer_weight_count, packed_bytes
+from edgequant.export.sizes import file_bytes, float_weight_names, integer_weight_count, packed_bytes
 from edgequant.model.io import external_data_path, save_model, write_text_atomic
 from edgequant.plan import QuantPlan
 from edgequant.recipe import Recipe, to_dict
@@ -143,6 +143,7 @@ def build_report(
         },
         "integer_weights": int_weights,
         "planned_weights": len(weights),
+        "float_weights": float_weight_names(result.model),
         "calibration": calibration,
         "check": check,
         "notes": notes + plan.notes,

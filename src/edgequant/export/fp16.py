@@ -31,6 +31,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgequant.errors import ExportError
+from edgequant.export._contrib_types import infer_types
 from edgequant.export._graph import (
     all_names,
     collect_elem_types,
@@ -87,7 +88,7 @@ def convert_fp16(
     out = onnx.ModelProto()
     out.CopyFrom(model)
     try:
-        inferred = onnx.shape_inference.infer_shapes(out, strict_mode=False)
+        inferred, assumed = infer_types(out)  # types carried through com.microsoft ops too
     except Exception as exc:  # inference is only a source of types; a failure must not be silent
         raise ExportError(
             f"ONNX shape inference failed on the model, so float tensors cannot be identified: {exc}",
@@ -103,6 +104,13 @@ def convert_fp16(
         names=all_names(out.graph),
     )
     name_nodes(out.graph, ctx.names)
+    if assumed:
+        plan.notes.append(
+            f"{len(assumed)} output(s) of op(s) without an ONNX schema typed from their node's input: "
+            + ", ".join(
+                f"{k} ({TensorProto.DataType.Name(v).lower()})" for k, v in sorted(assumed.items())[:8]
+            )
+        )
     unknown = sorted(ctx.exclude - {n.name for g in graphs(out.graph) for n in g.node})
     if unknown:
         raise ExportError(
@@ -115,7 +123,8 @@ def convert_fp16(
     except Exception as exc:
         raise ExportError(
             f"the float16 graph fails the ONNX checker: {str(exc).splitlines()[0][:300]}",
-            "exclude the node named in the message (exclude_nodes=...) and report the model.",
+            "exclude the node named in the message (--exclude NAME, or exclude_nodes=[...] in Python) and "
+            "report the model.",
         ) from exc
     ratio = ctx.bytes_after / ctx.bytes_before if ctx.bytes_before else 1.0
     plan.notes += [

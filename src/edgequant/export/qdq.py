@@ -23,6 +23,7 @@ import onnx
 from onnx import TensorProto, external_data_helper, helper, numpy_helper
 
 from edgequant.errors import ExportError
+from edgequant.export.embedding import gather_rows, is_row_table
 from edgequant.model.io import opset_of, weightless_copy
 from edgequant.model.patterns import names_read
 from edgequant.plan import QuantPlan, TensorEntry
@@ -140,12 +141,25 @@ def export_qdq(
             numpy_helper.from_array(scale.astype(np.float32), s_name),
             _int_tensor(z_name, zero, entry.spec),
         ]
-        head.append(
-            helper.make_node(
-                "DequantizeLinear", [q_name, s_name, z_name], [dq_name], name=dq_name, **_dq_attrs(entry.spec)
+        readers = [(ni, si) for ni, si in consumers.get(entry.name, []) if g.node[ni].name in quantized]
+        tables = [ni for ni, si in readers if is_row_table(entry, g.node[ni], si)]
+        if len(tables) < len(readers) or not readers:  # a tied head reads the usual DQ of the same tensor
+            head.append(
+                helper.make_node(
+                    "DequantizeLinear",
+                    [q_name, s_name, z_name],
+                    [dq_name],
+                    name=dq_name,
+                    **_dq_attrs(entry.spec),
+                )
             )
-        )
-        rewire(entry.name, dq_name)
+            rewire(entry.name, dq_name)
+        for ni in tables:  # an embedding table: the integer rows are gathered, then dequantized
+            rename.pop((ni, 0), None)
+            node = g.node[ni]
+            after.setdefault(node.name, []).extend(
+                gather_rows(node, q_name, scale, zero, names.fresh, new_inits)
+            )
 
     producers = {o: n.name for n in g.node for o in n.output}
     quantized_outputs = {

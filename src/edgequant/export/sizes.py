@@ -103,3 +103,22 @@ def integer_weight_count(model: onnx.ModelProto, plan: QuantPlan) -> int:
         t.name for t in model.graph.initializer if t.data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16)
     }
     return sum(1 for e in plan.tensors.values() if e.role == "weight" and f"{e.name}_q" in names)
+
+
+def float_weight_names(model: onnx.ModelProto) -> list[str]:
+    """Float initializers of rank >= 2 in ``model``: the weights that stay float (kept float by the plan,
+    or read by an op with no integer form, such as an Einsum that is not a matrix product)."""
+    floats = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
+    return [t.name for t in model.graph.initializer if t.data_type in floats and len(t.dims) >= 2]
+
+
+def float_weight_share(before: onnx.ModelProto, after: onnx.ModelProto) -> tuple[float, list[str]]:
+    """The fraction of ``before``'s weight values (rank >= 2 float initializers) still float in ``after``,
+    and the names of the float ones, largest first."""
+    sizes = {
+        t.name: int(np.prod(t.dims)) for t in before.graph.initializer if t.name in float_weight_names(before)
+    }
+    left = [n for n in float_weight_names(after) if n in sizes]
+    total = sum(sizes.values())
+    share = sum(sizes[n] for n in left) / total if total else 0.0
+    return share, sorted(left, key=lambda n: -sizes[n])

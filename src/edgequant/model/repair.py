@@ -22,6 +22,7 @@ import onnx
 from onnx import external_data_helper, helper, numpy_helper, shape_inference, version_converter
 
 from edgequant.errors import ModelError, UnsupportedError
+from edgequant.model.einsum import rewrite_einsums
 from edgequant.model.io import PROTO_LIMIT, opset_of, serialized_size, weightless_copy
 
 log = logging.getLogger(__name__)
@@ -298,6 +299,7 @@ def prepare(model: onnx.ModelProto, *, copy: bool = True) -> tuple[onnx.ModelPro
     if folded:
         notes.append(f"{folded} node(s) computing only from constants were folded into initializers.")
     out = _fuse(out, notes)
+    notes += rewrite_einsums(out)
     named = name_nodes(out.graph)
     if named:
         notes.append(f"{named} unnamed or duplicate-named node(s) were given unique names.")

@@ -1,0 +1,146 @@
+"""Weight-only 4-bit MatMul -> ONNX Runtime's blocked 4-bit kernel ``com.microsoft.MatMulNBits``.
+
+The QDQ form ``DequantizeLinear(W_q int4 [K, N], scale [K/B, N], axis=0, block_size=B) -> MatMul``
+says the math; ``MatMulNBits`` runs it without dequantizing ``W`` on every call.  The same codes,
+scales and zero points are repacked (ORT contrib op spec, ``MatMulNBits``):
+
+* ``B``: uint8 ``[N, K/B, B/2]``, column ``n``'s codes along ``K``, two per byte, the even element in
+  the low nibble; stored unsigned, ``u = q + 8`` (int4 [-8, 7] -> uint4 [0, 15]);
+* ``scales``: float ``[N · K/B]``, column-major over blocks;
+* ``zero_points``: omitted for a symmetric grid (the kernel's default is 8, i.e. signed 0), else
+  uint8 ``[N · ceil(K/B / 2)]``, ``z + 8`` packed two per byte;
+* ``accuracy_level`` 4: the activation is quantized to int8 per block inside the kernel, so the dot
+  products run on integer instructions (levels 0-3 compute in float after unpacking).
+
+A ``K`` that is not a multiple of ``B`` is padded with zero codes at the grid's zero point.
+https://github.com/microsoft/onnxruntime/blob/main/docs/ContribOperators.md#com.microsoft.MatMulNBits
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgequant.plan import QuantPlan
+from edgequant.schemes.spec import Granularity
+
+MS_DOMAIN = "com.microsoft"
+ACCURACY_INT8 = 4
+
+
+def _pack(u: np.ndarray) -> np.ndarray:
+    """Two 4-bit values per byte along the last axis (even -> low nibble); the axis must be even."""
+    u = u.astype(np.uint8)
+    return (u[..., 0::2] | (u[..., 1::2] << 4)).astype(np.uint8)
+
+
+def pack_weight(q: np.ndarray, zero: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(B [N, K/B, B/2], zero_points or None) from signed codes ``q`` [K, N] and zero points [K/B, N]."""
+    k, n = q.shape
+    blocks = -(-k // block)
+    z = zero.astype(np.int16).reshape(blocks, n)
+    padded = np.repeat(z, block, axis=0)[: blocks * block].copy()  # pad rows sit at the zero point
+    padded[:k] = q
+    u = (padded + 8).T.reshape(n, blocks, block)
+    packed = _pack(u)
+    if not np.any(z):
+        return packed, None
+    zu = (z + 8).T  # [N, blocks]
+    if blocks % 2:
+        zu = np.concatenate([zu, np.full((n, 1), 8, zu.dtype)], axis=1)
+    return packed, _pack(zu).reshape(-1)
+
+
+def to_matmul_nbits(model: onnx.ModelProto, plan: QuantPlan) -> tuple[onnx.ModelProto, int]:
+    """Replace each ``DQ(int4 blocked weight) -> MatMul`` with MatMulNBits in place; returns the count."""
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    dq_of = {n.output[0]: n for n in g.node if n.op_type == "DequantizeLinear"}
+    readers: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    weight_of = {f"{e.name}_dq": e for e in plan.tensors.values() if e.role == "weight"}
+    replaced, drop = 0, set()
+    for node in g.node:
+        if node.op_type != "MatMul" or node.input[1] not in dq_of or readers.get(node.input[1]) != 1:
+            continue
+        dq = dq_of[node.input[1]]
+        entry = weight_of.get(dq.output[0])
+        q_t = inits.get(dq.input[0])
+        if entry is None or q_t is None or len(q_t.dims) != 2 or q_t.data_type != TensorProto.INT4:
+            continue
+        spec = entry.spec
+        if spec.granularity is not Granularity.PER_BLOCK or spec.axis != 0 or spec.block_size is None:
+            continue
+        q = numpy_helper.to_array(q_t).astype(np.int16)
+        scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float32)
+        zero = (
+            numpy_helper.to_array(inits[dq.input[2]]).astype(np.int16)
+            if len(dq.input) > 2 and dq.input[2]
+            else np.zeros_like(scale, np.int16)
+        )
+        k, n = q.shape
+        packed, zp = pack_weight(q, zero, spec.block_size)
+        base = entry.name
+        b_name, s_name = f"{base}_nbits", f"{base}_nbits_scale"
+        new = [numpy_helper.from_array(packed, b_name), numpy_helper.from_array(scale.T.reshape(-1), s_name)]
+        ins = [node.input[0], b_name, s_name]
+        if zp is not None:
+            ins.append(f"{base}_nbits_zp")
+            new.append(numpy_helper.from_array(zp, ins[-1]))
+        g.initializer.extend(new)
+        mm = helper.make_node(
+            "MatMulNBits", ins, list(node.output), name=node.name, domain=MS_DOMAIN,
+            K=k, N=n, bits=4, block_size=spec.block_size, accuracy_level=ACCURACY_INT8,
+        )  # fmt: skip
+        node.CopyFrom(mm)
+        drop.add(dq.name)
+        entry.note = (
+            f"MatMulNBits: 4-bit blocks of {spec.block_size} along K, "
+            + ("symmetric" if zp is None else "with zero points")
+            + ", int8 dot products (accuracy_level 4)."
+        )
+        replaced += 1
+    if replaced:
+        keep = [n for n in g.node if n.name not in drop]
+        del g.node[:]
+        g.node.extend(keep)
+        used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+        kept = [t for t in g.initializer if t.name in used]
+        del g.initializer[:]
+        g.initializer.extend(kept)
+        if not any(o.domain == MS_DOMAIN for o in model.opset_import):
+            model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return model, replaced
+
+
+def weight_only_kernels(model: onnx.ModelProto, plan: QuantPlan) -> tuple[onnx.ModelProto, QuantPlan]:
+    """After a weight-only export: MatMulNBits where it applies, and a plan note for every weight that
+    ORT dequantizes on each run (slower than float: the float kernel runs after the dequantization)."""
+    model, replaced = to_matmul_nbits(model, plan)
+    if replaced:
+        plan.notes.append(
+            f"{replaced} MatMul(s) run as ONNX Runtime's MatMulNBits (4-bit blocks, int8 dot products)."
+        )
+    readers = {i: n for n in model.graph.node for i in n.input}
+    slow: dict[str, list[str]] = {}
+    for e in plan.tensors.values():
+        dq = readers.get(f"{e.name}_dq")
+        if e.role != "weight" or dq is None:
+            continue
+        if dq.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN"):
+            slow.setdefault(dq.op_type, []).append(dq.name)
+    for op, nodes in sorted(slow.items()):
+        hint = (
+            " Set --block-size 32 (or 64, 128) with 4-bit weights for MatMulNBits."
+            if op == "MatMul" and plan.tensors and any(e.spec.bits == 4 for e in plan.tensors.values())
+            else " Static int8 runs integer kernels instead."
+        )
+        plan.notes.append(
+            f"slower than float: {len(nodes)} {op}(s) ({', '.join(nodes[:3])}{', ...' if len(nodes) > 3 else ''}) "
+            f"read a weight dequantized on every run, then run ORT's float {op} kernel (ORT has no weight-only "
+            f"integer {op} kernel for this form); the gain is file size only.{hint}"
+        )
+    return model, plan
