@@ -132,6 +132,10 @@ def quantize(
             help="Static: fold the per-channel output mean shift of quantized Conv/Gemm into their biases.",
         ),
     ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(help="Hardware target profile: cpu (default), ti-npu, vitis-dpu, cmsis-nn, akida."),
+    ] = None,
     recipe: Annotated[Path | None, typer.Option(help="YAML recipe; flags given here override it.")] = None,
     factory: Annotated[str | None, typer.Option(help="PyTorch 'package.module:factory'.")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="State dict for --factory.")] = None,
@@ -150,6 +154,7 @@ def quantize(
         "sampling": sampling, "seed": seed, "exclude": exclude or None, "skip_first": skip_first,
         "skip_last": skip_last, "reduce_range": reduce_range, "tag": tag,
         "target_sqnr_db": target_sqnr, "max_float_nodes": max_float_nodes, "bias_correction": bias_correction,
+        "target": target,
     }  # fmt: skip
     overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     try:
@@ -233,7 +238,7 @@ def inspect(
     )
 
 
-for _name in ("demo", "evaluate", "compare", "serve"):
+for _name in ("demo", "evaluate", "compare", "serve", "targets"):
     importlib.import_module(f"edgequant.commands.{_name}").register(app)
 
 

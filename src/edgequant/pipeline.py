@@ -32,6 +32,7 @@ from edgequant.result import QuantResult, build_report
 from edgequant.runtime import OrtRuntime, detect
 from edgequant.schemes import sqnr_db
 from edgequant.schemes.spec import Granularity, QuantSpec
+from edgequant.targets.adapt import adapt as adapt_to_target
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, "int | None"], None]
@@ -119,7 +120,7 @@ def quantize(
 ) -> QuantResult:
     """Quantize ``model`` as ``recipe`` says; the result's model is checked to run in ORT."""
     t0 = time.perf_counter()
-    recipe = resolve_recipe(recipe, overrides)
+    recipe, target_notes = adapt_to_target(resolve_recipe(recipe, overrides))
     runtime = runtime or OrtRuntime(allow_spinning=False)
     onnx_model, name, imported = load_input_model(model, example_inputs)
     # an ONNX file is the user's float model: ORT reads it from disk (external data included) for the
@@ -129,6 +130,7 @@ def quantize(
     reference: onnx.ModelProto | Path = Path(model) if on_disk else onnx_model
     _require_loadable(runtime, reference)
     float_model, notes = prepare(onnx_model, copy=not on_disk)
+    notes.extend(target_notes)
     del onnx_model
     cpu = detect()
     warnings: list[str] = []

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgequant import targets
 from edgequant.errors import RecipeError, UnsupportedError
 from edgequant.model.einsum import why_not as einsum_why_not
 from edgequant.model.patterns import RECURRENT_OPS, recurrent_state_tensors
@@ -105,6 +106,7 @@ class Planner:
         self.model = model
         self.recipe = recipe
         self.cpu = cpu
+        self.target = targets.get(recipe.target)  # rules as data: specs follow the profile's scale rules
         self.index = GraphIndex(model.graph)
 
     # -- specs ------------------------------------------------------------------------------
@@ -120,8 +122,11 @@ class Planner:
             bits=r.act_bits,
             signed=signed,
             symmetric=r.act_symmetric,
-            scale_rule=ScaleRule.POWER_OF_TWO if r.power_of_two else ScaleRule.FLOAT,
+            scale_rule=self._scale_rule(self.target.activations, r.act_bits),
         )
+
+    def _scale_rule(self, rule: targets.TensorRule, bits: int) -> ScaleRule:
+        return ScaleRule.POWER_OF_TWO if self.recipe.power_of_two else rule.scale_rule(bits)
 
     def weight_spec(self, node: onnx.NodeProto, w: onnx.TensorProto) -> QuantSpec:
         r = self.recipe
@@ -135,9 +140,11 @@ class Planner:
             "bits": r.weight_bits,
             "signed": True,
             "symmetric": r.weight_symmetric,
-            "narrow_range": r.weight_symmetric,
+            "narrow_range": r.weight_symmetric
+            if self.target.weights.narrow_range is None
+            else self.target.weights.narrow_range,
             "reduce_range": reduce,
-            "scale_rule": ScaleRule.POWER_OF_TWO if r.power_of_two else ScaleRule.FLOAT,
+            "scale_rule": self._scale_rule(self.target.weights, r.weight_bits),
         }
         if r.block_size is not None and r.method == "weight-only":
             axis = _reduction_axis(node, w)

@@ -184,8 +184,6 @@ def test_quantize_request_validation(server: Server) -> None:
         assert "valid targets: onnx, cpu" in r.json()["detail"]
         r = c.post("/api/v1/model/val/quantize", params={"target": "tidl"})
         assert r.status_code == 501 and "TI TIDL tools" in r.json()["detail"]
-        r = c.post("/api/v1/model/val/quantize", params={"target": "akida"})
-        assert r.status_code == 501 and "MetaTF" in r.json()["hint"] + r.json()["detail"]
         r = c.post("/api/v1/model/val/quantize", json={"wieght_bits": 4})
         assert r.status_code == 422 and r.json()["error"] == "RecipeError"
         assert r.json()["detail"].startswith("unknown key 'wieght_bits' in recipe; allowed:")

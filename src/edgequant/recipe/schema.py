@@ -108,12 +108,20 @@ class Recipe:
                 f"block size {self.block_size} is not a power of two >= 16.", "use 32, 64 or 128."
             )
         self._check_sensitivity()
+        self._check_target()
         if self.bias_correction and self.method != "static":
             raise RecipeError(
                 f"bias_correction is set but method is '{self.method}'; it corrects the biases of a static "
                 "int model against its calibration data, so it applies to method 'static' only.",
                 "use --method static with --bias-correction, or drop --bias-correction.",
             )
+
+    def _check_target(self) -> None:
+        """The target is a known profile name (case and aliases resolved: 'onnx' is 'cpu'); an unknown
+        one is refused with the known names and the closest match (edgequant.targets)."""
+        from edgequant import targets
+
+        object.__setattr__(self, "target", targets.canonical(self.target))
 
     def _check_sensitivity(self) -> None:
         target, cap = self.target_sqnr_db, self.max_float_nodes

@@ -6,7 +6,7 @@ For a range ``[lo, hi]`` (always widened to contain 0 so that zero is exact, as 
 * symmetric:  ``s = max(|lo|, |hi|) / ((qmax - qmin) / 2)``, ``z = 0`` (signed) or the grid centre
   (unsigned, e.g. 128 for uint8).
 
-``power_of_two`` rounds ``s`` up to the next ``2**k`` (never down: rounding down would clip).
+``power_of_two`` takes the neighbouring ``2**k`` with the lesser error (``schemes.pow2``).
 Jacob et al., "Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only
 Inference", CVPR 2018, give the affine scheme; Krishnamoorthi, arXiv:1806.08342, the per-channel one.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgequant.schemes.pow2 import pow2_for_range, pow2_for_weight
 from edgequant.schemes.spec import Granularity, QuantSpec, ScaleRule
 
 _TINY = np.float32(1e-12)
@@ -37,8 +38,9 @@ def qparams_from_range(
         zero = np.zeros(scale.shape, dtype=np.int64)
     scale = np.where(scale <= 0, 1.0, scale)
     scale = np.maximum(scale, float(_TINY))
-    if spec.scale_rule is ScaleRule.POWER_OF_TWO:
-        scale = np.exp2(np.ceil(np.log2(scale)))
+    if spec.scale_rule is ScaleRule.POWER_OF_TWO:  # the neighbouring power with less expected error
+        amax = np.maximum(np.abs(lo_a), np.abs(hi_a)) if spec.symmetric else hi_a - lo_a
+        scale = pow2_for_range(scale, amax, spec)
     if not spec.symmetric:
         zero = np.clip(np.round(qmin - lo_a / scale), qmin, qmax).astype(np.int64)
     return scale.astype(np.float32), zero
@@ -176,6 +178,8 @@ def quantize_weight(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndar
         dead = amax < floor
         lo, hi = np.where(dead, -floor, lo), np.where(dead, floor, hi)
     scale, zero = qparams_from_range(lo, hi, spec)
+    if spec.scale_rule is ScaleRule.POWER_OF_TWO and spec.granularity is not Granularity.PER_BLOCK:
+        scale = pow2_for_weight(w, scale, zero, spec).astype(np.float32)  # least squared error on w
     return quantize(w, scale, zero, spec), scale, zero
 
 

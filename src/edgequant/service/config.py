@@ -1,8 +1,9 @@
 """Service settings, the quantization targets the service knows, and the service's own errors.
 
-Targets live in one table, ``TARGETS``.  Only ``onnx`` (ONNX Runtime CPU, QDQ; alias ``cpu``) is
-served.  Vendor targets are listed so a request for them gets an honest answer naming the toolchain
-to install (HTTP 501), never a fake success; any other name is a 422 listing the valid targets.
+Targets: ``onnx`` (ONNX Runtime CPU, QDQ; alias ``cpu``) and every hardware profile of
+``edgequant.targets`` (``ti-npu``, ``vitis-dpu``, ...) are served.  Toolchain-only targets are
+listed so a request for them gets an honest answer naming the toolchain to install (HTTP 501),
+never a fake success; any other name is a 422 listing the valid targets.
 
 Errors raised by the service itself subclass EdgeQuantError and carry their HTTP status; the app
 maps library errors by class (``STATUS_BY_ERROR``) and always answers ``{error, detail, hint}``.
@@ -48,18 +49,15 @@ TARGETS: dict[str, Target] = {
         "TI TDA4/AM6x C7x-MMA NPU",
         "TI TIDL tools (github.com/TexasInstruments/edgeai-tidl-tools)",
     ),
-    "vitis-ai": Target(
-        "vitis-ai", None, "AMD/Xilinx DPU", "AMD Vitis AI (its vai_q_onnx quantizer and compiler)"
-    ),
-    "akida": Target(
-        "akida", None, "BrainChip Akida", "BrainChip MetaTF (pip install akida cnn2snn quantizeml)"
-    ),
-}
+}  # hardware profiles (edgequant.targets: ti-npu, vitis-dpu, cmsis-nn, akida, ...) are served too
 DEFAULT_TARGET = "onnx"
 
 
 def served_targets() -> list[str]:
-    return [t.name for t in TARGETS.values() if t.recipe_target is not None]
+    from edgequant import targets
+
+    names = [t.name for t in TARGETS.values() if t.recipe_target is not None]
+    return names + [n for n in targets.names() if n not in names]
 
 
 def resolve_target(name: str | None) -> str:
@@ -67,6 +65,10 @@ def resolve_target(name: str | None) -> str:
     key = (name or DEFAULT_TARGET).strip().lower()
     target = TARGETS.get(key)
     if target is None:
+        from edgequant import targets
+
+        if key in targets.aliases():  # a hardware profile: the plan follows its rules
+            return targets.canonical(key)
         raise TargetError(
             f"unknown target '{name}'; valid targets: {', '.join(served_targets())}.",
             f"use target={DEFAULT_TARGET} (ONNX Runtime CPU QDQ). Vendor targets "
