@@ -34,7 +34,14 @@ def _png(seed: int) -> bytes:
 def test_health_and_docs(server: Server) -> None:
     with server.client() as c:
         health = c.get("/health").json()
-        assert health["status"] == "ok" and health["targets"] == ["onnx", "cpu"]
+        assert health["status"] == "ok" and health["targets"] == [
+            "onnx",
+            "cpu",
+            "akida",
+            "cmsis-nn",
+            "ti-npu",
+            "vitis-dpu",
+        ]
         assert health["jobs"]["workers"] == 2
         assert c.get("/docs").status_code == 200
         assert "/api/v1/model/{model_name}/quantize" in c.get("/openapi.json").json()["paths"]
