@@ -296,6 +296,7 @@ def _source(calibration: DataLike, model: onnx.ModelProto, recipe: Recipe) -> Ca
         preprocess=recipe.preprocess,
         input_map=recipe.input_map or None,
         options=recipe.data_options or None,
+        split="calib" if (recipe.data_options or {}).get("metadata_csv") else "all",  # train rows only
     )
 
 

@@ -81,7 +81,8 @@ def test_compare_command(files: dict[str, Path], tmp_path: Path) -> None:
          "--methods", "float,int8-static,weight-only-int8", "--no-memory", "--runs", "2", "-o", str(tmp_path)],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert "recommended: " in res.stdout or "no quantized method" in res.stdout
+    assert "recommended: " in res.stdout  # FP32 is a candidate: the default max_drop 1 is always met
+    assert "rule: filter by every limit given (FP32 is a candidate)" in res.stdout
     assert {"report.json", "results.csv", "report.md", "report.html", "tiny_int8.onnx"} <= {
         p.name for p in tmp_path.iterdir()
     }
@@ -90,3 +91,29 @@ def test_compare_command(files: dict[str, Path], tmp_path: Path) -> None:
                  "-o", str(tmp_path / "x")],
     )  # fmt: skip
     assert res.exit_code == 2 and res.stderr.startswith("error: unknown method(s) ['bogus']")
+
+
+def test_compare_limits_nothing_meets_exit_1_with_table_and_closest(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    res = CliRunner().invoke(
+        _app(),
+        ["compare", str(files["float"]), "--calib-data", str(files["calib"]), "--eval-data", str(files["eval"]),
+         "--methods", "float,int8-static", "--no-memory", "--runs", "2", "--max-size-mb", "0.0001",
+         "--prefer", "size", "-o", str(tmp_path)],
+    )  # fmt: skip
+    assert res.exit_code == 1, res.output
+    flat = " ".join(res.stdout.split())
+    rep = json.loads((tmp_path / "report.json").read_text())
+    smallest = min(rep["methods"], key=lambda m: m["file_bytes"])[
+        "method"
+    ]  # least excess over the size limit
+    assert f"no method meets the limits (max_drop 1, max_size_mb 0.0001); closest: {smallest}" in flat
+    assert rep["recommendation"]["closest"] == smallest
+    assert all(m["limit_failures"][0].startswith("size ") for m in rep["methods"])
+    res = CliRunner().invoke(
+        _app(), ["compare", str(files["float"]), "--eval-data", str(files["eval"]), "--prefer", "speed",
+                 "-o", str(tmp_path / "y")],
+    )  # fmt: skip
+    assert res.exit_code == 2 and "prefer 'speed' is not one of" in res.stderr
+    assert not (tmp_path / "y").exists()

@@ -14,8 +14,7 @@ import tinymodels
 
 from edgequant import pipeline
 from edgequant.errors import RecipeError, UnsupportedError
-from edgequant.evaluate import compare, evaluate, format_table, recommend, resolve_methods
-from edgequant.evaluate.compare import MethodResult
+from edgequant.evaluate import compare, evaluate, format_table, resolve_methods
 from edgequant.runtime import OrtRuntime
 
 EVAL = tinymodels.images(48, seed=3)
@@ -69,15 +68,19 @@ def test_compare_all_methods_writes_report_and_shows_failure(
     assert (res.method("weight-only-int4").packed_bytes or 0) < (
         res.method("weight-only-int8").packed_bytes or 0
     )
-    # the rule: smallest file among methods within the limits (ties within 2 %: drop, then latency)
-    within = [m for m in ok if m.method != "float" and m.meets_limits]
-    assert res.recommended is not None
-    assert res.method(res.recommended).file_bytes == min(m.file_bytes or 0 for m in within)
-    assert res.reason.startswith(f"{res.recommended}: smallest model")
+    # the rule (default prefer=latency): the fastest method within the limits, FP32 included
+    within = [m for m in ok if m.meets_limits]
+    assert res.recommended is not None and res.method("float").meets_limits
+    fastest = min((m.latency or {})["median_ms"] for m in within)
+    assert (res.method(res.recommended).latency or {})["median_ms"] <= fastest * 1.02
+    assert res.reason.startswith(f"{res.recommended}: lowest latency")
+    assert res.rule.startswith("filter by every limit given (FP32 is a candidate)")
     # report files
     report = json.loads((tmp_path / "report.json").read_text())
     assert set(report) >= {"model", "task", "limits", "methods", "recommendation", "per_layer", "versions"}
     assert report["recommendation"]["method"] == res.recommended
+    assert report["recommendation"]["rule"] == res.rule and report["limits"]["prefer"] == "latency"
+    assert f"Rule: {res.rule}." in (tmp_path / "report.md").read_text()
     assert report["per_layer"]["method"] == res.per_layer_method and report["per_layer"]["tensors"]
     assert len(report["per_layer"]["isolated"]) == 2
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
@@ -96,43 +99,15 @@ def test_compare_none_meets_the_limits(model_and_labels: tuple[Path, np.ndarray]
         latency_runs=2, warmup=0, measure_memory=False, top_k=0, report=False,
     )  # fmt: skip
     assert res.recommended is None and not res.labeled
-    assert res.reason.startswith("no quantized method meets the limits (max_size_mb 0.001). ")
+    smallest = min((m for m in res.methods if m.ok), key=lambda m: m.file_bytes or 0).method
+    assert res.reason.startswith(f"no method meets the limits (max_size_mb 0.001); closest: {smallest}")
     int8 = res.method("int8-static")
     size = (int8.file_bytes or 0) / 2**20
-    assert int8.limit_failures == [f"size {size:.3f} MB > 0.001 MB (by {size - 0.001:.3f} MB)"]
-    assert f"int8-static: size {size:.3f} MB" in res.reason and "fp16: size" in res.reason
+    assert int8.limit_failures == [f"size {size:.4g} MB > 0.001 MB (by {size - 0.001:.4g} MB)"]
+    assert f"int8-static: size {size:.4g} MB" in res.reason and "fp16: size" in res.reason
+    assert res.closest == smallest  # the smallest file misses the size limit by the least
     assert res.primary == "top1_agreement" and res.method("float").score == 100.0
     assert not (tmp_path / "report.json").exists()
-
-
-def _r(name: str, size: int, drop: float, lat: float, ok: bool = True) -> MethodResult:
-    r = MethodResult(method=name, status="ok" if ok else "failed", error="" if ok else "boom")
-    if ok:
-        r.file_bytes, r.drop, r.latency = size, drop, {"median_ms": lat}
-    return r
-
-
-def test_recommend_rule_ties_and_failures() -> None:
-    limits: dict[str, float | None] = {"max_drop": 1.0, "max_latency_ms": None, "max_size_mb": None}
-    rs = [
-        _r("float", 4000, 0.0, 1.0),
-        _r("a", 1000, 0.8, 3.0),
-        _r("b", 1010, 0.2, 5.0),
-        _r("c", 900, 0.0, 1, False),
-    ]
-    method, reason = recommend(rs, limits)
-    assert method == "b"  # a and b tie in size (within 2 %), b has the smaller drop
-    assert "2 within 2% in size" in reason
-    rs[1].drop, rs[2].drop = 0.2, 0.2
-    assert recommend(rs, limits)[0] == "a"  # same drop: lower latency wins
-    rs[1].limit_failures = ["accuracy drop 3.00 pp > 1 (by 2.00)"]
-    rs[2].limit_failures = ["latency 5.000 ms > 4 ms (by 1.000 ms)"]
-    method, reason = recommend(rs, limits)
-    assert method is None
-    assert reason == (
-        "no quantized method meets the limits (max_drop 1). a: accuracy drop 3.00 pp > 1 (by 2.00) | "
-        "b: latency 5.000 ms > 4 ms (by 1.000 ms) | c: failed: boom"
-    )
 
 
 def test_resolve_methods() -> None:

@@ -1,14 +1,42 @@
-"""``edgequant compare MODEL --calib-data C --eval-data E -o OUTDIR``: every method, one report."""
+"""``edgequant compare MODEL --calib-data C --eval-data E -o OUTDIR``: every method, one report.
+
+Exit 0 with a recommendation; exit 1 (table and report written) when no method meets the limits,
+the closest one named; exit 2 on bad input (nothing written).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
 from edgequant.errors import EdgeQuantError
+
+
+def _profile(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    import yaml
+
+    from edgequant.errors import RecipeError
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise RecipeError(
+            f"energy profile '{path}' cannot be read: {exc}", "pass a YAML mapping file."
+        ) from exc
+    if not isinstance(data, dict):
+        raise RecipeError(f"energy profile '{path}' is not a mapping.", "write key: value lines (pJ).")
+    return data
+
+
+def _options(items: list[str] | None) -> dict[str, Any] | None:
+    from edgequant.cli import parse_options
+
+    return parse_options(items) if items else None
 
 
 def register(app: typer.Typer) -> None:
@@ -21,9 +49,20 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option(help="Evaluation data (with 'labels' for accuracy).")
         ] = None,
         methods: Annotated[str, typer.Option(help="all, or a comma-separated list of methods.")] = "all",
-        max_drop: Annotated[float | None, typer.Option(help="Max accuracy drop (pp).")] = 1.0,
+        max_drop: Annotated[
+            float | None, typer.Option(help="Max accuracy drop (points of the metric).")
+        ] = 1.0,
+        max_drop_rel: Annotated[
+            float | None, typer.Option(help="Max relative accuracy drop, a fraction (0.01 = 1 %).")
+        ] = None,
         max_latency_ms: Annotated[float | None, typer.Option(help="Max median latency (ms).")] = None,
         max_size_mb: Annotated[float | None, typer.Option(help="Max file size (MB = 2**20 bytes).")] = None,
+        max_energy_mj: Annotated[
+            float | None, typer.Option(help="Max energy per inference, mJ (the estimate).")
+        ] = None,
+        prefer: Annotated[
+            str, typer.Option(help="Optimise: latency | size | accuracy | energy.")
+        ] = "latency",
         task: Annotated[str, typer.Option(help="classification | regression | embedding | sequence")] = (
             "classification"
         ),
@@ -36,6 +75,22 @@ def register(app: typer.Typer) -> None:
         max_eval_samples: Annotated[int | None, typer.Option(help="Evaluate at most N samples.")] = None,
         blank: Annotated[int, typer.Option(help="CTC blank index (sequence).")] = 0,
         layout: Annotated[str, typer.Option(help="Sequence output layout: ntc or tnc.")] = "ntc",
+        device: Annotated[
+            str | None, typer.Option(help="cpu, cuda or cuda:N: ONNX Runtime's provider (no CPU fallback).")
+        ] = None,
+        gpu_number: Annotated[int | None, typer.Option(help="Alias for --device cuda:N.")] = None,
+        data_option: Annotated[
+            list[str] | None,
+            typer.Option(help="Data option KEY=VALUE as for quantize (e.g. metadata_csv=m.csv)."),
+        ] = None,
+        eval_split: Annotated[
+            str | None,
+            typer.Option(help="Metadata CSV split to evaluate on (val, test, ...); calibration: train."),
+        ] = None,
+        energy_profile: Annotated[
+            Path | None,
+            typer.Option(help="YAML of per-op energies (pJ) replacing the Horowitz 45 nm numbers."),
+        ] = None,
     ) -> None:
         """Quantize MODEL with every method, evaluate, and recommend one under the limits."""
         from edgequant.evaluate import compare as run
@@ -60,14 +115,20 @@ def register(app: typer.Typer) -> None:
 
             names.extend(resolve_methods(methods))
             result = run(
-                model, calib_data, eval_data, methods=methods, max_drop=max_drop, max_latency_ms=max_latency_ms,
-                max_size_mb=max_size_mb, outdir=outdir, task=task, progress=progress, latency_runs=runs,
+                model, calib_data, eval_data, methods=methods, max_drop=max_drop, max_drop_rel=max_drop_rel,
+                max_latency_ms=max_latency_ms, max_size_mb=max_size_mb, max_energy_mj=max_energy_mj,
+                prefer=prefer, outdir=outdir, task=task, progress=progress, latency_runs=runs,
                 threads=threads, batch_size=batch_size, measure_memory=memory, top_k=top_k,
                 layer_samples=layer_samples, max_eval_samples=max_eval_samples, blank=blank, layout=layout,
+                device=device, gpu_number=gpu_number, energy_profile=_profile(energy_profile),
+                data_options=_options(data_option), eval_split=eval_split,
             )  # fmt: skip
         except EdgeQuantError as exc:
             err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         console = Console()
         console.print(format_table(result))
+        console.print(f"rule: {result.rule}", markup=False)
         console.print(f"report: {outdir / result.files.get('html', 'report.html')}", markup=False)
+        if result.recommended is None:  # the limits cannot be met: the table above names the closest
+            raise typer.Exit(1)

@@ -37,6 +37,10 @@ def run_evaluate(
     threads: int,
     latency_batch: int,
     memory: bool,
+    data_options: dict[str, Any] | None = None,
+    eval_split: str | None = None,
+    device: str | None = None,
+    gpu_number: int | None = None,
 ) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
     """Everything the command computes: (EvalResult, JSON-able dict, CSV rows)."""
     from edgequant.evaluate import core, layers, perf, tasks
@@ -45,14 +49,17 @@ def run_evaluate(
     fm, qm = core.as_model(float_model), core.as_model(quant_model)
     name = core.output_name(fm, output_name)
     core.output_name(qm, name)
-    rt = core.OrtRuntime()
-    ev = core.load_eval_data(data, fm, batch_size=batch_size, max_samples=max_samples)
+    from edgequant.runtime.device import runtime_for
+
+    rt = runtime_for(device, gpu_number)
+    opts = core.eval_options(data_options, eval_split)
+    ev = core.load_eval_data(data, fm, batch_size=batch_size, max_samples=max_samples, options=opts)
     lay = core.ev_layout(task, layout)
     ref = core.join(core.run_outputs(fm, ev.batches, name, rt, "the float model"), task, lay)
     got = core.join(core.run_outputs(qm, ev.batches, name, rt, "the quantized model"), task, lay)
     result = core.score_outputs(task, ref, got, ev.labels, name, metric=metric, blank=blank)
     out: dict[str, Any] = {"kind": "evaluate", "float_model": str(float_model), "quant_model": str(quant_model),
-                           "data": ev.description, **result.to_dict()}  # fmt: skip
+                           "data": ev.description, "providers": rt.providers, **result.to_dict()}  # fmt: skip
     rows = result.rows()
     sizes = {"float": perf.model_size(float_model), "quantized": perf.model_size(quant_model)}
     out["sizes"] = {k: v.to_dict() for k, v in sizes.items()}
@@ -60,7 +67,8 @@ def run_evaluate(
         f, q = getattr(sizes["float"], key), getattr(sizes["quantized"], key)
         rows.append({"metric": f"size.{key}", "float": f, "quantized": q, "delta": q - f})
     if latency:
-        lat = {k: perf.measure_latency(p, ev.batches[0], runs=runs, threads=threads, batch_size=latency_batch)
+        lat = {k: perf.measure_latency(p, ev.batches[0], runs=runs, threads=threads, batch_size=latency_batch,
+                                       runtime=rt)
                for k, p in (("float", float_model), ("quantized", quant_model))}  # fmt: skip
         out["latency"] = {k: v.to_dict() for k, v in lat.items()}
         for key in ("median_ms", "p90_ms", "throughput"):
@@ -73,7 +81,9 @@ def run_evaluate(
         f, q = mem["float"]["peak_rss_delta_mb"], mem["quantized"]["peak_rss_delta_mb"]
         rows.append({"metric": "memory.peak_rss_delta_mb", "float": f, "quantized": q, "delta": q - f})
     if per_layer:
-        samples = core.load_eval_data(data, fm, batch_size=layer_samples, max_samples=layer_samples).batches
+        samples = core.load_eval_data(
+            data, fm, batch_size=layer_samples, max_samples=layer_samples, options=opts
+        ).batches
         out["per_layer"] = layers.per_layer_error(
             fm, qm, samples, top_k=top_k, output=name, runtime=rt
         ).to_dict()
@@ -113,17 +123,32 @@ def register(app: typer.Typer) -> None:
         threads: Annotated[int, typer.Option(help="ORT intra-op threads (0 = ORT default).")] = 1,
         latency_batch: Annotated[int, typer.Option(help="Batch size for latency/memory.")] = 1,
         memory: Annotated[bool, typer.Option("--memory", help="Peak session memory (subprocess).")] = False,
+        data_option: Annotated[
+            list[str] | None,
+            typer.Option(help="Data option KEY=VALUE as for quantize (e.g. metadata_csv=m.csv)."),
+        ] = None,
+        eval_split: Annotated[
+            str | None, typer.Option(help="Metadata CSV split to evaluate on (val, test, ...).")
+        ] = None,
+        device: Annotated[
+            str | None, typer.Option(help="cpu, cuda or cuda:N: ONNX Runtime's provider (no CPU fallback).")
+        ] = None,
+        gpu_number: Annotated[int | None, typer.Option(help="Alias for --device cuda:N.")] = None,
     ) -> None:
         """Compare a quantized model with its float model on labeled or unlabeled data."""
         from edgequant.evaluate.table import format_table
         from edgequant.report import render_csv, render_json, write_text
 
         try:
+            from edgequant.cli import parse_options
+
+            opts = parse_options(data_option) if data_option else None
             result, out, rows = run_evaluate(
                 float_model, quant_model, data, task, metric=metric, blank=blank, layout=layout,
                 output_name=output_name, batch_size=batch_size, max_samples=max_samples, per_layer=per_layer,
                 top_k=top_k, layer_samples=layer_samples, latency=latency, runs=runs, threads=threads,
-                latency_batch=latency_batch, memory=memory,
+                latency_batch=latency_batch, memory=memory, data_options=opts, eval_split=eval_split,
+                device=device, gpu_number=gpu_number,
             )  # fmt: skip
             if output_json is not None:
                 write_text(output_json, render_json(out))

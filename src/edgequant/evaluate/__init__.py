@@ -6,22 +6,27 @@
 either result as a rich table.
 """
 
-from edgequant.evaluate.compare import CompareResult, MethodResult, compare, recommend, resolve_methods
+from edgequant.evaluate.compare import CompareResult, MethodResult, compare, resolve_methods
 from edgequant.evaluate.core import EvalData, EvalResult, evaluate, load_eval_data
 from edgequant.evaluate.layers import LayerReport, NodeError, TensorError, per_layer_error
 from edgequant.evaluate.perf import Latency, Size, measure_latency, measure_memory, model_size, packed_size
+from edgequant.evaluate.recommend import RULE, Candidate, Limits, Recommendation, recommend
 from edgequant.evaluate.table import format_layer_table, format_table
 from edgequant.evaluate.tasks import TASKS
 
 __all__ = [
+    "RULE",
     "TASKS",
+    "Candidate",
     "CompareResult",
     "EvalData",
     "EvalResult",
     "Latency",
     "LayerReport",
+    "Limits",
     "MethodResult",
     "NodeError",
+    "Recommendation",
     "Size",
     "TensorError",
     "compare",

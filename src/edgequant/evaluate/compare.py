@@ -7,11 +7,10 @@ in percentage points of top-1 accuracy with labels, of top-1 agreement x 100 wit
 CPU and sized (``edgequant.evaluate.perf``).  A method that raises ``EdgeQuantError`` is listed as
 failed with its reason and the others still run.
 
-Recommendation rule: among the quantized methods that ran and meet every limit given
-(``drop <= max_drop``, median latency ``<= max_latency_ms``, file size ``<= max_size_mb``, with
-1 MB = 2**20 bytes), take the smallest file; sizes within 2 % of the smallest count as a tie, broken
-by the smaller accuracy drop, then the lower median latency.  When none qualifies there is no
-recommendation, and every method lists which limit failed and by how much.
+Recommendation rule (``edgequant.evaluate.recommend``, stated in every report): filter by every
+limit given (FP32 is a candidate), then optimise the preferred quantity (``prefer``: latency, size,
+accuracy or energy), then break ties by accuracy.  When none qualifies there is no recommendation;
+the closest method is named and every method lists each limit it misses and by how much.
 
 The per-layer SQNR analysis (``edgequant.evaluate.layers``) is run for one method: the
 recommended one when it has Q/DQ pairs, else the first of ``int8-static`` and the other methods
@@ -22,7 +21,7 @@ from __future__ import annotations
 
 import difflib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +31,13 @@ import onnx
 from edgequant import pipeline
 from edgequant.data.model_inputs import input_specs
 from edgequant.errors import EdgeQuantError, RecipeError
-from edgequant.evaluate import core, layers, perf
+from edgequant.evaluate import core, energy, layers, leakage, opcount, perf
+from edgequant.evaluate.energy import EnergyProfile
+from edgequant.evaluate.recommend import Candidate, Limits, Recommendation, recommend
 from edgequant.model.io import save_model
 from edgequant.recipe import PRESETS, preset
 from edgequant.runtime import OrtRuntime
+from edgequant.runtime.device import runtime_for
 
 MB = float(2**20)
 SIZE_TIE = 0.02
@@ -60,6 +62,7 @@ class MethodResult:
     file_bytes: int | None = None
     packed_bytes: int | None = None
     quantize_seconds: float | None = None
+    energy: dict[str, Any] | None = None
     limit_failures: list[str] = field(default_factory=list)
 
     @property
@@ -82,11 +85,13 @@ class CompareResult:
     samples: int
     labeled: bool
     primary: str
-    limits: dict[str, float | None]
+    limits: dict[str, Any]
     settings: dict[str, Any]
     methods: list[MethodResult]
     recommended: str | None
     reason: str
+    rule: str = ""
+    closest: str | None = None
     per_layer_method: str | None = None
     per_layer: dict[str, Any] | None = None
     files: dict[str, str] = field(default_factory=dict)
@@ -110,7 +115,12 @@ class CompareResult:
             "primary_metric": self.primary,
             "limits": self.limits,
             "settings": self.settings,
-            "recommendation": {"method": self.recommended, "reason": self.reason},
+            "recommendation": {
+                "method": self.recommended,
+                "reason": self.reason,
+                "rule": self.rule,
+                "closest": self.closest,
+            },
             "methods": [m.to_dict() for m in self.methods],
             "per_layer": {"method": self.per_layer_method, **(self.per_layer or {})}
             if self.per_layer
@@ -141,47 +151,22 @@ def resolve_methods(methods: str | Sequence[str]) -> list[str]:
     return [n for n in allowed if n in names]
 
 
-def limit_failures(
-    r: MethodResult, max_drop: float | None, max_latency_ms: float | None, max_size_mb: float | None
-) -> list[str]:
-    out: list[str] = []
-    if max_drop is not None and r.drop is not None and r.drop > max_drop:
-        out.append(f"accuracy drop {r.drop:.2f} {r.drop_unit} > {max_drop:g} (by {r.drop - max_drop:.2f})")
-    if max_latency_ms is not None and r.latency is not None and r.latency["median_ms"] > max_latency_ms:
-        lat = r.latency["median_ms"]
-        out.append(f"latency {lat:.3f} ms > {max_latency_ms:g} ms (by {lat - max_latency_ms:.3f} ms)")
-    if max_size_mb is not None and r.file_bytes is not None and r.file_bytes / MB > max_size_mb:
-        size = r.file_bytes / MB
-        out.append(f"size {size:.3f} MB > {max_size_mb:g} MB (by {size - max_size_mb:.3f} MB)")
-    return out
+def candidate(r: MethodResult, float_score: float | None) -> Candidate:
+    """The numbers of one method that the recommendation rule reads."""
+    return Candidate(
+        method=r.method, ok=r.ok, drop=r.drop, drop_unit=r.drop_unit, float_score=float_score,
+        latency_ms=(r.latency or {}).get("median_ms"), size_bytes=r.file_bytes,
+        energy_mj=(r.energy or {}).get("total_mj"), error=r.error,
+    )  # fmt: skip
 
 
-def recommend(results: list[MethodResult], limits: dict[str, float | None]) -> tuple[str | None, str]:
-    """The method chosen by the rule in the module docstring, and why (or why none)."""
-    stated = ", ".join(f"{k} {v:g}" for k, v in limits.items() if v is not None) or "no limits"
-    candidates = [r for r in results if r.method != "float" and r.meets_limits and r.file_bytes is not None]
-    if not candidates:
-        lines = []
-        for r in results:
-            if r.method == "float":
-                continue
-            why = f"failed: {r.error}" if not r.ok else "; ".join(r.limit_failures)
-            lines.append(f"{r.method}: {why}")
-        return None, f"no quantized method meets the limits ({stated}). " + " | ".join(lines)
-    smallest = min(r.file_bytes or 0 for r in candidates)
-    tied = [r for r in candidates if (r.file_bytes or 0) <= smallest * (1 + SIZE_TIE)]
-    best = min(tied, key=lambda r: (r.drop or 0.0, (r.latency or {}).get("median_ms", 0.0)))
-    lat = (best.latency or {}).get("median_ms")
-    reason = (
-        f"{best.method}: smallest model ({(best.file_bytes or 0) / MB:.3f} MB) among {len(candidates)} "
-        f"method(s) within the limits ({stated})"
-    )
-    if len(tied) > 1:
-        reason += f"; {len(tied)} within {SIZE_TIE:.0%} in size, tie broken by accuracy drop then latency"
-    reason += f"; accuracy drop {best.drop:.2f} {best.drop_unit}" + (
-        f", median latency {lat:.3f} ms." if lat else "."
-    )
-    return best.method, reason
+def apply_rule(results: list[MethodResult], limits: Limits) -> Recommendation:
+    """Run ``edgequant.evaluate.recommend.recommend`` and record each method's misses on it."""
+    float_score = next((r.evaluation.get("primary", {}).get("float") for r in results if r.ok), None)
+    rec = recommend([candidate(r, float_score) for r in results], limits)
+    for r in results:
+        r.limit_failures = [m.text() for m in rec.misses.get(r.method, [])]
+    return rec
 
 
 def compare(
@@ -191,8 +176,11 @@ def compare(
     *,
     methods: str | Sequence[str] = "all",
     max_drop: float | None = None,
+    max_drop_rel: float | None = None,
     max_latency_ms: float | None = None,
     max_size_mb: float | None = None,
+    max_energy_mj: float | None = None,
+    prefer: str = "latency",
     outdir: str | Path,
     task: str = "classification",
     labels: Any | None = None,
@@ -208,29 +196,54 @@ def compare(
     blank: int = 0,
     layout: str = "ntc",
     report: bool = True,
+    device: str | None = "cpu",
+    gpu_number: int | None = None,
+    energy_profile: Mapping[str, Any] | None = None,
+    data_options: Mapping[str, Any] | None = None,
+    eval_split: str | None = None,
 ) -> CompareResult:
     """Run, evaluate and rank every method; write the report files into ``outdir`` (see module doc).
 
     ``progress("compare", done, total)`` is called before each method (``done`` = methods finished)
     and once at the end.  ``batch_size`` is the latency / memory batch (a model with a fixed batch
     dimension uses that instead); ``threads`` ORT's intra-op threads (0 = ORT's default).
-    ``measure_memory`` runs one subprocess per method (about half a second each).
+    ``measure_memory`` runs one subprocess per method (about half a second each).  ``device``
+    (``cpu``, ``cuda``, ``cuda:N``; ``gpu_number`` is an alias) picks ORT's provider for calibration,
+    evaluation and latency, refusing a missing CUDA (``edgequant.runtime.device``).  Each method gets an
+    energy *estimate* per inference (``edgequant.evaluate.energy``; ``energy_profile`` overrides the
+    Horowitz 45 nm numbers) and, where the host exposes RAPL, a measured figure beside it.
+    ``data_options`` are quantize's data options (``SourceOptions``) for both data sets; with a
+    ``metadata_csv`` calibration reads its ``train`` rows and evaluation the ``eval_split`` rows
+    (default ``val``).  Evaluation samples that calibration also reads are refused (``leakage``).
     """
     core.tasks.check_task(task)
+    limits = Limits(max_drop, max_drop_rel, max_latency_ms, max_size_mb, max_energy_mj, prefer)
     names = resolve_methods(methods)
     out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
     float_model = core.as_model(model)
     stem = Path(model).stem if isinstance(model, str | Path) else (float_model.graph.name or "model")
-    rt = OrtRuntime()
-    ev = core.load_eval_data(eval_data, float_model, labels=labels, max_samples=max_eval_samples)
+    rt = runtime_for(device, gpu_number)
+    profile = EnergyProfile.from_mapping(energy_profile) if energy_profile is not None else EnergyProfile()
+    opts = core.eval_options(data_options, eval_split)
+    ev = core.load_eval_data(
+        eval_data, float_model, labels=labels, max_samples=max_eval_samples, options=opts
+    )
+    leak = leakage.check_no_leakage(
+        calibration,
+        eval_data,
+        ev.batches,
+        input_specs(float_model),
+        opts,
+        preset("int8-static").calib_samples,
+    )
+    extra: dict[str, Any] = {"data_options": opts} if opts else {}
     out_name = core.output_name(float_model, None)
     lay = core.ev_layout(task, layout)
     ref = core.join(core.run_outputs(float_model, ev.batches, out_name, rt, "the float model"), task, lay)
     specs = input_specs(float_model)
     fixed = specs[0].shape[0] if specs and specs[0].shape else None
     batch_size = fixed if isinstance(fixed, int) else batch_size  # a fixed batch dim decides
-    limits = {"max_drop": max_drop, "max_latency_ms": max_latency_ms, "max_size_mb": max_size_mb}
+    out.mkdir(parents=True, exist_ok=True)  # only once every input was checked
     results: list[MethodResult] = []
     analysed: dict[str, tuple[onnx.ModelProto, onnx.ModelProto]] = {}
     primary = ""
@@ -244,7 +257,7 @@ def compare(
                 r.tag, qmodel, ffloat = "float", float_model, float_model
                 path = save_model(float_model, out / f"{stem}_float.onnx")
             else:
-                q = pipeline.quantize(model, calibration, preset(name), runtime=rt)
+                q = pipeline.quantize(model, calibration, preset(name), runtime=rt, **extra)
                 paths = q.save(out)
                 r.tag, qmodel, ffloat, path = q.tag, q.model, q.float_model, paths.model
                 r.plan_file = paths.plan.name
@@ -259,13 +272,14 @@ def compare(
             primary = e.primary
             r.evaluation, r.score, r.drop, r.drop_unit = e.to_dict(), e.quant_score, e.drop, e.drop_unit
             r.latency = perf.measure_latency(
-                path, ev.batches[0], runs=latency_runs, warmup=warmup, threads=threads, batch_size=batch_size
-            ).to_dict()
+                path, ev.batches[0], runs=latency_runs, warmup=warmup, threads=threads, batch_size=batch_size,
+                runtime=rt, rapl=True,
+            ).to_dict()  # fmt: skip
             if measure_memory:
                 r.memory = perf.measure_memory(path, ev.batches[0], batch_size=batch_size, threads=threads)
             size = perf.model_size(path)
             r.file_bytes, r.packed_bytes = size.file_bytes, size.packed_bytes
-            r.limit_failures = limit_failures(r, max_drop, max_latency_ms, max_size_mb)
+            r.energy = _energy(qmodel, ev.batches[0], size.packed_bytes, profile, r.latency, batch_size, rt)
             if name != "float":
                 analysed[name] = (ffloat, qmodel)
         except EdgeQuantError as exc:
@@ -273,7 +287,8 @@ def compare(
         results.append(r)
     if progress:
         progress("compare", len(names), len(names))
-    recommended, reason = recommend(results, limits)
+    rec = apply_rule(results, limits)
+    recommended = rec.method
     chosen, per_layer = _per_layer(
         recommended, names, analysed, ev.batches, layer_samples, top_k, out_name, rt
     )
@@ -284,7 +299,7 @@ def compare(
         samples=ev.samples,
         labeled=ev.labels is not None,
         primary=primary,
-        limits=limits,
+        limits=limits.to_dict(),
         settings={
             "latency_runs": latency_runs,
             "warmup": warmup,
@@ -294,11 +309,18 @@ def compare(
             "layer_samples": layer_samples,
             "top_k": top_k,
             "eval_data": ev.description,
+            "leakage_check": leak,
+            "data_options": opts,
             "mb": "1 MB = 2**20 bytes",
+            "device": device if gpu_number is None else f"cuda:{gpu_number}",
+            "providers": rt.providers,
+            "energy": f"estimate per inference ({profile.name}: {profile.source}); {energy.ASSUMPTIONS}",
         },
         methods=results,
         recommended=recommended,
-        reason=reason,
+        reason=rec.reason,
+        rule=rec.rule,
+        closest=rec.closest,
         per_layer_method=chosen,
         per_layer=per_layer,
     )
@@ -337,3 +359,22 @@ def _per_layer(
                 return name, {"error": str(exc), "tensors": [], "isolated": [], "unmatched": []}
             return name, rep.to_dict()
     return None, None
+
+
+def _energy(
+    model: onnx.ModelProto,
+    batch: core.Batch,
+    weight_bytes: int,
+    profile: EnergyProfile,
+    latency: dict[str, Any] | None,
+    batch_size: int,
+    rt: OrtRuntime,
+) -> dict[str, Any]:
+    """The estimate for one sample, with the RAPL figure (per sample) or why there is none beside it."""
+    one = perf.repeat_sample(batch, 1, model)
+    est = energy.estimate(opcount.count(model, opcount.tensor_shapes(model, one, rt)), weight_bytes, profile)
+    lat = latency or {}
+    measured = lat.get("energy_mj_measured")
+    est["measured_mj"] = None if measured is None else measured / max(batch_size, 1)
+    est["measured_note"] = lat.get("energy_note", "")
+    return est

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -110,11 +110,14 @@ def load_eval_data(
     labels: Any | None = None,
     batch_size: int = 32,
     max_samples: int | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> EvalData:
     """Batches for ``model`` from a path (via ``edgequant.data``), an array, a dict or batches.
 
     In-memory dicts may carry the labels under ``labels`` or ``label``; an explicit ``labels``
     argument wins.  A model with a fixed batch dimension gets batches of exactly that size.
+    ``options`` are the data options of ``edgequant.data.SourceOptions`` (quantize's
+    ``--data-option``); with a ``metadata_csv`` only the rows of its ``eval_type`` split are read.
     """
     specs = input_specs(model)
     fixed = specs[0].shape[0] if specs and specs[0].shape else None
@@ -123,7 +126,10 @@ def load_eval_data(
     if isinstance(data, str | Path):
         from edgequant import data as data_mod  # the data layer owns file formats
 
-        source = data_mod.open_source(data, specs, batch_size=batch, max_samples=max_samples, split="all")
+        split: Literal["all", "eval"] = "eval" if options and options.get("metadata_csv") else "all"
+        source = data_mod.open_source(
+            data, specs, batch_size=batch, max_samples=max_samples, split=split, options=options or None
+        )
         batches, label_parts = [], []
         for b, lab in source.iter_labeled():  # one pass: inputs and their labels together
             batches.append(dict(b))
@@ -131,6 +137,8 @@ def load_eval_data(
         if label_parts and all(p is not None for p in label_parts):
             found_labels = np.concatenate([p for p in label_parts if p is not None])
         description = str(data)
+        if split == "eval":
+            description += f" (rows with {source_split(options)} in '{(options or {})['metadata_csv']}')"
     elif isinstance(data, np.ndarray | Mapping):
         arrays: dict[str, np.ndarray]
         if isinstance(data, np.ndarray):
@@ -192,6 +200,25 @@ def load_eval_data(
             "give exactly one label per sample.",
         )
     return EvalData(batches, chosen, samples, description)
+
+
+def source_split(options: Mapping[str, Any] | None) -> str:
+    """``split = val`` as the metadata options select it, for descriptions."""
+    o = options or {}
+    return f"{o.get('metadata_split_column', 'split')} = {o.get('eval_type', 'val')}"
+
+
+def eval_options(options: Mapping[str, Any] | None, eval_split: str | None) -> dict[str, Any] | None:
+    """``options`` with ``eval_type`` set from ``--eval-split`` (refused without a metadata CSV)."""
+    out = dict(options or {})
+    if eval_split is not None:
+        if not out.get("metadata_csv"):
+            raise DataError(
+                f"--eval-split {eval_split} needs a metadata CSV that names the split of every sample.",
+                "add --data-option metadata_csv=PATH (column 'split', or metadata_split_column=NAME).",
+            )
+        out["eval_type"] = eval_split
+    return out or None
 
 
 def output_name(model: onnx.ModelProto, output: str | None) -> str:

@@ -51,6 +51,9 @@ class Latency:
     threads: int
     batch_size: int
     throughput: float
+    provider: str = "CPUExecutionProvider"
+    energy_mj_measured: float | None = None
+    energy_note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -98,25 +101,45 @@ def measure_latency(
     warmup: int = 5,
     threads: int = 1,
     batch_size: int = 1,
+    runtime: OrtRuntime | None = None,
+    rapl: bool = False,
 ) -> Latency:
-    """Median / p90 latency of one batch on ORT CPU; see the module docstring."""
+    """Median / p90 latency of one batch (ORT CPU unless ``runtime`` names other providers); see the
+    module docstring.  ``rapl``: also read the host's RAPL counters around the timed runs
+    (``edgequant.evaluate.energy``): whole-package mJ per batch, or the reason they are unavailable."""
     if runs < 1 or warmup < 0 or threads < 0:
         raise DataError(
             f"latency settings runs={runs}, warmup={warmup}, threads={threads} are invalid.",
             "use runs >= 1, warmup >= 0, threads >= 0 (0 = ORT default).",
         )
     feeds = repeat_sample(sample, batch_size, model)
-    session = OrtRuntime(intra_op_threads=threads).session(model, what="the model for latency measurement")
+    providers = runtime.providers if runtime is not None else ["CPUExecutionProvider"]
+    options = runtime.provider_options if runtime is not None else None
+    rt = OrtRuntime(providers=providers, intra_op_threads=threads, provider_options=options)
+    session = rt.session(model, what="the model for latency measurement")
+    from edgequant.evaluate import energy
+
+    measured: float | None = None
+    note = ""
     try:
         for _ in range(warmup):
             session.run(feeds)
+        before = energy.rapl_read() if rapl else "not requested"
         times = np.empty(runs, dtype=np.float64)
         for i in range(runs):
             start = time.perf_counter()
             session.run(feeds)
             times[i] = time.perf_counter() - start
+        after = energy.rapl_read() if isinstance(before, dict) else before
+        ran = session.providers[0] if session.providers else providers[0]
     finally:
         session.close()
+    if isinstance(before, dict) and isinstance(after, dict):
+        total = energy.rapl_delta_mj(before, after)
+        measured = None if total is None else total / runs
+        note = "RAPL, whole CPU package incl. other load" if total is not None else "RAPL counter wrapped"
+    else:
+        note = str(before)
     ms = times * 1e3
     median = float(np.median(ms))
     return Latency(
@@ -129,6 +152,9 @@ def measure_latency(
         threads=threads,
         batch_size=batch_size,
         throughput=batch_size / (median / 1e3) if median > 0 else float("inf"),
+        provider=ran,
+        energy_mj_measured=measured,
+        energy_note=note,
     )
 
 

@@ -38,16 +38,22 @@ def _compare_table(r: CompareResult) -> Table:
     t.caption_justify = "left"
     t.add_column("method", no_wrap=True)
     unit = next((m.drop_unit for m in r.methods if m.ok), "pp")
-    for col in ("score", f"drop {unit}", "ms", "MB", "packed"):
+    for col in ("score", f"drop {unit}", "ms", "MB", "packed", "mJ est."):
         t.add_column(col, justify="right", no_wrap=True)
     t.add_column("limits")
     for m in r.methods:
         mark = " *" if m.method == r.recommended else ""
         if not m.ok:
-            t.add_row(m.method, "[red]failed[/red]", "-", "-", "-", "-", _short(m.error, 40))
+            t.add_row(m.method, "[red]failed[/red]", "-", "-", "-", "-", "-", _short(m.error, 40))
             continue
         lat: dict[str, Any] = m.latency or {}
-        short = {"accuracy": "drop", "latency": "lat", "size": "size"}
+        short = {
+            "accuracy": "drop",
+            "relative": "rel-drop",
+            "latency": "lat",
+            "size": "size",
+            "energy": "energy",
+        }
         fails = ",".join(short.get(f.split(" ")[0], f.split(" ")[0]) for f in m.limit_failures)
         t.add_row(
             m.method + mark,
@@ -56,10 +62,21 @@ def _compare_table(r: CompareResult) -> Table:
             fmt(lat.get("median_ms")),
             fmt((m.file_bytes or 0) / MB),
             fmt((m.packed_bytes or 0) / MB),
+            _mj((m.energy or {}).get("total_mj")),
             "ok" if m.meets_limits else f"[yellow]over {fails}[/yellow]",
         )
-    t.caption = ("* recommended: " if r.recommended else "") + r.reason
+    first: dict[str, Any] = next((m.latency for m in r.methods if m.latency), {})
+    t.caption = (
+        ("* recommended: " if r.recommended else "")
+        + r.reason
+        + f"\nlatency measured here on {first.get('provider', '-')}, {r.settings.get('threads')} thread(s); "
+        + "mJ est. = energy estimate per inference (counted ops and bytes, Horowitz ISSCC 2014 45 nm)"
+    )
     return t
+
+
+def _mj(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else "-"
 
 
 def _short(text: str, n: int = 70) -> str:

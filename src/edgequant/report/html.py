@@ -70,6 +70,8 @@ def render_html(data: Mapping[str, Any]) -> str:
         )
     else:
         parts.append(f'<div class="rec none">{escape(rec["reason"])}<br>Limits: {escape(limits)}</div>')
+    if rec.get("rule"):
+        parts.append(f"<p>Rule: {escape(str(rec['rule']))}.</p>")
     trs = []
     for r in rows:
         cls = "failed" if r["status"] != "ok" else ("best" if r["method"] == rec["method"] else "")

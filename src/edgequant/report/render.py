@@ -33,6 +33,10 @@ CSV_COLUMNS = (
     "file_bytes",
     "packed_bytes",
     "size_mb",
+    "energy_mj_estimate",
+    "energy_mj_measured",
+    "provider",
+    "threads",
     "meets_limits",
     "limit_failures",
     "error",
@@ -42,7 +46,7 @@ CSV_COLUMNS = (
 
 METHOD_COLUMNS = [
     "method", "status", "score", "drop", "median ms", "p90 ms", "samples/s", "peak MB", "size MB",
-    "packed MB", "within limits", "notes",
+    "packed MB", "energy mJ (estimate)", "energy mJ (RAPL)", "within limits", "notes",
 ]  # fmt: skip
 
 
@@ -60,6 +64,8 @@ def method_cells(r: Mapping[str, Any]) -> list[str]:
         fmt(r["peak_mem_mb"], 1),
         fmt(r["size_mb"]),
         fmt(packed),
+        _sig(r.get("energy_mj_estimate")),
+        _sig(r.get("energy_mj_measured")),
         fmt(r["meets_limits"]),
         r["error"] or r["limit_failures"],
     ]
@@ -124,11 +130,20 @@ def method_row(m: Mapping[str, Any], primary: str) -> dict[str, Any]:
         "file_bytes": size,
         "packed_bytes": m.get("packed_bytes"),
         "size_mb": size / MB if isinstance(size, int) else None,
+        "energy_mj_estimate": (m.get("energy") or {}).get("total_mj"),
+        "energy_mj_measured": (m.get("energy") or {}).get("measured_mj"),
+        "provider": lat.get("provider"),
+        "threads": lat.get("threads"),
         "meets_limits": m.get("meets_limits"),
         "limit_failures": "; ".join(m.get("limit_failures") or []),
         "error": m.get("error", ""),
         "model_file": m.get("model_file", ""),
     }
+
+
+def _sig(v: Any) -> str:
+    """An energy in mJ with 3 significant digits (they span 1e-6 .. 1e3)."""
+    return f"{v:.3g}" if isinstance(v, float) else fmt(v)
 
 
 def render_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
@@ -171,6 +186,8 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         else _md_escape(rec["reason"]),
         "",
         "Limits: " + ", ".join(f"{k} = {fmt(v)}" for k, v in data["limits"].items()),
+        "",
+        f"Rule: {_md_escape(rec.get('rule') or '')}.",
         "",
         "## Methods",
         "",

@@ -29,6 +29,11 @@ def ort_version() -> str:
     return str(ort.__version__)
 
 
+def available_providers() -> list[str]:
+    """The execution providers of the installed onnxruntime build."""
+    return list(ort.get_available_providers())
+
+
 class OrtSession:
     """One InferenceSession; ``run`` returns a name -> array dict."""
 
@@ -74,6 +79,7 @@ class OrtRuntime:
         intra_op_threads: int = 0,
         optimize: bool = True,
         allow_spinning: bool = True,
+        provider_options: Sequence[dict[str, str]] | None = None,
     ) -> None:
         available = ort.get_available_providers()
         missing = [p for p in providers if p not in available]
@@ -84,10 +90,14 @@ class OrtRuntime:
                 "install the matching onnxruntime package, or use CPUExecutionProvider.",
             )
         self.providers = list(providers)
+        self.provider_options = list(provider_options) if provider_options is not None else None
         self.intra_op_threads = intra_op_threads
         self.optimize = optimize
         # idle ORT threads spin by default; during calibration that takes the CPU from data loading
         self.allow_spinning = allow_spinning
+
+    def _provider_kwargs(self) -> dict[str, Any]:
+        return {"providers": self.providers, "provider_options": self.provider_options}
 
     def session(self, model: onnx.ModelProto | Path | str, what: str = "the model") -> OrtSession:
         opts = ort.SessionOptions()
@@ -107,11 +117,20 @@ class OrtRuntime:
                     tmp = tempfile.TemporaryDirectory(prefix="edgequant-")
                     path = Path(tmp.name) / "model.onnx"
                     save_model(model, path, durable=False)  # leaves the caller's weights in place
-                    sess = ort.InferenceSession(str(path), opts, providers=self.providers)
+                    sess = ort.InferenceSession(
+                        str(path), opts, providers=self.providers, provider_options=self.provider_options
+                    )
                 else:
-                    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=self.providers)
+                    sess = ort.InferenceSession(
+                        model.SerializeToString(),
+                        opts,
+                        providers=self.providers,
+                        provider_options=self.provider_options,
+                    )
             else:
-                sess = ort.InferenceSession(str(model), opts, providers=self.providers)
+                sess = ort.InferenceSession(
+                    str(model), opts, providers=self.providers, provider_options=self.provider_options
+                )
         except Exception as exc:
             if tmp is not None:
                 tmp.cleanup()
