@@ -19,7 +19,7 @@ from edgequant import pipeline
 from edgequant.commands import compare as compare_cmd
 from edgequant.commands import evaluate as evaluate_cmd
 from edgequant.errors import DataError, RecipeError
-from edgequant.evaluate import compare
+from edgequant.evaluate import compare, leakage
 from edgequant.runtime import OrtRuntime
 
 SPLITS = ["train"] * 20 + ["val"] * 6 + ["test"] * 8
@@ -109,8 +109,17 @@ def test_compare_calibrates_on_train_and_evaluates_on_test(data: dict[str, Path]
 
 
 def test_compare_refuses_leakage(data: dict[str, Path], tmp_path: Path) -> None:
+    # one file for both: split (seeded, 20 % evaluation = 7 of 34), never evaluated in-sample
+    res = compare(data["model"], data["h5"], data["h5"], methods="float,dynamic-int8", outdir=tmp_path,
+                  latency_runs=1, warmup=0, measure_memory=False, top_k=0, report=False)  # fmt: skip
+    assert res.samples == 7
+    assert res.settings["leakage_check"] == (
+        "one dataset split in two (seed 0, 20 % evaluation): no overlap between 7 evaluation and 27 calibration "
+        "samples (content hashes)"
+    )
+    assert "evaluation part of a seeded split" in res.settings["eval_data"]
     with pytest.raises(DataError, match=r"are the same file .* in-sample"):
-        compare(data["model"], data["h5"], data["h5"], methods="float", outdir=tmp_path, report=False)
+        leakage.check_no_leakage(data["h5"], data["h5"], [], [], None, 8)
     x = tinymodels.images(12, seed=3)
     ev = {"x": np.concatenate([tinymodels.images(4, seed=4), x[5:7]])}  # two calibration samples reused
     with pytest.raises(DataError, match=r"2 of the 6 evaluation samples also appear among the 12 calibration samples "

@@ -225,17 +225,17 @@ def compare(
     rt = runtime_for(device, gpu_number)
     profile = EnergyProfile.from_mapping(energy_profile) if energy_profile is not None else EnergyProfile()
     opts = core.eval_options(data_options, eval_split)
+    specs, cap = input_specs(float_model), preset("int8-static").calib_samples
+    one = leakage.same_file(calibration, eval_data) and not (opts or {}).get("metadata_csv")
+    if one:  # one dataset for both: a seeded split, calibration never sees the evaluation part
+        calibration = leakage.calibration_part(calibration, specs, opts, cap)
     ev = core.load_eval_data(
-        eval_data, float_model, labels=labels, max_samples=max_eval_samples, options=opts
-    )
-    leak = leakage.check_no_leakage(
-        calibration,
-        eval_data,
-        ev.batches,
-        input_specs(float_model),
-        opts,
-        preset("int8-static").calib_samples,
-    )
+        eval_data, float_model, labels=labels, max_samples=max_eval_samples, options=opts,
+        split="eval" if one else None,
+    )  # fmt: skip
+    leak = leakage.check_no_leakage(calibration, eval_data, ev.batches, specs, opts, cap)
+    if one:
+        leak = f"one dataset split in two (seed 0, 20 % evaluation): {leak}"
     extra: dict[str, Any] = {"data_options": opts} if opts else {}
     out_name = core.output_name(float_model, None)
     lay = core.ev_layout(task, layout)

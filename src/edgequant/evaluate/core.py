@@ -111,6 +111,7 @@ def load_eval_data(
     batch_size: int = 32,
     max_samples: int | None = None,
     options: Mapping[str, Any] | None = None,
+    split: Literal["all", "eval"] | None = None,
 ) -> EvalData:
     """Batches for ``model`` from a path (via ``edgequant.data``), an array, a dict or batches.
 
@@ -118,6 +119,8 @@ def load_eval_data(
     argument wins.  A model with a fixed batch dimension gets batches of exactly that size.
     ``options`` are the data options of ``edgequant.data.SourceOptions`` (quantize's
     ``--data-option``); with a ``metadata_csv`` only the rows of its ``eval_type`` split are read.
+    ``split="eval"`` without a metadata CSV reads the evaluation part of the data layer's seeded
+    split (``edgequant.data.select``), the part calibration with ``split="calib"`` never reads.
     """
     specs = input_specs(model)
     fixed = specs[0].shape[0] if specs and specs[0].shape else None
@@ -126,7 +129,8 @@ def load_eval_data(
     if isinstance(data, str | Path):
         from edgequant import data as data_mod  # the data layer owns file formats
 
-        split: Literal["all", "eval"] = "eval" if options and options.get("metadata_csv") else "all"
+        if split is None:
+            split = "eval" if options and options.get("metadata_csv") else "all"
         source = data_mod.open_source(
             data, specs, batch_size=batch, max_samples=max_samples, split=split, options=options or None
         )
@@ -137,7 +141,9 @@ def load_eval_data(
         if label_parts and all(p is not None for p in label_parts):
             found_labels = np.concatenate([p for p in label_parts if p is not None])
         description = str(data)
-        if split == "eval":
+        if split == "eval" and not (options or {}).get("metadata_csv"):
+            description += " (evaluation part of a seeded split; calibration reads the other part)"
+        elif split == "eval":
             description += f" (rows with {source_split(options)} in '{(options or {})['metadata_csv']}')"
     elif isinstance(data, np.ndarray | Mapping):
         arrays: dict[str, np.ndarray]

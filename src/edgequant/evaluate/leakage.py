@@ -3,7 +3,8 @@
 Every evaluation sample is hashed (BLAKE2b over each input's dtype, shape and bytes, inputs in name
 order); the calibration samples that quantization reads (its split and sample cap) are hashed the
 same way; any common hash is a ``DataError`` naming how many samples overlap and the first one.
-The same file given for both without a metadata CSV that splits it is refused before hashing.
+``compare`` splits one file given for both (``calibration_part`` and the evaluation part of the
+data layer's seeded split); ``check_no_leakage`` refuses the same file given for both unsplit.
 """
 
 from __future__ import annotations
@@ -33,6 +34,26 @@ def sample_hashes(batches: Iterable[Batch]) -> list[bytes]:
                 h.update(a.tobytes())
             out.append(h.digest())
     return out
+
+
+def same_file(calibration: Any, eval_data: Any) -> bool:
+    return (
+        isinstance(calibration, str | Path)
+        and isinstance(eval_data, str | Path)
+        and Path(calibration).resolve() == Path(eval_data).resolve()
+    )
+
+
+def calibration_part(
+    data: str | Path, specs: list[InputSpec], options: Mapping[str, Any] | None, cap: int
+) -> Batch:
+    """The calibration part (``split="calib"``, at most ``cap`` samples) of one file, in memory."""
+    from edgequant.data import open_source
+
+    parts = list(
+        open_source(data, specs, batch_size=32, max_samples=cap, split="calib", options=options or None)
+    )
+    return {k: np.concatenate([np.asarray(b[k]) for b in parts]) for k in parts[0]}
 
 
 def check_no_leakage(
