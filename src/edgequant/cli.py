@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgequant.errors import EdgeQuantError, ModelError, RecipeError
+from edgequant.errors import EdgeQuantError, RecipeError
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Quantize ONNX models for real, and prove it."
@@ -63,19 +63,12 @@ class ProgressBar:
 
 
 def _load_torch(model: Path, factory: str | None, checkpoint: Path | None, input_shape: str | None) -> Any:
-    from edgequant.model.torch_import import load_factory, load_torchscript, parse_input_shapes
+    from edgequant.commands.torch_input import load_torch
 
-    if input_shape is None:
-        raise ModelError(
-            "a PyTorch model needs the shape of its example input(s) for export.",
-            "add --input-shape 1x3x224x224 (several inputs: comma-separated).",
-        )
-    import torch
-
-    module = load_factory(factory, checkpoint) if factory else load_torchscript(model)
-    shapes = parse_input_shapes(input_shape)
-    examples = tuple(torch.randn(*s) for s in shapes)
-    return module, examples[0] if len(examples) == 1 else examples
+    module, examples, notes = load_torch(model, factory, checkpoint, input_shape)
+    for note in notes:  # the checkpoint form found, the config used
+        err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+    return module, examples
 
 
 @app.command()
@@ -138,9 +131,15 @@ def quantize(
     ] = None,
     recipe: Annotated[Path | None, typer.Option(help="YAML recipe; flags given here override it.")] = None,
     factory: Annotated[str | None, typer.Option(help="PyTorch 'package.module:factory'.")] = None,
-    checkpoint: Annotated[Path | None, typer.Option(help="State dict for --factory.")] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Checkpoint for --factory: file, or run dir with args.json/config.")
+    ] = None,
     input_shape: Annotated[
         str | None, typer.Option(help="PyTorch example input shape, e.g. 1x3x32x32.")
+    ] = None,
+    dynamic_axis: Annotated[
+        list[str] | None,
+        typer.Option(help="PyTorch export: INPUT:AXIS made dynamic (e.g. input:1). Repeatable."),
     ] = None,
 ) -> None:
     """Quantize MODEL and write <name>_<tag>.onnx, its report (.json) and plan (.plan.json) into OUT."""
@@ -160,6 +159,10 @@ def quantize(
     try:
         if data_option:
             overrides["data_options"] = parse_options(data_option)
+        if dynamic_axis:
+            from edgequant.commands.torch_input import parse_dynamic_axes
+
+            overrides["dynamic_axes"] = parse_dynamic_axes(dynamic_axis)
         source: Any = model
         examples = None
         if factory or model.suffix in (".pt", ".pth", ".ts", ".torchscript"):

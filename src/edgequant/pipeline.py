@@ -60,11 +60,17 @@ def resolve_recipe(recipe: Recipe | dict[str, Any] | str | Path | None, override
 
 
 def load_input_model(
-    model: ModelLike, example_inputs: Any = None
+    model: ModelLike, example_inputs: Any = None, dynamic_axes: dict[str, list[int]] | None = None
 ) -> tuple[onnx.ModelProto, str, dict[str, Any] | None]:
-    """An ONNX model, a name for it, and the export check when it came from PyTorch or TensorFlow."""
+    """An ONNX model, a name for it, and the export check when it came from PyTorch or TensorFlow.
+    ``dynamic_axes`` (PyTorch only): more symbolic input axes, verified at two sizes (``export_torch``)."""
     from edgequant.model.tf_import import is_tf_model, is_tf_path
 
+    if dynamic_axes and not (type(model).__module__.startswith("torch") or hasattr(model, "state_dict")):
+        raise RecipeError(
+            f"dynamic_axes {dynamic_axes} apply when a PyTorch model is exported; this model is not one.",
+            "drop --dynamic-axis (an ONNX model's dynamic axes are set in the file).",
+        )
     if isinstance(model, onnx.ModelProto):
         return model, (model.graph.name or "model").replace("/", "_"), None
     if isinstance(model, str | Path) and not is_tf_path(model):
@@ -84,7 +90,10 @@ def load_input_model(
                 "a PyTorch module needs example inputs to be exported to ONNX.",
                 "pass example_inputs=torch.randn(1, 3, 224, 224) (or a tuple for several inputs).",
             )
-        return _imported(lambda path: export_torch(model, example_inputs, path), type(model).__name__.lower())
+        return _imported(
+            lambda path: export_torch(model, example_inputs, path, dynamic_axes=dynamic_axes or None),
+            type(model).__name__.lower(),
+        )
     raise ModelError(
         f"cannot quantize an object of type {type(model).__name__}.",
         "pass a path to an .onnx file, a Keras .keras/.h5 file or SavedModel directory, an onnx.ModelProto, "
@@ -122,7 +131,7 @@ def quantize(
     t0 = time.perf_counter()
     recipe, target_notes = adapt_to_target(resolve_recipe(recipe, overrides))
     runtime = runtime or OrtRuntime(allow_spinning=False)
-    onnx_model, name, imported = load_input_model(model, example_inputs)
+    onnx_model, name, imported = load_input_model(model, example_inputs, recipe.dynamic_axes)
     # an ONNX file is the user's float model: ORT reads it from disk (external data included) for the
     # load check and the final comparison, and the loaded copy is repaired in place (one copy of the
     # weights in memory, which matters above 2 GB)

@@ -42,7 +42,10 @@ def _options(items: list[str] | None) -> dict[str, Any] | None:
 def register(app: typer.Typer) -> None:
     @app.command()
     def compare(
-        model: Annotated[Path, typer.Argument(help="The float ONNX model.")],
+        model: Annotated[
+            Path,
+            typer.Argument(help="The float model: ONNX, TorchScript, or a name for --factory/--checkpoint."),
+        ],
         outdir: Annotated[Path, typer.Option("-o", "--out", "--outdir", help="Output directory.")],
         calib_data: Annotated[str | None, typer.Option(help="Calibration data.")] = None,
         eval_data: Annotated[
@@ -79,6 +82,18 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option(help="cpu, cuda or cuda:N: ONNX Runtime's provider (no CPU fallback).")
         ] = None,
         gpu_number: Annotated[int | None, typer.Option(help="Alias for --device cuda:N.")] = None,
+        factory: Annotated[str | None, typer.Option(help="PyTorch 'package.module:factory'.")] = None,
+        checkpoint: Annotated[
+            Path | None,
+            typer.Option(help="Checkpoint for --factory: file, or run dir with args.json/config."),
+        ] = None,
+        input_shape: Annotated[
+            str | None, typer.Option(help="PyTorch example input shape, e.g. 1x20x8.")
+        ] = None,
+        dynamic_axis: Annotated[
+            list[str] | None,
+            typer.Option(help="PyTorch export: INPUT:AXIS made dynamic (e.g. input:1). Repeatable."),
+        ] = None,
         data_option: Annotated[
             list[str] | None,
             typer.Option(help="Data option KEY=VALUE as for quantize (e.g. metadata_csv=m.csv)."),
@@ -114,8 +129,13 @@ def register(app: typer.Typer) -> None:
             from edgequant.evaluate import resolve_methods
 
             names.extend(resolve_methods(methods))
+            from edgequant.commands.torch_input import to_onnx
+
+            source, notes = to_onnx(model, factory, checkpoint, input_shape, dynamic_axis)
+            for note in notes:
+                err.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
             result = run(
-                model, calib_data, eval_data, methods=methods, max_drop=max_drop, max_drop_rel=max_drop_rel,
+                source, calib_data, eval_data, methods=methods, max_drop=max_drop, max_drop_rel=max_drop_rel,
                 max_latency_ms=max_latency_ms, max_size_mb=max_size_mb, max_energy_mj=max_energy_mj,
                 prefer=prefer, outdir=outdir, task=task, progress=progress, latency_runs=runs,
                 threads=threads, batch_size=batch_size, measure_memory=memory, top_k=top_k,

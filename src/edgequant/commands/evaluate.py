@@ -17,8 +17,12 @@ def _fail(exc: EdgeQuantError) -> None:
     raise typer.Exit(2)
 
 
+def _name(model: Any) -> str:
+    return str(model) if isinstance(model, str | Path) else f"{model.graph.name} (exported from PyTorch)"
+
+
 def run_evaluate(
-    float_model: Path,
+    float_model: Path | Any,
     quant_model: Path,
     data: str,
     task: str,
@@ -58,7 +62,7 @@ def run_evaluate(
     ref = core.join(core.run_outputs(fm, ev.batches, name, rt, "the float model"), task, lay)
     got = core.join(core.run_outputs(qm, ev.batches, name, rt, "the quantized model"), task, lay)
     result = core.score_outputs(task, ref, got, ev.labels, name, metric=metric, blank=blank)
-    out: dict[str, Any] = {"kind": "evaluate", "float_model": str(float_model), "quant_model": str(quant_model),
+    out: dict[str, Any] = {"kind": "evaluate", "float_model": _name(float_model), "quant_model": str(quant_model),
                            "data": ev.description, "providers": rt.providers, **result.to_dict()}  # fmt: skip
     rows = result.rows()
     sizes = {"float": perf.model_size(float_model), "quantized": perf.model_size(quant_model)}
@@ -93,7 +97,10 @@ def run_evaluate(
 def register(app: typer.Typer) -> None:
     @app.command()
     def evaluate(
-        float_model: Annotated[Path, typer.Argument(help="The float ONNX model.")],
+        float_model: Annotated[
+            Path,
+            typer.Argument(help="The float model: ONNX, TorchScript, or a name for --factory/--checkpoint."),
+        ],
         quant_model: Annotated[Path, typer.Argument(help="The quantized ONNX model.")],
         data: Annotated[
             str, typer.Option(help="Evaluation data (.npz with inputs and 'labels', images, ...).")
@@ -134,6 +141,18 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option(help="cpu, cuda or cuda:N: ONNX Runtime's provider (no CPU fallback).")
         ] = None,
         gpu_number: Annotated[int | None, typer.Option(help="Alias for --device cuda:N.")] = None,
+        factory: Annotated[str | None, typer.Option(help="PyTorch 'package.module:factory'.")] = None,
+        checkpoint: Annotated[
+            Path | None,
+            typer.Option(help="Checkpoint for --factory: file, or run dir with args.json/config."),
+        ] = None,
+        input_shape: Annotated[
+            str | None, typer.Option(help="PyTorch example input shape, e.g. 1x20x8.")
+        ] = None,
+        dynamic_axis: Annotated[
+            list[str] | None,
+            typer.Option(help="PyTorch export: INPUT:AXIS made dynamic (e.g. input:1). Repeatable."),
+        ] = None,
     ) -> None:
         """Compare a quantized model with its float model on labeled or unlabeled data."""
         from edgequant.evaluate.table import format_table
@@ -141,10 +160,14 @@ def register(app: typer.Typer) -> None:
 
         try:
             from edgequant.cli import parse_options
+            from edgequant.commands.torch_input import to_onnx
 
             opts = parse_options(data_option) if data_option else None
+            source, notes = to_onnx(float_model, factory, checkpoint, input_shape, dynamic_axis)
+            for note in notes:
+                Console(stderr=True).print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
             result, out, rows = run_evaluate(
-                float_model, quant_model, data, task, metric=metric, blank=blank, layout=layout,
+                source, quant_model, data, task, metric=metric, blank=blank, layout=layout,
                 output_name=output_name, batch_size=batch_size, max_samples=max_samples, per_layer=per_layer,
                 top_k=top_k, layer_samples=layer_samples, latency=latency, runs=runs, threads=threads,
                 latency_batch=latency_batch, memory=memory, data_options=opts, eval_split=eval_split,

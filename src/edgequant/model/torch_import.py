@@ -148,13 +148,18 @@ def _export(
     axes: tuple[list[int], list[dict[int, str]]] | None,
     opset: int,
     exporter: str,
+    extra: dict[str, list[int]] | None = None,
 ) -> None:
     in_names, out_names = names
+    extra = extra or {}
     if exporter == "dynamo":
         shapes = None
         if axes is not None:
             batch = torch.export.Dim("batch")
-            shapes = tuple({ax: batch} for ax in axes[0])
+            shapes = tuple(
+                {ax: batch, **{e: torch.export.Dim(f"{n}_dim{e}") for e in extra.get(n, [])}}
+                for n, ax in zip(in_names, axes[0], strict=True)
+            )
         torch.onnx.export(
             module, args, str(path), dynamo=True, input_names=in_names, output_names=out_names,
             opset_version=opset, dynamic_shapes=shapes, verbose=False,
@@ -162,7 +167,10 @@ def _export(
         return
     dyn = None
     if axes is not None:
-        dyn = {n: {ax: "batch"} for n, ax in zip(in_names, axes[0], strict=True)}
+        dyn = {
+            n: {ax: "batch", **{e: f"{n}_dim{e}" for e in extra.get(n, [])}}
+            for n, ax in zip(in_names, axes[0], strict=True)
+        }
         dyn.update({n: a for n, a in zip(out_names, axes[1], strict=True) if a})
     torch.onnx.export(
         module, args, str(path), dynamo=False, input_names=in_names, output_names=out_names,
@@ -182,11 +190,15 @@ def export_torch(
     rtol_sqnr_db: float = 40.0,
     batch_axis: int = 0,
     exporter: Literal["torchscript", "dynamo"] = "torchscript",
+    dynamic_axes: dict[str, list[int]] | None = None,
 ) -> ImportReport:
     """Export ``module`` to ONNX at ``out_path`` and verify it in ONNX Runtime (see module doc).
 
     ``batch_axis`` is the batch axis of every input (1 for a time-major RNN); with
     ``dynamic_batch`` it becomes a symbolic ``batch`` dimension, checked at two batch sizes.
+    ``dynamic_axes`` ``{input name: [axis, ...]}`` (``--dynamic-axis input:1``) makes more axes
+    symbolic (``<name>_dim<axis>``, e.g. a sequence length); the check's second run then also grows
+    each of them by 2, so the export is verified at two lengths.
     """
     torch = require_torch()
     start = time.perf_counter()
@@ -204,6 +216,18 @@ def export_torch(
         raise DataError(
             f"input_names {in_names} must be {len(arrays)} distinct name(s), one per example input.",
             "pass one unique name per example input, in forward() argument order.",
+        )
+    extra = {k: sorted(set(v)) for k, v in (dynamic_axes or {}).items()}
+    unknown = sorted(set(extra) - set(in_names))
+    if unknown:
+        raise RecipeError(
+            f"--dynamic-axis names input(s) {unknown}; the model's inputs are {in_names}.",
+            "write --dynamic-axis INPUT:AXIS with one of those names.",
+        )
+    if extra and not dynamic_batch:
+        raise RecipeError(
+            "dynamic axes need the two-size export check, which dynamic_batch=False switches off.",
+            "export with dynamic_batch=True.",
         )
     in_axes: list[int] = []
     for name, a in zip(in_names, arrays, strict=True):
@@ -231,6 +255,15 @@ def export_torch(
             grown = [
                 second_batch(a, ax, seed=i) for i, (a, ax) in enumerate(zip(arrays, in_axes, strict=True))
             ]
+            for i, name in enumerate(in_names):
+                for e in extra.get(name, []):
+                    if not 0 <= e < grown[i].ndim or e == in_axes[i]:
+                        raise RecipeError(
+                            f"--dynamic-axis {name}:{e}: input '{name}' has shape {arrays[i].shape} "
+                            f"(axis {in_axes[i]} is the batch).",
+                            f"name another axis between 0 and {arrays[i].ndim - 1}.",
+                        )
+                    grown[i] = second_batch(grown[i], e, seed=100 + i)
             try:
                 refs.append(_run_torch(module, grown))
             except Exception as exc:
@@ -246,7 +279,9 @@ def export_torch(
             tmp_model = Path(tmp) / "model.onnx"
             try:
                 with quiet("torch.onnx.export"):
-                    _export(torch, module, args, tmp_model, (in_names, out_names), axes, opset, exporter)
+                    _export(
+                        torch, module, args, tmp_model, (in_names, out_names), axes, opset, exporter, extra
+                    )
             except Exception as exc:
                 raise ModelError(
                     f"torch.onnx.export ({exporter} exporter, opset {opset}) failed for "

@@ -72,6 +72,7 @@ class Recipe:
     target_sqnr_db: float | None = None  # output SQNR vs float to reach by keeping sensitive nodes float
     max_float_nodes: int | None = None  # cap on those nodes; None: 10 % of the quantized compute nodes
     bias_correction: bool = False  # static: fold the measured per-channel output mean shift into biases
+    dynamic_axes: dict[str, list[int]] = field(default_factory=dict)  # PyTorch export: {input: [axis]}
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
