@@ -31,7 +31,9 @@ class Gru(nn.Module):
 def test_dynamic_time_axis_runs_other_lengths(tmp_path: Path) -> None:
     torch.manual_seed(0)
     m = Gru().eval()
-    rep = export_torch(m, torch.randn(2, 20, 6), tmp_path / "g.onnx", dynamic_axes=parse_dynamic_axes(["input:1"]))
+    rep = export_torch(
+        m, torch.randn(2, 20, 6), tmp_path / "g.onnx", dynamic_axes=parse_dynamic_axes(["input:1"])
+    )
     assert rep.sqnr_db > 60
     onnx_model = load_model(tmp_path / "g.onnx")
     dims = onnx_model.graph.input[0].type.tensor_type.shape.dim
