@@ -129,6 +129,10 @@ def quantize(
         str | None,
         typer.Option(help="Hardware target profile: cpu (default), ti-npu, vitis-dpu, cmsis-nn, akida."),
     ] = None,
+    algorithm: Annotated[
+        list[str] | None,
+        typer.Option(metavar="NAME", help="Static: run a pass (cle, adaround), in order. Repeatable."),
+    ] = None,
     recipe: Annotated[Path | None, typer.Option(help="YAML recipe; flags given here override it.")] = None,
     factory: Annotated[str | None, typer.Option(help="PyTorch 'package.module:factory'.")] = None,
     checkpoint: Annotated[
@@ -154,6 +158,7 @@ def quantize(
         "skip_last": skip_last, "reduce_range": reduce_range, "tag": tag,
         "target_sqnr_db": target_sqnr, "max_float_nodes": max_float_nodes, "bias_correction": bias_correction,
         "target": target,
+        "algorithms": algorithm or None,
     }  # fmt: skip
     overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     try:

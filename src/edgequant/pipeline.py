@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgequant import planner
+from edgequant import algorithms, planner
 from edgequant.algorithms import correct_biases, keep_sensitive_float
 from edgequant.data import CalibrationSource, input_specs, open_source
 from edgequant.errors import ExportError, InferenceError, ModelError, RecipeError, UnsupportedError
@@ -129,6 +129,7 @@ def quantize(
 ) -> QuantResult:
     """Quantize ``model`` as ``recipe`` says; the result's model is checked to run in ORT."""
     t0 = time.perf_counter()
+    recipe_arg = recipe
     recipe, target_notes = adapt_to_target(resolve_recipe(recipe, overrides))
     runtime = runtime or OrtRuntime(allow_spinning=False)
     onnx_model, name, imported = load_input_model(model, example_inputs, recipe.dynamic_axes)
@@ -146,6 +147,8 @@ def quantize(
     seconds: dict[str, float] = {"load": time.perf_counter() - t0}
     calib_info: dict[str, Any] | None = None
     sensitivity: dict[str, Any] | None = None
+    pass_rows: list[dict[str, Any]] = []
+    result_float = float_model  # the float model the result carries: passes change weights in a copy
     bias_info: dict[str, Any] | None = None
     if calibration is None and recipe.calib_data is not None:
         calibration = recipe.calib_data
@@ -174,6 +177,15 @@ def quantize(
     else:
         plan = planner.resolve(float_model, recipe, cpu)
         float_model, plan = _raise_opset(float_model, plan, notes)
+        result_float = float_model
+        passes = algorithms.context(
+            recipe, runtime, lambda r: _source(calibration, float_model, r), calibration is None,
+            _named(recipe_arg, overrides) if recipe.algorithms else (),
+        )  # fmt: skip
+        for step in recipe.algorithms:  # each step is a pass: stat requests, then apply (algorithms/)
+            float_model, plan = algorithms.run_pass(step, float_model, plan, passes)
+        notes += passes.notes
+        pass_rows = passes.rows
         if plan.activations():
             t1 = time.perf_counter()
             source = _source(calibration, float_model, recipe)
@@ -207,7 +219,7 @@ def quantize(
     check = _check(runtime, reference, quantized, calibration, recipe)
     seconds["total"] = time.perf_counter() - t0
     result = QuantResult(
-        quantized, float_model, plan, recipe, name, recipe.default_tag, save_float=bool(imported)
+        quantized, result_float, plan, recipe, name, recipe.default_tag, save_float=bool(imported)
     )
     result.report = build_report(
         result,
@@ -224,7 +236,18 @@ def quantize(
         result.report["bias_correction"] = bias_info
     if sensitivity:
         result.report["sensitivity"] = sensitivity
+    if pass_rows:
+        result.report["algorithms"] = pass_rows
     return result
+
+
+def _named(recipe: Recipe | dict[str, Any] | str | Path | None, overrides: dict[str, Any]) -> tuple[str, ...]:
+    """The passes the user named (a preset's passes are not named: finding nothing to do is a note)."""
+    if "algorithms" in overrides:
+        return tuple(overrides["algorithms"])
+    return (
+        () if isinstance(recipe, str) and recipe in PRESETS else tuple(resolve_recipe(recipe, {}).algorithms)
+    )
 
 
 def _require_change(plan: QuantPlan) -> None:

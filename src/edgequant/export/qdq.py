@@ -27,7 +27,7 @@ from edgequant.export.embedding import gather_rows, is_row_table
 from edgequant.model.io import opset_of, weightless_copy
 from edgequant.model.patterns import names_read
 from edgequant.plan import QuantPlan, TensorEntry
-from edgequant.schemes.qparams import qparams_from_range, quantize, quantize_weight
+from edgequant.schemes.qparams import qparams_from_range, quantize, quantize_fixed, quantize_weight
 from edgequant.schemes.spec import Granularity, QuantSpec
 
 _INT32 = np.iinfo(np.int32)
@@ -131,7 +131,10 @@ def export_qdq(
                 f"weight '{entry.name}' in the plan is not an initializer.", "re-run the planner."
             )
         w = numpy_helper.to_array(inits[entry.name]).astype(np.float32)
-        q, scale, zero = quantize_weight(w, entry.spec)
+        if entry.role == "weight" and entry.scale is not None and entry.zero_point is not None:
+            q, scale, zero = quantize_fixed(w, entry.spec, entry.scale, entry.zero_point)  # set by a pass
+        else:
+            q, scale, zero = quantize_weight(w, entry.spec)
         params[entry.name] = (scale, zero)
         _fill(entry, scale, zero)
         q_name, s_name, z_name = (names.fresh(f"{entry.name}{s}") for s in ("_q", "_scale", "_zp"))

@@ -300,6 +300,14 @@ def prepare(model: onnx.ModelProto, *, copy: bool = True) -> tuple[onnx.ModelPro
         notes.append(f"{folded} node(s) computing only from constants were folded into initializers.")
     out = _fuse(out, notes)
     notes += rewrite_einsums(out)
+    from edgequant.model.fold_pad import fold_zero_pads
+
+    pads = fold_zero_pads(out)
+    if pads:
+        notes.append(
+            f"{pads} zero Pad node(s) folded into the pads of the Conv/AveragePool after them, so no float "
+            "Pad sits between two integer kernels."
+        )
     named = name_nodes(out.graph)
     if named:
         notes.append(f"{named} unnamed or duplicate-named node(s) were given unique names.")

@@ -24,6 +24,8 @@ Method = Literal["static", "dynamic", "fp16", "weight-only"]
 CalibMethod = Literal["minmax", "percentile", "entropy", "mse"]
 METHODS: tuple[str, ...] = get_args(Method)
 CALIB_METHODS: tuple[str, ...] = get_args(CalibMethod)
+# passes (edgequant.algorithms registers one per name), in the order they may run: on float weights first
+ALGORITHMS: tuple[str, ...] = ("cle", "adaround")
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class Recipe:
     max_float_nodes: int | None = None  # cap on those nodes; None: 10 % of the quantized compute nodes
     bias_correction: bool = False  # static: fold the measured per-channel output mean shift into biases
     dynamic_axes: dict[str, list[int]] = field(default_factory=dict)  # PyTorch export: {input: [axis]}
+    algorithms: tuple[str, ...] = ()  # passes run in order (ALGORITHMS), e.g. ("cle", "adaround")
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -110,6 +113,7 @@ class Recipe:
             )
         self._check_sensitivity()
         self._check_target()
+        self._check_algorithms()
         if self.bias_correction and self.method != "static":
             raise RecipeError(
                 f"bias_correction is set but method is '{self.method}'; it corrects the biases of a static "
@@ -123,6 +127,30 @@ class Recipe:
         from edgequant import targets
 
         object.__setattr__(self, "target", targets.canonical(self.target))
+    def _check_algorithms(self) -> None:
+        for name in self.algorithms:
+            if name not in ALGORITHMS:
+                raise RecipeError(
+                    f"unknown algorithm '{name}'; known: {', '.join(ALGORITHMS)}.",
+                    "use one of the known names" + _suggest(name, ALGORITHMS) + ".",
+                )
+        if self.algorithms and self.method != "static":
+            raise RecipeError(
+                f"algorithms {list(self.algorithms)} are set but method is '{self.method}'; the passes refine "
+                "the weights of a static int model, so they apply to method 'static' only.",
+                "use --method static with --algorithm, or drop --algorithm.",
+            )
+        if len(set(self.algorithms)) != len(self.algorithms):
+            raise RecipeError(
+                f"algorithms {list(self.algorithms)} name a pass twice.", "list each pass once."
+            )
+        order = [ALGORITHMS.index(a) for a in self.algorithms]
+        if order != sorted(order):
+            raise RecipeError(
+                f"algorithms {list(self.algorithms)} are out of order; passes run in the order "
+                f"{', '.join(ALGORITHMS)} (equalize weights before choosing their rounding).",
+                f"write them as {[a for a in ALGORITHMS if a in self.algorithms]}.",
+            )
 
     def _check_sensitivity(self) -> None:
         target, cap = self.target_sqnr_db, self.max_float_nodes
@@ -279,6 +307,7 @@ def from_dict(data: dict[str, Any]) -> Recipe:
 def to_dict(recipe: Recipe) -> dict[str, Any]:
     out = dataclasses.asdict(recipe)
     out["exclude"] = list(recipe.exclude)
+    out["algorithms"] = list(recipe.algorithms)
     pre = out["preprocess"]
     for k in ("mean", "std"):
         if pre[k] is not None:

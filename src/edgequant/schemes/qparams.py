@@ -183,6 +183,18 @@ def quantize_weight(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndar
     return quantize(w, scale, zero, spec), scale, zero
 
 
+def quantize_fixed(
+    w: np.ndarray, spec: QuantSpec, scale: list[float], zero: list[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(q, scale, zero) for a weight whose scale and zero point were fixed earlier (flattened, as a
+    plan entry holds them): an algorithm such as AdaRound chose the integers on that grid, and
+    quantizing its dequantized weight again on the same grid gives back exactly those integers."""
+    shape = np.shape(weight_ranges(w, spec)[0])
+    s = np.asarray(scale, dtype=np.float32).reshape(shape)
+    z = np.asarray(zero, dtype=np.int64).reshape(shape)
+    return quantize(w, s, z, spec), s, z
+
+
 def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
     """Signal-to-quantization-noise ratio in dB: 10·log10(Σx² / Σ(x - x̂)²); inf when exact."""
     ref = np.asarray(reference, dtype=np.float64)

@@ -1,0 +1,387 @@
+"""AdaRound (``adaround``): learn, per layer, whether each weight rounds up or down.
+
+Nagel, Amjad, van Baalen, Louizos, Blankevoort, "Up or Down? Adaptive Rounding for Post-Training
+Quantization", ICML 2020.  For a layer with weight ``W`` on the plan's grid (scale ``s``, zero ``z``,
+integers ``[qmin, qmax]``), the quantized weight is
+
+    W~ = s * clip(floor(W / s) + h(V), qmin - z, qmax - z),   h(V) = clip(sigmoid(V) (zeta - gamma) + gamma, 0, 1)
+
+(``zeta = 1.1``, ``gamma = -0.1``, the rectified sigmoid), and ``V`` minimises
+
+    E ||W x - W~ x~||^2 / C_out  +  lambda * sum (1 - |2 h(V) - 1|^beta)
+
+over calibration inputs, where ``x`` is the layer's input in the float model and ``x~`` its input in
+the model whose earlier layers already carry their AdaRound weights (the paper's asymmetric
+reconstruction: errors of the layers before are compensated, not compounded).  ``beta`` anneals from
+20 to 2 after a warm-up of 20 % of the iterations without the regulariser; ``lambda = 0.01``; the
+result rounds ``h(V) >= 0.5`` up.  Layers are processed in graph order.
+
+Memory is bounded by the layer, not by the data: the loss is a quadratic form in ``W~``, so it needs
+only ``A = E[x~ x~^T]`` and ``B = E[x~ x^T]`` (``K x K`` per group, ``K`` = input channels x kernel
+size; im2col per batch for Conv), accumulated while the batches stream.  The gradient is
+``2 (W~ A - W B) / C_out``.  Layers whose two matrices would exceed ``MAX_GRAM_BYTES`` are skipped
+with the reason.  (The paper minimises the error after the activation function; the pre-activation
+form used here is what keeps memory flat, and is the paper's "layer-wise" ablation.)
+
+One ORT session serves every layer: the weights of the layers to round become graph inputs, so the
+float and the partially rounded model are the same session fed different weights.  numpy only; the
+per-iteration cost is one batched ``[C_out, K] x [K, K]`` matmul, which BLAS runs as fast as torch
+would on CPU, so torch is not used.
+
+The scale and zero point AdaRound rounded on are written into the plan entry (the exporter then
+keeps them), and the model's weight becomes the dequantized AdaRound weight, which the exporter
+quantizes back to exactly those integers.  Any QuantSpec works: 2/4/8 bits, per tensor or per
+channel, float or power-of-two scales.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from numpy.lib.stride_tricks import sliding_window_view
+from onnx import helper, numpy_helper
+from threadpoolctl import threadpool_limits
+
+from edgequant.algorithms.base import PassOutcome, StatRequest, Stats, register
+from edgequant.errors import DataError
+from edgequant.plan import QuantPlan, TensorEntry
+from edgequant.recipe.schema import Recipe
+from edgequant.schemes.qparams import dequantize, expand_params, quantize_weight
+
+log = logging.getLogger(__name__)
+ZETA, GAMMA = 1.1, -0.1
+LAMBDA = 0.01
+ITERATIONS = 1000  # per layer, as many as MAC_BUDGET allows, and at least MIN_ITERATIONS
+MIN_ITERATIONS = 100
+MAC_BUDGET = 2e10  # multiply-adds of the optimisation per layer (about 3-10 s on one 2-core CPU)
+WARMUP = 0.2
+BETA = (20.0, 2.0)
+LR = 0.01
+MAX_GRAM_BYTES = 1 << 29  # 512 MiB for A and B together (float64)
+_OPS = ("Conv", "Gemm", "MatMul")
+
+
+@dataclass
+class Layer:
+    node: onnx.NodeProto
+    weight: str
+    entry: TensorEntry
+
+
+def _attr(node: onnx.NodeProto, name: str) -> onnx.AttributeProto | None:
+    return next((a for a in node.attribute if a.name == name), None)
+
+
+def _int(node: onnx.NodeProto, name: str, default: int) -> int:
+    a = _attr(node, name)
+    return int(a.i) if a is not None else default
+
+
+def _ints(node: onnx.NodeProto, name: str, default: list[int]) -> list[int]:
+    a = _attr(node, name)
+    return [int(v) for v in a.ints] if a is not None else default
+
+
+def _str(node: onnx.NodeProto, name: str, default: str) -> str:
+    a = _attr(node, name)
+    return a.s.decode() if a is not None else default
+
+
+def to_groups(node: onnx.NodeProto, w: np.ndarray) -> np.ndarray:
+    """The weight as [groups, C_out / groups, K] (the matrix each group multiplies its patches by)."""
+    if node.op_type == "Conv":
+        g = _int(node, "group", 1)
+        return w.reshape(g, w.shape[0] // g, -1)
+    if node.op_type == "Gemm" and _int(node, "transB", 0):
+        return w[None]
+    return w.T[None]
+
+
+def from_groups(node: onnx.NodeProto, m: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if node.op_type == "Conv" or (node.op_type == "Gemm" and _int(node, "transB", 0)):
+        return m.reshape(shape)
+    return m[0].T.reshape(shape)
+
+
+def patches(node: onnx.NodeProto, x: np.ndarray, groups: int, kernel: list[int]) -> np.ndarray:
+    """Layer input -> [groups, M, K]: im2col for Conv (pads, strides, dilations), rows for Gemm/MatMul."""
+    if node.op_type != "Conv":
+        return x.reshape(-1, x.shape[-1])[None].astype(np.float32)
+    nd = x.ndim - 2
+    strides = _ints(node, "strides", [1] * nd)
+    dil = _ints(node, "dilations", [1] * nd)
+    pads = _ints(node, "pads", [0] * (2 * nd))
+    x = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[i + nd]) for i in range(nd)])
+    eff = [d * (k - 1) + 1 for k, d in zip(kernel, dil, strict=True)]
+    win = sliding_window_view(x, eff, axis=tuple(range(2, 2 + nd)))  # [N, C, *O_full, *eff]
+    sl = (
+        slice(None),
+        slice(None),
+        *(slice(None, None, s) for s in strides),
+        *(slice(None, None, d) for d in dil),
+    )
+    win = win[sl]  # [N, C, *O, *k]
+    n, c = win.shape[:2]
+    out_sp = win.shape[2 : 2 + nd]
+    win = win.reshape(n, groups, c // groups, *out_sp, *kernel)
+    order = (1, 0, *range(3, 3 + nd), 2, *range(3 + nd, 3 + 2 * nd))
+    return np.ascontiguousarray(win.transpose(order), dtype=np.float32).reshape(
+        groups, -1, c // groups * int(np.prod(kernel))
+    )
+
+
+def layers_to_round(model: onnx.ModelProto, plan: QuantPlan) -> tuple[list[Layer], list[str]]:
+    quantized = {d.node for d in plan.quantized_nodes if d.graph == "main"}
+    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    readers: dict[str, int] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    layers: list[Layer] = []
+    skipped: list[str] = []
+    for n in model.graph.node:
+        if n.op_type not in _OPS or n.name not in quantized or len(n.input) < 2:
+            continue
+        entry = plan.tensors.get(n.input[1])
+        if entry is None or entry.role != "weight":
+            continue
+        why = ""
+        if readers.get(n.input[1], 0) > 1:
+            why = "its weight is shared with another node"
+        elif n.op_type == "Conv" and _str(n, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+            why = "auto_pad SAME_* (explicit pads only)"
+        elif n.op_type == "Gemm" and _int(n, "transA", 0):
+            why = "Gemm with transA"
+        elif n.op_type == "MatMul" and len(shapes[n.input[1]]) != 2:
+            why = "MatMul weight is not 2-D"
+        else:
+            w = shapes[n.input[1]]
+            groups = _int(n, "group", 1) if n.op_type == "Conv" else 1
+            k = (
+                int(np.prod(w[1:]))
+                if n.op_type == "Conv"
+                else (w[0] if n.op_type == "MatMul" or not _int(n, "transB", 0) else w[1])
+            )
+            need = 2 * groups * k * k * 8
+            if need > MAX_GRAM_BYTES:
+                why = f"its input statistics would need {need / 2**20:.0f} MiB (limit {MAX_GRAM_BYTES >> 20} MiB)"
+        if why:
+            skipped.append(f"{n.name}: {why}")
+        else:
+            layers.append(Layer(n, n.input[1], entry))
+    return layers, skipped
+
+
+def _weights_as_inputs(model: onnx.ModelProto, layers: list[Layer]) -> onnx.ModelProto:
+    """A copy whose layer weights are graph inputs and whose layer inputs are graph outputs."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    names = {layer.weight for layer in layers}
+    keep = [t for t in out.graph.initializer if t.name not in names]
+    moved = [t for t in out.graph.initializer if t.name in names]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(keep)
+    for t in moved:
+        out.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    have = {o.name for o in out.graph.output}
+    for layer in layers:
+        if layer.node.input[0] not in have:
+            out.graph.output.append(onnx.ValueInfoProto(name=layer.node.input[0]))
+            have.add(layer.node.input[0])
+    return out
+
+
+def iterations_for(w: np.ndarray, wanted: int) -> int:
+    """``wanted`` iterations, fewer for big layers (each costs ``w.size * K`` multiply-adds)."""
+    per = float(w.size) * w.shape[-1]
+    return int(min(wanted, max(MIN_ITERATIONS, MAC_BUDGET // max(per, 1.0))))
+
+
+def _rect_sigmoid(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """h(V) and dh/dV (0 where h is clipped)."""
+    sig = 1.0 / (1.0 + np.exp(-v))
+    raw = sig * (ZETA - GAMMA) + GAMMA
+    grad = np.where((raw > 0) & (raw < 1), sig * (1 - sig) * (ZETA - GAMMA), 0.0)
+    return np.clip(raw, 0.0, 1.0), grad
+
+
+def optimize_rounding(
+    w: np.ndarray,
+    s: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    iterations: int,
+) -> np.ndarray:
+    """Integers (minus zero point) for ``w`` [G, C, K] on scale ``s`` (broadcastable), bounds lo/hi.
+
+    ``a`` = E[x~ x~^T], ``b`` = E[x~ x^T], both [G, K, K]; returns the rounded ``w / s`` [G, C, K].
+    Small layers run BLAS on one thread: its threads cost more than they give on a [C, K] x [K, K]
+    product below ~16 M multiply-adds (0.1 ms against 10 ms per product on a busy 2-core machine).
+    """
+    threads = 1 if w.size * a.shape[-1] < 1 << 24 else None
+    with threadpool_limits(limits=threads, user_api="blas"):
+        return _optimize(w, s, lo, hi, a, b, iterations)
+
+
+def _optimize(
+    w: np.ndarray,
+    s: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    iterations: int,
+) -> np.ndarray:
+    ws = w / s
+    base = np.floor(ws)
+    rest = np.clip(ws - base, 1e-4, 1 - 1e-4)
+    v = -np.log((ZETA - GAMMA) / (rest - GAMMA) - 1.0)  # h(v) == rest
+    target = np.matmul(w, np.swapaxes(b, 1, 2))  # W B^T: [G, C, K]  (B^T = E[x x~^T])
+    m1, m2 = np.zeros_like(v), np.zeros_like(v)
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    c_out = w.shape[0] * w.shape[1]
+    warm = int(WARMUP * iterations)
+    for it in range(iterations):
+        h, dh = _rect_sigmoid(v)
+        qv = base + h
+        inside = (qv >= lo) & (qv <= hi)
+        wq = np.clip(qv, lo, hi) * s
+        grad_w = 2.0 * (np.matmul(wq, a) - target) / c_out
+        grad = grad_w * s * inside * dh
+        if it >= warm:
+            beta = BETA[0] + (BETA[1] - BETA[0]) * (it - warm) / max(iterations - warm - 1, 1)
+            d = 2 * h - 1
+            grad += LAMBDA * (-beta * np.abs(d) ** (beta - 1) * np.sign(d) * 2.0) * dh
+        m1 = b1 * m1 + (1 - b1) * grad
+        m2 = b2 * m2 + (1 - b2) * grad * grad
+        v -= LR * (m1 / (1 - b1 ** (it + 1))) / (np.sqrt(m2 / (1 - b2 ** (it + 1))) + eps)
+    h, _ = _rect_sigmoid(v)
+    return np.clip(base + (h >= 0.5), lo, hi)
+
+
+@register("adaround")
+class AdaRound:
+    """Learned rounding of Conv/Gemm/MatMul weights on the plan's grid, layer by layer."""
+
+    name = "adaround"
+
+    def __init__(self, recipe: Recipe, iterations: int = ITERATIONS) -> None:
+        self.recipe = recipe
+        self.iterations = iterations
+
+    def stat_requests(self, model: onnx.ModelProto, plan: QuantPlan) -> StatRequest:
+        return StatRequest(self.recipe.calib_samples, "each layer's float and rounded-so-far inputs")
+
+    def apply(
+        self, model: onnx.ModelProto, plan: QuantPlan, stats: Stats
+    ) -> tuple[onnx.ModelProto, QuantPlan, PassOutcome]:
+        if stats.synthetic or stats.samples < 1:
+            raise DataError(
+                "AdaRound learns each weight's rounding from real calibration inputs, and none were given "
+                "(synthetic random data would fit the rounding to noise).",
+                "pass --calib-data with real samples, or drop adaround from the algorithms.",
+            )
+        layers, skipped = layers_to_round(model, plan)
+        if not layers:
+            return (
+                model,
+                plan,
+                PassOutcome(skipped=skipped, nothing_to_do="no quantized Conv/Gemm/MatMul weight"),
+            )
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        plan = QuantPlan.from_dict(plan.to_dict())
+        inits = {t.name: t for t in out.graph.initializer}
+        floats = {ly.weight: numpy_helper.to_array(inits[ly.weight]).astype(np.float32) for ly in layers}
+        current = dict(floats)
+        sess = stats.runtime.session(_weights_as_inputs(out, layers), "the model with weights as inputs")
+        changed: list[str] = []
+        try:
+            for layer in layers:
+                changed.append(self._round(layer, sess, stats, floats, current, plan))
+        finally:
+            sess.close()
+        for name, w in current.items():
+            inits[name].CopyFrom(numpy_helper.from_array(w.astype(np.float32), name))
+        return (
+            out,
+            plan,
+            PassOutcome(changed=changed, skipped=skipped, details={"iterations": self.iterations}),
+        )
+
+    def _round(
+        self,
+        layer: Layer,
+        sess: object,
+        stats: Stats,
+        floats: dict[str, np.ndarray],
+        current: dict[str, np.ndarray],
+        plan: QuantPlan,
+    ) -> str:
+        node, w = layer.node, floats[layer.weight]
+        groups = to_groups(node, w).shape[0]
+        a = b = None
+        rows, const = 0, 0.0
+        wg = to_groups(node, w).astype(np.float32)
+        for batch in stats:
+            xf = sess.run({**batch, **floats}, [node.input[0]])[node.input[0]]  # type: ignore[attr-defined]
+            xq = sess.run({**batch, **current}, [node.input[0]])[node.input[0]]  # type: ignore[attr-defined]
+            kernel = list(w.shape[2:])
+            pf, pq = patches(node, xf, groups, kernel), patches(node, xq, groups, kernel)
+            const += float(np.square(np.matmul(pf, np.swapaxes(wg, 1, 2)), dtype=np.float64).sum())
+            aa = np.matmul(np.swapaxes(pq, 1, 2), pq).astype(np.float64)
+            bb = np.matmul(np.swapaxes(pq, 1, 2), pf).astype(np.float64)
+            a, b = (aa, bb) if a is None or b is None else (a + aa, b + bb)
+            rows += pq.shape[1]
+        if a is None or b is None or rows == 0:
+            raise DataError(
+                "AdaRound needs calibration samples and the calibration data yielded none.",
+                "pass a non-empty --calib-data.",
+            )
+        a, b = (a / rows).astype(np.float32), (b / rows).astype(np.float32)
+        spec = layer.entry.spec
+        q0, scale, zero = quantize_weight(w, spec)
+        s_full = expand_params(scale, w.shape, spec).astype(np.float32) * np.ones_like(w)
+        z_full = (expand_params(zero, w.shape, spec) * np.ones(w.shape)).astype(np.float32)
+        s_g = to_groups(node, s_full)
+        lo = to_groups(node, spec.qmin - z_full)
+        hi = to_groups(node, spec.qmax - z_full)
+        iterations = iterations_for(wg, self.iterations)
+        rounded = optimize_rounding(wg, s_g, lo, hi, a, b, iterations)
+        q = (from_groups(node, rounded, w.shape) + z_full).astype(np.int64)
+        current[layer.weight] = dequantize(q, scale, zero, spec)
+        layer_entry = plan.tensors[layer.weight]
+        layer_entry.scale = [float(v) for v in np.asarray(scale).reshape(-1)]
+        layer_entry.zero_point = [int(v) for v in np.asarray(zero).reshape(-1)]
+        flipped = int((q != q0).sum())
+        err = _errors(
+            to_groups(node, w),
+            to_groups(node, dequantize(q0, scale, zero, spec)),
+            to_groups(node, current[layer.weight]),
+            a,
+            b,
+        )
+        per_out = const / rows / (wg.shape[0] * wg.shape[1])  # E||W x||^2 per output channel
+        err = (err[0] + per_out, err[1] + per_out)
+        return (
+            f"{node.name}: {flipped}/{w.size} weights round the other way; layer output error "
+            f"{err[0]:.3g} -> {err[1]:.3g} (mean squared, calibration inputs, {iterations} iterations)"
+        )
+
+
+def _errors(
+    w: np.ndarray, w_rtn: np.ndarray, w_ada: np.ndarray, a: np.ndarray, b: np.ndarray
+) -> tuple[float, float]:
+    """E||W x - W~ x~||^2 per output, up to the constant E||W x||^2 (relative: both share it)."""
+
+    def part(wq: np.ndarray) -> float:
+        return float(np.einsum("gck,gkl,gcl->", wq, a, wq) - 2 * np.einsum("gck,gkl,gcl->", wq, b, w)) / (
+            w.shape[0] * w.shape[1]
+        )
+
+    return part(w_rtn), part(w_ada)

@@ -1,0 +1,251 @@
+"""The pass contract and its registry: a pass asks for statistics, then applies them.
+
+A pass (``Algorithm``) is one file in ``algorithms/``, registered by name with :func:`register`.
+The pipeline runs each name of ``recipe.algorithms`` through :func:`run_pass`:
+
+1. ``stat_requests(model, plan)`` says what the pass needs to read: a number of calibration samples
+   (0 for a data-free pass such as cross-layer equalization) and why;
+2. the runner hands it those samples as a re-iterable :class:`Stats` (each iteration streams the
+   batches again, so a pass that reads them once per layer keeps memory flat);
+3. ``apply(model, plan, stats)`` returns the new float model and plan with a :class:`PassOutcome`:
+   what it changed, what it skipped and why.
+
+The runner times the pass and measures the output SQNR (dB) against the user's float model before
+and after it on held-out samples (samples after the calibration ones, never read by a pass), with
+the weights quantized as the plan says and activations left float: the error the pass works on.
+
+A pass that finds nothing to do is a note, not an error; when the user named the pass itself its
+row says "nothing to do" with the reason.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from edgequant.data.base import Batch
+from edgequant.errors import RecipeError
+from edgequant.plan import QuantPlan
+from edgequant.recipe.schema import ALGORITHMS, Recipe
+from edgequant.runtime import OrtRuntime
+from edgequant.schemes.qparams import dequantize, quantize_weight, sqnr_db
+
+
+@dataclass(frozen=True)
+class StatRequest:
+    """What a pass reads: ``samples`` calibration samples (0: none, the pass is data-free)."""
+
+    samples: int = 0
+    why: str = ""
+
+
+@dataclass
+class PassOutcome:
+    """What a pass did: ``changed`` and ``skipped`` are short human-readable lines (node: what/why)."""
+
+    changed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    nothing_to_do: str = ""  # the reason, when the pass changed nothing
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Stats:
+    """The calibration samples a pass asked for; iterate it as often as needed (it re-streams)."""
+
+    open: Callable[[], Iterable[Batch]]
+    samples: int
+    runtime: OrtRuntime
+    recipe: Recipe
+    synthetic: bool = False  # the data is synthetic (no --calib-data): passes that learn from it refuse
+
+    def __iter__(self) -> Iterator[Batch]:
+        seen = 0
+        for batch in self.open():
+            if seen >= self.samples:
+                return
+            n = len(next(iter(batch.values())))
+            take = min(n, self.samples - seen)
+            yield batch if take == n else {k: v[:take] for k, v in batch.items()}
+            seen += take
+
+
+class Algorithm(Protocol):
+    name: ClassVar[str]
+
+    def stat_requests(self, model: onnx.ModelProto, plan: QuantPlan) -> StatRequest: ...
+
+    def apply(
+        self, model: onnx.ModelProto, plan: QuantPlan, stats: Stats
+    ) -> tuple[onnx.ModelProto, QuantPlan, PassOutcome]: ...
+
+
+_REGISTRY: dict[str, Callable[[Recipe], Algorithm]] = {}
+
+
+def register(name: str) -> Callable[[Any], Any]:
+    """Class decorator: make the pass available as ``name`` in recipes and ``--algorithm``."""
+
+    def deco(cls: Any) -> Any:
+        if name not in ALGORITHMS:
+            raise RecipeError(f"pass '{name}' is not listed in recipe.ALGORITHMS.", "add it there.")
+        _REGISTRY[name] = cls
+        cls.name = name
+        return cls
+
+    return deco
+
+
+def known() -> tuple[str, ...]:
+    return tuple(sorted(_REGISTRY))
+
+
+def create(name: str, recipe: Recipe) -> Algorithm:
+    """The registered pass ``name`` configured from ``recipe``; RecipeError listing the known ones."""
+    if name not in _REGISTRY:
+        raise RecipeError(
+            f"unknown algorithm '{name}'; known: {', '.join(known())}.", "use one of the known names."
+        )
+    return _REGISTRY[name](recipe)
+
+
+@dataclass
+class Context:
+    """What the runner needs besides the model and plan: data, runtime, held-out samples, rows."""
+
+    recipe: Recipe
+    runtime: OrtRuntime
+    data: Callable[[], Iterable[Batch]]  # opens the calibration source afresh
+    held_out: list[Batch]
+    synthetic: bool = False
+    requested: tuple[str, ...] = ()  # passes the user named explicitly (not through a preset)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    reference: list[np.ndarray] | None = None  # the float model's first output on ``held_out``
+
+
+def run_pass(
+    name: str, model: onnx.ModelProto, plan: QuantPlan, ctx: Context
+) -> tuple[onnx.ModelProto, QuantPlan]:
+    """Run one pass: requests, statistics, apply; append its report row to ``ctx.rows``."""
+    algo = create(name, ctx.recipe)
+    t0 = time.perf_counter()
+    request = algo.stat_requests(model, plan)
+    stats = Stats(ctx.data, request.samples, ctx.runtime, ctx.recipe, ctx.synthetic)
+    if ctx.reference is None and ctx.held_out:
+        ctx.reference = _outputs(model, ctx)  # the float model as the passes found it
+    before = weight_quantized_sqnr(model, plan, ctx)
+    model, plan, outcome = algo.apply(model, plan, stats)
+    seconds = time.perf_counter() - t0
+    after = weight_quantized_sqnr(model, plan, ctx) if outcome.changed else before
+    row: dict[str, Any] = {
+        "pass": name,
+        "changed": outcome.changed,
+        "skipped": outcome.skipped,
+        "seconds": round(seconds, 3),
+        "samples": request.samples,
+        "sqnr_measured_on": f"{sum(_rows(b) for b in ctx.held_out)} held-out samples, weights quantized as "
+        "planned, activations float",
+        "sqnr_before_db": before,
+        "sqnr_after_db": after,
+        **outcome.details,
+    }
+    if not outcome.changed:
+        reason = outcome.nothing_to_do or "no layer changed"
+        row["nothing_to_do"] = reason
+        if name not in ctx.requested:
+            ctx.notes.append(f"{name}: nothing to do ({reason}).")
+    ctx.rows.append(row)
+    return model, plan
+
+
+HELD_OUT = 16  # samples after the calibration ones that measure each pass
+
+
+def context(
+    recipe: Recipe,
+    runtime: OrtRuntime,
+    open_source: Callable[[Recipe], Iterable[Batch]],
+    synthetic: bool,
+    requested: tuple[str, ...],
+) -> Context:
+    """What the passes read: the calibration source (``open_source(recipe)`` streams it), and the
+    held-out samples (the ``HELD_OUT`` after the calibration ones, in data order) for their SQNR."""
+    if not recipe.algorithms:
+        return Context(recipe, runtime, list, [])
+    extra = recipe.replace(calib_samples=recipe.calib_samples + HELD_OUT, sampling="first")
+    return Context(
+        recipe,
+        runtime,
+        lambda: open_source(recipe),
+        held_out(open_source(extra), recipe.calib_samples),
+        synthetic=synthetic,
+        requested=requested,
+    )
+
+
+def held_out(batches: Iterable[Batch], skip: int) -> list[Batch]:
+    """The batches after the first ``skip`` samples (split inside a batch where needed)."""
+    out: list[Batch] = []
+    seen = 0
+    for batch in batches:
+        n = _rows(batch)
+        if seen + n > skip:
+            start = max(skip - seen, 0)
+            out.append(batch if start == 0 else {k: v[start:] for k, v in batch.items()})
+        seen += n
+    return out
+
+
+def _rows(batch: Batch) -> int:
+    return len(next(iter(batch.values())))
+
+
+def weight_quantized(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
+    """A copy of ``model`` whose planned weights are replaced by their quantized-dequantized values."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for t in out.graph.initializer:
+        entry = plan.tensors.get(t.name)
+        if entry is None or entry.role != "weight":
+            continue
+        w = numpy_helper.to_array(t).astype(np.float32)
+        q, scale, zero = fixed_or_fresh(w, entry)
+        t.CopyFrom(numpy_helper.from_array(dequantize(q, scale, zero, entry.spec), t.name))
+    return out
+
+
+def fixed_or_fresh(w: np.ndarray, entry: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(q, scale, zero) of a weight: with the scale a pass fixed in the plan, or the exporter's own."""
+    from edgequant.schemes.qparams import quantize_fixed
+
+    if entry.scale is not None and entry.zero_point is not None:
+        return quantize_fixed(w, entry.spec, entry.scale, entry.zero_point)
+    return quantize_weight(w, entry.spec)
+
+
+def _outputs(model: onnx.ModelProto, ctx: Context) -> list[np.ndarray]:
+    out = model.graph.output[0].name
+    sess = ctx.runtime.session(model, "the model during an algorithm pass")
+    try:
+        return [sess.run(b, [out])[out] for b in ctx.held_out]
+    finally:
+        sess.close()
+
+
+def weight_quantized_sqnr(model: onnx.ModelProto, plan: QuantPlan, ctx: Context) -> float | None:
+    """Output SQNR (dB, first output, all held-out samples) of the weight-quantized model against the
+    float model as it was before the first pass."""
+    if not ctx.held_out or not plan.weights() or ctx.reference is None:
+        return None
+    ref, got = ctx.reference, _outputs(weight_quantized(model, plan), ctx)
+    value = sqnr_db(
+        np.concatenate([r.reshape(-1) for r in ref]), np.concatenate([g.reshape(-1) for g in got])
+    )
+    return round(value, 2) if np.isfinite(value) else None
