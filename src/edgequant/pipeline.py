@@ -20,6 +20,7 @@ import onnx
 
 from edgequant import algorithms, planner
 from edgequant.algorithms import correct_biases, keep_sensitive_float
+from edgequant.algorithms.calib_search import SEARCH_SAMPLES, search_ranges
 from edgequant.data import CalibrationSource, input_specs, open_source
 from edgequant.errors import ExportError, InferenceError, ModelError, RecipeError, UnsupportedError
 from edgequant.export import export_qdq
@@ -191,7 +192,7 @@ def quantize(
             source = _source(calibration, float_model, recipe)
             if getattr(source.stats, "synthetic", False):
                 warnings.append("activation ranges came from synthetic random data, not real inputs.")
-            plan, calib_info = _calibrate(float_model, plan, source, recipe, runtime, progress)
+            plan, calib_info = _calibrate(float_model, plan, source, recipe, runtime, progress, calibration)
             seconds["calibration"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         calibrated = plan
@@ -339,6 +340,7 @@ def _calibrate(
     recipe: Recipe,
     runtime: OrtRuntime,
     progress: Progress | None,
+    calibration: DataLike = None,
 ) -> tuple[QuantPlan, dict[str, Any]]:
     from edgequant.observe import collect
 
@@ -347,7 +349,7 @@ def _calibrate(
         model,
         source,
         plan.activations(),
-        method=recipe.calib_method,
+        method="mse" if recipe.calib_method == "search" else recipe.calib_method,  # search: histograms
         percentile=recipe.percentile,
         qbits=act.bits,
         symmetric=act.symmetric,
@@ -369,7 +371,12 @@ def _calibrate(
                 f"'{name}' holds {count} mask sentinel value(s) (-inf / finfo.min) on the calibration data; "
                 "it stays float so the mask keeps its meaning and other values keep their resolution."
             )
-    plan = planner.tie_activation_ranges(model, plan.with_ranges(res.ranges))
+    ranges, search = res.ranges, None
+    if recipe.calib_method == "search":  # the method whose ranges give the best held-out output SQNR
+        extra = recipe.replace(calib_samples=recipe.calib_samples + SEARCH_SAMPLES, sampling="first")
+        held = algorithms.held_out(_source(calibration, model, extra), recipe.calib_samples)
+        ranges, search = search_ranges(model, plan, res, recipe, runtime, held, source)
+    plan = planner.tie_activation_ranges(model, plan.with_ranges(ranges))
     info = {
         "method": recipe.calib_method,
         "percentile": recipe.percentile if recipe.calib_method == "percentile" else None,
@@ -379,6 +386,7 @@ def _calibrate(
         "synthetic": bool(getattr(source.stats, "synthetic", False)),
         "skipped_samples": int(getattr(source.stats, "skipped", 0)),
         "source": getattr(source.stats, "description", ""),
+        **({"search": search} if search else {}),
     }
     return plan, info
 

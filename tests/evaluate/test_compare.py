@@ -50,13 +50,13 @@ def test_compare_all_methods_writes_report_and_shows_failure(
         latency_runs=3, warmup=1, measure_memory=False, layer_samples=4, top_k=2,
     )  # fmt: skip
     names = ["float", "dynamic-int8", "fp16", "int8-static-per-tensor", "int8-static", "weight-only-int8",
-             "weight-only-int4", "w4a8", "w8a16"]  # fmt: skip
+             "weight-only-int4", "w4a8", "w8a16", "accurate"]  # fmt: skip
     assert [m.method for m in res.methods] == names
     fp16 = res.method("fp16")
     assert fp16.status == "failed" and fp16.error_type == "UnsupportedError"
     assert fp16.error == "fp16 is switched off in this test. Fix: use another method."
     ok = [m for m in res.methods if m.ok]
-    assert len(ok) == 8, [(m.method, m.error) for m in res.methods if not m.ok]
+    assert len(ok) == 9, [(m.method, m.error) for m in res.methods if not m.ok]
     assert res.method("float").score == pytest.approx(87.5) and res.method("float").drop == 0.0
     for m in ok:
         assert (tmp_path / m.model_file).is_file()
@@ -89,7 +89,7 @@ def test_compare_all_methods_writes_report_and_shows_failure(
     assert "http://" not in html and "https://" not in html and "src=" not in html
     assert (tmp_path / "report.md").read_text().count("| fp16 | failed |") == 1
     table = format_table(res)
-    assert table.row_count == 9
+    assert table.row_count == 10
 
 
 def test_compare_none_meets_the_limits(model_and_labels: tuple[Path, np.ndarray], tmp_path: Path) -> None:
@@ -112,7 +112,7 @@ def test_compare_none_meets_the_limits(model_and_labels: tuple[Path, np.ndarray]
 
 def test_resolve_methods() -> None:
     assert resolve_methods("fp16, float") == ["float", "fp16"]
-    assert len(resolve_methods("all")) == 9
+    assert len(resolve_methods("all")) == 10
     with pytest.raises(RecipeError, match=r"unknown method\(s\) \['int8'\].*did you mean 'int8-static'"):
         resolve_methods("int8")
 

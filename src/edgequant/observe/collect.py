@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -59,6 +59,7 @@ class CollectResult:
     passes: int
     seconds: float
     peak_tracked_bytes: int
+    observers: dict[str, Observer] = field(default_factory=dict)  # for a range search over methods
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,7 @@ def collect(
         passes=len(groups),
         seconds=time.perf_counter() - start,
         peak_tracked_bytes=peak,
+        observers=observers,
     )
 
 

@@ -16,6 +16,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "weight-only-int4": {"method": "weight-only", "weight_bits": 4, "block_size": 32},
     "w4a8": {"method": "static", "weight_bits": 4, "act_bits": 8},
     "w8a16": {"method": "static", "weight_bits": 8, "act_bits": 16},
+    # cross-layer equalization where the graph has equalizable pairs, then the range search
+    "accurate": {"method": "static", "calib_method": "search", "algorithms": ["cle"], "tag": "accurate"},
 }
 
 

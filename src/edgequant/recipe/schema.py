@@ -21,7 +21,7 @@ import yaml
 from edgequant.errors import RecipeError
 
 Method = Literal["static", "dynamic", "fp16", "weight-only"]
-CalibMethod = Literal["minmax", "percentile", "entropy", "mse"]
+CalibMethod = Literal["minmax", "percentile", "entropy", "mse", "search"]  # search: best of the four
 METHODS: tuple[str, ...] = get_args(Method)
 CALIB_METHODS: tuple[str, ...] = get_args(CalibMethod)
 # passes (edgequant.algorithms registers one per name), in the order they may run: on float weights first
@@ -127,6 +127,7 @@ class Recipe:
         from edgequant import targets
 
         object.__setattr__(self, "target", targets.canonical(self.target))
+
     def _check_algorithms(self) -> None:
         for name in self.algorithms:
             if name not in ALGORITHMS:
