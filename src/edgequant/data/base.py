@@ -75,7 +75,17 @@ def check_batch(batch: Batch, inputs: list[InputSpec], where: str = "calibration
         ):
             want_s = "x".join("?" if d is None else str(d) for d in spec.shape)
             got_s = "x".join(str(d) for d in arr.shape)
+            fixed = [
+                i
+                for i, (w, g) in enumerate(zip(spec.shape, arr.shape, strict=False))
+                if i and w is not None and w != g
+            ]
+            hint = "reshape or preprocess the data to the model's input shape, batch first."
+            if arr.ndim == len(spec.shape) and fixed:  # e.g. a 17-step trial, a model exported at 20 steps
+                hint = (
+                    f"the model fixes axis {fixed[0]} at {spec.shape[fixed[0]]}; for variable-length data export it "
+                    f"with a dynamic axis (PyTorch: --dynamic-axis {name}:{fixed[0]}), or crop/pad the data."
+                )
             raise DataError(
-                f"{where}: input '{name}' has shape {got_s}, the model expects {want_s} (? = any).",
-                "reshape or preprocess the data to the model's input shape, batch first.",
+                f"{where}: input '{name}' has shape {got_s}, the model expects {want_s} (? = any).", hint
             )

@@ -5,7 +5,9 @@ Which datasets feed the model:
   * ``input_map`` ({model input: dataset key}) names one dataset per input;
   * otherwise datasets named after the model inputs, or the file's only non-label dataset.
 Labels: ``hdf5_label_key``, else a dataset named "labels", "label" or "y" when present.  A missing
-key is a DataError listing the datasets the file has.  The file stays open (read-only) for the
+key is a DataError listing the datasets the file has.  A file whose datasets all sit in top-level
+groups, one group per trial, is read by ``edgequant.data.trials.TrialReader`` (variable lengths).
+The file stays open (read-only) for the
 life of the reader; h5py reads only the rows asked for.
 """
 
@@ -47,6 +49,11 @@ def open_hdf5(
         raise DataError(
             f"'{path}' is not a readable HDF5 file: {exc}.", "check the file (h5ls FILE)."
         ) from exc
+    from edgequant.data.trials import TrialReader, trial_groups
+
+    groups = trial_groups(f)
+    if groups is not None:
+        return TrialReader(f, groups, str(path), opts, opts.hdf5_key)
     datasets = _datasets(f)
     available = sorted(datasets)
 

@@ -198,6 +198,8 @@ def _indexed(
         raise DataError(
             f"{reader.description} has no sample in the '{split}' part.", "check the data and split."
         )
+    if getattr(reader, "max_batch", None) == 1:  # variable-length trials without a mask: one by one
+        batch_size = 1
     size, drop_last = fixed_batch(inputs, batch_size, notes)
     order = sample_order(indices, sampling, seed)
     return IndexedSource(

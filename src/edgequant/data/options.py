@@ -32,6 +32,8 @@ class SourceOptions:
     HDF5:
       ``hdf5_key``      the dataset of a single-input model (multi-input: ``input_map`` input -> key);
       ``hdf5_label_key`` the dataset holding labels (default: "labels", "label" or "y" when present).
+      One group per trial (variable lengths): see ``edgequant.data.trials``; ``hdf5_mask_input`` names
+      the model input that takes a padding mask (else trials of different lengths run one by one).
     Metadata CSV (any indexable source: npy, npz, HDF5, in-memory arrays): one row per sample, row i
     describing sample i unless ``metadata_index_column`` names a column of sample indices.  Rows select the
     samples; the split column decides calibration vs evaluation:
@@ -50,6 +52,7 @@ class SourceOptions:
     csv_label_column: str | int | None = None
     hdf5_key: str | None = None
     hdf5_label_key: str | None = None
+    hdf5_mask_input: str | None = None
     metadata_csv: str | None = None
     metadata_split_column: str = "split"
     metadata_index_column: str | None = None

@@ -267,14 +267,18 @@ def evaluate(
     batch_size: int = 32,
     max_samples: int | None = None,
     runtime: OrtRuntime | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> EvalResult:
-    """Score ``quant_model`` against ``float_model`` (and ``labels``) on ``data``; see ``tasks``."""
+    """Score ``quant_model`` against ``float_model`` (and ``labels``) on ``data``; see ``tasks``.
+    ``options``: quantize's data options (a ``metadata_csv`` selects its ``eval_type`` rows)."""
     tasks.check_task(task)
     fm, qm = as_model(float_model), as_model(quant_model)
     name = output_name(fm, output)
     output_name(qm, name)
     rt = runtime or OrtRuntime()
-    ev = load_eval_data(data, fm, labels=labels, batch_size=batch_size, max_samples=max_samples)
+    ev = load_eval_data(
+        data, fm, labels=labels, batch_size=batch_size, max_samples=max_samples, options=options
+    )
     ref = join(run_outputs(fm, ev.batches, name, rt, "the float model"), task, ev_layout(task, layout))
     out = join(run_outputs(qm, ev.batches, name, rt, "the quantized model"), task, ev_layout(task, layout))
     return score_outputs(task, ref, out, ev.labels, name, metric=metric, blank=blank)
