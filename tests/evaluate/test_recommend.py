@@ -74,6 +74,13 @@ def test_nothing_fits_names_the_closest_and_every_miss() -> None:
     assert "filter by every limit" in rec.rule and "lowest latency" in rec.rule
 
 
+def test_a_regression_drop_keeps_its_unit() -> None:
+    c = Candidate("q", drop=7.8, drop_unit="%", latency_ms=1.0, size_bytes=MB)
+    assert (
+        recommend([c], Limits(max_drop=1.0)).misses["q"][0].text() == "accuracy drop 7.8 % > 1 % (by 6.8 %)"
+    )
+
+
 def test_unmeasured_quantity_is_a_miss_not_a_pass() -> None:
     a = _c("a", 0.0, 1.0, 1.0, mj=None)
     rec = recommend([a], Limits(max_energy_mj=10.0))

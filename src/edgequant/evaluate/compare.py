@@ -35,6 +35,7 @@ from edgequant.evaluate import core, energy, layers, leakage, opcount, perf
 from edgequant.evaluate.energy import EnergyProfile
 from edgequant.evaluate.recommend import Candidate, Limits, Recommendation, recommend
 from edgequant.model.io import save_model
+from edgequant.model.repair import prepare
 from edgequant.recipe import PRESETS, preset
 from edgequant.runtime import OrtRuntime
 from edgequant.runtime.device import runtime_for
@@ -211,7 +212,8 @@ def compare(
     (``cpu``, ``cuda``, ``cuda:N``; ``gpu_number`` is an alias) picks ORT's provider for calibration,
     evaluation and latency, refusing a missing CUDA (``edgequant.runtime.device``).  Each method gets an
     energy *estimate* per inference (``edgequant.evaluate.energy``; ``energy_profile`` overrides the
-    Horowitz 45 nm numbers) and, where the host exposes RAPL, a measured figure beside it.
+    Horowitz 45 nm numbers; FP32's is counted on the float graph after EdgeQuant's clean-up, with
+    BatchNorm folded as ORT folds it) and, where the host exposes RAPL, a measured figure beside it.
     ``data_options`` are quantize's data options (``SourceOptions``) for both data sets; with a
     ``metadata_csv`` calibration reads its ``train`` rows and evaluation the ``eval_split`` rows
     (default ``val``).  Evaluation samples that calibration also reads are refused (``leakage``).
@@ -279,7 +281,8 @@ def compare(
                 r.memory = perf.measure_memory(path, ev.batches[0], batch_size=batch_size, threads=threads)
             size = perf.model_size(path)
             r.file_bytes, r.packed_bytes = size.file_bytes, size.packed_bytes
-            r.energy = _energy(qmodel, ev.batches[0], size.packed_bytes, profile, r.latency, batch_size, rt)
+            counted = prepare(float_model)[0] if name == "float" else qmodel  # the graph as ORT fuses it
+            r.energy = _energy(counted, ev.batches[0], size.packed_bytes, profile, r.latency, batch_size, rt)
             if name != "float":
                 analysed[name] = (ffloat, qmodel)
         except EdgeQuantError as exc:

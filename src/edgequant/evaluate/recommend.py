@@ -38,7 +38,7 @@ RULE = (
 
 # limit name -> (quantity, unit, format)
 _LIMITS: dict[str, tuple[str, str]] = {
-    "max_drop": ("accuracy drop", "pp"),
+    "max_drop": ("accuracy drop", "pp"),  # "%" for a regression drop (the candidate's unit)
     "max_drop_rel": ("relative accuracy drop", ""),
     "max_latency_ms": ("latency", "ms"),
     "max_size_mb": ("size", "MB"),
@@ -132,6 +132,7 @@ class Miss:
     limit: str
     value: float | None
     bound: float
+    unit: str | None = None  # the drop's own unit ("pp" or "%"); None: the limit's unit
 
     @property
     def by(self) -> float | None:
@@ -145,6 +146,7 @@ class Miss:
 
     def text(self) -> str:
         what, unit = _LIMITS[self.limit]
+        unit = self.unit if self.unit is not None else unit
         u = f" {unit}" if unit else ""
         if self.value is None:
             return f"{what} not measured (limit {self.bound:g}{u})"
@@ -178,7 +180,7 @@ def misses(c: Candidate, limits: Limits) -> list[Miss]:
     for name, bound in limits.given().items():
         v = c.value(name)
         if v is None or v > bound:
-            out.append(Miss(name, v, bound))
+            out.append(Miss(name, v, bound, c.drop_unit if name == "max_drop" else None))
     return out
 
 
