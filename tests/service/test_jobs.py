@@ -150,6 +150,23 @@ def test_compare_job_selected_methods(server: Server) -> None:
             c.post("/api/v1/model/tiny/compare", params={"dataset": "calib", "methods": "int3"}).status_code
             == 422
         )
+        # one dataset: split (seeded), never evaluated in-sample; the CLI's default limits
+        assert rep["settings"]["leakage_check"].startswith("one dataset split in two")
+        assert rep["limits"]["max_drop"] == 1.0 and rep["limits"]["prefer"] == "latency"
+        assert "filter by every limit" in rep["recommendation"]["rule"]
+        assert (
+            upload(c, "datasets", "evalset", tiny_npz(seed=11), "e.npz", overwrite="true").status_code == 201
+        )
+        r = c.post(
+            "/api/v1/model/tiny/compare",
+            params={"dataset": "calib", "eval_dataset": "evalset", "methods": "float,fp16", "prefer": "size"},
+        )
+        job = wait_job(c, r.json()["job_id"], timeout=60)
+        assert job["status"] == "succeeded", job["error"]
+        assert job["report"]["limits"]["prefer"] == "size"
+        assert job["report"]["settings"]["leakage_check"].startswith("no overlap between")
+        bad = c.post("/api/v1/model/tiny/compare", params={"dataset": "calib", "prefer": "speed"})
+        assert bad.status_code in (400, 422) and "prefer 'speed'" in bad.text
 
 
 def test_zip_of_images_calibrates_a_job(server: Server) -> None:

@@ -106,14 +106,19 @@ def submit_compare(
     request: Request,
     model_name: str,
     dataset: str | None = None,
+    eval_dataset: str | None = None,
     methods: str = "all",
     target: str | None = None,
-    max_drop: float | None = None,
+    max_drop: float | None = 1.0,
+    max_drop_rel: float | None = None,
     max_latency_ms: float | None = None,
     max_size_mb: float | None = None,
+    max_energy_mj: float | None = None,
+    prefer: str = "latency",
     task: str = "classification",
 ) -> JSONResponse:
     from edgequant.evaluate.compare import resolve_methods
+    from edgequant.evaluate.recommend import Limits
     from edgequant.evaluate.tasks import check_task
 
     store = _store(request)
@@ -123,14 +128,18 @@ def submit_compare(
             "compare needs ?dataset=NAME (used for calibration and evaluation).", "upload one first."
         )
     dataset_exists(store.root, dataset)
+    if eval_dataset is not None:  # else compare splits the one dataset (seeded) and says so
+        dataset_exists(store.root, eval_dataset)
     resolve_target(target)
     check_task(task)
+    limits = Limits(
+        max_drop, max_drop_rel, max_latency_ms, max_size_mb, max_energy_mj, prefer
+    )  # CLI defaults
     options = {
         "methods": resolve_methods(methods),
-        "max_drop": max_drop,
-        "max_latency_ms": max_latency_ms,
-        "max_size_mb": max_size_mb,
+        **limits.to_dict(),
         "task": task,
+        "eval_dataset": eval_dataset,
     }
     return _accepted(request, store.create("compare", model_name, dataset, options))
 

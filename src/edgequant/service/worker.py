@@ -138,14 +138,18 @@ def _run_compare(root: Path, row: dict[str, Any], out: Path, progress: _Progress
     options = json.loads(row["recipe"])
     progress.set(0.02, "loading")
     model = _onnx_input(root, row, data, out)
+    evaluation = dataset_path(root, options.get("eval_dataset")) or data  # one dataset: compare splits it
     result = compare(
         model,
         str(data) if data else None,
-        str(data) if data else None,
+        str(evaluation) if evaluation else None,
         methods=options.get("methods", "all"),
         max_drop=options.get("max_drop"),
+        max_drop_rel=options.get("max_drop_rel"),
         max_latency_ms=options.get("max_latency_ms"),
         max_size_mb=options.get("max_size_mb"),
+        max_energy_mj=options.get("max_energy_mj"),
+        prefer=options.get("prefer", "latency"),
         task=options.get("task", "classification"),
         outdir=out,
         progress=progress,
