@@ -10,7 +10,7 @@ import pytest
 from data_helpers import spec
 
 from edgequant.data import load_labels, open_source
-from edgequant.errors import DataError
+from edgequant.errors import DataError, RecipeError
 
 
 @pytest.fixture
@@ -126,6 +126,23 @@ def test_csv_time_series_windows(tmp_path: Path) -> None:
     assert x.shape == (3, 4, 3)  # windows start at rows 0, 3, 6
     np.testing.assert_array_equal(x[1], data[3:7].astype(np.float32))
     assert np.concatenate([lab for _, lab in got]).tolist() == [1, 0, 1]  # type: ignore[misc]  # last rows 3, 6, 9
+
+
+@pytest.mark.parametrize(("layout", "shape"), [("ct", (3, 4)), ("1ct", (1, 3, 4)), ("1tc", (1, 4, 3))])
+def test_csv_windows_reshaped_to_the_model_layout(
+    tmp_path: Path, layout: str, shape: tuple[int, ...]
+) -> None:
+    data = _csv(tmp_path / "t.csv", n=10)
+    opts = {"csv_label_column": "label", "csv_window": 4, "csv_stride": 3, "layout": layout}
+    x = np.concatenate(
+        list(b["x"] for b in open_source(tmp_path / "t.csv", [spec("x", None, *shape)], options=opts))
+    )
+    window = data[3:7].astype(np.float32)  # rows 3..6, columns a, b, c
+    want = window.T if layout.endswith("ct") else window
+    np.testing.assert_array_equal(x[1].reshape(want.shape), want)
+    assert x.shape == (3, *shape)
+    with pytest.raises(RecipeError, match="layout='nct' needs csv_window and one of tc, ct, 1tc, 1ct"):
+        open_source(tmp_path / "t.csv", [spec("x", None, 3, 4)], options={**opts, "layout": "nct"})
 
 
 def test_calib_eval_split_of_one_file_never_overlaps(tmp_path: Path) -> None:

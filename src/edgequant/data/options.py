@@ -28,7 +28,8 @@ class SourceOptions:
                         except the label column);
       ``csv_window``    rows per sample (a sample is then ``window x columns``); default: one row per sample;
       ``csv_stride``    rows between window starts (default: the window length, i.e. no overlap);
-      ``csv_label_column`` the column holding labels for evaluation.
+      ``csv_label_column`` the column holding labels for evaluation;
+      ``layout``        a window's layout for the model: tc (default), ct, 1tc or 1ct (see ``data.tabular``).
     HDF5:
       ``hdf5_key``      the dataset of a single-input model (multi-input: ``input_map`` input -> key);
       ``hdf5_label_key`` the dataset holding labels (default: "labels", "label" or "y" when present).
@@ -50,6 +51,7 @@ class SourceOptions:
     csv_window: int | None = None
     csv_stride: int | None = None
     csv_label_column: str | int | None = None
+    layout: str | None = None
     hdf5_key: str | None = None
     hdf5_label_key: str | None = None
     hdf5_mask_input: str | None = None
@@ -73,6 +75,13 @@ class SourceOptions:
                 raise RecipeError(
                     f"{name} must be a whole number >= 1, got {value!r}.", f"set {name} to 1 or more."
                 )
+        if self.layout is not None and (
+            self.layout not in ("tc", "ct", "1tc", "1ct") or self.csv_window is None
+        ):
+            raise RecipeError(
+                f"layout={self.layout!r} needs csv_window and one of tc, ct, 1tc, 1ct.",
+                "set csv_window=W and layout=ct for a [N, columns, W] input (tc: [N, W, columns]).",
+            )
         if self.csv_stride is not None and self.csv_window is None:
             raise RecipeError(
                 f"csv_stride={self.csv_stride} is set without csv_window.",

@@ -4,7 +4,9 @@ The first row is a header when any of its cells is not a number.  Feature column
 ``csv_columns`` (header names or 0-based indices), else every column except ``csv_label_column``.
 Rows: a sample is one row, shape ``(columns,)``; with ``csv_window = w`` and ``csv_stride = s``
 (default ``w``), sample ``k`` is rows ``k*s .. k*s + w - 1``, shape ``(w, columns)``, and its label
-is the label of its last row.  The file is parsed once into memory as float64 (CSV is a text format
+is the label of its last row.  ``layout`` gives the model's layout of a window: ``tc`` (default,
+``(w, columns)``), ``ct`` (``(columns, w)``, e.g. a Conv1d input), ``1tc`` / ``1ct`` (a leading axis of 1,
+e.g. a Conv2d input ``[N, 1, columns, w]``).  The file is parsed once into memory as float64 (CSV is a text format
 for small data; use .npy or HDF5 for large sets); the float64 -> float32 cast is recorded.
 A feature-column count that the model's last input dim does not accept is a DataError.
 """
@@ -79,7 +81,8 @@ def open_csv(path: Path, inputs: list[InputSpec], opts: SourceOptions) -> ArrayR
                 f"CSV '{path}' line {line}: {exc}.", "feature and label cells must be numbers."
             ) from exc
     names = [header[c] if header else str(c) for c in cols]
-    _check_width(inputs, len(cols), names, path)
+    if opts.layout in (None, "tc"):  # the columns are the model's last input dim
+        _check_width(inputs, len(cols), names, path)
     if labels is not None and np.all(labels == np.round(labels)):
         labels = labels.astype(np.int64)
     if opts.csv_window is None:
@@ -95,6 +98,11 @@ def open_csv(path: Path, inputs: list[InputSpec], opts: SourceOptions) -> ArrayR
     windows = np.lib.stride_tricks.sliding_window_view(table, w, axis=0)[::s].transpose(0, 2, 1)
     win_labels = None if labels is None else labels[w - 1 :: s][: len(windows)]
     desc = f"CSV '{path}' ({len(windows)} windows of {w} rows, stride {s}, {len(cols)} columns)"
+    if opts.layout is not None and opts.layout != "tc":  # [N, T, C] -> the model's layout
+        windows = windows.transpose(0, 2, 1) if opts.layout.endswith("ct") else windows
+        if opts.layout.startswith("1"):
+            windows = windows[:, None]
+        desc += f", layout {opts.layout} (each sample {'x'.join(map(str, windows.shape[1:]))})"
     return ArrayReader({path.stem: windows}, desc, labels=win_labels)
 
 
