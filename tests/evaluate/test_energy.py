@@ -57,6 +57,14 @@ def test_lstm_and_dynamic_matmul_counts() -> None:
     d = pipeline.quantize(mlp, None, method="dynamic").model
     got = opcount.count(d, opcount.tensor_shapes(d, {"x": np.ones((1, 32), np.float32)}))
     assert got.macs == {"int8": 32 * 64 + 64 * 8}
+    # weight-only int8: the MatMuls multiply in float and both weights are dequantized at every call
+    w = pipeline.quantize(mlp, None, method="weight-only", weight_bits=8).model
+    wc = opcount.count(w, opcount.tensor_shapes(w, {"x": np.ones((1, 32), np.float32)}))
+    assert wc.macs == {"fp32": 32 * 64 + 64 * 8} and wc.elem_ops["fp32"] >= 32 * 64 + 64 * 8
+    # a static QDQ LSTM still runs in float in ORT (no integer LSTM kernel): its MACs count fp32
+    s = pipeline.quantize(m, [feeds] * 4, method="static").model
+    sc = opcount.count(s, opcount.tensor_shapes(s, feeds))
+    assert sc.macs.get("fp32", 0) >= 5 * 2 * 4 * 16 * (8 + 16)
 
 
 def test_estimate_uses_the_horowitz_figures() -> None:

@@ -12,15 +12,17 @@ they are exact for that input; ``tensor_shapes`` does that run, ``count`` is pur
   (directly, or each read through a DequantizeLinear of such a tensor, which ORT fuses into an
   integer kernel), ``int16`` for <= 16-bit integers, ``fp16`` when an operand is float16 and none is
   float32, else ``fp32`` (a weight-only model dequantizes its weights and multiplies in float).
+  A QDQ LSTM/GRU/RNN counts in float: ORT has no integer kernel for it (only the dynamic
+  ``DynamicQuantizeLSTM`` runs int8).
 * **Element ops**: one per output element of every other node, at the precision of its output
   (``fp32``/``fp16``/``int8``); shape-only nodes (Reshape, Flatten, Squeeze, Unsqueeze, Identity,
   Shape, Constant) count none.  A node whose activation inputs all come through DequantizeLinear
   of 8-bit tensors and whose outputs all go to QuantizeLinear runs as an integer kernel in ORT
   (QLinearAdd, QLinearConcat, int8 pooling ...): its ops count as ``int8``.  A Relu/Clip between an
-  integer MAC and its QuantizeLinear is fused into the MAC and counts none.  A DequantizeLinear of a
-  constant (folded when ORT loads the model), a DequantizeLinear feeding only integer kernels and a
-  QuantizeLinear after one are *folded* and count none; every other Q/DQ counts one ``fp32`` op per
-  element.
+  integer MAC and its QuantizeLinear is fused into the MAC and counts none.  A DequantizeLinear
+  feeding only integer kernels and a QuantizeLinear after one are *folded* and count none; every other
+  Q/DQ counts one ``fp32`` op per element, a weight's DQ included (ORT keeps DQ nodes out of constant
+  folding, so a weight-only or QDQ-LSTM model dequantizes its weights at every call).
 * **Bytes**: activation traffic = every non-folded, non-shape-only node reads its non-constant
   inputs and writes its outputs once, each at the width of the tensor actually stored (the integer
   tensor behind a folded DQ, the integer output of a folded Q); weight traffic is given by the
@@ -147,6 +149,9 @@ def count(model: onnx.ModelProto, shapes: Shapes) -> OpCounts:
             return "int8"
         if n.op_type == "MatMulNBits":
             return "fp32"
+        if n.op_type in ("LSTM", "GRU", "RNN"):  # ORT has no integer kernel for a QDQ recurrent op
+            got = shapes.get(a)
+            return "fp16" if got is not None and got[1] == np.float16 else "fp32"
         pa, pb = operand(a), operand(b)
         if pa.startswith("int") and pb.startswith("int"):
             return "int8" if pa == pb == "int8" else "int16"
@@ -189,8 +194,6 @@ def count(model: onnx.ModelProto, shapes: Shapes) -> OpCounts:
 
     def folded(n: onnx.NodeProto) -> bool:
         if n.op_type == "DequantizeLinear":
-            if n.input[0] in consts:
-                return True
             cs = consumers.get(n.output[0], [])
             return bool(cs) and all(id(c) in int_nodes for c in cs)
         if n.op_type == "QuantizeLinear":
