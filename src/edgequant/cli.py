@@ -145,6 +145,10 @@ def quantize(
         list[str] | None,
         typer.Option(help="PyTorch export: INPUT:AXIS made dynamic (e.g. input:1). Repeatable."),
     ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda or cuda:N: ONNX Runtime's provider (no CPU fallback).")
+    ] = None,
+    gpu_number: Annotated[int | None, typer.Option(help="Alias for --device cuda:N.")] = None,
 ) -> None:
     """Quantize MODEL and write <name>_<tag>.onnx, its report (.json) and plan (.plan.json) into OUT."""
     from edgequant.pipeline import quantize as run
@@ -172,8 +176,15 @@ def quantize(
         examples = None
         if factory or model.suffix in (".pt", ".pth", ".ts", ".torchscript"):
             source, examples = _load_torch(model, factory, checkpoint, input_shape)
+        runtime = None
+        if device is not None or gpu_number is not None:
+            from edgequant.runtime.device import runtime_for
+
+            runtime = runtime_for(device, gpu_number)
         with ProgressBar() as bar:
-            result = run(source, None, recipe, example_inputs=examples, progress=bar, **overrides)
+            result = run(
+                source, None, recipe, example_inputs=examples, progress=bar, runtime=runtime, **overrides
+            )
         paths = result.save(out)
     except EdgeQuantError as exc:
         fail(exc)

@@ -231,6 +231,7 @@ def quantize(
         cpu=cpu.describe(),
         check=check,
     )
+    result.report["providers"] = list(runtime.providers)  # the ORT providers calibration and the check ran on
     if imported:
         result.report["import"] = imported
     if bias_info:

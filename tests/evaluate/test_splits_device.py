@@ -151,3 +151,24 @@ def test_device_cuda_without_cuda_is_refused(
         assert "needs ONNX Runtime's CUDAExecutionProvider" in res.stderr
         assert "installed providers: CPUExecutionProvider" in res.stderr and "onnxruntime-gpu" in res.stderr
     assert not (tmp_path / "c").exists()
+
+
+def test_quantize_device_refusal_and_provider_recorded(
+    data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgequant.cli import app
+    from edgequant.runtime import device
+
+    res = CliRunner().invoke(app, ["quantize", str(data["model"]), "-o", str(tmp_path / "q"), "--method", "dynamic",
+                                   "--device", "cpu"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    reports = [
+        json.loads(p.read_text()) for p in (tmp_path / "q").glob("*.json") if not p.name.endswith("plan.json")
+    ]
+    assert [r["providers"] for r in reports] == [["CPUExecutionProvider"]]
+    monkeypatch.setattr(device, "available_providers", lambda: ["CPUExecutionProvider"])
+    res = CliRunner().invoke(
+        app, ["quantize", str(data["model"]), "-o", str(tmp_path / "g"), "--device", "cuda:0"]
+    )
+    assert res.exit_code == 2 and "installed providers: CPUExecutionProvider" in res.stderr
+    assert not (tmp_path / "g").exists()
