@@ -93,3 +93,16 @@ def test_padded_batches_with_a_mask_match_one_by_one(trials: tuple[Path, Path, l
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
     first = next(iter(src))
     assert first["x"].shape == (4, 12, 4) and first["mask"].sum(1).tolist() == [5, 9, 12, 7]
+
+
+def test_variable_lengths_on_a_fixed_time_axis_name_dynamic_axis(
+    trials: tuple[Path, Path, list[np.ndarray]],
+) -> None:
+    from edgequant.errors import DataError
+
+    m = _model(masked=False)
+    m.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 12  # exported at 12 steps
+    with pytest.raises(DataError) as e:
+        list(open_source(trials[0], input_specs(m), batch_size=1))
+    assert "input 'x' has shape 1x5x4, the model expects ?x12x4" in str(e.value)
+    assert "the model fixes axis 1 at 12" in str(e.value) and "--dynamic-axis x:1" in str(e.value)
