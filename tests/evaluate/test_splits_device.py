@@ -124,7 +124,7 @@ def test_compare_refuses_leakage(data: dict[str, Path], tmp_path: Path) -> None:
     ev = {"x": np.concatenate([tinymodels.images(4, seed=4), x[5:7]])}  # two calibration samples reused
     with pytest.raises(DataError, match=r"2 of the 6 evaluation samples also appear among the 12 calibration samples "
                                         r"\(first: evaluation sample 4\)"):  # fmt: skip
-        compare(data["model"], x, ev, methods="float", outdir=tmp_path, report=False)
+        compare(data["model"], x, ev, methods="float,int8-static", outdir=tmp_path, report=False)
 
 
 def test_device_cuda_without_cuda_is_refused(

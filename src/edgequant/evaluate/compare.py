@@ -227,7 +227,10 @@ def compare(
     rt = runtime_for(device, gpu_number)
     profile = EnergyProfile.from_mapping(energy_profile) if energy_profile is not None else EnergyProfile()
     opts = core.eval_options(data_options, eval_split)
-    specs, cap = input_specs(float_model), preset("int8-static").calib_samples
+    # the most calibration samples any chosen method reads: the leakage check covers all of them
+    specs = input_specs(float_model)
+    quantized = [n for n in names if n != "float"]
+    cap = max(preset(n).calib_samples for n in quantized) if quantized else 1
     one = leakage.same_file(calibration, eval_data) and not (opts or {}).get("metadata_csv")
     if one:  # one dataset for both: a seeded split, calibration never sees the evaluation part
         calibration = leakage.calibration_part(calibration, specs, opts, cap)
