@@ -127,7 +127,12 @@ def quantize(
     ] = None,
     target: Annotated[
         str | None,
-        typer.Option(help="Hardware target profile: cpu (default), ti-npu, vitis-dpu, cmsis-nn, akida."),
+        typer.Option(
+            help="Hardware target profile: cpu (default), ti-npu, vitis-dpu, cmsis-nn, akida; tvm compiles with Apache TVM."
+        ),
+    ] = None,
+    tune_trials: Annotated[
+        int | None, typer.Option(metavar="N", help="--target tvm: MetaSchedule tuning trials (default 0).")
     ] = None,
     algorithm: Annotated[
         list[str] | None,
@@ -163,6 +168,7 @@ def quantize(
         "target_sqnr_db": target_sqnr, "max_float_nodes": max_float_nodes, "bias_correction": bias_correction,
         "target": target,
         "algorithms": algorithm or None,
+        "tune_trials": tune_trials,
     }  # fmt: skip
     overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     try:
@@ -220,6 +226,13 @@ def print_summary(report: dict[str, Any], model_path: Path) -> None:
         t.add_row("float weights", str(len(report["float_weights"])))
     for name, db in report["check"]["output_sqnr_db"].items():
         t.add_row(f"SQNR vs float ({name})", f"{db} dB")
+    chain = report.get("toolchain")
+    if chain:
+        files = report.get("files", {}).get("toolchain_artifacts", [])
+        vs = ", ".join(
+            f"{k} {'identical' if v is None else f'{v} dB'}" for k, v in chain["sqnr_db_vs_float"].items()
+        )
+        t.add_row(f"{chain['toolchain']} artifact", f"{', '.join(files)} (vs float: {vs})")
     t.add_row("time", f"{report['seconds']['total']} s")
     console.print(t)
     for w in report["warnings"]:
@@ -257,7 +270,7 @@ def inspect(
     )
 
 
-for _name in ("demo", "evaluate", "compare", "serve", "targets"):
+for _name in ("demo", "evaluate", "compare", "serve", "targets", "toolchain"):
     importlib.import_module(f"edgequant.commands.{_name}").register(app)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgequant import algorithms, planner
+from edgequant import algorithms, planner, toolchains
 from edgequant.algorithms import correct_biases, keep_sensitive_float
 from edgequant.algorithms.calib_search import SEARCH_SAMPLES, search_ranges
 from edgequant.data import CalibrationSource, input_specs, open_source
@@ -133,6 +133,8 @@ def quantize(
     recipe_arg = recipe
     recipe, target_notes = adapt_to_target(resolve_recipe(recipe, overrides))
     runtime = runtime or OrtRuntime(allow_spinning=False)
+    if recipe.target in toolchains.TARGETS:  # before any work: a missing toolchain is a one-line refusal
+        toolchains.require(toolchains.TARGETS[recipe.target])
     onnx_model, name, imported = load_input_model(model, example_inputs, recipe.dynamic_axes)
     # an ONNX file is the user's float model: ORT reads it from disk (external data included) for the
     # load check and the final comparison, and the loaded copy is repaired in place (one copy of the
@@ -218,9 +220,24 @@ def quantize(
             seconds["sensitivity"] = sensitivity["seconds"]
 
     check = _check(runtime, reference, quantized, calibration, recipe)
+    artifacts, toolchain = {}, None
+    if recipe.target in toolchains.TARGETS:  # compile/convert with the vendor toolchain, then run it
+        suffix, blob, toolchain = toolchains.build(
+            recipe.target, quantized, reference, _check_batches(reference, calibration, recipe),
+            calibration=lambda: list(_source(calibration, float_model, recipe)), tune_trials=recipe.tune_trials,
+        )  # fmt: skip
+        artifacts[suffix] = blob
+        seconds["toolchain"] = sum(toolchain.get("seconds", {}).values())
     seconds["total"] = time.perf_counter() - t0
     result = QuantResult(
-        quantized, result_float, plan, recipe, name, recipe.default_tag, save_float=bool(imported)
+        quantized,
+        result_float,
+        plan,
+        recipe,
+        name,
+        recipe.default_tag,
+        save_float=bool(imported),
+        artifacts=artifacts,
     )
     result.report = build_report(
         result,
@@ -234,6 +251,8 @@ def quantize(
     result.report["providers"] = list(runtime.providers)  # the ORT providers calibration and the check ran on
     if imported:
         result.report["import"] = imported
+    if toolchain:
+        result.report["toolchain"] = toolchain
     if bias_info:
         result.report["bias_correction"] = bias_info
     if sensitivity:
@@ -390,6 +409,24 @@ def _calibrate(
         **({"search": search} if search else {}),
     }
     return plan, info
+
+
+def _check_batches(
+    reference: onnx.ModelProto | Path, calibration: DataLike, recipe: Recipe
+) -> list[dict[str, np.ndarray]]:
+    """The batches the check runs on, for a toolchain's own run of its artifact."""
+    specs = input_specs(
+        reference
+        if isinstance(reference, onnx.ModelProto)
+        else onnx.load(str(reference), load_external_data=False)
+    )
+    return list(
+        open_source(
+            calibration, specs, batch_size=recipe.batch_size,
+            max_samples=min(recipe.batch_size * 2, recipe.calib_samples), seed=recipe.seed,
+            preprocess=recipe.preprocess, input_map=recipe.input_map or None, options=recipe.data_options or None,
+        )
+    )  # fmt: skip
 
 
 def _check(

@@ -38,6 +38,7 @@ class QuantResult:
     tag: str
     report: dict[str, Any] = field(default_factory=dict)
     save_float: bool = False  # the float model was exported here (from PyTorch): write it beside
+    artifacts: dict[str, bytes] = field(default_factory=dict)  # suffix -> bytes, e.g. ".tvm.so" (toolchains)
 
     @property
     def stem(self) -> str:
@@ -60,6 +61,7 @@ class QuantResult:
         plan_path = out / f"{self.stem}.plan.json"
         float_path = out / f"{self.name}_float.onnx"
         write_text_atomic(plan_path, self.plan.to_json())
+        extra: list[Path] = []
         try:
             if self.save_float:
                 save_model(self.float_model, float_path)
@@ -69,6 +71,12 @@ class QuantResult:
                 "report": report_path.name,
                 "plan": plan_path.name,
             }
+            for (
+                suffix,
+                blob,
+            ) in self.artifacts.items():  # a vendor toolchain's build (TVM library, Akida .fbz)
+                extra.append(write_text_atomic(out / f"{self.stem}{suffix}", blob))
+                self.report["files"].setdefault("toolchain_artifacts", []).append(extra[-1].name)
             saved = [("model", model_path)] + ([("float_model", float_path)] if self.save_float else [])
             for key, path in saved:
                 self.report["files"][key] = path.name
@@ -77,7 +85,7 @@ class QuantResult:
                     self.report["files"][f"{key}_data"] = data.name
             write_text_atomic(report_path, json.dumps(self.report, indent=1, default=_json_default))
         except Exception:
-            for p in (model_path, plan_path, *([float_path] if self.save_float else [])):
+            for p in (model_path, plan_path, *extra, *([float_path] if self.save_float else [])):
                 data = external_data_path(p) if p.suffix == ".onnx" else None
                 for leftover in (p, data):
                     if leftover is not None:

@@ -40,6 +40,7 @@ def test_health_and_docs(server: Server) -> None:
             "akida",
             "cmsis-nn",
             "ti-npu",
+            "tvm",
             "vitis-dpu",
         ]
         assert health["jobs"]["workers"] == 2

@@ -23,7 +23,7 @@ PROFILE_DIR = Path(targets.__file__).parent
 
 
 def test_every_shipped_profile_loads_and_cites_its_sources() -> None:
-    assert targets.names() == ["akida", "cmsis-nn", "cpu", "ti-npu", "vitis-dpu"]
+    assert targets.names() == ["akida", "cmsis-nn", "cpu", "ti-npu", "tvm", "vitis-dpu"]
     for p in targets.all_profiles():
         assert p.sources and all(s.url.startswith("https://") for s in p.sources.values())
         cited = {p.weights.source, p.activations.source, p.bias_source} | {r.source for r in p.ops.values()}
@@ -69,7 +69,7 @@ def test_unknown_target_on_the_cli(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "did you mean 'vitis-dpu'" in res.output
     assert not (tmp_path / "o").exists()
     listing = CliRunner().invoke(app, ["targets"])
-    assert listing.exit_code == 0 and len(listing.output.strip().splitlines()) == 5
+    assert listing.exit_code == 0 and len(listing.output.strip().splitlines()) == 6
     rules = CliRunner().invoke(app, ["targets", "ti-npu"])
     assert rules.exit_code == 0 and "24-bit with 8-bit weights" in rules.output
 

@@ -281,14 +281,14 @@ def weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return external_header(model, None, "<weights not copied>")
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write a text file atomically (temporary file in the same directory, then rename)."""
+def write_text_atomic(path: str | Path, text: str | bytes) -> Path:
+    """Write a text (or bytes) file atomically (temporary file in the same directory, then rename)."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(text.encode("utf-8") if isinstance(text, str) else text)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp_name, _umask_mode())

@@ -76,6 +76,7 @@ class Recipe:
     bias_correction: bool = False  # static: fold the measured per-channel output mean shift into biases
     dynamic_axes: dict[str, list[int]] = field(default_factory=dict)  # PyTorch export: {input: [axis]}
     algorithms: tuple[str, ...] = ()  # passes run in order (ALGORITHMS), e.g. ("cle", "adaround")
+    tune_trials: int = 0  # target tvm: MetaSchedule tuning trials (0: no tuning)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -114,6 +115,12 @@ class Recipe:
         self._check_sensitivity()
         self._check_target()
         self._check_algorithms()
+        if self.tune_trials < 0 or (self.tune_trials and self.target != "tvm"):
+            raise RecipeError(
+                f"tune_trials={self.tune_trials} with target '{self.target}'; tuning trials are a count >= 0 "
+                "and apply to target 'tvm' only.",
+                "drop --tune-trials, or use --target tvm --tune-trials 64.",
+            )
         if self.bias_correction and self.method != "static":
             raise RecipeError(
                 f"bias_correction is set but method is '{self.method}'; it corrects the biases of a static "

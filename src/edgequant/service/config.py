@@ -68,7 +68,9 @@ def resolve_target(name: str | None) -> str:
         from edgequant import targets
 
         if key in targets.aliases():  # a hardware profile: the plan follows its rules
-            return targets.canonical(key)
+            canonical = targets.canonical(key)
+            _require_toolchain(canonical)
+            return canonical
         raise TargetError(
             f"unknown target '{name}'; valid targets: {', '.join(served_targets())}.",
             f"use target={DEFAULT_TARGET} (ONNX Runtime CPU QDQ). Vendor targets "
@@ -81,6 +83,18 @@ def resolve_target(name: str | None) -> str:
             f"install {target.toolchain} and compile the QDQ model from target={DEFAULT_TARGET} with it.",
         )
     return target.recipe_target
+
+
+def _require_toolchain(target: str) -> None:
+    """A target built by a vendor toolchain (tvm, akida) answers 501 with the install command when the
+    toolchain is not installed on this server, before any job is queued."""
+    from edgequant import toolchains
+
+    if target in toolchains.TARGETS:
+        try:
+            toolchains.require(toolchains.TARGETS[target])
+        except EdgeQuantError as exc:
+            raise ToolchainMissing(exc.detail, exc.hint) from exc
 
 
 class ServiceError(EdgeQuantError):

@@ -1,0 +1,62 @@
+"""Vendor back ends (Apache TVM, BrainChip Akida), each driven in a virtual environment of its own.
+
+``TARGETS`` maps a target name to the toolchain that builds its artifact.  :func:`build` runs after
+EdgeQuant's own QDQ export and check; it returns the artifact's file suffix, its bytes and the report
+section.  A missing toolchain is a :class:`~edgequant.errors.TargetError` naming the install command:
+never a copy of the ONNX model, never a placeholder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgequant.toolchains.envs import TOOLCHAINS, cache_dir, install, installed, remove, require
+
+TARGETS: dict[str, str] = {"tvm": "tvm", "akida": "akida"}  # target name -> toolchain
+SUFFIX: dict[str, str] = {"tvm": ".tvm.so", "akida": ".fbz"}
+
+__all__ = [
+    "SUFFIX",
+    "TARGETS",
+    "TOOLCHAINS",
+    "build",
+    "cache_dir",
+    "install",
+    "installed",
+    "remove",
+    "require",
+]
+
+
+def build(
+    target: str,
+    quantized: onnx.ModelProto,
+    float_model: onnx.ModelProto | Path,
+    batches: list[dict[str, np.ndarray]],
+    *,
+    calibration: Callable[[], list[dict[str, np.ndarray]]] | None = None,
+    tune_trials: int = 0,
+) -> tuple[str, bytes, dict[str, Any]]:
+    """Build ``target``'s artifact from the QDQ model; ``(suffix, bytes, report section)``.
+
+    Raises:
+        TargetError: the toolchain is not installed.
+        ExportError: the toolchain failed (its message in one line).
+    """
+    require(TARGETS[target])
+    if target == "tvm":
+        from edgequant.toolchains.tvm import build_tvm
+
+        library, info = build_tvm(quantized, float_model, batches, tune_trials=tune_trials)
+        return SUFFIX[target], library, info
+    if target == "akida":
+        from edgequant.toolchains.akida import build_akida
+
+        program, info = build_akida(float_model, calibration() if calibration else batches, batches)
+        return SUFFIX[target], program, info
+    raise KeyError(target)

@@ -1,0 +1,67 @@
+"""Run a versioned driver script inside a toolchain's environment: JSON request in, JSON result out.
+
+The contract, shared by every script in ``edgequant/toolchains/drivers/``::
+
+    <venv>/bin/python <driver>.py request.json result.json
+
+``request.json`` holds file paths and settings; the driver writes ``result.json`` as
+``{"driver_version": N, "ok": true, ...}`` or ``{"ok": false, "error": "<one line>", "stage": "..."}``
+and exits 0 either way (a non-zero exit without a result is a crash of the toolchain itself).
+Arrays travel as ``.npz`` files named in the request and the result.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from edgequant.errors import ExportError, TargetError
+from edgequant.toolchains.envs import require
+
+DRIVER_VERSION = 1
+
+
+def run_driver(
+    toolchain: str, driver: str, request: dict[str, Any], workdir: Path, *, timeout_s: float = 3600.0
+) -> dict[str, Any]:
+    """Run ``drivers/<driver>.py`` with ``toolchain``'s interpreter; its JSON result.
+
+    Raises:
+        TargetError: the toolchain is not installed (hint: the install command).
+        ExportError: the driver reported an error (its one line, and the stage), crashed, or timed out.
+    """
+    python = require(toolchain)
+    req_path, res_path = workdir / f"{driver}.request.json", workdir / f"{driver}.result.json"
+    req_path.write_text(json.dumps({"driver_version": DRIVER_VERSION, **request}))
+    script = resources.files("edgequant.toolchains") / "drivers" / f"{driver}.py"
+    try:
+        proc = subprocess.run(
+            [str(python), str(script), str(req_path), str(res_path)],
+            capture_output=True, text=True, timeout=timeout_s, cwd=workdir,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        raise ExportError(
+            f"the {toolchain} driver did not finish within {timeout_s:.0f} s.",
+            "use a smaller model, or fewer --tune-trials.",
+        ) from exc
+    if not res_path.is_file():
+        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+        raise ExportError(
+            f"the {toolchain} toolchain crashed (exit code {proc.returncode}) before writing its result: {tail}",
+            f"reinstall it with: edgequant toolchain install {toolchain}; report the model if it persists.",
+        )
+    result: dict[str, Any] = json.loads(res_path.read_text())
+    if result.get("driver_version") != DRIVER_VERSION:
+        raise TargetError(
+            f"the {driver} driver answered version {result.get('driver_version')}, expected {DRIVER_VERSION}.",
+            "reinstall EdgeQuant; the driver scripts ship with it.",
+        )
+    if not result.get("ok"):
+        raise ExportError(
+            f"{toolchain} failed at {result.get('stage', '?')}: {result.get('error', 'no message')}",
+            result.get("hint") or f"check that the model uses ops the {toolchain} front end supports.",
+        )
+    return result

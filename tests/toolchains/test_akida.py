@@ -1,0 +1,113 @@
+"""--target akida end to end: a real Akida program (.fbz) is written, and it runs.
+
+The program is loaded back in the akida toolchain's interpreter by a script written here and run on
+Akida's software backend; its outputs are compared with this test's own ONNX Runtime float session.
+No Akida figure goes into the README (BrainChip's EULA); the thresholds stay in this test.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+from onnx import numpy_helper as nh
+from toolchain_helpers import need_toolchain
+from typer.testing import CliRunner
+
+from edgequant.cli import app
+from edgequant.errors import UnsupportedError
+from edgequant.runtime import OrtRuntime
+from edgequant.schemes import sqnr_db
+from edgequant.toolchains.akida import _require_whole
+
+RUN_FBZ = """
+import sys, numpy as np, akida
+m = akida.Model(sys.argv[1])
+np.save(sys.argv[3], m.predict(np.load(sys.argv[2]).astype(np.uint8)).astype(np.float32))
+"""
+
+
+def pixel_conv_net(seed: int = 0) -> onnx.ModelProto:
+    """Conv-Relu -> strided Conv-Relu -> GAP -> Flatten -> Gemm, on raw 0-255 pixels [N, 3, 16, 16]."""
+    rng = np.random.default_rng(seed)
+
+    def w(*shape: int, scale: float = 0.3) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    inits = {"w1": w(8, 3, 3, 3, scale=0.3 / 255), "b1": w(8, scale=0.1), "w2": w(16, 8, 3, 3),
+             "b2": w(16, scale=0.1), "wf": w(10, 16, scale=0.2), "bf": w(10, scale=0.1)}  # fmt: skip
+    nodes = [
+        h.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        h.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        h.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1], strides=[2, 2]),
+        h.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        h.make_node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
+        h.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        h.make_node("Gemm", ["f", "wf", "bf"], ["y"], name="fc", transB=1),
+    ]
+    g = h.make_graph(
+        nodes, "pixels", [h.make_tensor_value_info("x", T.FLOAT, ["N", 3, 16, 16])],
+        [h.make_tensor_value_info("y", T.FLOAT, ["N", 10])], [nh.from_array(v, k) for k, v in inits.items()],
+    )  # fmt: skip
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_target_akida_writes_a_program_that_runs(tmp_path: Path) -> None:
+    python = need_toolchain("akida")
+    rng = np.random.default_rng(4)
+    model, calib = tmp_path / "pixels.onnx", tmp_path / "calib.npz"
+    onnx.save(pixel_conv_net(), model)
+    np.savez(calib, x=rng.integers(0, 256, (64, 3, 16, 16)).astype(np.float32))
+    out = tmp_path / "out"
+    res = CliRunner().invoke(
+        app, ["quantize", str(model), "--calib-data", str(calib), "--target", "akida", "-o", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    programs = list(out.glob("*.fbz"))
+    assert len(programs) == 1
+    report = json.loads(next(out.glob("*_int8.json")).read_text())
+    assert report["toolchain"]["input_dtype"] == "uint8"
+    assert [t for _, t in report["toolchain"]["layers"]][1:4] == ["InputConv2D", "Conv2D", "Dense1D"]
+
+    x = rng.integers(0, 256, (16, 3, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    script = tmp_path / "run_fbz.py"
+    script.write_text(RUN_FBZ)
+    subprocess.run(
+        [str(python), str(script), str(programs[0]), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+        check=True,
+    )
+    got = np.load(tmp_path / "y.npy").reshape(16, 10)
+    ref = OrtRuntime().run(onnx.load(str(model)), {"x": x})["y"]
+    assert sqnr_db(ref, got) >= 30.0  # 8-bit Akida 2.0 vs float
+    assert np.mean(ref.argmax(1) == got.argmax(1)) >= 0.9
+
+
+def test_normalised_float_inputs_are_refused(tmp_path: Path) -> None:
+    need_toolchain("akida")
+    model, calib = tmp_path / "pixels.onnx", tmp_path / "calib.npz"
+    onnx.save(pixel_conv_net(), model)
+    np.savez(calib, x=np.random.default_rng(1).random((32, 3, 16, 16)).astype(np.float32))
+    out = tmp_path / "out"
+    res = CliRunner().invoke(
+        app, ["quantize", str(model), "--calib-data", str(calib), "--target", "akida", "-o", str(out)]
+    )
+    assert res.exit_code == 2 and "takes 8-bit integers" in res.output
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_conversion_that_stopped_early_is_refused() -> None:
+    m = pixel_conv_net()
+    whole = {"layers": [["quantize", "Quantizer"], ["c1", "InputConv2D"], ["c2", "Conv2D"], ["y", "Dense1D"]]}
+    _require_whole(m, whole, "y")
+    stopped = {"layers": [["quantize", "Quantizer"], ["c1", "InputConv2D"]]}
+    with pytest.raises(UnsupportedError, match=r"node 'relu1' \(Relu\) and the nodes after it"):
+        _require_whole(m, stopped, "y")
