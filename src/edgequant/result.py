@@ -14,6 +14,7 @@ import onnx
 from edgequant.errors import ExportError
 from edgequant.export.sizes import file_bytes, float_weight_names, integer_weight_count, packed_bytes
 from edgequant.model.io import external_data_path, save_model, write_text_atomic
+from edgequant.names import confined
 from edgequant.plan import QuantPlan
 from edgequant.recipe import Recipe, to_dict
 from edgequant.runtime import ort_version
@@ -56,10 +57,10 @@ class QuantResult:
                 f"output path '{out}' exists and is not a directory.", "pass a directory to -o."
             )
         out.mkdir(parents=True, exist_ok=True)
-        model_path = out / f"{self.stem}.onnx"
-        report_path = out / f"{self.stem}.json"
-        plan_path = out / f"{self.stem}.plan.json"
-        float_path = out / f"{self.name}_float.onnx"
+        model_path = confined(out, f"{self.stem}.onnx")  # every path checked before anything is written
+        report_path = confined(out, f"{self.stem}.json")
+        plan_path = confined(out, f"{self.stem}.plan.json")
+        float_path = confined(out, f"{self.name}_float.onnx")
         write_text_atomic(plan_path, self.plan.to_json())
         extra: list[Path] = []
         try:

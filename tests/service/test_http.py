@@ -106,7 +106,9 @@ def test_traversal_attempts_are_400(server: Server) -> None:
             assert set(r.json()) == {"error", "detail", "hint"}
     # a literal "../" that no client normalises away
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
-        s.sendall(b"GET /api/v1/models/../../etc/passwd HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        s.sendall(
+            b"GET /api/v1/models/../../etc/passwd HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
         assert s.recv(4096).split(b"\r\n", 1)[0] == b"HTTP/1.1 400 Bad Request"
 
 
@@ -146,7 +148,7 @@ def test_dataset_npz_and_images(server: Server) -> None:
         )
         assert r.status_code == 201, r.text
         assert r.json()["images"] == 2 and r.json()["skipped_files"] == ["readme.txt"]
-        assert (server.store / "datasets" / "d-img" / "imgs" / "b.png").is_file()
+        assert (server.store / "datasets" / "d-img" / "images" / "imgs" / "b.png").is_file()
         names = [d["name"] for d in c.get("/api/v1/datasets").json()["datasets"]]
         assert {"d-npz", "d-img"} <= set(names)
 

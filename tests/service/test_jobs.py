@@ -30,13 +30,15 @@ def test_upload_quantize_poll_download_run(server: Server) -> None:
         assert r.status_code == 202 and set(r.json()) >= {"job_id"}
         job = wait_job(c, r.json()["job_id"])
         assert job["status"] == "succeeded", job["error"]
-        assert job["progress"] == {"fraction": 1.0, "stage": "done"}
+        assert job["progress"] == {"fraction": 1.0, "percent": 100.0, "stage": "done"}
         rep = job["report"]
         assert rep["artifacts"] == ["tiny_int8.json", "tiny_int8.onnx", "tiny_int8.plan.json"]
         assert rep["sizes"]["original_bytes"] > 2.5 * rep["sizes"]["quantized_bytes"]
         assert rep["sizes"]["compression_ratio"] > 2.5
         assert rep["metrics"]["output_sqnr_db"]["logits"] >= 25.0
-        assert str(server.store) not in json.dumps(job) and "<store>/datasets/calib.npz" in json.dumps(job)
+        assert str(server.store) not in json.dumps(job) and "<store>/datasets/calib/data.npz" in json.dumps(
+            job
+        )
         url = f"/api/v1/jobs/{job['job_id']}/artifacts"
         blob = c.get(f"{url}/tiny_int8.onnx")
         assert blob.status_code == 200

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import re
 import warnings
 from pathlib import Path
 
@@ -41,17 +42,18 @@ def test_unexpected_exception_is_logged_json_500(tmp_path: Path, caplog: pytest.
 
     @app.get("/api/v1/boom")
     def boom() -> None:
-        raise RuntimeError("kaboom")
+        raise RuntimeError(f"kaboom in {tmp_path}")
 
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, base_url="http://127.0.0.1:8000", raise_server_exceptions=False) as client:
         r = client.get("/api/v1/boom")
     assert r.status_code == 500
-    assert r.json() == {
-        "error": "InternalError",
-        "detail": "RuntimeError: kaboom",
-        "hint": "this is a bug; please report it.",
-    }
-    assert "unhandled error on GET /api/v1/boom" in caplog.text
+    body = r.json()
+    assert set(body) == {"error", "detail", "hint"} and body["error"] == "InternalError"
+    incident = re.fullmatch(r"an unexpected RuntimeError \(incident ([0-9a-f]{8}); details are in the server log\)\.",
+                            body["detail"])  # fmt: skip
+    assert incident, body
+    assert str(tmp_path) not in r.text and "kaboom" not in r.text  # neither the message nor the store path
+    assert f"unhandled error on GET /api/v1/boom (incident {incident.group(1)})" in caplog.text
 
 
 def test_targets_and_names() -> None:

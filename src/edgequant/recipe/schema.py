@@ -19,6 +19,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 
 from edgequant.errors import RecipeError
+from edgequant.names import check_name
 
 Method = Literal["static", "dynamic", "fp16", "weight-only"]
 CalibMethod = Literal["minmax", "percentile", "entropy", "mse", "search"]  # search: best of the four
@@ -112,6 +113,10 @@ class Recipe:
             raise RecipeError(
                 f"block size {self.block_size} is not a power of two >= 16.", "use 32, 64 or 128."
             )
+        if self.tag is not None:
+            check_name(self.tag, "tag")  # it becomes part of the output file names
+        if self.seed < 0:
+            raise RecipeError(f"seed {self.seed} is negative.", "use a seed >= 0, e.g. 0.")
         self._check_sensitivity()
         self._check_target()
         self._check_algorithms()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edgequant.errors import DependencyError
 from edgequant.service.config import TARGETS, ServiceConfig
@@ -45,13 +45,22 @@ def serve(
     max_upload_mb: float = 200.0,
     workers: int = 2,
     log_level: str = "info",
+    **limits: Any,
 ) -> None:
-    """Run the service until interrupted (Ctrl-C / SIGTERM stop the workers too)."""
+    """Run the service until interrupted (SIGTERM / Ctrl-C: running jobs are marked interrupted).
+
+    ``limits`` are the ServiceConfig limit fields (``job_timeout_s``, ``worker_memory_mb``, ...).
+    A non-loopback ``host`` needs an API key (BadRequest otherwise).
+    """
     require_extra()
     import uvicorn
 
-    config = ServiceConfig.create(store, api_key=api_key, max_upload_mb=max_upload_mb, workers=workers)
-    uvicorn.run(create_app(config), host=host, port=port, log_level=log_level, workers=1)
+    config = ServiceConfig.create(
+        store, api_key=api_key, max_upload_mb=max_upload_mb, workers=workers, host=host, port=port, **limits
+    )
+    uvicorn.run(
+        create_app(config), host=host, port=port, log_level=log_level, workers=1, timeout_graceful_shutdown=5
+    )
 
 
 __all__ = ["TARGETS", "ServiceConfig", "create_app", "require_extra", "serve"]

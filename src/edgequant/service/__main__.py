@@ -1,4 +1,4 @@
-"""``python -m edgequant.service --host H --port P --store DIR [--api-key K] [--max-upload-mb N] [--workers N]``."""
+"""``python -m edgequant.service --host H --port P --store DIR [options]`` (see ``edgequant serve --help``)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-key", default=None, help="require X-API-Key (default: $EDGEQUANT_API_KEY)")
     parser.add_argument("--max-upload-mb", type=float, default=200.0)
     parser.add_argument("--workers", type=int, default=2, help="job worker processes")
+    parser.add_argument("--job-timeout", type=float, default=1800.0, help="seconds per job")
+    parser.add_argument("--worker-memory-mb", type=int, default=8192, help="RLIMIT_AS of each worker")
+    parser.add_argument("--max-queued", type=int, default=64, help="queued jobs at most (429 beyond)")
+    parser.add_argument("--retention-days", type=float, default=None, help="delete finished jobs older")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     from edgequant.service import serve
@@ -29,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
             max_upload_mb=args.max_upload_mb,
             workers=args.workers,
             log_level=args.log_level,
+            job_timeout_s=args.job_timeout,
+            worker_memory_mb=args.worker_memory_mb,
+            max_queued=args.max_queued,
+            retention_days=args.retention_days,
         )
     except EdgeQuantError as exc:
         print(f"error: {exc}", file=sys.stderr)

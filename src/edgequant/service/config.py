@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edgequant.errors import (
     DataError,
@@ -60,8 +61,13 @@ def served_targets() -> list[str]:
     return names + [n for n in targets.names() if n not in names]
 
 
-def resolve_target(name: str | None) -> str:
+def resolve_target(name: object) -> str:
     """The Recipe.target value for a REST ``target``; TargetError (422) or ToolchainMissing (501)."""
+    if name is not None and not isinstance(name, str):
+        raise TargetError(
+            f"target must be a string, got {type(name).__name__}; valid targets: {', '.join(served_targets())}.",
+            f'use "target": "{DEFAULT_TARGET}".',
+        )
     key = (name or DEFAULT_TARGET).strip().lower()
     target = TARGETS.get(key)
     if target is None:
@@ -119,8 +125,20 @@ class Conflict(ServiceError):
     status = 409
 
 
+class Forbidden(ServiceError):
+    status = 403
+
+
 class PayloadTooLarge(ServiceError):
     status = 413
+
+
+class TooManyRequests(ServiceError):
+    status = 429
+
+
+class ResourceLimit(EdgeQuantError):
+    """A job went past a limit of this server (time, memory); the job fails with this error."""
 
 
 class ToolchainMissing(ServiceError):
@@ -136,6 +154,7 @@ STATUS_BY_ERROR: dict[type[EdgeQuantError], int] = {
     InferenceError: 422,
     ExportError: 422,
     DependencyError: 501,
+    ResourceLimit: 422,
 }
 
 
@@ -148,9 +167,26 @@ def status_of(exc: EdgeQuantError) -> int:
     return 400
 
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
-    """How the server runs.  ``workers`` = job worker processes (uvicorn itself runs one process)."""
+    """How the server runs.  ``workers`` = job worker processes (uvicorn itself runs one process).
+
+    Limits (each refused with a 4xx naming it, or a job failed with ResourceLimit):
+
+    * ``job_timeout_s``: wall time of one job; past it the worker is killed and the job fails.
+    * ``worker_memory_mb``: RLIMIT_AS (address space) of each worker process; an allocation past it
+      fails and the job fails with "out of memory".  The address space includes the shared libraries
+      (ONNX Runtime, torch), about 1.5-2.5 GB before any data, so keep it well above that.
+    * ``max_queued``: queued jobs at most; a submit beyond it is a 429.
+    * ``max_body_kb``: every request body except the two upload routes (413 above).
+    * ``max_calib_samples``, ``max_batch_size``, ``max_image_side`` (resize / center crop, pixels),
+      ``max_dataset_pixels`` (decoded pixels summed over an image zip), ``max_input_elements``
+      (elements of one array in an uploaded npz).
+    * ``retention_days``: finished jobs older than this are deleted with their files (None: kept).
+    """
 
     store: Path
     api_key: str | None = None
@@ -158,12 +194,38 @@ class ServiceConfig:
     workers: int = 2
     max_extract_mb: float | None = None  # total uncompressed size of a zip; default 4x the upload limit
     max_zip_members: int = 20000
+    host: str = "127.0.0.1"
+    port: int = 8000
+    job_timeout_s: float = 1800.0
+    worker_memory_mb: int = 8192
+    max_queued: int = 64
+    max_body_kb: int = 256
+    max_calib_samples: int = 2048
+    max_batch_size: int = 64
+    max_image_side: int = 2048
+    max_dataset_pixels: int = 64_000_000
+    max_input_elements: int = 64_000_000
+    retention_days: float | None = None
+    max_wait_s: float = 600.0
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise BadRequest(f"--workers must be >= 1, got {self.workers}.", "use --workers 2.")
         if self.max_upload_mb <= 0:
             raise BadRequest(f"--max-upload-mb must be > 0, got {self.max_upload_mb}.", "use e.g. 200.")
+        if self.job_timeout_s <= 0 or self.max_queued < 1 or self.worker_memory_mb < 512:
+            raise BadRequest(
+                f"job timeout {self.job_timeout_s} s, queue limit {self.max_queued}, worker memory "
+                f"{self.worker_memory_mb} MB: each must be positive (memory >= 512 MB).",
+                "use e.g. --job-timeout 1800 --max-queued 64 --worker-memory-mb 8192.",
+            )
+        if self.retention_days is not None and self.retention_days <= 0:
+            raise BadRequest(f"--retention-days must be > 0, got {self.retention_days}.", "use e.g. 30.")
+        if not self.api_key and self.host not in LOOPBACK_HOSTS:
+            raise BadRequest(
+                f"binding to {self.host} without an API key would let anyone on the network use the server.",
+                "set --api-key (or EDGEQUANT_API_KEY), or bind to 127.0.0.1.",
+            )
 
     @property
     def max_upload_bytes(self) -> int:
@@ -176,8 +238,13 @@ class ServiceConfig:
 
     @classmethod
     def create(
-        cls, store: str | Path, api_key: str | None = None, max_upload_mb: float = 200.0, workers: int = 2
+        cls,
+        store: str | Path,
+        api_key: str | None = None,
+        max_upload_mb: float = 200.0,
+        workers: int = 2,
+        **limits: Any,
     ) -> ServiceConfig:
-        """Settings with the API key taken from EDGEQUANT_API_KEY when not given."""
+        """Settings with the API key taken from EDGEQUANT_API_KEY when not given; ``limits``: fields above."""
         key = api_key if api_key else os.environ.get(API_KEY_ENV) or None
-        return cls(Path(store).resolve(), key, float(max_upload_mb), int(workers))
+        return cls(Path(store).resolve(), key, float(max_upload_mb), int(workers), **limits)

@@ -14,8 +14,13 @@ marked cancelled first, then its worker is killed (SIGKILL), its ``jobs/<id>.par
 removed, and the worker replaced.  Because every status change is conditional, whichever of
 "finished" and "cancelled" lands first wins, and the loser changes nothing.
 
-Restart policy: at startup every job still queued or running is marked failed with
-"interrupted by server restart; resubmit" (nothing is resumed silently; finished jobs are kept).
+Limits: a job running longer than ``job_timeout_s`` has its worker killed and fails with
+ResourceLimit; each worker sets its own RLIMIT_AS (``worker.worker_main``).  Finished jobs older
+than ``retention_days`` are deleted with their folders (checked once a minute).
+
+Stop and restart (see ``store``): on SIGTERM the server's shutdown marks running jobs
+``interrupted`` and kills the workers; a crash leaves them running in the table, and the next start
+marks them ``interrupted``.  Queued jobs stay queued and run after the restart.
 """
 
 from __future__ import annotations
@@ -48,9 +53,19 @@ class _Worker:
 class JobManager:
     """Owns the worker processes; thread-safe ``submit_wakeup`` and ``cancel``."""
 
-    def __init__(self, store: JobStore, workers: int) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        workers: int,
+        *,
+        job_timeout_s: float = 1800.0,
+        memory_mb: int = 8192,
+        retention_days: float | None = None,
+    ) -> None:
         self.store = store
         self.n = workers
+        self.job_timeout_s, self.memory_mb, self.retention_days = job_timeout_s, memory_mb, retention_days
+        self._next_sweep = 0.0
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -59,9 +74,9 @@ class JobManager:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        interrupted = self.store.fail_interrupted()
+        interrupted = self.store.mark_interrupted()
         if interrupted:
-            log.warning("marked %d interrupted job(s) failed: %s", len(interrupted), ", ".join(interrupted))
+            log.warning("marked %d job(s) interrupted: %s", len(interrupted), ", ".join(interrupted))
         for leftover in (self.store.root / "jobs").glob("*.partial"):
             remove_tree(leftover)
         for leftover in (self.store.root / "tmp").iterdir():
@@ -75,7 +90,7 @@ class JobManager:
         parent, child = _CTX.Pipe()
         proc = _CTX.Process(
             target=worker_main,
-            args=(child, str(self.store.root), os.getpid()),
+            args=(child, str(self.store.root), os.getpid(), self.memory_mb),
             name="edgequant-worker",
             daemon=True,
         )
@@ -90,14 +105,20 @@ class JobManager:
         worker.conn.close()
 
     def stop(self) -> None:
+        """Stop dispatching, mark running jobs interrupted, kill the workers (SIGTERM ends here)."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         with self._lock:
+            interrupted = self.store.mark_interrupted()
             for worker in self._workers:
                 self._kill(worker)
             self._workers = []
+        for job_id in interrupted:
+            remove_tree(self.store.job_dir(job_id, partial=True))
+        if interrupted:
+            log.warning("stopping: marked %d running job(s) interrupted", len(interrupted))
 
     def wakeup(self) -> None:
         self._wake.set()
@@ -147,11 +168,11 @@ class JobManager:
                     self._fail(job_id, f"could not hand the job to a worker: {exc}")
                     worker.job = None
 
-    def _fail(self, job_id: str, detail: str) -> None:
+    def _fail(self, job_id: str, detail: str, error_name: str = "WorkerDied", hint: str = "") -> None:
         error = {
-            "error": "WorkerDied",
+            "error": error_name,
             "detail": detail,
-            "hint": "resubmit; if it repeats, report the model.",
+            "hint": hint or "resubmit; if it repeats, report the model.",
         }
         self.store.transition(
             job_id, ("running",), "failed", error=error, stage="failed", finished=time.time()
@@ -177,9 +198,43 @@ class JobManager:
                     self._kill(worker)
                     self._workers[i] = self._spawn()
 
+    def _enforce_timeout(self) -> None:
+        now = time.time()
+        with self._lock:
+            for i, worker in enumerate(self._workers):
+                if worker.job is None:
+                    continue
+                row = self.store.get(worker.job)
+                started = row.get("started") if row else None
+                if started is None or now - float(started) <= self.job_timeout_s:
+                    continue
+                job_id = worker.job
+                worker.process.kill()
+                worker.process.join(timeout=10)
+                self._dead.append(worker)
+                self._workers[i] = self._spawn()
+                self._fail(
+                    job_id,
+                    f"the job ran longer than this server's limit of {self.job_timeout_s:g} s and was stopped.",
+                    "ResourceLimit",
+                    "use fewer calibration samples or a smaller model, or ask for a longer --job-timeout.",
+                )
+
+    def _sweep(self) -> None:
+        if self.retention_days is None or time.monotonic() < self._next_sweep:
+            return
+        keep_s = self.retention_days * 86400.0
+        self._next_sweep = time.monotonic() + min(60.0, max(0.5, keep_s / 4))
+        for job_id in self.store.expired(time.time() - keep_s):
+            if self.store.delete(job_id):
+                remove_tree(self.store.job_dir(job_id))
+                log.info("retention: deleted job %s", job_id)
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
+                self._enforce_timeout()
+                self._sweep()
                 with self._lock:
                     for dead in self._dead:
                         dead.conn.close()

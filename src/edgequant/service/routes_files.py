@@ -1,9 +1,12 @@
 """Models and calibration datasets: upload (streamed, validated, committed atomically), list, delete.
 
-An upload lands in ``tmp/`` first; only after it validated is it renamed into ``models/`` or
-``datasets/`` (same filesystem, so the rename is atomic), followed by its ``<name>.json`` record.
-Listings read the records, so a half-written file is never listed.  A name that is taken is a 409
-unless ``?overwrite=true``.
+Each model and each dataset has its own folder (``models/<name>/``, ``datasets/<name>/``), so no
+name can reach another's files, whatever suffix it carries.  An upload lands in ``tmp/`` first;
+after it validated it is staged as a complete folder in ``tmp/`` (data, then ``record.json``) and
+that folder is renamed into place (same filesystem, so the rename is atomic; an old folder being
+replaced is renamed aside first and removed after).  Listings read the records, so a half-written
+upload is never listed.  A name that is taken is a 409 unless ``?overwrite=true``; replacing or
+deleting a model or dataset that a queued or running job uses is always a 409.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from edgequant.service.safety import (
     inspect_npz,
     remove_tree,
 )
+from edgequant.service.schemas import DatasetList, DatasetRecord, Deleted, ModelList, ModelRecord
 from edgequant.service.store import JobStore
 from edgequant.service.upload import receive_upload
 
@@ -65,7 +69,7 @@ def _store(request: Request) -> JobStore:
 
 def _records(folder: Path) -> list[dict[str, Any]]:
     out = []
-    for meta in sorted(folder.glob("*.json")):
+    for meta in sorted(folder.glob("*/record.json")):
         try:
             out.append(json.loads(meta.read_text(encoding="utf-8")))
         except (OSError, json.JSONDecodeError):
@@ -74,7 +78,7 @@ def _records(folder: Path) -> list[dict[str, Any]]:
 
 
 def _record(folder: Path, name: str, what: str) -> dict[str, Any]:
-    meta = folder / f"{check_name(name, what)}.json"
+    meta = folder / check_name(name, what) / "record.json"
     if not meta.is_file():
         raise NotFound(
             f"{what.split()[0]} '{name}' does not exist.", f"list them with GET /api/v1/{folder.name}."
@@ -83,27 +87,38 @@ def _record(folder: Path, name: str, what: str) -> dict[str, Any]:
     return record
 
 
-def _taken(folder: Path, name: str, overwrite: bool, what: str) -> None:
-    if (folder / f"{name}.json").exists() and not overwrite:
+def _in_use(store: JobStore, name: str, what: str) -> None:
+    active = store.count_active(model=name) if what == "model" else store.count_active(dataset=name)
+    if active:
         raise Conflict(
-            f"a {what} named '{name}' already exists.", "pick another name, or add ?overwrite=true."
+            f"{what} '{name}' is used by {active} queued or running job(s).",
+            "cancel them or wait, then retry.",
         )
 
 
-def _commit_model(
-    root: Path, name: str, tmp: Path, suffix: str, record: dict[str, Any], overwrite: bool
-) -> None:
-    folder = root / "models"
-    _taken(folder, name, overwrite, "model")
-    for old in (".onnx", ".pt"):
-        if old != suffix:
-            (folder / f"{name}{old}").unlink(missing_ok=True)
-    os.replace(tmp, folder / f"{name}{suffix}")
-    write_text_atomic(folder / f"{name}.json", json.dumps(record, indent=1))
+def _commit(store: JobStore, what: str, name: str, staged: Path, overwrite: bool) -> None:
+    """Move the staged folder to ``<what>s/<name>/`` (atomic rename); see the module doc."""
+    final = store.root / f"{what}s" / name
+    if (final / "record.json").exists() and not overwrite:
+        raise Conflict(
+            f"a {what} named '{name}' already exists.", "pick another name, or add ?overwrite=true."
+        )
+    _in_use(store, name, what)
+    old = None
+    if final.exists():
+        old = store.root / "tmp" / f".old-{what}-{name}-{time.time_ns()}"
+        os.replace(final, old)
+    os.replace(staged, final)
+    if old is not None:
+        remove_tree(old)
 
 
 @router.post(
-    "/models", status_code=201, openapi_extra=_UPLOAD_DOC, summary="Upload an ONNX or TorchScript model"
+    "/models",
+    status_code=201,
+    openapi_extra=_UPLOAD_DOC,
+    response_model=ModelRecord,
+    summary="Upload an ONNX or TorchScript model",
 )
 async def upload_model(request: Request, overwrite: bool = False) -> JSONResponse:
     config, store = _config(request), _store(request)
@@ -124,37 +139,44 @@ async def upload_model(request: Request, overwrite: bool = False) -> JSONRespons
             "uploaded": time.time(),
             **info.details,
         }
+        staged = upload.path.with_name(upload.path.name + ".model")
+        staged.mkdir()
+        os.replace(upload.path, staged / f"{name}{info.suffix}")
+        write_text_atomic(staged / "record.json", json.dumps(record, indent=1))
         with request.app.state.commit_lock:
-            _commit_model(store.root, name, upload.path, info.suffix, record, overwrite)
+            _commit(store, "model", name, staged, overwrite)
     finally:
         upload.path.unlink(missing_ok=True)
+        remove_tree(upload.path.with_name(upload.path.name + ".model"))
     return JSONResponse(record, status_code=201)
 
 
-@router.get("/models", summary="List models")
+@router.get("/models", response_model=ModelList, summary="List models")
 def list_models(request: Request) -> dict[str, Any]:
     return {"models": _records(_store(request).root / "models")}
 
 
-@router.get("/models/{name:path}", summary="One model")
+@router.get("/models/{name:path}", response_model=ModelRecord, summary="One model")
 def get_model(request: Request, name: str) -> dict[str, Any]:
     return _record(_store(request).root / "models", name, "model name")
 
 
-@router.delete("/models/{name:path}", summary="Delete a model")
-def delete_model(request: Request, name: str) -> dict[str, Any]:
+def _delete(request: Request, what: str, name: str) -> dict[str, Any]:
     store = _store(request)
-    folder = store.root / "models"
-    record = _record(folder, name, "model name")
+    _record(store.root / f"{what}s", name, f"{what} name")
     with request.app.state.commit_lock:
-        active = store.count_active(name)
-        if active:
-            raise Conflict(
-                f"model '{name}' has {active} queued or running job(s).", "cancel them or wait, then delete."
-            )
-        (folder / f"{name}.json").unlink(missing_ok=True)
-        (folder / record["file"]).unlink(missing_ok=True)
+        _in_use(store, name, what)
+        gone = store.root / "tmp" / f".deleted-{what}-{name}-{time.time_ns()}"
+        os.replace(store.root / f"{what}s" / name, gone)
+    remove_tree(gone)
     return {"deleted": name}
+
+
+@router.delete(
+    "/models/{name:path}", response_model=Deleted, summary="Delete a model (409 while a job uses it)"
+)
+def delete_model(request: Request, name: str) -> dict[str, Any]:
+    return _delete(request, "model", name)
 
 
 def _is_npz(path: Path) -> bool:
@@ -170,22 +192,29 @@ def _is_npz(path: Path) -> bool:
 
 
 def _prepare_dataset(config: ServiceConfig, upload: Path, staging: Path) -> dict[str, Any]:
+    """Validate the upload into the staged folder ``staging`` (``data.npz`` or ``images/``)."""
+    staging.mkdir()
     if _is_npz(upload):
-        return inspect_npz(upload, config.max_extract_bytes, config.max_zip_members)
-    return extract_images(upload, staging, config.max_extract_bytes, config.max_zip_members)
-
-
-def _commit_dataset(root: Path, name: str, src: Path, record: dict[str, Any], overwrite: bool) -> None:
-    folder = root / "datasets"
-    _taken(folder, name, overwrite, "dataset")
-    remove_tree(folder / f"{name}.npz")
-    remove_tree(folder / name)
-    os.replace(src, folder / (f"{name}.npz" if record["format"] == "npz" else name))
-    write_text_atomic(folder / f"{name}.json", json.dumps(record, indent=1))
+        details = inspect_npz(
+            upload, config.max_extract_bytes, config.max_zip_members, config.max_input_elements
+        )
+        os.replace(upload, staging / "data.npz")
+        return details
+    return extract_images(
+        upload,
+        staging / "images",
+        config.max_extract_bytes,
+        config.max_zip_members,
+        config.max_dataset_pixels,
+    )
 
 
 @router.post(
-    "/datasets", status_code=201, openapi_extra=_UPLOAD_DOC, summary="Upload calibration data (npz or zip)"
+    "/datasets",
+    status_code=201,
+    openapi_extra=_UPLOAD_DOC,
+    response_model=DatasetRecord,
+    summary="Upload calibration data (npz or zip of images)",
 )
 async def upload_dataset(request: Request, overwrite: bool = False) -> JSONResponse:
     config, store = _config(request), _store(request)
@@ -205,24 +234,30 @@ async def upload_dataset(request: Request, overwrite: bool = False) -> JSONRespo
             "uploaded": time.time(),
         }
         record.update(details)
+        write_text_atomic(staging / "record.json", json.dumps(record, indent=1))
         with request.app.state.commit_lock:
-            _commit_dataset(
-                store.root, name, upload.path if details["format"] == "npz" else staging, record, overwrite
-            )
+            _commit(store, "dataset", name, staging, overwrite)
     finally:
         upload.path.unlink(missing_ok=True)
         remove_tree(staging)
     return JSONResponse(record, status_code=201)
 
 
-@router.get("/datasets", summary="List calibration datasets")
+@router.get("/datasets", response_model=DatasetList, summary="List calibration datasets")
 def list_datasets(request: Request) -> dict[str, Any]:
     return {"datasets": _records(_store(request).root / "datasets")}
 
 
-@router.get("/datasets/{name:path}", summary="One dataset")
+@router.get("/datasets/{name:path}", response_model=DatasetRecord, summary="One dataset")
 def get_dataset(request: Request, name: str) -> dict[str, Any]:
     return _record(_store(request).root / "datasets", name, "dataset name")
+
+
+@router.delete(
+    "/datasets/{name:path}", response_model=Deleted, summary="Delete a dataset (409 while a job uses it)"
+)
+def delete_dataset(request: Request, name: str) -> dict[str, Any]:
+    return _delete(request, "dataset", name)
 
 
 def dataset_exists(root: Path, name: str) -> None:

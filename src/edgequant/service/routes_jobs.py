@@ -1,19 +1,25 @@
 """Submitting, polling, cancelling jobs, and downloading their artifacts.
 
-``POST /model/{name}/quantize?target=&method=&dataset=`` takes an optional JSON body with the recipe
-keys of ``edgequant.recipe`` (unknown keys: 422 with the RecipeError message).  Query parameters win
-over the body: ``method`` is a preset name (``int8-static``, ``w4a8``, ... see ``PRESETS``) whose
-keys are applied over the body, or a plain recipe method (``static``, ``dynamic``, ``fp16``,
-``weight-only``).  ``calib_data`` is refused: a client may not point the server at its own files;
-data comes from an uploaded dataset (``?dataset=NAME``).
+``POST /model/{name}/quantize?target=&method=&dataset=`` takes an optional JSON body, the typed
+``Recipe`` schema (``schemas.RecipeBody``; unknown keys: 422).  Query parameters win over the body:
+``method`` is a preset name (``int8-static``, ``w4a8``, ... see ``PRESETS``) whose keys are applied
+over the body, or a plain recipe method (``static``, ``dynamic``, ``fp16``, ``weight-only``).
+What a request may ask of the server (no paths, bounded counts) is checked by ``limits``.
+
+Compatibility with the old edge-models service: ``name`` may carry ``.onnx``; ``?wait=true``
+(bounded by ``wait_timeout`` and the server's ``max_wait_s``) answers 200 with ``LegacyResult``
+once the job finished, or 202 as usual when it did not in time.  Sizes there are measured from the
+stored files.
 
 ``POST /model/{name}/compare`` runs every method (``edgequant.evaluate.compare``) as one job on the
-dataset (calibration and evaluation on the same uploaded data).
+dataset.  A submit while ``max_queued`` jobs wait is a 429.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,14 +28,25 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from edgequant.errors import RecipeError
 from edgequant.recipe import METHODS, PRESETS, from_dict, to_dict
-from edgequant.service.config import BadRequest, Conflict, NotFound, resolve_target
+from edgequant.service.config import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    ServiceConfig,
+    TooManyRequests,
+    resolve_target,
+)
+from edgequant.service.limits import check_request
 from edgequant.service.routes_files import dataset_exists, model_exists
-from edgequant.service.store import JobStore, public_job
+from edgequant.service.schemas import Accepted, Cancelled, Job, LegacyResult, RecipeBody, recipe_mapping
+from edgequant.service.store import FINISHED, JobStore, public_job
 
 router = APIRouter()
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 ARTIFACT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-_MEDIA = {".onnx": "application/octet-stream", ".json": "application/json"}
+_MEDIA = {".onnx": "application/octet-stream", ".json": "application/json", ".html": "text/html"}
+# an HTML report is shown as a sandboxed document: no script runs, no cookie is readable from it
+REPORT_CSP = "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
 
 def _store(request: Request) -> JobStore:
@@ -37,7 +54,12 @@ def _store(request: Request) -> JobStore:
     return store
 
 
-def _job_id(job_id: str) -> str:
+def _config(request: Request) -> ServiceConfig:
+    config: ServiceConfig = request.app.state.config
+    return config
+
+
+def job_id_checked(job_id: str) -> str:
     if not JOB_ID_RE.fullmatch(job_id):
         raise BadRequest(
             f"invalid job id {job_id[:80]!r}; job ids are 32 lowercase hex digits.",
@@ -46,21 +68,22 @@ def _job_id(job_id: str) -> str:
     return job_id
 
 
-def _row(store: JobStore, job_id: str) -> dict[str, Any]:
-    row = store.get(_job_id(job_id))
+def job_row(store: JobStore, job_id: str) -> dict[str, Any]:
+    row = store.get(job_id_checked(job_id))
     if row is None:
         raise NotFound(f"job '{job_id}' does not exist.", "check the id returned when the job was submitted.")
     return row
 
 
-def build_recipe(body: dict[str, Any] | None, method: str | None, target: str | None) -> dict[str, Any]:
+def build_recipe(
+    data: dict[str, Any],
+    method: str | None,
+    target: object,
+    config: ServiceConfig | None = None,
+    has_dataset: bool = True,
+) -> dict[str, Any]:
     """The validated recipe mapping of a quantize request (see module doc for precedence)."""
-    data = dict(body or {})
-    if "calib_data" in data or "calib-data" in data:
-        raise RecipeError(
-            "the recipe key 'calib_data' is not accepted by the REST service (it would name a file on the server).",
-            "upload the data with POST /api/v1/datasets and pass ?dataset=NAME.",
-        )
+    data = dict(data)
     if method:
         if method in PRESETS:
             data.update(PRESETS[method])
@@ -68,40 +91,110 @@ def build_recipe(body: dict[str, Any] | None, method: str | None, target: str | 
             data["method"] = method
         else:
             raise RecipeError(
-                f"unknown method '{method}'; allowed: presets {', '.join(PRESETS)} or methods {', '.join(METHODS)}.",
+                f"unknown method '{method[:64]}'; allowed: presets {', '.join(PRESETS)} or methods "
+                f"{', '.join(METHODS)}.",
                 "use e.g. method=int8-static.",
             )
     data["target"] = resolve_target(target if target is not None else data.get("target"))
+    if config is not None:
+        check_request(data, config, has_dataset=has_dataset)
     return to_dict(from_dict(data))
 
 
-def _accepted(request: Request, job_id: str) -> JSONResponse:
+def resolve_model_name(store: JobStore, name: str) -> str:
+    """The stored model ``name`` refers to: itself, or without a trailing ``.onnx`` (old clients)."""
+    try:
+        model_exists(store.root, name)
+        return name
+    except (NotFound, BadRequest):
+        if name.endswith(".onnx") and len(name) > 5:
+            model_exists(store.root, name[:-5])
+            return name[:-5]
+        raise
+
+
+def _queue(request: Request, kind: str, model: str, dataset: str | None, recipe: dict[str, Any]) -> str:
+    store, config = _store(request), _config(request)
+    with request.app.state.commit_lock:
+        queued = store.count_status("queued")
+        if queued >= config.max_queued:
+            raise TooManyRequests(
+                f"{queued} jobs are already queued, this server's limit.", "retry when some have finished."
+            )
+        job_id = store.create(kind, model, dataset, recipe)
     request.app.state.manager.wakeup()
-    return JSONResponse(
-        {"job_id": job_id, "status": "queued", "url": f"/api/v1/jobs/{job_id}"}, status_code=202
+    return job_id
+
+
+def _accepted(job_id: str) -> JSONResponse:
+    body = Accepted(job_id=job_id, status="queued", url=f"/api/v1/jobs/{job_id}")
+    return JSONResponse(body.model_dump(), status_code=202)
+
+
+def legacy_result(store: JobStore, row: dict[str, Any]) -> LegacyResult:
+    """The old service's answer for a finished quantize job; sizes from the files on disk."""
+    job = public_job(row)
+    original = sum(p.stat().st_size for p in store.model_dir(row["model"]).glob(f"{row['model']}.*")
+                   if p.suffix in (".onnx", ".pt"))  # fmt: skip
+    quantized_url, quantized = None, None
+    if row["status"] == "succeeded":
+        name = (job["report"] or {}).get("files", {}).get("model")
+        if name:
+            quantized = (store.job_dir(row["id"]) / name).stat().st_size
+            quantized_url = f"/api/v1/jobs/{row['id']}/artifacts/{name}"
+    mb = 1024 * 1024
+    return LegacyResult(
+        status=row["status"],
+        job_id=row["id"],
+        model_name=row["model"],
+        quantized_model_path=quantized_url,
+        original_size_mb=round(original / mb, 4),
+        quantized_size_mb=None if quantized is None else round(quantized / mb, 4),
+        compression_ratio=None if not quantized else round(original / quantized, 3),
+        error=job["error"],
     )
 
 
-@router.post("/model/{model_name:path}/quantize", status_code=202, summary="Quantize a model (a job)")
-def submit_quantize(
+@router.post(
+    "/model/{model_name}/quantize",
+    status_code=202,
+    summary="Quantize a model (a job)",
+    responses={
+        200: {"model": LegacyResult, "description": "wait=true and the job finished in time"},
+        202: {"model": Accepted},
+    },
+    response_model=None,
+)
+async def submit_quantize(
     request: Request,
     model_name: str,
     target: str | None = None,
     method: str | None = None,
     dataset: str | None = None,
-    body: Annotated[
-        dict[str, Any] | None, Body(description="recipe keys, see edgequant.recipe.Recipe")
-    ] = None,
+    wait: bool = False,
+    wait_timeout: float = 300.0,
+    body: Annotated[RecipeBody | None, Body(description="recipe keys, see edgequant.recipe.Recipe")] = None,  # type: ignore[valid-type]
 ) -> JSONResponse:
-    store = _store(request)
-    model_exists(store.root, model_name)
+    store, config = _store(request), _config(request)
+    name = resolve_model_name(store, model_name)
     if dataset is not None:
         dataset_exists(store.root, dataset)
-    recipe = build_recipe(body, method, target)
-    return _accepted(request, store.create("quantize", model_name, dataset, recipe))
+    recipe = build_recipe(recipe_mapping(body), method, target, config, has_dataset=dataset is not None)
+    job_id = _queue(request, "quantize", name, dataset, recipe)
+    if not wait:
+        return _accepted(job_id)
+    deadline = time.monotonic() + max(0.0, min(wait_timeout, config.max_wait_s))
+    while time.monotonic() < deadline:
+        row = store.get(job_id)
+        if row is not None and row["status"] in FINISHED:
+            return JSONResponse(legacy_result(store, row).model_dump(), status_code=200)
+        await asyncio.sleep(0.1)
+    return _accepted(job_id)
 
 
-@router.post("/model/{model_name:path}/compare", status_code=202, summary="Compare every method (one job)")
+@router.post(
+    "/model/{model_name}/compare", status_code=202, response_model=Accepted, summary="Compare every method"
+)
 def submit_compare(
     request: Request,
     model_name: str,
@@ -122,7 +215,7 @@ def submit_compare(
     from edgequant.evaluate.tasks import check_task
 
     store = _store(request)
-    model_exists(store.root, model_name)
+    name = resolve_model_name(store, model_name)
     if dataset is None:
         raise BadRequest(
             "compare needs ?dataset=NAME (used for calibration and evaluation).", "upload one first."
@@ -141,13 +234,13 @@ def submit_compare(
         "task": task,
         "eval_dataset": eval_dataset,
     }
-    return _accepted(request, store.create("compare", model_name, dataset, options))
+    return _accepted(_queue(request, "compare", name, dataset, options))
 
 
-@router.get("/jobs/{job_id}/artifacts/{file:path}", summary="Download a file of a finished job")
+@router.get("/jobs/{job_id}/artifacts/{file}", summary="Download a file of a finished job")
 def download(request: Request, job_id: str, file: str) -> FileResponse:
     store = _store(request)
-    row = _row(store, job_id)
+    row = job_row(store, job_id)
     if not ARTIFACT_RE.fullmatch(file) or ".." in file:
         raise BadRequest(
             f"invalid artifact name {file[:80]!r}.", "use a name listed in the job's report.artifacts."
@@ -161,25 +254,31 @@ def download(request: Request, job_id: str, file: str) -> FileResponse:
         raise NotFound(
             f"job {job_id} has no file '{file}'.", "use a name listed in the job's report.artifacts."
         )
-    path = folder / file
+    suffix = Path(file).suffix
+    headers = {"Content-Security-Policy": REPORT_CSP, "X-Content-Type-Options": "nosniff"}
+    if suffix == ".html":
+        return FileResponse(folder / file, media_type="text/html", headers=headers)
     return FileResponse(
-        path, media_type=_MEDIA.get(Path(file).suffix, "application/octet-stream"), filename=file
+        folder / file,
+        media_type=_MEDIA.get(suffix, "application/octet-stream"),
+        filename=file,
+        headers=headers,
     )
 
 
-@router.post("/jobs/{job_id}/cancel", summary="Cancel a queued or running job")
+@router.post("/jobs/{job_id}/cancel", response_model=Cancelled, summary="Cancel a queued or running job")
 def cancel(request: Request, job_id: str) -> dict[str, Any]:
     store = _store(request)
-    row = _row(store, job_id)
-    if row["status"] in ("succeeded", "failed"):
+    row = job_row(store, job_id)
+    if row["status"] in FINISHED:
         raise Conflict(f"job {job_id} already {row['status']}; nothing to cancel.", "")
     status = request.app.state.manager.cancel(job_id)
     return {"job_id": job_id, "status": status}
 
 
-@router.get("/jobs/{job_id:path}", summary="Status, progress and report of a job")
+@router.get("/jobs/{job_id}", response_model=Job, summary="Status, progress and report of a job")
 def get_job(request: Request, job_id: str) -> dict[str, Any]:
-    return public_job(_row(_store(request), job_id))
+    return public_job(job_row(_store(request), job_id))
 
 
-__all__ = ["build_recipe", "router"]
+__all__ = ["build_recipe", "job_row", "legacy_result", "resolve_model_name", "router"]

@@ -1,18 +1,25 @@
 """Checks on everything a client sends: names, model files, npz archives, zips of images.
 
-* Names (models, datasets, artifact files) match ``^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`` and hold no
-  ``..``; so a name can never leave its directory.  Anything else is a 400.
+* Names (models, datasets, artifact files) are names of ``edgequant.names`` (``[A-Za-z0-9._-]{1,64}``)
+  that also start with a letter or digit and hold no ``..``; so a name can never leave its
+  directory.  Anything else is a 400.
 * Models: ONNX is parsed by ``edgequant.model.io.parse_onnx`` (the check ``load_model`` makes,
-  worded for an upload) and checked with ``onnx.checker``; external data is refused (a single upload
-  cannot carry it, and its location could point anywhere).  TorchScript archives are accepted
-  by structure (``code/`` + ``constants.pkl``) only when torch is installed, and only loaded in a job
-  worker with ``torch.jit.load``; ``torch.save`` pickles are refused.  Nothing is ever unpickled.
+  worded for an upload); external data is refused (a single upload cannot carry it, and its
+  location could point anywhere).  The parsed copy is dropped before ``onnx.checker`` reads the file
+  itself, so at most about two copies of the weights are in memory at once (bytes + parsed proto).
+  TorchScript archives are accepted by structure (``code/`` + ``constants.pkl``) only when torch
+  is installed, and only loaded in a job worker with ``torch.jit.load``; ``torch.save`` pickles
+  are refused.  Nothing is ever unpickled.
 * npz: each member is a ``.npy`` whose header is read without loading data; object dtypes are
-  refused (``allow_pickle=False`` semantics); CRCs are verified; total uncompressed size is capped.
+  refused (``allow_pickle=False`` semantics); the header's shape x itemsize must equal the bytes the
+  member really holds (a header declaring 192 GiB in a small file is refused), and one array holds at
+  most ``max_elements`` values; CRCs are verified; total uncompressed size is capped.
 * Zips of images: every member name is checked (no absolute path, drive, backslash, ``..``, NUL,
   symlink or encrypted member), the sum of declared sizes is capped before anything is written, and
   the bytes actually inflated are counted against each member's declared size (a lying header stops
-  extraction).  Images are opened with Pillow to check they decode, with a pixel-count cap.
+  extraction).  Image sizes are read from their headers before anything is decoded: each image at
+  most ``MAX_IMAGE_PIXELS`` and all of them together at most ``max_pixels`` decoded pixels; then each
+  is verified with Pillow.
 """
 
 from __future__ import annotations
@@ -29,17 +36,17 @@ from typing import Any
 import numpy as np
 
 from edgequant.errors import DataError, DependencyError, ModelError
+from edgequant.names import is_name
 from edgequant.service.config import BadRequest
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff"})
-MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+MAX_IMAGE_PIXELS = 16 * 1024 * 1024
 _CHUNK = 1 << 20
 
 
 def check_name(name: str, what: str = "model name") -> str:
     """Return ``name`` if it is a safe store name, else raise BadRequest (HTTP 400)."""
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name:
+    if not is_name(name) or not name[0].isalnum() or ".." in name:
         shown = repr(name)[:80]
         raise BadRequest(
             f"invalid {what} {shown}: allowed are 1-64 characters from A-Z a-z 0-9 . _ -, starting with a "
@@ -91,13 +98,6 @@ def inspect_model(path: Path) -> ModelInfo:
             "the ONNX model stores weights as external data, which a single upload cannot carry.",
             "re-save it with all tensors inside the file (onnx.save(model, path, save_as_external_data=False)).",
         )
-    try:
-        onnx.checker.check_model(model)
-    except Exception as exc:
-        raise ModelError(
-            f"the ONNX model fails onnx.checker: {str(exc).strip().splitlines()[0][:300]}",
-            "re-export the model; check it locally with onnx.checker.check_model.",
-        ) from exc
     io = {
         "inputs": [
             i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}
@@ -106,6 +106,14 @@ def inspect_model(path: Path) -> ModelInfo:
         "nodes": len(model.graph.node),
         "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
     }
+    del model  # the checker reads the file itself: never the parsed copy and a serialized one at once
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as exc:
+        raise ModelError(
+            f"the ONNX model fails onnx.checker: {str(exc).strip().splitlines()[0][:300]}",
+            "re-export the model; check it locally with onnx.checker.check_model.",
+        ) from exc
     return ModelInfo("onnx", ".onnx", io)
 
 
@@ -163,7 +171,9 @@ def _zip_infos(zf: zipfile.ZipFile, max_members: int, what: str) -> list[zipfile
     return infos
 
 
-def extract_images(archive: Path, dest: Path, max_total: int, max_members: int) -> dict[str, Any]:
+def extract_images(
+    archive: Path, dest: Path, max_total: int, max_members: int, max_pixels: int = 64_000_000
+) -> dict[str, Any]:
     """Safely extract the images of a zip into ``dest`` (created); returns counts for the listing."""
     with open_zip(archive, "the upload is not a valid zip or npz file", "re-create the archive.") as zf:
         chosen: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
@@ -214,21 +224,39 @@ def extract_images(archive: Path, dest: Path, max_total: int, max_members: int) 
                             "the archive is corrupt or hostile; re-create it.",
                         )
                     out.write(chunk)
-    _verify_images(dest, [rel for _, rel in chosen])
+    _verify_images(dest, [rel for _, rel in chosen], max_pixels)
     return {"format": "images", "images": len(chosen), "skipped_files": skipped[:20], "bytes": total}
 
 
-def _verify_images(root: Path, members: list[PurePosixPath]) -> None:
+def _verify_images(root: Path, members: list[PurePosixPath], max_pixels: int) -> None:
     try:
         from PIL import Image
     except ImportError as exc:
         raise DependencyError.missing("pillow", "data", "Image datasets") from exc
-    for rel in members:
+    total = 0
+    for rel in members:  # sizes from the headers first: nothing is decoded past the budget
         try:
             with Image.open(root / rel) as im:
                 w, h = im.size
-                if w * h > MAX_IMAGE_PIXELS:
-                    raise DataError(f"image {str(rel)!r} has {w}x{h} pixels; too large.", "downscale it.")
+        except Exception as exc:
+            raise DataError(
+                f"image {str(rel)!r} in the zip cannot be decoded: {str(exc)[:200]}.", "remove or re-save it."
+            ) from exc
+        if w * h > MAX_IMAGE_PIXELS:
+            raise DataError(
+                f"image {str(rel)!r} has {w}x{h} pixels, above this server's limit of {MAX_IMAGE_PIXELS} "
+                "pixels per image.",
+                "downscale it.",
+            )
+        total += w * h
+        if total > max_pixels:
+            raise DataError(
+                f"the images decode to more than {max_pixels} pixels in total (this server's budget).",
+                "upload fewer or smaller images.",
+            )
+    for rel in members:
+        try:
+            with Image.open(root / rel) as im:
                 im.verify()
         except DataError:
             raise
@@ -238,7 +266,9 @@ def _verify_images(root: Path, members: list[PurePosixPath]) -> None:
             ) from exc
 
 
-def inspect_npz(path: Path, max_total: int, max_members: int) -> dict[str, Any]:
+def inspect_npz(
+    path: Path, max_total: int, max_members: int, max_elements: int = 64_000_000
+) -> dict[str, Any]:
     """Check an npz without loading its data or unpickling; returns array names, shapes and dtypes."""
     arrays: dict[str, Any] = {}
     with open_zip(path, "the upload is not a valid npz (zip) file", "save it with np.savez.") as zf:
@@ -262,6 +292,7 @@ def inspect_npz(path: Path, max_total: int, max_members: int) -> dict[str, Any]:
                         shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
                     else:
                         raise ValueError(f".npy format version {version} is not supported")
+                    header_bytes = fh.tell()
                 except Exception as exc:
                     raise DataError(
                         f"npz member {info.filename!r} has no valid .npy header: {str(exc)[:200]}.",
@@ -271,6 +302,19 @@ def inspect_npz(path: Path, max_total: int, max_members: int) -> dict[str, Any]:
                 raise DataError(
                     f"npz array {info.filename[:-4]!r} has dtype {dtype}, which needs pickle; refused.",
                     "store numeric arrays only (np.asarray(x, dtype=np.float32)).",
+                )
+            count = int(np.prod(shape, dtype=object)) if shape else 1
+            if count * dtype.itemsize != info.file_size - header_bytes:
+                raise DataError(
+                    f"npz array {info.filename[:-4]!r} declares shape {tuple(shape)} of {dtype} "
+                    f"({count * dtype.itemsize} bytes) but holds {info.file_size - header_bytes} bytes.",
+                    "save the arrays with np.savez.",
+                )
+            if count > max_elements:
+                raise DataError(
+                    f"npz array {info.filename[:-4]!r} has {count} values, above this server's limit of "
+                    f"{max_elements} per array.",
+                    "upload fewer or smaller samples.",
                 )
             arrays[info.filename[:-4]] = {"shape": list(shape), "dtype": str(dtype)}
         bad = zf.testzip()

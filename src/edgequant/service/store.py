@@ -3,14 +3,17 @@
 Layout of ``--store DIR``::
 
     jobs.sqlite               one row per job (WAL mode; the server and its workers all write it)
-    models/<name>.onnx|.pt    uploaded models, and <name>.json beside each (format, size, inputs)
-    datasets/<name>.npz       calibration data: an npz, or datasets/<name>/ (extracted images),
-                              and <name>.json beside each
+    models/<name>/            one folder per model: <name>.onnx or <name>.pt, and record.json
+    datasets/<name>/          one folder per dataset: data.npz or images/, and record.json
     jobs/<id>/                artifacts of a finished job; jobs/<id>.partial/ while it runs
     tmp/                      uploads in flight
 
 Every status change is a conditional UPDATE (``... WHERE status = <expected>``), so a job that was
-cancelled, or failed by a restart, can never be flipped to "succeeded" by a late worker.
+cancelled, or interrupted, can never be flipped to "succeeded" by a late worker.
+
+Restart policy: a job that was running when the server stopped (SIGTERM, crash) is marked
+``interrupted`` (it may have been half-way; nothing is resumed silently).  Queued jobs stay queued
+and run after the restart: nothing of theirs had started, and their inputs are still in the store.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 ACTIVE = ("queued", "running")
-RESTART_REASON = "interrupted by server restart; resubmit"
+FINISHED = ("succeeded", "failed", "cancelled", "interrupted")
+RESTART_REASON = "interrupted by a server stop or restart while it ran; resubmit"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -84,6 +88,12 @@ class JobStore:
         with self._lock:
             self._db.close()
 
+    def model_dir(self, name: str) -> Path:
+        return self.root / "models" / name
+
+    def dataset_dir(self, name: str) -> Path:
+        return self.root / "datasets" / name
+
     def job_dir(self, job_id: str, partial: bool = False) -> Path:
         return self.root / "jobs" / (f"{job_id}.partial" if partial else job_id)
 
@@ -107,12 +117,54 @@ class JobStore:
             rows = self._db.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY created").fetchall()
         return [r["id"] for r in rows]
 
-    def count_active(self, model: str) -> int:
+    def count_active(self, model: str | None = None, dataset: str | None = None) -> int:
+        """Queued or running jobs (of ``model`` / on ``dataset`` when given)."""
+        where, args = "status IN ('queued', 'running')", []
+        if model is not None:
+            where, args = where + " AND model = ?", [model]
+        if dataset is not None:
+            where, args = where + " AND dataset = ?", [*args, dataset]
         with self._lock:
-            row = self._db.execute(
-                "SELECT COUNT(*) AS n FROM jobs WHERE model = ? AND status IN ('queued', 'running')", (model,)
-            ).fetchone()
+            row = self._db.execute(f"SELECT COUNT(*) AS n FROM jobs WHERE {where}", args).fetchone()
         return int(row["n"])
+
+    def count_status(self, status: str) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT COUNT(*) AS n FROM jobs WHERE status = ?", (status,)).fetchone()
+        return int(row["n"])
+
+    def list_jobs(
+        self, *, status: str | None, kind: str | None, model: str | None, limit: int, offset: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Jobs newest first, filtered; (page, total matching)."""
+        where, args = [], []
+        for column, value in (("status", status), ("kind", kind), ("model", model)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        with self._lock:
+            total = int(self._db.execute(f"SELECT COUNT(*) AS n FROM jobs {clause}", args).fetchone()["n"])
+            rows = self._db.execute(
+                f"SELECT * FROM jobs {clause} ORDER BY created DESC LIMIT ? OFFSET ?", (*args, limit, offset)
+            ).fetchall()
+        return [dict(r) for r in rows], total
+
+    def delete(self, job_id: str) -> bool:
+        """Delete a finished job's row (its folder is the caller's); False if it is active or absent."""
+        marks = ", ".join("?" for _ in FINISHED)
+        with self._tx() as db:
+            cur = db.execute(f"DELETE FROM jobs WHERE id = ? AND status IN ({marks})", (job_id, *FINISHED))
+        return cur.rowcount == 1
+
+    def expired(self, older_than: float) -> list[str]:
+        """Ids of finished jobs that finished before ``older_than`` (epoch seconds)."""
+        marks = ", ".join("?" for _ in FINISHED)
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT id FROM jobs WHERE status IN ({marks}) AND finished < ?", (*FINISHED, older_than)
+            ).fetchall()
+        return [r["id"] for r in rows]
 
     def transition(self, job_id: str, old: tuple[str, ...], new: str, **values: Any) -> bool:
         """Set ``status = new`` (and ``values``) only if the status is one of ``old``; True if it was."""
@@ -138,33 +190,52 @@ class JobStore:
                 (max(0.0, min(1.0, progress)), stage, job_id),
             )
 
-    def fail_interrupted(self) -> list[str]:
-        """At startup: every queued or running job is failed with RESTART_REASON; returns their ids."""
+    def mark_interrupted(self) -> list[str]:
+        """Every running job becomes ``interrupted`` (RESTART_REASON); returns their ids."""
         error = {"error": "Interrupted", "detail": RESTART_REASON, "hint": "submit the job again."}
         with self._tx() as db:
-            ids = [r["id"] for r in db.execute("SELECT id FROM jobs WHERE status IN ('queued', 'running')")]
+            ids = [r["id"] for r in db.execute("SELECT id FROM jobs WHERE status = 'running'")]
             db.execute(
-                "UPDATE jobs SET status = 'failed', stage = 'failed', error = ?, finished = ? "
-                "WHERE status IN ('queued', 'running')",
+                "UPDATE jobs SET status = 'interrupted', stage = 'interrupted', error = ?, finished = ? "
+                "WHERE status = 'running'",
                 (json.dumps(error), time.time()),
             )
         return ids
 
 
-def public_job(row: dict[str, Any], artifacts: list[str] | None = None) -> dict[str, Any]:
-    """The JSON view of a job row for GET /jobs/{id}."""
-    out: dict[str, Any] = {
+def _summary(job_id: str, report: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not report:
+        return None
+    artifacts = list(report.get("artifacts", []))
+    html = "report.html" if "report.html" in artifacts else None
+    recommended = (report.get("recommendation") or {}).get("method") if "methods" in report else None
+    return {
+        "method": report.get("method"),
+        "recommended": recommended,
+        "sizes": report.get("sizes") if isinstance(report.get("sizes"), dict) else None,
+        "metrics": report.get("metrics") if isinstance(report.get("metrics"), dict) else None,
+        "warnings": [str(w) for w in report.get("warnings", []) if isinstance(w, str)],
+        "artifacts": artifacts,
+        "report_html": f"/api/v1/jobs/{job_id}/artifacts/{html}" if html else None,
+    }
+
+
+def public_job(row: dict[str, Any]) -> dict[str, Any]:
+    """The JSON view of a job row (``schemas.Job``) for GET /jobs/{id}."""
+    fraction = round(float(row["progress"]), 4)
+    report = json.loads(row["report"]) if row["report"] else None
+    return {
         "job_id": row["id"],
         "kind": row["kind"],
         "model": row["model"],
         "dataset": row["dataset"],
         "status": row["status"],
-        "progress": {"fraction": round(float(row["progress"]), 4), "stage": row["stage"]},
+        "progress": {"fraction": fraction, "percent": round(100 * fraction, 1), "stage": row["stage"]},
         "recipe": json.loads(row["recipe"]),
         "created": _iso(row["created"]),
         "started": _iso(row["started"]),
         "finished": _iso(row["finished"]),
         "error": json.loads(row["error"]) if row["error"] else None,
-        "report": json.loads(row["report"]) if row["report"] else None,
+        "summary": _summary(row["id"], report),
+        "report": report,
     }
-    return out

@@ -7,7 +7,14 @@ its pipe, runs the job, writes progress while it runs, and records the outcome:
   ``jobs/<id>/`` and the job marked succeeded (a conditional UPDATE: a job cancelled meanwhile
   stays cancelled and its folder is removed);
 * an EdgeQuantError (corrupt model or data, bad recipe for this graph ...) fails the job with the
-  error's ``to_dict()``; any other exception fails it as an internal error with the exception text.
+  error's ``to_dict()``; running out of memory (MemoryError, or ONNX Runtime failing to allocate
+  under the worker's RLIMIT_AS) fails it with ResourceLimit; any other exception fails it as an
+  internal error naming the exception type (the server's paths are replaced by ``<store>``).
+
+Limits: each worker sets RLIMIT_AS (address space) to ``memory_mb`` before importing anything big.
+Regular expressions in ``exclude`` (``re:PATTERN``) are matched here with the ``regex`` module
+under a time bound (``REGEX_BUDGET_S`` for all patterns and node names together) and replaced by
+the node names they matched, so the planner never runs a pattern that could backtrack for minutes.
 
 Progress: the pipeline's ``progress(stage, done, total)`` becomes ``0.05 + 0.85 * done / total``
 (for compare jobs ``0.05 + 0.9 * ...``), written at most 5 times a second or on a stage change.
@@ -25,16 +32,19 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from edgequant.errors import DataError, EdgeQuantError, ModelError
+from edgequant.errors import DataError, EdgeQuantError, ModelError, RecipeError
+from edgequant.service.config import ResourceLimit
 from edgequant.service.safety import remove_tree
 from edgequant.service.store import JobStore
 
 log = logging.getLogger(__name__)
+REGEX_BUDGET_S = 2.0
+_ALLOC_FAILURES = ("bad_alloc", "Failed to allocate memory", "std::bad_alloc")
 
 
 def model_file(root: Path, name: str) -> Path:
     for suffix in (".onnx", ".pt"):
-        path = root / "models" / f"{name}{suffix}"
+        path = root / "models" / name / f"{name}{suffix}"
         if path.is_file():
             return path
     raise ModelError(f"model '{name}' is no longer in the store.", "upload it again and resubmit the job.")
@@ -43,10 +53,50 @@ def model_file(root: Path, name: str) -> Path:
 def dataset_path(root: Path, name: str | None) -> Path | None:
     if name is None:
         return None
-    for path in (root / "datasets" / f"{name}.npz", root / "datasets" / name):
+    for path in (root / "datasets" / name / "data.npz", root / "datasets" / name / "images"):
         if path.exists():
             return path
     raise DataError(f"dataset '{name}' is no longer in the store.", "upload it again and resubmit the job.")
+
+
+def resolve_regex_excludes(model: Path, exclude: list[str]) -> list[str]:
+    """``exclude`` with each ``re:PATTERN`` replaced by the node names it fully matches (time-bounded)."""
+    if not any(p.startswith("re:") for p in exclude):
+        return exclude
+    import onnx
+    import regex
+
+    names = [n.name for n in onnx.load(str(model), load_external_data=False).graph.node]
+    deadline = time.monotonic() + REGEX_BUDGET_S
+    out: list[str] = []
+    for pattern in exclude:
+        if not pattern.startswith("re:"):
+            out.append(pattern)
+            continue
+        try:
+            compiled = regex.compile(pattern[3:])
+            hits = []
+            for name in names:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                if compiled.fullmatch(name, timeout=left) is not None:
+                    hits.append(name)
+        except TimeoutError as exc:
+            raise ResourceLimit(
+                f"the exclude patterns took longer than {REGEX_BUDGET_S:g} s to match {len(names)} node "
+                "names (a pattern that backtracks, like '(a+)+$').",
+                "use plain node names or op types, or a simpler pattern.",
+            ) from exc
+        except regex.error as exc:
+            raise RecipeError(f"exclude pattern '{pattern}' is not a valid regex: {exc}.", "fix it.") from exc
+        if not hits:
+            raise RecipeError(
+                f"exclude '{pattern}' matches no node name in the model.",
+                "check the names with 'edgequant inspect MODEL'.",
+            )
+        out += [h for h in hits if h not in out]
+    return out
 
 
 class _Progress:
@@ -120,6 +170,7 @@ def _run_quantize(root: Path, row: dict[str, Any], out: Path, progress: _Progres
     progress.set(0.02, "loading")
     model = _onnx_input(root, row, data, out)
     recipe = json.loads(row["recipe"])
+    recipe["exclude"] = resolve_regex_excludes(model, list(recipe.get("exclude", [])))
     result = quantize(
         model, str(data) if data else None, recipe, runtime=OrtRuntime(intra_op_threads=1), progress=progress
     )
@@ -186,15 +237,20 @@ def run_job(store: JobStore, job_id: str) -> None:
             report = _run_compare(store.root, row, partial, progress)
         else:
             report = _run_quantize(store.root, row, partial, progress)
+    except MemoryError:
+        error = _out_of_memory()
     except EdgeQuantError as exc:
-        error = exc.to_dict()
+        error = _out_of_memory() if any(s in str(exc) for s in _ALLOC_FAILURES) else exc.to_dict()
     except Exception as exc:
-        log.exception("job %s failed with an unexpected error", job_id)
-        error = {
-            "error": "InternalError",
-            "detail": f"{type(exc).__name__}: {str(exc)[:500]}",
-            "hint": "this is a bug in EdgeQuant; please report it with the model and data.",
-        }
+        if any(s in str(exc) for s in _ALLOC_FAILURES):
+            error = _out_of_memory()
+        else:
+            log.exception("job %s failed with an unexpected error", job_id)
+            error = {
+                "error": "InternalError",
+                "detail": f"{type(exc).__name__}: {str(exc)[:300]}",
+                "hint": "this is a bug in EdgeQuant; please report it with the model and data.",
+            }
     if error is not None:
         error = _scrub(error, store.root)
         remove_tree(partial)
@@ -211,6 +267,27 @@ def run_job(store: JobStore, job_id: str) -> None:
         remove_tree(final)
 
 
+def _out_of_memory() -> dict[str, Any]:
+    limit = os.environ.get("EDGEQUANT_WORKER_MEMORY_MB", "?")
+    return ResourceLimit(
+        f"the job ran out of memory (each worker may use {limit} MB of address space on this server).",
+        "use fewer calibration samples, a smaller batch_size or smaller inputs; or ask for a larger "
+        "--worker-memory-mb.",
+    ).to_dict()
+
+
+def set_memory_limit(memory_mb: int) -> None:
+    """RLIMIT_AS of this process = ``memory_mb`` MiB (never above an existing hard limit)."""
+    import resource
+
+    soft = memory_mb * 1024 * 1024
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    os.environ["EDGEQUANT_WORKER_MEMORY_MB"] = str(memory_mb)
+
+
 def _watch_parent(parent_pid: int) -> None:
     def watch() -> None:
         while True:
@@ -221,8 +298,9 @@ def _watch_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def worker_main(conn: Connection, root: str, parent_pid: int) -> None:
+def worker_main(conn: Connection, root: str, parent_pid: int, memory_mb: int = 8192) -> None:
     """Entry point of a worker process: run job ids from ``conn`` until it closes or sends None."""
+    set_memory_limit(memory_mb)
     _watch_parent(parent_pid)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(process)d %(levelname)s %(message)s")
     store = JobStore(Path(root))
