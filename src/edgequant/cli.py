@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgequant.errors import EdgeQuantError, RecipeError
+from edgequant.errors import EdgeQuantError, ModelError, RecipeError, TargetNotMetError
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Quantize ONNX models for real, and prove it."
@@ -118,6 +118,16 @@ def quantize(
             metavar="N", help="Cap for --target-sqnr (default: 10 % of the quantized compute nodes)."
         ),
     ] = None,
+    allow_synthetic: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-synthetic/--no-allow-synthetic",
+            help="Static without --calib-data: calibrate on random inputs (refused otherwise).",
+        ),
+    ] = None,
+    check_samples: Annotated[
+        int | None, typer.Option(metavar="N", help="Samples held back from calibration for the run check.")
+    ] = None,
     bias_correction: Annotated[
         bool | None,
         typer.Option(
@@ -169,6 +179,7 @@ def quantize(
         "target": target,
         "algorithms": algorithm or None,
         "tune_trials": tune_trials,
+        "allow_synthetic": allow_synthetic, "check_samples": check_samples,
     }  # fmt: skip
     overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     try:
@@ -180,6 +191,7 @@ def quantize(
             overrides["dynamic_axes"] = parse_dynamic_axes(dynamic_axis)
         source: Any = model
         examples = None
+        _refuse_ignored_model_options(model, factory, input_shape)
         if factory or model.suffix in (".pt", ".pth", ".ts", ".torchscript"):
             source, examples = _load_torch(model, factory, checkpoint, input_shape)
         runtime = None
@@ -192,9 +204,32 @@ def quantize(
                 source, None, recipe, example_inputs=examples, progress=bar, runtime=runtime, **overrides
             )
         paths = result.save(out)
+    except TargetNotMetError as exc:  # the best model reached is written; the exit code says it fell short
+        if exc.result is None:
+            fail(exc)
+        best = exc.result.save(out)
+        print_summary(exc.result.report, best.model)
+        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     except EdgeQuantError as exc:
         fail(exc)
     print_summary(result.report, paths.model)
+
+
+def _refuse_ignored_model_options(model: Path, factory: str | None, input_shape: str | None) -> None:
+    """An option that this MODEL would not read is refused, naming it."""
+    torch_file = model.suffix in (".pt", ".pth", ".ts", ".torchscript")
+    if input_shape is not None and not (factory or torch_file):
+        raise RecipeError(
+            f"--input-shape {input_shape} is given but '{model}' is not a PyTorch model, whose export is the "
+            "only thing the shape is for; the option would be ignored.",
+            "drop --input-shape (an ONNX or Keras model carries its input shapes).",
+        )
+    if factory and not model.exists():
+        raise ModelError(
+            f"--factory {factory} is given with MODEL '{model}', which does not exist.",
+            "pass the path of the TorchScript/.pt file the factory belongs to, or check the spelling.",
+        )
 
 
 def parse_options(items: list[str]) -> dict[str, Any]:
@@ -216,7 +251,12 @@ def print_summary(report: dict[str, Any], model_path: Path) -> None:
     t = Table(title=f"{report['method']} -> {model_path}", show_header=False)
     t.add_row("float size", f"{sizes['float_bytes'] / 1e6:.3f} MB")
     t.add_row("quantized file", f"{sizes['quantized_bytes'] / 1e6:.3f} MB")
-    t.add_row("packed size", f"{sizes['packed_bytes'] / 1e6:.3f} MB ({sizes['compression_ratio']}x)")
+    theory = (
+        " theoretical: 2-bit weights are stored as int8 in the file"
+        if sizes.get("packed_theoretical")
+        else ""
+    )
+    t.add_row("packed size", f"{sizes['packed_bytes'] / 1e6:.3f} MB ({sizes['compression_ratio']}x{theory})")
     t.add_row(
         "nodes quantized / skipped",
         f"{len(report['nodes']['quantized'])} / {len(report['nodes']['skipped'])}",
@@ -233,6 +273,9 @@ def print_summary(report: dict[str, Any], model_path: Path) -> None:
             f"{k} {'identical' if v is None else f'{v} dB'}" for k, v in chain["sqnr_db_vs_float"].items()
         )
         t.add_row(f"{chain['toolchain']} artifact", f"{', '.join(files)} (vs float: {vs})")
+    from edgequant.check import describe
+
+    t.add_row("checked on", describe(report["check"]))
     t.add_row("time", f"{report['seconds']['total']} s")
     console.print(t)
     for w in report["warnings"]:

@@ -11,6 +11,7 @@ Every error says what was received, what is allowed, where, and how to fix it.  
     ├── ModelError          the model file is missing, not ONNX, cannot be loaded or repaired
     ├── DataError           calibration / evaluation data is missing, corrupt or mismatched
     ├── UnsupportedError    a valid request this runtime or graph cannot honour (e.g. 2-bit activations)
+    │   └── TargetNotMetError   a target (--target-sqnr) was not reached; ``result`` is the best model reached
     ├── InferenceError      ONNX Runtime failed to create a session or run the model
     ├── ExportError         the quantized graph could not be written or does not load
     ├── TargetError         a hardware target is unknown or its toolchain is missing
@@ -18,6 +19,8 @@ Every error says what was received, what is allowed, where, and how to fix it.  
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class EdgeQuantError(Exception):
@@ -75,3 +78,12 @@ class DependencyError(EdgeQuantError):
             f"{purpose} needs the Python package '{module}', which is not installed.",
             f"pip install 'edgequant[{extra}]'",
         )
+
+
+class TargetNotMetError(UnsupportedError):
+    """A quality target was not reached.  ``result`` (a ``QuantResult``) is the best model reached:
+    the CLI writes it and exits 1; the API caller may save it too."""
+
+    def __init__(self, detail: str, hint: str = "", result: Any = None) -> None:
+        super().__init__(detail, hint)
+        self.result = result

@@ -2,8 +2,9 @@
 
 model   -> load, check ORT can run it, repair (constants, constant Ifs, stale shapes)
 recipe  -> plan (per tensor: bits, symmetry, granularity; per node: decision + reason)
-data    -> streaming statistics of the planned activations -> ranges
-plan + ranges -> QDQ model -> loaded back in ORT and compared with float on real batches
+data    -> streaming statistics of the planned activations -> ranges (``check_samples`` held back)
+plan + ranges -> QDQ model -> loaded back in ORT (in a child process) and compared with float on the
+                 held-back samples (``edgequant.check``)
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import onnx
 from edgequant import algorithms, planner, toolchains
 from edgequant.algorithms import correct_biases, keep_sensitive_float
 from edgequant.algorithms.calib_search import SEARCH_SAMPLES, search_ranges
+from edgequant.check import run_check
 from edgequant.data import CalibrationSource, input_specs, open_source
-from edgequant.errors import ExportError, InferenceError, ModelError, RecipeError, UnsupportedError
+from edgequant.errors import DataError, InferenceError, ModelError, RecipeError, UnsupportedError
 from edgequant.export import export_qdq
 from edgequant.export.nbits import weight_only_kernels
 from edgequant.model import ensure_opset, load_model, prepare
@@ -31,8 +33,6 @@ from edgequant.plan import QuantPlan
 from edgequant.recipe import PRESETS, Recipe, from_dict, load_recipe, preset, to_dict
 from edgequant.result import QuantResult, build_report
 from edgequant.runtime import OrtRuntime, detect
-from edgequant.schemes import sqnr_db
-from edgequant.schemes.spec import Granularity, QuantSpec
 from edgequant.targets.adapt import adapt as adapt_to_target
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,16 @@ def quantize(
         warnings += _mostly_float(float_model, quantized, plan)
     else:
         plan = planner.resolve(float_model, recipe, cpu)
+        unblocked = [e.name for e in plan.tensors.values() if e.note.startswith(planner.UNBLOCKED)]
+        if unblocked:
+            warnings.append(
+                f"--block-size {recipe.block_size}: {len(unblocked)} weight(s) are not blocked ("
+                + ", ".join(unblocked[:5]) + ("..." if len(unblocked) > 5 else "")
+                + "); each one's reason is in the plan."
+            )  # fmt: skip
         float_model, plan = _raise_opset(float_model, plan, notes)
+        if plan.activations() or recipe.bias_correction or recipe.target_sqnr_db is not None:
+            _require_data(calibration, recipe)
         result_float = float_model
         passes = algorithms.context(
             recipe, runtime, lambda r: _source(calibration, float_model, r), calibration is None,
@@ -193,7 +202,9 @@ def quantize(
             t1 = time.perf_counter()
             source = _source(calibration, float_model, recipe)
             if getattr(source.stats, "synthetic", False):
-                warnings.append("activation ranges came from synthetic random data, not real inputs.")
+                warnings.append(
+                    "activation ranges came from SYNTHETIC random data (--allow-synthetic), not real inputs."
+                )
             plan, calib_info = _calibrate(float_model, plan, source, recipe, runtime, progress, calibration)
             seconds["calibration"] = time.perf_counter() - t1
         t2 = time.perf_counter()
@@ -219,7 +230,18 @@ def quantize(
             )  # fmt: skip
             seconds["sensitivity"] = sensitivity["seconds"]
 
-    check = _check(runtime, reference, quantized, calibration, recipe)
+    check = run_check(
+        runtime, reference, quantized, calibration, recipe, calibrated=calib_info is not None or bias_info is not None
+        or sensitivity is not None, float_proto=float_model,
+    )  # fmt: skip
+    if check["kind"] == "synthetic":
+        warnings.append(
+            "the check ran on SYNTHETIC random inputs (no data was given): its SQNR says nothing about real data."
+        )
+    if check.get("note"):
+        warnings.append(check["note"])
+    if check.get("collapse"):
+        warnings.append(check["collapse"]["warning"])
     artifacts, toolchain = {}, None
     if recipe.target in toolchains.TARGETS:  # compile/convert with the vendor toolchain, then run it
         suffix, blob, toolchain = toolchains.build(
@@ -259,6 +281,13 @@ def quantize(
         result.report["sensitivity"] = sensitivity
     if pass_rows:
         result.report["algorithms"] = pass_rows
+    if (
+        sensitivity and not sensitivity["met"]
+    ):  # the best model reached goes with the error (the CLI writes it)
+        from edgequant.errors import TargetNotMetError
+
+        result.report["warnings"].append(sensitivity["failure"]["detail"])
+        raise TargetNotMetError(**sensitivity["failure"], result=result)
     return result
 
 
@@ -313,32 +342,39 @@ def _require_loadable(runtime: OrtRuntime, model: onnx.ModelProto | Path) -> Non
         ) from exc
 
 
+def _require_data(calibration: DataLike, recipe: Recipe) -> None:
+    """Calibrating on random inputs needs the user's consent (``allow_synthetic``)."""
+    if calibration is None and not recipe.allow_synthetic:
+        raise DataError(
+            f"method '{recipe.method}' calibrates activation ranges on data, and no calibration data was "
+            "given; ranges from random inputs are not the ranges of real inputs.",
+            "pass --calib-data PATH (npy/npz, image folder, video, HDF5, CSV), or --allow-synthetic "
+            "(recipe: allow_synthetic: true) to calibrate on random inputs knowingly.",
+        )
+
+
 def _raise_opset(
     model: onnx.ModelProto, plan: QuantPlan, notes: list[str]
 ) -> tuple[onnx.ModelProto, QuantPlan]:
+    """Raise the opset to what the plan's Q/DQ need; a failed conversion is an error, never a downgrade."""
     why = "per-axis/int4/int16 QuantizeLinear and DequantizeLinear"
     try:
         model, note = ensure_opset(model, plan.opset, why)
-    except UnsupportedError:
-        if plan.opset > 13 or not any(
-            e.spec.granularity is Granularity.PER_CHANNEL for e in plan.tensors.values()
-        ):
-            raise
-        for entry in plan.tensors.values():  # per-axis Q/DQ needs opset 13: per-tensor is the stated choice
-            if entry.spec.granularity is Granularity.PER_CHANNEL:
-                entry.spec = QuantSpec(**{**entry.spec.to_dict(), "granularity": "per_tensor", "axis": None})
-                entry.note = "per-tensor: the model's opset could not be raised to 13 for per-axis Q/DQ."
-        plan.opset = 10
-        plan.notes.append(
-            "per-channel weights need opset 13 and the conversion failed; weights are per-tensor."
-        )
-        return model, plan
+    except UnsupportedError as exc:
+        raise UnsupportedError(
+            f"{exc.detail} (the plan needs opset {plan.opset} for {why}).",
+            "re-export the model at opset 13 or later; or use --per-tensor with 8-bit weights and "
+            "activations, which need only opset 10" + (f"; {exc.hint}" if exc.hint else "."),
+        ) from exc
     if note:
         notes.append(note)
     return model, plan
 
 
 def _source(calibration: DataLike, model: onnx.ModelProto, recipe: Recipe) -> CalibrationSource:
+    """The calibration part of the data: ``recipe.check_samples`` samples are held back for the check
+    (with a metadata CSV, calibration reads its train rows and the check its evaluation rows)."""
+    metadata = bool((recipe.data_options or {}).get("metadata_csv"))
     return open_source(
         calibration,
         input_specs(model),
@@ -349,7 +385,9 @@ def _source(calibration: DataLike, model: onnx.ModelProto, recipe: Recipe) -> Ca
         preprocess=recipe.preprocess,
         input_map=recipe.input_map or None,
         options=recipe.data_options or None,
-        split="calib" if (recipe.data_options or {}).get("metadata_csv") else "all",  # train rows only
+        split="calib" if metadata else "all",  # train rows only (the check reads the eval rows)
+        held_out=recipe.check_samples if calibration is not None and not metadata else 0,
+        part="rest" if calibration is not None and not metadata else "all",
     )
 
 
@@ -407,6 +445,7 @@ def _calibrate(
         "skipped_samples": int(getattr(source.stats, "skipped", 0)),
         "source": getattr(source.stats, "description", ""),
         **({"search": search} if search else {}),
+        "held_out_for_check": int(getattr(source.stats, "held_out", 0)),
     }
     return plan, info
 
@@ -427,60 +466,3 @@ def _check_batches(
             preprocess=recipe.preprocess, input_map=recipe.input_map or None, options=recipe.data_options or None,
         )
     )  # fmt: skip
-
-
-def _check(
-    runtime: OrtRuntime,
-    float_model: onnx.ModelProto | Path,
-    quantized: onnx.ModelProto,
-    calibration: DataLike,
-    recipe: Recipe,
-) -> dict[str, Any]:
-    """Load the result in ORT and compare its outputs with the user's float model (before any repair or
-    fusion, so a wrong rewrite shows here too) on one or two real batches."""
-    try:
-        q_sess = runtime.session(quantized, "the quantized model")
-    except InferenceError as exc:
-        if recipe.method == "static" and recipe.act_bits == 4:
-            raise UnsupportedError(
-                f"4-bit activations cannot run on this graph in ONNX Runtime: {exc.detail}",
-                "use --act-bits 8 (or 16).",
-            ) from exc
-        raise ExportError(
-            f"the quantized model does not load in ONNX Runtime: {exc.detail}",
-            "please report this with the model; try --method fp16 or --exclude the named node meanwhile.",
-        ) from exc
-    source = open_source(
-        calibration,
-        input_specs(
-            float_model
-            if isinstance(float_model, onnx.ModelProto)
-            else onnx.load(str(float_model), load_external_data=False)
-        ),
-        batch_size=recipe.batch_size,
-        max_samples=min(recipe.batch_size * 2, recipe.calib_samples),
-        seed=recipe.seed,
-        preprocess=recipe.preprocess,
-        input_map=recipe.input_map or None,
-        options=recipe.data_options or None,
-    )
-    # one session at a time (two batches of outputs are small; two sessions of a big model are not)
-    try:
-        batches = list(source)
-        got = [q_sess.run(b) for b in batches]
-    finally:
-        q_sess.close()
-    f_sess = runtime.session(float_model, "the float model")
-    try:
-        ref = [f_sess.run(b) for b in batches]
-    finally:
-        f_sess.close()
-    per_output: dict[str, list[float]] = {}
-    for r, q in zip(ref, got, strict=True):
-        for k, v in r.items():
-            if np.issubdtype(v.dtype, np.floating):
-                per_output.setdefault(k, []).append(sqnr_db(v, q[k]))
-    return {
-        "loads_in_onnxruntime": True,
-        "output_sqnr_db": {k: round(float(np.mean(v)), 2) for k, v in per_output.items()},
-    }

@@ -101,6 +101,9 @@ def _reduction_axis(node: onnx.NodeProto, w: onnx.TensorProto) -> int | None:
     return None
 
 
+UNBLOCKED = "not in blocks of"  # the start of the note on a weight that block_size could not block
+
+
 class Planner:
     def __init__(self, model: onnx.ModelProto, recipe: Recipe, cpu: CpuFeatures) -> None:
         self.model = model
@@ -372,10 +375,25 @@ class Planner:
             )
             return True
         note = batched_weight_note(node, w, self.recipe) if spec.granularity is Granularity.PER_TENSOR else ""
-        plan.tensors[w.name] = TensorEntry(w.name, "weight", spec, note=note)
+        plan.tensors[w.name] = TensorEntry(
+            w.name, "weight", spec, note=note or self._unblocked(node, w, spec)
+        )
         if note:
             plan.notes.append(f"'{w.name}' of {node.op_type} '{node.name}': {note}")
         return True
+
+    def _unblocked(self, node: onnx.NodeProto, w: onnx.TensorProto, spec: QuantSpec) -> str:
+        """Why a weight is not blocked although ``block_size`` asked for blocks ("" when it is)."""
+        bs = self.recipe.block_size
+        if bs is None or spec.granularity is Granularity.PER_BLOCK:
+            return ""
+        axis = _reduction_axis(node, w)
+        why = (
+            f"{node.op_type} weights have no blocked form here (only 2-D MatMul / Gemm weights)"
+            if axis is None
+            else f"its reduction axis has {w.dims[axis]} < {bs} elements"
+        )
+        return f"{UNBLOCKED} {bs}: {spec.granularity.value}, because {why}."
 
     def _feeds_activation(self, name: str) -> bool:
         """True when ``name`` comes from a compute op and its only consumer is a Relu/Clip: ORT fuses

@@ -51,7 +51,9 @@ def test_quantize_writes_model_report_and_plan(files: dict[str, Path]) -> None:
     names = sorted(p.name for p in files["out"].iterdir())
     assert names == ["net_int8.json", "net_int8.onnx", "net_int8.plan.json"]
     report = json.loads((files["out"] / "net_int8.json").read_text())
-    assert report["calibration"]["samples"] == 16 and report["calibration"]["method"] == "percentile"
+    # 24 samples: 12 held back for the check (at most half the data), 12 left for calibration
+    assert report["calibration"]["samples"] == 12 and report["calibration"]["method"] == "percentile"
+    assert report["check"]["kind"] == "held_out" and report["check"]["samples"] == 12
     assert report["sizes"]["packed_bytes"] > 0 and report["versions"]["onnxruntime"]
     assert {
         "node": "gap",
@@ -117,7 +119,7 @@ def test_model_ort_cannot_load(files: dict[str, Path], tmp_path: Path) -> None:
     [
         (
             {"x": np.zeros((4, 3, 8, 8), np.float32)},
-            "input 'x' has shape 4x3x8x8, the model expects ?x3x16x16",
+            "input 'x' has shape 2x3x8x8, the model expects ?x3x16x16",
         ),
         ({"x": np.zeros((4, 3, 16, 16), np.int32)}, "input 'x' has dtype int32, the model expects float32"),
         (
@@ -191,7 +193,7 @@ def test_data_options_reach_the_source(tmp_path: Path) -> None:
     )
     assert res.exit_code == 0, res.output
     report = json.loads((out / "win_int8.json").read_text())
-    assert report["calibration"]["samples"] == 19  # (40 - 4) // 2 + 1 windows
+    assert report["calibration"]["samples"] == 10  # (40 - 4) // 2 + 1 = 19 windows, 9 held for the check
     res = runner.invoke(
         app,
         [

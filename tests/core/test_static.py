@@ -91,13 +91,13 @@ def test_lstm_with_state_weights_per_channel_state_float() -> None:
     # calibrate on calls with carried state, as recorded from the float model (batches passed whole:
     # the batch axis of x is 1, not 0)
     calib, h, c = [], zeros, zeros
-    for _ in range(8):
+    for _ in range(16):
         batch = {"x": x(), "h0": h, "c0": c}
         calib.append(batch)
         out = rt.run(m, batch)
         h, c = out["h1"], out["c1"]
     r = edgequant.quantize(m, calib)
-    assert r.report["calibration"]["samples"] == 8
+    assert r.report["calibration"]["samples"] == 8  # of 16: 8 held back for the check
     assert r.plan.tensors["W"].spec.granularity.value == "per_channel"
     assert r.plan.tensors["R"].spec.axis == 1
     for state in (

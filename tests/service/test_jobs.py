@@ -192,5 +192,5 @@ def test_zip_of_images_calibrates_a_job(server: Server) -> None:
             c, c.post("/api/v1/model/tiny/quantize", params={"dataset": "imgs"}, json=body).json()["job_id"]
         )
     assert job["status"] == "succeeded", job["error"]
-    assert job["report"]["calibration"]["samples"] == 12
+    assert job["report"]["calibration"]["samples"] == 6  # of 12: 6 held back for the run check
     assert job["report"]["metrics"]["output_sqnr_db"]["logits"] >= 25.0

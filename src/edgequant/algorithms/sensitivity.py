@@ -16,13 +16,16 @@ with several float outputs, the lowest).  When plain static quantization falls s
    measured.  A candidate that raises the output SQNR by less than ``MIN_GAIN_DB`` is put back
    (quantized) -- e.g. an Add whose inputs are written quantized by integer Convs, which stays as
    noisy when it runs in float -- and the next is tried.
-3. Stop when the target is met, or raise ``UnsupportedError`` when the cap of float nodes is reached,
-   ``2 * cap + 2`` candidates have been tried, or no candidate is left; the error names the SQNR
-   reached and the nodes kept float.  The last quantized compute node is never kept float: that
-   result would be a float copy of the model with a few idle Q/DQ pairs.
+3. Stop when the target is met, or give up when the cap of float nodes is reached, ``2 * cap + 2``
+   candidates have been tried, or no candidate is left: the best model reached is returned with
+   ``section["met"] = False`` and ``section["failure"]`` naming the SQNR reached and the nodes kept
+   float (the pipeline then raises ``TargetNotMetError`` carrying that result, and the CLI writes it
+   and exits 1).  The last quantized compute node is never kept float: that result would be a float
+   copy of the model with a few idle Q/DQ pairs.
 
 The cap (``max_float_nodes``) defaults to 10 % of the quantized compute nodes (Conv, ConvTranspose,
-MatMul, Gemm), at least 1.  Every node kept float gets its reason in the plan, and the run's numbers
+MatMul, Gemm), at least ``MIN_DEFAULT_CAP`` (3: one node is too few on a small model) and at most
+all but one of them.  Every node kept float gets its reason in the plan, and the run's numbers
 (target, SQNR before and after, nodes with their isolated SQNR, seconds) form the report's
 ``sensitivity`` section.
 """
@@ -40,7 +43,6 @@ import onnx
 
 from edgequant import planner
 from edgequant.data.base import Batch
-from edgequant.errors import UnsupportedError
 from edgequant.evaluate.layers import per_layer_error
 from edgequant.evaluate.metrics import sqnr_db
 from edgequant.export import export_qdq
@@ -51,6 +53,7 @@ from edgequant.runtime import CpuFeatures, OrtRuntime
 log = logging.getLogger(__name__)
 MIN_GAIN_DB = 0.05  # a float node must raise the output SQNR by this much to stay float
 DEFAULT_CAP_FRACTION = 0.10
+MIN_DEFAULT_CAP = 3
 
 
 @dataclass(frozen=True)
@@ -63,9 +66,9 @@ class Candidate:
 
 
 def default_cap(plan: QuantPlan) -> int:
-    """10 % of the quantized compute nodes of ``plan``, at least 1."""
+    """10 % of the quantized compute nodes of ``plan``, at least 3, at most all but one (at least 1)."""
     compute = sum(1 for d in plan.quantized_nodes if d.graph == "main" and d.op_type in planner.COMPUTE_OPS)
-    return max(1, int(compute * DEFAULT_CAP_FRACTION))
+    return max(1, min(compute - 1, max(MIN_DEFAULT_CAP, int(compute * DEFAULT_CAP_FRACTION))))
 
 
 def output_sqnr(
@@ -167,7 +170,8 @@ def keep_sensitive_float(
 
     ``quantized``/``plan`` are the static QDQ model and its exported plan, ``calibrated`` the plan
     before export; ``samples`` a few calibration batches.  Returns the model, its plan, and the
-    report's ``sensitivity`` section.  Raises UnsupportedError when the target cannot be met.
+    report's ``sensitivity`` section; when the target cannot be met, the best model reached, with
+    ``section["met"]`` False and ``section["failure"]`` = ``{"detail", "hint"}``.
     ``reference`` is the float model SQNRs are measured against when ``float_model`` (the one that is
     re-exported) differs from it, e.g. after bias correction changed its biases.
     """
@@ -189,6 +193,7 @@ def keep_sensitive_float(
         "sqnr_after_db": round(before[worst], 2),
         "kept_float": [],
         "tried_without_gain": [],
+        "met": True,
     }
     if before[worst] >= target:
         section["seconds"] = round(time.perf_counter() - t0, 3)
@@ -232,12 +237,18 @@ def keep_sensitive_float(
             if trials >= 2 * cap + 2
             else f"no quantized node is left to try ({trials} tried)"
         )
-        raise UnsupportedError(
-            f"--target-sqnr {target:g} dB was not reached: the output SQNR is {current:.2f} dB "
-            f"(static alone: {before[worst]:.2f} dB) with {len(kept)} node(s) kept float: {names}; "
-            f"{why}.",
-            "lower --target-sqnr, raise --max-float-nodes, or use --act-bits 16 (or --method fp16).",
+        section["met"] = False
+        section["failure"] = {
+            "detail": f"--target-sqnr {target:g} dB was not reached: the output SQNR is {current:.2f} dB "
+            f"(static alone: {before[worst]:.2f} dB) with {len(kept)} node(s) kept float: {names}; {why}.",
+            "hint": "lower --target-sqnr, raise --max-float-nodes, or use --act-bits 16 (or --method fp16).",
+        }
+        plan.notes.append(
+            f"--target-sqnr {target:g} dB NOT reached: output SQNR {before[worst]:.1f} -> {current:.1f} dB on "
+            f"{section['samples']} calibration sample(s) with {len(kept)} node(s) kept float: {names}; "
+            "this is the best model reached."
         )
+        return quantized, plan, section
     plan.notes.append(
         f"--target-sqnr {target:g} dB: output SQNR {before[worst]:.1f} -> {current:.1f} dB on "
         f"{section['samples']} calibration sample(s) by keeping {len(kept)} node(s) float: {names}."

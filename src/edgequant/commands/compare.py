@@ -106,6 +106,12 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option(help="YAML of per-op energies (pJ) replacing the Horowitz 45 nm numbers."),
         ] = None,
+        allow_synthetic: Annotated[
+            bool,
+            typer.Option(
+                "--allow-synthetic", help="Without --calib-data: calibrate static methods on random inputs."
+            ),
+        ] = False,
     ) -> None:
         """Quantize MODEL with every method, evaluate, and recommend one under the limits."""
         from edgequant.evaluate import compare as run
@@ -142,6 +148,7 @@ def register(app: typer.Typer) -> None:
                 layer_samples=layer_samples, max_eval_samples=max_eval_samples, blank=blank, layout=layout,
                 device=device, gpu_number=gpu_number, energy_profile=_profile(energy_profile),
                 data_options=_options(data_option), eval_split=eval_split,
+                allow_synthetic=allow_synthetic,
             )  # fmt: skip
         except EdgeQuantError as exc:
             err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)

@@ -36,6 +36,30 @@ class SourceStats:
     skipped_examples: list[str] = field(default_factory=list)
     synthetic: bool = False
     description: str = ""
+    available: int | None = None  # samples in the data before any hold-out (None: not counted)
+    held_out: int = 0  # samples of the data held back for the run check
+
+
+def check_finite(batch: Batch, where: str, first: int, index_of: np.ndarray | None = None) -> None:
+    """Raise DataError naming the sample when a float input holds NaN or Inf.
+
+    ``first`` is the position of the batch's first sample in the pass; ``index_of[position]`` (when
+    given) is that sample's index in the dataset.
+    """
+    for name, arr in batch.items():
+        if arr.dtype.kind != "f" or arr.ndim == 0:
+            continue
+        bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
+        if bad.any():
+            row = int(np.argmax(bad))
+            pos = first + row
+            index = int(index_of[pos]) if index_of is not None and pos < len(index_of) else pos
+            what = "NaN" if np.isnan(arr[row]).any() else "Inf"
+            raise DataError(
+                f"{where}: sample {index} (input '{name}') holds {what}; a range or an SQNR computed "
+                "over it is meaningless.",
+                f"clean the data (drop or repair sample {index}) and run again.",
+            )
 
 
 @runtime_checkable

@@ -28,14 +28,17 @@ from edgequant.data.base import InputSpec
 from edgequant.data.conform import fixed_batch
 from edgequant.data.options import SourceOptions
 from edgequant.data.select import (
+    Part,
     Sampling,
     Split,
+    StreamHoldOut,
     StreamSplitter,
     check_split_args,
+    hold_out,
     sample_order,
     split_indices,
 )
-from edgequant.data.source import IndexedSource, Reader, StreamSource
+from edgequant.data.source import IndexedSource, Reader, StreamSource, count_stream
 from edgequant.data.synthetic import synthetic
 from edgequant.errors import DataError
 from edgequant.recipe.schema import Preprocess
@@ -72,6 +75,8 @@ def open_source(
     eval_fraction: float = 0.2,
     options: SourceOptions | Mapping[str, Any] | None = None,
     shape_hints: Mapping[str, tuple[int, ...]] | None = None,
+    held_out: int = 0,
+    part: Part = "all",
 ) -> Source:
     """Open ``data`` as batches for ``inputs``; the first batch is validated before returning.
 
@@ -79,8 +84,18 @@ def open_source(
     parts of one dataset (``eval_fraction`` of it for evaluation, seeded by ``seed``; a metadata CSV
     decides instead when given).  ``shape_hints`` (synthetic data only) give the per-sample shape of
     inputs with dynamic dims.
+
+    ``held_out`` samples of real data (evenly spread, at most half of them; ``select.hold_out``) are
+    held back for the run check: ``part="rest"`` leaves them out (calibration), ``part="held"``
+    reads only them (the check).  ``stats.available`` / ``stats.held_out`` record the counts.
+    Synthetic data ignores the hold-out.
     """
     check_split_args(split, eval_fraction, sampling)
+    if part != "all" and split != "all":
+        raise DataError(
+            "a hold-out part was asked for together with a calibration/evaluation split.",
+            "use one of the two.",
+        )
     if max_samples is not None and max_samples < 1:
         raise DataError(
             f"max_samples must be >= 1, got {max_samples}.", "use a positive count, or None for all."
@@ -103,8 +118,9 @@ def open_source(
     elif isinstance(data, str | Path):
         reader = _open_path(Path(data), inputs, preprocess, input_map, opts)
         source = _indexed(
-            reader, inputs, batch_size, max_samples, sampling, seed, input_map, split, eval_fraction, opts
-        )
+            reader, inputs, batch_size, max_samples, sampling, seed, input_map, split, eval_fraction, opts,
+            (held_out, part),
+        )  # fmt: skip
     elif isinstance(data, np.ndarray | Mapping):
         source = _indexed(
             from_memory(data),
@@ -117,6 +133,7 @@ def open_source(
             split,
             eval_fraction,
             opts,
+            (held_out, part),
         )
     elif isinstance(data, Iterable) or callable(data):
         if sampling != "first":
@@ -127,6 +144,9 @@ def open_source(
             )
         notes: list[str] = []
         size, _ = fixed_batch(inputs, batch_size, notes, whole_batches=True)
+        splittable = all(i.shape and i.shape[0] is None for i in inputs)
+        total = count_stream(data, splittable) if part != "all" else None
+        hold = StreamHoldOut(total, held_out, part) if total is not None else None
         source = StreamSource(
             data,
             inputs,
@@ -135,13 +155,17 @@ def open_source(
             splitter=StreamSplitter(split, eval_fraction, seed),
             input_map=input_map,
             notes=notes,
+            hold=hold,
         )
+        if total is not None:
+            source.stats.available, source.stats.held_out = total, int(hold.held.sum()) if hold else 0
     else:
         raise DataError(
             f"calibration data of type {type(data).__name__} is not supported.",
             "pass a path, a numpy array, a dict of arrays, or an iterable of batch dicts.",
         )
-    _validate_first(source)
+    if not (part == "held" and source.stats.held_out == 0):  # nothing held back: the caller decides
+        _validate_first(source)
     return source
 
 
@@ -183,6 +207,7 @@ def _indexed(
     split: Split,
     eval_fraction: float,
     opts: SourceOptions,
+    holding: tuple[int, Part] = (0, "all"),
 ) -> IndexedSource:
     notes: list[str] = list(getattr(reader, "notes", []))
     if opts.metadata_csv is not None:
@@ -200,9 +225,12 @@ def _indexed(
         )
     if getattr(reader, "max_batch", None) == 1:  # variable-length trials without a mask: one by one
         batch_size = 1
+    available = len(indices)
     size, drop_last = fixed_batch(inputs, batch_size, notes)
+    indices = hold_out(indices, *holding, unit=size if drop_last else 1)
+    held = available - len(indices) if holding[1] == "rest" else len(indices)
     order = sample_order(indices, sampling, seed)
-    return IndexedSource(
+    source = IndexedSource(
         reader,
         inputs,
         order,
@@ -213,6 +241,9 @@ def _indexed(
         prefetch=opts.prefetch,
         notes=notes,
     )
+    if holding[1] != "all":
+        source.stats.available, source.stats.held_out = available, held
+    return source
 
 
 def _open_path(

@@ -10,6 +10,11 @@ Streams (iterables of batches, length unknown): sample k goes to evaluation when
 ``default_rng([seed, 1]).random()`` is below ``eval_fraction``.  Same guarantees, approximate
 fraction.
 
+Hold-out (the run check): ``held_out_positions(n, count)`` picks ``h = min(count, n // 2)`` of the
+``n`` samples, evenly spread: positions ``floor((j + 0.5) * n / h)`` for ``j < h``.  Calibration reads
+the other samples only, the check reads these only, so the check measures data calibration never saw.
+An even spread (not the last ``h``) keeps a class-sorted folder's check from holding one class.
+
 Sampling: "first" keeps index order; "random" is a permutation from ``default_rng([seed, 2])``.
 Both are identical on every pass, so calibration may iterate a source several times.
 """
@@ -23,6 +28,7 @@ import numpy as np
 from edgequant.errors import DataError
 
 Split = Literal["all", "calib", "eval"]
+Part = Literal["all", "rest", "held"]
 Sampling = Literal["first", "random"]
 
 
@@ -81,3 +87,48 @@ class StreamSplitter:
             return None
         is_eval = self._rng.random(n) < self.eval_fraction
         return is_eval if self.split == "eval" else ~is_eval
+
+
+def held_out_positions(n: int, count: int) -> np.ndarray:
+    """Ascending positions (into ``n`` samples) held back for the run check; see the module docstring."""
+    h = min(count, n // 2)
+    if h <= 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.floor((np.arange(h) + 0.5) * n / h).astype(np.int64)
+
+
+def hold_out(indices: np.ndarray, count: int, part: Part, unit: int = 1) -> np.ndarray:
+    """The ``part`` of ``indices``: all of them, the held-out ones, or the rest (for calibration).
+
+    ``unit`` > 1 (a model that fixes its batch size) holds back whole runs of ``unit`` consecutive
+    samples, chosen as above among the ``len(indices) // unit`` runs, so both parts fill whole batches.
+    """
+    if part == "all" or count <= 0:
+        return indices
+    runs = len(indices) // unit
+    held = np.zeros(len(indices), dtype=bool)
+    for r in held_out_positions(runs, -(-count // unit)):
+        held[r * unit : (r + 1) * unit] = True
+    return indices[held] if part == "held" else indices[~held]
+
+
+class StreamHoldOut:
+    """``hold_out`` for streams: sample positions counted across a pass; ``reset()`` every pass."""
+
+    def __init__(self, total: int, count: int, part: Part) -> None:
+        self.part = part
+        self.held = np.zeros(total, dtype=bool)
+        self.held[held_out_positions(total, count)] = True
+        self.reset()
+
+    def reset(self) -> None:
+        self._pos = 0
+
+    def mask(self, n: int) -> np.ndarray | None:
+        """Boolean keep-mask for the next ``n`` samples, or None when every sample is kept."""
+        if self.part == "all":
+            return None
+        window = self.held[self._pos : self._pos + n]
+        window = np.concatenate([window, np.zeros(n - len(window), dtype=bool)])
+        self._pos += n
+        return window if self.part == "held" else ~window

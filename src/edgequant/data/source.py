@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgequant.data.base import Batch, InputSpec, SourceStats, check_batch
+from edgequant.data.base import Batch, InputSpec, SourceStats, check_batch, check_finite
 from edgequant.data.conform import LABEL_KEYS, Caster, map_fields
 from edgequant.data.prefetch import prefetch
-from edgequant.data.select import StreamSplitter
+from edgequant.data.select import StreamHoldOut, StreamSplitter
 from edgequant.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,7 @@ class IndexedSource:
         batch = {name: np.ascontiguousarray(fields[f]) for name, f in self.mapping.items()}
         batch = self._caster(batch, self.where)
         check_batch(batch, self.inputs, self.where)
+        check_finite(batch, self.where, self.stats.samples, None if self.reader.may_skip else self.order)
         self.stats.samples += len(next(iter(batch.values())))
         self._refresh_description()
         return batch, labels
@@ -208,8 +209,10 @@ class StreamSource:
         splitter: StreamSplitter,
         input_map: Mapping[str, str] | None,
         notes: list[str],
+        hold: StreamHoldOut | None = None,
     ) -> None:
         self.data = data
+        self.hold = hold
         self.inputs = inputs
         self.batch_size = batch_size
         self.max_samples = max_samples
@@ -246,10 +249,12 @@ class StreamSource:
     def iter_labeled(self) -> Iterator[Labeled]:
         _reset(self.stats)
         self.splitter.reset()
+        if self.hold is not None:
+            self.hold.reset()
         batches = self._batches()
         self._passes += 1
         mapping: dict[str, str] | None = None
-        done = 0
+        done = seen = 0
         for k, raw in enumerate(batches):
             where = f"{self.where}, batch {k}"
             if not isinstance(raw, Mapping):
@@ -269,9 +274,12 @@ class StreamSource:
                     f"{where} lacks the field {exc}; it has {list(arrays)}.", "keep fields fixed."
                 ) from exc
             n = _batch_len(batch, labels, where)
+            check_finite(batch, self.where, seen)  # sample positions counted over the whole stream
+            seen += 1 if n is None or not self.splittable else n
             if n is None or not self.splittable:  # a unit: passed whole, never split
                 keep1 = self.splitter.mask(1)
-                if keep1 is not None and not keep1[0]:
+                held1 = self.hold.mask(1) if self.hold is not None else None
+                if (keep1 is not None and not keep1[0]) or (held1 is not None and not held1[0]):
                     continue
                 if self.max_samples is not None and done >= self.max_samples:
                     return
@@ -286,6 +294,11 @@ class StreamSource:
                 batch = {name: a[keep] for name, a in batch.items()}
                 labels = labels[keep] if labels is not None else None
                 n = int(keep.sum())
+            held = self.hold.mask(n) if self.hold is not None else None
+            if held is not None:
+                batch = {name: a[held] for name, a in batch.items()}
+                labels = labels[held] if labels is not None else None
+                n = int(held.sum())
             for start in range(0, n, self.batch_size):
                 if self.max_samples is not None and done >= self.max_samples:
                     return
@@ -314,3 +327,24 @@ def _batch_len(batch: Batch, labels: np.ndarray | None, where: str) -> int | Non
             "give one label per sample, batch first.",
         )
     return n
+
+
+def count_stream(
+    data: Iterable[Mapping[str, np.ndarray]] | Callable[[], Iterable[Mapping[str, np.ndarray]]],
+    splittable: bool,
+) -> int | None:
+    """Sample positions in a re-iterable stream (a unit batch counts as one); None for a one-shot iterator."""
+    if callable(data) and not isinstance(data, Iterable):
+        batches: Iterable[Mapping[str, np.ndarray]] = data()
+    elif iter(data) is data:  # type: ignore[arg-type]
+        return None
+    else:
+        batches = data  # type: ignore[assignment]
+    total = 0
+    for raw in batches:
+        if not isinstance(raw, Mapping):
+            return None  # the pass itself reports it
+        arrays = {k: np.asarray(v) for k, v in raw.items() if k not in LABEL_KEYS}
+        sizes = {a.shape[0] if a.ndim else None for a in arrays.values()}
+        total += int(next(iter(sizes)) or 0) if splittable and len(sizes) == 1 and None not in sizes else 1
+    return total

@@ -30,7 +30,7 @@ import onnx
 
 from edgequant import pipeline
 from edgequant.data.model_inputs import input_specs
-from edgequant.errors import EdgeQuantError, RecipeError
+from edgequant.errors import DataError, EdgeQuantError, RecipeError
 from edgequant.evaluate import core, energy, layers, leakage, opcount, perf
 from edgequant.evaluate.energy import EnergyProfile
 from edgequant.evaluate.recommend import Candidate, Limits, Recommendation, recommend
@@ -65,6 +65,7 @@ class MethodResult:
     quantize_seconds: float | None = None
     energy: dict[str, Any] | None = None
     limit_failures: list[str] = field(default_factory=list)
+    calibration_data: str = "none"  # "real" | "synthetic" (allowed by the user) | "none" (not calibrated)
 
     @property
     def ok(self) -> bool:
@@ -202,6 +203,7 @@ def compare(
     energy_profile: Mapping[str, Any] | None = None,
     data_options: Mapping[str, Any] | None = None,
     eval_split: str | None = None,
+    allow_synthetic: bool = False,
 ) -> CompareResult:
     """Run, evaluate and rank every method; write the report files into ``outdir`` (see module doc).
 
@@ -217,10 +219,19 @@ def compare(
     ``data_options`` are quantize's data options (``SourceOptions``) for both data sets; with a
     ``metadata_csv`` calibration reads its ``train`` rows and evaluation the ``eval_split`` rows
     (default ``val``).  Evaluation samples that calibration also reads are refused (``leakage``).
+    Without ``calibration``, the static methods are refused (DataError) unless ``allow_synthetic``;
+    then they calibrate on random inputs and every row says ``calibration_data: synthetic``.
     """
     core.tasks.check_task(task)
     limits = Limits(max_drop, max_drop_rel, max_latency_ms, max_size_mb, max_energy_mj, prefer)
     names = resolve_methods(methods)
+    static = [n for n in names if n != "float" and preset(n).method == "static"]
+    if calibration is None and static and not allow_synthetic:
+        raise DataError(
+            f"no calibration data was given, and {', '.join(static)} calibrate activation ranges on data.",
+            "pass --calib-data PATH, or --allow-synthetic to calibrate on random inputs knowingly "
+            "(every row then says so).",
+        )
     out = Path(outdir)
     float_model = core.as_model(model)
     stem = Path(model).stem if isinstance(model, str | Path) else (float_model.graph.name or "model")
@@ -262,7 +273,11 @@ def compare(
                 r.tag, qmodel, ffloat = "float", float_model, float_model
                 path = save_model(float_model, out / f"{stem}_float.onnx")
             else:
-                q = pipeline.quantize(model, calibration, preset(name), runtime=rt, **extra)
+                q = pipeline.quantize(
+                    model, calibration, preset(name, allow_synthetic=allow_synthetic), runtime=rt, **extra
+                )
+                cal = q.report.get("calibration")
+                r.calibration_data = "none" if not cal else "synthetic" if cal.get("synthetic") else "real"
                 paths = q.save(out)
                 r.tag, qmodel, ffloat, path = q.tag, q.model, q.float_model, paths.model
                 r.plan_file = paths.plan.name

@@ -11,10 +11,15 @@ without ``_dq`` (a float-model initializer for weights, a node output or graph i
    includes the error accumulated upstream; a weight's error is its rounding error alone.
 2. Isolated error ("only this layer quantized", as AIMET's QuantAnalyzer per-layer analysis and
    ORT's ``qdq_loss_debug`` answer in part).  For each quantized node (a node reading at least one
-   ``_dq`` tensor) - the ``top_k`` nodes with the worst input SQNR - a copy of the QDQ model is
-   built in which only that node reads ``_dq`` tensors: every other consumer is rewired to the float
-   ``X`` (weights: the original float initializer ``X`` from the float model).  The model output's
-   SQNR against the float model's output is that node's isolated error.
+   ``_dq`` tensor) - the ``top_k`` nodes with the worst input SQNR - a copy of the FLOAT model is
+   built in which only the node of that name reads quantized inputs: the Q/DQ chains that feed it
+   in the QDQ model (``X -> QuantizeLinear -> DequantizeLinear -> X_dq``, or a weight's
+   ``DequantizeLinear``) are copied in, reading the float model's ``X``.  The model output's SQNR
+   against the float model's output is that node's isolated error.  Starting from the float model
+   (not from the QDQ model with the other nodes rewired) matters where the export changed the
+   graph: a Relu folded into the unsigned quantization of its producer exists only in the float
+   model, so a rewired QDQ copy would feed the unclamped values on.  Isolating no node gives the
+   float model itself (infinite SQNR).
 
 The copies live in memory only; nothing is written to disk.
 """
@@ -119,41 +124,55 @@ def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return copy
 
 
-def _prune(graph: onnx.GraphProto) -> None:
-    """Drop nodes none of whose outputs is used (repeat until stable)."""
-    while True:
-        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-        dead = [n for n in graph.node if not any(o in used for o in n.output if o)]
-        if not dead:
-            return
-        keep = [n for n in graph.node if n not in dead]
-        del graph.node[:]
-        graph.node.extend(keep)
-
-
 def isolate(
-    quant_model: onnx.ModelProto, float_model: onnx.ModelProto, pairs: dict[str, str], keep_node: int
-) -> onnx.ModelProto:
-    """Copy of ``quant_model`` where only node ``keep_node`` (index) reads ``_dq`` tensors."""
+    quant_model: onnx.ModelProto, float_model: onnx.ModelProto, pairs: dict[str, str], keep_node: int | None
+) -> onnx.ModelProto | None:
+    """Copy of ``float_model`` where only the node ``keep_node`` (an index into ``quant_model``) reads
+    its quantized inputs (module docstring); None when the float model has no node of that name.
+
+    ``float_model`` must be at ``quant_model``'s opset (``per_layer_error`` converts it).
+    """
     copy = onnx.ModelProto()
-    copy.CopyFrom(quant_model)
-    g = copy.graph
-    for idx, node in enumerate(g.node):
-        if idx == keep_node:
+    copy.CopyFrom(float_model)
+    if keep_node is None:
+        return copy
+    qnode = quant_model.graph.node[keep_node]
+    fnode = next((n for n in copy.graph.node if qnode.name and n.name == qnode.name), None)
+    if fnode is None or fnode.op_type != qnode.op_type:
+        return None
+    producer = {o: n for n in quant_model.graph.node for o in n.output}
+    q_inits = {i.name: i for i in quant_model.graph.initializer}
+    chain: list[onnx.NodeProto] = []
+    for j, name in enumerate(qnode.input):
+        if name not in pairs or j >= len(fnode.input) or fnode.input[j] != pairs[name]:
             continue
-        for j, name in enumerate(node.input):
-            if name in pairs:
-                node.input[j] = pairs[name]
-    present = (
-        {i.name for i in g.initializer} | {o for n in g.node for o in n.output} | {i.name for i in g.input}
-    )
-    float_inits = {i.name: i for i in float_model.graph.initializer}
-    _prune(g)
-    used = {i for n in g.node for i in n.input}
-    for name in sorted(used - present):
-        if name in float_inits:
-            g.initializer.append(float_inits[name])
+        dq = producer[name]
+        q = producer.get(dq.input[0])
+        chain += [q, dq] if q is not None and q.op_type == "QuantizeLinear" else [dq]
+        fnode.input[j] = name
+    g = copy.graph
+    have = {i.name for i in g.initializer}
+    for n in dict.fromkeys(id(n) for n in chain):
+        node = next(c for c in chain if id(c) == n)
+        for inp in node.input:
+            if inp in q_inits and inp not in have:
+                g.initializer.append(q_inits[inp])
+                have.add(inp)
+    at = list(g.node).index(fnode)
+    unique = list({id(n): n for n in chain}.values())
+    nodes = [*g.node[:at], *unique, *g.node[at:]]
+    del g.node[:]
+    g.node.extend(nodes)
     return copy
+
+
+def _same_opset(float_model: onnx.ModelProto, quant_model: onnx.ModelProto) -> onnx.ModelProto:
+    """``float_model`` at the QDQ model's default-domain opset (the export may have raised it)."""
+    from edgequant.model import ensure_opset
+    from edgequant.model.io import opset_of
+
+    converted, _ = ensure_opset(float_model, opset_of(quant_model), "the per-layer analysis")
+    return converted
 
 
 def _run_all(
@@ -235,9 +254,15 @@ def per_layer_error(
             candidates.append((min(errs), idx))
     candidates.sort()
     float_out = _cat(ref[out_name])
+    at_opset = _same_opset(float_model, quant_model) if candidates[:top_k] else float_model
     for input_sqnr, idx in candidates[: max(top_k, 0)]:
         node = quant_model.graph.node[idx]
-        model = isolate(quant_model, float_model, pairs, idx)
+        model = isolate(quant_model, at_opset, pairs, idx)
+        if model is None:
+            report.unmatched.append(
+                {"tensor": _node_label(node, idx), "reason": "the float model has no node of this name"}
+            )
+            continue
         iso = _cat(_run_all(model, samples, [out_name], rt)[out_name])
         report.isolated.append(
             NodeError(

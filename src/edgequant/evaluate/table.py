@@ -42,7 +42,9 @@ def _compare_table(r: CompareResult) -> Table:
         t.add_column(col, justify="right", no_wrap=True)
     t.add_column("limits")
     for m in r.methods:
-        mark = " *" if m.method == r.recommended else ""
+        mark = (" *" if m.method == r.recommended else "") + (
+            " (synthetic calib)" if m.calibration_data == "synthetic" else ""
+        )
         if not m.ok:
             t.add_row(m.method, "[red]failed[/red]", "-", "-", "-", "-", "-", _short(m.error, 40))
             continue

@@ -8,6 +8,9 @@ subgraph values, value_info) becomes float16, except where float32 is required:
 * a node whose schema type parameter bound to a float tensor does not allow ``tensor(float16)``
   (e.g. ``Range``), a node with no ONNX schema (a custom domain), and a node the user excludes run
   in float32 with Casts around them; the subgraphs of such a node stay float32;
+* a Transpose that moves axis 0 next to the last axis (``perm = [1, .., r-2, 0, r-1]`` or
+  ``[1, .., r-2, r-1, 0]``) into a MatMul runs in float32: ONNX Runtime 1.32 fuses it into a float16
+  FusedMatMul with ``transBatch`` and crashes (SIGSEGV) creating the session when dims are dynamic;
 * with ``keep_io_types`` the model inputs and outputs stay float32 with Casts at the boundary.
 
 The decision is read from ``onnx.defs.get_schema`` type constraints at the model's opset, not a
@@ -69,6 +72,7 @@ class _Ctx:
     keep_io_types: bool
     types: dict[str, int]  # value name -> element type (float32 detection), over all scopes
     plan: QuantPlan
+    trans_batch: set[str] = field(default_factory=set)  # Transposes ORT would fold as transBatch
     native: dict[str, int] = field(default_factory=dict)  # float value name -> FP32 / FP16 after conversion
     names: set[str] = field(default_factory=set)
     clipped: int = 0
@@ -111,6 +115,7 @@ def convert_fp16(
                 f"{k} ({TensorProto.DataType.Name(v).lower()})" for k, v in sorted(assumed.items())[:8]
             )
         )
+    ctx.trans_batch = _trans_batch_transposes(out.graph)
     unknown = sorted(ctx.exclude - {n.name for g in graphs(out.graph) for n in g.node})
     if unknown:
         raise ExportError(
@@ -167,6 +172,12 @@ def _rule(n: onnx.NodeProto, ctx: _Ctx) -> _NodeRule:
     ins, outs = [False] * len(n.input), [False] * len(n.output)
     if n.name and n.name in ctx.exclude:
         return _NodeRule.float32(n, "excluded by user")
+    if n.name in ctx.trans_batch:
+        why = (
+            "Transpose of the batch axis into a MatMul: ONNX Runtime fuses it into a float16 FusedMatMul "
+            "(transBatch) that crashes; kept float32 with a Cast after it"
+        )
+        return _NodeRule.float32(n, why)
     domain = n.domain if n.domain not in ("", "ai.onnx") else ""
     if not domain and n.op_type in _GENERATORS and any(ctx.types.get(o) == FP32 for o in n.output):
         why = (
@@ -202,6 +213,21 @@ def _rule(n: onnx.NodeProto, ctx: _Ctx) -> _NodeRule:
             literal.append(f"'{p.name}'")
     reason = f"{' and '.join(literal)} stays float32 (schema types it tensor(float) only)" if literal else ""
     return _NodeRule(False, reason, ins, outs)
+
+
+def _trans_batch_transposes(g: onnx.GraphProto) -> set[str]:
+    """Names of the Transposes (any scope) whose perm ORT folds into a MatMul as ``transBatch``."""
+    out: set[str] = set()
+    for sub in graphs(g):
+        matmul_inputs = {i for n in sub.node if n.op_type == "MatMul" for i in n.input}
+        for n in sub.node:
+            perm = next((list(a.ints) for a in n.attribute if a.name == "perm"), [])
+            r = len(perm)
+            if n.op_type != "Transpose" or r < 3 or n.output[0] not in matmul_inputs:
+                continue
+            if perm[:-2] == list(range(1, r - 1)) and sorted(perm[-2:]) == [0, r - 1]:
+                out.add(n.name)
+    return out
 
 
 # -- conversion --------------------------------------------------------------------------------------

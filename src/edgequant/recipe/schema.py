@@ -78,6 +78,8 @@ class Recipe:
     dynamic_axes: dict[str, list[int]] = field(default_factory=dict)  # PyTorch export: {input: [axis]}
     algorithms: tuple[str, ...] = ()  # passes run in order (ALGORITHMS), e.g. ("cle", "adaround")
     tune_trials: int = 0  # target tvm: MetaSchedule tuning trials (0: no tuning)
+    allow_synthetic: bool = False  # static without data: calibrate on random inputs (refused otherwise)
+    check_samples: int = 32  # samples held back from calibration for the run check (at most half the data)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -117,6 +119,11 @@ class Recipe:
             check_name(self.tag, "tag")  # it becomes part of the output file names
         if self.seed < 0:
             raise RecipeError(f"seed {self.seed} is negative.", "use a seed >= 0, e.g. 0.")
+        if self.check_samples < 1:
+            raise RecipeError(
+                f"check_samples {self.check_samples} is not a positive count.",
+                "use e.g. --check-samples 32 (samples held back from calibration for the run check).",
+            )
         self._check_sensitivity()
         self._check_target()
         self._check_algorithms()
@@ -131,6 +138,36 @@ class Recipe:
                 f"bias_correction is set but method is '{self.method}'; it corrects the biases of a static "
                 "int model against its calibration data, so it applies to method 'static' only.",
                 "use --method static with --bias-correction, or drop --bias-correction.",
+            )
+        self._check_ignored()
+
+    def _check_ignored(self) -> None:
+        """An option the chosen method would not read is refused, naming the option."""
+        m = self.method
+        if m == "fp16" and self.weight_bits != 8:
+            raise RecipeError(
+                f"weight_bits {self.weight_bits} is set but method 'fp16' stores weights as float16, "
+                "so the option would be ignored.",
+                "drop --weight-bits, or use --method weight-only / static for integer weights.",
+            )
+        if m != "static" and self.act_bits != 8:
+            raise RecipeError(
+                f"act_bits {self.act_bits} is set but method '{m}' does not quantize activations to a "
+                "fixed bit width, so the option would be ignored.",
+                "drop --act-bits, or use --method static.",
+            )
+        if m != "weight-only" and self.block_size is not None:
+            raise RecipeError(
+                f"block_size {self.block_size} is set but method '{m}' has no block-wise weights, so the "
+                "option would be ignored.",
+                "drop --block-size, or use --method weight-only.",
+            )
+        if m == "dynamic" and self.calib_data is not None:
+            raise RecipeError(
+                "calib_data is set but method 'dynamic' computes activation ranges at run time and "
+                "calibrates nothing, so the option would be ignored.",
+                "drop --calib-data (the run check then uses synthetic inputs and says so), "
+                "or use --method static.",
             )
 
     def _check_target(self) -> None:

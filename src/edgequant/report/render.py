@@ -41,6 +41,7 @@ CSV_COLUMNS = (
     "limit_failures",
     "error",
     "model_file",
+    "calibration_data",
 )
 
 
@@ -67,7 +68,8 @@ def method_cells(r: Mapping[str, Any]) -> list[str]:
         _sig(r.get("energy_mj_estimate")),
         _sig(r.get("energy_mj_measured")),
         fmt(r["meets_limits"]),
-        r["error"] or r["limit_failures"],
+        ("SYNTHETIC calibration data. " if r.get("calibration_data") == "synthetic" else "")
+        + (r["error"] or r["limit_failures"]),
     ]
 
 
@@ -138,6 +140,7 @@ def method_row(m: Mapping[str, Any], primary: str) -> dict[str, Any]:
         "limit_failures": "; ".join(m.get("limit_failures") or []),
         "error": m.get("error", ""),
         "model_file": m.get("model_file", ""),
+        "calibration_data": m.get("calibration_data", "none"),
     }
 
 
