@@ -193,6 +193,7 @@ def quantize(
         passes = algorithms.context(
             recipe, runtime, lambda r: _source(calibration, float_model, r), calibration is None,
             _named(recipe_arg, overrides) if recipe.algorithms else (),
+            open_held=(lambda: _held(calibration, float_model, recipe)) if calibration is not None else None,
         )  # fmt: skip
         for step in recipe.algorithms:  # each step is a pass: stat requests, then apply (algorithms/)
             float_model, plan = algorithms.run_pass(step, float_model, plan, passes)
@@ -389,6 +390,15 @@ def _source(calibration: DataLike, model: onnx.ModelProto, recipe: Recipe) -> Ca
         held_out=recipe.check_samples if calibration is not None and not metadata else 0,
         part="rest" if calibration is not None and not metadata else "all",
     )
+
+
+def _held(calibration: DataLike, model: onnx.ModelProto, recipe: Recipe) -> CalibrationSource:
+    """The samples held back from calibration for the check (``_source``'s complement)."""
+    return open_source(
+        calibration, input_specs(model), batch_size=recipe.batch_size, seed=recipe.seed,
+        preprocess=recipe.preprocess, input_map=recipe.input_map or None, options=recipe.data_options or None,
+        held_out=recipe.check_samples, part="held",
+    )  # fmt: skip
 
 
 def _calibrate(

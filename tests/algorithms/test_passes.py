@@ -156,7 +156,7 @@ def test_adaround_keeps_power_of_two_scales_and_the_grid() -> None:
 
 def test_adaround_refuses_synthetic_data() -> None:
     with pytest.raises(DataError, match="real calibration inputs"):
-        edgequant.quantize(conv3(), None, algorithms=["adaround"], weight_bits=4)
+        edgequant.quantize(conv3(), None, algorithms=["adaround"], weight_bits=4, allow_synthetic=True)
 
 
 def test_adaround_runs_without_torch() -> None:
@@ -198,7 +198,10 @@ def test_calibration_search_is_never_worse_than_minmax_on_the_example() -> None:
     1 dB of each other; see calib_search's docstring.)"""
     root = Path(__file__).resolve().parents[2] / "examples"
     model, calib = root / "shapes_cnn.onnx", root / "shapes_calib.npz"
-    part = np.load(calib)["image"][128:160]
+    # calibration reads the samples the run check does not hold back (every 8th from 4): the search
+    # scores the 32 after the first 128 of those
+    rest = np.setdiff1d(np.arange(256), np.arange(4, 256, 8))
+    part = np.load(calib)["image"][rest[128:160]]
     name = onnx.load(str(model)).graph.input[0].name
     minmax = edgequant.quantize(model, calib, calib_method="minmax")
     search = edgequant.quantize(model, calib, calib_method="search")

@@ -174,9 +174,12 @@ def context(
     open_source: Callable[[Recipe], Iterable[Batch]],
     synthetic: bool,
     requested: tuple[str, ...],
+    open_held: Callable[[], Iterable[Batch]] | None = None,
 ) -> Context:
     """What the passes read: the calibration source (``open_source(recipe)`` streams it), and the
-    held-out samples (the ``HELD_OUT`` after the calibration ones, in data order) for their SQNR."""
+    held-out samples for their SQNR: the first ``HELD_OUT`` of ``open_held()`` (the samples the
+    pipeline holds back from calibration for its check) when given, else the ``HELD_OUT`` after the
+    calibration ones, in data order."""
     if not recipe.algorithms:
         return Context(recipe, runtime, list, [])
     extra = recipe.replace(calib_samples=recipe.calib_samples + HELD_OUT, sampling="first")
@@ -184,7 +187,9 @@ def context(
         recipe,
         runtime,
         lambda: open_source(recipe),
-        held_out(open_source(extra), recipe.calib_samples),
+        _first(open_held(), HELD_OUT)
+        if open_held is not None
+        else held_out(open_source(extra), recipe.calib_samples),
         synthetic=synthetic,
         requested=requested,
     )
@@ -200,6 +205,17 @@ def held_out(batches: Iterable[Batch], skip: int) -> list[Batch]:
             start = max(skip - seen, 0)
             out.append(batch if start == 0 else {k: v[start:] for k, v in batch.items()})
         seen += n
+    return out
+
+
+def _first(batches: Iterable[Batch], n: int) -> list[Batch]:
+    """The batches holding the first ``n`` samples (the last one cut to fit)."""
+    out: list[Batch] = []
+    for batch in batches:
+        left = n - sum(_rows(b) for b in out)
+        if left <= 0:
+            break
+        out.append(batch if _rows(batch) <= left else {k: v[:left] for k, v in batch.items()})
     return out
 
 

@@ -225,6 +225,10 @@ def compare(
     core.tasks.check_task(task)
     limits = Limits(max_drop, max_drop_rel, max_latency_ms, max_size_mb, max_energy_mj, prefer)
     names = resolve_methods(methods)
+    out = Path(outdir)
+    float_model = core.as_model(model)
+    stem = Path(model).stem if isinstance(model, str | Path) else (float_model.graph.name or "model")
+    rt = runtime_for(device, gpu_number)
     static = [n for n in names if n != "float" and preset(n).method == "static"]
     if calibration is None and static and not allow_synthetic:
         raise DataError(
@@ -232,10 +236,6 @@ def compare(
             "pass --calib-data PATH, or --allow-synthetic to calibrate on random inputs knowingly "
             "(every row then says so).",
         )
-    out = Path(outdir)
-    float_model = core.as_model(model)
-    stem = Path(model).stem if isinstance(model, str | Path) else (float_model.graph.name or "model")
-    rt = runtime_for(device, gpu_number)
     profile = EnergyProfile.from_mapping(energy_profile) if energy_profile is not None else EnergyProfile()
     opts = core.eval_options(data_options, eval_split)
     # the most calibration samples any chosen method reads: the leakage check covers all of them
