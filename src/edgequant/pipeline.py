@@ -246,7 +246,7 @@ def quantize(
     artifacts, toolchain = {}, None
     if recipe.target in toolchains.TARGETS:  # compile/convert with the vendor toolchain, then run it
         suffix, blob, toolchain = toolchains.build(
-            recipe.target, quantized, reference, _check_batches(reference, calibration, recipe),
+            recipe.target, quantized, reference, list(_held(calibration, float_model, recipe)),
             calibration=lambda: list(_source(calibration, float_model, recipe)), tune_trials=recipe.tune_trials,
         )  # fmt: skip
         artifacts[suffix] = blob
@@ -458,21 +458,3 @@ def _calibrate(
         "held_out_for_check": int(getattr(source.stats, "held_out", 0)),
     }
     return plan, info
-
-
-def _check_batches(
-    reference: onnx.ModelProto | Path, calibration: DataLike, recipe: Recipe
-) -> list[dict[str, np.ndarray]]:
-    """The batches the check runs on, for a toolchain's own run of its artifact."""
-    specs = input_specs(
-        reference
-        if isinstance(reference, onnx.ModelProto)
-        else onnx.load(str(reference), load_external_data=False)
-    )
-    return list(
-        open_source(
-            calibration, specs, batch_size=recipe.batch_size,
-            max_samples=min(recipe.batch_size * 2, recipe.calib_samples), seed=recipe.seed,
-            preprocess=recipe.preprocess, input_map=recipe.input_map or None, options=recipe.data_options or None,
-        )
-    )  # fmt: skip

@@ -73,12 +73,15 @@ def build_akida(
         )
     name = specs[0].name
     calib = np.concatenate([b[name] for b in calibration]).astype(np.float32)
-    dtype = input_dtype(np.concatenate([calib, *(b[name] for b in batches)]))
+    pixel_model, to_pixels = _pixel_input(model, name)  # a declared normalisation moves into the program
+    calib = to_pixels(calib)
+    pixel_batches = [{name: to_pixels(b[name])} for b in batches]
+    dtype = input_dtype(np.concatenate([calib, *(b[name] for b in pixel_batches)]))
     with tempfile.TemporaryDirectory(prefix="edgequant-akida-") as tmp:
         work = Path(tmp)
-        save_model(model, work / "model.onnx", durable=False)
+        save_model(pixel_model, work / "model.onnx", durable=False)
         np.savez(work / "calib.npz", x=calib)
-        arrays: dict[str, Any] = {f"{i}/x": b[name] for i, b in enumerate(batches)}
+        arrays: dict[str, Any] = {f"{i}/x": b[name] for i, b in enumerate(pixel_batches)}
         np.savez(work / "inputs.npz", **arrays)
         res = run_driver(
             "akida", "akida_convert",
@@ -107,6 +110,7 @@ def build_akida(
         )
     info: dict[str, Any] = {
         "toolchain": "akida",
+        "input": getattr(to_pixels, "note", "the model's input as given (8-bit integer values)"),
         "versions": res.get("versions"),
         "input_dtype": dtype,
         "layers": res.get("layers"),
@@ -119,6 +123,51 @@ def build_akida(
     if ref_all.shape[1] > 1:
         info["top1_agreement"] = round(float(np.mean(ref_all.argmax(1) == got_all.argmax(1))), 4)
     return program, info
+
+
+def _pixel_input(model: onnx.ModelProto, name: str) -> tuple[onnx.ModelProto, Any]:
+    """For a model that declares its input normalisation ``x = (pixel * scale - mean) / std`` (metadata,
+    see :mod:`edgequant.data.declared`): a copy that takes raw pixels (the normalisation prepended as
+    Mul/Sub/Div, which QuantizeML folds into the input layer) and the map from ``x`` back to pixels, so
+    the Akida program takes 8-bit pixels as the device will.  Otherwise the model and the identity."""
+    from edgequant.data.declared import declared
+
+    fields = declared(model) or {}
+    if "mean" not in fields and "std" not in fields:
+        return model, lambda x: x
+    scale = float(fields.get("scale", 1.0))
+    mean = np.asarray(fields.get("mean", [0.0]), np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(fields.get("std", [1.0]), np.float32).reshape(1, -1, 1, 1)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    for node in g.node:
+        node.input[:] = ["eq_pixels_norm" if i == name else i for i in node.input]
+    g.initializer.extend([
+        onnx.numpy_helper.from_array(np.asarray(scale, np.float32), "eq_pixels_scale"),
+        onnx.numpy_helper.from_array(mean, "eq_pixels_mean"),
+        onnx.numpy_helper.from_array(std, "eq_pixels_std"),
+    ])  # fmt: skip
+    prefix = [
+        onnx.helper.make_node("Mul", [name, "eq_pixels_scale"], ["eq_pixels_scaled"], name="eq_pixels_mul"),
+        onnx.helper.make_node("Sub", ["eq_pixels_scaled", "eq_pixels_mean"], ["eq_pixels_centred"], name="eq_pixels_sub"),
+        onnx.helper.make_node("Div", ["eq_pixels_centred", "eq_pixels_std"], ["eq_pixels_norm"], name="eq_pixels_div"),
+    ]  # fmt: skip
+    for i, node in enumerate(prefix):
+        g.node.insert(i, node)
+
+    def to_pixels(x: np.ndarray) -> np.ndarray:
+        p = (x * std + mean) / scale
+        r = np.round(p)
+        if np.max(np.abs(p - r)) > 0.05:  # not pixels that went through this normalisation
+            return p  # input_dtype() refuses them with the values found
+        return r.astype(np.float32)
+
+    to_pixels.note = (  # type: ignore[attr-defined]
+        f"raw 8-bit pixels: the model's declared normalisation (x = (pixel * {scale:g} - mean) / std) is "
+        "prepended to the Akida program and the samples are mapped back to pixels"
+    )
+    return out, to_pixels
 
 
 def _require_whole(model: onnx.ModelProto, res: dict[str, Any], output: str) -> None:
