@@ -51,7 +51,7 @@
     q.set("target", f.get("target"));
     let url, body = null;
     if (f.get("kind") === "compare") {
-      for (const k of ["max_drop", "max_latency_ms", "max_size_mb"]) if (f.get(k)) q.set(k, f.get(k));
+      for (const k of ["methods", "max_drop", "max_latency_ms", "max_size_mb"]) if (f.get(k)) q.set(k, f.get(k));
       url = "/api/v1/model/" + model + "/compare?" + q;
     } else {
       q.set("method", f.get("method"));
