@@ -313,7 +313,7 @@ def inspect(
     )
 
 
-for _name in ("demo", "evaluate", "compare", "serve", "targets", "toolchain"):
+for _name in ("demo", "evaluate", "compare", "serve", "targets", "toolchain", "check"):
     importlib.import_module(f"edgequant.commands.{_name}").register(app)
 
 

@@ -34,6 +34,7 @@ from edgequant.recipe import PRESETS, Recipe, from_dict, load_recipe, preset, to
 from edgequant.result import QuantResult, build_report
 from edgequant.runtime import OrtRuntime, detect
 from edgequant.targets.adapt import adapt as adapt_to_target
+from edgequant.targets.check import check_model
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, "int | None"], None]
@@ -231,6 +232,7 @@ def quantize(
             )  # fmt: skip
             seconds["sensitivity"] = sensitivity["seconds"]
 
+    compliance = check_model(quantized, recipe.target) if recipe.method == "static" else None
     check = run_check(
         runtime, reference, quantized, calibration, recipe, calibrated=calib_info is not None or bias_info is not None
         or sensitivity is not None, float_proto=float_model,
@@ -282,6 +284,8 @@ def quantize(
         result.report["sensitivity"] = sensitivity
     if pass_rows:
         result.report["algorithms"] = pass_rows
+    if compliance is not None:  # per-layer findings against the target's rules, MAC/param shares
+        result.report["compliance"] = compliance
     if (
         sensitivity and not sensitivity["met"]
     ):  # the best model reached goes with the error (the CLI writes it)

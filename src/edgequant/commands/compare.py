@@ -112,6 +112,7 @@ def register(app: typer.Typer) -> None:
                 "--allow-synthetic", help="Without --calib-data: calibrate static methods on random inputs."
             ),
         ] = False,
+        target: Annotated[str, typer.Option(help="Hardware target profile ('edgequant targets').")] = "cpu",
     ) -> None:
         """Quantize MODEL with every method, evaluate, and recommend one under the limits."""
         from edgequant.evaluate import compare as run
@@ -148,7 +149,7 @@ def register(app: typer.Typer) -> None:
                 layer_samples=layer_samples, max_eval_samples=max_eval_samples, blank=blank, layout=layout,
                 device=device, gpu_number=gpu_number, energy_profile=_profile(energy_profile),
                 data_options=_options(data_option), eval_split=eval_split,
-                allow_synthetic=allow_synthetic,
+                allow_synthetic=allow_synthetic, target=target,
             )  # fmt: skip
         except EdgeQuantError as exc:
             err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)

@@ -66,6 +66,7 @@ class MethodResult:
     energy: dict[str, Any] | None = None
     limit_failures: list[str] = field(default_factory=list)
     calibration_data: str = "none"  # "real" | "synthetic" (allowed by the user) | "none" (not calibrated)
+    compliance: dict[str, Any] | None = None  # targets.check report of the quantized model
 
     @property
     def ok(self) -> bool:
@@ -204,6 +205,7 @@ def compare(
     data_options: Mapping[str, Any] | None = None,
     eval_split: str | None = None,
     allow_synthetic: bool = False,
+    target: str = "cpu",
 ) -> CompareResult:
     """Run, evaluate and rank every method; write the report files into ``outdir`` (see module doc).
 
@@ -274,10 +276,15 @@ def compare(
                 path = save_model(float_model, out / f"{stem}_float.onnx")
             else:
                 q = pipeline.quantize(
-                    model, calibration, preset(name, allow_synthetic=allow_synthetic), runtime=rt, **extra
+                    model,
+                    calibration,
+                    preset(name, allow_synthetic=allow_synthetic, target=target),
+                    runtime=rt,
+                    **extra,
                 )
                 cal = q.report.get("calibration")
                 r.calibration_data = "none" if not cal else "synthetic" if cal.get("synthetic") else "real"
+                r.compliance = q.report.get("compliance")
                 paths = q.save(out)
                 r.tag, qmodel, ffloat, path = q.tag, q.model, q.float_model, paths.model
                 r.plan_file = paths.plan.name

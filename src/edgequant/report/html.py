@@ -14,7 +14,15 @@ from html import escape
 from typing import Any
 
 from edgequant.report import svg
-from edgequant.report.render import METHOD_COLUMNS, compare_rows, fmt, method_cells
+from edgequant.report.render import (
+    COMPLIANCE_COLUMNS,
+    FINDING_COLUMNS,
+    METHOD_COLUMNS,
+    compare_rows,
+    compliance_tables,
+    fmt,
+    method_cells,
+)
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em;color:#222;max-width:1100px}
@@ -77,6 +85,15 @@ def render_html(data: Mapping[str, Any]) -> str:
         cls = "failed" if r["status"] != "ok" else ("best" if r["method"] == rec["method"] else "")
         trs.append((cls, method_cells(r)))
     parts += ["<h2>Methods</h2>", _table(METHOD_COLUMNS, trs, left=2)]
+    summary, chosen, findings = compliance_tables(data)
+    if summary:
+        parts += [
+            "<h2>Target compliance</h2>",
+            _table(COMPLIANCE_COLUMNS, [("", r) for r in summary], left=2),
+        ]
+        if findings:
+            parts.append(f"<p>Findings of <b>{escape(chosen)}</b>:</p>")
+            parts.append(_table(FINDING_COLUMNS, [("", r) for r in findings], left=7))
     ok = [r for r in rows if r["status"] == "ok"]
     y_label = f"{primary} (%)" if primary not in ("mse",) else primary
     hlines, size_lines, lat_lines = _limit_lines(data, ok)

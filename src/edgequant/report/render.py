@@ -172,6 +172,43 @@ def _md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str
     return out
 
 
+COMPLIANCE_COLUMNS = ["method", "target", "compliant", "findings", "host CPU", "cannot deploy", "MACs on target %",
+                      "params on target %"]  # fmt: skip
+FINDING_COLUMNS = ["node", "op", "rule", "found", "required", "consequence", "fix"]
+
+
+def compliance_tables(data: Mapping[str, Any]) -> tuple[list[list[str]], str, list[list[str]]]:
+    """Rows of the per-method compliance summary, and the findings of one method (the recommended one,
+    else the first with findings): ``(summary rows, that method, finding rows)``."""
+    rows, findings, chosen = [], [], ""
+    methods = [m for m in data.get("methods", []) if m.get("compliance")]
+    for m in methods:
+        c = m["compliance"]
+        by = c["findings_by_consequence"]
+        rows.append([
+            m["method"], c["target"], "yes" if c["compliant"] else "no", str(len(c["findings"])),
+            str(by.get("runs on host CPU", 0)), str(by.get("cannot deploy", 0)),
+            f"{100 * c['mac_share_on_target']:.1f}", f"{100 * c['param_share_on_target']:.1f}",
+        ])  # fmt: skip
+    rec = (data.get("recommendation") or {}).get("method")
+    pick = next((m for m in methods if m["method"] == rec and m["compliance"]["findings"]), None)
+    pick = pick or next((m for m in methods if m["compliance"]["findings"]), None)
+    if pick is not None:
+        chosen = pick["method"]
+        findings = [[str(f[k]) for k in FINDING_COLUMNS] for f in pick["compliance"]["findings"]]
+    return rows, chosen, findings
+
+
+def _md_compliance(data: Mapping[str, Any]) -> list[str]:
+    rows, chosen, findings = compliance_tables(data)
+    if not rows:
+        return []
+    lines = ["", "## Target compliance", "", *_md_table(COMPLIANCE_COLUMNS, rows)]
+    if findings:
+        lines += ["", f"Findings of {_md_escape(chosen)}:", "", *_md_table(FINDING_COLUMNS, findings)]
+    return lines
+
+
 def render_markdown(data: Mapping[str, Any]) -> str:
     """Markdown report of a compare result dict."""
     rec = data["recommendation"]
@@ -196,6 +233,7 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         "",
     ]
     lines += _md_table(METHOD_COLUMNS, [method_cells(r) for r in compare_rows(data)])
+    lines += _md_compliance(data)
     layer = data.get("per_layer")
     if layer:
         lines += ["", f"## Per-layer error ({_md_escape(layer.get('method'))})", ""]

@@ -10,7 +10,8 @@ A profile states what the accelerator runs and how its tensors must be quantized
 * ``ops``: per op kind (see ``edgequant.targets.kinds``) whether it runs and its shape limits
   (``in_channels``, ``out_channels``, ``in_features``, ``kernel_h``, ``kernel_w``, ``strides``);
 * ``unsupported``: what happens to an op kind the profile does not list (``host``: it runs on the
-  host CPU; ``error``: the model cannot be deployed);
+  host CPU; ``error``: the model cannot be deployed); ``float_ops``: whether a node left in float
+  runs on the target (``runs``, a CPU runtime) or falls back to the host (``host``, the default);
 * ``sources``: the vendor documents the rules come from; every rule names one by ``id``.
 
 Unknown keys and bad values are errors naming the file, the key and the allowed values.
@@ -185,6 +186,7 @@ class Profile:
     methods: tuple[str, ...]
     compliance_only: bool
     unsupported: str
+    float_ops: str  # "host": a node left float falls back to the host; "runs": the target runs float ops too
     weights: TensorRule
     activations: TensorRule
     bias_bits: dict[int, int]  # weight bits -> bias bits
@@ -336,7 +338,7 @@ def load_profile(path: str | Path) -> Profile:
         raise TargetError(f"target profile '{p}' cannot be read: {exc}.", "fix the file.") from exc
     top = (
         "name", "title", "summary", "aliases", "methods", "compliance_only", "unsupported", "sources",
-        "weights", "activations", "bias", "multiplier_bits", "ops",
+        "weights", "activations", "bias", "multiplier_bits", "ops", "float_ops",
     )  # fmt: skip
     r = _Reader(str(p), "", data, top)
     src_list = r.get("sources", required=True)
@@ -385,6 +387,7 @@ def load_profile(path: str | Path) -> Profile:
         methods=r.choices("methods", ("static", "dynamic", "fp16", "weight-only"), ("static",)),
         compliance_only=compliance_only,
         unsupported=r.choice("unsupported", CONSEQUENCES, required=True),
+        float_ops=r.choice("float_ops", ("host", "runs"), "host"),
         weights=_tensor_rule(str(p), "weights", r.get("weights", required=True), known),
         activations=_tensor_rule(str(p), "activations", r.get("activations", required=True), known),
         bias_bits={int(k): int(v) for k, v in bias_bits.items()},
