@@ -148,6 +148,10 @@ def quantize(
         list[str] | None,
         typer.Option(metavar="NAME", help="Static: run a pass (cle, adaround), in order. Repeatable."),
     ] = None,
+    fix: Annotated[
+        bool | None,
+        typer.Option("--fix/--no-fix", help="Apply the target's exact fixes (zero-padded channels)."),
+    ] = None,
     recipe: Annotated[Path | None, typer.Option(help="YAML recipe; flags given here override it.")] = None,
     factory: Annotated[str | None, typer.Option(help="PyTorch 'package.module:factory'.")] = None,
     checkpoint: Annotated[
@@ -176,7 +180,7 @@ def quantize(
         "sampling": sampling, "seed": seed, "exclude": exclude or None, "skip_first": skip_first,
         "skip_last": skip_last, "reduce_range": reduce_range, "tag": tag,
         "target_sqnr_db": target_sqnr, "max_float_nodes": max_float_nodes, "bias_correction": bias_correction,
-        "target": target,
+        "target": target, "fix": fix,
         "algorithms": algorithm or None,
         "tune_trials": tune_trials,
         "allow_synthetic": allow_synthetic, "check_samples": check_samples,

@@ -42,7 +42,11 @@ ModelLike = str | Path | onnx.ModelProto | Any
 DataLike = str | Path | np.ndarray | dict[str, np.ndarray] | Iterable[dict[str, np.ndarray]] | None
 
 
-def resolve_recipe(recipe: Recipe | dict[str, Any] | str | Path | None, overrides: dict[str, Any]) -> Recipe:
+def resolve_recipe(
+    recipe: Recipe | dict[str, Any] | str | Path | None,
+    overrides: dict[str, Any],
+    notes: list[str] | None = None,
+) -> Recipe:
     if recipe is None:
         base: dict[str, Any] = {}
     elif isinstance(recipe, Recipe):
@@ -57,7 +61,7 @@ def resolve_recipe(recipe: Recipe | dict[str, Any] | str | Path | None, override
             "pass a preset name from the list, or the path of a YAML recipe.",
         )
     else:
-        base = to_dict(load_recipe(recipe))
+        base = to_dict(load_recipe(recipe, notes))
     return from_dict({**base, **overrides})
 
 
@@ -132,7 +136,9 @@ def quantize(
     """Quantize ``model`` as ``recipe`` says; the result's model is checked to run in ORT."""
     t0 = time.perf_counter()
     recipe_arg = recipe
-    recipe, target_notes = adapt_to_target(resolve_recipe(recipe, overrides))
+    recipe_notes: list[str] = []  # e.g. a TI config naming a device without an NPU
+    recipe, target_notes = adapt_to_target(resolve_recipe(recipe, overrides, recipe_notes))
+    target_notes = recipe_notes + target_notes
     runtime = runtime or OrtRuntime(allow_spinning=False)
     if recipe.target in toolchains.TARGETS:  # before any work: a missing toolchain is a one-line refusal
         toolchains.require(toolchains.TARGETS[recipe.target])
@@ -179,7 +185,14 @@ def quantize(
         _require_change(plan)
         warnings += _mostly_float(float_model, quantized, plan)
     else:
+        fixes: list[str] = []
+        if recipe.fix:  # exact alignment fixes on the float graph; the check below compares with the original
+            from edgequant.model.target_fix import pad_channels
+            from edgequant.targets import get as get_target
+
+            float_model, fixes = pad_channels(float_model, get_target(recipe.target))
         plan = planner.resolve(float_model, recipe, cpu)
+        plan.notes.extend(fixes)
         unblocked = [e.name for e in plan.tensors.values() if e.note.startswith(planner.UNBLOCKED)]
         if unblocked:
             warnings.append(

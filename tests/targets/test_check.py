@@ -152,3 +152,28 @@ def test_compliance_table_in_the_markdown_report() -> None:
 def test_own_power_of_two_biases_are_checked(target: str) -> None:
     rep = check_model(edgequant.quantize(six_ten_gelu(), {"x": signal()}, target=target).model, target)
     assert all(f["rule"] != "weight scale" for f in rep["findings"])
+
+
+def test_fix_pads_channels_exactly() -> None:
+    import onnxruntime as ort
+
+    from edgequant.model.target_fix import pad_channels
+    from edgequant.targets import get
+
+    model = six_ten_gelu()
+    fixed, notes = pad_channels(model, get("ti-npu"))
+    w1 = next(nh.to_array(t) for t in fixed.graph.initializer if t.name == "w1")
+    w2 = next(nh.to_array(t) for t in fixed.graph.initializer if t.name == "w2")
+    assert w1.shape == (8, 1, 5, 1) and not w1[6:].any() and w2.shape == (10, 8, 3, 1) and not w2[:, 6:].any()
+    assert any("'conv1' output channels 6 -> 8" in n for n in notes)
+    assert any("'conv2' keeps 10 output channels" in n and "Div 'gelu_div'" in n for n in notes)
+    x = signal(8)
+    ref = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    got = ort.InferenceSession(fixed.SerializeToString()).run(None, {"x": x})[0]
+    # zero filters: exact in real arithmetic; float32 kernels sum 8 channels in another order (a few ulp)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    r = edgequant.quantize(model, {"x": signal()}, target="ti-npu", fix=True)
+    rules = {(f["node"], f["rule"]) for f in r.report["compliance"]["findings"]}
+    assert ("conv1", "out_channels") not in rules and ("conv2", "in_channels") not in rules
+    assert ("conv2", "out_channels") in rules  # not exact behind the GELU: left, with the reason in the plan
+    assert any("output channels 6 -> 8" in n for n in r.plan.notes)

@@ -68,6 +68,7 @@ class Recipe:
     reduce_range: Literal["auto", "on", "off"] = "auto"
     keep_io_types: bool = True
     target: str = "cpu"
+    fix: bool = False  # apply the target's exact graph fixes (zero-padded channels) before planning
     tag: str | None = None
     input_map: dict[str, str] = field(default_factory=dict)
     preprocess: Preprocess = field(default_factory=Preprocess)
@@ -365,8 +366,9 @@ def to_dict(recipe: Recipe) -> dict[str, Any]:
     return out
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read a YAML recipe file."""
+def load_recipe(path: str | Path, notes: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe file: EdgeQuant keys, or a TI Tensorlab-style config (``recipe.ti_config``),
+    whose notes (e.g. a device without an NPU) are appended to ``notes``."""
     p = Path(path)
     if not p.is_file():
         raise RecipeError(f"recipe file '{p}' does not exist.", "check the path given to --recipe.")
@@ -376,4 +378,10 @@ def load_recipe(path: str | Path) -> Recipe:
         raise RecipeError(f"recipe file '{p}' is not valid YAML: {exc}.", "fix the YAML syntax.") from exc
     if data is None:
         data = {}
+    from edgequant.recipe.ti_config import from_tensorlab, is_tensorlab
+
+    if is_tensorlab(data):
+        data, ti_notes = from_tensorlab(data)
+        if notes is not None:
+            notes.extend(ti_notes)
     return from_dict(data)

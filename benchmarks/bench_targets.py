@@ -1,0 +1,196 @@
+"""Hardware targets side by side: accuracy, size and the share of MACs each target's accelerator runs.
+
+Models: the built-in example CNN (examples/shapes_cnn.onnx), PP-OCR mobile v2.0 cls (a real
+pretrained CNN from rapidocr-onnxruntime 1.4.4) and the hand-built ResNet-18 (random init, BN
+statistics set on synthetic images; benchmarks/models/resnet.py, 128x128).  All variants of a model
+calibrate on the same 64 seeded samples and are evaluated on the model's held-out evaluation set.
+
+Variants (edgequant.quantize, minmax calibration):
+    float        the model as given
+    cpu int8     target cpu (today's default plan: per-channel weights, uint8 activations, float scales)
+    ti-npu w8a8  target ti-npu (power-of-two scales at 8 bits, per-channel weights, int8 zp-0 activations)
+    ti-npu w4a8  target ti-npu, --weight-bits 4 (4-bit weights with float scales: multiplier + shift)
+    vitis-dpu    target vitis-dpu (per-tensor, power-of-two everywhere, 8-bit power-of-two biases)
+    cmsis-nn     target cmsis-nn (TFLite int8 spec)
+    pow2 cost    the ti-npu w8a8 settings with float scales instead (target cpu, symmetric signed
+                 activations, per-channel symmetric weights): the accuracy cost of power-of-two scales
+ORT: quantize_static(QDQ, per_channel=True, MinMax) on the same calibration data, then
+``edgequant check`` against every profile: findings and MAC share per target.
+
+Columns: the model's metric (top-1 agreement with float, or accuracy), output SQNR in dB against
+float on the evaluation set, file size in KiB, packed size (4-bit weights counted at 4 bits), the
+share of MACs on the target's accelerator, findings (runs on host / cannot deploy).
+
+    .venv/bin/python benchmarks/bench_targets.py                 # all -> benchmarks/results/bench_targets.{json,md}
+    .venv/bin/python benchmarks/bench_targets.py --models shapes  # one model, prints the table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from models import load
+from models.common import BenchModel
+from models.harness import runner
+
+import edgequant
+from edgequant.targets.check import check_model
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CALIB = 64
+TARGETS = ("cpu", "ti-npu", "vitis-dpu", "cmsis-nn", "akida")
+VARIANTS: dict[str, dict[str, Any]] = {
+    "cpu int8": {"target": "cpu"},
+    "ti-npu w8a8": {"target": "ti-npu"},
+    "ti-npu w4a8": {"target": "ti-npu", "weight_bits": 4},
+    "vitis-dpu": {"target": "vitis-dpu"},
+    "cmsis-nn": {"target": "cmsis-nn"},
+    "pow2 cost (float scales)": {
+        "target": "cpu",
+        "act_symmetric": True,
+        "act_signed": "signed",
+        "reduce_range": "off",
+    },
+}
+
+
+def bench_model(name: str) -> dict[str, Any]:
+    if name == "resnet18":
+        from models.resnet import make
+
+        bm: BenchModel = make("resnet18", size=128)
+    else:
+        bm = load(name)
+    calib = bm.make_calib(CALIB, 0)
+    ref = bm.predict(runner(bm.path))
+    rows: list[dict[str, Any]] = [
+        {
+            "variant": "float",
+            "metrics": bm.metrics(ref, ref),
+            "sqnr_db": None,
+            "kib": bm.path.stat().st_size / 1024,
+        }
+    ]
+    with tempfile.TemporaryDirectory(prefix="eq_targets_") as tmp:
+        for variant, settings in VARIANTS.items():
+            row: dict[str, Any] = {"variant": variant, "settings": settings}
+            try:
+                r = edgequant.quantize(
+                    bm.path, calib, batch_size=bm.calib_batch, calib_samples=CALIB, **settings
+                )
+                paths = r.save(Path(tmp) / variant.replace(" ", "_"))
+                got = bm.predict(runner(paths.model))
+                c = r.report["compliance"]
+                row.update(
+                    metrics=bm.metrics(ref, got), sqnr_db=round(bm.output_sqnr(ref, got), 2),
+                    kib=paths.model.stat().st_size / 1024, packed_kib=r.report["sizes"]["packed_bytes"] / 1024,
+                    target=c["target"], mac_share=c["mac_share_on_target"], param_share=c["param_share_on_target"],
+                    findings=len(c["findings"]), by=c["findings_by_consequence"],
+                )  # fmt: skip
+            except edgequant.EdgeQuantError as exc:
+                row["error"] = str(exc)
+            rows.append(row)
+        ort_rows = ort_checked(bm, calib, Path(tmp))
+    return {"model": name, "title": bm.title, "source": bm.source, "rows": rows, "ort": ort_rows}
+
+
+def ort_checked(bm: BenchModel, calib: dict[str, np.ndarray], tmp: Path) -> dict[str, Any]:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    name = next(iter(calib))
+    batches = [{name: calib[name][i : i + bm.calib_batch]} for i in range(0, CALIB, bm.calib_batch)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.it, None)
+
+    out = tmp / "ort_static.onnx"
+    quantize_static(str(bm.path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
+    model = onnx.load(out)
+    checks = {}
+    for t in TARGETS:
+        c = check_model(model, t)
+        checks[t] = {"mac_share": c["mac_share_on_target"], "findings": len(c["findings"]),
+                     "by": c["findings_by_consequence"], "rules": sorted({f["rule"] for f in c["findings"]})}  # fmt: skip
+    return checks
+
+
+def metric_text(m: dict[str, float]) -> str:
+    return ", ".join(
+        f"{k} {100 * v:.1f} %" if k != "cer" else f"{k} {100 * v:.2f} %"
+        for k, v in m.items()
+        if "float" not in k
+    )
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "# Hardware targets: accuracy, size and accelerator share",
+        "",
+        f"Calibration: {CALIB} seeded samples, minmax; evaluation on each model's held-out set. "
+        "MACs on target: the share of multiply-accumulates in nodes with no finding. "
+        "Findings: host = runs on the host CPU, deploy = cannot deploy as quantized.",
+        "",
+        "| model | variant | metric | SQNR dB | file KiB | packed KiB | MACs on target | findings (host / deploy) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for res in results:
+        for r in res["rows"]:
+            if "error" in r:
+                lines.append(f"| {res['model']} | {r['variant']} | refused: {r['error'][:80]} | | | | | |")
+                continue
+            mac = f"{100 * r['mac_share']:.1f} %" if "mac_share" in r else "-"
+            f = (
+                f"{r['findings']} ({r['by']['runs on host CPU']} / {r['by']['cannot deploy']})"
+                if "by" in r
+                else "-"
+            )
+            lines.append(
+                f"| {res['model']} | {r['variant']} | {metric_text(r['metrics'])} | {r['sqnr_db'] if r['sqnr_db'] is not None else '-'} "
+                f"| {r['kib']:.0f} | {r.get('packed_kib', r['kib']):.0f} | {mac} | {f} |"
+            )
+    lines += [
+        "",
+        "ONNX Runtime's quantize_static (QDQ, per-channel, MinMax) checked against each profile:",
+        "",
+    ]
+    lines += ["| model | " + " | ".join(TARGETS) + " |", "|---|" + "---|" * len(TARGETS)]
+    for res in results:
+        cells = [
+            f"{100 * c['mac_share']:.1f} % on target, {c['findings']} findings" for c in res["ort"].values()
+        ]
+        lines.append(f"| {res['model']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for res in results:
+        lines.append(f"- {res['model']}: {res['title']} ({res['source']})")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="shapes,ocr_cls,resnet18")
+    args = ap.parse_args()
+    results = [bench_model(m) for m in args.models.split(",")]
+    text = markdown(results)
+    print(text)
+    if args.models == ap.get_default("models"):
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "bench_targets.json").write_text(json.dumps(results, indent=1, default=str))
+        (RESULTS / "bench_targets.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
