@@ -148,3 +148,12 @@ def test_power_of_two_weight_scales_minimise_the_error() -> None:
     up = np.exp2(np.ceil(np.log2(amax / 127.0))).reshape(-1, 1, 1, 1)  # the rounded-up power, by hand
     err_up = ((np.clip(np.rint(w / up), -127, 127) * up - w) ** 2).sum(axis=(1, 2, 3))
     assert np.all(err <= err_up * (1 + 1e-6)) and np.mean(err < err_up) > 0.3
+
+
+def test_full_range_target_weights_warn_where_ort_can_saturate_them() -> None:
+    from edgequant.runtime import detect
+
+    r = edgequant.quantize(conv_net(), {"x": images(16)}, target="cmsis-nn")
+    assert r.recipe.reduce_range == "off"  # the device's full 8-bit weights, not the x86 7-bit workaround
+    warned = any("can saturate their int8 products" in w for w in r.report["warnings"])
+    assert warned == detect().needs_reduce_range

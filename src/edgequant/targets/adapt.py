@@ -86,4 +86,5 @@ def adapt(recipe: Recipe) -> tuple[Recipe, list[str]]:
             )
     if recipe.reduce_range == "auto":
         changes["reduce_range"] = "off"  # the device runs full-range weights; 7 bits is an x86 ORT workaround
+        # (the pipeline warns when this CPU's ORT kernels can saturate them)
     return (recipe.replace(**changes) if changes else recipe), notes
