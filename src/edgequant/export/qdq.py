@@ -15,7 +15,7 @@ The ``_dq`` suffix is a contract: ``evaluate.per_layer`` pairs ``X_dq`` with the
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -84,9 +84,15 @@ class _Names:
 
 
 def export_qdq(
-    model: onnx.ModelProto, plan: QuantPlan, float_readers: Collection[str] = ()
+    model: onnx.ModelProto,
+    plan: QuantPlan,
+    float_readers: Collection[str] = (),
+    weight_params: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[onnx.ModelProto, QuantPlan]:
     """Build the QDQ model; returns it and the plan with scales and zero points filled in.
+
+    ``weight_params`` gives (scale, zero point) for weights whose parameters were chosen elsewhere
+    (learned by quantization-aware training); the others get ``quantize_weight``'s.
 
     Nodes in ``float_readers`` read the float ``X`` even after an integer op (which then keeps its
     output in float as well as feeding the Q): nodes kept float for accuracy, whose error would
@@ -133,6 +139,11 @@ def export_qdq(
         w = numpy_helper.to_array(inits[entry.name]).astype(np.float32)
         if entry.role == "weight" and entry.scale is not None and entry.zero_point is not None:
             q, scale, zero = quantize_fixed(w, entry.spec, entry.scale, entry.zero_point)  # set by a pass
+        elif weight_params and entry.name in weight_params:
+            scale, zero = (np.asarray(a) for a in weight_params[entry.name])
+            if entry.spec.granularity is Granularity.PER_TENSOR:
+                scale, zero = scale.reshape(()), zero.reshape(())
+            q = quantize(w, scale, zero, entry.spec)
         else:
             q, scale, zero = quantize_weight(w, entry.spec)
         params[entry.name] = (scale, zero)
