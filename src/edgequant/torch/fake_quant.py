@@ -141,8 +141,8 @@ class ActQuantizer(_Quantizer):
     While ``observing``: training batches update an exponential moving average of the batch min/max
     (``momentum``); with ``calibrate_in_eval`` (PTQ) eval-mode batches widen a global min/max, as
     the ONNX path's min-max calibration does.  Eval-mode batches of a QAT model observe nothing.
-    The scale and zero point follow the observed range through ``schemes.qparams_from_range``.  ``freeze_observer()`` stops that; from then on the scale is
-    a parameter (learned when ``learn``), the zero point stays.
+    The scale and zero point follow the observed range through ``schemes.qparams_from_range``.
+    ``freeze_observer()`` stops that; from then on the scale is a parameter (learned when ``learn``), the zero point stays.
     """
 
     lo: torch.Tensor

@@ -180,7 +180,8 @@ def replace_modules(
         for node in traced.graph.nodes:
             if node.op == "call_function" and node.target in _FUNCTIONAL:
                 rep = reps.get(_FUNCTIONAL[node.target])
-                if rep is not None and not node.kwargs and len(node.args) == 1:
+                defaults = set(node.kwargs.items()) <= {("inplace", False), ("approximate", "none")}
+                if rep is not None and defaults and len(node.args) == 1:
                     functional.append((node.name, node.target.__name__, rep))
     method = "fx" if traced is not None else "module-swap"
 
