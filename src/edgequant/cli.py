@@ -317,7 +317,7 @@ def inspect(
     )
 
 
-for _name in ("demo", "evaluate", "compare", "serve", "targets", "toolchain", "check"):
+for _name in ("demo", "evaluate", "compare", "serve", "targets", "toolchain", "check", "qat"):
     importlib.import_module(f"edgequant.commands.{_name}").register(app)
 
 

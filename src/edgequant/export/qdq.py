@@ -91,8 +91,9 @@ def export_qdq(
 ) -> tuple[onnx.ModelProto, QuantPlan]:
     """Build the QDQ model; returns it and the plan with scales and zero points filled in.
 
-    ``weight_params`` gives (scale, zero point) for weights whose parameters were chosen elsewhere
-    (learned by quantization-aware training); the others get ``quantize_weight``'s.
+    ``weight_params`` gives (scale, zero point) for weights and activations whose parameters were
+    chosen elsewhere (learned by quantization-aware training); the others get ``quantize_weight``'s
+    and ``qparams_from_range``'s.
 
     Nodes in ``float_readers`` read the float ``X`` even after an integer op (which then keeps its
     output in float as well as feeding the Q): nodes kept float for accuracy, whose error would
@@ -190,7 +191,10 @@ def export_qdq(
             raise ExportError(
                 f"activation '{entry.name}' has no calibrated range.", "calibrate before export."
             )
-        scale, zero = qparams_from_range(entry.lo, entry.hi, entry.spec)
+        if weight_params and entry.name in weight_params:
+            scale, zero = (np.asarray(a).reshape(()) for a in weight_params[entry.name])
+        else:
+            scale, zero = qparams_from_range(entry.lo, entry.hi, entry.spec)
         params[entry.name] = (scale, zero)
         _fill(entry, scale, zero)
         s_name, z_name = names.fresh(f"{entry.name}_scale"), names.fresh(f"{entry.name}_zp")

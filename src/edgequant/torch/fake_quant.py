@@ -9,9 +9,10 @@ Training passes gradients through ``round`` unchanged (the straight-through esti
 2013) and through ``clamp`` only inside the grid.  With ``s`` a parameter this is LSQ (Esser et al.,
 "Learned Step Size Quantization", ICLR 2020): ``d x_hat / d s`` is ``round(x/s) - x/s`` inside the grid
 and ``qmin - z`` / ``qmax - z`` outside, and the step's gradient is scaled by ``1 / sqrt(N · qmax)``
-(N = elements per scale).  A power-of-two spec learns ``log2 s`` and uses ``s = 2^ceil(log2 s)``
-(the TQT form, Jain et al., "Trained Quantization Thresholds", MLSys 2020), so every step the model
-sees is a scale the integer hardware can shift by.
+(N = elements per scale).  A power-of-two spec learns ``log2 s`` and uses ``s = 2^round(log2 s)``
+(after TQT, Jain et al., "Trained Quantization Thresholds", MLSys 2020, which uses ceil; round keeps
+the starting power, chosen by least error, until the gradient moves it half an octave), so every
+step the model sees is a scale the integer hardware can shift by.
 
 ``ActQuantizer`` observes ranges (running min/max; an exponential moving average while training) until
 its observer is frozen, then keeps (``learn=False``) or learns (LSQ) its scale.  ``WeightQuantizer``
@@ -34,10 +35,6 @@ from edgequant.schemes.spec import Granularity, QuantSpec, ScaleRule
 def round_ste(x: torch.Tensor) -> torch.Tensor:
     """``round(x)`` forward (half to even), identity backward."""
     return (torch.round(x) - x).detach() + x
-
-
-def ceil_ste(x: torch.Tensor) -> torch.Tensor:
-    return (torch.ceil(x) - x).detach() + x
 
 
 def grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
@@ -94,14 +91,14 @@ class _Quantizer(nn.Module):
         if self.learn and self.training and grad_factor != 1.0:
             p = grad_scale(p, grad_factor)
         if self.pow2:
-            return torch.exp2(ceil_ste(p))
+            return torch.exp2(round_ste(p))
         return p.abs().clamp_min(1e-12)
 
     def qparams(self) -> tuple[np.ndarray, np.ndarray]:
         """(scale float32, zero int64) as numpy, exactly the values the forward uses."""
         with torch.no_grad():
             p = self.param.detach().double()
-            s = torch.exp2(torch.ceil(p)) if self.pow2 else p.abs().clamp_min(1e-12)
+            s = torch.exp2(torch.round(p)) if self.pow2 else p.abs().clamp_min(1e-12)
         return s.float().numpy().copy(), self.zero.detach().round().long().numpy().copy()
 
 

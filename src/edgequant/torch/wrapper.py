@@ -42,8 +42,9 @@ from edgequant.torch.layers import QuantLayer
 
 def make_recipe(recipe: Recipe | dict[str, Any] | str | Path | None, **overrides: Any) -> Recipe:
     from edgequant.pipeline import resolve_recipe
+    from edgequant.targets.adapt import adapt
 
-    r = resolve_recipe(recipe, {k: v for k, v in overrides.items() if v is not None})
+    r, _notes = adapt(resolve_recipe(recipe, {k: v for k, v in overrides.items() if v is not None}))
     if r.method != "static":
         raise RecipeError(
             f"QAT/PTQ modules fake-quantize weights and activations (method 'static'); the recipe says "
@@ -226,7 +227,11 @@ class QATModule(nn.Module):
                 )
             ranges[name] = q.range_for_export()
         plan = tie_activation_ranges(float_model, plan.with_ranges(ranges))
-        weight_params = {}
+        weight_params = {}  # the quantizers' own parameters, not re-derived from ranges
+        for name in plan.activations():
+            q = modules[act_modules[binding.tied.get(name, name)]]
+            assert isinstance(q, ActQuantizer)
+            weight_params[name] = q.qparams()
         for wname, (target, _t) in binding.weights.items():
             layer = modules[target]
             assert isinstance(layer, QuantLayer) and layer.wq is not None
