@@ -50,7 +50,7 @@ def export_result(
     output_names: list[str] | None,
     check_data: Any,
 ) -> QuantResult:
-    from edgequant.pipeline import _check
+    from edgequant.check import run_check
     from edgequant.runtime import OrtRuntime, detect
     from edgequant.torch.graph import as_tuple
 
@@ -74,7 +74,10 @@ def export_result(
     if check_data is None:
         first = np.asarray(next(iter(data.values())))
         recipe = recipe.replace(batch_size=max(1, int(first.shape[0])))
-    check = _check(runtime, float_model, quantized, data, recipe)
+    # the check data is not what the observers read (or is the example inputs, marked in_sample below)
+    check = run_check(
+        runtime, float_model, quantized, data, recipe, calibrated=False, float_proto=float_model
+    )
     stem = path.stem
     name, _, tag = stem.rpartition("_")
     result = QuantResult(
@@ -93,6 +96,7 @@ def export_result(
     result.report["qat"] = module.describe()
     if check_data is None:
         result.report["check"]["data"] = "the example inputs given to export()"
+        result.report["check"]["kind"] = "in_sample"
     _save(result, path)
     return result
 
