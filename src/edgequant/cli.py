@@ -18,13 +18,46 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from edgequant.cli_support import configure_logging, default, missing_extra, shape_from_calibration
 from edgequant.errors import EdgeQuantError, ModelError, RecipeError, TargetNotMetError
+from edgequant.recipe import to_dict
 
+# plain help text: rich markup would swallow "[tf]" and print "edgequant" for "edgequant[tf]"
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="Quantize ONNX models for real, and prove it."
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Quantize ONNX models for real, and prove it.",
 )
 console = Console()
 err_console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from edgequant.result import __version__
+
+        console.print(f"edgequant {__version__}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = None,
+    verbose: Annotated[
+        int, typer.Option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+    ] = 0,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Errors only: no warnings or notes.")] = False,
+) -> None:
+    """Quantize ONNX models for real, and prove it."""
+    configure_logging(verbose, quiet)
+    _verbosity["quiet"] = quiet
+
+
+_verbosity: dict[str, bool] = {"quiet": False}
 
 
 def fail(exc: EdgeQuantError) -> None:
@@ -62,9 +95,15 @@ class ProgressBar:
         self._progress.update(self._tasks[stage], completed=done, total=total)
 
 
-def _load_torch(model: Path, factory: str | None, checkpoint: Path | None, input_shape: str | None) -> Any:
+def _load_torch(
+    model: Path, factory: str | None, checkpoint: Path | None, input_shape: str | None, calib: str | None
+) -> Any:
     from edgequant.commands.torch_input import load_torch
+    from edgequant.model.checkpoint import require_torch
 
+    require_torch()  # one line naming the extra when torch is missing
+    if input_shape is None:  # a TorchScript file declares no input shape: the first calibration sample's
+        input_shape = shape_from_calibration(calib)
     module, examples, notes = load_torch(model, factory, checkpoint, input_shape)
     for note in notes:  # the checkpoint form found, the config used
         err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
@@ -81,28 +120,89 @@ def quantize(
         ),
     ],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output directory.")],
-    method: Annotated[str | None, typer.Option(help="static | dynamic | fp16 | weight-only")] = None,
-    weight_bits: Annotated[int | None, typer.Option(help="8, 4 or 2")] = None,
-    act_bits: Annotated[int | None, typer.Option(help="8, 16 or 4")] = None,
-    per_channel: Annotated[bool | None, typer.Option("--per-channel/--per-tensor")] = None,
-    symmetric: Annotated[bool | None, typer.Option("--symmetric/--asymmetric", help="Activations.")] = None,
-    act_signed: Annotated[str | None, typer.Option(help="auto | signed | unsigned")] = None,
-    power_of_two: Annotated[bool | None, typer.Option("--power-of-two/--float-scales")] = None,
-    block_size: Annotated[int | None, typer.Option(help="Block size for weight-only.")] = None,
-    calib_data: Annotated[str | None, typer.Option(help=".npy/.npz, image folder, video, HDF5, CSV.")] = None,
-    calib_method: Annotated[str | None, typer.Option(help="minmax | percentile | entropy | mse")] = None,
-    percentile: Annotated[float | None, typer.Option()] = None,
-    calib_samples: Annotated[int | None, typer.Option()] = None,
-    batch_size: Annotated[int | None, typer.Option()] = None,
-    sampling: Annotated[str | None, typer.Option(help="first | random")] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
-    exclude: Annotated[
-        list[str] | None, typer.Option(help="Node name, op type, or re:REGEX. Repeatable.")
+    method: Annotated[
+        str | None, typer.Option(help="static | dynamic | fp16 | weight-only " + default("method"))
     ] = None,
-    skip_first: Annotated[bool | None, typer.Option("--skip-first/--no-skip-first")] = None,
-    skip_last: Annotated[bool | None, typer.Option("--skip-last/--no-skip-last")] = None,
-    reduce_range: Annotated[str | None, typer.Option(help="auto | on | off")] = None,
-    tag: Annotated[str | None, typer.Option(help="Output name tag (default from the method).")] = None,
+    weight_bits: Annotated[int | None, typer.Option(help="8, 4 or 2 " + default("weight_bits"))] = None,
+    act_bits: Annotated[int | None, typer.Option(help="8, 16 or 4 " + default("act_bits"))] = None,
+    per_channel: Annotated[
+        bool | None,
+        typer.Option(
+            "--per-channel/--per-tensor",
+            help="Weight scales per output channel, or one per tensor. "
+            + default("per_channel", "per-channel"),
+        ),
+    ] = None,
+    symmetric: Annotated[
+        bool | None,
+        typer.Option(
+            "--symmetric/--asymmetric",
+            help="Activation ranges symmetric around 0, or with a zero point. "
+            + default("act_symmetric", "asymmetric"),
+        ),
+    ] = None,
+    act_signed: Annotated[
+        str | None, typer.Option(help="Activation type: auto | signed | unsigned " + default("act_signed"))
+    ] = None,
+    power_of_two: Annotated[
+        bool | None,
+        typer.Option(
+            "--power-of-two/--float-scales",
+            help="Scales rounded to powers of two (shift-only hardware), or any float. "
+            + default("power_of_two", "float-scales"),
+        ),
+    ] = None,
+    block_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Weight-only: weights in blocks of N along the input axis " + default("block_size")
+        ),
+    ] = None,
+    calib_data: Annotated[
+        str | None, typer.Option(help=".npy/.npz, image folder, video, HDF5 or CSV (see docs/data.md).")
+    ] = None,
+    calib_method: Annotated[
+        str | None, typer.Option(help="minmax | percentile | entropy | mse " + default("calib_method"))
+    ] = None,
+    percentile: Annotated[
+        float | None,
+        typer.Option(help="Percentile of |x| kept by --calib-method percentile " + default("percentile")),
+    ] = None,
+    calib_samples: Annotated[
+        int | None, typer.Option(help="Calibration samples to read " + default("calib_samples"))
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Calibration batch size " + default("batch_size"))
+    ] = None,
+    sampling: Annotated[
+        str | None, typer.Option(help="Which samples: first | random (seeded) " + default("sampling"))
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of every random choice " + default("seed"))] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option(help="Node name, op type, or re:REGEX to keep float. Repeatable.")
+    ] = None,
+    skip_first: Annotated[
+        bool | None,
+        typer.Option(
+            "--skip-first/--no-skip-first",
+            help="Keep the first compute node float. " + default("skip_first", "no"),
+        ),
+    ] = None,
+    skip_last: Annotated[
+        bool | None,
+        typer.Option(
+            "--skip-last/--no-skip-last",
+            help="Keep the last compute node float. " + default("skip_last", "no"),
+        ),
+    ] = None,
+    reduce_range: Annotated[
+        str | None,
+        typer.Option(help="7-bit weights for CPUs without VNNI: auto | on | off " + default("reduce_range")),
+    ] = None,
+    tag: Annotated[
+        str | None,
+        typer.Option(help="Output name tag [default: from the settings, e.g. int8, int8_pt, w4a8]."),
+    ] = None,
     data_option: Annotated[
         list[str] | None, typer.Option(help="Data format option KEY=VALUE, e.g. video_frames=32. Repeatable.")
     ] = None,
@@ -152,13 +252,24 @@ def quantize(
         bool | None,
         typer.Option("--fix/--no-fix", help="Apply the target's exact fixes (zero-padded channels)."),
     ] = None,
-    recipe: Annotated[Path | None, typer.Option(help="YAML recipe; flags given here override it.")] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            help="YAML recipe file, or a preset name (int8-static, w4a8, ...); flags given here override it."
+        ),
+    ] = None,
+    print_recipe: Annotated[
+        bool, typer.Option("--print-recipe", help="Print the effective recipe (YAML) before the run.")
+    ] = False,
     factory: Annotated[str | None, typer.Option(help="PyTorch 'package.module:factory'.")] = None,
     checkpoint: Annotated[
         Path | None, typer.Option(help="Checkpoint for --factory: file, or run dir with args.json/config.")
     ] = None,
     input_shape: Annotated[
-        str | None, typer.Option(help="PyTorch example input shape, e.g. 1x3x32x32.")
+        str | None,
+        typer.Option(
+            help="PyTorch example input shape, e.g. 1x3x32x32 [default: the first sample of a .npy/.npz --calib-data]."
+        ),
     ] = None,
     dynamic_axis: Annotated[
         list[str] | None,
@@ -171,6 +282,7 @@ def quantize(
 ) -> None:
     """Quantize MODEL and write <name>_<tag>.onnx, its report (.json) and plan (.plan.json) into OUT."""
     from edgequant.pipeline import quantize as run
+    from edgequant.pipeline import resolve_recipe
 
     flags = {
         "method": method, "weight_bits": weight_bits, "act_bits": act_bits, "per_channel": per_channel,
@@ -196,8 +308,13 @@ def quantize(
         source: Any = model
         examples = None
         _refuse_ignored_model_options(model, factory, input_shape)
+        if print_recipe:
+            effective = to_dict(resolve_recipe(recipe, overrides))
+            typer.echo(yaml.safe_dump(effective, sort_keys=False, width=2**20), nl=False)
         if factory or model.suffix in (".pt", ".pth", ".ts", ".torchscript"):
-            source, examples = _load_torch(model, factory, checkpoint, input_shape)
+            source, examples = _load_torch(
+                model, factory, checkpoint, input_shape, overrides.get("calib_data")
+            )
         runtime = None
         if device is not None or gpu_number is not None:
             from edgequant.runtime.device import runtime_for
@@ -207,6 +324,8 @@ def quantize(
             result = run(
                 source, None, recipe, example_inputs=examples, progress=bar, runtime=runtime, **overrides
             )
+        if examples is not None:  # a PyTorch file: outputs named after its stem (net.pt -> net_int8.onnx)
+            result.name = model.stem
         paths = result.save(out)
     except TargetNotMetError as exc:  # the best model reached is written; the exit code says it fell short
         if exc.result is None:
@@ -217,6 +336,11 @@ def quantize(
         raise typer.Exit(1) from None
     except EdgeQuantError as exc:
         fail(exc)
+    except ModuleNotFoundError as exc:
+        dep = missing_extra(exc)
+        if dep is None:
+            raise
+        fail(dep)
     print_summary(result.report, paths.model)
 
 
@@ -282,8 +406,11 @@ def print_summary(report: dict[str, Any], model_path: Path) -> None:
     t.add_row("checked on", describe(report["check"]))
     t.add_row("time", f"{report['seconds']['total']} s")
     console.print(t)
-    for w in report["warnings"]:
-        err_console.print(f"warning: {w}", markup=False)
+    if not _verbosity["quiet"]:
+        for n in report.get("notes", []):
+            err_console.print(f"note: {n}", markup=False, highlight=False)
+        for w in report["warnings"]:
+            err_console.print(f"warning: {w}", markup=False, highlight=False)
 
 
 @app.command()
@@ -326,4 +453,10 @@ def main() -> None:
         app()
     except EdgeQuantError as exc:  # raised outside a command's own guard
         err_console.print(f"error: {exc}", markup=False)
+        sys.exit(2)
+    except ModuleNotFoundError as exc:  # an optional extra that a command needs is not installed
+        dep = missing_extra(exc)
+        if dep is None:
+            raise
+        err_console.print(f"error: {dep}", markup=False)
         sys.exit(2)

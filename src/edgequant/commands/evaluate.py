@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from edgequant.errors import EdgeQuantError
 
@@ -94,6 +95,28 @@ def run_evaluate(
     return result, out, rows
 
 
+_PERF_UNITS = {
+    "size.file_bytes": ("file size", "MiB", 2.0**-20),
+    "size.packed_bytes": ("packed size", "MiB", 2.0**-20),
+    "latency.median_ms": ("median latency", "ms", 1.0),
+    "latency.p90_ms": ("p90 latency", "ms", 1.0),
+    "latency.throughput": ("throughput", "samples/s", 1.0),
+    "memory.peak_rss_delta_mb": ("peak session memory", "MiB", 1.0),
+}
+
+
+def perf_table(rows: list[dict[str, Any]]) -> Table:
+    """The size, latency and memory rows of ``rows`` with their units, float vs quantized."""
+    t = Table("measure", "unit", "float", "quantized", "quantized / float", title="size, speed, memory")
+    for r in rows:
+        if r["metric"] not in _PERF_UNITS:
+            continue
+        label, unit, k = _PERF_UNITS[r["metric"]]
+        f, q = float(r["float"]) * k, float(r["quantized"]) * k
+        t.add_row(label, unit, f"{f:.4g}", f"{q:.4g}", f"{q / f:.3f}" if f else "-")
+    return t
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def evaluate(
@@ -129,7 +152,9 @@ def register(app: typer.Typer) -> None:
         runs: Annotated[int, typer.Option(help="Timed runs for latency.")] = 50,
         threads: Annotated[int, typer.Option(help="ORT intra-op threads (0 = ORT default).")] = 1,
         latency_batch: Annotated[int, typer.Option(help="Batch size for latency/memory.")] = 1,
-        memory: Annotated[bool, typer.Option("--memory", help="Peak session memory (subprocess).")] = False,
+        memory: Annotated[
+            bool, typer.Option("--memory", help="Peak memory of each model's ORT session (subprocess, MiB).")
+        ] = False,
         data_option: Annotated[
             list[str] | None,
             typer.Option(help="Data option KEY=VALUE as for quantize (e.g. metadata_csv=m.csv)."),
@@ -181,6 +206,7 @@ def register(app: typer.Typer) -> None:
             _fail(exc)
         console = Console()
         console.print(format_table(result))
+        console.print(perf_table(rows))
         if per_layer:
             from edgequant.evaluate.layers import LayerReport, NodeError, TensorError
             from edgequant.evaluate.table import format_layer_table

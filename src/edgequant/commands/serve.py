@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
         host: Annotated[
             str, typer.Option("--host", help="Interface to bind (loopback by default; others need a key).")
         ] = "127.0.0.1",
-        port: Annotated[int, typer.Option("--port")] = 8000,
+        port: Annotated[int, typer.Option("--port", help="TCP port to listen on.")] = 8000,
         api_key: Annotated[
             str | None,
             typer.Option(
@@ -45,7 +45,10 @@ def register(app: typer.Typer) -> None:
         retention_days: Annotated[
             float | None, typer.Option("--retention-days", help="Delete finished jobs older than this.")
         ] = None,
-        log_level: Annotated[str, typer.Option("--log-level")] = "info",
+        log_level: Annotated[
+            str,
+            typer.Option("--log-level", help="uvicorn log level: critical | error | warning | info | debug."),
+        ] = "info",
     ) -> None:
         """Run the REST service and web page: upload models and data, quantize in worker processes, download."""
         from edgequant.service import serve

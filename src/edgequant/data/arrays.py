@@ -95,10 +95,28 @@ def _no_objects(arr: np.ndarray, what: str) -> np.ndarray:
     return arr
 
 
+def _unreadable(path: Path, exc: Exception) -> DataError | None:
+    """A file the OS will not open (permissions, a directory): its own fix, not "re-save it"."""
+    if isinstance(exc, PermissionError | IsADirectoryError | FileNotFoundError):
+        return DataError(
+            f"cannot open '{path}': {exc.strerror or exc}.",
+            "check that the path names a readable file (permissions: chmod +r).",
+        )
+    return None
+
+
 def open_npy(path: Path) -> ArrayReader:
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+    except OSError as exc:
+        raise (
+            _unreadable(path, exc)
+            or DataError(
+                f"'{path}' is not a readable .npy file of numbers: {exc}.",
+                "save it with np.save(path, array).",
+            )
+        ) from exc
+    except (ValueError, EOFError) as exc:
         raise DataError(
             f"'{path}' is not a readable .npy file of numbers: {exc}.", "save it with np.save(path, array)."
         ) from exc
@@ -121,6 +139,9 @@ def open_npz(path: Path) -> ArrayReader:
                     notes.append(f"member '{key}' is compressed and was loaded into memory")
                 arrays[key] = mapped
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        unreadable = _unreadable(path, exc)
+        if unreadable is not None:
+            raise unreadable from exc
         raise DataError(
             f"'{path}' is not a readable .npz file of numbers: {exc}.",
             "save it with np.savez(path, name=array).",

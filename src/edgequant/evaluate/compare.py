@@ -59,7 +59,7 @@ class MethodResult:
     drop: float | None = None
     drop_unit: str = "pp"
     latency: dict[str, Any] | None = None
-    memory: dict[str, float] | None = None
+    memory: dict[str, Any] | None = None
     file_bytes: int | None = None
     packed_bytes: int | None = None
     quantize_seconds: float | None = None

@@ -51,6 +51,13 @@ def load_torchscript(path: Path) -> torch.jit.ScriptModule:
     p = Path(path)
     if not p.is_file():
         raise ModelError(f"TorchScript file '{p}' does not exist.", "check the path.")
+    if _is_plain_checkpoint(p):
+        raise ModelError(
+            f"'{p}' is a torch.save checkpoint (weights, no code), not a TorchScript archive; the network's "
+            "structure has to come from its Python class.",
+            "pass --factory package.module:function (returns the nn.Module) and --checkpoint "
+            f"'{p}' (Python API: load_factory), or save the model with torch.jit.save(torch.jit.script(m)).",
+        )
     try:
         with quiet("torch.jit.load"):
             return torch.jit.load(str(p), map_location="cpu")
@@ -65,6 +72,18 @@ def load_torchscript(path: Path) -> torch.jit.ScriptModule:
 STATE_KEYS = ("model_state_dict", "state_dict", "model")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 CONFIG_NAMES = ("args.json", "config.json", "args.yaml", "config.yaml", "hparams.yaml")
+
+
+def _is_plain_checkpoint(path: Path) -> bool:
+    """A torch.save zip (``<name>/data.pkl`` and tensors) without TorchScript's ``code/`` and constants."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    has_code = any("/code/" in n or n.endswith("constants.pkl") for n in names)
+    return not has_code and any(n.endswith("data.pkl") for n in names)
 
 
 def load_state_dict(path: Path) -> dict[str, Any]:

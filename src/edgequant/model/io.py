@@ -40,8 +40,8 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     if p.is_dir():
         raise ModelError(
             f"'{p}' is a directory, not an ONNX file.",
-            "pass the .onnx file; for a TensorFlow SavedModel install edgequant[tf] and pass the directory "
-            "to 'edgequant quantize' with --framework tf.",
+            "pass the .onnx file; a TensorFlow SavedModel directory is read by 'edgequant quantize DIR' "
+            "(pip install 'edgequant[tf]'), which writes the exported float model beside the quantized one.",
         )
     if p.stat().st_size == 0:
         raise ModelError(f"model file '{p}' is empty.", "re-export the model.")

@@ -330,15 +330,31 @@ def _plain(value: Any, where: str) -> Any:
     )
 
 
+# recipe keys spelled as the CLI flags (``--symmetric``, ``--target-sqnr``, ``--data-option``) -> field
+FLAG_KEYS: dict[str, str] = {
+    "symmetric": "act_symmetric",
+    "target_sqnr": "target_sqnr_db",
+    "data_option": "data_options",
+}
+
+
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in fields(cls)}
     kwargs: dict[str, Any] = {}
     for raw_key, value in data.items():
         key = str(raw_key).replace("-", "_")
+        if cls is Recipe and key in FLAG_KEYS:  # the flag's spelling; the field's name stays accepted
+            key = FLAG_KEYS[key]
+            if key in kwargs or key in data:
+                raise RecipeError(
+                    f"{where} sets both '{raw_key}' and '{key}', two spellings of one setting.",
+                    f"keep one of them ('{raw_key}' is the CLI flag's name).",
+                )
         if key not in names:
+            allowed = names | (set(FLAG_KEYS) if cls is Recipe else set())
             raise RecipeError(
-                f"unknown key '{raw_key}' in {where}; allowed: {', '.join(sorted(names))}.",
+                f"unknown key '{raw_key}' in {where}; allowed: {', '.join(sorted(allowed))}.",
                 "remove or rename the key" + _suggest(key, names) + ".",
             )
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}" if where != "recipe" else key)

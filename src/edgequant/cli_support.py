@@ -1,0 +1,89 @@
+"""Helpers of the ``edgequant`` command that are not commands: verbosity, the defaults shown in
+``--help`` (read from the Recipe, so help and behaviour cannot drift apart), the one-line message for a
+missing optional extra, and the example input shape of a TorchScript model read from its calibration data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+from edgequant.errors import DataError, DependencyError, ModelError
+from edgequant.recipe import Recipe
+
+# top-level import name of a module -> the extra that installs it
+EXTRA_OF_MODULE: dict[str, str] = {
+    "torch": "torch",
+    "onnxscript": "torch",
+    "tensorflow": "tf",
+    "tf2onnx": "tf",
+    "keras": "tf",
+    "PIL": "data",
+    "h5py": "data",
+    "av": "data",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "multipart": "serve",
+    "python_multipart": "serve",
+}
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Recipe) if f.default is not dataclasses.MISSING}
+
+
+def default(field: str, shown: str | None = None) -> str:
+    """``"[default: 8]"`` for a Recipe field (``shown`` replaces the value's text, e.g. for a bool flag)."""
+    value = _DEFAULTS[field]
+    if shown is None:
+        shown = "none" if value is None else str(value)
+    return f"[default: {shown}]"
+
+
+def configure_logging(verbose: int, quiet: bool) -> None:
+    """-q: errors only; default: warnings; -v: what each stage did (INFO); -vv: DEBUG."""
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("edgequant").setLevel(level)
+
+
+def missing_extra(exc: ModuleNotFoundError) -> DependencyError | None:
+    """The DependencyError naming the extra for an optional package that is not installed, else None."""
+    top = (exc.name or "").split(".")[0]
+    extra = EXTRA_OF_MODULE.get(top)
+    if extra is None:
+        return None
+    return DependencyError.missing(top, extra, "This command")
+
+
+def shape_from_calibration(calib_data: str | None) -> str:
+    """The ``--input-shape`` text (``1x3x32x32``) of the first sample of a ``.npy``/``.npz`` file.
+
+    A TorchScript archive records no input shape, so the exporter needs an example input; the first
+    calibration sample is one.  Other data formats get their shape from the model's inputs (which a
+    TorchScript file does not declare), so they need ``--input-shape``.  Raises ModelError otherwise.
+    """
+    need = ModelError(
+        "a PyTorch model needs the shape of its example input(s) for export, and "
+        + ("no --calib-data was given" if calib_data is None else f"'{calib_data}' is not a .npy/.npz file")
+        + " to take it from.",
+        "add --input-shape 1x3x224x224 (several inputs: comma-separated).",
+    )
+    if calib_data is None or Path(calib_data).suffix not in (".npy", ".npz"):
+        raise need
+    from edgequant.data.arrays import open_npy, open_npz
+
+    path = Path(calib_data)
+    if not path.is_file():
+        raise DataError(f"calibration file '{path}' does not exist.", "check the path given to --calib-data.")
+    reader = open_npy(path) if path.suffix == ".npy" else open_npz(path)
+    if len(reader.arrays) != 1:
+        raise ModelError(
+            f"'{path}' holds {len(reader.arrays)} input arrays ({', '.join(reader.arrays)}); the order of a "
+            "TorchScript model's inputs cannot be read from their names.",
+            "add --input-shape with one shape per input, comma-separated, in the forward() order.",
+        )
+    arr: Any = next(iter(reader.arrays.values()))
+    if len(arr.shape) < 1 or arr.shape[0] < 1:
+        raise DataError(f"'{path}' holds no samples.", "save the samples on axis 0.")
+    return "x".join(str(d) for d in (1, *arr.shape[1:]))
