@@ -20,6 +20,7 @@ from rich.table import Table
 
 from edgequant.cli_support import configure_logging, default, missing_extra, shape_from_calibration
 from edgequant.errors import EdgeQuantError, ModelError, RecipeError, TargetNotMetError
+from edgequant.outputs import check_writable, output_paths
 from edgequant.recipe import to_dict
 
 # plain help text: rich markup would swallow "[tf]" and print "edgequant" for "edgequant[tf]"
@@ -119,7 +120,17 @@ def quantize(
             ".keras/.h5 file or SavedModel directory."
         ),
     ],
-    out: Annotated[Path, typer.Option("-o", "--out", help="Output directory.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "-o",
+            "--out",
+            help="Output directory, or a path ending in .onnx for the model file (sidecars beside it).",
+        ),
+    ],
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace this run's output files if they exist.")
+    ] = False,
     method: Annotated[
         str | None, typer.Option(help="static | dynamic | fp16 | weight-only " + default("method"))
     ] = None,
@@ -308,9 +319,11 @@ def quantize(
         source: Any = model
         examples = None
         _refuse_ignored_model_options(model, factory, input_shape)
+        resolved = resolve_recipe(recipe, overrides)
         if print_recipe:
-            effective = to_dict(resolve_recipe(recipe, overrides))
-            typer.echo(yaml.safe_dump(effective, sort_keys=False, width=2**20), nl=False)
+            typer.echo(yaml.safe_dump(to_dict(resolved), sort_keys=False, width=2**20), nl=False)
+        planned = output_paths(out, model.stem, resolved.default_tag)  # refused now, not after the work
+        check_writable(planned.folder, planned.files(with_float=False), overwrite=overwrite)
         if factory or model.suffix in (".pt", ".pth", ".ts", ".torchscript"):
             source, examples = _load_torch(
                 model, factory, checkpoint, input_shape, overrides.get("calib_data")
@@ -326,11 +339,11 @@ def quantize(
             )
         if examples is not None:  # a PyTorch file: outputs named after its stem (net.pt -> net_int8.onnx)
             result.name = model.stem
-        paths = result.save(out)
+        paths = result.save(out, overwrite=overwrite)
     except TargetNotMetError as exc:  # the best model reached is written; the exit code says it fell short
         if exc.result is None:
             fail(exc)
-        best = exc.result.save(out)
+        best = exc.result.save(out, overwrite=overwrite)
         print_summary(exc.result.report, best.model)
         err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgequant.errors import ExportError
 from edgequant.export.sizes import file_bytes, float_weight_names, integer_weight_count, packed_bytes
 from edgequant.model.io import external_data_path, save_model, write_text_atomic
 from edgequant.names import confined
+from edgequant.outputs import check_writable, output_paths
 from edgequant.plan import QuantPlan
 from edgequant.recipe import Recipe, to_dict
 from edgequant.runtime import ort_version
@@ -45,22 +45,22 @@ class QuantResult:
     def stem(self) -> str:
         return f"{self.name}_{self.tag}"
 
-    def save(self, outdir: str | Path) -> SavedPaths:
-        """Write ``<name>_<tag>.onnx``, ``<name>_<tag>.json`` (report) and ``.plan.json`` into ``outdir``.
+    def save(self, outdir: str | Path, *, overwrite: bool = True) -> SavedPaths:
+        """Write ``<name>_<tag>.onnx``, ``<name>_<tag>.json`` (report) and ``.plan.json`` into ``outdir``;
+        an ``outdir`` ending in ``.onnx`` is the model file itself (sidecars ``<stem>.json``, ``.plan.json``).
 
-        Above protobuf's 2 GB limit the weights go to ``<name>_<tag>.onnx.data`` beside the model;
-        the report's ``files`` names it (``model_data``).  On failure nothing written here is left.
+        Above protobuf's 2 GB limit the weights go to ``<model>.onnx.data`` beside the model; the report's
+        ``files`` names it (``model_data``).  With ``overwrite=False`` an existing file is an ExportError
+        before anything is written.  On failure nothing written here is left.
         """
-        out = Path(outdir)
-        if out.exists() and not out.is_dir():
-            raise ExportError(
-                f"output path '{out}' exists and is not a directory.", "pass a directory to -o."
-            )
-        out.mkdir(parents=True, exist_ok=True)
-        model_path = confined(out, f"{self.stem}.onnx")  # every path checked before anything is written
-        report_path = confined(out, f"{self.stem}.json")
-        plan_path = confined(out, f"{self.stem}.plan.json")
-        float_path = confined(out, f"{self.name}_float.onnx")
+        paths = output_paths(outdir, self.name, self.tag)
+        check_writable(paths.folder, paths.files(self.save_float), overwrite=overwrite)
+        paths.folder.mkdir(parents=True, exist_ok=True)
+        out = paths.folder
+        model_path = confined(out, paths.model.name)  # every path checked before anything is written
+        report_path = confined(out, paths.report.name)
+        plan_path = confined(out, paths.plan.name)
+        float_path = confined(out, paths.float_model.name)
         write_text_atomic(plan_path, self.plan.to_json())
         extra: list[Path] = []
         try:

@@ -223,8 +223,9 @@ def test_recipe_keys_mirror_yaml_and_suggest_names(tmp_path: Path) -> None:
     path.write_text("target-sqnr-db: 22.5\nmax-float-nodes: 4\n", encoding="utf-8")
     recipe = edgequant.load_recipe(path)
     assert (recipe.target_sqnr_db, recipe.max_float_nodes) == (22.5, 4)
+    assert from_dict({"target_sqnr": 20}).target_sqnr_db == 20.0  # the flag's spelling (issue 9)
     with pytest.raises(edgequant.RecipeError, match=r"did you mean 'target_sqnr_db'"):
-        from_dict({"target_sqnr": 20})
+        from_dict({"target_sqnr_dbb": 20})
 
 
 def test_cli_flags(tmp_path: Path) -> None:

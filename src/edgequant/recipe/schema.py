@@ -234,13 +234,16 @@ class Recipe:
             return self.tag
         if self.method == "fp16":
             return "fp16"
+        # settings that change the weights' grid get a suffix: per-tensor and per-channel never share a name
+        grid = ("" if self.per_channel else "_pt") + ("_p2" if self.power_of_two else "")
         if self.method == "dynamic":
-            return "dynamic_int8" if self.weight_bits == 8 else f"dynamic_w{self.weight_bits}"
+            return ("dynamic_int8" if self.weight_bits == 8 else f"dynamic_w{self.weight_bits}") + grid
         if self.method == "weight-only":
-            return f"w{self.weight_bits}" + (f"b{self.block_size}" if self.block_size else "")
+            block = f"b{self.block_size}" if self.block_size else ""
+            return f"w{self.weight_bits}{block}" + ("" if self.block_size else grid)
         if self.weight_bits == 8 and self.act_bits == 8:
-            return "int8"
-        return f"w{self.weight_bits}a{self.act_bits}"
+            return "int8" + grid
+        return f"w{self.weight_bits}a{self.act_bits}" + grid
 
     def replace(self, **changes: Any) -> Recipe:
         return from_dict({**to_dict(self), **changes})

@@ -1,0 +1,80 @@
+"""Where a run's files go, checked before the work starts.
+
+``-o DIR`` writes ``DIR/<name>_<tag>.onnx`` with its report (``.json``) and plan (``.plan.json``);
+``-o path/file.onnx`` writes that model file, its sidecars beside it (``file.json``,
+``file.plan.json``).  Existing files are replaced only with ``overwrite``; a folder that cannot be
+created or written is refused up front (ExportError), so a long calibration never ends in a traceback.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgequant.errors import ExportError
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    folder: Path
+    model: Path
+    report: Path
+    plan: Path
+    float_model: Path
+
+    def files(self, with_float: bool) -> list[Path]:
+        return [self.model, self.report, self.plan, *([self.float_model] if with_float else [])]
+
+
+def output_paths(out: str | Path, name: str, tag: str) -> OutputPaths:
+    """The files a run named ``name`` with tag ``tag`` writes for ``-o out``."""
+    out = Path(out)
+    if out.suffix == ".onnx":
+        folder, stem = out.parent, out.stem
+    else:
+        folder, stem = out, f"{name}_{tag}"
+    return OutputPaths(
+        folder,
+        folder / f"{stem}.onnx",
+        folder / f"{stem}.json",
+        folder / f"{stem}.plan.json",
+        folder / f"{name}_float.onnx",
+    )
+
+
+def check_writable(folder: Path, existing: list[Path], *, overwrite: bool) -> None:
+    """Refuse, before any work, an output folder that cannot be made or written, or files that exist.
+
+    ``existing`` are the files the run would write; any that exists needs ``overwrite``.
+    Raises ExportError naming the path and the fix.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise ExportError(
+            f"output path '{folder}' exists and is not a directory.",
+            "pass a directory to -o, or a path ending in .onnx for the model file.",
+        )
+    clash = [p for p in existing if p.exists()]
+    if clash and not overwrite:
+        raise ExportError(
+            f"'{clash[0]}' already exists"
+            + (f" (and {len(clash) - 1} more of this run's files)" if clash[1:] else "")
+            + "; EdgeQuant does not replace files unasked.",
+            "pass --overwrite to replace them, or choose another -o (or --tag).",
+        )
+    probe = folder
+    while not probe.exists():  # the nearest existing ancestor must accept a new entry
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ExportError(
+            f"cannot create output folder '{folder}': '{probe}' is a file, not a directory.",
+            "choose an -o path under a directory.",
+        )
+    try:
+        with tempfile.TemporaryFile(dir=probe, prefix=".edgequant-probe-"):
+            pass
+    except OSError as exc:
+        raise ExportError(
+            f"cannot write to '{probe}' (for output '{folder}'): {exc.strerror or exc}.",
+            "choose a writable -o path, or fix the folder's permissions.",
+        ) from exc
