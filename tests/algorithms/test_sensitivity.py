@@ -244,5 +244,5 @@ def test_cli_flags(tmp_path: Path) -> None:
     assert bad.exit_code == 1 and "error: --target-sqnr 200 dB was not reached" in bad.output
     report = json.loads((short / "sens_int8.json").read_text())  # the best model reached is written
     assert report["sensitivity"]["met"] is False and (short / "sens_int8.onnx").exists()
-    bad = CliRunner().invoke(app, [*args, "--target-sqnr", "-3"])
+    bad = CliRunner().invoke(app, [*args, "--overwrite", "--target-sqnr", "-3"])
     assert bad.exit_code == 2 and "target_sqnr_db -3.0 is not a positive, finite number of dB." in bad.output

@@ -68,7 +68,11 @@ def test_o_path_ending_in_onnx_is_the_model_file(files: dict[str, Path], tmp_pat
     res = _q(files, target)
     assert res.exit_code == 0, res.output
     assert target.is_file() and not target.is_dir()
-    assert sorted(p.name for p in target.parent.iterdir()) == ["model_q.json", "model_q.onnx", "model_q.plan.json"]
+    assert sorted(p.name for p in target.parent.iterdir()) == [
+        "model_q.json",
+        "model_q.onnx",
+        "model_q.plan.json",
+    ]
     report = json.loads((target.parent / "model_q.json").read_text())
     assert report["files"]["model"] == "model_q.onnx"
     onnx.checker.check_model(str(target))

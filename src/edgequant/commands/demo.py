@@ -33,7 +33,12 @@ def find_examples(start: Path | None = None) -> Path:
 def register(app: typer.Typer) -> None:
     @app.command()
     def demo(
-        out: Annotated[Path, typer.Option("-o", "--out", help="Output directory.")] = Path("demo_out"),
+        out: Annotated[
+            Path | None,
+            typer.Option(
+                "-o", "--out", help="Output directory [default: a new temporary directory, printed]."
+            ),
+        ] = None,
         examples: Annotated[Path | None, typer.Option(help="Folder holding shapes_cnn.onnx.")] = None,
         methods: Annotated[str, typer.Option(help="all, or a comma-separated list of methods.")] = "all",
         max_drop: Annotated[float, typer.Option(help="Allowed top-1 drop, percentage points.")] = 1.0,
@@ -42,6 +47,11 @@ def register(app: typer.Typer) -> None:
         from edgequant.cli import ProgressBar, console, fail
         from edgequant.evaluate import compare, format_table
 
+        if out is None:  # nothing lands in the working tree unasked
+            import tempfile
+
+            out = Path(tempfile.mkdtemp(prefix="edgequant-demo-"))
+            console.print(f"writing into {out}", markup=False, highlight=False)
         try:
             folder = find_examples(examples)
             with ProgressBar() as bar:

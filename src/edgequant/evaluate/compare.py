@@ -42,6 +42,7 @@ from edgequant.runtime.device import runtime_for
 
 MB = float(2**20)
 SIZE_TIE = 0.02
+LATENCY_TIE = 0.10  # median latencies this close to the fastest are a tie (timing noise)
 Progress = Callable[[str, int, "int | None"], None]
 
 
@@ -67,6 +68,7 @@ class MethodResult:
     limit_failures: list[str] = field(default_factory=list)
     calibration_data: str = "none"  # "real" | "synthetic" (allowed by the user) | "none" (not calibrated)
     compliance: dict[str, Any] | None = None  # targets.check report of the quantized model
+    coverage: str = ""  # which nodes the method changed, when it left some float (e.g. dynamic: the head)
 
     @property
     def ok(self) -> bool:
@@ -170,6 +172,20 @@ def apply_rule(results: list[MethodResult], limits: Limits) -> Recommendation:
     for r in results:
         r.limit_failures = [m.text() for m in rec.misses.get(r.method, [])]
     return rec
+
+
+def coverage(report: dict[str, Any]) -> str:
+    """ "quantized 1 of 11 compute nodes (Gemm); the other 10 stay float" when a run left nodes float."""
+    done = report["nodes"]["quantized"]
+    left = report["nodes"]["skipped"]
+    if not left:
+        return ""
+    ops = sorted({d["op_type"] for d in done})
+    float_ops = sorted({d["op_type"] for d in left})
+    return (
+        f"quantized {len(done)} of {len(done) + len(left)} nodes ({', '.join(ops) or 'none'}); "
+        f"{len(left)} stay float ({', '.join(float_ops)})"
+    )
 
 
 def compare(
@@ -288,6 +304,7 @@ def compare(
                 paths = q.save(out)
                 r.tag, qmodel, ffloat, path = q.tag, q.model, q.float_model, paths.model
                 r.plan_file = paths.plan.name
+                r.coverage = coverage(q.report)
             r.quantize_seconds = time.perf_counter() - start
             r.model_file = path.name
             got = (

@@ -34,13 +34,21 @@ def _eval_table(r: EvalResult) -> Table:
 
 
 def _compare_table(r: CompareResult) -> Table:
-    t = Table(title=f"{r.model}: every method ({r.task}, {r.samples} samples, metric {r.primary})")
+    t = Table(title=f"{r.model}: every method ({r.task}, {r.samples} samples)")
     t.caption_justify = "left"
     t.add_column("method", no_wrap=True)
     unit = next((m.drop_unit for m in r.methods if m.ok), "pp")
-    for col in ("score", f"drop {unit}", "ms", "MB", "packed", "mJ est."):
-        t.add_column(col, justify="right", no_wrap=True)
+    lat0: dict[str, Any] = next((m.latency for m in r.methods if m.latency), {})
+    timing = (
+        f"median ms (batch {lat0.get('batch_size', '?')}, {lat0.get('threads', '?')} thread(s))"
+        if lat0
+        else "median ms"
+    )
+    score = {"top1": "top-1 %", "top1_agreement": "agreement with float %"}.get(r.primary, r.primary)
+    for col in (score, f"drop ({unit})", timing, "file MiB", "packed MiB", "mJ est."):
+        t.add_column(col, justify="right")
     t.add_column("limits")
+    notes: list[str] = []
     for m in r.methods:
         mark = (" *" if m.method == r.recommended else "") + (
             " (synthetic calib)" if m.calibration_data == "synthetic" else ""
@@ -48,6 +56,9 @@ def _compare_table(r: CompareResult) -> Table:
         if not m.ok:
             t.add_row(m.method, "[red]failed[/red]", "-", "-", "-", "-", "-", _short(m.error, 40))
             continue
+        if m.coverage and m.coverage.startswith("quantized"):
+            notes.append(f"({len(notes) + 1}) {m.method}: {m.coverage}")
+            mark += f" ({len(notes)})"
         lat: dict[str, Any] = m.latency or {}
         short = {
             "accuracy": "drop",
@@ -73,6 +84,7 @@ def _compare_table(r: CompareResult) -> Table:
         + r.reason
         + f"\nlatency measured here on {first.get('provider', '-')}, {r.settings.get('threads')} thread(s); "
         + "mJ est. = energy estimate per inference (counted ops and bytes, Horowitz ISSCC 2014 45 nm)"
+        + "".join(f"\n{line}" for line in [f"rule: {r.rule}", *notes])
     )
     return t
 
