@@ -27,7 +27,9 @@ from edgequant.data import CalibrationSource, input_specs, open_source
 from edgequant.errors import DataError, InferenceError, ModelError, RecipeError, UnsupportedError
 from edgequant.export import export_qdq
 from edgequant.export.nbits import weight_only_kernels
+from edgequant.export.sizes import disk_bytes
 from edgequant.model import ensure_opset, load_model, prepare
+from edgequant.model.io import serialized_size
 from edgequant.model.patterns import bounded_outputs
 from edgequant.plan import QuantPlan
 from edgequant.recipe import PRESETS, Recipe, from_dict, load_recipe, preset, to_dict
@@ -149,6 +151,7 @@ def quantize(
     on_disk = isinstance(model, str | Path) and imported is None
     reference: onnx.ModelProto | Path = Path(model) if on_disk else onnx_model
     _require_loadable(runtime, reference)
+    input_bytes = disk_bytes(Path(model)) if on_disk else serialized_size(onnx_model)  # sizes: vs this
     float_model, notes = prepare(onnx_model, copy=not on_disk)
     notes.extend(target_notes)
     del onnx_model
@@ -281,6 +284,7 @@ def quantize(
         recipe.default_tag,
         save_float=bool(imported),
         artifacts=artifacts,
+        input_bytes=input_bytes,
     )
     result.report = build_report(
         result,

@@ -40,6 +40,7 @@ class QuantResult:
     report: dict[str, Any] = field(default_factory=dict)
     save_float: bool = False  # the float model was exported here (from PyTorch): write it beside
     artifacts: dict[str, bytes] = field(default_factory=dict)  # suffix -> bytes, e.g. ".tvm.so" (toolchains)
+    input_bytes: int | None = None  # the user's model as given (file + external data); None: float_model
 
     @property
     def stem(self) -> str:
@@ -76,7 +77,7 @@ class QuantResult:
                 suffix,
                 blob,
             ) in self.artifacts.items():  # a vendor toolchain's build (TVM library, Akida .fbz)
-                extra.append(write_text_atomic(out / f"{self.stem}{suffix}", blob))
+                extra.append(write_text_atomic(paths.folder / f"{model_path.stem}{suffix}", blob))
                 self.report["files"].setdefault("toolchain_artifacts", []).append(extra[-1].name)
             saved = [("model", model_path)] + ([("float_model", float_path)] if self.save_float else [])
             for key, path in saved:
@@ -124,8 +125,17 @@ def build_report(
     check: dict[str, Any],
 ) -> dict[str, Any]:
     plan = result.plan
-    fb, qb = file_bytes(result.float_model), file_bytes(result.model)
+    expanded, qb = file_bytes(result.float_model), file_bytes(result.model)
+    # ratios against what the user gave, not against the repaired copy (fp16 weights behind Casts are
+    # expanded to float32 there, so its size would flatter the result)
+    fb = result.input_bytes if result.input_bytes is not None else expanded
     pb = packed_bytes(result.model, plan)
+    if qb > fb:
+        warnings = [
+            *warnings,
+            f"the quantized file ({qb / 2**20:.3f} MiB) is larger than the input model ({fb / 2**20:.3f} MiB); "
+            "check the report's skipped nodes (weights left float, or a shared weight stored twice).",
+        ]
     weights = plan.weights()
     int_weights = (
         integer_weight_count(result.model, plan) if plan.method in ("static", "weight-only") else len(weights)
@@ -137,6 +147,7 @@ def build_report(
         "recipe": to_dict(result.recipe),
         "sizes": {
             "float_bytes": fb,
+            "float_repaired_bytes": expanded,
             "quantized_bytes": qb,
             "packed_bytes": pb,
             "compression_ratio": round(fb / max(pb, 1), 3),

@@ -158,7 +158,20 @@ def export_qdq(
         ]
         readers = [(ni, si) for ni, si in consumers.get(entry.name, []) if g.node[ni].name in quantized]
         tables = [ni for ni, si in readers if is_row_table(entry, g.node[ni], si)]
-        if len(tables) < len(readers) or not readers:  # a tied head reads the usual DQ of the same tensor
+        # a weight that unquantized nodes read too (weight-only: Gather(E) and Transpose(E) of a tied head)
+        # is stored once: those readers get its DQ instead of a second, float copy
+        others = [
+            g.node[ni].name
+            for ni, _ in consumers.get(entry.name, [])
+            if g.node[ni].name not in quantized and g.node[ni].name not in float_readers
+        ]
+        shared = bool(others) and entry.role == "weight"
+        if shared:
+            plan.notes.append(
+                f"weight '{entry.name}' is also read by {', '.join(others)}; it is quantized once and those "
+                "nodes read its dequantized copy, so the file stores it once."
+            )
+        if len(tables) < len(readers) or not readers or shared:  # a tied head reads the same tensor's DQ
             head.append(
                 helper.make_node(
                     "DequantizeLinear",
@@ -168,7 +181,7 @@ def export_qdq(
                     **_dq_attrs(entry.spec),
                 )
             )
-            rewire(entry.name, dq_name)
+            rewire(entry.name, dq_name, every=shared)
         for ni in tables:  # an embedding table: the integer rows are gathered, then dequantized
             rename.pop((ni, 0), None)
             node = g.node[ni]

@@ -11,6 +11,8 @@ container counts 2 bits), int4 half a byte, everything else its dtype's size.  G
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 from onnx import TensorProto
@@ -58,6 +60,16 @@ INTEGER_TYPES = {
 
 def file_bytes(model: onnx.ModelProto) -> int:
     return serialized_size(model)
+
+
+def disk_bytes(path: str | Path) -> int:
+    """Bytes an ONNX model takes on disk: the ``.onnx`` file plus the external data files it names."""
+    p = Path(path)
+    proto = onnx.load(str(p), load_external_data=False)
+    locations = {e.value for t in all_tensors(proto) for e in t.external_data if e.key == "location"}
+    return p.stat().st_size + sum(
+        (p.parent / loc).stat().st_size for loc in locations if (p.parent / loc).is_file()
+    )
 
 
 def all_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:

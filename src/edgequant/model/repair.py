@@ -69,6 +69,32 @@ _FOLDABLE = {"Unsqueeze", "Squeeze", "Reshape", "Transpose", "Concat", "Slice", 
              "Split", "Flatten", "Expand", "Mul", "Add", "Sub", "Div", "Neg", "Tile"}  # fmt: skip
 
 
+TIED_MIN_BYTES = 4096  # below this, a second copy of a folded constant costs less than the node
+
+
+def _read_as_is(graph: onnx.GraphProto, initializers: set[str]) -> set[str]:
+    """Initializers that some node which will not be folded reads directly (or that are graph outputs).
+
+    A node is folded when its type is ``_FOLDABLE`` and every input is computable from initializers
+    alone; nodes are in topological order, so one pass finds them.
+    """
+    constant = set(initializers)
+    out = {o.name for o in graph.output} & initializers
+    for node in graph.node:
+        inputs = [i for i in node.input if i]
+        foldable = (
+            node.op_type in _FOLDABLE
+            and node.domain in ("", "ai.onnx")
+            and inputs
+            and all(i in constant for i in inputs)
+        )
+        if foldable:
+            constant.update(node.output)
+        else:
+            out.update(i for i in inputs if i in initializers)
+    return out
+
+
 def fold_constants(model: onnx.ModelProto) -> int:
     """Replace nodes of ``_FOLDABLE`` types whose inputs are all initializers by their value."""
     from onnx.reference import ReferenceEvaluator
@@ -76,6 +102,7 @@ def fold_constants(model: onnx.ModelProto) -> int:
     g = model.graph
     values = {t.name: t for t in g.initializer}
     opsets = list(model.opset_import)
+    kept_whole = _read_as_is(g, set(values))
     keep: list[onnx.NodeProto] = []
     folded = 0
     for node in g.node:
@@ -84,6 +111,11 @@ def fold_constants(model: onnx.ModelProto) -> int:
             keep.append(node)
             continue
         if not all(i in values for i in inputs):
+            keep.append(node)
+            continue
+        if any(i in kept_whole and values[i].ByteSize() > TIED_MIN_BYTES for i in inputs):
+            # a weight that another node also reads as it is (a tied embedding: Gather(E) and
+            # MatMul(h, Transpose(E))): folding would store it twice, so the layout op stays
             keep.append(node)
             continue
         try:
