@@ -214,6 +214,35 @@ def quantize(
         str | None,
         typer.Option(help="Output name tag [default: from the settings, e.g. int8, int8_pt, w4a8]."),
     ] = None,
+    mean: Annotated[
+        str | None,
+        typer.Option(
+            help="Image/video data: per-channel mean subtracted after --scale, e.g. 0.485,0.456,0.406 "
+            "[default: the model's declared normalisation, else none]."
+        ),
+    ] = None,
+    std: Annotated[
+        str | None,
+        typer.Option(
+            help="Image/video data: per-channel std divided after the mean, e.g. 0.229,0.224,0.225."
+        ),
+    ] = None,
+    scale: Annotated[
+        float | None,
+        typer.Option(
+            help="Image/video data: pixel (0..255) multiplier before mean/std [default: 1/255, or the model's]."
+        ),
+    ] = None,
+    layout: Annotated[
+        str | None,
+        typer.Option(help="Image/video data: nchw | nhwc, the model input's layout [default: nchw]."),
+    ] = None,
+    size: Annotated[
+        int | None,
+        typer.Option(
+            help="Image/video data: resize the shorter side to N and center-crop NxN [default: the model's H x W]."
+        ),
+    ] = None,
     data_option: Annotated[
         list[str] | None, typer.Option(help="Data format option KEY=VALUE, e.g. video_frames=32. Repeatable.")
     ] = None,
@@ -319,6 +348,9 @@ def quantize(
         source: Any = model
         examples = None
         _refuse_ignored_model_options(model, factory, input_shape)
+        pre = preprocess_flags(mean, std, scale, layout, size)
+        if pre:  # merged into the recipe file's preprocess mapping, field by field
+            overrides["preprocess"] = {**to_dict(resolve_recipe(recipe, {}))["preprocess"], **pre}
         resolved = resolve_recipe(recipe, overrides)
         if print_recipe:
             typer.echo(yaml.safe_dump(to_dict(resolved), sort_keys=False, width=2**20), nl=False)
@@ -373,6 +405,29 @@ def _refuse_ignored_model_options(model: Path, factory: str | None, input_shape:
         )
 
 
+def preprocess_flags(
+    mean: str | None, std: str | None, scale: float | None, layout: str | None, size: int | None
+) -> dict[str, Any]:
+    """The preprocess fields that ``--mean/--std/--scale/--layout/--size`` set."""
+    out: dict[str, Any] = {}
+    for key, raw in (("mean", mean), ("std", std)):
+        if raw is not None:
+            try:
+                out[key] = [float(v) for v in raw.split(",")]
+            except ValueError as exc:
+                raise RecipeError(
+                    f"--{key} '{raw}' is not a comma-separated list of numbers.",
+                    f"write e.g. --{key} 0.5,0.5,0.5.",
+                ) from exc
+    if scale is not None:
+        out["scale"] = scale
+    if layout is not None:
+        out["layout"] = layout
+    if size is not None:
+        out["resize"] = out["center_crop"] = size
+    return out
+
+
 def parse_options(items: list[str]) -> dict[str, Any]:
     """``["video_frames=32", "csv_columns=a,b"]`` -> ``{"video_frames": 32, "csv_columns": ["a", "b"]}``."""
     out: dict[str, Any] = {}
@@ -419,6 +474,9 @@ def print_summary(report: dict[str, Any], model_path: Path) -> None:
     t.add_row("checked on", describe(report["check"]))
     t.add_row("time", f"{report['seconds']['total']} s")
     console.print(t)
+    calib = report.get("calibration") or {}
+    if calib.get("source"):  # the data as fed: preprocessing and the input value range
+        console.print(f"calibration data: {calib['source']}", markup=False, highlight=False, soft_wrap=True)
     if not _verbosity["quiet"]:
         for n in report.get("notes", []):
             err_console.print(f"note: {n}", markup=False, highlight=False)

@@ -24,6 +24,7 @@ from edgequant.algorithms import correct_biases, keep_sensitive_float
 from edgequant.algorithms.calib_search import SEARCH_SAMPLES, search_ranges
 from edgequant.check import run_check
 from edgequant.data import CalibrationSource, input_specs, open_source
+from edgequant.data.declared import with_declared
 from edgequant.errors import DataError, InferenceError, ModelError, RecipeError, UnsupportedError
 from edgequant.export import export_qdq
 from edgequant.export.nbits import weight_only_kernels
@@ -145,6 +146,7 @@ def quantize(
     if recipe.target in toolchains.TARGETS:  # before any work: a missing toolchain is a one-line refusal
         toolchains.require(toolchains.TARGETS[recipe.target])
     onnx_model, name, imported = load_input_model(model, example_inputs, recipe.dynamic_axes)
+    recipe, declared_notes = with_declared(recipe, onnx_model, calibration or recipe.calib_data)
     # an ONNX file is the user's float model: ORT reads it from disk (external data included) for the
     # load check and the final comparison, and the loaded copy is repaired in place (one copy of the
     # weights in memory, which matters above 2 GB)
@@ -154,6 +156,7 @@ def quantize(
     input_bytes = disk_bytes(Path(model)) if on_disk else serialized_size(onnx_model)  # sizes: vs this
     float_model, notes = prepare(onnx_model, copy=not on_disk)
     notes.extend(target_notes)
+    notes += declared_notes
     del onnx_model
     cpu = detect()
     warnings: list[str] = []

@@ -50,7 +50,9 @@ def _tied(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("method", "min_db"), [("static", 30.0), ("weight-only", 37.0)])  # measured 32.9, 39.8
+@pytest.mark.parametrize(
+    ("method", "min_db"), [("static", 30.0), ("weight-only", 37.0)]
+)  # measured 32.9, 39.8
 def test_tied_embedding_is_quantized_once(tmp_path: Path, method: str, min_db: float) -> None:
     path = _tied(tmp_path)
     ids = np.random.default_rng(1).integers(0, V, (48, 8)).astype(np.int64)
@@ -74,7 +76,9 @@ def test_fp16_weights_behind_casts_are_compared_with_the_fp16_file(tmp_path: Pat
         if t.name.startswith("w"):
             m.graph.initializer.remove(t)
             m.graph.initializer.append(nh.from_array(nh.to_array(t).astype(np.float16), t.name + "16"))
-            m.graph.node.insert(0, h.make_node("Cast", [t.name + "16"], [t.name], name="cast_" + t.name, to=T.FLOAT))
+            m.graph.node.insert(
+                0, h.make_node("Cast", [t.name + "16"], [t.name], name="cast_" + t.name, to=T.FLOAT)
+            )
     path = tmp_path / "half.onnx"
     onnx.save(m, path)
     r = edgequant.quantize(str(path), images(24), calib_samples=16)

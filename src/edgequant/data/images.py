@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgequant.data.base import InputSpec
-from edgequant.data.preprocess import ImagePlan, plan_image, to_sample
+from edgequant.data.preprocess import ImagePlan, describe, plan_image, to_sample
 from edgequant.data.source import Chunk, Reader
 from edgequant.errors import DependencyError
 from edgequant.recipe.schema import Preprocess
@@ -63,7 +63,7 @@ class ImageReader(Reader):
         self.workers = min(4, os.cpu_count() or 1)
         self._pool: ThreadPoolExecutor | None = None
         n_cls = f", {len(self.class_names)} classes" if self.class_names else ""
-        self.description = f"{where} ({len(files)} files{n_cls})"
+        self.description = f"{where} ({len(files)} files{n_cls}; {describe(self.plan)})"
 
     def __len__(self) -> int:
         return len(self.files)

@@ -134,6 +134,19 @@ def plan_image(pre: Preprocess | None, spec: InputSpec, notes: list[str]) -> Ima
     return ImagePlan(resize, crop, channels, pre.channel_order == "bgr", nchw, scale, mean, std, dtype)
 
 
+def describe(plan: ImagePlan) -> str:
+    """One line: ``resize 36, crop 32x32, RGB, x = (pixel * 1 - [127 128 128]) / [64 64 64], NCHW float32``."""
+    mean = "0" if plan.mean is None else "[" + " ".join(f"{v:.6g}" for v in plan.mean) + "]"
+    std = "1" if plan.std is None else "[" + " ".join(f"{v:.6g}" for v in plan.std) + "]"
+    scale = f"{plan.scale:.6g}"
+    h, w = plan.crop_hw
+    formula = f"x = (pixel * {scale} - {mean}) / {std}" if plan.dtype.kind == "f" else "raw pixels"
+    return (
+        f"preprocessing: resize {plan.resize}, crop {h}x{w}, {'BGR' if plan.bgr else 'RGB'}, {formula}, "
+        f"{'NCHW' if plan.nchw else 'NHWC'} {plan.dtype}"
+    )
+
+
 def _per_channel(values: tuple[float, ...] | None, channels: int, what: str) -> np.ndarray | None:
     if values is None:
         return None

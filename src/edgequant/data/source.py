@@ -119,10 +119,14 @@ class IndexedSource:
         self._caster = Caster(inputs, notes)
         self._notes = notes
         self.stats = SourceStats(description=reader.description)
+        self._range: tuple[float, float] | None = None
         self._refresh_description()
 
     def _refresh_description(self) -> None:
-        extra = f" ({'; '.join(self._notes)})" if self._notes else ""
+        notes = [*self._notes]
+        if self._range is not None:  # the input values actually fed, so a wrong preprocessing shows
+            notes.append(f"input values in [{self._range[0]:.4g}, {self._range[1]:.4g}]")
+        extra = f" ({'; '.join(notes)})" if notes else ""
         self.stats.description = f"{self.where}{extra}"
 
     def __iter__(self) -> Iterator[Batch]:
@@ -135,6 +139,12 @@ class IndexedSource:
         check_batch(batch, self.inputs, self.where)
         check_finite(batch, self.where, self.stats.samples, None if self.reader.may_skip else self.order)
         self.stats.samples += len(next(iter(batch.values())))
+        for arr in batch.values():
+            if arr.dtype.kind in "fiu" and arr.size:
+                lo, hi = float(arr.min()), float(arr.max())
+                self._range = (
+                    (lo, hi) if self._range is None else (min(lo, self._range[0]), max(hi, self._range[1]))
+                )
         self._refresh_description()
         return batch, labels
 

@@ -21,7 +21,7 @@ import numpy as np
 from edgequant.data.base import InputSpec
 from edgequant.data.images import folder_labels
 from edgequant.data.options import SourceOptions
-from edgequant.data.preprocess import plan_image, to_sample
+from edgequant.data.preprocess import describe, plan_image, to_sample
 from edgequant.data.source import Chunk, Reader
 from edgequant.errors import DataError, DependencyError
 from edgequant.recipe.schema import Preprocess
@@ -88,7 +88,9 @@ class VideoReader(Reader):
             if opts.video_every
             else "all frames"
         )
-        self.description = f"{where} ({len(files)} file(s), {len(self.frame_of)} frames, {how})"
+        self.description = (
+            f"{where} ({len(files)} file(s), {len(self.frame_of)} frames, {how}; {describe(self.plan)})"
+        )
 
     def __len__(self) -> int:
         return len(self.frame_of)

@@ -1,0 +1,108 @@
+"""Preprocessing is explicit: the model's declared normalisation is used for images, --mean/--std/--scale/
+--layout/--size set it, the run prints it with the input value range, and raw [0, 1] pixels are refused
+for a model that declares another normalisation."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+from tinymodels import conv_net
+from typer.testing import CliRunner
+
+from edgequant.cli import app
+from edgequant.data.declared import declared
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "shapes_cnn.onnx"
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _wide(monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgequant.cli
+
+    monkeypatch.setattr(edgequant.cli.console, "width", 400)
+
+
+def test_example_metadata_is_read() -> None:
+    d = declared(onnx.load(str(EXAMPLE), load_external_data=False))
+    assert d == {"scale": 1.0, "mean": [127.0, 128.0, 128.0], "std": [64.0]}
+
+
+def _setup(tmp_path: Path, declare: bool) -> tuple[Path, Path, np.ndarray]:
+    m = conv_net()  # input x: [N, 3, 16, 16]
+    if declare:
+        onnx.helper.set_model_props(m, {"normalization": "x = (pixel_0_255 - [127, 128, 128]) / 64"})
+    path = tmp_path / "net.onnx"
+    onnx.save(m, path)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+    for i, p in enumerate(pixels):
+        Image.fromarray(p).save(folder / f"{i}.png")
+    return path, folder, pixels
+
+
+def _range(output: str) -> tuple[float, float]:
+    m = re.search(r"input values in \[([-\d.e]+), ([-\d.e]+)\]", output)
+    assert m, output
+    return float(m.group(1)), float(m.group(2))
+
+
+def test_declared_normalisation_is_used_and_printed(tmp_path: Path) -> None:
+    path, folder, pixels = _setup(tmp_path, declare=True)
+    out = tmp_path / "o"
+    res = runner.invoke(
+        app, ["quantize", str(path), "-o", str(out), "--calib-data", str(folder)], terminal_width=400
+    )
+    assert res.exit_code == 0, res.output
+    x = (pixels.astype(np.float64) - np.array([127, 128, 128])) / 64  # independent: the declared formula
+    lo, hi = _range(res.output)
+    assert lo == pytest.approx(x.min(), abs=1e-3) and hi == pytest.approx(x.max(), abs=1e-3)
+    assert "x = (pixel * 1 - [127 128 128]) / [64]" in res.output
+    report = json.loads((out / "net_int8.json").read_text())
+    assert report["recipe"]["preprocess"]["mean"] == [127.0, 128.0, 128.0]
+    assert any("preprocessing from the model's metadata" in n for n in report["notes"])
+
+
+def test_flags_set_the_preprocessing(tmp_path: Path) -> None:
+    path, folder, pixels = _setup(tmp_path, declare=False)
+    res = runner.invoke(
+        app,
+        ["quantize", str(path), "-o", str(tmp_path / "o"), "--calib-data", str(folder), "--mean", "0.5,0.5,0.5",
+         "--std", "0.25", "--scale", "0.00392156862745098", "--size", "16", "--layout", "nchw"],
+        terminal_width=400,
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    x = (pixels.astype(np.float64) / 255 - 0.5) / 0.25
+    lo, hi = _range(res.output)
+    assert lo == pytest.approx(x.min(), abs=1e-3) and hi == pytest.approx(x.max(), abs=1e-3)
+    report = json.loads((tmp_path / "o" / "net_int8.json").read_text())
+    pre = report["recipe"]["preprocess"]
+    assert (pre["mean"], pre["std"], pre["resize"], pre["center_crop"]) == ([0.5] * 3, [0.25], 16, 16)
+
+
+def test_raw_unit_pixels_into_a_declaring_model_are_refused(tmp_path: Path) -> None:
+    path, folder, _ = _setup(tmp_path, declare=True)
+    res = runner.invoke(
+        app,
+        [
+            "quantize",
+            str(path),
+            "-o",
+            str(tmp_path / "o"),
+            "--calib-data",
+            str(folder),
+            "--mean",
+            "0",
+            "--std",
+            "1",
+        ],
+    )
+    assert res.exit_code == 2 and "raw pixels / 255" in res.output and not (tmp_path / "o").exists()
