@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -146,3 +147,16 @@ def ort_ran_ops(model: onnx.ModelProto, tmp_path: Path, level: str = "ORT_ENABLE
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     return Counter(n.op_type for n in onnx.load(str(opt)).graph.node)
+
+
+def optional(module: str) -> Any:
+    """Import an optional extra's module for a test: skipped where it is not installed, except in CI
+    (CI=true installs ``[test]``, which holds every extra), where a missing module fails the test."""
+    import importlib
+    import os
+
+    import pytest
+
+    if os.environ.get("CI"):
+        return importlib.import_module(module)
+    return pytest.importorskip(module)

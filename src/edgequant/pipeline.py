@@ -146,7 +146,9 @@ def quantize(
     if recipe.target in toolchains.TARGETS:  # before any work: a missing toolchain is a one-line refusal
         toolchains.require(toolchains.TARGETS[recipe.target])
     onnx_model, name, imported = load_input_model(model, example_inputs, recipe.dynamic_axes)
-    recipe, declared_notes = with_declared(recipe, onnx_model, calibration or recipe.calib_data)
+    recipe, declared_notes = with_declared(
+        recipe, onnx_model, calibration if calibration is not None else recipe.calib_data
+    )
     # an ONNX file is the user's float model: ORT reads it from disk (external data included) for the
     # load check and the final comparison, and the loaded copy is repaired in place (one copy of the
     # weights in memory, which matters above 2 GB)

@@ -14,7 +14,7 @@ import onnx
 import pytest
 import typer
 import yaml
-from tinymodels import conv_net, images
+from tinymodels import conv_net, images, optional
 from typer.testing import CliRunner
 
 from edgequant.cli import app
@@ -110,7 +110,7 @@ def test_missing_torch_extra_is_one_line(files: dict[str, Path], monkeypatch: py
 
 
 def test_torchscript_shape_from_first_calibration_sample(tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch") if not __import__("os").environ.get("CI") else __import__("torch")
+    torch = optional("torch")
     torch.manual_seed(0)
     net = torch.nn.Sequential(
         torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(5)
@@ -139,7 +139,7 @@ def _option_names() -> set[str]:
 def test_hints_name_options_that_exist(files: dict[str, Path], tmp_path: Path) -> None:
     import re
 
-    torch = pytest.importorskip("torch") if not __import__("os").environ.get("CI") else __import__("torch")
+    torch = optional("torch")
     options = _option_names()
     sd = tmp_path / "weights.pt"
     torch.save(torch.nn.Linear(3, 2).state_dict(), str(sd))

@@ -37,7 +37,7 @@ def test_conv_net_int8_per_channel_close_to_float() -> None:
         "concat",
         "fc",
     }
-    assert _sqnr(m, r.model, {"x": images(16, seed=7)}) > 30.0
+    assert _sqnr(m, r.model, {"x": images(16, seed=7)}) > 39.5  # measured 41.5 dB
     assert r.report["integer_weights"] == r.report["planned_weights"] == 4
     w1 = r.plan.tensors["w1"]
     assert w1.spec.granularity.value == "per_channel" and len(w1.scale or []) == 8
@@ -50,7 +50,7 @@ def test_depthwise_per_tensor_is_worse_than_per_channel() -> None:
     m, x, ev = conv_net(), images(64), {"x": images(16, seed=7)}
     pc = _sqnr(m, edgequant.quantize(m, {"x": x}).model, ev)
     pt = _sqnr(m, edgequant.quantize(m, {"x": x}, per_channel=False).model, ev)
-    assert pc > pt + 1.0
+    assert pc > pt + 2.0  # measured 41.5 vs 37.7 dB
 
 
 def test_mlp_matmul_w8a8_and_w4a8_and_w8a16() -> None:
@@ -58,13 +58,15 @@ def test_mlp_matmul_w8a8_and_w4a8_and_w8a16() -> None:
     # enough calibration samples that held-out data is rarely clipped
     x = np.random.default_rng(3).standard_normal((1024, 32)).astype(np.float32)
     ev = {"x": np.random.default_rng(4).standard_normal((16, 32)).astype(np.float32)}
-    assert _sqnr(m, edgequant.quantize(m, x, calib_samples=1024, batch_size=64).model, ev) > 30.0
+    assert (
+        _sqnr(m, edgequant.quantize(m, x, calib_samples=1024, batch_size=64).model, ev) > 32.5
+    )  # measured 34.6 dB
     w4 = edgequant.quantize(m, x, weight_bits=4)
     assert w4.tag == "w4a8"
     assert {t.data_type for t in w4.model.graph.initializer if t.name.endswith("w1_q")} == {TensorProto.INT4}
-    assert _sqnr(m, w4.model, ev) > 15.0
+    assert _sqnr(m, w4.model, ev) > 17.5  # measured 19.6 dB
     a16 = edgequant.quantize(m, x, act_bits=16)
-    assert _sqnr(m, a16.model, ev) > 35.0
+    assert _sqnr(m, a16.model, ev) > 35.5  # measured 37.7 dB
     assert a16.model.opset_import[0].version >= 21
 
 
@@ -75,7 +77,7 @@ def test_weight_only_int4_blockwise_has_no_activation_qdq() -> None:
     nbits = [n for n in r.model.graph.node if n.op_type == "MatMulNBits"]  # export/nbits.py
     assert nbits and {a.name: a.i for a in nbits[0].attribute}["block_size"] == 16
     ev = {"x": np.random.default_rng(4).standard_normal((16, 32)).astype(np.float32)}
-    assert _sqnr(m, r.model, ev) > 15.0
+    assert _sqnr(m, r.model, ev) > 19.5  # measured 21.8 dB
     assert r.report["sizes"]["packed_bytes"] < r.report["sizes"]["float_bytes"] / 3
 
 
@@ -119,7 +121,7 @@ def test_lstm_with_state_weights_per_channel_state_float() -> None:
         hf, cf, hq, cq = of["h1"], of["c1"], oq["h1"], oq["c1"]
         sq = 10 * np.log10(np.sum(of["y"] ** 2) / np.sum((of["y"] - oq["y"]) ** 2))
         sq_h = 10 * np.log10(np.sum(hf**2) / np.sum((hf - hq) ** 2))
-        assert sq > 25.0 and sq_h > 35.0, f"call {step}: output {sq:.1f} dB, state {sq_h:.1f} dB"
+        assert sq > 26.0 and sq_h > 35.5, f"call {step}: output {sq:.1f} dB, state {sq_h:.1f} dB"
 
 
 def test_two_bit_activations_are_refused_with_reason() -> None:
@@ -199,7 +201,7 @@ def test_relu_after_add_is_folded_so_ort_runs_integer_ops_end_to_end() -> None:
     )
     assert "res_pre" not in r.plan.tensors and r.plan.tensors["res"].lo == 0.0
     assert _op_count(r.model, "Relu") == 2  # after Conv: ORT fuses those into QLinearConv itself
-    assert _sqnr(m, r.model, {"x": images(16, seed=7)}) > 30.0
+    assert _sqnr(m, r.model, {"x": images(16, seed=7)}) > 41.5  # measured 43.7 dB
 
 
 def test_dead_weight_channel_keeps_an_int32_bias() -> None:
@@ -216,7 +218,7 @@ def test_dead_weight_channel_keeps_an_int32_bias() -> None:
     assert ints["b1_q"] == TensorProto.INT32
     scale = np.asarray(r.plan.tensors["w1"].scale)
     assert scale[3] == pytest.approx(scale.max() * 2.0**-16, rel=1e-3)
-    assert _sqnr(m, r.model, {"x": images(16, seed=7)}) > 30.0
+    assert _sqnr(m, r.model, {"x": images(16, seed=7)}) > 39.0  # measured 41.1 dB
 
 
 def _affine_mlp(scale: np.ndarray) -> onnx.ModelProto:
@@ -255,7 +257,7 @@ def test_constant_operands_of_add_and_mul_are_quantized_so_ort_runs_qlinear_ops(
     assert r.report["integer_weights"] == 2  # w1, w2: constants are counted apart
     ran = set(ort_ran_ops(r.model, tmp_path))
     assert {"QLinearAdd", "QLinearMul"} <= ran and not {"Add", "Mul"} & ran
-    assert _sqnr(m, r.model, {"x": x[:32]}) > 30.0
+    assert _sqnr(m, r.model, {"x": x[:32]}) > 28.5  # measured 30.4 dB
 
 
 def test_constant_with_a_wide_dynamic_range_stays_float_with_the_reason() -> None:
@@ -334,7 +336,10 @@ def test_recurrent_state_path_through_layout_ops_stays_float() -> None:
     feeds = {"x": rng.standard_normal((5, 1, 8)).astype(np.float32), "state": state}
     ref, got = OrtRuntime().run(m, feeds), OrtRuntime().run(r.model, feeds)
     for out in ("y", "state_out"):
-        assert 10 * np.log10(np.sum(ref[out] ** 2) / np.sum((ref[out] - got[out]) ** 2)) > 25.0
+        assert (
+            10 * np.log10(np.sum(ref[out] ** 2) / np.sum((ref[out] - got[out]) ** 2))
+            > {"y": 36.0, "state_out": 39.5}[out]
+        )  # measured 38.1 / 41.6 dB
 
 
 def test_float_consumer_of_a_quantized_add_reads_its_dq_so_ort_fuses_qlinearadd(tmp_path: Path) -> None:
@@ -366,4 +371,4 @@ def test_float_consumer_of_a_quantized_add_reads_its_dq_so_ort_fuses_qlinearadd(
     assert sqrt.input[0].endswith("_dq")
     ran = ort_ran_ops(r.model, tmp_path)
     assert "QLinearAdd" in ran and "Add" not in ran
-    assert _sqnr(m, r.model, {"x": x[:32]}) > 30.0
+    assert _sqnr(m, r.model, {"x": x[:32]}) > 32.0  # measured 33.9 dB

@@ -12,6 +12,7 @@ import onnx
 import pytest
 from onnx import external_data_helper
 from service_helpers import Server, tiny_model, tiny_npz, upload, wait_job
+from tinymodels import optional
 
 from edgequant.errors import DependencyError, ModelError, TargetError
 from edgequant.service import ServiceConfig, create_app, require_extra
@@ -82,7 +83,7 @@ def test_serve_command_is_registered() -> None:
 
 
 def test_torchscript_upload_and_quantize(server: Server) -> None:
-    torch = pytest.importorskip("torch")
+    torch = optional("torch")
     torch.manual_seed(0)
     net = torch.nn.Sequential(
         torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(256, 10)
