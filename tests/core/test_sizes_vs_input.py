@@ -51,8 +51,8 @@ def _tied(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("method", "min_db"), [("static", 30.0), ("weight-only", 37.0)]
-)  # measured 32.9, 39.8
+    ("method", "min_db"), [("static", 35.5), ("weight-only", 39.0)]
+)  # measured 37.7, 41.2
 def test_tied_embedding_is_quantized_once(tmp_path: Path, method: str, min_db: float) -> None:
     path = _tied(tmp_path)
     ids = np.random.default_rng(1).integers(0, V, (48, 8)).astype(np.int64)
