@@ -170,3 +170,26 @@ def test_unreadable_npz_hint_is_not_resave(tmp_path: Path) -> None:
     with pytest.raises(Exception) as info:
         open_npz(tmp_path)  # a directory: the OS refuses it, re-saving would not help
     assert "np.savez" not in str(info.value) and "readable file" in str(info.value)
+
+
+def test_example_recipe_keys_are_flag_names_and_it_runs(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "examples" / "recipe.yaml").read_text()
+    data = yaml.safe_load(text)
+    cmd = typer.main.get_command(app)
+    flags = {
+        o.lstrip("-").replace("-", "_")
+        for p in cmd.commands["quantize"].params  # type: ignore[attr-defined]
+        for o in getattr(p, "opts", [])
+    }
+    assert set(data) <= flags, set(data) - flags
+    r = load_recipe(root / "examples" / "recipe.yaml")
+    assert (r.calib_method, r.act_symmetric, r.per_channel) == ("entropy", False, True)
+    res = runner.invoke(
+        app,
+        ["quantize", str(root / "examples" / "shapes_cnn.onnx"), "-o", str(tmp_path), "--recipe",
+         str(root / "examples" / "recipe.yaml"), "--calib-data", str(root / "examples" / "shapes_calib.npz"),
+         "--calib-samples", "32"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "shapes_cnn_int8.json").read_text())["calibration"]["method"] == "entropy"
