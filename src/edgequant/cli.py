@@ -44,6 +44,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main_options(
+    ctx: typer.Context,
     version: Annotated[
         bool | None,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
@@ -54,7 +55,7 @@ def _main_options(
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Errors only: no warnings or notes.")] = False,
 ) -> None:
     """Quantize ONNX models for real, and prove it."""
-    configure_logging(verbose, quiet)
+    ctx.call_on_close(configure_logging(verbose, quiet))
     _verbosity["quiet"] = quiet
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +41,25 @@ def default(field: str, shown: str | None = None) -> str:
     return f"[default: {shown}]"
 
 
-def configure_logging(verbose: int, quiet: bool) -> None:
-    """-q: errors only; default: warnings; -v: what each stage did (INFO); -vv: DEBUG."""
+def configure_logging(verbose: int, quiet: bool) -> Callable[[], None]:
+    """-q: errors only; default: warnings; -v: what each stage did (INFO); -vv: DEBUG.
+
+    Sets the ``edgequant`` logger only (an application's root logger is left alone) and returns a function
+    that restores it as it was, for when the command ends.
+    """
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
-    logging.getLogger("edgequant").setLevel(level)
+    logger = logging.getLogger("edgequant")
+    before = logger.level
+    handler = logging.StreamHandler()  # bound to the current stderr
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+
+    def restore() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(before)
+
+    return restore
 
 
 def missing_extra(exc: ModuleNotFoundError) -> DependencyError | None:

@@ -193,3 +193,13 @@ def test_example_recipe_keys_are_flag_names_and_it_runs(tmp_path: Path) -> None:
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "shapes_cnn_int8.json").read_text())["calibration"]["method"] == "entropy"
+
+
+def test_verbose_shows_info_logs(files: dict[str, Path], tmp_path: Path) -> None:
+    model = _note_model(tmp_path)
+    args = ["quantize", str(model), "-o", str(tmp_path / "v"), "--calib-data", str(files["calib"])]
+    res = runner.invoke(app, ["-v", *args])
+    assert res.exit_code == 0, res.output
+    assert "INFO edgequant.model.repair: 1 Constant node(s) converted to initializers" in res.output
+    res = runner.invoke(app, [*args[:3], str(tmp_path / "w"), *args[4:]])
+    assert "INFO edgequant" not in res.output
