@@ -27,9 +27,19 @@ def test_demo_table_units_rule_and_partial_methods(tmp_path: Path, monkeypatch) 
     m = re.search(r"writing into (\S+)", res.output)
     assert m and Path(m.group(1)).name.startswith("edgequant-demo-") and Path(m.group(1)).is_dir()
     assert list(tmp_path.iterdir()) == []  # nothing in the working directory
-    for unit in ("top-1 %", "drop (pp)", "median ms (batch 1, 1 thread(s))", "file MiB", "packed MiB"):
+    for unit in (
+        "top-1 %",
+        "drop (pp)",
+        "median ms (batch 1, 1 thread(s))",
+        "file MiB",
+        "packed MiB",
+        "mJ est.",
+    ):
         assert unit in res.output, unit
-    assert "rule: the fastest method within the limits; within 10 % of it, the smallest file" in res.output
+    assert (
+        "rule: filter by every limit given (FP32 is a candidate), then take the best preferred quantity"
+        in res.output
+    )
     # dynamic quantizes MatMul/Gemm only: the example has one Gemm among its compute nodes
     model = onnx.load(str(EXAMPLES / "shapes_cnn.onnx"))
     gemms = sum(n.op_type == "Gemm" for n in model.graph.node)

@@ -42,7 +42,6 @@ from edgequant.runtime.device import runtime_for
 
 MB = float(2**20)
 SIZE_TIE = 0.02
-LATENCY_TIE = 0.10  # median latencies this close to the fastest are a tie (timing noise)
 Progress = Callable[[str, int, "int | None"], None]
 
 
