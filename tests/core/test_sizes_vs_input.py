@@ -65,7 +65,7 @@ def test_tied_embedding_is_quantized_once(tmp_path: Path, method: str, min_db: f
     assert out_bytes < in_bytes / 3  # 4-byte floats -> 1-byte ints (+ 512 scales)
     assert r.report["sizes"]["float_bytes"] == in_bytes
     assert r.report["sizes"]["file_ratio"] == pytest.approx(in_bytes / out_bytes, rel=1e-3)
-    assert not r.report["warnings"]
+    assert not [w for w in r.report["warnings"] if "larger than the input" in w]  # (the hold-out note stays)
     feeds = {"ids": ids[32:]}  # held out from calibration
     assert _sqnr(_run(path, feeds), _run(out, feeds)) >= min_db
 
