@@ -293,6 +293,14 @@ def quantize(
         bool | None,
         typer.Option("--fix/--no-fix", help="Apply the target's exact fixes (zero-padded channels)."),
     ] = None,
+    act16_below_db: Annotated[
+        float | None,
+        typer.Option(
+            "--act16-below-db",
+            metavar="DB",
+            help="Static: 16-bit activations on tensors whose own 8-bit SQNR is below DB (transformers: 25).",
+        ),
+    ] = None,
     recipe: Annotated[
         str | None,
         typer.Option(
@@ -337,6 +345,7 @@ def quantize(
         "algorithms": algorithm or None,
         "tune_trials": tune_trials,
         "allow_synthetic": allow_synthetic, "check_samples": check_samples,
+        "act16_below_db": act16_below_db,
     }  # fmt: skip
     overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     try:

@@ -21,6 +21,7 @@ import onnx
 
 from edgequant import algorithms, planner, toolchains
 from edgequant.algorithms import correct_biases, keep_sensitive_float
+from edgequant.algorithms.act16 import promote_sensitive
 from edgequant.algorithms.calib_search import SEARCH_SAMPLES, search_ranges
 from edgequant.check import run_check
 from edgequant.data import CalibrationSource, input_specs, open_source
@@ -173,6 +174,7 @@ def quantize(
     pass_rows: list[dict[str, Any]] = []
     result_float = float_model  # the float model the result carries: passes change weights in a copy
     bias_info: dict[str, Any] | None = None
+    act16: dict[str, Any] | None = None
     if calibration is None and recipe.calib_data is not None:
         calibration = recipe.calib_data
     excluded = planner.excluded_nodes(float_model, recipe)
@@ -234,6 +236,10 @@ def quantize(
                     "activation ranges came from SYNTHETIC random data (--allow-synthetic), not real inputs."
                 )
             plan, calib_info = _calibrate(float_model, plan, source, recipe, runtime, progress, calibration)
+            if recipe.act16_below_db is not None:  # 16 bits where 8 cannot hold the tensor's outliers
+                batch = next(iter(_source(calibration, float_model, recipe)))
+                plan, act16 = promote_sensitive(float_model, plan, batch, runtime, recipe.act16_below_db)
+                float_model, plan = _raise_opset(float_model, plan, notes)
             seconds["calibration"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         calibrated = plan
@@ -307,6 +313,8 @@ def quantize(
         result.report["toolchain"] = toolchain
     if bias_info:
         result.report["bias_correction"] = bias_info
+    if act16:
+        result.report["act16"] = act16
     if sensitivity:
         result.report["sensitivity"] = sensitivity
     if pass_rows:

@@ -34,6 +34,7 @@ def is_row_table(entry: TensorEntry, node: onnx.NodeProto, slot: int) -> bool:
         node.op_type == "Gather"
         and slot == 0
         and axis == 0
+        and entry.spec.bits == 8  # ORT's Gather takes no int4 (a 4-bit table is dequantized before it)
         and entry.spec.granularity is Granularity.PER_CHANNEL
         and entry.spec.axis == 0
     )

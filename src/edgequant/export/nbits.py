@@ -130,7 +130,7 @@ def weight_only_kernels(model: onnx.ModelProto, plan: QuantPlan) -> tuple[onnx.M
         dq = readers.get(f"{e.name}_dq")
         if e.role != "weight" or dq is None:
             continue
-        if dq.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN"):
+        if dq.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN", "Gather"):
             slow.setdefault(dq.op_type, []).append(dq.name)
     for op, nodes in sorted(slow.items()):
         hint = (

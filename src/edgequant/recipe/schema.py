@@ -81,6 +81,7 @@ class Recipe:
     tune_trials: int = 0  # target tvm: MetaSchedule tuning trials (0: no tuning)
     allow_synthetic: bool = False  # static without data: calibrate on random inputs (refused otherwise)
     check_samples: int = 32  # samples held back from calibration for the run check (at most half the data)
+    act16_below_db: float | None = None  # static: 16-bit activations where the 8-bit grid's own SQNR is lower
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -102,6 +103,10 @@ class Recipe:
             raise RecipeError(
                 f"activation bits {self.act_bits} is impossible; allowed: 4, 8, 16.",
                 "use --act-bits 8 or 16.",
+            )
+        if self.act16_below_db is not None and not 0.0 < self.act16_below_db < 100.0:
+            raise RecipeError(
+                f"act16_below_db {self.act16_below_db} is outside (0, 100) dB.", "use a value such as 25."
             )
         if not 50.0 < self.percentile <= 100.0:
             raise RecipeError(

