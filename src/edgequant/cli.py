@@ -301,6 +301,14 @@ def quantize(
             help="Static: 16-bit activations on tensors whose own 8-bit SQNR is below DB (transformers: 25).",
         ),
     ] = None,
+    format_: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="qdq (default) | ti-npu-int: with --target ti-npu, also write TI's integer-only NPU form "
+            "<name>_<tag>_ti-npu-int.onnx (no DequantizeLinear inside), checked against the QDQ model.",
+        ),
+    ] = None,
     recipe: Annotated[
         str | None,
         typer.Option(
@@ -341,7 +349,7 @@ def quantize(
         "sampling": sampling, "seed": seed, "exclude": exclude or None, "skip_first": skip_first,
         "skip_last": skip_last, "reduce_range": reduce_range, "tag": tag,
         "target_sqnr_db": target_sqnr, "max_float_nodes": max_float_nodes, "bias_correction": bias_correction,
-        "target": target, "fix": fix,
+        "target": target, "fix": fix, "format": format_,
         "algorithms": algorithm or None,
         "tune_trials": tune_trials,
         "allow_synthetic": allow_synthetic, "check_samples": check_samples,

@@ -278,6 +278,11 @@ def quantize(
     if check.get("collapse"):
         warnings.append(check["collapse"]["warning"])
     artifacts, toolchain = {}, None
+    ti_int = None
+    if recipe.format == "ti-npu-int":  # TI's integer-only form beside the QDQ model, checked against it
+        ti_int, artifacts["_ti-npu-int.onnx"] = _ti_npu_int(
+            quantized, runtime, _held(calibration, float_model, recipe)
+        )
     if recipe.target in toolchains.TARGETS:  # compile/convert with the vendor toolchain, then run it
         suffix, blob, toolchain = toolchains.build(
             recipe.target, quantized, reference, list(_held(calibration, float_model, recipe)),
@@ -321,6 +326,8 @@ def quantize(
         result.report["algorithms"] = pass_rows
     if compliance is not None:  # per-layer findings against the target's rules, MAC/param shares
         result.report["compliance"] = compliance
+    if ti_int is not None:
+        result.report["ti_npu_int"] = ti_int
     if (
         sensitivity and not sensitivity["met"]
     ):  # the best model reached goes with the error (the CLI writes it)
@@ -329,6 +336,18 @@ def quantize(
         result.report["warnings"].append(sensitivity["failure"]["detail"])
         raise TargetNotMetError(**sensitivity["failure"], result=result)
     return result
+
+
+def _ti_npu_int(quantized: onnx.ModelProto, runtime: OrtRuntime, held: Any) -> tuple[dict[str, Any], bytes]:
+    """The report section and bytes of the TI-NPU integer form (``edgequant.export.ti_int``)."""
+    from edgequant.export.ti_int import to_ti_npu_int
+    from edgequant.export.ti_int_report import compare
+    from edgequant.targets import get as get_target
+
+    model, notes, layers = to_ti_npu_int(quantized, get_target("ti-npu"))
+    section = {"file_suffix": "_ti-npu-int.onnx", "layers": layers, "notes": notes}
+    section.update(compare(quantized, model, runtime, list(held)))
+    return section, model.SerializeToString()
 
 
 def _named(recipe: Recipe | dict[str, Any] | str | Path | None, overrides: dict[str, Any]) -> tuple[str, ...]:

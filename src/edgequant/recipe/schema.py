@@ -69,6 +69,7 @@ class Recipe:
     keep_io_types: bool = True
     target: str = "cpu"
     fix: bool = False  # apply the target's exact graph fixes (zero-padded channels) before planning
+    format: Literal["qdq", "ti-npu-int"] = "qdq"  # ti-npu-int: also the TI NPU integer-only form (ti-npu)
     tag: str | None = None
     input_map: dict[str, str] = field(default_factory=dict)
     preprocess: Preprocess = field(default_factory=Preprocess)
@@ -182,6 +183,12 @@ class Recipe:
         from edgequant import targets
 
         object.__setattr__(self, "target", targets.canonical(self.target))
+        if self.format == "ti-npu-int" and (self.target != "ti-npu" or self.method != "static"):
+            raise RecipeError(
+                f"--format ti-npu-int is TI's NPU integer form, but the target is '{self.target}' and the method "
+                f"'{self.method}'; it is written from a static model quantized for target 'ti-npu' only.",
+                "add --target ti-npu (and --method static), or drop --format (the QDQ model is the default).",
+            )
 
     def _check_algorithms(self) -> None:
         for name in self.algorithms:
