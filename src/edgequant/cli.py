@@ -291,7 +291,10 @@ def quantize(
     ] = None,
     fix: Annotated[
         bool | None,
-        typer.Option("--fix/--no-fix", help="Apply the target's exact fixes (zero-padded channels)."),
+        typer.Option(
+            "--fix/--no-fix",
+            help="Apply the target's exact fixes (zero-padded channels, split tall kernels).",
+        ),
     ] = None,
     act16_below_db: Annotated[
         float | None,

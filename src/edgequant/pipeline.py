@@ -202,10 +202,10 @@ def quantize(
     else:
         fixes: list[str] = []
         if recipe.fix:  # exact alignment fixes on the float graph; the check below compares with the original
-            from edgequant.model.target_fix import pad_channels
+            from edgequant.model.target_fix import apply_fixes
             from edgequant.targets import get as get_target
 
-            float_model, fixes = pad_channels(float_model, get_target(recipe.target))
+            float_model, fixes = apply_fixes(float_model, get_target(recipe.target))
         plan = planner.resolve(float_model, recipe, cpu)
         plan.notes.extend(fixes)
         unblocked = [e.name for e in plan.tensors.values() if e.note.startswith(planner.UNBLOCKED)]

@@ -157,3 +157,21 @@ def test_full_range_target_weights_warn_where_ort_can_saturate_them() -> None:
     assert r.recipe.reduce_range == "off"  # the device's full 8-bit weights, not the x86 7-bit workaround
     warned = any("can saturate their int8 products" in w for w in r.report["warnings"])
     assert warned == detect().needs_reduce_range
+
+
+def test_akida_profile_states_its_conversion() -> None:
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from edgequant import toolchains
+    from edgequant.cli import app
+    from edgequant.targets import get
+
+    p = get("akida")
+    text = Path(p.path).read_text(encoding="utf-8").lower()
+    assert not p.compliance_only and "compliance only" not in text  # --target akida converts (toolchains/)
+    assert toolchains.TARGETS["akida"] == "akida" and toolchains.SUFFIX["akida"] == ".fbz"
+    res = CliRunner().invoke(app, ["targets", "akida"])
+    assert res.exit_code == 0 and "compliance only" not in res.output
+    assert "builds <name>_<tag>.fbz with the akida toolchain" in " ".join(res.output.split())

@@ -29,6 +29,15 @@ def print_rules(p: Profile) -> None:
         console.print(
             "compliance only: EdgeQuant checks models against these rules; it does not convert for it."
         )
+    from edgequant import toolchains
+
+    if p.name in toolchains.TARGETS:  # a vendor back end builds the deployable artifact
+        tc = toolchains.TARGETS[p.name]
+        console.print(
+            f"conversion: --target {p.name} also builds <name>_<tag>{toolchains.SUFFIX[p.name]} with the {tc} "
+            f"toolchain (edgequant toolchain install {tc}).",
+            markup=False,
+        )
     t = Table("rule", "value", "source", show_lines=False)
     t.add_row("methods", ", ".join(p.methods), "")
     t.add_row("weights", _tensor_line(p.weights), p.weights.source)

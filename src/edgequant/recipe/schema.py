@@ -68,7 +68,7 @@ class Recipe:
     reduce_range: Literal["auto", "on", "off"] = "auto"
     keep_io_types: bool = True
     target: str = "cpu"
-    fix: bool = False  # apply the target's exact graph fixes (zero-padded channels) before planning
+    fix: bool = False  # apply the target's exact graph fixes (padded channels, split kernels) before planning
     format: Literal["qdq", "ti-npu-int"] = "qdq"  # ti-npu-int: also the TI NPU integer-only form (ti-npu)
     tag: str | None = None
     input_map: dict[str, str] = field(default_factory=dict)
