@@ -263,6 +263,12 @@ def quantize(
                 samples=list(itertools.islice(_source(calibration, float_model, recipe), 2)), reference=float_model,
             )  # fmt: skip
             seconds["sensitivity"] = sensitivity["seconds"]
+        if recipe.method == "static":  # biases beyond the target's bias width: re-scaled where exact
+            from edgequant.export.bias_fit import fit_biases
+            from edgequant.targets import get as get_target
+
+            quantized, bias_notes = fit_biases(quantized, plan, get_target(recipe.target))
+            plan.notes.extend(bias_notes)
 
     compliance = check_model(quantized, recipe.target) if recipe.method == "static" else None
     check = run_check(

@@ -287,10 +287,17 @@ class _Checker:
         if node.op_type == "MatMul":
             return
         b = self.v.weight(node, slot)
-        if b is None or b.scale is None or weight_bits not in self.p.bias_bits:
+        if b is None or weight_bits not in self.p.bias_bits:
             return
         width = self.p.bias_width(weight_bits)
-        vals = b.values.astype(np.int64)
+        if b.scale is None:  # a float bias (next to 4/2-bit weights): its value on the accumulator grid
+            w, x = self.v.weight(node), self.v.dq_params(node.input[0])
+            if w is None or w.scale is None or x is None or self.p.bias_scale != "accumulator":
+                return
+            acc = float(np.ravel(x[0])[0]) * np.asarray(w.scale, np.float64).reshape(-1)
+            vals = np.round(b.values.astype(np.float64).reshape(-1) / acc).astype(np.int64)
+        else:
+            vals = b.values.astype(np.int64).reshape(-1)
         if (
             self.p.bias_scale == "own_power_of_two"
         ):  # one shift k for the tensor: values = b·2^k, b on `width` bits
@@ -299,8 +306,13 @@ class _Checker:
         lo, hi = -(2 ** (width - 1)), 2 ** (width - 1) - 1
         bad = np.flatnonzero((vals < lo) | (vals > hi))
         if bad.size:
-            self.add(node, kind, "bias width", f"{bad.size} channel(s) beyond {width} bits (e.g. {int(vals[bad[0]])})",
-                     f"{width}-bit bias", CONSEQUENCE["error"], requant + " (biases are re-scaled or reported)")  # fmt: skip
+            chans = ", ".join(map(str, bad[:6])) + (", ..." if bad.size > 6 else "")
+            self.add(node, kind, "bias width",
+                     f"channel(s) {chans} beyond {width} bits (e.g. {int(vals[bad[0]])})", f"{width}-bit bias",
+                     CONSEQUENCE["error"],
+                     "no exact re-scale (the channel's weights are not multiples of 2^k and the bias does not "
+                     "saturate the output): shrink the bias or widen the input scale (e.g. retrain with weight "
+                     "decay on biases), or keep the layer on the host")  # fmt: skip
 
     def _summary(self, rows: list[tuple[onnx.NodeProto, str, int, int, bool]]) -> dict[str, Any]:
         macs = sum(r[2] for r in rows)
