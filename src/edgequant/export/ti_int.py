@@ -260,7 +260,7 @@ class _Converter:
             summed = self._op("Add", [acc64, self._init("bias", bias.astype(np.float64).reshape(shape))])
             real = self._op("Mul", [summed, self._init("acc_scale", acc_scale.reshape(shape))])
             self._op("Cast", [real], node.output[0], to=TensorProto.FLOAT)
-            self._record(node, cout, bias, None, None)
+            self._record(node, cout, bias, None, None, _bits(w_q))
             return
         s_y, _, lo, hi = self._q_params(q)
         mult, shift = requant_params(acc_scale / s_y, self.p.multiplier_bits or 8)
@@ -272,7 +272,7 @@ class _Converter:
         t = self._clip(t, 0 if relu else lo, hi)
         self._op("Cast", [t], q.output[0], to=TensorProto.FLOAT)
         self.done.add(q.name)
-        self._record(node, cout, bias, mult, shift)
+        self._record(node, cout, bias, mult, shift, _bits(w_q))
 
     def _clip(self, t: str, lo: int, hi: int) -> str:
         return self._op(
@@ -280,8 +280,15 @@ class _Converter:
             [t, self._init("lo", np.array(lo, np.float64)), self._init("hi", np.array(hi, np.float64))],
         )
 
-    def _record(self, node: onnx.NodeProto, cout: int, bias: np.ndarray, mult: Any, shift: Any) -> None:
-        width = self.p.bias_width(8)
+    def _record(
+        self, node: onnx.NodeProto, cout: int, bias: np.ndarray, mult: Any, shift: Any, w_bits: int = 8
+    ) -> None:
+        width = self.p.bias_bits.get(w_bits, 32)
+        if int(np.abs(bias).max(initial=0)) > 2 ** (width - 1) - 1:
+            self.notes.append(
+                f"ti-npu-int: '{node.name}' bias needs more than the target's {width} bits on some channel "
+                "(the compliance report names them)."
+            )
         self.layers.append({
             "node": node.name, "channels": int(cout), "bias_max_abs": int(np.abs(bias).max(initial=0)),
             "bias_bits_needed": int(np.abs(bias).max(initial=0)).bit_length() + 1, "bias_width": width,
@@ -331,6 +338,11 @@ class _Converter:
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", max(self.opset, 13))])
         m.ir_version = self.ir_version or 8
         return m
+
+
+def _bits(w_q: np.ndarray) -> int:
+    """The narrowest signed width (2, 4, 8) holding every integer weight."""
+    return next((b for b in (2, 4, 8) if -(2 ** (b - 1)) <= w_q.min() and w_q.max() < 2 ** (b - 1)), 8)
 
 
 def to_ti_npu_int(
