@@ -146,6 +146,7 @@ def quantize(
     runtime = runtime or OrtRuntime(allow_spinning=False)
     if recipe.target in toolchains.TARGETS:  # before any work: a missing toolchain is a one-line refusal
         toolchains.require(toolchains.TARGETS[recipe.target])
+        toolchains.check_recipe(recipe.target, recipe.weight_bits, recipe.act_bits)
     onnx_model, name, imported = load_input_model(model, example_inputs, recipe.dynamic_axes)
     recipe, declared_notes = with_declared(
         recipe, onnx_model, calibration if calibration is not None else recipe.calib_data

@@ -14,10 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto as T
-from onnx import helper as h
-from onnx import numpy_helper as nh
-from toolchain_helpers import need_toolchain
+from toolchain_helpers import RUN_FBZ, need_toolchain, pixel_conv_net
 from typer.testing import CliRunner
 
 from edgequant.cli import app
@@ -25,39 +22,6 @@ from edgequant.errors import UnsupportedError
 from edgequant.runtime import OrtRuntime
 from edgequant.schemes import sqnr_db
 from edgequant.toolchains.akida import _require_whole
-
-RUN_FBZ = """
-import sys, numpy as np, akida
-m = akida.Model(sys.argv[1])
-np.save(sys.argv[3], m.predict(np.load(sys.argv[2]).astype(np.uint8)).astype(np.float32))
-"""
-
-
-def pixel_conv_net(seed: int = 0) -> onnx.ModelProto:
-    """Conv-Relu -> strided Conv-Relu -> GAP -> Flatten -> Gemm, on raw 0-255 pixels [N, 3, 16, 16]."""
-    rng = np.random.default_rng(seed)
-
-    def w(*shape: int, scale: float = 0.3) -> np.ndarray:
-        return (rng.standard_normal(shape) * scale).astype(np.float32)
-
-    inits = {"w1": w(8, 3, 3, 3, scale=0.3 / 255), "b1": w(8, scale=0.1), "w2": w(16, 8, 3, 3),
-             "b2": w(16, scale=0.1), "wf": w(10, 16, scale=0.2), "bf": w(10, scale=0.1)}  # fmt: skip
-    nodes = [
-        h.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
-        h.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-        h.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1], strides=[2, 2]),
-        h.make_node("Relu", ["c2"], ["r2"], name="relu2"),
-        h.make_node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
-        h.make_node("Flatten", ["g"], ["f"], name="flatten"),
-        h.make_node("Gemm", ["f", "wf", "bf"], ["y"], name="fc", transB=1),
-    ]
-    g = h.make_graph(
-        nodes, "pixels", [h.make_tensor_value_info("x", T.FLOAT, ["N", 3, 16, 16])],
-        [h.make_tensor_value_info("y", T.FLOAT, ["N", 10])], [nh.from_array(v, k) for k, v in inits.items()],
-    )  # fmt: skip
-    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
-    m.ir_version = 8
-    return m
 
 
 def test_target_akida_writes_a_program_that_runs(tmp_path: Path) -> None:
@@ -147,3 +111,20 @@ def test_the_built_in_example_runs_on_akida(tmp_path: Path) -> None:
     ref = OrtRuntime().run(onnx.load(str(examples / "shapes_cnn.onnx")), {"image": x})["logits"]
     assert sqnr_db(ref, got) >= 18.0  # on 64 held-out evaluation images; measured 20.3 dB
     assert np.mean(got.argmax(1) == labels) >= np.mean(ref.argmax(1) == labels) - 0.05
+
+
+def test_bit_widths_quantizeml_cannot_build_are_refused_before_any_work(tmp_path: Path) -> None:
+    """QuantizeML's ONNX route raises 'Only default bitwidth qparams is allowed' for 4-bit weights: an
+    Akida program named w4a8 would be 8-bit.  The refusal comes first, and nothing is written."""
+    need_toolchain("akida")
+    model, calib = tmp_path / "pixels.onnx", tmp_path / "calib.npz"
+    onnx.save(pixel_conv_net(), model)
+    np.savez(calib, x=np.random.default_rng(2).integers(0, 256, (16, 3, 16, 16)).astype(np.float32))
+    out = tmp_path / "out"
+    res = CliRunner().invoke(
+        app,
+        ["quantize", str(model), "--calib-data", str(calib), "--target", "akida", "--weight-bits", "4",
+         "-o", str(out)],
+    )  # fmt: skip
+    assert res.exit_code == 2 and "8 bits only" in res.output and "--weight-bits" in res.output
+    assert not out.exists()

@@ -15,21 +15,12 @@ import onnx
 from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
-from toolchain_helpers import need_toolchain
+from toolchain_helpers import RUN_SO, need_toolchain
 from typer.testing import CliRunner
 
 from edgequant.cli import app
 from edgequant.runtime import OrtRuntime
 from edgequant.schemes import sqnr_db
-
-RUN_SO = """
-import sys, numpy as np, tvm
-from tvm import relax
-vm = relax.VirtualMachine(tvm.runtime.load_module(sys.argv[1]), tvm.cpu())
-x = np.load(sys.argv[2])
-out = vm["main"](tvm.runtime.tensor(x))
-np.save(sys.argv[3], (out if hasattr(out, "numpy") else out[0]).numpy())
-"""
 
 
 def conv_matmul_net(seed: int = 0) -> onnx.ModelProto:

@@ -113,6 +113,13 @@ def register(app: typer.Typer) -> None:
             ),
         ] = False,
         target: Annotated[str, typer.Option(help="Hardware target profile ('edgequant targets').")] = "cpu",
+        targets: Annotated[
+            str | None,
+            typer.Option(
+                help="Extra rows: int8-static for each target, e.g. cpu,tvm,akida (toolchain artifacts are "
+                "run and scored themselves)."
+            ),
+        ] = None,
     ) -> None:
         """Quantize MODEL with every method, evaluate, and recommend one under the limits."""
         from edgequant.evaluate import compare as run
@@ -136,6 +143,9 @@ def register(app: typer.Typer) -> None:
             from edgequant.evaluate import resolve_methods
 
             names.extend(resolve_methods(methods))
+            from edgequant.evaluate.target_rows import parse_targets, row_name
+
+            names.extend(row_name(t) for t in parse_targets(targets, target))
             from edgequant.commands.torch_input import to_onnx
 
             source, notes = to_onnx(model, factory, checkpoint, input_shape, dynamic_axis)
@@ -149,7 +159,7 @@ def register(app: typer.Typer) -> None:
                 layer_samples=layer_samples, max_eval_samples=max_eval_samples, blank=blank, layout=layout,
                 device=device, gpu_number=gpu_number, energy_profile=_profile(energy_profile),
                 data_options=_options(data_option), eval_split=eval_split,
-                allow_synthetic=allow_synthetic, target=target,
+                allow_synthetic=allow_synthetic, target=target, targets=targets,
             )  # fmt: skip
         except EdgeQuantError as exc:
             err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)

@@ -28,10 +28,10 @@ from typing import Any
 
 import onnx
 
-from edgequant import pipeline
+from edgequant import pipeline, toolchains
 from edgequant.data.model_inputs import input_specs
 from edgequant.errors import DataError, EdgeQuantError, RecipeError
-from edgequant.evaluate import core, energy, layers, leakage, opcount, perf
+from edgequant.evaluate import core, energy, layers, leakage, opcount, perf, target_rows
 from edgequant.evaluate.energy import EnergyProfile
 from edgequant.evaluate.recommend import Candidate, Limits, Recommendation, recommend
 from edgequant.model.io import save_model
@@ -221,6 +221,7 @@ def compare(
     eval_split: str | None = None,
     allow_synthetic: bool = False,
     target: str = "cpu",
+    targets: str | Sequence[str] | None = None,
 ) -> CompareResult:
     """Run, evaluate and rank every method; write the report files into ``outdir`` (see module doc).
 
@@ -238,10 +239,16 @@ def compare(
     (default ``val``).  Evaluation samples that calibration also reads are refused (``leakage``).
     Without ``calibration``, the static methods are refused (DataError) unless ``allow_synthetic``;
     then they calibrate on random inputs and every row says ``calibration_data: synthetic``.
+    ``targets`` (``"cpu,tvm,akida"``) adds one ``int8-static@<target>`` row per target other than
+    ``target`` (``edgequant.evaluate.target_rows``: toolchain artifacts are run and scored themselves).
     """
     core.tasks.check_task(task)
     limits = Limits(max_drop, max_drop_rel, max_latency_ms, max_size_mb, max_energy_mj, prefer)
     names = resolve_methods(methods)
+    extra_targets = target_rows.parse_targets(targets, target)
+    for t in extra_targets:  # before any work: a missing toolchain is a one-line refusal
+        if t in toolchains.TARGETS:
+            toolchains.require(toolchains.TARGETS[t])
     out = Path(outdir)
     float_model = core.as_model(model)
     stem = Path(model).stem if isinstance(model, str | Path) else (float_model.graph.name or "model")
@@ -282,7 +289,7 @@ def compare(
     primary = ""
     for i, name in enumerate(names):
         if progress:
-            progress("compare", i, len(names))
+            progress("compare", i, len(names) + len(extra_targets))
         r = MethodResult(method=name, status="ok")
         try:
             start = time.perf_counter()
@@ -329,8 +336,27 @@ def compare(
         except EdgeQuantError as exc:
             r.status, r.error, r.error_type = "failed", str(exc), type(exc).__name__
         results.append(r)
+    for j, t in enumerate(extra_targets):
+        if progress:
+            progress("compare", len(names) + j, len(names) + len(extra_targets))
+        r = MethodResult(method=target_rows.row_name(t), status="ok")
+        q = target_rows.target_row(
+            r, t, model, calibration, ev, ref, out=out, out_name=out_name, task=task, layout=lay, blank=blank,
+            rt=rt, allow_synthetic=allow_synthetic, extra=extra, threads=threads,
+            latency_sample=perf.repeat_sample(ev.batches[0], batch_size, float_model),
+            latency=lambda p: perf.measure_latency(
+                p, ev.batches[0], runs=latency_runs, warmup=warmup, threads=threads, batch_size=batch_size,
+                runtime=rt, rapl=True,
+            ).to_dict(),
+        )  # fmt: skip
+        if q is not None:
+            r.energy = _energy(
+                q.model, ev.batches[0], r.packed_bytes or 0, profile, r.latency, batch_size, rt
+            )
+            analysed[r.method] = (q.float_model, q.model)
+        results.append(r)
     if progress:
-        progress("compare", len(names), len(names))
+        progress("compare", len(names) + len(extra_targets), len(names) + len(extra_targets))
     rec = apply_rule(results, limits)
     recommended = rec.method
     chosen, per_layer = _per_layer(

@@ -26,11 +26,34 @@ __all__ = [
     "TOOLCHAINS",
     "build",
     "cache_dir",
+    "check_recipe",
     "install",
     "installed",
     "remove",
     "require",
 ]
+
+
+def check_recipe(target: str, weight_bits: int, act_bits: int) -> None:
+    """Refuse bit widths the toolchain's route cannot build, before any work.
+
+    BrainChip QuantizeML's ONNX route (Akida 2.0) accepts only its default 8-bit ``QuantizationParams``
+    (it raises "Only default bitwidth qparams is allowed"); the 1/2/4-bit Akida 1.0 route takes Keras
+    models (``cnn2snn.quantize``), which EdgeQuant does not drive.
+
+    Raises:
+        UnsupportedError: ``target`` is ``akida`` and a bit width is not 8.
+    """
+    if target == "akida" and (weight_bits, act_bits) != (8, 8):
+        from edgequant.errors import UnsupportedError
+
+        raise UnsupportedError(
+            f"--target akida builds with BrainChip QuantizeML's ONNX route (Akida 2.0), which quantizes at 8 "
+            f"bits only; weight bits {weight_bits} / activation bits {act_bits} were asked (the 1/2/4-bit "
+            "Akida 1.0 route needs a Keras model and cnn2snn.quantize, which EdgeQuant does not drive).",
+            "drop --weight-bits/--act-bits for --target akida, or check the model's 4-bit compliance with "
+            "'edgequant check MODEL --target akida'.",
+        )
 
 
 def build(

@@ -183,3 +183,30 @@ def _require_whole(model: onnx.ModelProto, res: dict[str, Any], output: str) -> 
         f"({first.op_type}) and the nodes after it were not converted.",
         "replace that layer with one Akida 2.0 supports ('edgequant check MODEL --target akida' lists them).",
     )
+
+
+def run_akida(program: Path, float_model: onnx.ModelProto, batches: list[Batch]) -> list[np.ndarray]:
+    """Run an ``.fbz`` written by :func:`build_akida` on Akida's software backend; the model's first
+    output per batch, ``float32 [N, ...]``.  The samples go through the same mapping to 8-bit pixels as
+    at conversion (the model's declared normalisation is part of the program).
+
+    Raises:
+        DataError: the samples are not 8-bit integers (after that mapping).
+        TargetError / ExportError: the toolchain is missing, or Akida failed (its one line).
+    """
+    name = input_specs(float_model)[0].name
+    _, to_pixels = _pixel_input(float_model, name)
+    pixels = [to_pixels(b[name].astype(np.float32)) for b in batches]
+    dtype = input_dtype(np.concatenate(pixels))
+    with tempfile.TemporaryDirectory(prefix="edgequant-akida-run-") as tmp:
+        work = Path(tmp)
+        arrays: dict[str, Any] = {f"{i}/x": p for i, p in enumerate(pixels)}
+        np.savez(work / "inputs.npz", **arrays)
+        run_driver(
+            "akida", "akida_run",
+            {"program": str(program), "input_dtype": dtype, "inputs": str(work / "inputs.npz"),
+             "outputs": str(work / "outputs.npz")},
+            work,
+        )  # fmt: skip
+        with np.load(work / "outputs.npz") as data:
+            return [data[f"{i}/y"] for i in range(len(batches))]

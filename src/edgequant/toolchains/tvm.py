@@ -131,3 +131,51 @@ def _sqnr(
                 out.setdefault(name, []).append(sqnr_db(value, mine[name]))
     means = {k: float(np.mean(v)) for k, v in out.items()}
     return {k: round(v, 2) if np.isfinite(v) else None for k, v in means.items()}  # None: identical (inf dB)
+
+
+def run_tvm(
+    library: Path,
+    model: onnx.ModelProto,
+    batches: list[Batch],
+    *,
+    threads: int = 1,
+    latency_runs: int = 0,
+    latency_batch: Batch | None = None,
+) -> tuple[list[Batch], dict[str, Any] | None]:
+    """Run a ``.tvm.so`` written by :func:`build_tvm` on ``batches``, in the tvm toolchain's interpreter.
+
+    Args:
+        library: the exported library.
+        model: the ONNX model it was compiled from (its input and output names, in order).
+        batches: ``{input name: array}`` per batch.
+        threads: ``TVM_NUM_THREADS``.
+        latency_runs: timed runs of ``latency_batch`` (0: no timing).
+
+    Returns:
+        The outputs per batch (``{output name: array}``), and ``{"median": ms, "p90": ms, "runs",
+        "threads"}`` or None when not timed.
+
+    Raises:
+        TargetError: the toolchain is not installed.  ExportError: TVM failed (its one line).
+    """
+    from edgequant.data import input_specs
+
+    names = [s.name for s in input_specs(model)]
+    outputs = [o.name for o in model.graph.output]
+    with tempfile.TemporaryDirectory(prefix="edgequant-tvm-run-") as tmp:
+        work = Path(tmp)
+        arrays: dict[str, Any] = {f"{i}/{k}": v for i, b in enumerate(batches) for k, v in b.items()}
+        if latency_runs and latency_batch is not None:
+            arrays.update({f"t/{k}": v for k, v in latency_batch.items()})
+        np.savez(work / "inputs.npz", **arrays)
+        res = run_driver(
+            "tvm", "tvm_run",
+            {"library": str(library), "input_names": names, "inputs": str(work / "inputs.npz"),
+             "outputs": str(work / "outputs.npz"), "threads": threads,
+             "latency_runs": latency_runs if latency_batch is not None else 0, "latency_batch": "t"},
+            work,
+        )  # fmt: skip
+        with np.load(work / "outputs.npz") as data:
+            got = [{outputs[int(k)]: data[f"{i}/{k}"] for k in range(len(outputs)) if f"{i}/{k}" in data.files}
+                   for i in range(len(batches))]  # fmt: skip
+    return got, res.get("latency_ms")
