@@ -29,10 +29,12 @@ from typing import Any
 import onnx
 
 from edgequant import pipeline, toolchains
+from edgequant import targets as target_profiles
 from edgequant.data.model_inputs import input_specs
 from edgequant.errors import DataError, EdgeQuantError, RecipeError
 from edgequant.evaluate import core, energy, layers, leakage, opcount, perf, target_rows
 from edgequant.evaluate.energy import EnergyProfile
+from edgequant.evaluate.predict import BASIS, no_numbers, predict_latency, target_energy_profile
 from edgequant.evaluate.recommend import Candidate, Limits, Recommendation, recommend
 from edgequant.model.io import save_model
 from edgequant.model.repair import prepare
@@ -64,6 +66,7 @@ class MethodResult:
     packed_bytes: int | None = None
     quantize_seconds: float | None = None
     energy: dict[str, Any] | None = None
+    predicted_latency: dict[str, Any] | None = None  # on the target, from its profile (evaluate.predict)
     limit_failures: list[str] = field(default_factory=list)
     calibration_data: str = "none"  # "real" | "synthetic" (allowed by the user) | "none" (not calibrated)
     compliance: dict[str, Any] | None = None  # targets.check report of the quantized model
@@ -232,8 +235,11 @@ def compare(
     (``cpu``, ``cuda``, ``cuda:N``; ``gpu_number`` is an alias) picks ORT's provider for calibration,
     evaluation and latency, refusing a missing CUDA (``edgequant.runtime.device``).  Each method gets an
     energy *estimate* per inference (``edgequant.evaluate.energy``; ``energy_profile`` overrides the
-    Horowitz 45 nm numbers; FP32's is counted on the float graph after EdgeQuant's clean-up, with
+    Horowitz 45 nm numbers; without it, the target profile's own ``performance.energy_pj`` replace
+    them where it has them; FP32's is counted on the float graph after EdgeQuant's clean-up, with
     BatchNorm folded as ORT folds it) and, where the host exposes RAPL, a measured figure beside it.
+    For a ``target`` whose profile gives throughput per precision, each method also gets a predicted
+    latency on that target (``edgequant.evaluate.predict``, labelled a prediction; not used by the rule).
     ``data_options`` are quantize's data options (``SourceOptions``) for both data sets; with a
     ``metadata_csv`` calibration reads its ``train`` rows and evaluation the ``eval_split`` rows
     (default ``val``).  Evaluation samples that calibration also reads are refused (``leakage``).
@@ -260,7 +266,11 @@ def compare(
             "pass --calib-data PATH, or --allow-synthetic to calibrate on random inputs knowingly "
             "(every row then says so).",
         )
-    profile = EnergyProfile.from_mapping(energy_profile) if energy_profile is not None else EnergyProfile()
+    tprof = target_profiles.get(target)
+    own = target_energy_profile(tprof)
+    profile = (
+        EnergyProfile.from_mapping(energy_profile) if energy_profile is not None else own or EnergyProfile()
+    )
     opts = core.eval_options(data_options, eval_split)
     # the most calibration samples any chosen method reads: the leakage check covers all of them
     specs = input_specs(float_model)
@@ -331,6 +341,7 @@ def compare(
             r.file_bytes, r.packed_bytes = size.file_bytes, size.packed_bytes
             counted = prepare(float_model)[0] if name == "float" else qmodel  # the graph as ORT fuses it
             r.energy = _energy(counted, ev.batches[0], size.packed_bytes, profile, r.latency, batch_size, rt)
+            r.predicted_latency = predict_latency(r.energy["macs"], tprof)
             if name != "float":
                 analysed[name] = (ffloat, qmodel)
         except EdgeQuantError as exc:
@@ -353,6 +364,7 @@ def compare(
             r.energy = _energy(
                 q.model, ev.batches[0], r.packed_bytes or 0, profile, r.latency, batch_size, rt
             )
+            r.predicted_latency = predict_latency(r.energy["macs"], target_profiles.get(t))
             analysed[r.method] = (q.float_model, q.model)
         results.append(r)
     if progress:
@@ -385,6 +397,11 @@ def compare(
             "device": device if gpu_number is None else f"cuda:{gpu_number}",
             "providers": rt.providers,
             "energy": f"estimate per inference ({profile.name}: {profile.source}); {energy.ASSUMPTIONS}",
+            "energy_profile": profile.name,
+            "latency_prediction": BASIS
+            if tprof.performance and tprof.performance.macs_per_cycle
+            else no_numbers(tprof),
+            "target": tprof.name,
         },
         methods=results,
         recommended=recommended,

@@ -45,7 +45,12 @@ def _compare_table(r: CompareResult) -> Table:
         else "median ms"
     )
     score = {"top1": "top-1 %", "top1_agreement": "agreement with float %"}.get(r.primary, r.primary)
-    for col in (score, f"drop ({unit})", timing, "file MiB", "packed MiB", "mJ est."):
+    target = r.settings.get("target", "")
+    predicted = any((m.predicted_latency or {}).get("ms") is not None for m in r.methods)
+    on = {(m.predicted_latency or {}).get("target", target) for m in r.methods if m.predicted_latency}
+    where = f"on {target}" if on <= {target} else "(each row's target)"
+    pred_col = (f"predicted ms {where}",) if predicted else ()
+    for col in (score, f"drop ({unit})", timing, *pred_col, "file MiB", "packed MiB", "mJ est."):
         t.add_column(col, justify="right")
     t.add_column("limits")
     notes: list[str] = []
@@ -54,7 +59,8 @@ def _compare_table(r: CompareResult) -> Table:
             " (synthetic calib)" if m.calibration_data == "synthetic" else ""
         )
         if not m.ok:
-            t.add_row(m.method, "[red]failed[/red]", "-", "-", "-", "-", "-", _short(m.error, 40))
+            t.add_row(m.method, "[red]failed[/red]", "-", "-", *(["-"] if predicted else []), "-", "-", "-",
+                      _short(m.error, 40))  # fmt: skip
             continue
         if m.coverage and m.coverage.startswith("quantized"):
             notes.append(f"({len(notes) + 1}) {m.method}: {m.coverage}")
@@ -73,6 +79,7 @@ def _compare_table(r: CompareResult) -> Table:
             fmt(m.score, 2),
             fmt(m.drop, 2),
             fmt(lat.get("median_ms")),
+            *([_predicted(m.predicted_latency)] if predicted else []),
             fmt((m.file_bytes or 0) / MB),
             fmt((m.packed_bytes or 0) / MB),
             _mj((m.energy or {}).get("total_mj")),
@@ -83,10 +90,22 @@ def _compare_table(r: CompareResult) -> Table:
         ("* recommended: " if r.recommended else "")
         + r.reason
         + f"\nlatency measured here on {first.get('provider', '-')}, {r.settings.get('threads')} thread(s); "
-        + "mJ est. = energy estimate per inference (counted ops and bytes, Horowitz ISSCC 2014 45 nm)"
+        + "mJ est. = energy estimate per inference (counted ops and bytes, "
+        + f"{r.settings.get('energy_profile', 'horowitz-45nm')} per-op energies)\n"
+        + (
+            f"predicted ms = a prediction, not a measurement: {r.settings.get('latency_prediction', '')}"
+            if predicted
+            else str(r.settings.get("latency_prediction", ""))
+        )
         + "".join(f"\n{line}" for line in [f"rule: {r.rule}", *notes])
     )
     return t
+
+
+def _predicted(p: dict[str, Any] | None) -> str:
+    """A predicted latency, or 'n/a' when the target cannot run the method's precisions."""
+    ms = (p or {}).get("ms")
+    return "n/a" if ms is None else f"{ms:.3g}"
 
 
 def _mj(v: Any) -> str:

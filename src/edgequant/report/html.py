@@ -85,6 +85,10 @@ def render_html(data: Mapping[str, Any]) -> str:
         cls = "failed" if r["status"] != "ok" else ("best" if r["method"] == rec["method"] else "")
         trs.append((cls, method_cells(r)))
     parts += ["<h2>Methods</h2>", _table(METHOD_COLUMNS, trs, left=2)]
+    if data.get("settings", {}).get("latency_prediction"):
+        parts.append(
+            f"<p>Predicted ms (a prediction, not a measurement): {escape(str(data['settings']['latency_prediction']))}</p>"
+        )
     summary, chosen, findings = compliance_tables(data)
     if summary:
         parts += [

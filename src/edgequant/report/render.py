@@ -28,6 +28,7 @@ CSV_COLUMNS = (
     "drop_unit",
     "median_ms",
     "p90_ms",
+    "predicted_ms",
     "throughput",
     "peak_mem_mb",
     "file_bytes",
@@ -46,7 +47,7 @@ CSV_COLUMNS = (
 
 
 METHOD_COLUMNS = [
-    "method", "status", "score", "drop", "median ms", "p90 ms", "samples/s", "peak MB", "size MB",
+    "method", "status", "score", "drop", "median ms", "p90 ms", "predicted ms (target)", "samples/s", "peak MB", "size MB",
     "packed MB", "energy mJ (estimate)", "energy mJ (RAPL)", "within limits", "notes",
 ]  # fmt: skip
 
@@ -61,6 +62,7 @@ def method_cells(r: Mapping[str, Any]) -> list[str]:
         f"{fmt(r['drop'], 2)} {r['drop_unit']}",
         fmt(r["median_ms"]),
         fmt(r["p90_ms"]),
+        _sig(r.get("predicted_ms")) if r.get("predicted_ms") is not None else r.get("predicted_note") or "-",
         fmt(r["throughput"], 1),
         fmt(r["peak_mem_mb"], 1),
         fmt(r["size_mb"]),
@@ -127,6 +129,10 @@ def method_row(m: Mapping[str, Any], primary: str) -> dict[str, Any]:
         "drop_unit": m.get("drop_unit", ""),
         "median_ms": lat.get("median_ms"),
         "p90_ms": lat.get("p90_ms"),
+        "predicted_ms": (m.get("predicted_latency") or {}).get("ms"),
+        "predicted_note": "n/a"
+        if (m.get("predicted_latency") or {}).get("note", "").startswith("no prediction: the model")
+        else "-",
         "throughput": lat.get("throughput"),
         "peak_mem_mb": mem.get("peak_rss_delta_mb"),
         "file_bytes": size,
@@ -233,6 +239,11 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         "",
     ]
     lines += _md_table(METHOD_COLUMNS, [method_cells(r) for r in compare_rows(data)])
+    if data.get("settings", {}).get("latency_prediction"):
+        lines += [
+            "",
+            f"Predicted ms (a prediction, not a measurement): {_md_escape(data['settings']['latency_prediction'])}",
+        ]
     lines += _md_compliance(data)
     layer = data.get("per_layer")
     if layer:

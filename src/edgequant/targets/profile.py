@@ -12,6 +12,7 @@ A profile states what the accelerator runs and how its tensors must be quantized
 * ``unsupported``: what happens to an op kind the profile does not list (``host``: it runs on the
   host CPU; ``error``: the model cannot be deployed); ``float_ops``: whether a node left in float
   runs on the target (``runs``, a CPU runtime) or falls back to the host (``host``, the default);
+* ``performance`` (optional): vendor throughput and energy numbers (``edgequant.targets.performance``);
 * ``sources``: the vendor documents the rules come from; every rule names one by ``id``.
 
 Unknown keys and bad values are errors naming the file, the key and the allowed values.
@@ -28,6 +29,7 @@ import yaml
 
 from edgequant.errors import TargetError
 from edgequant.schemes.spec import Granularity, QuantSpec, ScaleRule
+from edgequant.targets.performance import Performance, load_performance
 
 ScaleName = Literal["float", "power_of_two", "multiplier_shift"]
 SCALE_NAMES = ("float", "power_of_two", "multiplier_shift")
@@ -196,6 +198,7 @@ class Profile:
     ops: dict[str, OpRule]
     sources: dict[str, Source]
     path: str = ""
+    performance: Performance | None = None  # vendor throughput / energy numbers (targets.performance)
 
     # -- the API other modules use (planner, torch QAT, checker) -------------------------------
     def op(self, kind: str) -> OpRule | None:
@@ -338,7 +341,7 @@ def load_profile(path: str | Path) -> Profile:
         raise TargetError(f"target profile '{p}' cannot be read: {exc}.", "fix the file.") from exc
     top = (
         "name", "title", "summary", "aliases", "methods", "compliance_only", "unsupported", "sources",
-        "weights", "activations", "bias", "multiplier_bits", "ops", "float_ops",
+        "weights", "activations", "bias", "multiplier_bits", "ops", "float_ops", "performance",
     )  # fmt: skip
     r = _Reader(str(p), "", data, top)
     src_list = r.get("sources", required=True)
@@ -397,4 +400,5 @@ def load_profile(path: str | Path) -> Profile:
         ops={str(k): _op_rule(str(p), str(k), v if v is not None else {}, known) for k, v in ops_raw.items()},
         sources=sources,
         path=str(p),
+        performance=load_performance(str(p), r.get("performance"), known),
     )
