@@ -194,3 +194,44 @@ def test_zip_of_images_calibrates_a_job(server: Server) -> None:
     assert job["status"] == "succeeded", job["error"]
     assert job["report"]["calibration"]["samples"] == 6  # of 12: 6 held back for the run check
     assert job["report"]["metrics"]["output_sqnr_db"]["logits"] >= 25.0
+
+
+def test_compare_job_takes_data_options_and_its_target(server: Server) -> None:
+    _setup(server)
+    with server.client() as c:
+        # a data option that names a server file, an unknown body key, an unknown option: refused, nothing queued
+        for body, msg in (
+            ({"data_options": {"metadata_csv": "/etc/passwd"}}, "not accepted by the REST service"),
+            ({"method": "static"}, "method"),
+            ({"data_options": {"prefech": 2}}, "data option 'prefech' is not accepted"),
+        ):
+            r = c.post("/api/v1/model/tiny/compare", params={"dataset": "calib"}, json=body)
+            assert r.status_code == 422 and msg in r.text, r.text
+            assert "/etc/passwd" not in r.text
+        r = c.post(
+            "/api/v1/model/tiny/compare",
+            params={
+                "dataset": "calib",
+                "methods": "float,int8-static",
+                "target": "vitis-dpu",
+                "max_drop": 50,
+                "max_drop_rel": 0.9,
+                "max_latency_ms": 1e5,
+                "max_size_mb": 1e3,
+                "max_energy_mj": 1e3,
+                "prefer": "energy",
+            },
+            json={"data_options": {"prefetch": 2}},
+        )
+        assert r.status_code == 202, r.text
+        job = wait_job(c, r.json()["job_id"], timeout=90)
+    assert job["status"] == "succeeded", job["error"]
+    rep = job["report"]
+    assert rep["settings"]["data_options"] == {"prefetch": 2}
+    assert rep["limits"] == {"max_drop": 50.0, "max_drop_rel": 0.9, "max_latency_ms": 1e5, "max_size_mb": 1e3,
+                             "max_energy_mj": 1e3, "prefer": "energy"}  # fmt: skip
+    assert rep["recommendation"]["method"] == "int8-static"  # the lower energy estimate, every limit met
+    assert rep["settings"]["target"] == "vitis-dpu"  # the target reaches the job (it was dropped before)
+    assert "peak compute bound" in rep["settings"]["latency_prediction"]
+    assert [m["predicted_latency"]["kind"] for m in rep["methods"]] == ["prediction", "prediction"]
+    assert rep["methods"][0]["predicted_latency"]["ms"] is None  # FP32 MACs: the DPU is int8 only

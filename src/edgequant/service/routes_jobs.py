@@ -12,7 +12,9 @@ once the job finished, or 202 as usual when it did not in time.  Sizes there are
 stored files.
 
 ``POST /model/{name}/compare`` runs every method (``edgequant.evaluate.compare``) as one job on the
-dataset.  A submit while ``max_queued`` jobs wait is a 429.
+dataset (calibration), ``eval_dataset`` (evaluation; without it the one dataset is split, seeded,
+and the report says so), with the CLI's default limits, ``target`` and a JSON body of ``data_options``.
+A submit while ``max_queued`` jobs wait is a 429.
 """
 
 from __future__ import annotations
@@ -38,7 +40,15 @@ from edgequant.service.config import (
 )
 from edgequant.service.limits import check_request
 from edgequant.service.routes_files import dataset_exists, model_exists
-from edgequant.service.schemas import Accepted, Cancelled, Job, LegacyResult, RecipeBody, recipe_mapping
+from edgequant.service.schemas import (
+    Accepted,
+    Cancelled,
+    CompareBody,
+    Job,
+    LegacyResult,
+    RecipeBody,
+    recipe_mapping,
+)
 from edgequant.service.store import FINISHED, JobStore, public_job
 
 router = APIRouter()
@@ -209,7 +219,11 @@ def submit_compare(
     max_energy_mj: float | None = None,
     prefer: str = "latency",
     task: str = "classification",
+    body: Annotated[
+        CompareBody | None, Body(description="data_options for both datasets (non-path SourceOptions)")
+    ] = None,
 ) -> JSONResponse:
+    from edgequant.data.options import SourceOptions
     from edgequant.evaluate.compare import resolve_methods
     from edgequant.evaluate.recommend import Limits
     from edgequant.evaluate.tasks import check_task
@@ -223,7 +237,10 @@ def submit_compare(
     dataset_exists(store.root, dataset)
     if eval_dataset is not None:  # else compare splits the one dataset (seeded) and says so
         dataset_exists(store.root, eval_dataset)
-    resolve_target(target)
+    data_options = dict(body.data_options or {}) if body is not None else {}
+    check_request({"data_options": data_options}, _config(request), has_dataset=True)
+    SourceOptions.create(data_options)  # unknown names and bad values: 422 before queueing
+    canonical = resolve_target(target)
     check_task(task)
     limits = Limits(
         max_drop, max_drop_rel, max_latency_ms, max_size_mb, max_energy_mj, prefer
@@ -233,6 +250,8 @@ def submit_compare(
         **limits.to_dict(),
         "task": task,
         "eval_dataset": eval_dataset,
+        "target": canonical,
+        "data_options": data_options or None,
     }
     return _accepted(_queue(request, "compare", name, dataset, options))
 

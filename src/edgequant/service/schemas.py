@@ -47,6 +47,14 @@ def _optional_model(cls: type, name: str) -> type[BaseModel]:
 RecipeBody = _optional_model(Recipe, "Recipe")
 
 
+class CompareBody(BaseModel):
+    """The optional JSON body of ``POST /model/{name}/compare``: the data options of both datasets
+    (``edgequant.data.SourceOptions``; the service accepts only the non-path ones, ``limits``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    data_options: dict[str, Any] | None = None
+
+
 def recipe_mapping(body: BaseModel | None) -> dict[str, Any]:
     """The keys the client set (nested too), as a plain mapping for ``edgequant.recipe.from_dict``."""
     if body is None:
@@ -186,6 +194,7 @@ __all__ = [
     "ERROR_RESPONSES",
     "Accepted",
     "Cancelled",
+    "CompareBody",
     "DatasetList",
     "DatasetRecord",
     "Deleted",

@@ -202,6 +202,8 @@ def _run_compare(root: Path, row: dict[str, Any], out: Path, progress: _Progress
         max_energy_mj=options.get("max_energy_mj"),
         prefer=options.get("prefer", "latency"),
         task=options.get("task", "classification"),
+        target=options.get("target") or "cpu",
+        data_options=options.get("data_options"),
         outdir=out,
         progress=progress,
     )
