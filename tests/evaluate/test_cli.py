@@ -117,3 +117,22 @@ def test_compare_limits_nothing_meets_exit_1_with_table_and_closest(
     )  # fmt: skip
     assert res.exit_code == 2 and "prefer 'speed' is not one of" in res.stderr
     assert not (tmp_path / "y").exists()
+
+
+def test_every_limit_flag_reaches_the_rule(files: dict[str, Path], tmp_path: Path) -> None:
+    # every limit generous except the energy one, which no method can meet: each miss names energy only
+    res = CliRunner().invoke(
+        _app(),
+        ["compare", str(files["float"]), "--calib-data", str(files["calib"]), "--eval-data", str(files["eval"]),
+         "--methods", "float,fp16", "--no-memory", "--runs", "2", "--max-drop", "50", "--max-drop-rel", "0.9",
+         "--max-latency-ms", "100000", "--max-size-mb", "1000", "--max-energy-mj", "1e-12", "--prefer", "energy",
+         "-o", str(tmp_path)],
+    )  # fmt: skip
+    assert res.exit_code == 1, res.output
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["limits"] == {"max_drop": 50.0, "max_drop_rel": 0.9, "max_latency_ms": 100000.0,
+                             "max_size_mb": 1000.0, "max_energy_mj": 1e-12, "prefer": "energy"}  # fmt: skip
+    for m in rep["methods"]:
+        assert [f.split(" ")[0] for f in m["limit_failures"]] == ["energy"], m["limit_failures"]
+    # fp16 halves the bytes and prices MACs lower (Horowitz): the closest to an energy limit
+    assert rep["recommendation"]["closest"] == "fp16"

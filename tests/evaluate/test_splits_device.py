@@ -172,3 +172,39 @@ def test_quantize_device_refusal_and_provider_recorded(
     )
     assert res.exit_code == 2 and "installed providers: CPUExecutionProvider" in res.stderr
     assert not (tmp_path / "g").exists()
+
+
+def test_evaluate_and_compare_take_a_recipe_s_data_options(data: dict[str, Path], tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"method: fp16\ndata_options:\n  metadata_csv: {data['meta']}\n  eval_type: val\n")
+    out = tmp_path / "e.json"
+    args = [
+        "evaluate",
+        str(data["model"]),
+        str(data["quant"]),
+        "--data",
+        str(data["h5"]),
+        "--recipe",
+        str(recipe),
+    ]
+    res = CliRunner().invoke(_app(), [*args, "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["samples"] == 6  # the recipe's metadata CSV, its val rows
+    assert "evaluate applies only its data_options; not method" in res.stderr
+    # a --data-option flag wins over the recipe's key
+    res = CliRunner().invoke(_app(), [*args, "--data-option", "eval_type=test", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["samples"] == 8
+    res = CliRunner().invoke(
+        _app(),
+        ["compare", str(data["model"]), "--calib-data", str(data["h5"]), "--eval-data", str(data["h5"]),
+         "--recipe", str(recipe), "--eval-split", "test", "--methods", "float,int8-static", "--runs", "2",
+         "--no-memory", "-o", str(tmp_path / "cmp")],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "compare applies only its data_options, target, allow_synthetic; not method" in res.stderr
+    report = json.loads((tmp_path / "cmp" / "report.json").read_text())
+    assert report["samples"] == 8 and report["settings"]["data_options"]["metadata_csv"] == str(data["meta"])
+    assert report["settings"]["leakage_check"].startswith(
+        "no overlap between 8 evaluation and 20 calibration"
+    )

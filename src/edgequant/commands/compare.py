@@ -33,12 +33,6 @@ def _profile(path: Path | None) -> dict[str, Any] | None:
     return data
 
 
-def _options(items: list[str] | None) -> dict[str, Any] | None:
-    from edgequant.cli import parse_options
-
-    return parse_options(items) if items else None
-
-
 def register(app: typer.Typer) -> None:
     @app.command()
     def compare(
@@ -112,13 +106,19 @@ def register(app: typer.Typer) -> None:
                 "--allow-synthetic", help="Without --calib-data: calibrate static methods on random inputs."
             ),
         ] = False,
-        target: Annotated[str, typer.Option(help="Hardware target profile ('edgequant targets').")] = "cpu",
+        target: Annotated[
+            str | None, typer.Option(help="Hardware target profile ('edgequant targets'); default cpu.")
+        ] = None,
         targets: Annotated[
             str | None,
             typer.Option(
                 help="Extra rows: int8-static for each target, e.g. cpu,tvm,akida (toolchain artifacts are "
                 "run and scored themselves)."
             ),
+        ] = None,
+        recipe: Annotated[
+            str | None,
+            typer.Option(help="Recipe file or preset: its data_options, target, allow_synthetic apply."),
         ] = None,
     ) -> None:
         """Quantize MODEL with every method, evaluate, and recommend one under the limits."""
@@ -143,12 +143,17 @@ def register(app: typer.Typer) -> None:
             from edgequant.evaluate import resolve_methods
 
             names.extend(resolve_methods(methods))
+            from edgequant.commands.recipe_options import recipe_options
+            from edgequant.commands.torch_input import to_onnx
             from edgequant.evaluate.target_rows import parse_targets, row_name
 
+            used = ("data_options", "target", "allow_synthetic")
+            opts, rec, notes = recipe_options(recipe, data_option, "compare", used)
+            target = target or rec.get("target") or "cpu"
+            allow_synthetic = allow_synthetic or bool(rec.get("allow_synthetic"))
             names.extend(row_name(t) for t in parse_targets(targets, target))
-            from edgequant.commands.torch_input import to_onnx
-
-            source, notes = to_onnx(model, factory, checkpoint, input_shape, dynamic_axis)
+            source, more = to_onnx(model, factory, checkpoint, input_shape, dynamic_axis)
+            notes += more
             for note in notes:
                 err.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
             result = run(
@@ -158,7 +163,7 @@ def register(app: typer.Typer) -> None:
                 threads=threads, batch_size=batch_size, measure_memory=memory, top_k=top_k,
                 layer_samples=layer_samples, max_eval_samples=max_eval_samples, blank=blank, layout=layout,
                 device=device, gpu_number=gpu_number, energy_profile=_profile(energy_profile),
-                data_options=_options(data_option), eval_split=eval_split,
+                data_options=opts, eval_split=eval_split,
                 allow_synthetic=allow_synthetic, target=target, targets=targets,
             )  # fmt: skip
         except EdgeQuantError as exc:

@@ -178,17 +178,21 @@ def register(app: typer.Typer) -> None:
             list[str] | None,
             typer.Option(help="PyTorch export: INPUT:AXIS made dynamic (e.g. input:1). Repeatable."),
         ] = None,
+        recipe: Annotated[
+            str | None, typer.Option(help="Recipe file or preset: its data_options apply (flags win).")
+        ] = None,
     ) -> None:
         """Compare a quantized model with its float model on labeled or unlabeled data."""
         from edgequant.evaluate.table import format_table
         from edgequant.report import render_csv, render_json, write_text
 
         try:
-            from edgequant.cli import parse_options
+            from edgequant.commands.recipe_options import recipe_options
             from edgequant.commands.torch_input import to_onnx
 
-            opts = parse_options(data_option) if data_option else None
-            source, notes = to_onnx(float_model, factory, checkpoint, input_shape, dynamic_axis)
+            opts, _, notes = recipe_options(recipe, data_option, "evaluate")
+            source, more = to_onnx(float_model, factory, checkpoint, input_shape, dynamic_axis)
+            notes += more
             for note in notes:
                 Console(stderr=True).print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
             result, out, rows = run_evaluate(
