@@ -419,7 +419,7 @@ def _refuse_ignored_model_options(model: Path, factory: str | None, input_shape:
             "only thing the shape is for; the option would be ignored.",
             "drop --input-shape (an ONNX or Keras model carries its input shapes).",
         )
-    if factory and not model.exists():
+    if factory and not model.exists() and (model.suffix or len(model.parts) > 1):  # a bare name names it
         raise ModelError(
             f"--factory {factory} is given with MODEL '{model}', which does not exist.",
             "pass the path of the TorchScript/.pt file the factory belongs to, or check the spelling.",

@@ -103,3 +103,32 @@ def test_four_method_study_in_one_command(study: dict[str, Path], tmp_path: Path
     rep = json.loads((tmp_path / "report.json").read_text())
     assert rep["samples"] == 2 and "split = test" in rep["settings"]["eval_data"]
     assert rep["settings"]["leakage_check"].startswith("no overlap between 2 evaluation and 8 calibration")
+
+
+def test_quantize_and_evaluate_take_the_same_checkpoint_forms(study: dict[str, Path], tmp_path: Path) -> None:
+    from edgequant.cli import app
+
+    state = torch.load(study["run"] / "checkpoint.pt")["model_state_dict"]
+    ckpt = tmp_path / "sd.pt"
+    torch.save({"state_dict": state, "step": 3}, ckpt)
+    data = ["--data-option", f"metadata_csv={study['meta']}"]
+    res = CliRunner().invoke(
+        app,
+        ["quantize", "gru_decoder", "--factory", "eqseed.nets:GruDecoder", "--checkpoint", str(ckpt),
+         "--input-shape", "1x20x8", "--dynamic-axis", "input:1", "--calib-data", str(study["h5"]), *data,
+         "-o", str(tmp_path / "q")],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "the 'state_dict' entry of 'sd.pt' (other entries: step)" in " ".join(res.stderr.split())
+    quant = next((tmp_path / "q").glob("*.onnx"))
+    out = tmp_path / "e.json"
+    res = CliRunner().invoke(
+        _app(),
+        ["evaluate", "gru_decoder", str(quant), "--factory", "eqseed.nets:GruDecoder", "--checkpoint",
+         str(study["run"]), "--input-shape", "1x20x8", "--dynamic-axis", "input:1", "--data", str(study["h5"]),
+         *data, "--eval-split", "test", "-o", str(out)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "weights from the 'model_state_dict' entry of 'checkpoint.pt'" in " ".join(res.stderr.split())
+    rep = json.loads(out.read_text())
+    assert rep["samples"] == 2 and rep["float"]["top1"] == 1.0  # labels are the float GRU's own decisions

@@ -292,13 +292,14 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 f"use one of {', '.join(map(str, allowed))}" + _suggest(str(value), map(str, allowed)),
             )
         return value
-    if origin is tuple:
+    if origin in (tuple, list):  # list: e.g. dynamic_axes {input: [1]}
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list | tuple):
             raise RecipeError(f"{where} must be a list, got {type(value).__name__}.", "write a YAML list.")
         item = get_args(hint)[0]
-        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+        items = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
             raise RecipeError(
