@@ -22,7 +22,14 @@ weights (the estimate depends on shapes and precisions only) and estimated in fp
 (w8a16); beside it Eyeriss (Chen et al., IEEE JSSC 52(1), 2017): AlexNet CONV layers at 35 frames/s and
 278 mW, batch 4, 65 nm, 16-bit fixed point: 278 / 35 = 7.9 mJ per frame for the chip, DRAM excluded.
 
+Predicted latency: beside each measured latency, ``edgequant.evaluate.predict`` on the ``vitis-dpu``
+profile (one DPUCZDX8G B4096 core, 2048 int8 MACs/cycle at 300 MHz, PG338 / UG1354): the peak compute
+bound MACs / (MACs per cycle x clock), from the MACs compare counted; a method with float MACs gets
+none (the DPU is int8 only).  It is a prediction, not a measurement.
+
     .venv/bin/python benchmarks/bench_precision_choice.py   # -> results/bench_precision_choice.{json,md}
+    .venv/bin/python benchmarks/bench_precision_choice.py --from-json   # re-derive the predictions and
+        # the Markdown from the stored results (counted MACs), without re-measuring
 """
 
 from __future__ import annotations
@@ -43,14 +50,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models
 from models.common import DataFiles
 
-from edgequant import pipeline
+from edgequant import pipeline, targets
 from edgequant.evaluate import Limits, compare, energy, opcount, recommend
 from edgequant.evaluate.compare import candidate
+from edgequant.evaluate.predict import predict_latency
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = "float,dynamic-int8,fp16,int8-static-per-tensor,int8-static"
 MODELS = ("shapes", "ocr_cls", "vad")
 EYERISS_MJ = 278.0 / 35.0  # mW / (frames/s) = mJ per frame
+PREDICT_ON = "vitis-dpu"
+
+
+def predicted(energy_est: dict[str, Any] | None) -> dict[str, Any]:
+    """The predicted latency on ``PREDICT_ON`` from the MACs counted for the energy estimate."""
+    return predict_latency((energy_est or {}).get("macs") or {}, targets.get(PREDICT_ON))
 
 
 def _eval_set(name: str, m: models.BenchModel) -> tuple[Any, Any, str]:
@@ -106,6 +120,7 @@ def bench(name: str) -> dict[str, Any]:
                 "threads": (r.latency or {}).get("threads"),
                 "file_bytes": r.file_bytes,
                 "energy": r.energy,
+                "predicted": predicted(r.energy),
             }
             for r in res.methods
         ],
@@ -171,6 +186,13 @@ def published() -> dict[str, Any]:
     return {"alexnet_conv": out, "eyeriss_mj": EYERISS_MJ}
 
 
+BASIS_NOTE = (
+    "a prediction, not a measurement: one DPUCZDX8G B4096 core (2048 int8 MACs/cycle, 300 MHz; PG338, "
+    "UG1354), peak compute bound MACs / (MACs per cycle x clock); memory traffic, element-wise ops and "
+    "utilisation below peak are not counted, so the device's latency is at least this."
+)
+
+
 def _f(v: Any, d: int = 3) -> str:
     return "-" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))
 
@@ -188,19 +210,21 @@ def markdown(data: dict[str, Any]) -> str:
             f"## {d['model']} ({d['task']}, {d['samples']} evaluation samples, metric {d['primary']})",
             "",
         ]
-        lines += ["| method | drop | median ms | MB | energy mJ (estimate) | MACs by precision | compute / weights / activations mJ | RAPL |",
-                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += ["| method | drop | median ms | DPU ms (predicted) | MB | energy mJ (estimate) | MACs by precision | compute / weights / activations mJ | RAPL |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in d["methods"]:
             if r["status"] != "ok":
-                lines.append(f"| {r['method']} | failed: {r['error'][:80]} | | | | | | |")
+                lines.append(f"| {r['method']} | failed: {r['error'][:80]} | | | | | | | |")
                 continue
             e = r["energy"] or {}
             br = e.get("breakdown_mj", {})
             comp = sum(v for k, v in br.items() if k.startswith(("mac_", "op_")))
             macs = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in (e.get("macs") or {}).items())
             rapl = _f(e.get("measured_mj"), 4) if e.get("measured_mj") is not None else "n/a"
+            pred = (r.get("predicted") or {}).get("ms")
             lines.append(
                 f"| {r['method']} | {_f(r['drop'], 2)} {r['drop_unit']} | {_f(r['median_ms'])} | "
+                f"{'n/a (float MACs)' if pred is None else f'{pred:.3g}'} | "
                 f"{(r['file_bytes'] or 0) / 2**20:.3f} | {e.get('total_mj', 0):.4g} | {macs} | "
                 f"{comp:.3g} / {br.get('weights', 0):.3g} / {br.get('activations', 0):.3g} | {rapl} |"
             )
@@ -212,6 +236,7 @@ def markdown(data: dict[str, Any]) -> str:
             rec = d["recommendations"][k]
             lines.append(f"| {k}: {given}; prefer {lim['prefer']} | {rec['reason'].replace('|', '/')} |")
         lines.append("")
+    lines += [f"DPU ms (predicted): {BASIS_NOTE}", ""]
     p = data["published"]
     lines += ["## Energy model vs a published per-inference figure", "",
               "| AlexNet CONV layers | estimate mJ | MACs | compute / weights / activations mJ |",
@@ -228,7 +253,13 @@ def markdown(data: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    data = {"models": [bench(n) for n in MODELS], "published": published()}
+    if "--from-json" in sys.argv[1:]:
+        data = json.loads((RESULTS / "bench_precision_choice.json").read_text())
+        for d in data["models"]:
+            for r in d["methods"]:
+                r["predicted"] = predicted(r["energy"])
+    else:
+        data = {"models": [bench(n) for n in MODELS], "published": published()}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "bench_precision_choice.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
     (RESULTS / "bench_precision_choice.md").write_text(markdown(data))
