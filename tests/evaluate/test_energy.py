@@ -114,3 +114,26 @@ def test_cuda_refusal_names_installed_providers_and_the_package() -> None:
             parse_device(bad)
     with pytest.raises(RecipeError, match="contradicts"):
         parse_device("cuda:0", 1)
+
+
+def test_compare_shows_rapl_beside_the_estimate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import csv
+
+    from edgequant.evaluate import compare
+
+    reads = iter(range(10))  # each read advances the package counter by 1500 uJ per timed run (3 runs)
+
+    def fake_read(root: Path = energy.POWERCAP) -> dict[str, int]:
+        return {"intel-rapl:0": 1000 + 4500 * next(reads)}
+
+    monkeypatch.setattr(energy, "rapl_read", fake_read)
+    res = compare(
+        tinymodels.mlp(seed=0), None, {"x": np.ones((4, 32), np.float32)}, outdir=tmp_path, methods="float",
+        latency_runs=3, warmup=0, measure_memory=False, top_k=0,
+    )  # fmt: skip
+    est = res.method("float").energy or {}
+    assert est["kind"] == "estimate" and est["measured_mj"] == pytest.approx(1.5)  # 4500 uJ / 3 runs
+    assert est["measured_note"] == "RAPL, whole CPU package incl. other load"
+    row = next(csv.DictReader((tmp_path / "results.csv").open()))
+    assert float(row["energy_mj_measured"]) == pytest.approx(1.5) and float(row["energy_mj_estimate"]) > 0
+    assert "energy mJ (estimate) | energy mJ (RAPL)" in (tmp_path / "report.md").read_text()
