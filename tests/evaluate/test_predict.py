@@ -164,7 +164,7 @@ def test_compare_prices_energy_with_the_target_s_own_numbers(
     custom = targets.load_profile(
         _profile_with(tmp_path, f"performance:\n  energy_pj: {{mac_fp32: 10.0}}\n  source: {src}\n")
     )
-    monkeypatch.setattr(compare_mod.targets, "get", lambda name="cpu": custom)
+    monkeypatch.setattr(compare_mod.target_profiles, "get", lambda name="cpu": custom)
     res = compare(
         tinymodels.mlp(seed=0), None, {"x": np.ones((4, 32), np.float32)}, outdir=tmp_path / "o", methods="float",
         latency_runs=1, warmup=0, measure_memory=False, top_k=0, report=False,
