@@ -71,8 +71,9 @@ def missing_extra(exc: ModuleNotFoundError) -> DependencyError | None:
     return DependencyError.missing(top, extra, "This command")
 
 
-def shape_from_calibration(calib_data: str | None) -> str:
-    """The ``--input-shape`` text (``1x3x32x32``) of the first sample of a ``.npy``/``.npz`` file.
+def shape_from_calibration(calib_data: str | None, option: str = "--calib-data") -> str:
+    """The ``--input-shape`` text (``1x3x32x32``) of the first sample of a ``.npy``/``.npz`` file
+    (``option`` names the flag that gave it; an evaluation file's ``labels`` array is not an input).
 
     A TorchScript archive records no input shape, so the exporter needs an example input; the first
     calibration sample is one.  Other data formats get their shape from the model's inputs (which a
@@ -80,7 +81,7 @@ def shape_from_calibration(calib_data: str | None) -> str:
     """
     need = ModelError(
         "a PyTorch model needs the shape of its example input(s) for export, and "
-        + ("no --calib-data was given" if calib_data is None else f"'{calib_data}' is not a .npy/.npz file")
+        + (f"no {option} was given" if calib_data is None else f"'{calib_data}' is not a .npy/.npz file")
         + " to take it from.",
         "add --input-shape 1x3x224x224 (several inputs: comma-separated).",
     )
@@ -90,15 +91,16 @@ def shape_from_calibration(calib_data: str | None) -> str:
 
     path = Path(calib_data)
     if not path.is_file():
-        raise DataError(f"calibration file '{path}' does not exist.", "check the path given to --calib-data.")
+        raise DataError(f"data file '{path}' does not exist.", f"check the path given to {option}.")
     reader = open_npy(path) if path.suffix == ".npy" else open_npz(path)
-    if len(reader.arrays) != 1:
+    inputs = {k: v for k, v in reader.arrays.items() if k != "labels"}
+    if len(inputs) != 1:
         raise ModelError(
-            f"'{path}' holds {len(reader.arrays)} input arrays ({', '.join(reader.arrays)}); the order of a "
+            f"'{path}' holds {len(inputs)} input arrays ({', '.join(inputs)}); the order of a "
             "TorchScript model's inputs cannot be read from their names.",
             "add --input-shape with one shape per input, comma-separated, in the forward() order.",
         )
-    arr: Any = next(iter(reader.arrays.values()))
+    arr: Any = next(iter(inputs.values()))
     if len(arr.shape) < 1 or arr.shape[0] < 1:
         raise DataError(f"'{path}' holds no samples.", "save the samples on axis 0.")
     return "x".join(str(d) for d in (1, *arr.shape[1:]))

@@ -132,3 +132,46 @@ def test_quantize_and_evaluate_take_the_same_checkpoint_forms(study: dict[str, P
     assert "weights from the 'model_state_dict' entry of 'checkpoint.pt'" in " ".join(res.stderr.split())
     rep = json.loads(out.read_text())
     assert rep["samples"] == 2 and rep["float"]["top1"] == 1.0  # labels are the float GRU's own decisions
+
+
+def test_compare_and_evaluate_take_a_torchscript_file(study: dict[str, Path], tmp_path: Path) -> None:
+    """A TorchScript file goes through compare and evaluate as through quantize; scores recomputed here
+    with this test's own ORT session against labels that are the TorchScript model's own decisions."""
+    from eqseed.nets import GruDecoder
+
+    from edgequant.runtime import OrtRuntime
+
+    torch.manual_seed(1)
+    net = GruDecoder(8, 16, 4).eval()
+    rng = np.random.default_rng(5)
+    x_cal, x_ev = (rng.standard_normal((n, 20, 8)).astype(np.float32) for n in (32, 24))
+    with torch.no_grad():
+        labels = net(torch.from_numpy(x_ev)).argmax(1).numpy()
+    scripted = tmp_path / "gru.pt"
+    torch.jit.save(torch.jit.trace(net, torch.from_numpy(x_cal[:1])), str(scripted))
+    np.savez(tmp_path / "cal.npz", x=x_cal)
+    np.savez(tmp_path / "ev.npz", x=x_ev, labels=labels)
+    res = CliRunner().invoke(
+        _app(),
+        ["compare", str(scripted), "--calib-data", str(tmp_path / "cal.npz"), "--eval-data",
+         str(tmp_path / "ev.npz"), "--methods", "float,int8-static", "--no-memory", "--runs", "3",
+         "--max-drop", "50", "-o", str(tmp_path / "cmp")],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    rows = {r["method"]: r for r in csv.DictReader((tmp_path / "cmp" / "results.csv").open())}
+    assert rows["float"]["score"] == "100.0"  # the labels are the scripted model's own decisions
+    quant = tmp_path / "cmp" / rows["int8-static"]["model_file"]
+    import onnx
+
+    qmodel = onnx.load(str(quant))
+    got = OrtRuntime().run(qmodel, {qmodel.graph.input[0].name: x_ev})
+    expected = 100.0 * float(np.mean(next(iter(got.values())).argmax(1) == labels))
+    assert float(rows["int8-static"]["score"]) == pytest.approx(expected, abs=1e-6)
+    out = tmp_path / "e.json"
+    res = CliRunner().invoke(
+        _app(), ["evaluate", str(scripted), str(quant), "--data", str(tmp_path / "ev.npz"), "-o", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    rep = json.loads(out.read_text())
+    assert rep["float"]["top1"] == 1.0
+    assert rep["quantized"]["top1"] == pytest.approx(expected / 100.0, abs=1e-6)

@@ -152,7 +152,8 @@ def register(app: typer.Typer) -> None:
             target = target or rec.get("target") or "cpu"
             allow_synthetic = allow_synthetic or bool(rec.get("allow_synthetic"))
             names.extend(row_name(t) for t in parse_targets(targets, target))
-            source, more = to_onnx(model, factory, checkpoint, input_shape, dynamic_axis)
+            first = ("--calib-data", calib_data) if calib_data is not None else ("--eval-data", eval_data)
+            source, more = to_onnx(model, factory, checkpoint, input_shape, dynamic_axis, first)
             notes += more
             for note in notes:
                 err.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)

@@ -191,7 +191,9 @@ def register(app: typer.Typer) -> None:
             from edgequant.commands.torch_input import to_onnx
 
             opts, _, notes = recipe_options(recipe, data_option, "evaluate")
-            source, more = to_onnx(float_model, factory, checkpoint, input_shape, dynamic_axis)
+            source, more = to_onnx(
+                float_model, factory, checkpoint, input_shape, dynamic_axis, ("--data", data)
+            )
             notes += more
             for note in notes:
                 Console(stderr=True).print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)

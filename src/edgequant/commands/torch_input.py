@@ -66,9 +66,12 @@ def to_onnx(
     checkpoint: Path | None,
     input_shape: str | None,
     dynamic_axis: list[str] | None,
+    data: tuple[str, str | Path | None] | None = None,
 ) -> tuple[Any, list[str]]:
     """MODEL as evaluate/compare take it: the path itself for ONNX, else the verified ONNX export
-    (a ModelProto named after the file) and notes saying how it was built."""
+    (a ModelProto named after the file) and notes saying how it was built.  ``data`` (the flag's name
+    and its file) gives a TorchScript model without ``input_shape`` its example shape, as quantize's
+    ``--calib-data`` does: the first sample of a ``.npy``/``.npz`` file."""
     axes = parse_dynamic_axes(dynamic_axis)
     if not is_torch(model, factory):
         if axes or input_shape or checkpoint:
@@ -79,6 +82,10 @@ def to_onnx(
         return model, []
     from edgequant.pipeline import load_input_model
 
+    if input_shape is None and data is not None:
+        from edgequant.cli_support import shape_from_calibration
+
+        input_shape = shape_from_calibration(None if data[1] is None else str(data[1]), data[0])
     module, examples, notes = load_torch(model, factory, checkpoint, input_shape)
     proto, _, check = load_input_model(module, examples, axes or None)
     proto.graph.name = model.stem
