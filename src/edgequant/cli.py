@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from edgequant.cli_support import configure_logging, default, missing_extra, shape_from_calibration
+from edgequant.commands.executor_options import Address, Cpus, open_executor
 from edgequant.errors import EdgeQuantError, ModelError, RecipeError, TargetNotMetError
 from edgequant.outputs import check_writable, output_paths
 from edgequant.recipe import to_dict
@@ -339,6 +340,12 @@ def quantize(
         str | None, typer.Option(help="cpu, cuda or cuda:N: ONNX Runtime's provider (no CPU fallback).")
     ] = None,
     gpu_number: Annotated[int | None, typer.Option(help="Alias for --device cuda:N.")] = None,
+    executor: Annotated[
+        str,
+        typer.Option(help="local, or ray: the --target-sqnr per-node runs as Ray tasks (edgequant[ray])."),
+    ] = "local",
+    ray_address: Address = None,
+    ray_cpus: Cpus = None,
 ) -> None:
     """Quantize MODEL and write <name>_<tag>.onnx, its report (.json) and plan (.plan.json) into OUT."""
     from edgequant.pipeline import quantize as run
@@ -386,7 +393,13 @@ def quantize(
             from edgequant.runtime.device import runtime_for
 
             runtime = runtime_for(device, gpu_number)
-        with ProgressBar() as bar:
+        if executor != "local" and resolved.target_sqnr_db is None:
+            raise RecipeError(
+                f"--executor {executor} runs the --target-sqnr search's per-node runs, and no --target-sqnr "
+                "was given; the option would be ignored.",
+                "add --target-sqnr DB, or drop --executor.",
+            )
+        with open_executor(executor, ray_address, ray_cpus), ProgressBar() as bar:
             result = run(
                 source, None, recipe, example_inputs=examples, progress=bar, runtime=runtime, **overrides
             )
@@ -536,7 +549,7 @@ def inspect(
     )
 
 
-for _name in ("demo", "evaluate", "compare", "serve", "targets", "toolchain", "check", "qat"):
+for _name in ("demo", "evaluate", "compare", "serve", "targets", "toolchain", "check", "qat", "sweep"):
     importlib.import_module(f"edgequant.commands.{_name}").register(app)
 
 

@@ -24,6 +24,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "PIL": "data",
     "h5py": "data",
     "av": "data",
+    "ray": "ray",
     "fastapi": "serve",
     "uvicorn": "serve",
     "multipart": "serve",

@@ -15,7 +15,8 @@ Every error says what was received, what is allowed, where, and how to fix it.  
     ├── InferenceError      ONNX Runtime failed to create a session or run the model
     ├── ExportError         the quantized graph could not be written or does not load
     ├── TargetError         a hardware target is unknown or its toolchain is missing
-    └── DependencyError     an optional extra (torch, tf, serve, data) is not installed
+    ├── DependencyError     an optional extra (torch, tf, serve, data, ray) is not installed
+    └── ExecutorError       the Ray cluster cannot be reached, or a task was lost after its retries
 """
 
 from __future__ import annotations
@@ -78,6 +79,10 @@ class DependencyError(EdgeQuantError):
             f"{purpose} needs the Python package '{module}', which is not installed.",
             f"pip install 'edgequant[{extra}]'",
         )
+
+
+class ExecutorError(EdgeQuantError):
+    """The Ray cluster cannot be reached, or a task was lost after all its retries."""
 
 
 class TargetNotMetError(UnsupportedError):

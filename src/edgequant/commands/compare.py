@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from edgequant.commands.executor_options import Address, Cpus, ExecutorName, open_executor
 from edgequant.errors import EdgeQuantError
 
 
@@ -120,6 +121,9 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help="Recipe file or preset: its data_options, target, allow_synthetic apply."),
         ] = None,
+        executor: ExecutorName = "local",
+        ray_address: Address = None,
+        ray_cpus: Cpus = None,
     ) -> None:
         """Quantize MODEL with every method, evaluate, and recommend one under the limits."""
         from edgequant.evaluate import compare as run
@@ -157,7 +161,8 @@ def register(app: typer.Typer) -> None:
             notes += more
             for note in notes:
                 err.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
-            result = run(
+            with open_executor(executor, ray_address, ray_cpus) as ex:
+                result = run(
                 source, calib_data, eval_data, methods=methods, max_drop=max_drop, max_drop_rel=max_drop_rel,
                 max_latency_ms=max_latency_ms, max_size_mb=max_size_mb, max_energy_mj=max_energy_mj,
                 prefer=prefer, outdir=outdir, task=task, progress=progress, latency_runs=runs,
@@ -165,7 +170,7 @@ def register(app: typer.Typer) -> None:
                 layer_samples=layer_samples, max_eval_samples=max_eval_samples, blank=blank, layout=layout,
                 device=device, gpu_number=gpu_number, energy_profile=_profile(energy_profile),
                 data_options=opts, eval_split=eval_split,
-                allow_synthetic=allow_synthetic, target=target, targets=targets,
+                allow_synthetic=allow_synthetic, target=target, targets=targets, executor=ex,
             )  # fmt: skip
         except EdgeQuantError as exc:
             err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)

@@ -20,68 +20,32 @@ recommended one when it has Q/DQ pairs, else the first of ``int8-static`` and th
 from __future__ import annotations
 
 import difflib
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
-from edgequant import pipeline, toolchains
 from edgequant import targets as target_profiles
+from edgequant import toolchains
 from edgequant.data.model_inputs import input_specs
 from edgequant.errors import DataError, EdgeQuantError, RecipeError
-from edgequant.evaluate import core, energy, layers, leakage, opcount, perf, target_rows
+from edgequant.evaluate import core, energy, layers, leakage, perf, target_rows
 from edgequant.evaluate.energy import EnergyProfile
-from edgequant.evaluate.predict import BASIS, no_numbers, predict_latency, target_energy_profile
+from edgequant.evaluate.method_run import MethodJob, MethodResult, energy_of, energy_profile_for, run_methods
+from edgequant.evaluate.predict import BASIS, no_numbers, predict_latency
 from edgequant.evaluate.recommend import Candidate, Limits, Recommendation, recommend
-from edgequant.model.io import save_model
-from edgequant.model.repair import prepare
 from edgequant.recipe import PRESETS, preset
 from edgequant.runtime import OrtRuntime
 from edgequant.runtime.device import runtime_for
 
+if TYPE_CHECKING:
+    from edgequant.executors import Executor
+
 MB = float(2**20)
 SIZE_TIE = 0.02
 Progress = Callable[[str, int, "int | None"], None]
-
-
-@dataclass
-class MethodResult:
-    method: str
-    status: str  # "ok" | "failed"
-    tag: str = ""
-    error: str = ""
-    error_type: str = ""
-    model_file: str = ""
-    plan_file: str = ""
-    evaluation: dict[str, Any] = field(default_factory=dict)
-    score: float | None = None
-    drop: float | None = None
-    drop_unit: str = "pp"
-    latency: dict[str, Any] | None = None
-    memory: dict[str, Any] | None = None
-    file_bytes: int | None = None
-    packed_bytes: int | None = None
-    quantize_seconds: float | None = None
-    energy: dict[str, Any] | None = None
-    predicted_latency: dict[str, Any] | None = None  # on the target, from its profile (evaluate.predict)
-    limit_failures: list[str] = field(default_factory=list)
-    calibration_data: str = "none"  # "real" | "synthetic" (allowed by the user) | "none" (not calibrated)
-    compliance: dict[str, Any] | None = None  # targets.check report of the quantized model
-    coverage: str = ""  # which nodes the method changed, when it left some float (e.g. dynamic: the head)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    @property
-    def meets_limits(self) -> bool:
-        return self.ok and not self.limit_failures
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "meets_limits": self.meets_limits}
 
 
 @dataclass
@@ -176,20 +140,6 @@ def apply_rule(results: list[MethodResult], limits: Limits) -> Recommendation:
     return rec
 
 
-def coverage(report: dict[str, Any]) -> str:
-    """ "quantized 1 of 11 compute nodes (Gemm); the other 10 stay float" when a run left nodes float."""
-    done = report["nodes"]["quantized"]
-    left = report["nodes"]["skipped"]
-    if not left:
-        return ""
-    ops = sorted({d["op_type"] for d in done})
-    float_ops = sorted({d["op_type"] for d in left})
-    return (
-        f"quantized {len(done)} of {len(done) + len(left)} nodes ({', '.join(ops) or 'none'}); "
-        f"{len(left)} stay float ({', '.join(float_ops)})"
-    )
-
-
 def compare(
     model: str | Path | onnx.ModelProto,
     calibration: Any,
@@ -225,6 +175,7 @@ def compare(
     allow_synthetic: bool = False,
     target: str = "cpu",
     targets: str | Sequence[str] | None = None,
+    executor: Executor | None = None,
 ) -> CompareResult:
     """Run, evaluate and rank every method; write the report files into ``outdir`` (see module doc).
 
@@ -246,7 +197,10 @@ def compare(
     Without ``calibration``, the static methods are refused (DataError) unless ``allow_synthetic``;
     then they calibrate on random inputs and every row says ``calibration_data: synthetic``.
     ``targets`` (``"cpu,tvm,akida"``) adds one ``int8-static@<target>`` row per target other than
-    ``target`` (``edgequant.evaluate.target_rows``: toolchain artifacts are run and scored themselves).
+    ``target`` (``edgequant.evaluate.target_rows``: toolchain artifacts are run and scored themselves;
+    these rows run here, after the methods, whatever the executor).
+    ``executor`` (default: ``edgequant.executors.current()``, local) runs the methods; on Ray they
+    run in parallel and their files come back into ``outdir`` (``method_run.run_methods``).
     """
     core.tasks.check_task(task)
     limits = Limits(max_drop, max_drop_rel, max_latency_ms, max_size_mb, max_energy_mj, prefer)
@@ -256,112 +210,36 @@ def compare(
         if t in toolchains.TARGETS:
             toolchains.require(toolchains.TARGETS[t])
     out = Path(outdir)
-    float_model = core.as_model(model)
-    stem = Path(model).stem if isinstance(model, str | Path) else (float_model.graph.name or "model")
-    rt = runtime_for(device, gpu_number)
-    static = [n for n in names if n != "float" and preset(n).method == "static"]
-    if calibration is None and static and not allow_synthetic:
-        raise DataError(
-            f"no calibration data was given, and {', '.join(static)} calibrate activation ranges on data.",
-            "pass --calib-data PATH, or --allow-synthetic to calibrate on random inputs knowingly "
-            "(every row then says so).",
-        )
-    tprof = target_profiles.get(target)
-    own = target_energy_profile(tprof)
-    profile = (
-        EnergyProfile.from_mapping(energy_profile) if energy_profile is not None else own or EnergyProfile()
-    )
-    opts = core.eval_options(data_options, eval_split)
-    # the most calibration samples any chosen method reads: the leakage check covers all of them
-    specs = input_specs(float_model)
-    quantized = [n for n in names if n != "float"]
-    cap = max(preset(n).calib_samples for n in quantized) if quantized else 1
-    one = leakage.same_file(calibration, eval_data) and not (opts or {}).get("metadata_csv")
-    if one:  # one dataset for both: a seeded split, calibration never sees the evaluation part
-        calibration = leakage.calibration_part(calibration, specs, opts, cap)
-    ev = core.load_eval_data(
-        eval_data, float_model, labels=labels, max_samples=max_eval_samples, options=opts,
-        split="eval" if one else None,
+    prep = prepare_job(
+        model, calibration, eval_data, names, task=task, labels=labels, latency_runs=latency_runs,
+        warmup=warmup, threads=threads, batch_size=batch_size, measure_memory=measure_memory,
+        max_eval_samples=max_eval_samples, blank=blank, layout=layout, device=device, gpu_number=gpu_number,
+        energy_profile=energy_profile, data_options=data_options, eval_split=eval_split,
+        allow_synthetic=allow_synthetic, target=target,
     )  # fmt: skip
-    leak = leakage.check_no_leakage(calibration, eval_data, ev.batches, specs, opts, cap)
-    if one:
-        leak = f"one dataset split in two (seed 0, 20 % evaluation): {leak}"
-    extra: dict[str, Any] = {"data_options": opts} if opts else {}
-    out_name = core.output_name(float_model, None)
-    lay = core.ev_layout(task, layout)
-    ref = core.join(core.run_outputs(float_model, ev.batches, out_name, rt, "the float model"), task, lay)
-    specs = input_specs(float_model)
-    fixed = specs[0].shape[0] if specs and specs[0].shape else None
-    batch_size = fixed if isinstance(fixed, int) else batch_size  # a fixed batch dim decides
+    job, ev, rt, profile, leak = prep.job, prep.ev, prep.rt, prep.profile, prep.leak
+    tprof = target_profiles.get(target)
+    out_name, batch_size, opts = job.out_name, job.batch_size, job.data_options
     out.mkdir(parents=True, exist_ok=True)  # only once every input was checked
-    results: list[MethodResult] = []
-    analysed: dict[str, tuple[onnx.ModelProto, onnx.ModelProto]] = {}
-    primary = ""
-    for i, name in enumerate(names):
-        if progress:
-            progress("compare", i, len(names) + len(extra_targets))
-        r = MethodResult(method=name, status="ok")
-        try:
-            start = time.perf_counter()
-            if name == "float":
-                r.tag, qmodel, ffloat = "float", float_model, float_model
-                path = save_model(float_model, out / f"{stem}_float.onnx")
-            else:
-                q = pipeline.quantize(
-                    model,
-                    calibration,
-                    preset(name, allow_synthetic=allow_synthetic, target=target),
-                    runtime=rt,
-                    **extra,
-                )
-                cal = q.report.get("calibration")
-                r.calibration_data = "none" if not cal else "synthetic" if cal.get("synthetic") else "real"
-                r.compliance = q.report.get("compliance")
-                paths = q.save(out)
-                r.tag, qmodel, ffloat, path = q.tag, q.model, q.float_model, paths.model
-                r.plan_file = paths.plan.name
-                r.coverage = coverage(q.report)
-            r.quantize_seconds = time.perf_counter() - start
-            r.model_file = path.name
-            got = (
-                ref
-                if name == "float"
-                else core.join(core.run_outputs(qmodel, ev.batches, out_name, rt, name), task, lay)
-            )
-            e = core.score_outputs(task, ref, got, ev.labels, out_name, blank=blank)
-            primary = e.primary
-            r.evaluation, r.score, r.drop, r.drop_unit = e.to_dict(), e.quant_score, e.drop, e.drop_unit
-            r.latency = perf.measure_latency(
-                path, ev.batches[0], runs=latency_runs, warmup=warmup, threads=threads, batch_size=batch_size,
-                runtime=rt, rapl=True,
-            ).to_dict()  # fmt: skip
-            if measure_memory:
-                r.memory = perf.measure_memory(path, ev.batches[0], batch_size=batch_size, threads=threads)
-            size = perf.model_size(path)
-            r.file_bytes, r.packed_bytes = size.file_bytes, size.packed_bytes
-            counted = prepare(float_model)[0] if name == "float" else qmodel  # the graph as ORT fuses it
-            r.energy = _energy(counted, ev.batches[0], size.packed_bytes, profile, r.latency, batch_size, rt)
-            r.predicted_latency = predict_latency(r.energy["macs"], tprof)
-            if name != "float":
-                analysed[name] = (ffloat, qmodel)
-        except EdgeQuantError as exc:
-            r.status, r.error, r.error_type = "failed", str(exc), type(exc).__name__
-        results.append(r)
-    for j, t in enumerate(extra_targets):
+    results, analysed, primary = run_methods(
+        executor, job, names, out, progress, total=len(names) + len(extra_targets)
+    )
+    extra: dict[str, Any] = {"data_options": opts} if opts else {}
+    for j, t in enumerate(extra_targets):  # toolchain rows: here, after the methods, on this machine
         if progress:
             progress("compare", len(names) + j, len(names) + len(extra_targets))
         r = MethodResult(method=target_rows.row_name(t), status="ok")
         q = target_rows.target_row(
-            r, t, model, calibration, ev, ref, out=out, out_name=out_name, task=task, layout=lay, blank=blank,
-            rt=rt, allow_synthetic=allow_synthetic, extra=extra, threads=threads,
-            latency_sample=perf.repeat_sample(ev.batches[0], batch_size, float_model),
+            r, t, model, job.calibration, ev, job.ref, out=out, out_name=out_name, task=task, layout=job.layout,
+            blank=blank, rt=rt, allow_synthetic=allow_synthetic, extra=extra, threads=threads,
+            latency_sample=perf.repeat_sample(ev.batches[0], batch_size, prep.float_model),
             latency=lambda p: perf.measure_latency(
                 p, ev.batches[0], runs=latency_runs, warmup=warmup, threads=threads, batch_size=batch_size,
                 runtime=rt, rapl=True,
             ).to_dict(),
         )  # fmt: skip
         if q is not None:
-            r.energy = _energy(
+            r.energy = energy_of(
                 q.model, ev.batches[0], r.packed_bytes or 0, profile, r.latency, batch_size, rt
             )
             r.predicted_latency = predict_latency(r.energy["macs"], target_profiles.get(t))
@@ -375,7 +253,7 @@ def compare(
         recommended, names, analysed, ev.batches, layer_samples, top_k, out_name, rt
     )
     result = CompareResult(
-        model=str(model) if isinstance(model, str | Path) else stem,
+        model=str(model) if isinstance(model, str | Path) else job.stem,
         task=task,
         outdir=out,
         samples=ev.samples,
@@ -418,6 +296,87 @@ def compare(
     return result
 
 
+@dataclass
+class Prepared:
+    """What every method of one model shares: the job, the evaluation data, runtime, energy profile and
+    the leakage check's text."""
+
+    job: MethodJob
+    ev: core.EvalData
+    rt: OrtRuntime
+    profile: EnergyProfile
+    leak: str
+    float_model: onnx.ModelProto
+
+
+def prepare_job(
+    model: str | Path | onnx.ModelProto,
+    calibration: Any,
+    eval_data: Any,
+    names: list[str],
+    *,
+    task: str = "classification",
+    labels: Any | None = None,
+    latency_runs: int = 30,
+    warmup: int = 3,
+    threads: int = 1,
+    batch_size: int = 1,
+    measure_memory: bool = True,
+    max_eval_samples: int | None = None,
+    blank: int = 0,
+    layout: str = "ntc",
+    device: str | None = "cpu",
+    gpu_number: int | None = None,
+    energy_profile: Mapping[str, Any] | None = None,
+    data_options: Mapping[str, Any] | None = None,
+    eval_split: str | None = None,
+    allow_synthetic: bool = False,
+    target: str = "cpu",
+) -> Prepared:
+    """Check the inputs and load what the methods ``names`` share (``compare``'s arguments; nothing is
+    written).  DataError for missing calibration of static methods, leakage, or unreadable data."""
+    core.tasks.check_task(task)
+    float_model = core.as_model(model)
+    stem = Path(model).stem if isinstance(model, str | Path) else (float_model.graph.name or "model")
+    rt = runtime_for(device, gpu_number)
+    static = [n for n in names if n != "float" and preset(n).method == "static"]
+    if calibration is None and static and not allow_synthetic:
+        raise DataError(
+            f"no calibration data was given, and {', '.join(static)} calibrate activation ranges on data.",
+            "pass --calib-data PATH, or --allow-synthetic to calibrate on random inputs knowingly "
+            "(every row then says so).",
+        )
+    profile = energy_profile_for(energy_profile, target)
+    opts = core.eval_options(data_options, eval_split)
+    # the most calibration samples any chosen method reads: the leakage check covers all of them
+    specs = input_specs(float_model)
+    quantized = [n for n in names if n != "float"]
+    cap = max(preset(n).calib_samples for n in quantized) if quantized else 1
+    one = leakage.same_file(calibration, eval_data) and not (opts or {}).get("metadata_csv")
+    if one:  # one dataset for both: a seeded split, calibration never sees the evaluation part
+        calibration = leakage.calibration_part(calibration, specs, opts, cap)
+    ev = core.load_eval_data(
+        eval_data, float_model, labels=labels, max_samples=max_eval_samples, options=opts,
+        split="eval" if one else None,
+    )  # fmt: skip
+    leak = leakage.check_no_leakage(calibration, eval_data, ev.batches, specs, opts, cap)
+    if one:
+        leak = f"one dataset split in two (seed 0, 20 % evaluation): {leak}"
+    out_name = core.output_name(float_model, None)
+    lay = core.ev_layout(task, layout)
+    ref = core.join(core.run_outputs(float_model, ev.batches, out_name, rt, "the float model"), task, lay)
+    fixed = specs[0].shape[0] if specs and specs[0].shape else None
+    batch_size = fixed if isinstance(fixed, int) else batch_size  # a fixed batch dim decides
+    job = MethodJob(
+        model=model, calibration=calibration, stem=stem, batches=ev.batches, labels=ev.labels, ref=ref,
+        out_name=out_name, task=task, layout=lay, blank=blank, device=device, gpu_number=gpu_number,
+        data_options=opts, allow_synthetic=allow_synthetic, target=target, latency_runs=latency_runs,
+        warmup=warmup, threads=threads, batch_size=batch_size, measure_memory=measure_memory,
+        energy_profile=dict(energy_profile) if energy_profile is not None else None,
+    )  # fmt: skip
+    return Prepared(job, ev, rt, profile, leak, float_model)
+
+
 def _per_layer(
     recommended: str | None,
     names: list[str],
@@ -446,22 +405,3 @@ def _per_layer(
                 return name, {"error": str(exc), "tensors": [], "isolated": [], "unmatched": []}
             return name, rep.to_dict()
     return None, None
-
-
-def _energy(
-    model: onnx.ModelProto,
-    batch: core.Batch,
-    weight_bytes: int,
-    profile: EnergyProfile,
-    latency: dict[str, Any] | None,
-    batch_size: int,
-    rt: OrtRuntime,
-) -> dict[str, Any]:
-    """The estimate for one sample, with the RAPL figure (per sample) or why there is none beside it."""
-    one = perf.repeat_sample(batch, 1, model)
-    est = energy.estimate(opcount.count(model, opcount.tensor_shapes(model, one, rt)), weight_bytes, profile)
-    lat = latency or {}
-    measured = lat.get("energy_mj_measured")
-    est["measured_mj"] = None if measured is None else measured / max(batch_size, 1)
-    est["measured_note"] = lat.get("energy_note", "")
-    return est

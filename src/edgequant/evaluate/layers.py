@@ -34,6 +34,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgequant.data.base import Batch
+from edgequant.evaluate.layer_runs import isolated_outputs
 from edgequant.evaluate.metrics import mse, sqnr_db
 from edgequant.runtime import OrtRuntime
 
@@ -255,15 +256,18 @@ def per_layer_error(
     candidates.sort()
     float_out = _cat(ref[out_name])
     at_opset = _same_opset(float_model, quant_model) if candidates[:top_k] else float_model
-    for input_sqnr, idx in candidates[: max(top_k, 0)]:
+    chosen = candidates[: max(top_k, 0)]
+    runs = isolated_outputs(
+        lambda i: isolate(quant_model, at_opset, pairs, i), [i for _, i in chosen], samples, out_name, rt
+    )
+    for (input_sqnr, idx), (_, outs) in zip(chosen, runs, strict=True):
         node = quant_model.graph.node[idx]
-        model = isolate(quant_model, at_opset, pairs, idx)
-        if model is None:
+        if outs is None:
             report.unmatched.append(
                 {"tensor": _node_label(node, idx), "reason": "the float model has no node of this name"}
             )
             continue
-        iso = _cat(_run_all(model, samples, [out_name], rt)[out_name])
+        iso = _cat(outs)
         report.isolated.append(
             NodeError(
                 _node_label(node, idx),

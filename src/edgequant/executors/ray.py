@@ -1,0 +1,124 @@
+"""The Ray executor: each task a Ray Core task (``@ray.remote``), retried when its worker dies.
+
+Connection: ``address`` given -> ``ray.init(address=...)`` (``ray://head:10001`` through Ray Client,
+``head:6379`` or ``auto`` on a cluster node); none -> a local Ray instance with ``num_cpus``
+logical CPUs, no dashboard, workers' output not forwarded to this terminal.  If Ray is already
+initialised in this process (a notebook, the test session), that connection is used as it is.
+
+Every task asks for one logical CPU and is re-run up to ``max_retries`` times when its worker
+process dies (killed, out of memory: Ray's *system* failures); an exception the task raises is not
+retried and comes back as its own type (an ``EdgeQuantError`` stays one).  The functions run are
+looked up by module path on the workers, so EdgeQuant (same version) must be installed there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from edgequant.errors import DependencyError, ExecutorError
+from edgequant.executors.base import OnResult
+
+log = logging.getLogger(__name__)
+
+
+def require_ray() -> Any:
+    """The ``ray`` module, or DependencyError naming ``pip install 'edgequant[ray]'``."""
+    try:
+        import ray
+    except ModuleNotFoundError as exc:
+        raise DependencyError.missing("ray", "ray", "--executor ray") from exc
+    return ray
+
+
+class RayExecutor:
+    """Ray Core tasks (module docstring).  ``close()`` shuts down a local instance it started."""
+
+    name = "ray"
+    in_process = False
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, max_retries: int = 3) -> None:
+        ray = require_ray()
+        self._ray = ray
+        self.max_retries = max_retries
+        self.started = False
+        self._remotes: dict[Any, Any] = {}
+        if not ray.is_initialized():
+            common: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
+            try:
+                if address is not None:
+                    ray.init(address=address, **common)
+                else:
+                    ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, **common)
+                    self.started = True
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise ExecutorError(
+                    f"cannot connect to the Ray cluster at '{address or 'a new local instance'}': {exc}",
+                    "check --ray-address (ray://HEAD:10001 for Ray Client, or HEAD:6379 on a cluster node) "
+                    "and that the cluster runs the same Ray and EdgeQuant versions.",
+                ) from exc
+        self.address = address or "local"
+
+    def put(self, value: Any) -> Any:
+        return self._ray.put(value)
+
+    def _remote(self, fn: Callable[..., Any]) -> Any:
+        remote = self._remotes.get(fn)
+        if remote is None:
+            remote = self._ray.remote(num_cpus=1, max_retries=self.max_retries, retry_exceptions=False)(fn)
+            self._remotes[fn] = remote
+        return remote
+
+    def map(
+        self, fn: Callable[..., Any], args: Sequence[tuple[Any, ...]], on_result: OnResult | None = None
+    ) -> list[Any]:
+        ray = self._ray
+        remote = self._remote(fn)
+        refs = [remote.remote(*a) for a in args]
+        index = {ref: i for i, ref in enumerate(refs)}
+        out: list[Any] = [None] * len(refs)
+        pending = list(refs)
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                for ref in done:
+                    out[index[ref]] = self._get(ref, fn)
+                    if on_result is not None:
+                        on_result(index[ref], out[index[ref]])
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+        return out
+
+    def _get(self, ref: Any, fn: Callable[..., Any]) -> Any:
+        ray = self._ray
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:  # the task raised: its own exception
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, BaseException):
+                raise cause from None
+            raise
+        except (
+            ray.exceptions.WorkerCrashedError,
+            ray.exceptions.NodeDiedError,
+            ray.exceptions.ObjectLostError,
+        ) as exc:
+            raise ExecutorError(
+                f"a Ray task ({getattr(fn, '__name__', 'task')}) was lost after {self.max_retries} retries: {exc}",
+                "check the cluster's nodes and memory (ray status), then run again; finished sweep cells are cached.",
+            ) from exc
+
+    def describe(self) -> str:
+        res = self._ray.cluster_resources()
+        return (
+            f"ray ({self.address}; {int(res.get('CPU', 0))} logical CPUs, {len(self._ray.nodes())} node(s))"
+        )
+
+    def close(self) -> None:
+        if self.started:
+            self._ray.shutdown()
+            self.started = False
