@@ -45,6 +45,15 @@ def register(app: typer.Typer) -> None:
         retention_days: Annotated[
             float | None, typer.Option("--retention-days", help="Delete finished jobs older than this.")
         ] = None,
+        executor: Annotated[
+            str, typer.Option("--executor", help="local (worker processes) or ray (jobs as Ray tasks).")
+        ] = "local",
+        ray_address: Annotated[
+            str | None,
+            typer.Option(
+                help="Ray cluster for --executor ray, e.g. ray://head:10001 [default: a local instance]."
+            ),
+        ] = None,
         log_level: Annotated[
             str,
             typer.Option("--log-level", help="uvicorn log level: critical | error | warning | info | debug."),
@@ -57,7 +66,8 @@ def register(app: typer.Typer) -> None:
             serve(
                 host, port, store, api_key=api_key, max_upload_mb=max_upload_mb, workers=workers,
                 log_level=log_level, job_timeout_s=job_timeout, worker_memory_mb=worker_memory_mb,
-                max_queued=max_queued, retention_days=retention_days,
+                max_queued=max_queued, retention_days=retention_days, executor=executor,
+                ray_address=ray_address,
             )  # fmt: skip
         except EdgeQuantError as exc:
             Console(stderr=True).print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)

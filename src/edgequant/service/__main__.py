@@ -20,6 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-memory-mb", type=int, default=8192, help="RLIMIT_AS of each worker")
     parser.add_argument("--max-queued", type=int, default=64, help="queued jobs at most (429 beyond)")
     parser.add_argument("--retention-days", type=float, default=None, help="delete finished jobs older")
+    parser.add_argument(
+        "--executor", default="local", help="local worker processes, or ray (jobs as Ray tasks)"
+    )
+    parser.add_argument("--ray-address", default=None, help="Ray cluster (default: start a local instance)")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     from edgequant.service import serve
@@ -37,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
             worker_memory_mb=args.worker_memory_mb,
             max_queued=args.max_queued,
             retention_days=args.retention_days,
+            executor=args.executor,
+            ray_address=args.ray_address,
         )
     except EdgeQuantError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -97,18 +97,36 @@ def _install_handlers(app: FastAPI) -> None:
         )
 
 
+def start_ray(config: ServiceConfig) -> tuple[bool, str | None]:
+    """(started here, address for the workers): None for the local executor; ``config.ray_address``;
+    or a local Ray instance started in this process (no dashboard), whose GCS address is returned."""
+    if config.executor != "ray":
+        return False, None
+    if config.ray_address is not None:
+        return False, config.ray_address
+    from edgequant.executors.ray import RayExecutor
+
+    ex = RayExecutor()
+    import ray
+
+    address: str = ray.get_runtime_context().gcs_address
+    return ex.started, address
+
+
 def create_app(config: ServiceConfig) -> FastAPI:
     """The ASGI app for ``config``; the store is opened and the workers started in its lifespan."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = JobStore(config.store)
+        ray_started, ray_address = start_ray(config)
         manager = JobManager(
             store,
             config.workers,
             job_timeout_s=config.job_timeout_s,
             memory_mb=config.worker_memory_mb,
             retention_days=config.retention_days,
+            ray_address=ray_address,
         )
         manager.start()
         app.state.store, app.state.manager = store, manager
@@ -119,6 +137,10 @@ def create_app(config: ServiceConfig) -> FastAPI:
         finally:
             manager.stop()
             store.close()
+            if ray_started:
+                import ray
+
+                ray.shutdown()
 
     app = FastAPI(
         title="EdgeQuant",

@@ -207,6 +207,8 @@ class ServiceConfig:
     max_input_elements: int = 64_000_000
     retention_days: float | None = None
     max_wait_s: float = 600.0
+    executor: str = "local"  # "ray": each job runs as a Ray task (service.ray_jobs)
+    ray_address: str | None = None  # with executor "ray": the cluster; None starts a local Ray instance
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -219,6 +221,16 @@ class ServiceConfig:
                 f"{self.worker_memory_mb} MB: each must be positive (memory >= 512 MB).",
                 "use e.g. --job-timeout 1800 --max-queued 64 --worker-memory-mb 8192.",
             )
+        if self.executor not in ("local", "ray") or (self.ray_address is not None and self.executor != "ray"):
+            raise BadRequest(
+                f"--executor {self.executor} with --ray-address {self.ray_address}: the executor is local or "
+                "ray, and an address needs ray.",
+                "use --executor ray [--ray-address ray://HEAD:10001], or drop both.",
+            )
+        if self.executor == "ray":
+            from edgequant.executors.ray import require_ray
+
+            require_ray()
         if self.retention_days is not None and self.retention_days <= 0:
             raise BadRequest(f"--retention-days must be > 0, got {self.retention_days}.", "use e.g. 30.")
         if not self.api_key and self.host not in LOOPBACK_HOSTS:

@@ -61,8 +61,10 @@ class JobManager:
         job_timeout_s: float = 1800.0,
         memory_mb: int = 8192,
         retention_days: float | None = None,
+        ray_address: str | None = None,
     ) -> None:
         self.store = store
+        self.ray_address = ray_address  # jobs run as Ray tasks (service.ray_jobs) when set
         self.n = workers
         self.job_timeout_s, self.memory_mb, self.retention_days = job_timeout_s, memory_mb, retention_days
         self._next_sweep = 0.0
@@ -90,7 +92,7 @@ class JobManager:
         parent, child = _CTX.Pipe()
         proc = _CTX.Process(
             target=worker_main,
-            args=(child, str(self.store.root), os.getpid(), self.memory_mb),
+            args=(child, str(self.store.root), os.getpid(), self.memory_mb, self.ray_address),
             name="edgequant-worker",
             daemon=True,
         )

@@ -222,8 +222,9 @@ def _scrub(report: dict[str, Any], root: Path) -> dict[str, Any]:
     return cleaned
 
 
-def run_job(store: JobStore, job_id: str) -> None:
-    """Run one claimed (status running) job to its end state."""
+def run_job(store: JobStore, job_id: str, ray_memory_mb: int | None = None) -> None:
+    """Run one claimed (status running) job to its end state; with ``ray_memory_mb``, in a Ray task
+    limited to that much memory (``service.ray_jobs``)."""
     row = store.get(job_id)
     if row is None or row["status"] != "running":
         return
@@ -235,7 +236,12 @@ def run_job(store: JobStore, job_id: str) -> None:
     error: dict[str, Any] | None = None
     report: dict[str, Any] = {}
     try:
-        if row["kind"] == "compare":
+        if ray_memory_mb is not None:
+            from edgequant.service.ray_jobs import run_on_ray
+
+            progress.set(0.05, "running on ray")
+            report = run_on_ray(store.root, row, partial, ray_memory_mb)
+        elif row["kind"] == "compare":
             report = _run_compare(store.root, row, partial, progress)
         else:
             report = _run_quantize(store.root, row, partial, progress)
@@ -300,9 +306,18 @@ def _watch_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def worker_main(conn: Connection, root: str, parent_pid: int, memory_mb: int = 8192) -> None:
-    """Entry point of a worker process: run job ids from ``conn`` until it closes or sends None."""
-    set_memory_limit(memory_mb)
+def worker_main(
+    conn: Connection, root: str, parent_pid: int, memory_mb: int = 8192, ray_address: str | None = None
+) -> None:
+    """Entry point of a worker process: run job ids from ``conn`` until it closes or sends None.
+    With ``ray_address`` the worker is a Ray driver and each job runs in a Ray task, which applies
+    the memory limit itself (``service.ray_jobs``)."""
+    if ray_address is not None:
+        from edgequant.service.ray_jobs import connect
+
+        connect(ray_address)
+    else:
+        set_memory_limit(memory_mb)
     _watch_parent(parent_pid)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(process)d %(levelname)s %(message)s")
     store = JobStore(Path(root))
@@ -318,7 +333,7 @@ def worker_main(conn: Connection, root: str, parent_pid: int, memory_mb: int = 8
         if job_id is None:
             return
         try:
-            run_job(store, job_id)
+            run_job(store, job_id, memory_mb if ray_address is not None else None)
         except Exception:
             log.exception("job %s crashed the worker loop", job_id)
         try:
