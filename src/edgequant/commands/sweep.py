@@ -75,6 +75,11 @@ def register(app: typer.Typer) -> None:
         err = Console(stderr=True)
         try:
             target_list, bit_list = _list(targets, "targets"), _bits(bits)
+            if ray_shared_dir is not None and executor != "ray":
+                raise RecipeError(
+                    f"--ray-shared-dir {ray_shared_dir} is for Ray workers, and the executor is {executor}.",
+                    "add --executor ray, or drop --ray-shared-dir.",
+                )
             with open_executor(executor, ray_address, ray_cpus) as ex, Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                 console=err, transient=True, disable=not err.is_terminal,
