@@ -50,3 +50,27 @@ def test_quantize_and_compare_jobs_run_on_ray(ray_server: Server) -> None:
     ref = rt.run(tiny_model(), {"input": x})["logits"]
     got = rt.run(onnx.load_from_string(blob.content), {"input": x})["logits"]
     assert sqnr_db(ref, got) >= 25.0
+
+
+def test_memory_limit_in_a_ray_task_counts_above_the_workers_own_mappings(tmp_path: Path) -> None:
+    import subprocess
+
+    code = (
+        "import numpy as np, resource\n"
+        "from edgequant.service.ray_jobs import _vm_size_bytes, limit_memory_above_current\n"
+        "before = _vm_size_bytes()\n"
+        "limit_memory_above_current(600)\n"
+        "soft = resource.getrlimit(resource.RLIMIT_AS)[0]\n"
+        "print((soft - before) / 2**20)\n"
+        "small = np.ones(100 * 2**20, np.uint8)  # 100 MiB: inside the limit\n"
+        "try:\n"
+        "    np.ones(2**30, np.uint8)  # 1 GiB: past it\n"
+        "    print('allocated')\n"
+        "except MemoryError:\n"
+        "    print('MemoryError')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    lines = out.stdout.split()
+    assert out.returncode == 0, out.stderr
+    assert 599.0 <= float(lines[0]) <= 601.0  # the limit is 600 MiB above the address space at the call
+    assert lines[1] == "MemoryError"
