@@ -24,6 +24,7 @@ from onnx import TensorProto, external_data_helper, helper, numpy_helper
 
 from edgequant.errors import ExportError
 from edgequant.export.embedding import gather_rows, is_row_table
+from edgequant.export.layout_tail import close_layout_tails
 from edgequant.model.io import opset_of, weightless_copy
 from edgequant.model.patterns import names_read
 from edgequant.plan import QuantPlan, TensorEntry
@@ -239,6 +240,7 @@ def export_qdq(
     del g.node[:]
     g.node.extend(nodes)
     g.initializer.extend(new_inits)
+    plan.notes.extend(close_layout_tails(g, opset_of(out), names.fresh))
     _drop_unused_initializers(g)
     for t in g.initializer:  # the big float tensors that stay float
         if external_data_helper.uses_external_data(t) and t.name in inits:
