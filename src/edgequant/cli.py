@@ -136,7 +136,20 @@ def quantize(
     method: Annotated[
         str | None, typer.Option(help="static | dynamic | fp16 | weight-only " + default("method"))
     ] = None,
-    weight_bits: Annotated[int | None, typer.Option(help="8, 4 or 2 " + default("weight_bits"))] = None,
+    weight_bits: Annotated[
+        str | None,
+        typer.Option(
+            help="8, 4, 2, 1 (binary) or ternary (int8 containers below 4) " + default("weight_bits")
+        ),
+    ] = None,
+    weight_centring: Annotated[
+        bool | None,
+        typer.Option(
+            "--weight-centring/--no-weight-centring",
+            help="Binary weights: take each sign against its channel's mean. "
+            + default("weight_centring", "off"),
+        ),
+    ] = None,
     act_bits: Annotated[int | None, typer.Option(help="8, 16 or 4 " + default("act_bits"))] = None,
     per_channel: Annotated[
         bool | None,
@@ -352,7 +365,8 @@ def quantize(
     from edgequant.pipeline import resolve_recipe
 
     flags = {
-        "method": method, "weight_bits": weight_bits, "act_bits": act_bits, "per_channel": per_channel,
+        "method": method, "weight_bits": int(weight_bits) if weight_bits and weight_bits.isdigit() else weight_bits,
+        "weight_centring": weight_centring, "act_bits": act_bits, "per_channel": per_channel,
         "act_symmetric": symmetric, "act_signed": act_signed, "power_of_two": power_of_two,
         "block_size": block_size, "calib_data": calib_data, "calib_method": calib_method,
         "percentile": percentile, "calib_samples": calib_samples, "batch_size": batch_size,
@@ -482,7 +496,7 @@ def print_summary(report: dict[str, Any], model_path: Path) -> None:
     t.add_row("float size", f"{sizes['float_bytes'] / 1e6:.3f} MB")
     t.add_row("quantized file", f"{sizes['quantized_bytes'] / 1e6:.3f} MB")
     theory = (
-        " theoretical: 2-bit weights are stored as int8 in the file"
+        " theoretical: 1/2-bit weights are stored as int8 in the file"
         if sizes.get("packed_theoretical")
         else ""
     )

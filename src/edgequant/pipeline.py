@@ -193,7 +193,7 @@ def quantize(
         reduce = recipe.reduce_range == "on" or (recipe.reduce_range == "auto" and cpu.needs_reduce_range)
         quantized, plan = quantize_dynamic(
             float_model,
-            weight_bits=recipe.weight_bits,
+            weight_bits=recipe.weight_int_bits,
             per_channel=recipe.per_channel,
             reduce_range=reduce,
             exclude_nodes=excluded,

@@ -139,15 +139,20 @@ class Planner:
             and node.op_type != "Gather"  # a gathered row meets no u8 x s8 product
             and (r.reduce_range == "on" or (r.reduce_range == "auto" and self.cpu.needs_reduce_range))
         )
+        narrow = (
+            r.weight_symmetric
+            if self.target.weights.narrow_range is None
+            else self.target.weights.narrow_range
+        )
         common: dict[str, Any] = {
-            "bits": r.weight_bits,
+            "bits": r.weight_int_bits,
             "signed": True,
             "symmetric": r.weight_symmetric,
-            "narrow_range": r.weight_symmetric
-            if self.target.weights.narrow_range is None
-            else self.target.weights.narrow_range,
+            "narrow_range": {1: False, "ternary": True}.get(r.weight_bits, narrow),
             "reduce_range": reduce,
-            "scale_rule": self._scale_rule(self.target.weights, r.weight_bits),
+            "scale_rule": self._scale_rule(self.target.weights, r.weight_int_bits),
+            "ternary": r.weight_bits == "ternary",
+            "centred": r.weight_centring,
         }
         if r.block_size is not None and r.method == "weight-only":
             axis = _reduction_axis(node, w)
@@ -194,10 +199,11 @@ class Planner:
                 f"weights use a 7-bit range (reduce_range): this CPU ({self.cpu.describe()}) has no VNNI, "
                 "and ORT's u8 x s8 kernels can saturate with full 8-bit weights."
             )
-        if r.weight_bits == 2:
+        if r.weight_int_bits <= 2:
+            kind = {1: "binary {-1, +1}", "ternary": "ternary {-1, 0, +1}"}.get(r.weight_bits, "2-bit")
             plan.notes.append(
-                "2-bit weights are stored in int8 containers (ONNX Runtime's int2 needs opset 25); the "
-                "packed size counts 2 bits per weight."
+                f"{kind} weights are stored in int8 containers (ONNX Runtime's int2 needs opset 25); the "
+                f"packed size counts {r.weight_int_bits} bit(s) per weight (theoretical: the file holds a byte each)."
             )
         return plan
 

@@ -152,8 +152,8 @@ def build_report(
             "packed_bytes": pb,
             "compression_ratio": round(fb / max(pb, 1), 3),
             "file_ratio": round(fb / max(qb, 1), 3),
-            # 2-bit weights sit in int8 containers: the packed size assumes a packing the file lacks
-            "packed_theoretical": any(plan.tensors[w].spec.bits == 2 for w in weights if w in plan.tensors),
+            # 1/2-bit weights sit in int8 containers: the packed size assumes a packing the file lacks
+            "packed_theoretical": any(plan.tensors[w].spec.bits <= 2 for w in weights if w in plan.tensors),
         },
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "nodes": {

@@ -216,16 +216,19 @@ def optimize_rounding(
     a: np.ndarray,
     b: np.ndarray,
     iterations: int,
+    offset: np.ndarray | float = 0.0,
 ) -> np.ndarray:
     """Integers (minus zero point) for ``w`` [G, C, K] on scale ``s`` (broadcastable), bounds lo/hi.
 
+    The weight is ``q · s + offset`` (``offset`` 0 except for binary weights, whose codes ±1 are
+    the 0/1 grid on ``2s`` shifted by ``-s``).
     ``a`` = E[x~ x~^T], ``b`` = E[x~ x^T], both [G, K, K]; returns the rounded ``w / s`` [G, C, K].
     Small layers run BLAS on one thread: its threads cost more than they give on a [C, K] x [K, K]
     product below ~16 M multiply-adds (0.1 ms against 10 ms per product on a busy 2-core machine).
     """
     threads = 1 if w.size * a.shape[-1] < 1 << 24 else None
     with threadpool_limits(limits=threads, user_api="blas"):
-        return _optimize(w, s, lo, hi, a, b, iterations)
+        return _optimize(w, s, lo, hi, a, b, iterations, offset)
 
 
 def _optimize(
@@ -236,8 +239,9 @@ def _optimize(
     a: np.ndarray,
     b: np.ndarray,
     iterations: int,
+    offset: np.ndarray | float = 0.0,
 ) -> np.ndarray:
-    ws = w / s
+    ws = (w - offset) / s
     base = np.floor(ws)
     rest = np.clip(ws - base, 1e-4, 1 - 1e-4)
     v = -np.log((ZETA - GAMMA) / (rest - GAMMA) - 1.0)  # h(v) == rest
@@ -250,7 +254,7 @@ def _optimize(
         h, dh = _rect_sigmoid(v)
         qv = base + h
         inside = (qv >= lo) & (qv <= hi)
-        wq = np.clip(qv, lo, hi) * s
+        wq = np.clip(qv, lo, hi) * s + offset
         grad_w = 2.0 * (np.matmul(wq, a) - target) / c_out
         grad = grad_w * s * inside * dh
         if it >= warm:
@@ -352,7 +356,11 @@ class AdaRound:
         lo = to_groups(node, spec.qmin - z_full)
         hi = to_groups(node, spec.qmax - z_full)
         iterations = iterations_for(wg, self.iterations)
-        rounded = optimize_rounding(wg, s_g, lo, hi, a, b, iterations)
+        if spec.bits == 1:  # binary: codes 2u - 1 with u in {0, 1}, i.e. the grid 2s shifted by -s
+            u = optimize_rounding(wg, 2 * s_g, 0 * lo, 0 * lo + 1, a, b, iterations, offset=-s_g)
+            rounded = 2 * u - 1
+        else:
+            rounded = optimize_rounding(wg, s_g, lo, hi, a, b, iterations)
         q = (from_groups(node, rounded, w.shape) + z_full).astype(np.int64)
         current[layer.weight] = dequantize(q, scale, zero, spec)
         layer_entry = plan.tensors[layer.weight]

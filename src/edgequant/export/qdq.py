@@ -10,7 +10,8 @@
   form ORT's QDQ fusion needs to run QLinearConv / integer Gemm.
 
 The ``_dq`` suffix is a contract: ``evaluate.per_layer`` pairs ``X_dq`` with the float ``X``.
-2-bit weights are stored in int8 containers; the packed size (``export.sizes``) counts 2 bits.
+1- and 2-bit (binary, ternary) weights are stored in int8 containers; the packed size
+(``export.sizes``) counts 1 or 2 bits.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ _FUSED_OPS = {
 
 
 def onnx_int_type(spec: QuantSpec) -> int:
-    container = {2: 8, 4: 4, 8: 8, 16: 16}[spec.bits]
+    container = {1: 8, 2: 8, 4: 4, 8: 8, 16: 16}[spec.bits]
     table = {
         (4, True): TensorProto.INT4,
         (4, False): TensorProto.UINT4,

@@ -47,7 +47,7 @@ class Preprocess:
 @dataclass(frozen=True)
 class Recipe:
     method: Method = "static"
-    weight_bits: int = 8
+    weight_bits: int | Literal["ternary"] = 8  # 8, 4, 2, 1 (binary) or "ternary" ({-1, 0, +1})
     act_bits: int = 8
     per_channel: bool = True
     weight_symmetric: bool = True
@@ -83,6 +83,7 @@ class Recipe:
     allow_synthetic: bool = False  # static without data: calibrate on random inputs (refused otherwise)
     check_samples: int = 32  # samples held back from calibration for the run check (at most half the data)
     act16_below_db: float | None = None  # static: 16-bit activations where the 8-bit grid's own SQNR is lower
+    weight_centring: bool = False  # binary weights: signs against each channel's mean (schemes.lowbit)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -95,11 +96,12 @@ class Recipe:
                 f"unknown calibration method '{self.calib_method}'; allowed: {', '.join(CALIB_METHODS)}.",
                 f"use one of {', '.join(CALIB_METHODS)}" + _suggest(self.calib_method, CALIB_METHODS),
             )
-        if self.weight_bits not in (2, 4, 8):
+        if self.weight_bits not in (1, 2, 4, 8, "ternary"):
             raise RecipeError(
-                f"weight bits {self.weight_bits} is impossible; allowed: 2, 4, 8.",
-                "use --weight-bits 8, 4 or 2.",
+                f"weight bits {self.weight_bits} is impossible; allowed: 8, 4, 2, 1 (binary), ternary.",
+                "use --weight-bits 8, 4, 2, 1 or ternary.",
             )
+        self._check_lowbit()
         if self.act_bits not in (2, 4, 8, 16):
             raise RecipeError(
                 f"activation bits {self.act_bits} is impossible; allowed: 4, 8, 16.",
@@ -147,6 +149,41 @@ class Recipe:
                 "use --method static with --bias-correction, or drop --bias-correction.",
             )
         self._check_ignored()
+
+    @property
+    def weight_int_bits(self) -> int:
+        """The weights' bit width as a number (ternary: 2, the grid {-1, 0, +1} in 2 bits)."""
+        return 2 if self.weight_bits == "ternary" else int(self.weight_bits)
+
+    def _check_lowbit(self) -> None:
+        """Binary and ternary weights: symmetric, per channel or per tensor, static or weight-only."""
+        if self.weight_centring and self.weight_bits != 1:
+            raise RecipeError(
+                f"weight_centring is set with weight_bits {self.weight_bits}; it centres binary weights only.",
+                "use --weight-bits 1 with --weight-centring, or drop --weight-centring.",
+            )
+        if self.weight_bits not in (1, "ternary"):
+            return
+        kind = "binary" if self.weight_bits == 1 else "ternary"
+        if self.method not in ("static", "weight-only"):
+            raise RecipeError(
+                f"{kind} weights (weight_bits {self.weight_bits}) with method '{self.method}'; they are "
+                "stored as int8 codes with a DequantizeLinear, which methods static and weight-only write.",
+                "use --method static or weight-only.",
+            )
+        if not self.weight_symmetric:
+            raise RecipeError(
+                f"{kind} weights are symmetric by definition (codes {{-1, +1}} or {{-1, 0, +1}}, zero "
+                "point 0), and asymmetric weights were asked for.",
+                "drop the asymmetric weight setting"
+                + (" (--weight-centring centres binary signs)." if kind == "binary" else "."),
+            )
+        if self.block_size is not None:
+            raise RecipeError(
+                f"{kind} weights have one scale per channel or per tensor; block_size {self.block_size} "
+                "would be ignored.",
+                "drop --block-size.",
+            )
 
     def _check_ignored(self) -> None:
         """An option the chosen method would not read is refused, naming the option."""
@@ -252,10 +289,16 @@ class Recipe:
             return ("dynamic_int8" if self.weight_bits == 8 else f"dynamic_w{self.weight_bits}") + grid
         if self.method == "weight-only":
             block = f"b{self.block_size}" if self.block_size else ""
-            return f"w{self.weight_bits}{block}" + ("" if self.block_size else grid)
+            return f"w{self._bits_tag}{block}" + ("" if self.block_size else grid)
         if self.weight_bits == 8 and self.act_bits == 8:
             return "int8" + grid
-        return f"w{self.weight_bits}a{self.act_bits}" + grid
+        return f"w{self._bits_tag}a{self.act_bits}" + grid
+
+    @property
+    def _bits_tag(self) -> str:
+        return {"ternary": "t", 1: "1c" if self.weight_centring else "1"}.get(
+            self.weight_bits, str(self.weight_bits)
+        )
 
     def replace(self, **changes: Any) -> Recipe:
         return from_dict({**to_dict(self), **changes})

@@ -57,10 +57,14 @@ def pow2_for_weight(w: np.ndarray, scale: np.ndarray, zero: np.ndarray, spec: Qu
         axis = spec.axis % w64.ndim
         reduce = tuple(i for i in range(w64.ndim) if i != axis)
     z = expand_params(zero, w64.shape, spec)
+    if spec.bits == 1:  # binary: the sign codes do not depend on the scale
+        from edgequant.schemes.lowbit import binary_codes
+
+        signs = binary_codes(w64, spec)
     for k in range(CANDIDATES):
         s = base / 2.0**k
         se = expand_params(s, w64.shape, spec)
-        q = np.clip(np.rint(w64 / se) + z, spec.qmin, spec.qmax)
+        q = signs if spec.bits == 1 else np.clip(np.rint(w64 / se) + z, spec.qmin, spec.qmax)
         e = ((q - z) * se - w64) ** 2
         err = e.sum() if reduce is None else e.sum(axis=reduce)
         better = err < best_err

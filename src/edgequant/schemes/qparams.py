@@ -92,7 +92,12 @@ def expand_params(p: np.ndarray, shape: tuple[int, ...], spec: QuantSpec) -> np.
 
 
 def quantize(x: np.ndarray, scale: np.ndarray, zero: np.ndarray, spec: QuantSpec) -> np.ndarray:
-    """Integers (int64) on the spec's grid; round half to even, as ONNX QuantizeLinear does."""
+    """Integers (int64) on the spec's grid; round half to even, as ONNX QuantizeLinear does.
+    Binary specs (1 bit) give the sign codes {-1, +1} of ``schemes.lowbit``, whatever the scale."""
+    if spec.bits == 1:
+        from edgequant.schemes.lowbit import binary_codes
+
+        return binary_codes(x, spec)
     s = expand_params(scale, x.shape, spec).astype(np.float64)
     z = expand_params(zero, x.shape, spec)
     q = np.round(x.astype(np.float64) / s) + z
@@ -165,12 +170,21 @@ def quantize_weight(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndar
     """(q, scale, zero) for a constant weight under ``spec``.
 
     8 bits and more use the min-max range; 4 bits and fewer the clipped range of
-    ``mse_weight_ranges``.  Per channel, a channel whose range is below 2^-16 of the widest
+    ``mse_weight_ranges``; binary and ternary specs the least-squares scale of ``schemes.lowbit``.
+    Per channel, a channel whose range is below 2^-16 of the widest
     channel's (a dead channel, or a BatchNorm folded with a near-zero gamma) gets the range
     ±(widest · 2^-16): its values round to about zero either way, and a scale near zero would push
     that channel's int32 bias (scale s_x·s_w) out of range, which keeps the whole Conv from running as
     an integer kernel.
     """
+    from edgequant.schemes import lowbit
+
+    if lowbit.is_lowbit(spec):  # binary / ternary: the least-squares scale (schemes.lowbit)
+        scale = lowbit.binary_scale(w, spec) if spec.bits == 1 else lowbit.ternary_scale(w, spec)
+        zero = np.zeros(np.shape(scale), np.int64)
+        if spec.scale_rule is ScaleRule.POWER_OF_TWO:
+            scale = pow2_for_weight(w, scale, zero, spec).astype(np.float32)
+        return quantize(w, scale, zero, spec), scale, zero
     lo, hi = mse_weight_ranges(w, spec) if spec.bits <= 4 else weight_ranges(w, spec)
     if spec.granularity is Granularity.PER_CHANNEL:
         amax = np.maximum(np.abs(lo), np.abs(hi))

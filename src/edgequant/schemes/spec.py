@@ -8,6 +8,10 @@ to the grid's centre (0 for signed, 2**(bits-1) for unsigned), ``granularity`` s
 ``2**k`` so that integer-only hardware can rescale with a shift.  ``narrow_range`` drops the most
 negative code (-127..127 for int8), which keeps symmetric products from overflowing.
 
+``bits=1`` is a binary weight: codes {-1, +1} (no zero), ``α · sign(w - c)`` (``centred``: ``c`` is
+each unit's mean, else 0); ``ternary`` is the 2-bit symmetric narrow grid {-1, 0, +1} with the
+scale of least squared error (``schemes.lowbit``).  Both are for weights, in int8 containers.
+
 The spec is frozen and validates itself when built, so an impossible combination never reaches
 the exporter.
 """
@@ -20,7 +24,7 @@ from typing import Any
 
 from edgequant.errors import RecipeError
 
-SUPPORTED_BITS = (2, 4, 8, 16, 32)  # 32: int32 biases only
+SUPPORTED_BITS = (1, 2, 4, 8, 16, 32)  # 1: binary weights; 32: int32 biases only
 
 
 class Granularity(str, Enum):
@@ -45,6 +49,8 @@ class QuantSpec:
     scale_rule: ScaleRule = ScaleRule.FLOAT
     narrow_range: bool = False
     reduce_range: bool = False  # 7-bit grid in an 8-bit container (x86 without VNNI, see runtime.cpu)
+    ternary: bool = False  # 2-bit {-1, 0, +1} with the least-squares scale (schemes.lowbit)
+    centred: bool = False  # binary: signs taken against each unit's mean (schemes.lowbit)
 
     def __post_init__(self) -> None:
         if self.bits not in SUPPORTED_BITS:
@@ -72,9 +78,27 @@ class QuantSpec:
             raise RecipeError("reduce_range applies to 8-bit tensors only.", "drop reduce_range.")
         if self.narrow_range and not (self.signed and self.symmetric):
             raise RecipeError("narrow_range needs a signed symmetric spec.", "drop narrow_range.")
+        if self.bits == 1 and not (self.signed and self.symmetric and not self.narrow_range):
+            raise RecipeError(
+                "a binary (1-bit) spec has the signed symmetric codes {-1, +1}.",
+                "use signed=True, symmetric=True, narrow_range=False.",
+            )
+        if self.ternary and not (self.bits == 2 and self.signed and self.symmetric and self.narrow_range):
+            raise RecipeError(
+                "a ternary spec is the 2-bit signed symmetric narrow grid {-1, 0, +1}.",
+                "use bits=2, signed=True, symmetric=True, narrow_range=True.",
+            )
+        if self.centred and self.bits != 1:
+            raise RecipeError("centred applies to binary (1-bit) specs only.", "drop centred.")
+        if (self.bits == 1 or self.ternary) and self.granularity is Granularity.PER_BLOCK:
+            raise RecipeError(
+                "binary and ternary specs are per tensor or per channel.", "use per_channel or per_tensor."
+            )
 
     @property
     def qmin(self) -> int:
+        if self.bits == 1:
+            return -1
         bits = self.bits - 1 if self.reduce_range else self.bits
         if self.signed:
             return -(2 ** (bits - 1)) + (1 if self.narrow_range else 0)
@@ -82,11 +106,15 @@ class QuantSpec:
 
     @property
     def qmax(self) -> int:
+        if self.bits == 1:
+            return 1  # codes -1 and +1 only (schemes.lowbit.binary_codes); 0 is not a code
         bits = self.bits - 1 if self.reduce_range else self.bits
         return 2 ** (bits - 1) - 1 if self.signed else 2**bits - 1
 
     @property
     def levels(self) -> int:
+        if self.bits == 1:
+            return 2
         return self.qmax - self.qmin + 1
 
     @property
@@ -100,6 +128,10 @@ class QuantSpec:
         pot = "Pow2" if self.scale_rule is ScaleRule.POWER_OF_TWO else ""
         block = str(self.block_size) if self.block_size else ""
         reduced = "Reduced" if self.reduce_range else ""
+        if self.bits == 1:
+            return f"Binary{'Centred' if self.centred else ''}{gran}{pot}"
+        if self.ternary:
+            return f"Ternary{gran}{pot}"
         return f"{kind}{self.bits}{reduced}{sym}{gran}{block}{pot}"
 
     def to_dict(self) -> dict[str, Any]:

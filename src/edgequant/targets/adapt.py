@@ -36,9 +36,13 @@ def adapt(recipe: Recipe) -> tuple[Recipe, list[str]]:
     notes: list[str] = []
     if recipe.method not in p.methods:
         raise _conflict(p, f"--method {recipe.method}", "method " + ", ".join(p.methods), w.source)
-    if recipe.weight_bits not in w.bits:
+    if recipe.weight_int_bits not in w.bits:
         raise _conflict(
             p, f"--weight-bits {recipe.weight_bits}", f"{'/'.join(map(str, w.bits))}-bit weights", w.source
+        )
+    if recipe.weight_bits == "ternary" and w.narrow_range is False:
+        raise _conflict(
+            p, "--weight-bits ternary", "full-range weights (no narrow {-1, 0, +1} grid)", w.source
         )
     if recipe.act_bits not in a.bits:
         raise _conflict(
@@ -72,7 +76,7 @@ def adapt(recipe: Recipe) -> tuple[Recipe, list[str]]:
         notes.append(
             f"target '{p.name}': activations {changes['act_signed']} (its rule; source: {p.cite(a.source)})."
         )
-    for role, rule, bits in (("weight", w, recipe.weight_bits), ("activation", a, recipe.act_bits)):
+    for role, rule, bits in (("weight", w, recipe.weight_int_bits), ("activation", a, recipe.act_bits)):
         kind = rule.scale.get(bits, "float")
         if kind == "power_of_two":
             notes.append(

@@ -164,6 +164,8 @@ class _Checker:
         if w.scale is None:
             return 32
         vals = w.values.astype(np.int64)
+        if vals.size and np.all(np.abs(vals) == 1):  # codes {-1, +1}: binary
+            return 1
         for b in (2, 4, 8, 16):
             if vals.min() >= -(2 ** (b - 1)) and vals.max() <= 2 ** (b - 1) - 1:
                 return b

@@ -268,7 +268,7 @@ class Profile:
 def _tensor_rule(path: str, where: str, data: Any, sources: set[str]) -> TensorRule:
     keys = ("bits", "signed", "symmetric", "granularity", "scale", "narrow_range", "source")
     r = _Reader(path, where, data, keys)
-    bits = r.choices("bits", (2, 4, 8, 16), (8,))
+    bits = r.choices("bits", (1, 2, 4, 8, 16), (8,))  # 1: binary weights
     scale_raw = r.get("scale", "float")
     if isinstance(scale_raw, str):
         scale_raw = {b: scale_raw for b in bits}

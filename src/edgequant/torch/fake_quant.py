@@ -129,6 +129,11 @@ class WeightQuantizer(_Quantizer):
         g = 1.0 / math.sqrt(per_scale * max(1, self.spec.qmax))
         s = _view(self.scale(g), w.ndim, self.axis)
         z = _view(self.zero, w.ndim, self.axis)
+        if self.spec.bits == 1:  # binary (schemes.lowbit): s · sign(w - c), STE inside |w - c| <= s
+            dims = [i for i in range(w.ndim) if i != self.axis]
+            d = (w - w.mean(dim=dims, keepdim=True)) if self.spec.centred else w
+            inside = (d.abs() <= s).to(w.dtype)
+            return (torch.where(d >= 0, 1.0, -1.0) + (d / s - (d / s).detach()) * inside) * s
         return fake_quant(w, s, z, self.spec.qmin, self.spec.qmax)
 
 
