@@ -13,6 +13,10 @@ times ``collect`` only, the calibration step.
 
     python benchmarks/bench_calibration_memory.py                 # small CNN built in the script
     python benchmarks/bench_calibration_memory.py --model m.onnx  # your model (float32 inputs)
+    python benchmarks/bench_calibration_memory.py --tools edgequant --methods minmax mse entropy \
+        --samples 100 1000 --write   # -> results/bench_calibration_memory.md (issue #17: flat 100 -> 1,000)
+
+``mse`` is the histogram pass that ``--calib-method search`` reads all its candidates from.
 """
 
 from __future__ import annotations
@@ -114,7 +118,11 @@ def child(tool: str, method: str, samples: int, batch: int, model_path: Path) ->
             def get_next(self) -> dict[str, np.ndarray] | None:
                 return next(self.it, None)
 
-        calib = {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[method]
+        calib = {
+            "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile,
+            "minmax": CalibrationMethod.MinMax,
+        }[method]
         with tempfile.TemporaryDirectory() as tmp:
             quantize_static(str(model_path), str(Path(tmp) / "q.onnx"), Reader(), calibrate_method=calib)
         extra = {}
@@ -166,8 +174,13 @@ def main() -> None:
     p.add_argument("--model", type=Path, help="ONNX model (default: a small CNN built here)")
     p.add_argument("--samples", type=int, nargs="+", default=[100, 1000])
     p.add_argument(
-        "--methods", nargs="+", default=["entropy", "percentile"], choices=["entropy", "percentile"]
+        "--methods",
+        nargs="+",
+        default=["entropy", "percentile"],
+        choices=["entropy", "percentile", "minmax", "mse"],
     )
+    p.add_argument("--tools", nargs="+", default=["edgequant", "ort"], choices=["edgequant", "ort"])
+    p.add_argument("--write", action="store_true", help="also write results/bench_calibration_memory.md")
     p.add_argument("--batch", type=int, default=10)
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per configuration")
     p.add_argument("--max-rss-gib", type=float, default=12.0, help="kill a child above this resident memory")
@@ -188,6 +201,9 @@ def main() -> None:
             for n in a.samples:
                 cells = []
                 for tool in ("edgequant", "ort"):
+                    if tool not in a.tools or (tool == "ort" and method == "mse"):
+                        cells.append("not run")
+                        continue
                     r = run_child(
                         [tool, method, str(n), str(a.batch), str(model_path)], a.timeout, a.max_rss_gib * 1024
                     )
@@ -195,16 +211,23 @@ def main() -> None:
                     print(f"# {tool} {method} {n}: {r}", file=sys.stderr, flush=True)
                 rows.append((method, n, *cells))
     name = a.model.name if a.model else "small CNN (3 x conv3x3 32ch, 3x64x64)"
-    print(f"\nCalibration on {name}, batch {a.batch}, CPU ({os.cpu_count()} cores)\n")
-    print(
-        "| method | samples | edgequant peak RSS (MiB) | edgequant time (s) | ORT peak RSS (MiB) | ORT time (s) |"
-    )
-    print("|---|---:|---:|---:|---:|---:|")
+    lines = [
+        f"Calibration on {name}, batch {a.batch}, CPU ({os.cpu_count()} cores, shared with other jobs: "
+        "times are noisy); peak RSS of a fresh interpreter per row (imports included)",
+        "",
+        "| method | samples | edgequant peak RSS (MiB) | edgequant time (s) | ORT peak RSS (MiB) | ORT time (s) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for method, n, ours, ort in rows:
-        print(
+        lines.append(
             f"| {method} | {n} | {_fmt(ours, 'peak_rss_mib')} | {_fmt(ours, 'seconds')} "
             f"| {_fmt(ort, 'peak_rss_mib')} | {_fmt(ort, 'seconds')} |"
         )
+    print("\n" + "\n".join(lines))
+    if a.write:
+        out = _ROOT / "benchmarks" / "results" / "bench_calibration_memory.md"
+        head = "# Calibration memory from 100 to 1,000 samples\n\nWritten by `benchmarks/bench_calibration_memory.py"
+        out.write_text(head + " " + " ".join(sys.argv[1:]) + "`.\n\n" + "\n".join(lines) + "\n")
 
 
 def _fmt(result: dict[str, object] | str, key: str) -> str:

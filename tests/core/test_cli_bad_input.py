@@ -146,7 +146,10 @@ def test_unknown_method(files: dict[str, Path]) -> None:
 
 def test_impossible_bit_width(files: dict[str, Path]) -> None:
     out = _bad(files, str(files["model"]), "--weight-bits", "3")
-    assert out == "error: weight bits 3 is impossible; allowed: 2, 4, 8. Fix: use --weight-bits 8, 4 or 2."
+    assert out == (
+        "error: weight bits 3 is impossible; allowed: 8, 4, 2, 1 (binary), ternary. "
+        "Fix: use --weight-bits 8, 4, 2, 1 or ternary."
+    )
 
 
 def test_console_script_exit_code(tmp_path: Path) -> None:

@@ -80,7 +80,7 @@ def test_unknown_recipe_key_is_an_error(tmp_path: Path) -> None:
     ("data", "message"),
     [
         ({"method": "int3"}, "method = 'int3' is not allowed; allowed: static, dynamic, fp16, weight-only."),
-        ({"weight_bits": 3}, "weight bits 3 is impossible; allowed: 2, 4, 8."),
+        ({"weight_bits": 3}, "weight bits 3 is impossible; allowed: 8, 4, 2, 1 (binary), ternary."),
         ({"act_bits": 12}, "activation bits 12 is impossible; allowed: 4, 8, 16."),
         ({"per_channel": "yes"}, "per_channel must be true or false, got 'yes'."),
     ],

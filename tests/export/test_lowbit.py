@@ -166,8 +166,8 @@ def test_low_bit_refusals() -> None:
         edgequant.quantize(model, X, weight_bits="ternary", weight_centring=True, calib_samples=16)
     with pytest.raises(RecipeError, match="method 'dynamic'"):
         edgequant.quantize(model, None, method="dynamic", weight_bits=1)
-    with pytest.raises(RecipeError, match="ternary"):
-        edgequant.quantize(model, X, weight_bits="quaternary", calib_samples=16)
+    with pytest.raises(RecipeError, match="allowed: ternary"):
+        edgequant.quantize(model, X, weight_bits="trinary", calib_samples=16)
 
 
 def test_cli_weight_bits_ternary_and_binary(tmp_path: Path) -> None:

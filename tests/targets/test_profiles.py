@@ -78,7 +78,7 @@ def test_unknown_target_on_the_cli(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("colour: red\n", "'colour' is not a known key; allowed: name, title"),
-        ("weights: {bits: [8, 3]}\n", "'weights.bits' holds 3; allowed: 2, 4, 8, 16"),
+        ("weights: {bits: [8, 3]}\n", "'weights.bits' holds 3; allowed: 1, 2, 4, 8, 16"),
         ("ops: {conv: {kernel_hh: {max: 7}}}\n", "'ops.conv.kernel_hh' is not a known key"),
         ("ops: {convolution: {}}\n", "'ops.convolution' is not a known op kind"),
         ("unsupported: maybe\n", "'unsupported' = 'maybe' is not allowed; allowed: host, error"),

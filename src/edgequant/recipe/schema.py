@@ -325,7 +325,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             except RecipeError as exc:
                 errors.append(exc.detail)
         raise RecipeError(
-            f"{where}: {errors[0] if errors else 'bad value'}", "see 'edgequant quantize --help'."
+            f"{where}: {'; or '.join(e.rstrip('.') for e in errors) + '.' if errors else 'bad value'}",
+            "see 'edgequant quantize --help'.",
         )
     if origin is Literal:
         allowed = get_args(hint)
