@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 
-def check_recipe(target: str, weight_bits: int, act_bits: int) -> None:
+def check_recipe(target: str, weight_bits: int | str, act_bits: int) -> None:
     """Refuse bit widths the toolchain's route cannot build, before any work.
 
     BrainChip QuantizeML's ONNX route (Akida 2.0) accepts only its default 8-bit ``QuantizationParams``
