@@ -29,6 +29,8 @@ import onnx
 
 from edgequant.data import input_specs, open_source
 from edgequant.errors import ExportError, InferenceError, UnsupportedError
+from edgequant.export.kernels import census
+from edgequant.plan import QuantPlan
 from edgequant.recipe import Recipe
 from edgequant.runtime import OrtRuntime
 from edgequant.runtime.isolated import run_isolated
@@ -46,12 +48,15 @@ def run_check(
     *,
     calibrated: bool,
     float_proto: onnx.ModelProto | None = None,
+    plan: QuantPlan | None = None,
 ) -> dict[str, Any]:
     """The report's ``check``: output SQNR per output (dB), the data, its sample count and kind.
 
     ``calibrated``: calibration read ``calibration`` (its held-out part is used here).
     ``float_proto``: the float model the QDQ model was exported from, for the per-layer look at a
     collapse (module docstring); without it a collapse is reported without layers.
+    ``plan``: the plan ``quantized`` was written from; with it, ``kernels`` holds the census of what ORT
+    runs for each node the plan quantized (``export.kernels.census``, from ORT's optimised graph).
     Raises ExportError (UnsupportedError for 4-bit activations) when ORT cannot load or run the
     quantized model, or crashes on it.
     """
@@ -88,11 +93,12 @@ def run_check(
         kind = "held_out"  # nothing was calibrated: no sample of the data was seen
         source = open_source(calibration, specs, max_samples=recipe.check_samples, **common)
     batches = list(source)
+    graphs: list[onnx.ModelProto] = []
     try:
         got = run_isolated(
             quantized, batches, what="the quantized model", providers=runtime.providers,
             intra_op_threads=runtime.intra_op_threads, optimize=runtime.optimize,
-            allow_spinning=runtime.allow_spinning,
+            allow_spinning=runtime.allow_spinning, optimized=graphs if plan is not None else None,
         )  # fmt: skip
     except InferenceError as exc:
         if recipe.method == "static" and recipe.act_bits == 4 and "crashed" not in exc.detail:
@@ -124,6 +130,8 @@ def run_check(
     }
     if note:
         out["note"] = note
+    if plan is not None and graphs:
+        out["kernels"] = census(quantized, graphs[0], plan)
     worst = min(out["output_sqnr_db"].values(), default=float("inf"))
     if recipe.method == "static" and worst < COLLAPSE_DB:
         out["collapse"] = _collapse(float_proto, quantized, batches[:1], recipe, runtime, worst)

@@ -491,6 +491,8 @@ def parse_options(items: list[str]) -> dict[str, Any]:
 
 
 def print_summary(report: dict[str, Any], model_path: Path) -> None:
+    from edgequant.evaluate.method_run import node_counts
+
     sizes = report["sizes"]
     t = Table(title=f"{report['method']} -> {model_path}", show_header=False)
     t.add_row("float size", f"{sizes['float_bytes'] / 1e6:.3f} MB")
@@ -501,11 +503,10 @@ def print_summary(report: dict[str, Any], model_path: Path) -> None:
         else ""
     )
     t.add_row("packed size", f"{sizes['packed_bytes'] / 1e6:.3f} MB ({sizes['compression_ratio']}x{theory})")
+    t.add_row("nodes", node_counts(report["nodes"]))
     t.add_row(
-        "nodes quantized / skipped",
-        f"{len(report['nodes']['quantized'])} / {len(report['nodes']['skipped'])}",
+        "integer weights (in the file)", f"{report['integer_weights']} of {report['planned_weights']} planned"
     )
-    t.add_row("integer weights", f"{report['integer_weights']} of {report['planned_weights']}")
     if report.get("float_weights"):
         t.add_row("float weights", str(len(report["float_weights"])))
     for name, db in report["check"]["output_sqnr_db"].items():

@@ -274,7 +274,7 @@ def quantize(
     compliance = check_model(quantized, recipe.target) if recipe.method == "static" else None
     check = run_check(
         runtime, reference, quantized, calibration, recipe, calibrated=calib_info is not None or bias_info is not None
-        or sensitivity is not None, float_proto=float_model,
+        or sensitivity is not None, float_proto=float_model, plan=plan,
     )  # fmt: skip
     if check["kind"] == "synthetic":
         warnings.append(

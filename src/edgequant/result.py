@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgequant.export.sizes import file_bytes, float_weight_names, integer_weight_count, packed_bytes
+from edgequant.export.kernels import integer_weight_names
+from edgequant.export.sizes import file_bytes, float_weight_names, packed_bytes, unpacked_weights
 from edgequant.model.io import external_data_path, save_model, write_text_atomic
 from edgequant.names import confined
 from edgequant.outputs import check_writable, output_paths
@@ -137,9 +138,7 @@ def build_report(
             "check the report's skipped nodes (weights left float, or a shared weight stored twice).",
         ]
     weights = plan.weights()
-    int_weights = (
-        integer_weight_count(result.model, plan) if plan.method in ("static", "weight-only") else len(weights)
-    )
+    kernels = check.pop("kernels", None)  # what ONNX Runtime runs for each planned node (export.kernels)
     return {
         "edgequant_version": __version__,
         "method": plan.method,
@@ -152,18 +151,18 @@ def build_report(
             "packed_bytes": pb,
             "compression_ratio": round(fb / max(pb, 1), 3),
             "file_ratio": round(fb / max(qb, 1), 3),
-            # 1/2-bit weights sit in int8 containers: the packed size assumes a packing the file lacks
-            "packed_theoretical": any(plan.tensors[w].spec.bits <= 2 for w in weights if w in plan.tensors),
+            # e.g. 1/2-bit weights in int8 containers: the packed size assumes a packing the file lacks
+            "packed_theoretical": bool(unpacked_weights(result.model, plan)),
         },
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "nodes": {
-            "quantized": [{"node": d.node, "op_type": d.op_type} for d in plan.quantized_nodes],
+            **_kernel_nodes(plan, kernels),
             "skipped": [
                 {"node": d.node, "op_type": d.op_type, "reason": d.reason, "graph": d.graph}
                 for d in plan.skipped_nodes
             ],
         },
-        "integer_weights": int_weights,
+        "integer_weights": len(integer_weight_names(result.model)),  # counted in the written file
         "planned_weights": len(weights),
         "float_weights": float_weight_names(result.model),
         "calibration": calibration,
@@ -173,4 +172,23 @@ def build_report(
         "versions": versions(),
         "seed": result.recipe.seed,
         "cpu": cpu,
+    }
+
+
+def _kernel_nodes(plan: QuantPlan, kernels: dict[str, list[dict[str, Any]]] | None) -> dict[str, Any]:
+    """The report's node lists: ``quantized`` holds only the nodes that run an integer kernel; nodes
+    that only store integers, were folded away, run float16, or run in float despite the plan are
+    listed apart (``export.kernels``).  Without a census (no check ran) every planned node is listed
+    under ``planned`` and ``quantized`` is not claimed."""
+    planned = [{"node": d.node, "op_type": d.op_type} for d in plan.quantized_nodes]
+    if kernels is None:
+        return {"quantized": [], "planned": planned, "kernels_measured": False}
+    return {
+        "quantized": kernels["integer"],
+        "storage_only": kernels["storage_only"],
+        "folded": kernels["folded"],
+        "float16": kernels["float16"],
+        "planned_float": kernels["float"],
+        "planned": planned,
+        "kernels_measured": True,
     }

@@ -116,18 +116,38 @@ class MethodJob:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
+_KINDS = (
+    ("quantized", "integer kernel{s}"),
+    ("float16", "float16 kernel{s}"),
+    ("storage_only", "integer/float16 storage only, run in float"),
+    ("planned_float", "planned, run in float"),
+    ("folded", "folded away"),
+    ("skipped", "kept float"),
+)
+
+
+def node_counts(nodes: dict[str, Any]) -> str:
+    """ "4 integer kernels (QLinearConv, QLinearMatMul); 2 integer/float16 storage only, run in float
+    (LSTM); 1 folded away; 3 kept float" from a report's ``nodes`` (``export.kernels``: only integer
+    kernels count as quantized)."""
+    parts = []
+    for key, label in _KINDS:
+        items = nodes.get(key) or []
+        if items or key == "quantized":
+            ops = sorted({str(d.get("kernel") or d["op_type"]) for d in items})
+            text = f"{len(items)} {label.format(s='' if len(items) == 1 else 's')}"
+            parts.append(text + (f" ({', '.join(ops)})" if ops and key != "skipped" else ""))
+    if not nodes.get("kernels_measured", True):
+        parts.append(f"kernels not measured ({len(nodes.get('planned', []))} planned)")
+    return "; ".join(parts)
+
+
 def coverage(report: dict[str, Any]) -> str:
-    """ "quantized 1 of 11 compute nodes (Gemm); the other 10 stay float" when a run left nodes float."""
-    done = report["nodes"]["quantized"]
-    left = report["nodes"]["skipped"]
-    if not left:
+    """What ran as what, when a run left nodes without an integer (or float16) kernel: ``node_counts``."""
+    nodes = report["nodes"]
+    if not any(nodes.get(k) for k in ("skipped", "storage_only", "planned_float")):
         return ""
-    ops = sorted({d["op_type"] for d in done})
-    float_ops = sorted({d["op_type"] for d in left})
-    return (
-        f"quantized {len(done)} of {len(done) + len(left)} nodes ({', '.join(ops) or 'none'}); "
-        f"{len(left)} stay float ({', '.join(float_ops)})"
-    )
+    return node_counts(nodes)
 
 
 def run_method(

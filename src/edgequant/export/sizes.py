@@ -104,17 +104,23 @@ def packed_size(model: onnx.ModelProto, plan: QuantPlan | None = None) -> tuple[
     return (total_bits + 7) // 8, dict(sorted(by_bits.items()))
 
 
+def unpacked_weights(model: onnx.ModelProto, plan: QuantPlan) -> list[str]:
+    """Integer weights of ``model`` whose container holds more bits than the plan's (a 2-bit weight in
+    an int8 tensor): ``packed_size`` counts them at the plan's bits, a packing the file does not have."""
+    out = []
+    for t in all_tensors(model):
+        if t.data_type not in INTEGER_TYPES:
+            continue
+        name = t.name[:-2] if t.name.endswith("_q") and t.name not in plan.tensors else t.name
+        entry = plan.tensors.get(name)
+        if entry is not None and entry.role == "weight" and entry.spec.bits < DTYPE_BITS[t.data_type]:
+            out.append(t.name)
+    return out
+
+
 def packed_bytes(model: onnx.ModelProto, plan: QuantPlan | None = None) -> int:
     """Bytes of all weights and constants at their real bit widths (see ``packed_size``)."""
     return packed_size(model, plan)[0]
-
-
-def integer_weight_count(model: onnx.ModelProto, plan: QuantPlan) -> int:
-    """How many planned weights are stored as integers in ``model`` (the ``W_q`` initializers)."""
-    names = {
-        t.name for t in model.graph.initializer if t.data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16)
-    }
-    return sum(1 for e in plan.tensors.values() if e.role == "weight" and f"{e.name}_q" in names)
 
 
 def float_weight_names(model: onnx.ModelProto) -> list[str]:

@@ -33,8 +33,13 @@ def run_isolated(
     intra_op_threads: int = 0,
     optimize: bool = True,
     allow_spinning: bool = False,
+    optimized: list[onnx.ModelProto] | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Outputs (name -> array) of ``model`` on each batch, computed in a child process.
+
+    ``optimized``: when a list is given, the graph ONNX Runtime runs (its level-2 "extended"
+    optimisation of ``model``: Q/DQ pairs fused into integer kernels such as QLinearConv) is appended
+    to it, without its weights (nodes and initializer metadata only).
 
     Raises InferenceError when ONNX Runtime refuses the model, fails to run it, or crashes.
     """
@@ -53,6 +58,7 @@ def run_isolated(
             "model": str(path), "feeds": str(d / "feeds.npz"), "outputs": str(d / "outputs.npz"),
             "batches": len(batches), "providers": list(providers), "intra_op_threads": intra_op_threads,
             "optimize": optimize, "allow_spinning": allow_spinning,
+            "optimized": str(d / "optimized.onnx") if optimized is not None else "",
         }  # fmt: skip
         (d / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
         proc = subprocess.run(
@@ -67,6 +73,8 @@ def run_isolated(
             for key in z.files:
                 b, name = key.split("/", 1)
                 outs[int(b)][name] = z[key]
+        if optimized is not None:
+            optimized.append(onnx.load(str(d / "optimized.onnx"), load_external_data=False))
         return outs
 
 

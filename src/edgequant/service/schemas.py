@@ -112,6 +112,11 @@ class Sizes(BaseModel):
     packed_bytes: int | None = None
     compression_ratio: float | None = None
     file_ratio: float | None = None
+    packed_theoretical: bool | None = Field(
+        default=None,
+        description="True: packed_bytes and compression_ratio assume a packing the file lacks "
+        "(2-bit weights stored in int8 containers); the file's own ratio is file_ratio",
+    )
 
 
 class ReportSummary(BaseModel):

@@ -153,6 +153,7 @@ def _summary(report: dict[str, Any], files: dict[str, str]) -> dict[str, Any]:
             "packed_bytes": sizes.get("packed_bytes"),
             "compression_ratio": sizes.get("compression_ratio"),
             "file_ratio": sizes.get("file_ratio"),
+            "packed_theoretical": sizes.get("packed_theoretical"),
         },
         "metrics": report.get("check", {}),
         "calibration": report.get("calibration"),

@@ -76,7 +76,7 @@ def export_result(
         recipe = recipe.replace(batch_size=max(1, int(first.shape[0])))
     # the check data is not what the observers read (or is the example inputs, marked in_sample below)
     check = run_check(
-        runtime, float_model, quantized, data, recipe, calibrated=False, float_proto=float_model
+        runtime, float_model, quantized, data, recipe, calibrated=False, float_proto=float_model, plan=plan
     )
     stem = path.stem
     name, _, tag = stem.rpartition("_")
