@@ -171,7 +171,7 @@ def test_the_summary_prints_what_runs(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     out = " ".join(res.output.replace("│", " ").split())
     for part in (
-        "1 integer kernels (DynamicQuantizeMatMul);",
+        "1 integer kernel (DynamicQuantizeMatMul);",
         "1 folded away (Add);",
         "4 kept float",
         "1 of 1 planned",

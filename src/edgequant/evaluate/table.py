@@ -62,7 +62,7 @@ def _compare_table(r: CompareResult) -> Table:
             t.add_row(m.method, "[red]failed[/red]", "-", "-", *(["-"] if predicted else []), "-", "-", "-",
                       _short(m.error, 40))  # fmt: skip
             continue
-        if m.coverage and m.coverage.startswith("quantized"):
+        if m.coverage:  # what runs as what (export.kernels), when some nodes run no integer kernel
             notes.append(f"({len(notes) + 1}) {m.method}: {m.coverage}")
             mark += f" ({len(notes)})"
         lat: dict[str, Any] = m.latency or {}
