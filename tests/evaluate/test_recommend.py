@@ -24,8 +24,11 @@ ALL = [FP32, DYN, FP16, INT8]
 
 
 def test_fp32_is_a_candidate_and_wins_when_the_limits_favour_it() -> None:
-    # accuracy preferred: FP32 and fp16 both drop 0.0, the tie goes to the order (FP32 first)
-    assert recommend(ALL, Limits(prefer="accuracy")).method == "float"
+    # accuracy preferred: FP32 and fp16 both drop 0.0, the tie goes to the smaller file (fp16, 2 MB vs 4 MB)
+    assert recommend(ALL, Limits(prefer="accuracy")).method == "fp16"
+    # ... and to the order (FP32 first) when the sizes are equal too
+    same = _c("fp16", 0.0, 5.0, 4.0, 1.2)
+    assert recommend([FP32, same], Limits(prefer="accuracy")).method == "float"
     # a drop limit of 0 leaves FP32 and fp16; FP32 is faster
     assert recommend(ALL, Limits(max_drop=0.0, prefer="latency")).method == "float"
 
@@ -56,6 +59,17 @@ def test_ties_within_two_percent_go_to_the_smaller_drop() -> None:
     assert rec.method == "b" and "2 within 2%, tie broken by accuracy drop" in rec.reason
     c = _c("c", 0.2, 1.03, 1.0)  # 3 % slower: not a tie
     assert recommend([a, c], Limits(prefer="latency")).method == "a"
+
+
+def test_ties_in_speed_and_accuracy_go_to_the_smaller_file() -> None:
+    """The demo's rule: the fastest within the accuracy limit, then the smallest."""
+    big, small = _c("big", 0.2, 1.00, 2.0), _c("small", 0.2, 1.01, 0.5)  # 1 % slower, same drop, 4x smaller
+    rec = recommend([big, small], Limits(max_drop=1.0, prefer="latency"))
+    assert rec.method == "small", rec.reason
+    assert "tie broken by accuracy drop, then by file size (2 with the same drop; 0.500 MB)" in rec.reason
+    assert rec.rule.endswith("then break ties by accuracy (smaller drop), then by size (smaller file)")
+    worse = _c("worse", 0.5, 1.00, 0.1)  # smaller still, but a larger drop: accuracy comes first
+    assert recommend([big, worse], Limits(prefer="latency")).method == "big"
 
 
 def test_nothing_fits_names_the_closest_and_every_miss() -> None:

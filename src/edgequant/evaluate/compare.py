@@ -9,7 +9,7 @@ failed with its reason and the others still run.
 
 Recommendation rule (``edgequant.evaluate.recommend``, stated in every report): filter by every
 limit given (FP32 is a candidate), then optimise the preferred quantity (``prefer``: latency, size,
-accuracy or energy), then break ties by accuracy.  When none qualifies there is no recommendation;
+accuracy or energy), then break ties by accuracy, then by file size.  When none qualifies there is no recommendation;
 the closest method is named and every method lists each limit it misses and by how much.
 
 The per-layer SQNR analysis (``edgequant.evaluate.layers``) is run for one method: the

@@ -10,7 +10,9 @@ REST service so that every surface states and applies the same rule (``RULE``):
    ``energy <= max_energy_mj`` (per inference, the *estimate* from ``edgequant.evaluate.energy``).
 2. **Optimise** the preferred quantity (``prefer``): the lowest latency, size or energy, or the
    smallest drop (``accuracy``).  Values within ``TIE`` (2 %) of the best count as a tie.
-3. **Break ties** by accuracy (the smaller drop), then by the order of the methods (FP32 first).
+3. **Break ties** by accuracy (the smaller drop), then by size (the smaller file), then by the order
+   of the methods (FP32 first).  With the default ``prefer="latency"`` this is the demo's rule: the
+   fastest method within the accuracy limit, then the smallest.
 
 When no candidate meets every limit there is no recommendation; the *closest* method is named: the one
 whose misses add up to the smallest total relative excess ``sum(max(0, value/limit - 1))`` over the
@@ -33,7 +35,8 @@ TIE = 0.02
 MB = float(2**20)
 RULE = (
     "filter by every limit given (FP32 is a candidate), then take the best preferred quantity "
-    "(lowest {prefer}; within 2 % counts as a tie), then break ties by accuracy (smaller drop)"
+    "(lowest {prefer}; within 2 % counts as a tie), then break ties by accuracy (smaller drop), "
+    "then by size (smaller file)"
 )
 
 # limit name -> (quantity, unit, format)
@@ -221,7 +224,15 @@ def recommend(candidates: Sequence[Candidate], limits: Limits) -> Recommendation
     best_v = min(v for _, v in known)
     tied = [c for c, v in known if v <= best_v + abs(best_v) * TIE]
     order = {c.method: i for i, c in enumerate(candidates)}
-    best = min(tied, key=lambda c: (c.drop if c.drop is not None else float("inf"), order[c.method]))
+    inf = float("inf")
+    best = min(
+        tied,
+        key=lambda c: (
+            c.drop if c.drop is not None else inf,
+            c.size_bytes if c.size_bytes is not None else inf,
+            order[c.method],
+        ),
+    )
     v = best.preferred(limits.prefer)
     unit = {"latency": "ms", "size": "MB", "accuracy": best.drop_unit, "energy": "mJ (estimate)"}[
         limits.prefer
@@ -229,7 +240,12 @@ def recommend(candidates: Sequence[Candidate], limits: Limits) -> Recommendation
     what = "accuracy drop" if limits.prefer == "accuracy" else limits.prefer
     reason = f"{best.method}: lowest {what} ({v:.4g} {unit}) among {len(fit)} method(s) within the limits ({stated})"
     if len(tied) > 1:
-        reason += f"; {len(tied)} within {TIE:.0%}, tie broken by accuracy drop"
+        same = [c for c in tied if c.drop == best.drop]
+        reason += f"; {len(tied)} within {TIE:.0%}, tie broken by accuracy drop" + (
+            f", then by file size ({len(same)} with the same drop; {best.size_bytes / MB:.3f} MB)"
+            if len(same) > 1 and best.size_bytes is not None
+            else ""
+        )
     if best.drop is not None:
         reason += f"; accuracy drop {best.drop:.2f} {best.drop_unit}"
     return Recommendation(best.method, reason + ".", rule, None, miss)
