@@ -3,7 +3,9 @@
 1. ``edgequant demo`` as a function: ``edgequant.evaluate.compare`` on ``examples/shapes_cnn.onnx`` with
    every method, ``shapes_calib.npz`` for calibration and the 512 labelled ``shapes_eval.npz`` samples,
    latency at batch 1 on 1 thread (median of ``--runs``), file and packed size in MiB (2**20 bytes), the
-   recommendation and its rule.  Also how many nodes each method quantized (dynamic: the Gemm head only).
+   recommendation and its rule.  Also what runs as what where nodes run no integer kernel (ONNX Runtime's
+   optimised graph of the written model: dynamic runs one integer kernel, the Gemm head; weight-only
+   stores integers and runs float kernels).
 2. Bias correction (``--bias-correction``) on the example, w4a8 and int8 static, top-1 % with and without,
    on the same evaluation samples.
 
@@ -58,7 +60,10 @@ def demo_table(runs: int) -> dict[str, Any]:
             "median_ms": lat, "file_mib": (m.file_bytes or 0) / MIB, "packed_mib": (m.packed_bytes or 0) / MIB,
             "within_limit": m.meets_limits, "coverage": m.coverage,
         })  # fmt: skip
-    return {"rows": rows, "recommended": res.recommended, "reason": res.reason, "seconds": round(seconds, 1)}
+    return {
+        "rows": rows, "recommended": res.recommended, "reason": res.reason, "rule": res.rule,
+        "seconds": round(seconds, 1),
+    }  # fmt: skip
 
 
 def bias_correction() -> list[dict[str, Any]]:
@@ -105,7 +110,13 @@ def render(data: dict[str, Any]) -> str:
             f"| {name} | {_f(r['top1'])} | {_f(r['drop_pp'])} | {_f(r['median_ms'], 3)} | {_f(r['file_mib'], 3)} "
             f"| {_f(r['packed_mib'], 3)} | {'yes' if r['within_limit'] or r['method'] == 'float' else 'no'} |"
         )
-    lines += ["", f"Recommendation: {d['reason']}", "", "Methods that left nodes float:", "", *notes, ""]
+    lines += ["", f"Recommendation: {d['reason']}", "", f"Rule: {d['rule']}.", ""]
+    lines += [
+        "Methods whose nodes do not all run integer kernels (ONNX Runtime's optimised graph):",
+        "",
+        *notes,
+        "",
+    ]
     lines += [
         "## Bias correction (`--bias-correction`)",
         "",

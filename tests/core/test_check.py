@@ -12,8 +12,10 @@ from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
 from tinymodels import conv_net, images, mlp
+from typer.testing import CliRunner
 
 import edgequant
+from edgequant.cli import app
 
 
 def _sqnr(ref: np.ndarray, got: np.ndarray) -> float:
@@ -193,3 +195,27 @@ def test_a_fixed_batch_model_holds_back_whole_batches() -> None:
     r = edgequant.quantize(m, {"x": images(24)})
     # 6 batches of 4: 3 whole ones held back for the check, 3 for calibration
     assert r.report["check"]["samples"] == 12 and r.report["calibration"]["samples"] == 12
+
+
+# -- on screen (issue 9, section 3: the collapse is printed, not only in the report) ----------------
+
+
+def _screen_text(res: object) -> str:
+    return " ".join(str(getattr(res, "output", "")).split())
+
+
+def test_a_collapse_is_a_warning_on_screen(tmp_path: Path) -> None:
+    onnx.save(_bn_folded_depthwise(), tmp_path / "dw.onnx")
+    x = np.random.default_rng(4).standard_normal((64, 4, 8, 8)).astype(np.float32)
+    x[:, 0] *= 0.01
+    np.save(tmp_path / "x.npy", x)
+    args = ["quantize", str(tmp_path / "dw.onnx"), "--calib-data", str(tmp_path / "x.npy"), "-o"]
+    res = CliRunner().invoke(app, [*args, str(tmp_path / "pt"), "--per-tensor"])
+    assert res.exit_code == 0, res.output
+    out = _screen_text(res)
+    assert (
+        "warning: the quantized model has collapsed" in out
+        and "use per-channel weights (--per-channel)" in out
+    )
+    res = CliRunner().invoke(app, [*args, str(tmp_path / "pc")])
+    assert res.exit_code == 0 and "collapsed" not in res.output

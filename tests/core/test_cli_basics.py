@@ -203,3 +203,14 @@ def test_verbose_shows_info_logs(files: dict[str, Path], tmp_path: Path) -> None
     assert "INFO edgequant.model.repair: 1 Constant node(s) converted to initializers" in res.output
     res = runner.invoke(app, [*args[:3], str(tmp_path / "w"), *args[4:]])
     assert "INFO edgequant" not in res.output
+
+
+def test_opset_raised_is_a_note_on_screen(tmp_path: Path) -> None:
+    onnx.save(conv_net(opset=11), tmp_path / "net.onnx")
+    np.save(tmp_path / "x.npy", images(64))
+    args = ["quantize", str(tmp_path / "net.onnx"), "--calib-data", str(tmp_path / "x.npy"), "-o"]
+    res = runner.invoke(app, [*args, str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert "note: opset raised from 11 to 13" in " ".join(res.output.split())
+    written = onnx.load(str(tmp_path / "o" / "net_int8.onnx"))
+    assert max(o.version for o in written.opset_import if o.domain in ("", "ai.onnx")) == 13
