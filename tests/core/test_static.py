@@ -121,7 +121,8 @@ def test_lstm_with_state_weights_per_channel_state_float() -> None:
         hf, cf, hq, cq = of["h1"], of["c1"], oq["h1"], oq["c1"]
         sq = 10 * np.log10(np.sum(of["y"] ** 2) / np.sum((of["y"] - oq["y"]) ** 2))
         sq_h = 10 * np.log10(np.sum(hf**2) / np.sum((hf - hq) ** 2))
-        assert sq > 26.0 and sq_h > 35.5, f"call {step}: output {sq:.1f} dB, state {sq_h:.1f} dB"
+        # measured: output 37.4 / 33.7 / 28.6 / 37.9 dB, state 38.7 / 38.3 / 38.4 / 39.5 dB (calls 0-3)
+        assert sq > 26.5 and sq_h > 36.0, f"call {step}: output {sq:.1f} dB, state {sq_h:.1f} dB"
 
 
 def test_two_bit_activations_are_refused_with_reason() -> None:
