@@ -146,7 +146,7 @@ def quantize(
     runtime = runtime or OrtRuntime(allow_spinning=False)
     if recipe.target in toolchains.TARGETS:  # before any work: a missing toolchain is a one-line refusal
         toolchains.require(toolchains.TARGETS[recipe.target])
-        toolchains.check_recipe(recipe.target, recipe.weight_bits, recipe.act_bits)
+        toolchains.check_recipe(recipe.target, recipe.weight_bits, recipe.act_bits, source=model)
     onnx_model, name, imported = load_input_model(model, example_inputs, recipe.dynamic_axes)
     recipe, declared_notes = with_declared(
         recipe, onnx_model, calibration if calibration is not None else recipe.calib_data
@@ -294,6 +294,7 @@ def quantize(
         suffix, blob, toolchain = toolchains.build(
             recipe.target, quantized, reference, list(_held(calibration, float_model, recipe)),
             calibration=lambda: list(_source(calibration, float_model, recipe)), tune_trials=recipe.tune_trials,
+            source=Path(model) if isinstance(model, str | Path) else None, bits=(recipe.weight_bits, recipe.act_bits),
         )  # fmt: skip
         artifacts[suffix] = blob
         seconds["toolchain"] = sum(toolchain.get("seconds", {}).values())

@@ -23,7 +23,7 @@ PROFILE_DIR = Path(targets.__file__).parent
 
 
 def test_every_shipped_profile_loads_and_cites_its_sources() -> None:
-    assert targets.names() == ["akida", "cmsis-nn", "cpu", "ti-npu", "tvm", "vitis-dpu"]
+    assert targets.names() == ["akida", "akida1", "cmsis-nn", "cpu", "ti-npu", "tvm", "vitis-dpu"]
     for p in targets.all_profiles():
         assert p.sources and all(s.url.startswith("https://") for s in p.sources.values())
         cited = {p.weights.source, p.activations.source, p.bias_source} | {r.source for r in p.ops.values()}
