@@ -293,7 +293,7 @@ def quantize(
     target: Annotated[
         str | None,
         typer.Option(
-            help="Hardware target profile: cpu (default), ti-npu, vitis-dpu, cmsis-nn, akida, akida1 (Keras .h5); tvm compiles with Apache TVM."
+            help="Hardware target profile: cpu (default), ti-npu, vitis-dpu, cmsis-nn, akida, akida1 (.h5); tvm: Apache TVM."
         ),
     ] = None,
     tune_trials: Annotated[

@@ -60,7 +60,7 @@ def test_unexpected_exception_is_logged_json_500(tmp_path: Path, caplog: pytest.
 def test_targets_and_names() -> None:
     assert resolve_target(None) == resolve_target("onnx") == resolve_target("CPU") == "cpu"
     with pytest.raises(
-        TargetError, match="valid targets: onnx, cpu, akida, cmsis-nn, ti-npu, tvm, vitis-dpu"
+        TargetError, match="valid targets: onnx, cpu, akida, akida1, cmsis-nn, ti-npu, tvm, vitis-dpu"
     ):
         resolve_target("npu")
     assert resolve_target("TI-NPU") == "ti-npu" and resolve_target("vitis-ai") == "vitis-dpu"

@@ -69,7 +69,7 @@ def test_unknown_target_on_the_cli(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "did you mean 'vitis-dpu'" in res.output
     assert not (tmp_path / "o").exists()
     listing = CliRunner().invoke(app, ["targets"])
-    assert listing.exit_code == 0 and len(listing.output.strip().splitlines()) == 6
+    assert listing.exit_code == 0 and len(listing.output.strip().splitlines()) == 7
     rules = CliRunner().invoke(app, ["targets", "ti-npu"])
     assert rules.exit_code == 0 and "24-bit with 8-bit weights" in rules.output
 
