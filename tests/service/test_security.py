@@ -119,6 +119,28 @@ def test_a_backtracking_exclude_regex_is_stopped_by_its_time_bound(server: Serve
         assert job["recipe"]["exclude"] == ["re:a+!"]
 
 
+def test_a_node_named_like_a_pattern_is_matched_as_a_literal(server: Server) -> None:
+    """A matched node whose own name is a backtracking 're:' pattern is excluded by its escaped name;
+    it is never run as a regex by the planner (which has no time bound): before the fix, the job below
+    spent minutes in re.fullmatch('(a|aa)+$', 'aaa...!')."""
+    model = tiny_model()
+    model.graph.node[0].name = "re:(a|aa)+$"  # the conv
+    model.graph.node[3].name = "a" * 40 + "!"  # the Gemm
+    with server.client() as c:
+        blob = model.SerializeToString()
+        assert upload(c, "models", "re-name", blob, "r.onnx", overwrite="true").status_code == 201
+        assert upload(c, "datasets", "sec-data", tiny_npz(), "d.npz", overwrite="true").status_code == 201
+        r = c.post(
+            "/api/v1/model/re-name/quantize", params={"dataset": "sec-data"}, json={"exclude": ["re:re:.*"]}
+        )
+        job = wait_job(c, r.json()["job_id"], timeout=90)
+        assert job["status"] == "succeeded", job["error"]
+        plan = c.get(f"/api/v1/jobs/{job['job_id']}/artifacts/re-name_int8.plan.json")
+        assert plan.status_code == 200
+        quantized = {n["node"]: n["quantized"] for n in plan.json()["nodes"]}
+        assert quantized["re:(a|aa)+$"] is False and quantized["a" * 40 + "!"] is True
+
+
 def _png_of(width: int, height: int) -> bytes:
     from PIL import Image
 
@@ -148,7 +170,13 @@ def test_queue_limit_timeout_and_in_use_conflicts(tmp_path: Path) -> None:
     try:
         with srv.client() as c:
             _setup(c)
-            slow = c.post("/api/v1/model/sec/compare", params={"dataset": "sec-data"}).json()["job_id"]
+            assert (
+                upload(c, "datasets", "sec-eval", tiny_npz(seed=7), "e.npz", overwrite="true").status_code
+                == 201
+            )
+            slow = c.post(
+                "/api/v1/model/sec/compare", params={"dataset": "sec-data", "eval_dataset": "sec-eval"}
+            ).json()["job_id"]
             statuses = [
                 c.post("/api/v1/model/sec/quantize", params={"dataset": "sec-data"}).status_code
                 for _ in range(3)
@@ -158,6 +186,11 @@ def test_queue_limit_timeout_and_in_use_conflicts(tmp_path: Path) -> None:
             assert r.status_code == 409 and "used by" in r.json()["detail"]
             assert upload(c, "datasets", "sec-data", tiny_npz(), "d.npz", overwrite="true").status_code == 409
             assert c.delete("/api/v1/datasets/sec-data").status_code == 409
+            assert c.delete("/api/v1/datasets/sec-eval").status_code == 409  # the compare's evaluation data
+            assert (
+                upload(c, "datasets", "sec-eval", tiny_npz(seed=8), "e.npz", overwrite="true").status_code
+                == 409
+            )
             job = wait_job(c, slow, timeout=120)  # compare takes longer than the 1 s timeout
             assert job["status"] == "failed" and job["error"]["error"] == "ResourceLimit", job
             assert "limit of 1 s" in job["error"]["detail"]

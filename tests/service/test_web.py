@@ -44,6 +44,10 @@ def test_login_session_cookie_and_csrf(tmp_path: Path) -> None:
             assert r.status_code == 403 and "X-CSRF-Token" in r.json()["detail"]
             r = c.post("/api/v1/models", files=files, data={"name": "web"}, headers={"X-CSRF-Token": "nope"})
             assert r.status_code == 403
+            r = c.post("/api/v1/models", files=files, data={"name": "web"}, headers={"X-API-Key": "any"})
+            assert r.status_code == 403  # a wrong key beside the session cookie does not stand in for CSRF
+            r = c.post("/api/v1/models", files=files, data={"name": "web"}, headers={"Origin": "null"})
+            assert r.status_code == 403 and "cross-site" in r.json()["detail"]
             r = c.post("/api/v1/models", files=files, data={"name": "web"}, headers={"X-CSRF-Token": csrf})
             assert r.status_code == 201, r.text
             assert ">web</td>" in c.get("/").text

@@ -137,7 +137,7 @@ class GuardMiddleware:
         if method in UNSAFE:
             origin = headers.get("origin")
             if headers.get("sec-fetch-site") == "cross-site" or (
-                origin is not None and origin != "null" and urlsplit(origin).netloc.lower() != host.lower()
+                origin is not None and (origin == "null" or urlsplit(origin).netloc.lower() != host.lower())
             ):
                 return _deny(
                     403, "Forbidden", "cross-site requests are refused.", "use the page of this server."
@@ -154,7 +154,10 @@ class GuardMiddleware:
                 )
                 response.headers["WWW-Authenticate"] = "X-API-Key"
                 return response
-        if csrf is not None and method in UNSAFE and path != "/login" and "x-api-key" not in headers:
+        key_ok = bool(self.config.api_key) and hmac.compare_digest(
+            headers.get("x-api-key", "").encode("latin-1"), (self.config.api_key or "").encode()
+        )
+        if csrf is not None and method in UNSAFE and path != "/login" and not key_ok:
             token = headers.get("x-csrf-token", "")
             if not hmac.compare_digest(token.encode("latin-1"), csrf.encode()):
                 return _deny(

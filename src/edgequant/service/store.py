@@ -122,8 +122,9 @@ class JobStore:
         where, args = "status IN ('queued', 'running')", []
         if model is not None:
             where, args = where + " AND model = ?", [model]
-        if dataset is not None:
-            where, args = where + " AND dataset = ?", [*args, dataset]
+        if dataset is not None:  # as calibration data, or as a compare's evaluation data
+            where = where + " AND (dataset = ? OR json_extract(recipe, '$.eval_dataset') = ?)"
+            args = [*args, dataset, dataset]
         with self._lock:
             row = self._db.execute(f"SELECT COUNT(*) AS n FROM jobs WHERE {where}", args).fetchone()
         return int(row["n"])

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -95,8 +96,17 @@ def resolve_regex_excludes(model: Path, exclude: list[str]) -> list[str]:
                 f"exclude '{pattern}' matches no node name in the model.",
                 "check the names with 'edgequant inspect MODEL'.",
             )
-        out += [h for h in hits if h not in out]
+        out += [e for e in (_exact(h) for h in hits) if e not in out]
     return out
+
+
+def _exact(name: str) -> str:
+    """A matched node name as an exclude entry that matches that node only: the planner reads an entry
+    as a node name or an op type, and ``re:...`` as a regex, so a name that starts with ``re:`` or that
+    is also an op type becomes an escaped regex (a literal: linear to match, never a pattern again)."""
+    if name.startswith("re:") or name[:1].isupper():
+        return "re:" + re.escape(name)
+    return name
 
 
 class _Progress:
