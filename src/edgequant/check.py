@@ -138,6 +138,46 @@ def run_check(
     return out
 
 
+def check_batches(
+    float_model: onnx.ModelProto | Path, calibration: Any, recipe: Recipe, *, calibrated: bool
+) -> tuple[list[dict[str, np.ndarray]], str, str, str]:
+    """The check's samples, chosen as ``run_check`` chooses them: ``(batches, kind, note, description)``."""
+    specs = input_specs(
+        float_model
+        if isinstance(float_model, onnx.ModelProto)
+        else onnx.load(str(float_model), load_external_data=False)
+    )
+    common: dict[str, Any] = {
+        "batch_size": recipe.batch_size, "seed": recipe.seed, "preprocess": recipe.preprocess,
+        "input_map": recipe.input_map or None, "options": recipe.data_options or None,
+    }  # fmt: skip
+    note = ""
+    if calibration is None:
+        kind = "synthetic"
+        source = open_source(None, specs, max_samples=recipe.check_samples, split="eval", **common)
+    elif calibrated and (recipe.data_options or {}).get("metadata_csv"):
+        kind = "held_out"  # calibration read the CSV's train rows; the check reads its evaluation rows
+        source = open_source(calibration, specs, max_samples=recipe.check_samples, split="eval", **common)
+    elif calibrated:
+        source = open_source(calibration, specs, held_out=recipe.check_samples, part="held", **common)
+        kind = "held_out"
+        available = source.stats.available
+        if source.stats.held_out == 0:  # a single sample: nothing can be held back
+            kind = "in_sample"
+            source = open_source(calibration, specs, max_samples=recipe.check_samples, **common)
+            note = f"the data has {available} sample(s), so the check reads what calibration read."
+        elif source.stats.held_out < recipe.check_samples:
+            note = (
+                f"the data has {available} samples: {source.stats.held_out} held back for the check "
+                f"({recipe.check_samples} asked; at most half the data), the rest for calibration."
+            )
+    else:
+        kind = "held_out"  # nothing was calibrated: no sample of the data was seen
+        source = open_source(calibration, specs, max_samples=recipe.check_samples, **common)
+    batches = list(source)
+    return batches, kind, note, source.stats.description
+
+
 def _collapse(
     float_model: onnx.ModelProto | None,
     quantized: onnx.ModelProto,

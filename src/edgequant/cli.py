@@ -518,6 +518,11 @@ def print_summary(report: dict[str, Any], model_path: Path) -> None:
             f"{k} {'identical' if v is None else f'{v} dB'}" for k, v in chain["sqnr_db_vs_float"].items()
         )
         t.add_row(f"{chain['toolchain']} artifact", f"{', '.join(files)} (vs float: {vs})")
+    torch_file = report.get("files", {}).get("torch_model")
+    if torch_file:  # a PyTorch input's own quantized model (edgequant.torch.quantized_outputs)
+        tq = report.get("torch", {})
+        sq: dict[str, Any] = tq.get("output_sqnr_db") or {"vs ONNX": tq.get("sqnr_db_vs_onnx")}
+        t.add_row("PyTorch model", f"{torch_file} (SQNR {', '.join(f'{k} {v} dB' for k, v in sq.items())})")
     from edgequant.check import describe
 
     t.add_row("checked on", describe(report["check"]))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -336,6 +337,12 @@ def quantize(
         result.report["compliance"] = compliance
     if ti_int is not None:
         result.report["ti_npu_int"] = ti_int
+    if imported and _is_torch_module(model):  # <stem>.pth (static) / .pt (torch.ao, LSTM/GRU) beside the ONNX
+        from edgequant.torch.quantized_outputs import attach
+
+        attach(result, model, calibration, runtime)  # type: ignore[arg-type]
+        if result.report["torch"].get("not_written"):
+            result.report["notes"].append(f"no PyTorch file: {result.report['torch']['not_written']}")
     if (
         sensitivity and not sensitivity["met"]
     ):  # the best model reached goes with the error (the CLI writes it)
@@ -356,6 +363,9 @@ def _ti_npu_int(quantized: onnx.ModelProto, runtime: OrtRuntime, held: Any) -> t
     section = {"file_suffix": "_ti-npu-int.onnx", "layers": layers, "notes": notes}
     section.update(compare(quantized, model, runtime, list(held)))
     return section, model.SerializeToString()
+def _is_torch_module(model: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(model, torch.nn.Module)
 
 
 def _named(recipe: Recipe | dict[str, Any] | str | Path | None, overrides: dict[str, Any]) -> tuple[str, ...]:

@@ -56,7 +56,8 @@ class QuantResult:
         before anything is written.  On failure nothing written here is left.
         """
         paths = output_paths(outdir, self.name, self.tag)
-        check_writable(paths.folder, paths.files(self.save_float), overwrite=overwrite)
+        extra_files = [paths.folder / f"{paths.model.stem}{suffix}" for suffix in self.artifacts]
+        check_writable(paths.folder, paths.files(self.save_float) + extra_files, overwrite=overwrite)
         paths.folder.mkdir(parents=True, exist_ok=True)
         out = paths.folder
         model_path = confined(out, paths.model.name)  # every path checked before anything is written
@@ -79,7 +80,14 @@ class QuantResult:
                 blob,
             ) in self.artifacts.items():  # a vendor toolchain's build (TVM library, Akida .fbz)
                 extra.append(write_text_atomic(paths.folder / f"{model_path.stem}{suffix}", blob))
-                self.report["files"].setdefault("toolchain_artifacts", []).append(extra[-1].name)
+                if suffix in (
+                    ".pth",
+                    ".pt",
+                ):  # the PyTorch model of a PyTorch input (torch.quantized_outputs)
+                    self.report["files"]["torch_model"] = extra[-1].name
+                    self.report.setdefault("torch", {})["file"] = extra[-1].name
+                else:
+                    self.report["files"].setdefault("toolchain_artifacts", []).append(extra[-1].name)
             saved = [("model", model_path)] + ([("float_model", float_path)] if self.save_float else [])
             for key, path in saved:
                 self.report["files"][key] = path.name

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from onnx import numpy_helper
 from typer.testing import CliRunner
 
 from edgequant.cli import app
@@ -60,6 +62,7 @@ def test_qat_trains_exports_and_reports(setup) -> None:
     report = json.loads((out / "build_w4a8.json").read_text())
     acc = report["accuracy"]
     assert acc["eval_samples"] == 192 and len(report["training"]["history"]) == 3
+    assert report["qat"]["epochs_seen"] == 3  # evaluation between epochs does not count one
     # the QAT score, recomputed here from the exported model in ORT
     data = np.load(tmp / "eval.npz")
     sess = ort.InferenceSession(str(out / "build_w4a8.onnx"), providers=["CPUExecutionProvider"])
@@ -88,3 +91,45 @@ def test_qat_refuses_bits_quantize_refuses(setup) -> None:
     tmp = setup
     res = CliRunner().invoke(app, _args(tmp, "train.npz", "o3", "--act-bits", "2"))
     assert res.exit_code == 2 and "2-bit activations" in res.output
+
+
+TI_QAT = (
+    "common: {target_device: F28P55}\n"
+    "training: {quantization: 2, quantization_method: QAT, quantization_weight_bitwidth: 8,\n"
+    "  quantization_activation_bitwidth: 8}\n"
+)
+
+
+def test_ti_yaml_with_qat_runs_the_qat_flow_and_passes_the_ti_npu_check(setup) -> None:
+    tmp = setup
+    (tmp / "ti.yaml").write_text(TI_QAT)
+    res = CliRunner().invoke(
+        app, _args(tmp, "train.npz", "ti", "--epochs", "1", "--recipe", str(tmp / "ti.yaml"))
+    )
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp / "ti" / "build_int8.json").read_text())
+    assert report["recipe"]["target"] == "ti-npu" and report["qat"]["epochs_seen"] == 1
+    assert len(report["training"]["history"]) == 1 and (tmp / "ti" / "build_int8.pth").is_file()
+    # the target's rules hold on the exported model: power-of-two activation scales read from the file
+    m = onnx.load(str(tmp / "ti" / "build_int8.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    scales = [inits[n.input[1]] for n in m.graph.node if n.op_type == "QuantizeLinear"]
+    assert scales and all(np.all(np.log2(s) == np.round(np.log2(s))) for s in scales)
+    # and `edgequant check --target ti-npu` finds nothing (exit 0)
+    chk = CliRunner().invoke(
+        app, ["check", str(tmp / "ti" / "build_int8.onnx"), "--target", "ti-npu", "--json"]
+    )
+    assert chk.exit_code == 0, chk.output
+
+
+def test_ti_yaml_flows_refuse_the_other_method_naming_the_command(setup) -> None:
+    tmp = setup
+    (tmp / "ti.yaml").write_text(TI_QAT)
+    (tmp / "ptq.yaml").write_text(TI_QAT.replace("QAT", "PTQ"))
+    res = CliRunner().invoke(app, _args(tmp, "train.npz", "o4", "--recipe", str(tmp / "ptq.yaml")))
+    assert res.exit_code == 2 and "edgequant quantize --recipe" in " ".join(res.output.split())
+    res = CliRunner().invoke(
+        app, ["quantize", str(tmp / "x.onnx"), "--recipe", str(tmp / "ti.yaml"), "-o", str(tmp / "o5")]
+    )
+    assert res.exit_code == 2 and "edgequant qat --recipe" in " ".join(res.output.split())
+    assert not (tmp / "o4").exists() and not (tmp / "o5").exists()

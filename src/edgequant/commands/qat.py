@@ -81,6 +81,11 @@ def run_qat(
             f"(CUDA available here: {torch.cuda.is_available()}).",
             "drop --device, or write your own loop around edgequant.torch.QATModule on the GPU.",
         )
+    recipe_notes: list[str] = []
+    if isinstance(recipe, str | Path) and Path(recipe).is_file():  # a TI config with quantization_method QAT
+        from edgequant.recipe import load_recipe
+
+        recipe = load_recipe(recipe, recipe_notes, flow="qat")
     rec = make_recipe(recipe, **overrides)
     shapes = parse_input_shapes(input_shape)
     model = model.eval()
@@ -94,6 +99,8 @@ def run_qat(
     examples = tuple(torch.from_numpy(a[:4].copy()) for a in train.inputs)
     ex = examples if len(examples) > 1 else examples[0]
     say = echo or (lambda _s: None)
+    for note in recipe_notes:
+        say(f"note: {note}")
     float_score = evaluate(model, val, task)  # type: ignore[arg-type]
     say(f"float: {float_score:.4g}")
     ptq = PTQModule(model, ex, recipe=rec)
@@ -146,6 +153,7 @@ def run_qat(
         "seconds_per_epoch": round(res.seconds_per_epoch, 3), "history": res.history,
     }  # fmt: skip
     report["files"]["pth"] = f"{stem}.pth"
+    report["notes"] = list(report.get("notes", [])) + recipe_notes
     write_text_atomic(out / f"{stem}.json", json.dumps(report, indent=1, default=str))
     return report
 
@@ -178,7 +186,10 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
         device: Annotated[str, typer.Option(help="cpu (the built-in loop runs on the CPU).")] = "cpu",
         recipe: Annotated[
-            Path | None, typer.Option(help="YAML recipe; flags given here override it.")
+            Path | None,
+            typer.Option(
+                help="YAML recipe, or a TI Tensorlab config (quantization_method: QAT); flags override it."
+            ),
         ] = None,
         tag: Annotated[str | None, typer.Option(help="Output name tag (default from the bits).")] = None,
     ) -> None:

@@ -442,9 +442,10 @@ def to_dict(recipe: Recipe) -> dict[str, Any]:
     return out
 
 
-def load_recipe(path: str | Path, notes: list[str] | None = None) -> Recipe:
+def load_recipe(path: str | Path, notes: list[str] | None = None, flow: str = "ptq") -> Recipe:
     """Read a YAML recipe file: EdgeQuant keys, or a TI Tensorlab-style config (``recipe.ti_config``),
-    whose notes (e.g. a device without an NPU) are appended to ``notes``."""
+    whose notes (e.g. a device without an NPU) are appended to ``notes``; ``flow`` "qat" reads a TI
+    config for ``edgequant qat`` (``quantization_method: QAT``)."""
     p = Path(path)
     if not p.is_file():
         raise RecipeError(f"recipe file '{p}' does not exist.", "check the path given to --recipe.")
@@ -457,7 +458,7 @@ def load_recipe(path: str | Path, notes: list[str] | None = None) -> Recipe:
     from edgequant.recipe.ti_config import from_tensorlab, is_tensorlab
 
     if is_tensorlab(data):
-        data, ti_notes = from_tensorlab(data)
+        data, ti_notes = from_tensorlab(data, flow)
         if notes is not None:
             notes.extend(ti_notes)
     return from_dict(data)

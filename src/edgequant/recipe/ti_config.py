@@ -11,8 +11,10 @@ and the device under ``common.target_device``::
 * ``quantization``: 0 float (refused: nothing to quantize), 1 generic (ONNX Runtime CPU QDQ,
   target ``cpu``), 2 TI NPU style (target ``ti-npu`` on a device with an NPU; a device without one
   gets ``cpu`` and a note);
-* ``quantization_method``: PTQ (static calibration); QAT is refused with a pointer to the PyTorch
-  flow, which trains, while this flow calibrates;
+* ``quantization_method``: PTQ (static calibration: ``edgequant quantize --recipe FILE``) or QAT
+  (quantization-aware training: ``edgequant qat --recipe FILE``, which trains the PyTorch model with
+  the same target, bits and rules); each command refuses the other's method, naming the command
+  that runs it;
 * unknown keys and devices are errors, as everywhere in EdgeQuant.
 """
 
@@ -48,8 +50,11 @@ def _keys(where: str, data: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
     return data
 
 
-def from_tensorlab(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Recipe keys for a Tensorlab config, and the notes to show; RecipeError for what cannot be honoured."""
+def from_tensorlab(data: dict[str, Any], flow: str = "ptq") -> tuple[dict[str, Any], list[str]]:
+    """Recipe keys for a Tensorlab config, and the notes to show; RecipeError for what cannot be honoured.
+
+    ``flow``: ``"ptq"`` (``quantize``: calibration) or ``"qat"`` (``edgequant qat``: training); a config
+    whose ``quantization_method`` asks for the other flow is refused with the command that runs it."""
     _keys("", data, ("common", "training"))
     common = _keys("common", data.get("common", {}), ("target_device",))
     train = _keys("training", data.get("training", {}), TRAINING_KEYS)
@@ -69,14 +74,20 @@ def from_tensorlab(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
             "set training.quantization to 2 (TI NPU style) or 1 (generic).",
         )
     method = str(train.get("quantization_method", "PTQ")).upper()
-    if method == "QAT":
+    if method not in ("PTQ", "QAT"):
+        raise RecipeError(f"TI config: quantization_method '{method}'; allowed: PTQ, QAT.", "use PTQ or QAT.")
+    if method == "QAT" and flow != "qat":
         raise RecipeError(
             "TI config: quantization_method QAT trains the model, and this flow quantizes a trained model by "
             "calibration (PTQ).",
-            "use quantization_method: PTQ here, or the PyTorch QAT flow (edgequant.torch) to train with fake quantization.",
+            "run the training flow with this file: edgequant qat --recipe FILE (with --factory, --train-data, "
+            "--eval-data), or set quantization_method: PTQ here.",
         )
-    if method != "PTQ":
-        raise RecipeError(f"TI config: quantization_method '{method}'; allowed: PTQ, QAT.", "use PTQ.")
+    if method == "PTQ" and flow == "qat":
+        raise RecipeError(
+            "TI config: quantization_method is PTQ (calibration, the default), and edgequant qat trains.",
+            "set quantization_method: QAT for edgequant qat, or run edgequant quantize --recipe FILE for PTQ.",
+        )
     notes: list[str] = []
     target = "cpu"
     if mode == 2 and device in NPU_DEVICES:

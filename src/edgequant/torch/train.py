@@ -83,7 +83,8 @@ def evaluate(model: nn.Module, data: Labeled, task: Task, batch_size: int = 256)
             else:
                 err += float(((out.reshape(y.shape) - y.float()) ** 2).sum())
             n += len(y)
-    model.train(was)
+    # restoring the mode is not a new epoch: nn.Module.train, not QATModule.train (which counts epochs)
+    nn.Module.train(model, was)
     return 100.0 * hits / n if task == "classification" else -err / n
 
 
