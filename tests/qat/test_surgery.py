@@ -73,3 +73,78 @@ def test_module_swap_fallback_when_fx_fails() -> None:
     assert all(r.method == "module-swap" and "symbolically traced" in r.trace_error for r in records)
     assert isinstance(new.act, nn.ReLU) and isinstance(new.r6, nn.Hardtanh)
     assert isinstance(net.act, nn.GELU)  # the input model is not modified
+
+
+class Odd(nn.Module):
+    """Channel counts 6 and 10 (ti-npu wants multiples of 4), and a conv whose output is added to x."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(4, 6, 3, padding=1)
+        self.b1 = nn.BatchNorm2d(6)
+        self.c2 = nn.Conv2d(6, 10, 3, padding=1)
+        self.res = nn.Conv2d(10, 10, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(10, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.b1(self.c1(x)))
+        x = nn.functional.relu(self.c2(x))
+        x = x + self.res(x)
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class Plain(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(4, 6, 3, padding=1)
+        self.b1 = nn.BatchNorm2d(6)
+        self.c2 = nn.Conv2d(6, 10, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(10, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.b1(self.c1(x)))
+        x = torch.relu(self.c2(x))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def test_channels_padded_to_the_target_alignment_exactly() -> None:
+    torch.manual_seed(0)
+    net = Plain().eval()
+    with torch.no_grad():
+        net.b1.running_mean.uniform_(-1, 1)
+        net.b1.running_var.uniform_(0.5, 2)
+    x = torch.randn(3, 4, 8, 8)
+    new, records = replace_modules(net, example_inputs=x, target="ti-npu")
+    pads = {r.name: r for r in records if r.method == "fx-pad"}
+    assert pads["c1"].new == "Conv2d(4, 8)" and pads["c2"].new == "Conv2d(8, 12)"
+    # exact in real arithmetic; float32 sums over more (zero) channels may round differently
+    assert all(r.sqnr_db > 120 and r.max_abs_diff < 1e-5 for r in pads.values()), pads
+    m = dict(new.named_modules())
+    assert (m["c1"].weight.shape, m["b1"].num_features, m["c2"].weight.shape, m["fc"].weight.shape) == (
+        (8, 4, 3, 3), 8, (12, 8, 3, 3), (3, 12)
+    )  # fmt: skip
+    with torch.no_grad():
+        ref = net(x)
+        assert torch.allclose(new(x), ref, atol=1e-6, rtol=0)
+        assert torch.all(m["c1"].weight[6:] == 0) and torch.all(m["fc"].weight[:, 10:] == 0)
+    # the cpu profile has no alignment: nothing is padded
+    _new, cpu = replace_modules(net, example_inputs=x, target="cpu")
+    assert not [r for r in cpu if r.method == "fx-pad"]
+
+
+def test_padding_kept_where_readers_would_see_the_channels() -> None:
+    torch.manual_seed(0)
+    net = Odd().eval()
+    x = torch.randn(2, 4, 8, 8)
+    new, records = replace_modules(net, example_inputs=x, target="ti-npu")
+    pads = {r.name: r for r in records if r.method == "fx-pad"}
+    assert pads["c1"].new == "Conv2d(4, 8)"
+    assert pads["c2"].new.startswith("kept:") and "add" in pads["c2"].new
+    assert pads["res"].new.startswith("kept:")
+    with torch.no_grad():
+        assert torch.allclose(new(x), net(x), atol=1e-6, rtol=0)
+    # a model that does not trace: padding is not applied, and the record says why
+    _n, recs = replace_modules(Branchy().eval(), example_inputs=torch.randn(1, 3, 8, 8), target="ti-npu")
+    assert any(r.name == "(channel padding)" and "does not trace" in r.new for r in recs)

@@ -208,3 +208,49 @@ def test_bad_input(trained) -> None:
 
     with pytest.raises(EdgeQuantError, match=r"torch\.fx cannot trace Branchy"):
         QATModule(Branchy(), x[:4])
+
+
+def test_frozen_bn_and_observers_stop_updating(trained) -> None:
+    """Freezes after epoch 1: during epoch 1 BN running statistics and observer ranges move; from epoch 2
+    on they stay exactly as they were (a learned activation scale may still train; the observer does not)."""
+    from edgequant.torch.fake_quant import ActQuantizer
+
+    net, x, y, _xt, _yt = trained
+    q = QATModule(net, x[:4], total_epochs=3, num_batch_norm_update_epochs=1, num_observer_update_epochs=1)
+    bns = [m for m in q.modules() if isinstance(m, nn.BatchNorm2d)]
+    obs = [m for m in q.modules() if isinstance(m, ActQuantizer)]
+    assert len(bns) == 2 and obs
+    opt = torch.optim.SGD(q.parameters(), lr=1e-3)
+
+    def steps(xs: torch.Tensor, ys: torch.Tensor) -> None:
+        for i in range(0, len(xs), 32):
+            loss = nn.functional.cross_entropy(q(xs[i : i + 32]), ys[i : i + 32])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    def bn_state() -> list[torch.Tensor]:
+        return [t.clone() for b in bns for t in (b.running_mean, b.running_var)]
+
+    def obs_state() -> list[torch.Tensor]:
+        return [torch.stack([o.lo, o.hi]).clone() for o in obs]
+
+    q.train()  # epoch 1
+    with torch.no_grad():
+        q(x[:32])  # the observers' first batch sets their range
+    bn0, ob0 = bn_state(), obs_state()
+    steps(x[32:160], y[32:160])
+    bn1, ob1 = bn_state(), obs_state()
+    assert any(not torch.equal(a, b) for a, b in zip(bn0, bn1, strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(ob0, ob1, strict=True))
+    q.train()  # epoch 2: frozen
+    steps(x[160:320], y[160:320])
+    assert q.epoch == 2 and q.describe()["bn_frozen"] and q.describe()["observers_frozen"]
+    assert all(torch.equal(a, b) for a, b in zip(bn1, bn_state(), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(ob1, obs_state(), strict=True))
+
+
+def test_bias_calibration_factor_is_refused_not_ignored(trained) -> None:
+    net, x, _y, _xt, _yt = trained
+    with pytest.raises(EdgeQuantError, match=r"bias_calibration_factor=0\.5 is not implemented"):
+        QATModule(net, x[:4], bias_calibration_factor=0.5)

@@ -12,6 +12,9 @@
   ``F.hardswish``, ``F.mish``, ``F.relu6`` for the default types).  A model that does not trace gets
   module swapping (``setattr`` on the owning module), and every record says which way was used and
   why (``method``, ``trace_error``).
+* With ``target`` (a profile name, as ``--target``), convs whose output channels break the target's
+  alignment get zero filters (exact; ``edgequant.torch.pad``); a conv whose readers would see the
+  extra channels keeps its size and its record says why (``new`` starts with "kept:").  Needs fx.
 * With ``example_inputs``, each record carries how much that replacement alone changes the float
   output: max |Δy| and SQNR = 10·log10(Σy² / Σ(y - y')²) dB (inf: exact), so the user sees which
   swaps need fine-tuning.
@@ -151,6 +154,7 @@ def replace_modules(
     replacements: dict[Any, Replacement] | None = None,
     *,
     example_inputs: Any = None,
+    target: str | None = None,
 ) -> tuple[nn.Module, list[Record]]:
     """Apply ``replacements`` (see the module docstring) to a copy of ``model``; ``(new, records)``."""
     from edgequant.torch.graph import as_tuple
@@ -214,13 +218,40 @@ def replace_modules(
     records += [Record(n, f"F.{o}", "", "fx") for n, o, _ in functional]
     new_model = apply(set(names))
     for r in records:
-        target = r.name if r.method == "module-swap" or not r.old.startswith("F.") else f"eq_surgery_{r.name}"
-        r.new = type(new_model.get_submodule(target)).__name__
+        where = r.name if r.method == "module-swap" or not r.old.startswith("F.") else f"eq_surgery_{r.name}"
+        r.new = type(new_model.get_submodule(where)).__name__
     if examples is not None:
         ref = _run(base, examples)
         for r in records:
             r.max_abs_diff, r.sqnr_db = _change(ref, _run(apply({r.name}), examples))
+    if target is not None:
+        new_model, pads = _pad(new_model, traced, target, trace_error, examples)
+        records += pads
     return new_model, records
+
+
+def _pad(
+    new_model: nn.Module,
+    traced: fx.GraphModule | None,
+    target: str,
+    trace_error: str,
+    examples: tuple[torch.Tensor, ...] | None,
+) -> tuple[nn.Module, list[Record]]:
+    """Channel padding to ``target``'s alignment, one record per conv (its float change alone)."""
+    from edgequant.torch.pad import pad_channels
+
+    if traced is None or not isinstance(new_model, fx.GraphModule):
+        why = f"kept: channel padding rewires the traced graph, and the model does not trace ({trace_error})"
+        return new_model, [Record("(channel padding)", "", why, "module-swap", trace_error=trace_error)]
+    padded, rows = pad_channels(new_model, target, example_inputs=examples)
+    records = [Record(name, old, new, "fx-pad") for name, old, new in rows]
+    if examples is not None:
+        ref = _run(traced, examples)
+        for r in records:
+            if not r.new.startswith("kept:"):
+                one, _ = pad_channels(traced, target, only={r.name}, example_inputs=examples)
+                r.max_abs_diff, r.sqnr_db = _change(ref, _run(one, examples))
+    return padded, records
 
 
 def _copier(new: nn.Module) -> Callable[[nn.Module], nn.Module]:
