@@ -71,6 +71,7 @@ def test_module_swap_fallback_when_fx_fails() -> None:
     new, records = replace_modules(net, {nn.GELU: nn.ReLU, r"r\d": lambda m: nn.Hardtanh(0.0, 6.0)})
     assert {r.name for r in records} == {"act", "r6"}
     assert all(r.method == "module-swap" and "symbolically traced" in r.trace_error for r in records)
+    assert all("test_surgery.py:" in r.trace_error and "if x.sum() > 0" in r.trace_error for r in records)
     assert isinstance(new.act, nn.ReLU) and isinstance(new.r6, nn.Hardtanh)
     assert isinstance(net.act, nn.GELU)  # the input model is not modified
 

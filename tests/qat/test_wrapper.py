@@ -206,8 +206,11 @@ def test_bad_input(trained) -> None:
         def forward(self, t: torch.Tensor) -> torch.Tensor:
             return t * 2 if t.sum() > 0 else t
 
-    with pytest.raises(EdgeQuantError, match=r"torch\.fx cannot trace Branchy"):
+    with pytest.raises(EdgeQuantError, match=r"torch\.fx cannot trace Branchy") as info:
         QATModule(Branchy(), x[:4])
+    msg = str(info.value)  # the reason, the model's own line, and the module-swap fallback
+    assert "control flow" in msg and "test_wrapper.py:" in msg and "return t * 2 if t.sum() > 0 else t" in msg
+    assert "module swapping" in msg
 
 
 def test_frozen_bn_and_observers_stop_updating(trained) -> None:

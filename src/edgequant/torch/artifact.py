@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 from torch import fx, nn
 
-from edgequant.errors import ModelError
+from edgequant.errors import ModelError, UnsupportedError
 from edgequant.plan import QuantPlan
 from edgequant.schemes.qparams import quantize
 from edgequant.torch.graph import Binding, fuse_layers, set_module, trace
@@ -112,6 +112,14 @@ def int_parts(
     gm: fx.GraphModule, binding: Binding, float_model: onnx.ModelProto, plan: QuantPlan
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """The integer layers and frozen activation quantizers of an exported plan (scales filled in)."""
+    unbound = [e.name for e in plan.tensors.values() if e.role == "weight" and e.name not in binding.weights]
+    if unbound:
+        raise UnsupportedError(
+            f"the plan quantizes weight(s) {', '.join(unbound[:3])} that no nn.Conv1d/Conv2d/Linear holds "
+            "(e.g. an LSTM/GRU's): the integer PyTorch module holds Conv/Linear weights only, so it would "
+            "run them in float.",
+            "use the exported ONNX model (export()), or --method dynamic|fp16 for a torch.ao LSTM/GRU model.",
+        )
     inits = {t.name: t for t in float_model.graph.initializer}
     layers: dict[str, dict[str, Any]] = {}
     modules = dict(gm.named_modules())

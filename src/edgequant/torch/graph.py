@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,17 +38,33 @@ from edgequant.torch.layers import BN_TYPES, LAYER_TYPES, QuantLayer
 WEIGHT_OPS = {"Conv": 1, "Gemm": 1, "MatMul": 1}
 
 
+def trace_failure(exc: BaseException) -> str:
+    """Why tracing failed and where: the reason, and the model's own source line that raised it
+    (the last traceback frame outside torch), e.g. ``TraceError: ... at net.py:12 in forward: `if x.sum() > 0:```."""
+    import linecache
+    import traceback
+
+    where = ""
+    torch_dir = str(Path(torch.__file__).parent)
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if not frame.filename.startswith(torch_dir) and "edgequant" not in Path(frame.filename).parts[-3:-1]:
+            code = (frame.line or linecache.getline(frame.filename, frame.lineno or 0)).strip()
+            where = f" at {Path(frame.filename).name}:{frame.lineno} in {frame.name}: `{code}`"
+            break
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}{where}"
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
-    """``torch.fx.symbolic_trace`` with the failing node and reason as a ModelError."""
+    """``torch.fx.symbolic_trace`` with the failing line and reason as a ModelError."""
     try:
         return fx.symbolic_trace(model)
     except Exception as exc:
         raise ModelError(
-            f"torch.fx cannot trace {type(model).__name__}: {type(exc).__name__}: "
-            f"{' '.join(str(exc).split())[:400]}",
-            "QAT inserts activation quantizers into the traced graph, so the forward must trace: move "
-            "data-dependent Python control flow into a leaf module or replace it (edgequant.torch.surgery "
-            "swaps modules without tracing).",
+            f"torch.fx cannot trace {type(model).__name__}: {trace_failure(exc)}",
+            "QAT inserts activation quantizers into the traced graph, so the forward must trace: move the "
+            "data-dependent Python control flow into a leaf module or rewrite it. Model surgery "
+            "(edgequant.torch.surgery.replace_modules) still works on such a model by module swapping "
+            "(setattr on the owning module, no graph), but functional calls and channel padding need the trace.",
         ) from exc
 
 

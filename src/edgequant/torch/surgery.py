@@ -167,7 +167,9 @@ def replace_modules(
         traced: fx.GraphModule | None = fx.symbolic_trace(copy.deepcopy(base))
         trace_error = ""
     except Exception as exc:
-        traced, trace_error = None, f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        from edgequant.torch.graph import trace_failure
+
+        traced, trace_error = None, trace_failure(exc)
     # the edits: (name, old description, new module factory)
     edits: list[tuple[str, str, Callable[[nn.Module], nn.Module]]] = []
     for name, mod in base.named_modules():

@@ -134,6 +134,15 @@ class QATModule(nn.Module):
         float_model, plan, _notes, _check = plan_float(gm, self.examples, self.recipe, self.name)
         self.plan = plan
         self.binding: Binding = bind(gm, self.examples, float_model, plan)
+        # e.g. LSTM/GRU weights: planned (export quantizes them) but held by no Conv/Linear, so not simulated
+        self.unsimulated = [
+            e.name for e in plan.tensors.values() if e.role == "weight" and e.name not in self.binding.weights
+        ]
+        if self.unsimulated:
+            plan.notes.append(
+                f"weight(s) {', '.join(self.unsimulated)} are quantized at export from the trained float values: "
+                "QAT simulates only Conv/Linear weights (and activations), and convert()/save() refuse the model."
+            )
         learn = self.learn_default if learn_scales is None else learn_scales
         self.act_modules = insert_quantizers(gm, self.binding, plan, {"weight": learn, "activation": learn})
         self.model = gm
@@ -181,6 +190,7 @@ class QATModule(nn.Module):
             "weight_quantizers": sum(m.wq is not None for m in layers),
             "activation_quantizers": len(acts),
             "learned_scales": any(m.wq is not None and m.wq.learn for m in layers),
+            "weights_not_simulated": list(self.unsimulated),
         }
 
     # -- outputs -----------------------------------------------------------------------------
