@@ -363,6 +363,8 @@ def _ti_npu_int(quantized: onnx.ModelProto, runtime: OrtRuntime, held: Any) -> t
     section = {"file_suffix": "_ti-npu-int.onnx", "layers": layers, "notes": notes}
     section.update(compare(quantized, model, runtime, list(held)))
     return section, model.SerializeToString()
+
+
 def _is_torch_module(model: Any) -> bool:
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(model, torch.nn.Module)
