@@ -1,0 +1,60 @@
+"""Fake quantization: the ONNX grid forward, straight-through gradients, LSQ step gradients, power-of-two steps."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from edgequant.schemes.spec import Granularity, QuantSpec, ScaleRule
+from edgequant.torch.fake_quant import ActQuantizer, WeightQuantizer, fake_quant
+
+
+def test_forward_is_the_onnx_grid_and_gradients_pass_straight_through_inside_it() -> None:
+    x = torch.tensor([-3.0, -0.26, 0.25, 0.74, 1.0, 5.0], requires_grad=True)
+    s, z = torch.tensor(0.5), torch.tensor(0.0)
+    y = fake_quant(x, s, z, -4, 3)  # grid [-2.0, 1.5]
+    # numpy, half to even as ONNX QuantizeLinear: 0.25/0.5 = 0.5 -> 0, 0.74/0.5 = 1.48 -> 1
+    ref = (np.clip(np.round(x.detach().numpy() / 0.5), -4, 3)) * 0.5
+    assert np.array_equal(y.detach().numpy(), ref)
+    y.sum().backward()
+    assert x.grad is not None
+    # inside the grid: d y / d x = 1 (STE through round); outside (clamped): 0
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+
+
+def test_lsq_step_gets_the_gradient_of_the_rounding_error() -> None:
+    spec = QuantSpec(bits=8, signed=True, symmetric=True)
+    q = ActQuantizer(spec, learn=True)
+    q.train()
+    x = torch.tensor([[0.3, -0.7, 1.1, 2.0]])  # one sample of 4 features
+    q(x)  # the observer sets s from the range
+    q.freeze_observer()
+    s = float(q.qparams()[0].reshape(-1)[0])
+    q.param.grad = None
+    q(x).sum().backward()
+    assert q.param.grad is not None
+    # LSQ: d x_hat / d s = round(x/s) - x/s inside the grid, scaled by 1/sqrt(N * qmax), N features per sample
+    v = x.double().numpy() / s
+    expected = float(np.sum(np.round(v) - v)) / np.sqrt(x.numel() * spec.qmax)
+    assert abs(float(q.param.grad) - expected) < 1e-4 * max(1.0, abs(expected))
+
+
+def test_power_of_two_weights_learn_the_exponent_and_stay_powers_of_two() -> None:
+    spec = QuantSpec(
+        bits=4, signed=True, symmetric=True, granularity=Granularity.PER_CHANNEL, axis=0,
+        scale_rule=ScaleRule.POWER_OF_TWO,
+    )  # fmt: skip
+    w = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    q = WeightQuantizer(spec, w, 0, learn=True)
+    q.train()
+    opt = torch.optim.Adam(q.parameters(), lr=0.2)
+    target = 3.0 * w  # a much wider weight: the exponents must move up
+    for _ in range(40):
+        loss = ((q(target) - target) ** 2).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    scale = q.qparams()[0]
+    assert np.all(np.log2(scale) == np.round(np.log2(scale)))  # exported scales are powers of two
+    start = WeightQuantizer(spec, w, 0, learn=False).qparams()[0]
+    assert np.any(scale > start)  # the exponent was learned, not kept
