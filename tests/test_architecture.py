@@ -87,3 +87,23 @@ def test_ruff_lint_and_format() -> None:
 def test_mypy_src() -> None:
     res = subprocess.run([_tool("mypy"), "src/edgequant"], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr
+
+
+def test_readme_links_stay_inside_the_repository() -> None:
+    """Every relative link of the README names a file of this repository (none reaches ``../``)."""
+    import re
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    links = [t for t in re.findall(r"\]\(([^)#\s]+)", text) if "://" not in t and not t.startswith("mailto:")]
+    assert links, "the README links to files of the repository"
+    outside = [t for t in links if not (ROOT / t).resolve().is_relative_to(ROOT)]
+    missing = [t for t in links if not (ROOT / t).exists()]
+    assert not outside and not missing, (outside, missing)
+
+
+def test_no_test_is_marked_slow() -> None:
+    """Every test runs in the README's test command: no ``slow`` marker that a run might deselect."""
+    hits = [
+        p.name for p in (ROOT / "tests").rglob("*.py") if "mark." + "slow" in p.read_text(encoding="utf-8")
+    ]
+    assert not hits and "slow" not in (ROOT / "pyproject.toml").read_text(encoding="utf-8"), hits
