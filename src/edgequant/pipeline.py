@@ -413,8 +413,15 @@ def _mostly_float(before: onnx.ModelProto, after: onnx.ModelProto, plan: QuantPl
 
 
 def _require_loadable(runtime: OrtRuntime, model: onnx.ModelProto | Path) -> None:
+    """ONNX Runtime loads the user's model; the load runs in a child process on the CPU provider, so a
+    native crash of ONNX Runtime on it is one error line (``edgequant.runtime.isolated``)."""
     try:
-        runtime.session(model, "the input model").close()
+        if not any(runtime.provider_options or []) and runtime.providers == ["CPUExecutionProvider"]:
+            from edgequant.runtime.isolated import run_isolated
+
+            run_isolated(model, [], what="the input model", providers=runtime.providers)
+        else:
+            runtime.session(model, "the input model").close()
     except InferenceError as exc:
         raise ModelError(
             exc.detail, "re-export the model so that ONNX Runtime loads it; " + exc.hint

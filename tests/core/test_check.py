@@ -132,7 +132,11 @@ def test_a_native_crash_of_onnx_runtime_becomes_one_error_line(
     from edgequant.runtime import isolated
 
     crash = tmp_path / "crash.py"
-    crash.write_text("import os\nprint('loaded', flush=True)\nos.abort()\n")
+    crash.write_text(  # the input model's load probe (no batches) passes; running the quantized model aborts
+        "import json, os, sys\nimport numpy as np\nspec = json.load(open(sys.argv[1]))\n"
+        "if spec['batches'] == 0:\n    np.savez(spec['outputs'])\n    sys.exit(0)\n"
+        "print('loaded', flush=True)\nos.abort()\n"
+    )
     monkeypatch.setattr(isolated, "CHILD", crash)
     model = tmp_path / "m.onnx"
     onnx.save_model(mlp(), model)
@@ -141,6 +145,54 @@ def test_a_native_crash_of_onnx_runtime_becomes_one_error_line(
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and "ONNX Runtime crashed (SIGABRT) while running the quantized model" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def _fp16_transpose_matmul() -> onnx.ModelProto:
+    """x[T,N,32] -> Cast fp16 -> Transpose(1,0,2) -> MatMul + b in fp16 -> Cast: a model whose load
+    segfaults ONNX Runtime 1.32's CPU provider (found by a reviewer, 2026-11-30)."""
+    from onnx import TensorProto as T
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+
+    rng = np.random.default_rng(0)
+    w = nh.from_array(rng.standard_normal((32, 16)).astype(np.float16), "W")
+    b = nh.from_array(rng.standard_normal((16,)).astype(np.float16), "b")
+    nodes = [
+        h.make_node("Cast", ["x"], ["x16"], to=T.FLOAT16),
+        h.make_node("Transpose", ["x16"], ["t"], perm=[1, 0, 2]),
+        h.make_node("MatMul", ["t", "W"], ["m"]),
+        h.make_node("Add", ["m", "b"], ["y16"]),
+        h.make_node("Cast", ["y16"], ["y"], to=T.FLOAT),
+    ]
+    g = h.make_graph(
+        nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, ["T", "N", 32])],
+        [h.make_tensor_value_info("y", T.FLOAT, ["N", "T", 16])], [w, b],
+    )  # fmt: skip
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_a_crash_on_the_users_model_is_one_line_in_quantize_and_evaluate(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from edgequant.cli import app
+
+    model = tmp_path / "crash16.onnx"
+    onnx.save_model(_fp16_transpose_matmul(), model)
+    probe = (
+        "import onnxruntime as o, sys; o.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])"
+    )
+    assert subprocess.run([sys.executable, "-c", probe, str(model)]).returncode < 0  # ORT itself crashes
+    res = CliRunner().invoke(app, ["quantize", str(model), "--method", "dynamic", "-o", str(tmp_path / "q")])
+    assert res.exit_code == 2 and "ONNX Runtime crashed" in res.output and "the input model" in res.output
+    assert not (tmp_path / "q").exists()
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 2, 32), np.float32))
+    res = CliRunner().invoke(app, ["evaluate", str(model), str(model), "--data", str(tmp_path / "d.npz")])
+    assert res.exit_code == 2 and "ONNX Runtime crashed" in res.output, res.output
 
 
 def _bn_folded_depthwise() -> onnx.ModelProto:

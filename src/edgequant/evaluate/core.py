@@ -239,7 +239,17 @@ def output_name(model: onnx.ModelProto, output: str | None) -> str:
 def run_outputs(
     model: onnx.ModelProto, batches: list[Batch], name: str, runtime: OrtRuntime, what: str
 ) -> list[np.ndarray]:
-    """One output array per batch."""
+    """One output array per batch.  On the CPU provider the model runs in a child process
+    (``edgequant.runtime.isolated``): a native ONNX Runtime crash on the model becomes one
+    InferenceError line instead of ending EdgeQuant without a word."""
+    if not any(runtime.provider_options or []) and runtime.providers == ["CPUExecutionProvider"]:
+        from edgequant.runtime.isolated import run_isolated
+
+        outs = run_isolated(
+            model, batches, what=what, providers=runtime.providers,
+            intra_op_threads=runtime.intra_op_threads, optimize=runtime.optimize,
+        )  # fmt: skip
+        return [np.asarray(o[name]) for o in outs]
     session = runtime.session(model, what=what)
     try:
         return [np.asarray(session.run(b, [name])[name]) for b in batches]
@@ -250,6 +260,14 @@ def run_outputs(
 def join(parts: list[np.ndarray], task: str, layout: str) -> np.ndarray:
     if task == "sequence":
         parts = [tasks.to_ntc(p, layout) for p in parts]
+    if len({p.shape[1:] for p in parts}) > 1:
+        shapes = sorted({str(list(p.shape)) for p in parts})
+        raise DataError(
+            f"the model's output has shapes {', '.join(shapes[:3])} across evaluation batches: its batch is "
+            "not on axis 0, so the batches cannot be joined.",
+            "for a sequence model pass --task sequence with --layout (e.g. tnc); else --batch-size 1 with a "
+            "model whose output keeps the batch first.",
+        )
     return np.concatenate(parts, axis=0)
 
 
