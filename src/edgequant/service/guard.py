@@ -137,7 +137,14 @@ class GuardMiddleware:
         if method in UNSAFE:
             origin = headers.get("origin")
             if headers.get("sec-fetch-site") == "cross-site" or (
-                origin is not None and (origin == "null" or urlsplit(origin).netloc.lower() != host.lower())
+                origin is not None
+                and (
+                    # Chromium sends "null" on same-origin form posts under Referrer-Policy no-referrer,
+                    # always with Sec-Fetch-Site; a bare "null" (sandboxed or scripted) is refused
+                    headers.get("sec-fetch-site") != "same-origin"
+                    if origin == "null"
+                    else urlsplit(origin).netloc.lower() != host.lower()
+                )
             ):
                 return _deny(
                     403, "Forbidden", "cross-site requests are refused.", "use the page of this server."
