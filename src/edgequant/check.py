@@ -60,39 +60,7 @@ def run_check(
     Raises ExportError (UnsupportedError for 4-bit activations) when ORT cannot load or run the
     quantized model, or crashes on it.
     """
-    specs = input_specs(
-        float_model
-        if isinstance(float_model, onnx.ModelProto)
-        else onnx.load(str(float_model), load_external_data=False)
-    )
-    common: dict[str, Any] = {
-        "batch_size": recipe.batch_size, "seed": recipe.seed, "preprocess": recipe.preprocess,
-        "input_map": recipe.input_map or None, "options": recipe.data_options or None,
-    }  # fmt: skip
-    note = ""
-    if calibration is None:
-        kind = "synthetic"
-        source = open_source(None, specs, max_samples=recipe.check_samples, split="eval", **common)
-    elif calibrated and (recipe.data_options or {}).get("metadata_csv"):
-        kind = "held_out"  # calibration read the CSV's train rows; the check reads its evaluation rows
-        source = open_source(calibration, specs, max_samples=recipe.check_samples, split="eval", **common)
-    elif calibrated:
-        source = open_source(calibration, specs, held_out=recipe.check_samples, part="held", **common)
-        kind = "held_out"
-        available = source.stats.available
-        if source.stats.held_out == 0:  # a single sample: nothing can be held back
-            kind = "in_sample"
-            source = open_source(calibration, specs, max_samples=recipe.check_samples, **common)
-            note = f"the data has {available} sample(s), so the check reads what calibration read."
-        elif source.stats.held_out < recipe.check_samples:
-            note = (
-                f"the data has {available} samples: {source.stats.held_out} held back for the check "
-                f"({recipe.check_samples} asked; at most half the data), the rest for calibration."
-            )
-    else:
-        kind = "held_out"  # nothing was calibrated: no sample of the data was seen
-        source = open_source(calibration, specs, max_samples=recipe.check_samples, **common)
-    batches = list(source)
+    batches, kind, note, description = check_batches(float_model, calibration, recipe, calibrated=calibrated)
     graphs: list[onnx.ModelProto] = []
     try:
         got = run_isolated(
@@ -124,7 +92,7 @@ def run_check(
     out: dict[str, Any] = {
         "loads_in_onnxruntime": True,
         "output_sqnr_db": {k: round(float(np.mean(v)), 2) for k, v in per_output.items()},
-        "data": source.stats.description,
+        "data": description,
         "samples": samples,
         "kind": kind,
     }
