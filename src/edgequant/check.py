@@ -83,15 +83,11 @@ def run_check(
         ref = [f_sess.run(b) for b in batches]
     finally:
         f_sess.close()
-    per_output: dict[str, list[float]] = {}
-    for r, q in zip(ref, got, strict=True):
-        for k, v in r.items():
-            if np.issubdtype(v.dtype, np.floating):
-                per_output.setdefault(k, []).append(sqnr_db(v, q[k]))
+    per_output = mean_output_sqnr(ref, got)
     samples = sum(len(next(iter(b.values()))) for b in batches if b)
     out: dict[str, Any] = {
         "loads_in_onnxruntime": True,
-        "output_sqnr_db": {k: round(float(np.mean(v)), 2) for k, v in per_output.items()},
+        "output_sqnr_db": {k: round(v, 2) for k, v in per_output.items()},
         "data": description,
         "samples": samples,
         "kind": kind,
@@ -104,6 +100,17 @@ def run_check(
     if recipe.method == "static" and worst < COLLAPSE_DB:
         out["collapse"] = _collapse(float_proto, quantized, batches[:1], recipe, runtime, worst)
     return out
+
+
+def mean_output_sqnr(refs: list[dict[str, np.ndarray]], got: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Per float output of ``refs``: the mean over batches of ``sqnr_db(ref, got)`` (dB; inf when
+    identical).  Outputs missing from ``got`` are left out."""
+    per_output: dict[str, list[float]] = {}
+    for r, q in zip(refs, got, strict=True):
+        for k, v in r.items():
+            if k in q and np.issubdtype(v.dtype, np.floating):
+                per_output.setdefault(k, []).append(sqnr_db(v, q[k]))
+    return {k: float(np.mean(v)) for k, v in per_output.items()}
 
 
 def check_batches(

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import onnx
 
+from edgequant.check import mean_output_sqnr
 from edgequant.evaluate.perf import measure_latency
 from edgequant.model.io import save_model
 from edgequant.runtime import OrtRuntime
-from edgequant.schemes import sqnr_db
 from edgequant.toolchains.runner import run_driver
 
 Batch = dict[str, np.ndarray]
@@ -124,12 +124,7 @@ def _sqnr(
         refs = [session.run(b) for b in batches]
     finally:
         session.close()
-    out: dict[str, list[float]] = {}
-    for ref, mine in zip(refs, got, strict=True):
-        for name, value in ref.items():
-            if name in mine and np.issubdtype(value.dtype, np.floating):
-                out.setdefault(name, []).append(sqnr_db(value, mine[name]))
-    means = {k: float(np.mean(v)) for k, v in out.items()}
+    means = mean_output_sqnr(refs, got)
     return {k: round(v, 2) if np.isfinite(v) else None for k, v in means.items()}  # None: identical (inf dB)
 
 
