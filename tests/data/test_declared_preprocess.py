@@ -92,17 +92,89 @@ def test_raw_unit_pixels_into_a_declaring_model_are_refused(tmp_path: Path) -> N
     path, folder, _ = _setup(tmp_path, declare=True)
     res = runner.invoke(
         app,
-        [
-            "quantize",
-            str(path),
-            "-o",
-            str(tmp_path / "o"),
-            "--calib-data",
-            str(folder),
-            "--mean",
-            "0",
-            "--std",
-            "1",
-        ],
-    )
+        ["quantize", str(path), "-o", str(tmp_path / "o"), "--calib-data", str(folder),
+         "--scale", "0.00392156862745098", "--mean", "0", "--std", "1"],
+    )  # fmt: skip
     assert res.exit_code == 2 and "raw pixels / 255" in res.output and not (tmp_path / "o").exists()
+
+
+DECLARED_MEAN, DECLARED_STD = np.array([127.0, 128.0, 128.0]), 64.0
+# (flags, recipe preprocess keys, expected x from 0..255 pixels, origins printed)
+CASES = {
+    "explicit scale equal to the default": (
+        ["--scale", "0.00392156862745098"], {"scale": 0.00392156862745098},
+        lambda p: (p / 255 - DECLARED_MEAN) / DECLARED_STD,
+        "scale: user, mean: model metadata, std: model metadata",
+    ),
+    "std alone": (
+        ["--std", "2"], {"std": [2.0]},
+        lambda p: (p - DECLARED_MEAN) / 2,
+        "scale: model metadata, mean: model metadata, std: user",
+    ),
+    "mean alone": (
+        ["--mean", "100"], {"mean": [100.0]},
+        lambda p: (p - 100) / DECLARED_STD,
+        "scale: model metadata, mean: user, std: model metadata",
+    ),
+    "nothing explicit": (
+        [], {},
+        lambda p: (p - DECLARED_MEAN) / DECLARED_STD,
+        "scale: model metadata, mean: model metadata, std: model metadata",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_explicit_fields_win_field_by_field_python_api(tmp_path: Path, case: str) -> None:
+    """The fed tensor (what ``open_source`` yields after ``with_declared``) equals numpy's normalisation."""
+    from edgequant.data import open_source
+    from edgequant.data.declared import with_declared
+    from edgequant.data.model_inputs import input_specs
+    from edgequant.recipe import from_dict
+
+    path, folder, pixels = _setup(tmp_path, declare=True)
+    _, keys, expect, _ = CASES[case]
+    model = onnx.load(str(path))
+    recipe, _ = with_declared(from_dict({"preprocess": keys}), model, folder)
+    assert set(recipe.preprocess.from_model) == {"scale", "mean", "std"} - set(keys)
+    src = open_source(folder, input_specs(model), batch_size=6, preprocess=recipe.preprocess)
+    fed = np.concatenate([b["x"] for b in src])
+    want = expect(pixels.astype(np.float64)).transpose(0, 3, 1, 2)  # files 0..5 sort in order
+    np.testing.assert_allclose(fed, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("via", ["flags", "recipe"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_explicit_fields_win_field_by_field_cli(tmp_path: Path, case: str, via: str) -> None:
+    """CLI flags and recipe keys: the printed input range is numpy's, and each field's origin is printed."""
+    path, folder, pixels = _setup(tmp_path, declare=True)
+    flags, keys, expect, origins = CASES[case]
+    args = ["quantize", str(path), "-o", str(tmp_path / "o"), "--calib-data", str(folder)]
+    if via == "flags":
+        args += flags
+    else:
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text(json.dumps({"preprocess": keys}))  # JSON is YAML
+        args += ["--recipe", str(recipe)]
+    res = runner.invoke(app, args, terminal_width=400)
+    assert res.exit_code == 0, res.output
+    x = expect(pixels.astype(np.float64))
+    lo, hi = _range(res.output)
+    assert lo == pytest.approx(x.min(), rel=1e-3, abs=1e-4) and hi == pytest.approx(
+        x.max(), rel=1e-3, abs=1e-4
+    )
+    assert origins in res.output and "layout: default, size: default (model input 16x16)" in res.output
+
+
+def test_user_mean_and_std_keep_the_declared_scale(tmp_path: Path) -> None:
+    """--mean 0 --std 1 on a model declaring scale 1: the declared scale fills the unset field (raw 0..255)."""
+    path, folder, pixels = _setup(tmp_path, declare=True)
+    res = runner.invoke(
+        app,
+        ["quantize", str(path), "-o", str(tmp_path / "o"), "--calib-data", str(folder), "--mean", "0", "--std", "1"],
+        terminal_width=400,
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    lo, hi = _range(res.output)
+    assert (lo, hi) == (pixels.min(), pixels.max())
+    assert "scale: model metadata, mean: user, std: user" in res.output

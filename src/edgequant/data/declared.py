@@ -7,9 +7,11 @@ Read, in order (the first found wins):
 * ``normalization`` text of the form ``x = (pixel_0_255 - [127, 128, 128]) / 64`` (or ``... / [a, b, c]``),
   meaning scale 1 on 0..255 pixels.
 
-``with_declared`` puts that normalisation into a recipe whose ``preprocess`` is all defaults, and refuses
-(RecipeError) a recipe that would feed raw ``[0, 1]`` pixels (``scale 1/255``, no mean/std) from image or
-video data to a model that declares another normalisation.  Explicit mean/std/scale always win.
+``with_declared`` puts that normalisation into every preprocess field the user left unset (None) and
+lists those fields in ``preprocess.from_model``; a value the user set always wins, field by field, even
+when it equals the default.  It refuses (RecipeError) a recipe that would still feed raw ``[0, 1]``
+pixels (``scale 1/255``, no mean/std) from image or video data to a model that declares another
+normalisation.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 import onnx
 
 from edgequant.errors import DataError, RecipeError
-from edgequant.recipe.schema import Preprocess, Recipe, to_dict
+from edgequant.recipe.schema import Recipe, to_dict
 
 _KEYS = ("mean", "std", "scale", "layout")
 _TEXT = re.compile(r"\(\s*pixel\w*\s*-\s*\[?([-\d.,\s]+)\]?\s*\)\s*/\s*\[?([-\d.,\s]+)\]?", re.IGNORECASE)
@@ -81,42 +83,55 @@ def _is_media(data: Any) -> bool:
 
 
 def with_declared(recipe: Recipe, model: onnx.ModelProto, data: Any) -> tuple[Recipe, list[str]]:
-    """``recipe`` with the model's declared normalisation when its own preprocessing is all defaults;
-    notes for the report.  RecipeError when image/video data would reach such a model as raw [0, 1]."""
+    """``recipe`` with the model's declared normalisation in every preprocess field the user left unset
+    (None), listed in ``preprocess.from_model``; notes for the report.  A field the user set (CLI flag,
+    recipe key, Python API) always wins, even when it equals the default (``--scale 1/255``).
+    DataError when the metadata declares an invalid field; RecipeError when image/video data would still
+    reach such a model as raw [0, 1] pixels (scale 1/255, mean 0, std 1, all set by the user)."""
     fields = declared(model)
     if not fields:
         return recipe, []
     pre = recipe.preprocess
-    default = Preprocess()
-    if (pre.scale, pre.mean, pre.std) == (default.scale, default.mean, default.std):
-        # no normalisation asked for: the declared one, with the user's other fields (size, layout ...)
-        merged = {
-            **{k: v for k, v in to_dict(recipe)["preprocess"].items() if k not in ("scale", "mean", "std")}
-        }
-        merged.update(
-            {k: v for k, v in fields.items() if not (k == "layout" and pre.layout != default.layout)}
+    current = to_dict(recipe)["preprocess"]
+    fill = {k: v for k, v in fields.items() if current.get(k) is None and k not in ("from_model", "preset")}
+    unknown = sorted(k for k in fields if k not in current or k in ("from_model", "preset"))
+    if unknown:
+        raise DataError(
+            f"the model's metadata declares unknown preprocess field(s) {unknown}; "
+            f"allowed: {', '.join(k for k in current if k not in ('from_model', 'preset'))}.",
+            "fix the model's metadata, or pass --mean/--std/--scale explicitly.",
         )
+    if fill:
+        merged = {**current, **fill, "from_model": sorted({*pre.from_model, *fill})}
         try:
-            with_decl = recipe.replace(preprocess=merged)  # validated like a recipe's preprocess mapping
+            recipe = recipe.replace(preprocess=merged)  # validated like a recipe's preprocess mapping
         except RecipeError as exc:
             raise DataError(
                 f"the model's metadata declares an invalid preprocessing: {exc.detail}", exc.hint
             ) from exc
-        decl = with_decl.preprocess
-        if decl == pre:
-            return recipe, []
-        return with_decl, [
-            f"image/video preprocessing from the model's metadata: x = (pixel * {decl.scale:g} - "
-            f"{list(decl.mean or [0])}) / {list(decl.std or [1])}."
-        ]
+        pre = recipe.preprocess
+    notes = []
+    if fill:
+        kept = [k for k in fields if k not in fill]
+        notes.append(
+            f"image/video preprocessing from the model's metadata: {', '.join(f'{k} {fill[k]}' for k in fill)}"
+            + (f" (your {', '.join(kept)} kept)" if kept else "")
+            + "."
+        )
     zero_mean = pre.mean is None or all(v == 0 for v in pre.mean)
     unit_std = pre.std is None or all(v == 1 for v in pre.std)
-    raw01 = abs(pre.scale - 1 / 255) < 1e-9 and zero_mean and unit_std
-    if raw01 and _is_media(data):
+    scale = pre.scale if pre.scale is not None else 1 / 255  # unset and not declared: the default
+    raw01 = abs(scale - 1 / 255) < 1e-9 and zero_mean and unit_std
+    declares_raw01 = (
+        abs(float(fields.get("scale", 1 / 255)) - 1 / 255) < 1e-9
+        and all(v == 0 for v in fields.get("mean", [0]))
+        and all(v == 1 for v in fields.get("std", [1]))
+    )
+    if raw01 and not declares_raw01 and _is_media(data):
         raise RecipeError(
             f"the image data would reach the model as raw pixels / 255 in [0, 1], but the model declares "
             f"its own normalisation ({json.dumps(fields)}).",
             "drop --mean/--std/--scale to use the declared normalisation, or pass the mean and std the model "
             "was trained with.",
         )
-    return recipe, []
+    return recipe, notes

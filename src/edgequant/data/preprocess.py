@@ -13,13 +13,15 @@ larger crop side (so the crop always fits).  Preset "imagenet": resize 256, crop
 mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225), scale 1/255; explicit fields win.
 dtype uint8 takes raw pixels: scale 1, no mean/std; other integer dtypes are errors (int8 inputs
 differ in convention: pixel - 128 or a quantized float; save those as .npy), never a guess.
-When the preprocess settings are all defaults and the model input is uint8 or float16, the dtype
-(and for uint8 the raw-pixel scale) is taken from the model, and the description says so.
+A field left unset (None) takes its default: scale 1/255, no mean/std, layout nchw, RGB, and dtype
+float32, or the model input's own uint8 / float16 (uint8: raw pixels, scale 1).  ``describe`` says for
+each field whether the user set it, the model's metadata declared it (``Preprocess.from_model``), a
+preset gave it, or it is the default.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -50,6 +52,7 @@ class ImagePlan:
     mean: np.ndarray | None
     std: np.ndarray | None
     dtype: np.dtype
+    origin: dict[str, str] = field(default_factory=dict)  # field -> user | model metadata | preset | default
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -65,20 +68,22 @@ def _with_preset(pre: Preprocess) -> Preprocess:
             f"unknown preprocess preset '{pre.preset}'; allowed: {', '.join(PRESETS)}.",
             "use preset: imagenet, or set resize/center_crop/mean/std yourself.",
         )
-    fill = {k: v for k, v in PRESETS[pre.preset].items() if k != "scale" and getattr(pre, k) is None}
+    fill = {k: v for k, v in PRESETS[pre.preset].items() if getattr(pre, k) is None}
     return replace(pre, **fill)
 
 
 def plan_image(pre: Preprocess | None, spec: InputSpec, notes: list[str]) -> ImagePlan:
     """Resolve the preprocessing of images for model input ``spec``; DataError when they cannot fit."""
-    given = pre is not None and pre != Preprocess()
-    pre = _with_preset(pre or Preprocess())
+    pre = pre or Preprocess()
+    origin = _origins(pre)
+    pre = _with_preset(pre)
     if len(spec.shape) != 4:
         raise DataError(
             f"model input '{spec.name}' has shape {spec.shape}; images feed a 4-D input (N,C,H,W or N,H,W,C).",
             "use images with an image model, or give the data as .npy/.npz.",
         )
-    nchw = pre.layout == "nchw"
+    nchw = pre.layout != "nhwc"
+    layout = "nhwc" if not nchw else "nchw"
     c, h, w = (spec.shape[1], spec.shape[2], spec.shape[3]) if nchw else (spec.shape[3], *spec.shape[1:3])
     if c not in (1, 3, None):
         other = spec.shape[3] if nchw else spec.shape[1]
@@ -86,7 +91,7 @@ def plan_image(pre: Preprocess | None, spec: InputSpec, notes: list[str]) -> Ima
             f"set preprocess.layout to {'nhwc' if nchw else 'nchw'}" if other in (1, 3) else "use .npy data"
         )
         raise DataError(
-            f"model input '{spec.name}' has {c} channels in layout {pre.layout} (shape {spec.shape}); "
+            f"model input '{spec.name}' has {c} channels in layout {layout} (shape {spec.shape}); "
             "images give 1 or 3.",
             f"{hint}.",
         )
@@ -112,11 +117,14 @@ def plan_image(pre: Preprocess | None, spec: InputSpec, notes: list[str]) -> Ima
             f"preprocess.resize {resize} is smaller than the crop {crop[0]}x{crop[1]}.",
             "resize the shorter side to at least the crop size.",
         )
-    dtype, scale = np.dtype(pre.dtype), pre.scale
-    if not given and spec.dtype != dtype and spec.dtype in (np.uint8, np.float16):
+    dtype = np.dtype(pre.dtype or "float32")
+    if pre.dtype is None and spec.dtype in (np.uint8, np.float16):
         dtype = spec.dtype
-        scale = 1.0 if dtype.kind in "iu" else scale
-        notes.append(f"image dtype {dtype} taken from the model" + (" (raw pixels)" if scale == 1.0 else ""))
+        origin["dtype"] = "model input"
+        notes.append(
+            f"image dtype {dtype} taken from the model" + (" (raw pixels)" if dtype.kind in "iu" else "")
+        )
+    scale = pre.scale if pre.scale is not None else (1.0 if dtype == np.uint8 else 1.0 / 255.0)
     if dtype.kind in "iu" and dtype != np.uint8:
         raise DataError(
             f"preprocess dtype {dtype}: images convert to float or to raw uint8 pixels only.",
@@ -131,11 +139,39 @@ def plan_image(pre: Preprocess | None, spec: InputSpec, notes: list[str]) -> Ima
     std = _per_channel(pre.std, channels, "std")
     if std is not None and np.any(std == 0):
         raise DataError(f"preprocess.std {pre.std} contains 0.", "use positive standard deviations.")
-    return ImagePlan(resize, crop, channels, pre.channel_order == "bgr", nchw, scale, mean, std, dtype)
+    if pre.center_crop is None and pre.resize is None:
+        origin["size"] = f"default (model input {crop[0]}x{crop[1]})"
+    return ImagePlan(
+        resize, crop, channels, pre.channel_order == "bgr", nchw, scale, mean, std, dtype, origin
+    )
+
+
+_ORIGIN_FIELDS = {"scale": "scale", "mean": "mean", "std": "std", "layout": "layout", "resize": "size",
+                  "center_crop": "size", "channel_order": "channel_order", "dtype": "dtype"}  # fmt: skip
+
+
+def _origins(pre: Preprocess) -> dict[str, str]:
+    """Where each printed field comes from: the user, the model's metadata, a preset or the default."""
+    out: dict[str, str] = {}
+    preset = PRESETS.get(pre.preset or "", {})
+    for name, shown in _ORIGIN_FIELDS.items():
+        if getattr(pre, name) is not None:
+            how = "model metadata" if name in pre.from_model else "user"
+        elif name in preset:
+            how = f"preset {pre.preset}"
+        else:
+            how = "default"
+        if out.get(shown) in (None, "default"):  # size: resize or center_crop, whichever was set
+            out[shown] = how
+    for quiet in ("channel_order", "dtype"):  # printed only when not the default
+        if out[quiet] == "default":
+            del out[quiet]
+    return out
 
 
 def describe(plan: ImagePlan) -> str:
-    """One line: ``resize 36, crop 32x32, RGB, x = (pixel * 1 - [127 128 128]) / [64 64 64], NCHW float32``."""
+    """One line: ``resize 36, crop 32x32, RGB, x = (pixel * 1 - [127 128 128]) / [64 64 64], NCHW float32
+    (scale: model metadata, mean: model metadata, std: user, layout: default, size: default (...))``."""
     mean = "0" if plan.mean is None else "[" + " ".join(f"{v:.6g}" for v in plan.mean) + "]"
     std = "1" if plan.std is None else "[" + " ".join(f"{v:.6g}" for v in plan.std) + "]"
     scale = f"{plan.scale:.6g}"
@@ -144,6 +180,7 @@ def describe(plan: ImagePlan) -> str:
     return (
         f"preprocessing: resize {plan.resize}, crop {h}x{w}, {'BGR' if plan.bgr else 'RGB'}, {formula}, "
         f"{'NCHW' if plan.nchw else 'NHWC'} {plan.dtype}"
+        + (" (" + ", ".join(f"{k}: {v}" for k, v in plan.origin.items()) + ")" if plan.origin else "")
     )
 
 

@@ -31,17 +31,40 @@ ALGORITHMS: tuple[str, ...] = ("cle", "adaround")
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How raw data (images, video frames, CSV rows) becomes a model input."""
+    """How raw data (images, video frames, CSV rows) becomes a model input.
+
+    None means "not set": the model's declared normalisation fills it (``data.declared``), else the
+    default (scale 1/255, or 1 for uint8 inputs; no mean/std; layout nchw; RGB; float32; the model's
+    H x W).  A value
+    set here always wins, field by field.  ``from_model`` lists the fields EdgeQuant filled from the
+    model's metadata (not set by the user), so the run can say where each value came from.
+    """
 
     preset: str | None = None  # e.g. "imagenet"
     resize: int | None = None  # shorter side, pixels
     center_crop: int | None = None
-    channel_order: Literal["rgb", "bgr"] = "rgb"
-    layout: Literal["nchw", "nhwc"] = "nchw"
-    scale: float = 1.0 / 255.0
+    channel_order: Literal["rgb", "bgr"] | None = None  # None: rgb
+    layout: Literal["nchw", "nhwc"] | None = None  # None: nchw
+    scale: float | None = None  # None: 1/255 (float inputs), 1 (uint8 inputs)
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    dtype: Literal["float32", "float16", "uint8", "int8", "int64", "int32"] = "float32"
+    # None: float32, or the model input's own uint8 / float16
+    dtype: Literal["float32", "float16", "uint8", "int8", "int64", "int32"] | None = None
+    from_model: tuple[str, ...] = ()  # set by EdgeQuant: fields taken from the model's metadata
+
+    def __post_init__(self) -> None:
+        names = {f.name for f in fields(self)} - {"from_model", "preset"}
+        odd = sorted(set(self.from_model) - names)
+        if odd:
+            raise RecipeError(
+                f"preprocess.from_model names {odd}, which are not preprocess fields.",
+                "drop from_model (EdgeQuant sets it when it fills fields from the model's metadata).",
+            )
+
+    def explicit(self) -> tuple[str, ...]:
+        """The fields the user set (not None and not filled from the model's metadata)."""
+        skip = {"from_model", *self.from_model}
+        return tuple(f.name for f in fields(self) if f.name not in skip and getattr(self, f.name) is not None)
 
 
 @dataclass(frozen=True)
@@ -439,6 +462,7 @@ def to_dict(recipe: Recipe) -> dict[str, Any]:
     for k in ("mean", "std"):
         if pre[k] is not None:
             pre[k] = list(pre[k])
+    pre["from_model"] = list(pre["from_model"])
     return out
 
 
