@@ -18,7 +18,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgequant.cli_support import configure_logging, default, missing_extra, shape_from_calibration
+from edgequant.cli_support import (
+    VerbosityGroup,
+    apply_verbosity,
+    default,
+    is_quiet,
+    missing_extra,
+    shape_from_calibration,
+)
 from edgequant.commands.executor_options import Address, Cpus, open_executor
 from edgequant.errors import EdgeQuantError, ModelError, RecipeError, TargetNotMetError
 from edgequant.outputs import check_writable, output_paths
@@ -26,6 +33,7 @@ from edgequant.recipe import to_dict
 
 # plain help text: rich markup would swallow "[tf]" and print "edgequant" for "edgequant[tf]"
 app = typer.Typer(
+    cls=VerbosityGroup,  # -v/-q also after the subcommand's name
     add_completion=False,
     no_args_is_help=True,
     rich_markup_mode=None,
@@ -51,16 +59,23 @@ def _main_options(
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
     ] = None,
     verbose: Annotated[
-        int, typer.Option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+        int,
+        typer.Option(
+            "-v",
+            "--verbose",
+            count=True,
+            help="More log output (-v info, -vv debug); also accepted after the command.",
+        ),
     ] = 0,
-    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Errors only: no warnings or notes.")] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "-q", "--quiet", help="Errors only: no warnings or notes; also accepted after the command."
+        ),
+    ] = False,
 ) -> None:
     """Quantize ONNX models for real, and prove it."""
-    ctx.call_on_close(configure_logging(verbose, quiet))
-    _verbosity["quiet"] = quiet
-
-
-_verbosity: dict[str, bool] = {"quiet": False}
+    apply_verbosity(ctx, verbose, quiet)
 
 
 def fail(exc: EdgeQuantError) -> None:
@@ -108,7 +123,7 @@ def _load_torch(
     if input_shape is None:  # a TorchScript file declares no input shape: the first calibration sample's
         input_shape = shape_from_calibration(calib)
     module, examples, notes = load_torch(model, factory, checkpoint, input_shape)
-    for note in notes:  # the checkpoint form found, the config used
+    for note in [] if is_quiet() else notes:  # the checkpoint form found, the config used
         err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     return module, examples
 
@@ -531,7 +546,7 @@ def print_summary(report: dict[str, Any], model_path: Path) -> None:
     calib = report.get("calibration") or {}
     if calib.get("source"):  # the data as fed: preprocessing and the input value range
         console.print(f"calibration data: {calib['source']}", markup=False, highlight=False, soft_wrap=True)
-    if not _verbosity["quiet"]:
+    if not is_quiet():
         for n in report.get("notes", []):
             err_console.print(f"note: {n}", markup=False, highlight=False)
         for w in report["warnings"]:

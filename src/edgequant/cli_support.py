@@ -1,4 +1,5 @@
-"""Helpers of the ``edgequant`` command that are not commands: verbosity, the defaults shown in
+"""Helpers of the ``edgequant`` command that are not commands: verbosity (``-v/-q`` before or after the
+subcommand, ``VerbosityGroup``), the defaults shown in
 ``--help`` (read from the Recipe, so help and behaviour cannot drift apart), the one-line message for a
 missing optional extra, and the example input shape of a TorchScript model read from its calibration data.
 """
@@ -7,9 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from typer.core import TyperGroup
 
 from edgequant.errors import DataError, DependencyError, ModelError
 from edgequant.recipe import Recipe
@@ -61,6 +65,48 @@ def configure_logging(verbose: int, quiet: bool) -> Callable[[], None]:
         logger.setLevel(before)
 
     return restore
+
+
+_quiet = {"on": False}
+_VERBOSITY = re.compile(r"^(-v+|--verbose|-q|--quiet)$")
+
+
+def is_quiet() -> bool:
+    """True when -q/--quiet was given (before or after the subcommand): print no notes or warnings."""
+    return _quiet["on"]
+
+
+def apply_verbosity(ctx: Any, verbose: int, quiet: bool) -> None:
+    """Configure the ``edgequant`` logger for this invocation (restored when ``ctx`` closes)."""
+    restore = configure_logging(verbose, quiet)
+    _quiet["on"] = quiet
+
+    def done() -> None:
+        restore()
+        _quiet["on"] = False
+
+    ctx.call_on_close(done)
+
+
+def hoist_verbosity(args: list[str]) -> list[str]:
+    """``quantize m.onnx -q -v`` -> ``-q -v quantize m.onnx``: -v/-vv/--verbose/-q/--quiet given after the
+    subcommand (or a sub-subcommand) move to the top level, which owns them; ``--`` ends the search.
+    No subcommand takes a -v/-q option or a value that looks like one, so nothing else can be meant."""
+    first = next((i for i, a in enumerate(args) if not a.startswith("-")), None)
+    if first is None:
+        return list(args)
+    head, tail = list(args[:first]), list(args[first:])
+    end = tail.index("--") if "--" in tail else len(tail)
+    moved = [a for a in tail[:end] if _VERBOSITY.match(a)]
+    kept = [a for a in tail[:end] if not _VERBOSITY.match(a)] + tail[end:]
+    return head + moved + kept
+
+
+class VerbosityGroup(TyperGroup):
+    """The top-level group: every subcommand also takes -v/-q after its name (``edgequant quantize m -q``)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_verbosity(args))
 
 
 def missing_extra(exc: ModuleNotFoundError) -> DependencyError | None:

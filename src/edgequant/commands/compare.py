@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from edgequant.cli_support import is_quiet
 from edgequant.commands.executor_options import Address, Cpus, ExecutorName, open_executor
 from edgequant.errors import EdgeQuantError
 
@@ -159,7 +160,7 @@ def register(app: typer.Typer) -> None:
             first = ("--calib-data", calib_data) if calib_data is not None else ("--eval-data", eval_data)
             source, more = to_onnx(model, factory, checkpoint, input_shape, dynamic_axis, first)
             notes += more
-            for note in notes:
+            for note in [] if is_quiet() else notes:
                 err.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
             with open_executor(executor, ray_address, ray_cpus) as ex:
                 result = run(

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edgequant.cli_support import is_quiet
 from edgequant.errors import EdgeQuantError
 
 
@@ -195,7 +196,7 @@ def register(app: typer.Typer) -> None:
                 float_model, factory, checkpoint, input_shape, dynamic_axis, ("--data", data)
             )
             notes += more
-            for note in notes:
+            for note in [] if is_quiet() else notes:
                 Console(stderr=True).print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
             result, out, rows = run_evaluate(
                 source, quant_model, data, task, metric=metric, blank=blank, layout=layout,

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
+from edgequant.cli_support import is_quiet
 from edgequant.errors import DataError, EdgeQuantError, ModelError, RecipeError
 
 
@@ -99,7 +100,7 @@ def run_qat(
     examples = tuple(torch.from_numpy(a[:4].copy()) for a in train.inputs)
     ex = examples if len(examples) > 1 else examples[0]
     say = echo or (lambda _s: None)
-    for note in recipe_notes:
+    for note in [] if is_quiet() else recipe_notes:
         say(f"note: {note}")
     float_score = evaluate(model, val, task)  # type: ignore[arg-type]
     say(f"float: {float_score:.4g}")
