@@ -34,6 +34,8 @@ from edgequant.export.sizes import disk_bytes
 from edgequant.model import ensure_opset, load_model, prepare
 from edgequant.model.io import serialized_size
 from edgequant.model.patterns import bounded_outputs
+from edgequant.model.recurrent import apply_exact_ranges
+from edgequant.model.stream_calib import carry_states
 from edgequant.plan import QuantPlan
 from edgequant.recipe import PRESETS, Recipe, from_dict, load_recipe, preset, to_dict
 from edgequant.result import QuantResult, build_report
@@ -220,6 +222,8 @@ def quantize(
         float_model, plan = _raise_opset(float_model, plan, notes)
         if plan.activations() or recipe.bias_correction or recipe.target_sqnr_db is not None:
             _require_data(calibration, recipe)
+            calibration, carried = carry_states(float_model, calibration, runtime)  # zero states: streamed
+            notes += [carried] if carried else []
         result_float = float_model
         passes = algorithms.context(
             recipe, runtime, lambda r: _source(calibration, float_model, r), calibration is None,
@@ -529,7 +533,12 @@ def _calibrate(
         extra = recipe.replace(calib_samples=recipe.calib_samples + SEARCH_SAMPLES, sampling="first")
         held = algorithms.held_out(_source(calibration, model, extra), recipe.calib_samples)
         ranges, search = search_ranges(model, plan, res, recipe, runtime, held, source)
-    plan = planner.tie_activation_ranges(model, plan.with_ranges(ranges))
+    exact = apply_exact_ranges(model.graph, ranges := dict(ranges))  # tanh/sigmoid/recurrent outputs
+    plan = plan.with_ranges(ranges)
+    for name, note in exact.items():
+        if name in plan.tensors:
+            plan.tensors[name].note = note
+    plan = planner.tie_activation_ranges(model, plan)
     info = {
         "method": recipe.calib_method,
         "percentile": recipe.percentile if recipe.calib_method == "percentile" else None,

@@ -23,6 +23,7 @@ from edgequant import targets
 from edgequant.errors import RecipeError, UnsupportedError
 from edgequant.model.einsum import why_not as einsum_why_not
 from edgequant.model.patterns import RECURRENT_OPS, recurrent_state_tensors
+from edgequant.model.recurrent import squared_domain
 from edgequant.plan import QuantPlan, TensorEntry
 from edgequant.recipe import Recipe
 from edgequant.runtime.cpu import CpuFeatures
@@ -260,6 +261,8 @@ class Planner:
             )
         if node.op_type == "Einsum":
             return einsum_why_not(node, self.index.initializers)
+        if node.name in self._squared:  # a power spectrum on its way to Sqrt/Log (model/recurrent.py)
+            return self._squared[node.name]
         if node.op_type not in COMPUTE_OPS | PASS_OPS:
             return (
                 f"ONNX Runtime has no quantized kernel for {node.op_type}; it runs in float between DQ and Q."
@@ -410,6 +413,10 @@ class Planner:
     @functools.cached_property
     def _recurrent_state(self) -> set[str]:
         return recurrent_state_tensors(self.model.graph)
+
+    @functools.cached_property
+    def _squared(self) -> dict[str, str]:
+        return squared_domain(self.model.graph)
 
     @functools.cached_property
     def _layernorms(self) -> set[str]:
