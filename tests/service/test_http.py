@@ -38,7 +38,6 @@ def test_health_and_docs(server: Server) -> None:
             "onnx",
             "cpu",
             "akida",
-            "akida1",
             "cmsis-nn",
             "ti-npu",
             "tvm",

@@ -43,3 +43,24 @@ def test_rest_target_tvm(tmp_path: Path) -> None:
             assert report["toolchain"]["toolchain"] == "tvm"
     finally:
         srv.stop()
+
+
+def test_rest_target_akida1_is_refused_before_any_job(tmp_path: Path) -> None:
+    # Akida 1.0 converts Keras .h5 files; the service stores ONNX/TorchScript: 422 naming the CLI route,
+    # whether or not the akida toolchain is installed, and no job is queued
+    srv = Server(
+        tmp_path / "store", "--workers", "1", env={"EDGEQUANT_TOOLCHAINS": str(envs.cache_dir())}
+    ).start()
+    try:
+        with srv.client() as c:
+            assert upload(c, "models", "tiny", tiny_model().SerializeToString(), "t.onnx").status_code == 201
+            assert upload(c, "datasets", "calib", tiny_npz(), "c.npz").status_code == 201
+            r = c.post("/api/v1/model/tiny/quantize", params={"dataset": "calib", "target": "akida1"})
+            assert r.status_code == 422, r.text
+            body = r.json()
+            assert "converts a Keras 2 .h5 model" in body["detail"]
+            assert "--target akida1 --weight-bits 4 --act-bits 4" in body["hint"]
+            assert "akida1" not in c.get("/health").json()["targets"]
+            assert c.get("/api/v1/jobs").json()["jobs"] == []
+    finally:
+        srv.stop()

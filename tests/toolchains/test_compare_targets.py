@@ -70,3 +70,20 @@ def test_an_unknown_target_in_targets_is_refused(tmp_path: Path) -> None:
     )
     assert res.exit_code == 2 and "tvm" in res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_akida1_in_targets_is_refused_with_the_route_that_builds_it(tmp_path: Path) -> None:
+    # compare takes ONNX/TorchScript models and plans target rows as int8-static; Akida 1.0 converts a
+    # Keras .h5 model at 4/2 bits: one line naming the quantize command, exit 2, nothing written
+    model, ev = tmp_path / "pixels.onnx", tmp_path / "eval.npz"
+    onnx.save(pixel_conv_net(), model)
+    np.savez(ev, x=np.zeros((4, 3, 16, 16), np.float32))
+    out = tmp_path / "o"
+    res = CliRunner().invoke(
+        app, ["compare", str(model), "--eval-data", str(ev), "--targets", "cpu,akida1", "-o", str(out)]
+    )
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert "converts a Keras 2 .h5 model at 4/2 bits" in text
+    assert "edgequant quantize model.h5 --target akida1 --weight-bits 4 --act-bits 4" in text
+    assert not out.exists()

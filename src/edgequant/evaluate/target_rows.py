@@ -38,7 +38,9 @@ def parse_targets(value: str | Sequence[str] | None, base: str) -> list[str]:
     """``"cpu,tvm,akida"`` -> the canonical target names other than ``base``, in the order given.
 
     Raises:
-        RecipeError: an unknown name (the known ones listed, with the closest match).
+        RecipeError: an unknown name (the known ones listed, with the closest match); ``akida1``, whose
+        route converts a Keras 2 ``.h5`` model at 4/2 bits (``compare`` takes ONNX/TorchScript models
+        and plans its target rows as ``int8-static``).
     """
     if value is None:
         return []
@@ -48,6 +50,13 @@ def parse_targets(value: str | Sequence[str] | None, base: str) -> list[str]:
     out: list[str] = []
     for name in (t for t in items if t):
         canon = targets.canonical(name)  # RecipeError naming the known targets for an unknown one
+        if canon == "akida1":
+            raise RecipeError(
+                "compare --targets akida1: the Akida 1.0 route converts a Keras 2 .h5 model at 4/2 bits; compare "
+                "takes ONNX or TorchScript models and plans each target row as int8-static (8-bit).",
+                "run edgequant quantize model.h5 --target akida1 --weight-bits 4 --act-bits 4, or use --targets "
+                "akida (Akida 2.0, 8-bit, from ONNX).",
+            )
         if canon != targets.canonical(base) and canon not in out:
             out.append(canon)
     return out

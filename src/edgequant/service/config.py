@@ -3,7 +3,9 @@
 Targets: ``onnx`` (ONNX Runtime CPU, QDQ; alias ``cpu``) and every hardware profile of
 ``edgequant.targets`` (``ti-npu``, ``vitis-dpu``, ...) are served.  Toolchain-only targets are
 listed so a request for them gets an honest answer naming the toolchain to install (HTTP 501),
-never a fake success; any other name is a 422 listing the valid targets.
+never a fake success; any other name is a 422 listing the valid targets.  ``akida1`` is a profile
+the service does not serve (``NOT_SERVED``): its route converts a Keras 2 ``.h5`` file, and the
+service stores ONNX and TorchScript models; a request for it is a 422 saying so and naming the CLI.
 
 Errors raised by the service itself subclass EdgeQuantError and carry their HTTP status; the app
 maps library errors by class (``STATUS_BY_ERROR``) and always answers ``{error, detail, hint}``.
@@ -52,13 +54,21 @@ TARGETS: dict[str, Target] = {
     ),
 }  # hardware profiles (edgequant.targets: ti-npu, vitis-dpu, cmsis-nn, akida, ...) are served too
 DEFAULT_TARGET = "onnx"
+NOT_SERVED: dict[str, tuple[str, str]] = {  # profile -> (why not, the fix): 422 before any job
+    "akida1": (
+        "target 'akida1' converts a Keras 2 .h5 model with BrainChip's cnn2snn (Akida 1.0, 4/2-bit), and this "
+        "service stores ONNX and TorchScript models only.",
+        "run it with the CLI: edgequant quantize model.h5 --target akida1 --weight-bits 4 --act-bits 4; "
+        "or use target=akida here (Akida 2.0, 8-bit, from ONNX).",
+    ),
+}
 
 
 def served_targets() -> list[str]:
     from edgequant import targets
 
     names = [t.name for t in TARGETS.values() if t.recipe_target is not None]
-    return names + [n for n in targets.names() if n not in names]
+    return names + [n for n in targets.names() if n not in names and n not in NOT_SERVED]
 
 
 def resolve_target(name: object) -> str:
@@ -75,6 +85,8 @@ def resolve_target(name: object) -> str:
 
         if key in targets.aliases():  # a hardware profile: the plan follows its rules
             canonical = targets.canonical(key)
+            if canonical in NOT_SERVED:
+                raise TargetError(*NOT_SERVED[canonical])
             _require_toolchain(canonical)
             return canonical
         raise TargetError(
