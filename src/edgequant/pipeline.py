@@ -9,7 +9,6 @@ plan + ranges -> QDQ model -> loaded back in ORT (in a child process) and compar
 
 from __future__ import annotations
 
-import itertools
 import logging
 import sys
 import time
@@ -21,7 +20,6 @@ import numpy as np
 import onnx
 
 from edgequant import algorithms, planner, toolchains
-from edgequant.algorithms import correct_biases, keep_sensitive_float
 from edgequant.algorithms.act16 import promote_sensitive
 from edgequant.algorithms.calib_search import SEARCH_SAMPLES, search_ranges
 from edgequant.check import run_check
@@ -61,7 +59,9 @@ def resolve_recipe(
     elif isinstance(recipe, dict):
         base = dict(recipe)
     elif isinstance(recipe, str) and recipe in PRESETS and not Path(recipe).exists():
-        base = to_dict(preset(recipe))  # quantize(model, data, "int8-static")
+        return preset(
+            recipe, **overrides
+        )  # quantize(model, data, "int8-static"): the preset sees the overrides
     elif isinstance(recipe, str) and not Path(recipe).suffix and not Path(recipe).exists():
         raise RecipeError(
             f"'{recipe}' is neither a recipe file nor a preset; presets: {', '.join(PRESETS)}.",
@@ -174,10 +174,8 @@ def quantize(
         )
     seconds: dict[str, float] = {"load": time.perf_counter() - t0}
     calib_info: dict[str, Any] | None = None
-    sensitivity: dict[str, Any] | None = None
-    pass_rows: list[dict[str, Any]] = []
+    passes = algorithms.Context(recipe, runtime, list, [])  # no passes (fp16, dynamic): replaced for static
     result_float = float_model  # the float model the result carries: passes change weights in a copy
-    bias_info: dict[str, Any] | None = None
     act16: dict[str, Any] | None = None
     if calibration is None and recipe.calib_data is not None:
         calibration = recipe.calib_data
@@ -220,7 +218,7 @@ def quantize(
                 + "); each one's reason is in the plan."
             )  # fmt: skip
         float_model, plan = _raise_opset(float_model, plan, notes)
-        if plan.activations() or recipe.bias_correction or recipe.target_sqnr_db is not None:
+        if plan.activations() or algorithms.steps(recipe, "after_ranges"):
             _require_data(calibration, recipe)
             calibration, carried = carry_states(float_model, calibration, runtime)  # zero states: streamed
             notes += [carried] if carried else []
@@ -230,10 +228,9 @@ def quantize(
             _named(recipe_arg, overrides) if recipe.algorithms else (),
             open_held=(lambda: _held(calibration, float_model, recipe)) if calibration is not None else None,
         )  # fmt: skip
-        for step in recipe.algorithms:  # each step is a pass: stat requests, then apply (algorithms/)
+        # each pass asks for statistics, then applies them (algorithms/); before ranges, on float weights
+        for step in algorithms.steps(recipe, "before_ranges"):
             float_model, plan = algorithms.run_pass(step, float_model, plan, passes)
-        notes += passes.notes
-        pass_rows = passes.rows
         if plan.activations():
             t1 = time.perf_counter()
             source = _source(calibration, float_model, recipe)
@@ -256,19 +253,12 @@ def quantize(
             quantized, plan = weight_only_kernels(quantized, plan)
             warnings += [n for n in plan.notes if n.startswith("slower than float")]
         seconds["export"] = time.perf_counter() - t2
-        export_from = float_model  # the float model the QDQ model is exported from (biases corrected)
-        if recipe.bias_correction:  # fold each layer's per-channel output mean shift into its float bias
-            quantized, plan, export_from, bias_info = correct_biases(
-                float_model, quantized, plan, calibrated=calibrated, runtime=runtime,
-                source=_source(calibration, float_model, recipe),
-            )  # fmt: skip
-            seconds["bias_correction"] = bias_info["seconds"]
-        if recipe.target_sqnr_db is not None:  # keep the most sensitive nodes float until the target is met
-            quantized, plan, sensitivity = keep_sensitive_float(
-                export_from, quantized, plan, calibrated=calibrated, recipe=recipe, cpu=cpu, runtime=runtime,
-                samples=list(itertools.islice(_source(calibration, float_model, recipe), 2)), reference=float_model,
-            )  # fmt: skip
-            seconds["sensitivity"] = sensitivity["seconds"]
+        state = algorithms.Quantized(float_model, calibrated, quantized, plan, reference=float_model)
+        for step in algorithms.steps(recipe, "after_ranges"):  # on the QDQ model (bias correction, ...)
+            state = algorithms.run_after(step, state, passes)
+        quantized, plan = state.model, state.plan
+        notes += passes.notes
+        seconds.update({row["pass"]: row["seconds"] for row in passes.rows})
         if recipe.method == "static":  # biases beyond the target's bias width: re-scaled where exact
             from edgequant.export.bias_fit import fit_biases
             from edgequant.targets import get as get_target
@@ -278,8 +268,8 @@ def quantize(
 
     compliance = check_model(quantized, recipe.target) if recipe.method == "static" else None
     check = run_check(
-        runtime, reference, quantized, calibration, recipe, calibrated=calib_info is not None or bias_info is not None
-        or sensitivity is not None, float_proto=float_model, plan=plan,
+        runtime, reference, quantized, calibration, recipe, calibrated=calib_info is not None or bool(passes.rows),
+        float_proto=float_model, plan=plan,
     )  # fmt: skip
     if check["kind"] == "synthetic":
         warnings.append(
@@ -329,14 +319,11 @@ def quantize(
         result.report["import"] = imported
     if toolchain:
         result.report["toolchain"] = toolchain
-    if bias_info:
-        result.report["bias_correction"] = bias_info
     if act16:
         result.report["act16"] = act16
-    if sensitivity:
-        result.report["sensitivity"] = sensitivity
-    if pass_rows:
-        result.report["algorithms"] = pass_rows
+    result.report.update(passes.sections)  # e.g. bias_correction, sensitivity (mixed_precision)
+    if passes.rows:
+        result.report["algorithms"] = passes.rows
     if compliance is not None:  # per-layer findings against the target's rules, MAC/param shares
         result.report["compliance"] = compliance
     if ti_int is not None:
@@ -347,9 +334,8 @@ def quantize(
         attach(result, model, calibration, runtime)  # type: ignore[arg-type]
         if result.report["torch"].get("not_written"):
             result.report["notes"].append(f"no PyTorch file: {result.report['torch']['not_written']}")
-    if (
-        sensitivity and not sensitivity["met"]
-    ):  # the best model reached goes with the error (the CLI writes it)
+    sensitivity = passes.sections.get("sensitivity")
+    if sensitivity and not sensitivity["met"]:  # the best model reached goes with the error (CLI writes it)
         from edgequant.errors import TargetNotMetError
 
         result.report["warnings"].append(sensitivity["failure"]["detail"])
@@ -375,12 +361,15 @@ def _is_torch_module(model: Any) -> bool:
 
 
 def _named(recipe: Recipe | dict[str, Any] | str | Path | None, overrides: dict[str, Any]) -> tuple[str, ...]:
-    """The passes the user named (a preset's passes are not named: finding nothing to do is a note)."""
+    """The passes the user named (a preset's passes are not named: finding nothing to do is a note);
+    ``bias_correction``/``target_sqnr_db`` name their passes."""
+    aliases: tuple[str, ...] = ("bias_correction",) if overrides.get("bias_correction") else ()
+    aliases += ("mixed_precision",) if overrides.get("target_sqnr_db") is not None else ()
     if "algorithms" in overrides:
-        return tuple(overrides["algorithms"])
-    return (
-        () if isinstance(recipe, str) and recipe in PRESETS else tuple(resolve_recipe(recipe, {}).algorithms)
-    )
+        return (*overrides["algorithms"], *aliases)
+    if isinstance(recipe, str) and recipe in PRESETS:
+        return aliases
+    return (*resolve_recipe(recipe, {}).algorithms, *aliases)
 
 
 def _require_change(plan: QuantPlan) -> None:

@@ -111,7 +111,7 @@ def test_correction_removes_channel_mean_error(bits: int, min_gain_db: float, mi
     assert (section["nodes_measured"], section["nodes_corrected"], section["skipped"]) == (2, 2, [])
     assert {r["node"] for r in section["top_shifts"]} == {"dw", "pw"} and section["seconds"] >= 0
     assert "bias_correction" not in plain.report
-    assert any(n.startswith("bias correction: 2 of 2 node(s)") for n in fixed.plan.notes)
+    assert any(n.startswith("bias correction (sequential): 2 of 2 node(s)") for n in fixed.plan.notes)
     # the pointwise conv had no bias: it got one, quantized as int32 at 8 bits
     pw = next(n for n in fixed.model.graph.node if n.name == "pw")
     assert len(pw.input) == 3 and pw.input[2]

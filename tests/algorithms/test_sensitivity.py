@@ -101,7 +101,7 @@ def test_target_met_by_keeping_only_the_sensitive_conv_float(met: edgequant.Quan
     assert all(r["isolated_sqnr_db"] > 35.0 for r in sens["ranked"][1:])
     assert sens["target_sqnr_db"] == 25.0 and sens["samples"] == 16 and sens["max_float_nodes"] == 2
     assert sens["sqnr_before_db"] < 10.0 <= 35.0 < sens["sqnr_after_db"]
-    assert sens["seconds"] >= 0.0 and met.report["seconds"]["sensitivity"] == sens["seconds"]
+    assert sens["seconds"] >= 0.0 and met.report["seconds"]["mixed_precision"] >= sens["seconds"]
     # ORT, on the calibration batches the target was measured on (the even samples: the odd ones are
     # held back for the run check), and on data it never saw
     assert ort_sqnr(met.model, CALIB[0::2]) == pytest.approx(sens["sqnr_after_db"], abs=0.01)

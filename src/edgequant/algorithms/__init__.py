@@ -1,24 +1,34 @@
-"""Algorithms that refine a quantized model and its plan after (or around) calibration.
+"""Algorithms that refine a quantized model and its plan before and after calibration.
 
 Passes behind a registry (``base``: stat requests, then apply; one report row each), run in the
-order of ``recipe.algorithms``: ``cle`` (cross-layer equalization, data-free) and ``adaround``
-(learned rounding, layer by layer).
-
-``correct_biases`` (``bias_correction``): empirical bias correction; the per-channel mean shift
-that quantization adds to each Conv/Gemm output is measured on calibration data and folded into
-the float bias before the QDQ model is exported again.
-``keep_sensitive_float`` (``sensitivity``): mixed precision driven by measured per-node sensitivity;
-the nodes that cost the most output SQNR stay float until ``recipe.target_sqnr_db`` is met.
+order of ``recipe.algorithms``.  Before activation ranges: ``cle`` (cross-layer equalization,
+data-free) and ``adaround`` (learned rounding, layer by layer).  After them, on the QDQ model:
+``bias_correction`` (``correct_biases``: the per-channel mean shift that quantization adds to each
+Conv/Gemm/MatMul output goes into the float bias; sequential by default, ``bias_sequential``) and
+``mixed_precision`` (``sensitivity.keep_sensitive_float``: the nodes that cost the most output SQNR
+stay float until ``recipe.target_sqnr_db`` is met).
 """
 
 from edgequant.algorithms import adaround, cle  # noqa: F401  (each registers its pass)
-from edgequant.algorithms.base import Context, context, create, held_out, known, run_pass
+from edgequant.algorithms.base import (
+    Context,
+    Quantized,
+    context,
+    create,
+    held_out,
+    known,
+    phase,
+    run_after,
+    run_pass,
+    steps,
+)
 from edgequant.algorithms.bias_correction import correct_biases
 from edgequant.algorithms.sensitivity import Candidate, default_cap, keep_sensitive_float
 
 __all__ = [
     "Candidate",
     "Context",
+    "Quantized",
     "context",
     "correct_biases",
     "create",
@@ -26,5 +36,8 @@ __all__ = [
     "held_out",
     "keep_sensitive_float",
     "known",
+    "phase",
+    "run_after",
     "run_pass",
+    "steps",
 ]

@@ -14,6 +14,15 @@ The runner times the pass and measures the output SQNR (dB) against the user's f
 and after it on held-out samples (samples after the calibration ones, never read by a pass), with
 the weights quantized as the plan says and activations left float: the error the pass works on.
 
+A pass has a ``phase``.  ``"before_ranges"`` (the default: ``cle``, ``adaround``) refines the float
+model and plan before activation ranges are calibrated, as above.  ``"after_ranges"``
+(``bias_correction``, ``mixed_precision``) works on the calibrated QDQ model: the runner
+(:func:`run_after`) hands it a :class:`Quantized` (the float model the QDQ model is exported from,
+the calibrated plan, the QDQ model and its exported plan) through ``stat_requests(state)`` and
+``apply_quantized(state, stats)``, and measures the SQNR of the QDQ model itself (weights and
+activations quantized) before and after.  A pass may also hand report sections to the pipeline
+(``PassOutcome.report``, e.g. ``sensitivity``).
+
 A pass that finds nothing to do is a note, not an error; when the user named the pass itself its
 row says "nothing to do" with the reason.
 """
@@ -23,7 +32,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 import onnx
@@ -52,7 +61,8 @@ class PassOutcome:
     changed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     nothing_to_do: str = ""  # the reason, when the pass changed nothing
-    details: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)  # extra fields of the pass's report row
+    report: dict[str, Any] = field(default_factory=dict)  # report sections by name (e.g. "sensitivity")
 
 
 @dataclass
@@ -76,7 +86,12 @@ class Stats:
             seen += take
 
 
+Phase = Literal["before_ranges", "after_ranges"]
+
+
 class Algorithm(Protocol):
+    """A ``before_ranges`` pass: refines the float model and plan before calibration."""
+
     name: ClassVar[str]
 
     def stat_requests(self, model: onnx.ModelProto, plan: QuantPlan) -> StatRequest: ...
@@ -86,7 +101,29 @@ class Algorithm(Protocol):
     ) -> tuple[onnx.ModelProto, QuantPlan, PassOutcome]: ...
 
 
-_REGISTRY: dict[str, Callable[[Recipe], Algorithm]] = {}
+@dataclass
+class Quantized:
+    """What an ``after_ranges`` pass works on and returns."""
+
+    float_model: onnx.ModelProto  # the float model ``model`` is exported from (a pass may change biases)
+    calibrated: QuantPlan  # the plan with activation ranges, before export
+    model: onnx.ModelProto  # the QDQ model
+    plan: QuantPlan  # its exported plan
+    reference: onnx.ModelProto  # the float model as calibrated: what the passes' SQNRs are against
+
+
+class QuantizedPass(Protocol):
+    """An ``after_ranges`` pass: refines the calibrated QDQ model (``phase = "after_ranges"``)."""
+
+    name: ClassVar[str]
+    phase: ClassVar[Phase]
+
+    def stat_requests(self, state: Quantized) -> StatRequest: ...
+
+    def apply_quantized(self, state: Quantized, stats: Stats) -> tuple[Quantized, PassOutcome]: ...
+
+
+_REGISTRY: dict[str, Callable[[Recipe], Any]] = {}
 
 
 def register(name: str) -> Callable[[Any], Any]:
@@ -106,13 +143,32 @@ def known() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
-def create(name: str, recipe: Recipe) -> Algorithm:
-    """The registered pass ``name`` configured from ``recipe``; RecipeError listing the known ones."""
+def phase(name: str) -> Phase:
+    """When the registered pass ``name`` runs: before or after activation ranges are calibrated."""
+    create_check(name)
+    value: Phase = getattr(_REGISTRY[name], "phase", "before_ranges")
+    return value
+
+
+def steps(recipe: Recipe, when: Phase) -> list[str]:
+    """The passes of ``recipe.algorithms`` that run in phase ``when``, in order."""
+    return [name for name in recipe.algorithms if phase(name) == when]
+
+
+def create_check(name: str) -> None:
+    """RecipeError listing the known passes when ``name`` is not one of them."""
     if name not in _REGISTRY:
         raise RecipeError(
             f"unknown algorithm '{name}'; known: {', '.join(known())}.", "use one of the known names."
         )
-    return _REGISTRY[name](recipe)
+
+
+def create(name: str, recipe: Recipe) -> Algorithm:
+    """The registered ``before_ranges`` pass ``name`` configured from ``recipe``; RecipeError listing
+    the known ones."""
+    create_check(name)
+    algo: Algorithm = _REGISTRY[name](recipe)
+    return algo
 
 
 @dataclass
@@ -128,12 +184,13 @@ class Context:
     rows: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     reference: list[np.ndarray] | None = None  # the float model's first output on ``held_out``
+    sections: dict[str, Any] = field(default_factory=dict)  # report sections the passes handed over
 
 
 def run_pass(
     name: str, model: onnx.ModelProto, plan: QuantPlan, ctx: Context
 ) -> tuple[onnx.ModelProto, QuantPlan]:
-    """Run one pass: requests, statistics, apply; append its report row to ``ctx.rows``."""
+    """Run one ``before_ranges`` pass: requests, statistics, apply; append its report row to ``ctx.rows``."""
     algo = create(name, ctx.recipe)
     t0 = time.perf_counter()
     request = algo.stat_requests(model, plan)
@@ -144,16 +201,49 @@ def run_pass(
     model, plan, outcome = algo.apply(model, plan, stats)
     seconds = time.perf_counter() - t0
     after = weight_quantized_sqnr(model, plan, ctx) if outcome.changed else before
+    what = "weights quantized as planned, activations float"
+    _record(name, request, outcome, seconds, (before, after), what, ctx)
+    return model, plan
+
+
+def run_after(name: str, state: Quantized, ctx: Context) -> Quantized:
+    """Run one ``after_ranges`` pass on the calibrated QDQ model; append its report row to ``ctx.rows``.
+    The row's SQNRs are the QDQ model's own (weights and activations quantized) on the held-out samples."""
+    create_check(name)
+    algo: QuantizedPass = _REGISTRY[name](ctx.recipe)
+    t0 = time.perf_counter()
+    request = algo.stat_requests(state)
+    stats = Stats(ctx.data, request.samples, ctx.runtime, ctx.recipe, ctx.synthetic)
+    if ctx.reference is None and ctx.held_out:
+        ctx.reference = _outputs(state.reference, ctx)
+    before = quantized_sqnr(state.model, ctx)
+    state, outcome = algo.apply_quantized(state, stats)
+    seconds = time.perf_counter() - t0
+    after = quantized_sqnr(state.model, ctx) if outcome.changed else before
+    what = "the QDQ model (weights and activations quantized)"
+    _record(name, request, outcome, seconds, (before, after), what, ctx)
+    return state
+
+
+def _record(
+    name: str,
+    request: StatRequest,
+    outcome: PassOutcome,
+    seconds: float,
+    sqnr: tuple[float | None, float | None],
+    what: str,
+    ctx: Context,
+) -> None:
+    """Append a pass's report row (and its report sections) to ``ctx``."""
     row: dict[str, Any] = {
         "pass": name,
         "changed": outcome.changed,
         "skipped": outcome.skipped,
         "seconds": round(seconds, 3),
         "samples": request.samples,
-        "sqnr_measured_on": f"{sum(_rows(b) for b in ctx.held_out)} held-out samples, weights quantized as "
-        "planned, activations float",
-        "sqnr_before_db": before,
-        "sqnr_after_db": after,
+        "sqnr_measured_on": f"{sum(_rows(b) for b in ctx.held_out)} held-out samples, {what}",
+        "sqnr_before_db": sqnr[0],
+        "sqnr_after_db": sqnr[1],
         **outcome.details,
     }
     if not outcome.changed:
@@ -162,7 +252,7 @@ def run_pass(
         if name not in ctx.requested:
             ctx.notes.append(f"{name}: nothing to do ({reason}).")
     ctx.rows.append(row)
-    return model, plan
+    ctx.sections.update(outcome.report)
 
 
 HELD_OUT = 16  # samples after the calibration ones that measure each pass
@@ -258,9 +348,17 @@ def _outputs(model: onnx.ModelProto, ctx: Context) -> list[np.ndarray]:
 def weight_quantized_sqnr(model: onnx.ModelProto, plan: QuantPlan, ctx: Context) -> float | None:
     """Output SQNR (dB, first output, all held-out samples) of the weight-quantized model against the
     float model as it was before the first pass."""
-    if not ctx.held_out or not plan.weights() or ctx.reference is None:
+    if not plan.weights() or not ctx.held_out or ctx.reference is None:
         return None
-    ref, got = ctx.reference, _outputs(weight_quantized(model, plan), ctx)
+    return quantized_sqnr(weight_quantized(model, plan), ctx)
+
+
+def quantized_sqnr(model: onnx.ModelProto, ctx: Context) -> float | None:
+    """Output SQNR (dB, first output, all held-out samples) of ``model`` against the float model as it
+    was before the first pass; None without held-out samples."""
+    if not ctx.held_out or ctx.reference is None:
+        return None
+    ref, got = ctx.reference, _outputs(model, ctx)
     value = sqnr_db(
         np.concatenate([r.reshape(-1) for r in ref]), np.concatenate([g.reshape(-1) for g in got])
     )

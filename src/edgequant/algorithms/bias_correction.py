@@ -1,4 +1,11 @@
-"""Empirical bias correction: remove the per-channel mean shift that quantization adds to each layer.
+"""Bias correction (the ``bias_correction`` pass): remove the per-channel mean shift that quantization
+adds to each layer.
+
+Two variants (``recipe.bias_correction_variant``): ``sequential`` (the default,
+``algorithms.bias_sequential``: layer by layer, each measured with the layers before it corrected,
+against the float model's output of that layer) and ``empirical`` (below: every layer's local shift
+at once).  The pass runs after activation ranges are calibrated (``phase = "after_ranges"``) on the
+QDQ model; ``bias_correction: true`` / ``--bias-correction`` add it to ``recipe.algorithms``.
 
 Rounding weights and activations is not zero-mean per output channel (Nagel et al. 2019, "Data-Free
 Quantization Through Weight Equalization and Bias Correction", sec. 4.2; AIMET's empirical variant):
@@ -6,7 +13,7 @@ with ``y = W x + b`` and the quantized layer ``y~ = W~ x~ + b``, ``E[y~ - y]`` p
 a systematic error -- large for depthwise convs and for low-bit weights, where few weights feed each
 channel and their rounding errors do not average out.  Adding ``E[y - y~]`` to the bias removes it.
 
-What is measured (one pass, all layers at once).  For every quantized Conv, ConvTranspose and Gemm
+What the empirical variant measures (one pass, all layers at once).  For every quantized Conv, ConvTranspose and Gemm
 (and MatMul whose only consumer is an ``Add`` of a constant ``[C]`` vector: the bias), the QDQ model
 is augmented with a float twin of the node: the same op on the *float* tensors behind the node's
 ``_dq`` inputs (``X`` before its QuantizeLinear in the QDQ model -- through a Relu when export folded
@@ -41,11 +48,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgequant.algorithms.base import PassOutcome, Quantized, StatRequest, Stats, register
 from edgequant.data.base import Batch
 from edgequant.errors import DataError
 from edgequant.evaluate.layers import _with_outputs, qdq_pairs
 from edgequant.export import export_qdq
 from edgequant.plan import QuantPlan
+from edgequant.recipe.schema import Recipe
 from edgequant.runtime import OrtRuntime
 
 log = logging.getLogger(__name__)
@@ -279,24 +288,36 @@ def correct_biases(
     calibrated: QuantPlan,
     source: Iterable[Batch],
     runtime: OrtRuntime,
+    variant: str = "sequential",
 ) -> tuple[onnx.ModelProto, QuantPlan, onnx.ModelProto, dict[str, Any]]:
     """Bias-correct the QDQ model ``quantized`` (module docstring).
 
     ``quantized``/``plan`` are the static QDQ model and its exported plan, ``calibrated`` the plan
-    before export, ``source`` the calibration batches.  Returns the new QDQ model, its plan, the
-    bias-corrected float model it was exported from (to re-export from later, e.g. by
-    ``keep_sensitive_float``), and the report's ``bias_correction`` section.
+    before export, ``source`` the calibration batches (re-iterable for ``variant`` "sequential").
+    Returns the new QDQ model, its plan, the bias-corrected float model it was exported from (to
+    re-export from later, e.g. by ``keep_sensitive_float``), and the report's ``bias_correction``
+    section (its ``nodes`` lists every measured node, largest mean shift first).
     """
+    from edgequant.algorithms import bias_sequential
+
     t0 = time.perf_counter()
     found, skipped = targets(float_model, quantized, plan)
-    section: dict[str, Any] = {"mode": "one pass, per-layer (local) shift", "skipped": skipped}
+    mode = {
+        "sequential": "sequential: layer by layer, against the float layer's output, earlier layers corrected",
+        "empirical": "empirical: one pass, per-layer (local) shift",
+    }[variant]
+    section: dict[str, Any] = {"variant": variant, "mode": mode, "skipped": skipped}
     if not found:
         section.update(
-            nodes_corrected=0, batches=0, top_shifts=[], seconds=round(time.perf_counter() - t0, 3)
+            nodes_corrected=0, batches=0, top_shifts=[], nodes=[], seconds=round(time.perf_counter() - t0, 3)
         )
         plan.notes.append("bias correction: no quantized Conv/Gemm/MatMul+Add node to correct.")
         return quantized, plan, float_model, section
-    shifts, batches = measure(float_model, quantized, found, source, runtime)
+    if variant == "sequential":
+        shifts, runs = bias_sequential.measure(float_model, quantized, found, source, runtime)
+        section["runs"] = runs
+    else:
+        shifts, section["batches"] = measure(float_model, quantized, found, source, runtime)
     model = corrected_model(float_model, found, shifts)
     quantized, plan = export_qdq(model, calibrated)
     size = {t.node: float(np.mean(np.abs(shifts[t.node]))) for t in found}
@@ -315,14 +336,54 @@ def correct_biases(
     section.update(
         nodes_measured=len(found),
         nodes_corrected=sum(1 for t in found if np.any(shifts[t.node])),
-        batches=batches,
         top_shifts=rows[:5],
+        nodes=rows,
         seconds=round(time.perf_counter() - t0, 3),
     )
     top = ", ".join(f"{r['node']} {r['mean_abs_shift']:.3g}" for r in rows[:3])
     plan.notes.append(
-        f"bias correction: {section['nodes_corrected']} of {len(found)} node(s) had the per-channel mean "
-        f"shift of their quantized output (where >= {MIN_T:g} standard errors, over {batches} calibration "
-        f"batch(es)) added to their float bias; largest mean |shift|: {top}."
+        f"bias correction ({variant}): {section['nodes_corrected']} of {len(found)} node(s) had the per-channel "
+        f"mean shift of their quantized output (where >= {MIN_T:g} standard errors over the calibration "
+        f"samples) added to their float bias; largest mean |shift|: {top}."
     )
     return quantized, plan, model, section
+
+
+@register("bias_correction")
+class BiasCorrection:
+    """After ranges: each quantized layer's per-channel output mean error goes into its float bias."""
+
+    name = "bias_correction"
+    phase = "after_ranges"
+
+    def __init__(self, recipe: Recipe) -> None:
+        self.variant: str = recipe.bias_correction_variant
+        self.samples: int = recipe.calib_samples
+
+    def stat_requests(self, state: Quantized) -> StatRequest:
+        return StatRequest(self.samples, f"{self.variant}: per-channel output means of the quantized layers")
+
+    def apply_quantized(self, state: Quantized, stats: Stats) -> tuple[Quantized, PassOutcome]:
+        quantized, plan, model, section = correct_biases(
+            state.float_model, state.model, state.plan, calibrated=state.calibrated, source=stats,
+            runtime=stats.runtime, variant=self.variant,
+        )  # fmt: skip
+        changed = [
+            f"{r['node']}: {r['channels_corrected']} of {r['channels']} channel biases moved, mean |shift| "
+            f"{r['mean_abs_shift']:.3g}"
+            for r in section["nodes"]
+            if r["channels_corrected"]
+        ]
+        nothing = f"no channel's mean shift reached {MIN_T:g} standard errors over the calibration samples"
+        outcome = PassOutcome(
+            changed=changed,
+            skipped=[f"{s['node']}: {s['reason']}" for s in section["skipped"]],
+            nothing_to_do=""
+            if changed
+            else nothing
+            if section["nodes"]
+            else "no quantized Conv/Gemm/MatMul+Add node",
+            details={"variant": self.variant},
+            report={"bias_correction": section},
+        )
+        return Quantized(model, state.calibrated, quantized, plan, state.reference), outcome

@@ -28,10 +28,14 @@ MatMul, Gemm), at least ``MIN_DEFAULT_CAP`` (3: one node is too few on a small m
 all but one of them.  Every node kept float gets its reason in the plan, and the run's numbers
 (target, SQNR before and after, nodes with their isolated SQNR, seconds) form the report's
 ``sensitivity`` section.
+
+It runs as the ``mixed_precision`` pass (``phase = "after_ranges"``: on the calibrated QDQ model);
+``target_sqnr_db`` / ``--target-sqnr`` add it to ``recipe.algorithms``.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import time
@@ -42,6 +46,7 @@ import numpy as np
 import onnx
 
 from edgequant import planner
+from edgequant.algorithms.base import PassOutcome, Quantized, StatRequest, Stats, register
 from edgequant.data.base import Batch
 from edgequant.evaluate.layers import per_layer_error
 from edgequant.evaluate.metrics import sqnr_db
@@ -258,3 +263,51 @@ def keep_sensitive_float(
 
 def _row(c: Candidate) -> dict[str, Any]:
     return {"node": c.node, "op_type": c.op_type, "isolated_sqnr_db": round(c.isolated_sqnr_db, 2)}
+
+
+@register("mixed_precision")
+class MixedPrecision:
+    """After ranges: keep the most sensitive nodes float until ``recipe.target_sqnr_db`` is met."""
+
+    name = "mixed_precision"
+    phase = "after_ranges"
+
+    def __init__(self, recipe: Recipe) -> None:
+        self.recipe = recipe
+
+    def stat_requests(self, state: Quantized) -> StatRequest:
+        return StatRequest(
+            2 * self.recipe.batch_size, "two calibration batches: output SQNR of each candidate"
+        )
+
+    def apply_quantized(self, state: Quantized, stats: Stats) -> tuple[Quantized, PassOutcome]:
+        from edgequant.runtime import detect
+
+        quantized, plan, section = keep_sensitive_float(
+            state.float_model, state.model, state.plan, calibrated=state.calibrated, recipe=self.recipe,
+            samples=list(itertools.islice(iter(stats), 2)), cpu=detect(), runtime=stats.runtime,
+            reference=state.reference,
+        )  # fmt: skip
+        changed = [
+            f"{k['node']}: kept float (alone it limits the output to {k['isolated_sqnr_db']} dB); output "
+            f"SQNR then {k['sqnr_after_db']} dB"
+            for k in section["kept_float"]
+        ]
+        skipped = [
+            f"{t['node']}: kept float it gave {t['sqnr_with_it_float_db']} dB, less than {MIN_GAIN_DB} dB gained"
+            for t in section["tried_without_gain"]
+        ]
+        target = section["target_sqnr_db"]
+        nothing = (
+            f"the target {target:g} dB is met by static quantization alone ({section['sqnr_before_db']} dB)"
+            if section["met"]
+            else "no node kept float raised the output SQNR"
+        )
+        outcome = PassOutcome(
+            changed=changed,
+            skipped=skipped,
+            nothing_to_do="" if changed else nothing,
+            details={"target_sqnr_db": target, "met": section["met"]},
+            report={"sensitivity": section},
+        )
+        return Quantized(state.float_model, state.calibrated, quantized, plan, state.reference), outcome

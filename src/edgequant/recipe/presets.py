@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgequant.errors import RecipeError
-from edgequant.recipe.schema import Recipe, from_dict
+from edgequant.recipe.schema import ALGORITHMS, Recipe, from_dict
 
 PRESETS: dict[str, dict[str, Any]] = {
     "dynamic-int8": {"method": "dynamic", "weight_bits": 8, "per_channel": True},
@@ -16,15 +16,34 @@ PRESETS: dict[str, dict[str, Any]] = {
     "weight-only-int4": {"method": "weight-only", "weight_bits": 4, "block_size": 32},
     "w4a8": {"method": "static", "weight_bits": 4, "act_bits": 8},
     "w8a16": {"method": "static", "weight_bits": 8, "act_bits": 16},
-    # cross-layer equalization where the graph has equalizable pairs, then the range search
-    "accurate": {"method": "static", "calib_method": "search", "algorithms": ["cle"], "tag": "accurate"},
+    # cross-layer equalization where the graph has equalizable pairs (a note where it has none), the
+    # range search, AdaRound at 4 bits and below (LOW_BIT_PASSES), then sequential bias correction
+    "accurate": {
+        "method": "static",
+        "calib_method": "search",
+        "algorithms": ["cle", "bias_correction"],
+        "bias_correction_variant": "sequential",
+        "tag": "accurate",
+    },
 }
+# passes a preset adds when the weights have at most this many bits (ternary and binary count as 2 and 1)
+LOW_BIT_PASSES: dict[str, tuple[str, int]] = {"accurate": ("adaround", 4)}
 
 
 def preset(name: str, **overrides: Any) -> Recipe:
-    """The recipe of a named preset, with ``overrides`` applied on top."""
+    """The recipe of a named preset, with ``overrides`` applied on top.  A pass of ``LOW_BIT_PASSES`` is
+    added (in the passes' order) when the resulting weight bits are low enough and ``overrides`` do
+    not set ``algorithms`` themselves."""
     if name not in PRESETS:
         raise RecipeError(
             f"unknown preset '{name}'; allowed: {', '.join(PRESETS)}.", "pick a preset from the list."
         )
-    return from_dict({**PRESETS[name], **overrides})
+    data = {**PRESETS[name], **overrides}
+    recipe = from_dict(data)
+    if name in LOW_BIT_PASSES and "algorithms" not in overrides:
+        step, bits = LOW_BIT_PASSES[name]
+        weight_bits = 2 if recipe.weight_bits == "ternary" else int(recipe.weight_bits)
+        if weight_bits <= bits:
+            names = {*recipe.algorithms, step}
+            recipe = from_dict({**data, "algorithms": [a for a in ALGORITHMS if a in names]})
+    return recipe

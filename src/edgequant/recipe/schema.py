@@ -25,8 +25,9 @@ Method = Literal["static", "dynamic", "fp16", "weight-only"]
 CalibMethod = Literal["minmax", "percentile", "entropy", "mse", "search"]  # search: best of the four
 METHODS: tuple[str, ...] = get_args(Method)
 CALIB_METHODS: tuple[str, ...] = get_args(CalibMethod)
-# passes (edgequant.algorithms registers one per name), in the order they may run: on float weights first
-ALGORITHMS: tuple[str, ...] = ("cle", "adaround")
+# passes (edgequant.algorithms registers one per name), in the order they may run: on float weights first,
+# then (bias_correction, mixed_precision) on the calibrated QDQ model
+ALGORITHMS: tuple[str, ...] = ("cle", "adaround", "bias_correction", "mixed_precision")
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,8 @@ class Recipe:
     data_options: dict[str, Any] = field(default_factory=dict)  # edgequant.data.SourceOptions names
     target_sqnr_db: float | None = None  # output SQNR vs float to reach by keeping sensitive nodes float
     max_float_nodes: int | None = None  # cap on those nodes; None: 10 % of the quantized compute nodes
-    bias_correction: bool = False  # static: fold the measured per-channel output mean shift into biases
+    bias_correction: bool = False  # static: adds the bias_correction pass (an alias kept for old recipes)
+    bias_correction_variant: Literal["sequential", "empirical"] = "sequential"  # algorithms.bias_correction
     dynamic_axes: dict[str, list[int]] = field(default_factory=dict)  # PyTorch export: {input: [axis]}
     algorithms: tuple[str, ...] = ()  # passes run in order (ALGORITHMS), e.g. ("cle", "adaround")
     tune_trials: int = 0  # target tvm: MetaSchedule tuning trials (0: no tuning)
@@ -158,18 +160,19 @@ class Recipe:
             )
         self._check_sensitivity()
         self._check_target()
-        self._check_algorithms()
-        if self.tune_trials < 0 or (self.tune_trials and self.target != "tvm"):
-            raise RecipeError(
-                f"tune_trials={self.tune_trials} with target '{self.target}'; tuning trials are a count >= 0 "
-                "and apply to target 'tvm' only.",
-                "drop --tune-trials, or use --target tvm --tune-trials 64.",
-            )
         if self.bias_correction and self.method != "static":
             raise RecipeError(
                 f"bias_correction is set but method is '{self.method}'; it corrects the biases of a static "
                 "int model against its calibration data, so it applies to method 'static' only.",
                 "use --method static with --bias-correction, or drop --bias-correction.",
+            )
+        self._check_algorithms()
+        self._alias_passes()
+        if self.tune_trials < 0 or (self.tune_trials and self.target != "tvm"):
+            raise RecipeError(
+                f"tune_trials={self.tune_trials} with target '{self.target}'; tuning trials are a count >= 0 "
+                "and apply to target 'tvm' only.",
+                "drop --tune-trials, or use --target tvm --tune-trials 64.",
             )
         self._check_ignored()
 
@@ -273,6 +276,26 @@ class Recipe:
                 f"algorithms {list(self.algorithms)} are out of order; passes run in the order "
                 f"{', '.join(ALGORITHMS)} (equalize weights before choosing their rounding).",
                 f"write them as {[a for a in ALGORITHMS if a in self.algorithms]}.",
+            )
+
+    def _alias_passes(self) -> None:
+        """``bias_correction: true`` and ``target_sqnr_db`` add their passes (``bias_correction``,
+        ``mixed_precision``) to ``algorithms``, in the passes' order; the passes need their settings."""
+        extra = (("bias_correction",) if self.bias_correction else ()) + (
+            ("mixed_precision",) if self.target_sqnr_db is not None else ()
+        )
+        names = tuple(sorted({*self.algorithms, *extra}, key=ALGORITHMS.index))
+        object.__setattr__(self, "algorithms", names)
+        if "mixed_precision" in names and self.target_sqnr_db is None:
+            raise RecipeError(
+                "algorithm 'mixed_precision' keeps the most sensitive nodes float until the output SQNR "
+                "reaches target_sqnr_db, and target_sqnr_db is not set.",
+                "add --target-sqnr DB (which runs the pass by itself), or drop mixed_precision.",
+            )
+        if self.bias_correction_variant != "sequential" and "bias_correction" not in names:
+            raise RecipeError(
+                f"bias_correction_variant is '{self.bias_correction_variant}' but bias correction does not run.",
+                "add --bias-correction (or bias_correction to algorithms), or drop bias_correction_variant.",
             )
 
     def _check_sensitivity(self) -> None:
