@@ -333,6 +333,14 @@ def quantize(
             help="Static: 16-bit activations on tensors whose own 8-bit SQNR is below DB (transformers: 25).",
         ),
     ] = None,
+    hoist_gru: Annotated[
+        bool | None,
+        typer.Option(
+            "--hoist-gru",
+            help="Static/dynamic: each GRU's input projection over the sequence becomes an int8 MatMul "
+            "(recurrence float; measured slower than float in ORT, see README).",
+        ),
+    ] = None,
     format_: Annotated[
         str | None,
         typer.Option(
@@ -392,7 +400,7 @@ def quantize(
         "algorithms": algorithm or None,
         "tune_trials": tune_trials,
         "allow_synthetic": allow_synthetic, "check_samples": check_samples,
-        "act16_below_db": act16_below_db,
+        "act16_below_db": act16_below_db, "hoist_gru": hoist_gru,
     }  # fmt: skip
     overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     try:

@@ -179,6 +179,9 @@ def quantize(
     act16: dict[str, Any] | None = None
     if calibration is None and recipe.calib_data is not None:
         calibration = recipe.calib_data
+    if recipe.hoist_gru:  # each GRU input projection X·Wᵀ -> a MatMul before the GRU (exact in float)
+        float_model = _hoist_gru(float_model, notes)
+        result_float = float_model
     excluded = planner.excluded_nodes(float_model, recipe)
 
     if recipe.method == "fp16":
@@ -341,6 +344,22 @@ def quantize(
         result.report["warnings"].append(sensitivity["failure"]["detail"])
         raise TargetNotMetError(**sensitivity["failure"], result=result)
     return result
+
+
+def _hoist_gru(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+    """``model`` with its GRU input projections hoisted (``model.gru_hoist``); refused when none is."""
+    from edgequant.model.gru_hoist import hoist_gru_inputs
+
+    hoisted, gru_notes = hoist_gru_inputs(model)
+    if not any("hoisted into MatMul" in n for n in gru_notes):
+        raise UnsupportedError(
+            "hoist_gru is set, but no GRU of this model has a constant float W to hoist"
+            + (f" ({gru_notes[0]})" if gru_notes else " (the model has no GRU)")
+            + ".",
+            "drop --hoist-gru.",
+        )
+    notes.extend(gru_notes)
+    return hoisted
 
 
 def _ti_npu_int(quantized: onnx.ModelProto, runtime: OrtRuntime, held: Any) -> tuple[dict[str, Any], bytes]:

@@ -22,6 +22,7 @@ from onnx import numpy_helper
 from edgequant import targets
 from edgequant.errors import RecipeError, UnsupportedError
 from edgequant.model.einsum import why_not as einsum_why_not
+from edgequant.model.gru_hoist import hoisted_inputs, is_selection
 from edgequant.model.patterns import RECURRENT_OPS, recurrent_state_tensors
 from edgequant.model.recurrent import squared_domain
 from edgequant.plan import QuantPlan, TensorEntry
@@ -285,7 +286,7 @@ class Planner:
             for slot in weight_slots:
                 if slot < len(node.input) and node.input[slot] in inits:
                     w = inits[node.input[slot]]
-                    if w.data_type in FLOAT_TYPES and len(w.dims) >= 1:
+                    if w.data_type in FLOAT_TYPES and len(w.dims) >= 1 and not is_selection(w):
                         touched |= self._add_weight(node, w, plan)
         if recurrent:
             if touched:
@@ -411,8 +412,8 @@ class Planner:
         return name in self._pre_activation
 
     @functools.cached_property
-    def _recurrent_state(self) -> set[str]:
-        return recurrent_state_tensors(self.model.graph)
+    def _recurrent_state(self) -> set[str]:  # and a hoisted GRU's input: MatMulIntegerToFloat
+        return recurrent_state_tensors(self.model.graph) | hoisted_inputs(self.model.graph)
 
     @functools.cached_property
     def _squared(self) -> dict[str, str]:

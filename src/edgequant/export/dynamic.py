@@ -43,7 +43,8 @@ _FLOAT_REASONS = {
     "Conv": "Conv: ONNX Runtime has no fast dynamic-quantized Conv kernel (ConvInteger runs slower than "
     "float Conv on CPU); left float so the model is not slower than float",
     "ConvTranspose": "ConvTranspose: ONNX Runtime has no dynamic-quantized ConvTranspose kernel; left float",
-    "GRU": "GRU: ONNX Runtime has no dynamic-quantized GRU kernel (only DynamicQuantizeLSTM exists); left float",
+    "GRU": "GRU: ONNX Runtime has no dynamic-quantized GRU kernel (only DynamicQuantizeLSTM exists); left float "
+    "(--hoist-gru makes its input projection an int8 MatMul: slower than float in ORT, see README)",
     "RNN": "RNN: ONNX Runtime has no dynamic-quantized RNN kernel; left float",
     "Constant": "Constant: holds a value that no rewritten node reads as its weight; kept as is",
     "Attention": "Attention (com.microsoft): its dynamic form is QAttention, which this exporter does not "

@@ -109,6 +109,7 @@ class Recipe:
     check_samples: int = 32  # samples held back from calibration for the run check (at most half the data)
     act16_below_db: float | None = None  # static: 16-bit activations where the 8-bit grid's own SQNR is lower
     weight_centring: bool = False  # binary weights: signs against each channel's mean (schemes.lowbit)
+    hoist_gru: bool = False  # static/dynamic: GRU input projections as int8 MatMuls (model.gru_hoist)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -131,6 +132,12 @@ class Recipe:
             raise RecipeError(
                 f"activation bits {self.act_bits} is impossible; allowed: 4, 8, 16.",
                 "use --act-bits 8 or 16.",
+            )
+        if self.hoist_gru and self.method not in ("static", "dynamic"):
+            raise RecipeError(
+                f"hoist_gru is set with method '{self.method}'; it moves GRU input projections into MatMuls "
+                "that static or dynamic quantization turns into integers.",
+                "use --method static or dynamic with --hoist-gru, or drop --hoist-gru.",
             )
         if self.act16_below_db is not None and not 0.0 < self.act16_below_db < 100.0:
             raise RecipeError(
