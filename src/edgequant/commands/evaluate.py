@@ -61,8 +61,8 @@ def run_evaluate(
     opts = core.eval_options(data_options, eval_split)
     ev = core.load_eval_data(data, fm, batch_size=batch_size, max_samples=max_samples, options=opts)
     lay = core.ev_layout(task, layout)
-    ref = core.join(core.run_outputs(fm, ev.batches, name, rt, "the float model"), task, lay)
-    got = core.join(core.run_outputs(qm, ev.batches, name, rt, "the quantized model"), task, lay)
+    ref = core.join(core.run_outputs(fm, ev.batches, name, rt, "the float model"), task, lay, ev.steps)
+    got = core.join(core.run_outputs(qm, ev.batches, name, rt, "the quantized model"), task, lay, ev.steps)
     result = core.score_outputs(task, ref, got, ev.labels, name, metric=metric, blank=blank)
     out: dict[str, Any] = {"kind": "evaluate", "float_model": _name(float_model), "quant_model": str(quant_model),
                            "data": ev.description, "providers": rt.providers, **result.to_dict()}  # fmt: skip

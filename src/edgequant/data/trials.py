@@ -3,8 +3,10 @@
 Layout: every dataset sits in a top-level group, and every group holds the same dataset names; one
 group is one sample (its datasets carry no batch axis, e.g. ``x: [T, C]`` with T varying).  Groups
 are read in sorted name order, so row i of a metadata CSV describes the i-th group.  A label is the
-group's ``labels``/``label``/``y`` dataset or attribute (``hdf5_label_key`` names another), one
-scalar per trial.
+group's ``labels``/``label``/``y`` dataset or attribute (``hdf5_label_key`` names another): one
+scalar per trial, or one label per time step (a dataset ``[T_i, ...]`` as long as the trial's inputs).
+Per-step labels of a batch are padded like the inputs (with -1, or NaN for float labels) to
+``[N, T_max, ...]``; evaluation scores only the real steps (``edgequant.evaluate.core``).
 
 Batching: trials of equal length are stacked into batches; when lengths vary, each trial is a batch
 of one (run one by one: padding would change what a model without a mask input computes).  With
@@ -60,7 +62,8 @@ class TrialReader(ArrayReader):
         self.names = names
         self.mask_input = opts.hdf5_mask_input
         self.lengths = np.array([f[g][names[0]].shape[0] if f[g][names[0]].ndim else 1 for g in groups])
-        self.labels = self._labels(f, groups, opts.hdf5_label_key)
+        self.labels = self._labels(f, groups, opts.hdf5_label_key, self.lengths)
+        self.per_step = self.labels is not None and self.labels.dtype == object
         self.arrays = {}
         self.n = len(groups)
         self.fields = (*names, *([self.mask_input] if self.mask_input else []))
@@ -74,7 +77,8 @@ class TrialReader(ArrayReader):
         self.description = f"HDF5 '{path}' (one group per trial, {names})"
 
     @staticmethod
-    def _labels(f: Any, groups: list[str], key: str | None) -> np.ndarray | None:
+    def _labels(f: Any, groups: list[str], key: str | None, lengths: np.ndarray) -> np.ndarray | None:
+        """``[n]`` scalars, or an object array of per-step label arrays ``[T_i, ...]``."""
         keys = [key] if key else list(LABEL_KEYS)
         out = []
         for g in groups:
@@ -82,8 +86,20 @@ class TrialReader(ArrayReader):
             k = next((k for k in keys if k in grp or k in grp.attrs), None)
             if k is None:
                 return None
-            out.append(np.asarray(grp[k][()] if k in grp else grp.attrs[k]).reshape(()))
-        return np.stack(out)
+            out.append(np.asarray(grp[k][()] if k in grp else grp.attrs[k]))
+        if all(a.size == 1 for a in out):
+            return np.stack([a.reshape(()) for a in out])
+        steps = [a.ndim >= 1 and a.shape[0] == n for a, n in zip(out, lengths, strict=True)]
+        if not all(steps):
+            bad = groups[steps.index(False)]
+            raise DataError(
+                f"trial '{bad}' has labels of shape {out[steps.index(False)].shape}, neither one label per "
+                f"trial nor one per time step ({int(lengths[steps.index(False)])} steps).",
+                "store one scalar label per trial, or a label array as long as the trial.",
+            )
+        arr = np.empty(len(out), dtype=object)
+        arr[:] = out
+        return arr
 
     def read(self, indices: np.ndarray) -> Chunk:
         samples = [{k: np.asarray(self.handle[self.groups[i]][k][()]) for k in self.names} for i in indices]
@@ -105,4 +121,13 @@ class TrialReader(ArrayReader):
                 mask[row, : int(self.lengths[i])] = 1.0
             fields[self.mask_input] = mask
         labels = None if self.labels is None else self.labels[indices]
+        if labels is not None and self.per_step:  # [N, T_max, ...], padded like the inputs
+            parts = list(labels)
+            fill = np.nan if parts[0].dtype.kind == "f" else -1
+            labels = np.stack(
+                [
+                    np.pad(p, [(0, longest - p.shape[0])] + [(0, 0)] * (p.ndim - 1), constant_values=fill)
+                    for p in parts
+                ]
+            )
         return Chunk(fields, labels)

@@ -364,7 +364,9 @@ def prepare_job(
         leak = f"one dataset split in two (seed 0, 20 % evaluation): {leak}"
     out_name = core.output_name(float_model, None)
     lay = core.ev_layout(task, layout)
-    ref = core.join(core.run_outputs(float_model, ev.batches, out_name, rt, "the float model"), task, lay)
+    ref = core.join(
+        core.run_outputs(float_model, ev.batches, out_name, rt, "the float model"), task, lay, ev.steps
+    )
     fixed = specs[0].shape[0] if specs and specs[0].shape else None
     batch_size = fixed if isinstance(fixed, int) else batch_size  # a fixed batch dim decides
     job = MethodJob(
@@ -372,7 +374,7 @@ def prepare_job(
         out_name=out_name, task=task, layout=lay, blank=blank, device=device, gpu_number=gpu_number,
         data_options=opts, allow_synthetic=allow_synthetic, target=target, latency_runs=latency_runs,
         warmup=warmup, threads=threads, batch_size=batch_size, measure_memory=measure_memory,
-        energy_profile=dict(energy_profile) if energy_profile is not None else None,
+        energy_profile=dict(energy_profile) if energy_profile is not None else None, steps=ev.steps,
     )  # fmt: skip
     return Prepared(job, ev, rt, profile, leak, float_model)
 

@@ -3,6 +3,12 @@
 Both models see exactly the same feeds, batch by batch; their chosen output (default: the first
 graph output) is concatenated along the batch axis and handed to ``edgequant.evaluate.tasks``.
 Evaluation data is held in memory (it is the eval set, usually small); ``max_samples`` caps it.
+
+Variable-length trials (HDF5 one group per trial, ``edgequant.data.trials``) with per-time-step
+outputs ``[N, T, C]`` are scored per time step: each batch's output keeps only its real steps
+(``EvalData.steps``: the padding mask of ``hdf5_mask_input``, else every step), and the steps of all
+trials are stacked into ``[F, C]`` rows, F the number of real steps.  Per-step labels are flattened the
+same way, so top-1 is frame-level accuracy and SQNR/agreement cover every real step, padding never.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ class EvalData:
     labels: Any | None
     samples: int
     description: str = ""
+    steps: list[np.ndarray] | None = None  # per batch [B, T] bool: the real time steps (per-step scoring)
 
 
 @dataclass
@@ -126,6 +133,7 @@ def load_eval_data(
     fixed = specs[0].shape[0] if specs and specs[0].shape else None
     batch = fixed if isinstance(fixed, int) else batch_size
     found_labels: Any | None = None
+    steps: list[np.ndarray] | None = None
     if isinstance(data, str | Path):
         from edgequant import data as data_mod  # the data layer owns file formats
 
@@ -138,7 +146,14 @@ def load_eval_data(
         for b, lab in source.iter_labeled():  # one pass: inputs and their labels together
             batches.append(dict(b))
             label_parts.append(lab)
-        if label_parts and all(p is not None for p in label_parts):
+        mask_input = (options or {}).get("hdf5_mask_input")
+        per_step = getattr(getattr(source, "reader", None), "per_step", False)
+        if per_step or mask_input:
+            steps = [_real_steps(b, mask_input) for b in batches]
+        pairs = list(zip(label_parts, steps or [], strict=False))
+        if per_step and all(p is not None and p.shape[:2] == v.shape for p, v in pairs):
+            found_labels = np.concatenate([p[v] for p, v in pairs if p is not None])  # one per real step
+        elif label_parts and all(p is not None for p in label_parts):
             found_labels = np.concatenate([p for p in label_parts if p is not None])
         description = str(data)
         if split == "eval" and not (options or {}).get("metadata_csv"):
@@ -198,6 +213,15 @@ def load_eval_data(
             f"evaluate a multiple of {fixed} samples (--max-samples), or export the model with a dynamic batch.",
         )
     chosen = labels if labels is not None else found_labels
+    if steps is not None:
+        frames = int(sum(v.sum() for v in steps))
+        description += f" (scored per time step: {frames} real steps of {samples} trials, padding masked)"
+        if chosen is not None and len(chosen) != frames:
+            raise DataError(
+                f"there are {len(chosen)} labels for {frames} real time steps ({description}).",
+                "give one label per time step of every trial.",
+            )
+        return EvalData(batches, chosen, samples, description, steps)
     if chosen is not None and len(chosen) > samples and max_samples is not None:
         chosen = chosen[:samples]
     if chosen is not None and len(chosen) != samples:
@@ -206,6 +230,20 @@ def load_eval_data(
             "give exactly one label per sample.",
         )
     return EvalData(batches, chosen, samples, description)
+
+
+def _real_steps(batch: Batch, mask_input: str | None) -> np.ndarray:
+    """``[B, T]`` bool: the padding mask the batch feeds to ``mask_input``, else every step of the
+    first input's axis 1 (trials of one length, or run one by one)."""
+    if mask_input and mask_input in batch:
+        return np.asarray(batch[mask_input]) > 0.5
+    first = np.asarray(next(iter(batch.values())))
+    if first.ndim < 2:
+        raise DataError(
+            f"per-step labels need inputs with a time axis [N, T, ...]; the input has shape {first.shape}.",
+            "store one label per trial, or feed [N, T, C] inputs.",
+        )
+    return np.ones(first.shape[:2], bool)
 
 
 def source_split(options: Mapping[str, Any] | None) -> str:
@@ -257,9 +295,23 @@ def run_outputs(
         session.close()
 
 
-def join(parts: list[np.ndarray], task: str, layout: str) -> np.ndarray:
+def join(
+    parts: list[np.ndarray], task: str, layout: str, steps: list[np.ndarray] | None = None
+) -> np.ndarray:
+    """The per-batch outputs as one array, batch first.  Per-step outputs ``[B, T, C]`` of trials
+    (``steps`` given, or lengths that vary across batches) become ``[F, C]``: the real steps only."""
     if task == "sequence":
+        if steps is not None:
+            raise DataError(
+                "per-step scoring of variable-length trials is for per-step class or value outputs; CTC "
+                "decoding (--task sequence) of padded trials is not supported.",
+                "use --task classification (frame-level top-1) or regression, or trials of one length.",
+            )
         parts = [tasks.to_ntc(p, layout) for p in parts]
+    elif steps is None and len({p.shape[1:] for p in parts}) > 1 and all(p.ndim == 3 for p in parts):
+        steps = [np.ones(p.shape[:2], bool) for p in parts]  # trials run one by one: every step is real
+    if steps is not None:
+        return _real_rows(parts, steps)
     if len({p.shape[1:] for p in parts}) > 1:
         shapes = sorted({str(list(p.shape)) for p in parts})
         raise DataError(
@@ -269,6 +321,20 @@ def join(parts: list[np.ndarray], task: str, layout: str) -> np.ndarray:
             "model whose output keeps the batch first.",
         )
     return np.concatenate(parts, axis=0)
+
+
+def _real_rows(parts: list[np.ndarray], steps: list[np.ndarray]) -> np.ndarray:
+    rows = []
+    for p, real in zip(parts, steps, strict=True):
+        if p.ndim < 3 or p.shape[:2] != real.shape:
+            raise DataError(
+                f"per-step scoring needs the output as [batch, time, ...] with one step per input step; the "
+                f"output has shape {list(p.shape)}, the data {list(real.shape)} (batch, time).",
+                "evaluate a model whose output keeps the batch and time axes of its input, or store one "
+                "label per trial.",
+            )
+        rows.append(p[real])
+    return np.concatenate(rows, axis=0)
 
 
 def evaluate(
@@ -297,8 +363,9 @@ def evaluate(
     ev = load_eval_data(
         data, fm, labels=labels, batch_size=batch_size, max_samples=max_samples, options=options
     )
-    ref = join(run_outputs(fm, ev.batches, name, rt, "the float model"), task, ev_layout(task, layout))
-    out = join(run_outputs(qm, ev.batches, name, rt, "the quantized model"), task, ev_layout(task, layout))
+    lay = ev_layout(task, layout)
+    ref = join(run_outputs(fm, ev.batches, name, rt, "the float model"), task, lay, ev.steps)
+    out = join(run_outputs(qm, ev.batches, name, rt, "the quantized model"), task, lay, ev.steps)
     return score_outputs(task, ref, out, ev.labels, name, metric=metric, blank=blank)
 
 

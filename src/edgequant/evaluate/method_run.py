@@ -114,6 +114,7 @@ class MethodJob:
     measure_memory: bool = True
     energy_profile: dict[str, Any] | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    steps: list[np.ndarray] | None = None  # per-step scoring of trials (``core.EvalData.steps``)
 
 
 _KINDS = (
@@ -187,7 +188,7 @@ def run_method(
             job.ref
             if name == "float"
             else core.join(
-                core.run_outputs(qmodel, job.batches, job.out_name, rt, name), job.task, job.layout
+                core.run_outputs(qmodel, job.batches, job.out_name, rt, name), job.task, job.layout, job.steps
             )
         )
         e = core.score_outputs(job.task, job.ref, got, job.labels, job.out_name, blank=job.blank)

@@ -113,7 +113,9 @@ def target_row(
             result.latency = latency(paths.model)
             size = perf.model_size(paths.model)
             result.file_bytes, result.packed_bytes = size.file_bytes, size.packed_bytes
-        e = core.score_outputs(task, ref, core.join(got, task, layout), ev.labels, out_name, blank=blank)
+        e = core.score_outputs(
+            task, ref, core.join(got, task, layout, ev.steps), ev.labels, out_name, blank=blank
+        )
         result.evaluation, result.score, result.drop = e.to_dict(), e.quant_score, e.drop
         result.drop_unit = e.drop_unit
         return None if target in toolchains.TARGETS else q
