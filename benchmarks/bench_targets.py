@@ -65,7 +65,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def bench_model(name: str) -> dict[str, Any]:
+def bench_model(name: str, variants: list[str] | None = None) -> dict[str, Any]:
     if name == "resnet18":
         from models.resnet import make
 
@@ -84,7 +84,9 @@ def bench_model(name: str) -> dict[str, Any]:
     ]
     with tempfile.TemporaryDirectory(prefix="eq_targets_") as tmp:
         for variant, settings in VARIANTS.items():
-            row: dict[str, Any] = {"variant": variant, "settings": settings}
+            if variants is not None and variant not in variants:
+                continue
+            row: dict[str, Any] = {"variant": variant, "settings": settings, "host": host()}
             try:
                 r = edgequant.quantize(
                     bm.path, calib, batch_size=bm.calib_batch, calib_samples=CALIB, **settings
@@ -101,8 +103,27 @@ def bench_model(name: str) -> dict[str, Any]:
             except edgequant.EdgeQuantError as exc:
                 row["error"] = str(exc)
             rows.append(row)
-        ort_rows = ort_checked(bm, calib, Path(tmp))
+        ort_rows = ort_checked(bm, calib, Path(tmp)) if variants is None else {}
     return {"model": name, "title": bm.title, "source": bm.source, "rows": rows, "ort": ort_rows}
+
+
+def host() -> str:
+    """The CPU the row was measured on: its model name and whether it has AVX-512 VNNI (ORT's int8 kernels
+    differ with it, and ``reduce_range`` follows it)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
+    return f"{name}, {'VNNI' if 'avx512_vnni' in info or 'avx_vnni' in info else 'no VNNI'}"
+
+
+def merge(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The results file's models with the rows just measured in place of theirs (ORT checks kept)."""
+    old: list[dict[str, Any]] = json.loads((RESULTS / "bench_targets.json").read_text())
+    for res in results:
+        base = next(o for o in old if o["model"] == res["model"])
+        for row in res["rows"]:
+            i = next(k for k, r in enumerate(base["rows"]) if r["variant"] == row["variant"])
+            base["rows"][i] = row
+    return old
 
 
 def ort_checked(bm: BenchModel, calib: dict[str, np.ndarray], tmp: Path) -> dict[str, Any]:
@@ -177,17 +198,39 @@ def markdown(results: list[dict[str, Any]]) -> str:
     lines.append("")
     for res in results:
         lines.append(f"- {res['model']}: {res['title']} ({res['source']})")
+    later = [
+        f"{res['model']} {r['variant']} ({r['host']})" for res in results for r in res["rows"] if "host" in r
+    ]
+    if later and len(later) < sum(len(res["rows"]) for res in results):
+        lines.append(
+            "- re-measured later with `--merge`, on the host named: " + "; ".join(later) + ". The other rows "
+            "were measured together on an earlier host (AMD EPYC, AVX2 without VNNI)."
+        )
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="shapes,ocr_cls,ocr_rec,resnet18")
+    ap.add_argument("--variants", help=f"comma-separated subset of: {', '.join(VARIANTS)}")
+    ap.add_argument(
+        "--merge", action="store_true",
+        help="re-measure --variants of --models and put them into the results files in place of their old rows",
+    )  # fmt: skip
     args = ap.parse_args()
-    results = [bench_model(m) for m in args.models.split(",")]
+    variants = args.variants.split(",") if args.variants else None
+    if variants and set(variants) - set(VARIANTS):
+        ap.error(
+            f"unknown variant(s) {sorted(set(variants) - set(VARIANTS))}; choose from {', '.join(VARIANTS)}"
+        )
+    if args.merge and not variants:
+        ap.error("--merge needs --variants (without it, run every model to rewrite the results)")
+    results = [bench_model(m, variants) for m in args.models.split(",")]
+    if args.merge:
+        results = merge(results)
     text = markdown(results)
     print(text)
-    if args.models == ap.get_default("models"):
+    if args.merge or (args.models == ap.get_default("models") and variants is None):
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "bench_targets.json").write_text(json.dumps(results, indent=1, default=str))
         (RESULTS / "bench_targets.md").write_text(text)
