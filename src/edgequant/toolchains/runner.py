@@ -7,7 +7,9 @@ The contract, shared by every script in ``edgequant/toolchains/drivers/``::
 ``request.json`` holds file paths and settings; the driver writes ``result.json`` as
 ``{"driver_version": N, "ok": true, ...}`` or ``{"ok": false, "error": "<one line>", "stage": "..."}``
 and exits 0 either way (a non-zero exit without a result is a crash of the toolchain itself).
-Arrays travel as ``.npz`` files named in the request and the result.
+Arrays travel as ``.npz`` files named in the request and the result.  The scripts share that protocol
+(reading the request, the one-line error, writing the result) and their timing loop through
+``drivers/_driver.py``, which imports the standard library only (never ``edgequant``).
 """
 
 from __future__ import annotations

@@ -13,79 +13,61 @@ The result lists the Akida layers with their weight bits, and the Keras layers t
 can tell a conversion that stopped early from a whole one.
 """
 
-import json
-import sys
 import time
-import traceback
+
+from _driver import predict_batches, serve
 
 DRIVER_VERSION = 1
 
 
-def main(req_path, res_path):
-    req = json.load(open(req_path))
-    result = {"driver_version": DRIVER_VERSION, "ok": False}
-    stage = "import"
-    try:
-        import akida
-        import cnn2snn
-        import numpy as np
-        import tf_keras
+def body(run):
+    req = run.req
+    import akida
+    import cnn2snn
+    import numpy as np
+    import tf_keras
 
-        result["versions"] = {
-            "akida": akida.__version__,
-            "cnn2snn": cnn2snn.__version__,
-            "tf_keras": tf_keras.__version__,
-        }
-        stage = "load"
-        model = tf_keras.models.load_model(req["model"], compile=False)
-        result["keras_layers"] = [layer.name for layer in model.layers]
-        result["keras_weighted"] = [  # the layers an Akida layer must carry (BatchNorm folds into its conv)
-            layer.name
-            for layer in model.layers
-            if layer.get_weights() and type(layer).__name__ != "BatchNormalization"
-        ]
-        with cnn2snn.set_akida_version(cnn2snn.AkidaVersion.v1):
-            stage = "quantize"
-            t0 = time.perf_counter()
-            qmodel = cnn2snn.quantize(
-                model,
-                weight_quantization=int(req["weight_bits"]),
-                activ_quantization=int(req["act_bits"]),
-                input_weight_quantization=8,
-            )
-            result["quantize_s"] = round(time.perf_counter() - t0, 3)
-            stage = "convert"
-            t0 = time.perf_counter()
-            amodel = cnn2snn.convert(qmodel)
-            result["convert_s"] = round(time.perf_counter() - t0, 3)
-        result["layers"] = [
-            [
-                layer.name,
-                str(layer.parameters.layer_type).split(".")[-1],
-                getattr(layer.parameters, "weights_bits", None),
-            ]
-            for layer in amodel.layers
-        ]
-        result["ip_version"] = str(amodel.ip_version)
-        result["output_shape"] = [int(d) for d in amodel.output_shape]
-        amodel.save(req["out"])
-        stage = "run"
-        data = np.load(req["inputs"])
-        outs = {}
-        for key in data.files:
-            outs[key.split("/")[0] + "/y"] = amodel.predict(data[key].astype(np.uint8)).astype(np.float32)
-        np.savez(req["outputs"], **outs)
-        result["ok"] = True
-    except Exception as exc:
-        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-        result.update(
-            stage=stage,
-            error=(lines[-1] if lines else type(exc).__name__)[:500],
-            error_type=type(exc).__name__,
+    run.result["versions"] = {
+        "akida": akida.__version__,
+        "cnn2snn": cnn2snn.__version__,
+        "tf_keras": tf_keras.__version__,
+    }
+    run.stage = "load"
+    model = tf_keras.models.load_model(req["model"], compile=False)
+    run.result["keras_layers"] = [layer.name for layer in model.layers]
+    run.result["keras_weighted"] = [  # the layers an Akida layer must carry (BatchNorm folds into its conv)
+        layer.name
+        for layer in model.layers
+        if layer.get_weights() and type(layer).__name__ != "BatchNormalization"
+    ]
+    with cnn2snn.set_akida_version(cnn2snn.AkidaVersion.v1):
+        run.stage = "quantize"
+        t0 = time.perf_counter()
+        qmodel = cnn2snn.quantize(
+            model,
+            weight_quantization=int(req["weight_bits"]),
+            activ_quantization=int(req["act_bits"]),
+            input_weight_quantization=8,
         )
-        sys.stderr.write(traceback.format_exc())
-    json.dump(result, open(res_path, "w"))
+        run.result["quantize_s"] = round(time.perf_counter() - t0, 3)
+        run.stage = "convert"
+        t0 = time.perf_counter()
+        amodel = cnn2snn.convert(qmodel)
+        run.result["convert_s"] = round(time.perf_counter() - t0, 3)
+    run.result["layers"] = [
+        [
+            layer.name,
+            str(layer.parameters.layer_type).split(".")[-1],
+            getattr(layer.parameters, "weights_bits", None),
+        ]
+        for layer in amodel.layers
+    ]
+    run.result["ip_version"] = str(amodel.ip_version)
+    run.result["output_shape"] = [int(d) for d in amodel.output_shape]
+    amodel.save(req["out"])
+    run.stage = "run"
+    predict_batches(amodel, req["inputs"], req["outputs"], np.uint8)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    serve(body, DRIVER_VERSION)

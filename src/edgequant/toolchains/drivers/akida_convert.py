@@ -11,71 +11,53 @@ backend (``akida.Model.predict``).  The result lists the Akida layers so that Ed
 conversion that stopped early (QuantizeML stops at the first layer it cannot map) from a whole one.
 """
 
-import json
-import sys
 import time
-import traceback
+
+from _driver import predict_batches, serve
 
 DRIVER_VERSION = 1
 
 
-def main(req_path, res_path):
-    req = json.load(open(req_path))
-    result = {"driver_version": DRIVER_VERSION, "ok": False}
-    stage = "import"
-    try:
-        import akida
-        import cnn2snn
-        import numpy as np
-        import onnx
-        import quantizeml
-        from quantizeml.models import QuantizationParams, quantize
+def body(run):
+    req = run.req
+    import akida
+    import cnn2snn
+    import numpy as np
+    import onnx
+    import quantizeml
+    from quantizeml.models import QuantizationParams, quantize
 
-        result["versions"] = {
-            "akida": akida.__version__,
-            "cnn2snn": cnn2snn.__version__,
-            "quantizeml": getattr(quantizeml, "__version__", "?"),
-        }
-        model = onnx.load(req["model"])
-        calib = np.load(req["calib"])["x"].astype(np.float32)
-        stage = "quantize"
-        t0 = time.perf_counter()
-        qparams = QuantizationParams(input_dtype=req.get("input_dtype", "uint8"))
-        qmodel = quantize(
-            model,
-            qparams=qparams,
-            samples=calib,
-            num_samples=int(req.get("num_samples") or len(calib)),
-            batch_size=min(16, len(calib)),
-        )
-        result["quantize_s"] = round(time.perf_counter() - t0, 3)
-        stage = "convert"
-        t0 = time.perf_counter()
-        amodel = cnn2snn.convert(qmodel)
-        result["convert_s"] = round(time.perf_counter() - t0, 3)
-        result["layers"] = [
-            [layer.name, str(layer.parameters.layer_type).split(".")[-1]] for layer in amodel.layers
-        ]
-        result["output_shape"] = [int(d) for d in amodel.output_shape]
-        amodel.save(req["out"])
-        stage = "run"
-        dtype = np.uint8 if req.get("input_dtype", "uint8") == "uint8" else np.int8
-        data = np.load(req["inputs"])
-        outs = {}
-        for key in data.files:
-            outs[key.split("/")[0] + "/y"] = amodel.predict(data[key].astype(dtype)).astype(np.float32)
-        np.savez(req["outputs"], **outs)
-        result["ok"] = True
-    except Exception as exc:
-        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-        result.update(
-            stage=stage,
-            error=(lines[-1] if lines else type(exc).__name__)[:500],
-            error_type=type(exc).__name__,
-        )
-        sys.stderr.write(traceback.format_exc())
-    json.dump(result, open(res_path, "w"))
+    run.result["versions"] = {
+        "akida": akida.__version__,
+        "cnn2snn": cnn2snn.__version__,
+        "quantizeml": getattr(quantizeml, "__version__", "?"),
+    }
+    model = onnx.load(req["model"])
+    calib = np.load(req["calib"])["x"].astype(np.float32)
+    run.stage = "quantize"
+    t0 = time.perf_counter()
+    qparams = QuantizationParams(input_dtype=req.get("input_dtype", "uint8"))
+    qmodel = quantize(
+        model,
+        qparams=qparams,
+        samples=calib,
+        num_samples=int(req.get("num_samples") or len(calib)),
+        batch_size=min(16, len(calib)),
+    )
+    run.result["quantize_s"] = round(time.perf_counter() - t0, 3)
+    run.stage = "convert"
+    t0 = time.perf_counter()
+    amodel = cnn2snn.convert(qmodel)
+    run.result["convert_s"] = round(time.perf_counter() - t0, 3)
+    run.result["layers"] = [
+        [layer.name, str(layer.parameters.layer_type).split(".")[-1]] for layer in amodel.layers
+    ]
+    run.result["output_shape"] = [int(d) for d in amodel.output_shape]
+    amodel.save(req["out"])
+    run.stage = "run"
+    dtype = np.uint8 if req.get("input_dtype", "uint8") == "uint8" else np.int8
+    predict_batches(amodel, req["inputs"], req["outputs"], dtype)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    serve(body, DRIVER_VERSION)

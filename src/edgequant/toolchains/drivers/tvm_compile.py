@@ -11,104 +11,79 @@ loaded back and run in ``relax.VirtualMachine`` for every input batch.  Q/DQ nod
 arithmetic in TVM 0.27: the outputs carry int8 rounding, not int8 speed.
 """
 
-import json
 import os
-import sys
 import time
-import traceback
+
+from _driver import latency, serve
 
 DRIVER_VERSION = 1
 
 
-def main(req_path, res_path):
-    req = json.load(open(req_path))
+def body(run):
+    req, result = run.req, run.result
     os.environ["TVM_NUM_THREADS"] = str(int(req.get("threads") or 1))
-    stage = "import"
-    result = {"driver_version": DRIVER_VERSION, "ok": False}
-    try:
-        import numpy as np
-        import onnx
-        import tvm
-        from tvm import relax
-        from tvm.relax.frontend.onnx import from_onnx
-        from tvm.target import codegen
+    import numpy as np
+    import onnx
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+    from tvm.target import codegen
 
-        result["tvm_version"] = tvm.__version__
-        model = onnx.load(req["model"])
-        names = [o.name for o in model.graph.output]
-        tuned = int(req.get("tune_trials") or 0) > 0
+    result["tvm_version"] = tvm.__version__
+    model = onnx.load(req["model"])
+    names = [o.name for o in model.graph.output]
+    tuned = int(req.get("tune_trials") or 0) > 0
+    t0 = time.perf_counter()
+    mod = from_onnx(model, shape_dict=req.get("shapes") if tuned else None, keep_params_in_input=False)
+    result["import_s"] = round(time.perf_counter() - t0, 3)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    target = req.get("target") or {
+        "kind": "llvm",
+        "mcpu": codegen.llvm_get_system_cpu(),
+        "num-cores": int(cores or 1),
+    }  # MetaSchedule needs num-cores
+    result["target"] = target
+    tgt = tvm.target.Target(target)
+    if tuned:
+        run.stage = "tune"
         t0 = time.perf_counter()
-        mod = from_onnx(model, shape_dict=req.get("shapes") if tuned else None, keep_params_in_input=False)
-        result["import_s"] = round(time.perf_counter() - t0, 3)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        target = req.get("target") or {
-            "kind": "llvm",
-            "mcpu": codegen.llvm_get_system_cpu(),
-            "num-cores": int(cores or 1),
-        }  # MetaSchedule needs num-cores
-        result["target"] = target
-        tgt = tvm.target.Target(target)
-        if tuned:
-            stage = "tune"
-            t0 = time.perf_counter()
-            mod = relax.get_pipeline(
-                "static_shape_tuning",
-                total_trials=int(req["tune_trials"]),
-                target=tgt,
-                work_dir=req["tune_dir"],
-                max_trials_per_task=max(8, int(req["tune_trials"]) // 8),
-            )(mod)
-            result["tune_s"] = round(time.perf_counter() - t0, 3)
-        stage = "compile"
-        t0 = time.perf_counter()
-        exe = tvm.compile(mod, target=tgt)
-        exe.export_library(req["out"])
-        result["compile_s"] = round(time.perf_counter() - t0, 3)
-        stage = "run"
-        vm = relax.VirtualMachine(tvm.runtime.load_module(req["out"]), tvm.cpu())
-        data = np.load(req["inputs"])
-        batches = sorted({k.split("/", 1)[0] for k in data.files}, key=int)
-        inputs = [
-            i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}
-        ]
-        outs = {}
-        first = None
-        for b in batches:
-            args = [tvm.runtime.tensor(data[f"{b}/{n}"]) for n in inputs]
-            first = first or args
-            got = vm["main"](*args)
-            got = list(got) if not hasattr(got, "numpy") else [got]
-            for name, value in zip(names, got, strict=True):
-                outs[f"{b}/{name}"] = value.numpy()
-        np.savez(req["outputs"], **outs)
-        runs = int(req.get("latency_runs") or 0)
-        if runs and first is not None:
-            stage = "latency"
-            for _ in range(3):
-                vm["main"](*first)
-            times = []
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                vm["main"](*first)
-                times.append((time.perf_counter() - t0) * 1e3)
-            times.sort()
-            result["latency_ms"] = {
-                "median": times[len(times) // 2],
-                "p90": times[int(len(times) * 0.9)],
-                "runs": runs,
-                "threads": int(os.environ["TVM_NUM_THREADS"]),
-            }
-        result["ok"] = True
-    except Exception as exc:  # one line for EdgeQuant; the traceback for the log file
-        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-        result.update(
-            stage=stage,
-            error=(lines[-1] if lines else type(exc).__name__)[:500],
-            error_type=type(exc).__name__,
-        )
-        sys.stderr.write(traceback.format_exc())
-    json.dump(result, open(res_path, "w"))
+        mod = relax.get_pipeline(
+            "static_shape_tuning",
+            total_trials=int(req["tune_trials"]),
+            target=tgt,
+            work_dir=req["tune_dir"],
+            max_trials_per_task=max(8, int(req["tune_trials"]) // 8),
+        )(mod)
+        result["tune_s"] = round(time.perf_counter() - t0, 3)
+    run.stage = "compile"
+    t0 = time.perf_counter()
+    exe = tvm.compile(mod, target=tgt)
+    exe.export_library(req["out"])
+    result["compile_s"] = round(time.perf_counter() - t0, 3)
+    run.stage = "run"
+    vm = relax.VirtualMachine(tvm.runtime.load_module(req["out"]), tvm.cpu())
+    data = np.load(req["inputs"])
+    batches = sorted({k.split("/", 1)[0] for k in data.files}, key=int)
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in inits]
+    outs = {}
+    first = None
+    for b in batches:
+        args = [tvm.runtime.tensor(data[f"{b}/{n}"]) for n in inputs]
+        first = first or args
+        got = vm["main"](*args)
+        got = list(got) if not hasattr(got, "numpy") else [got]
+        for name, value in zip(names, got, strict=True):
+            outs[f"{b}/{name}"] = value.numpy()
+    np.savez(req["outputs"], **outs)
+    runs = int(req.get("latency_runs") or 0)
+    if runs and first is not None:
+        run.stage = "latency"
+        result["latency_ms"] = {
+            **latency(lambda: vm["main"](*first), runs),
+            "threads": int(os.environ["TVM_NUM_THREADS"]),
+        }
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    serve(body, DRIVER_VERSION)
