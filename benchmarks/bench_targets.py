@@ -40,14 +40,14 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from models import load
 from models.common import BenchModel
 from models.harness import runner
+from models.targets_bench import RESULTS, metric_text, source_lines, write
+from models.targets_bench import bench_model as load_model
 
 import edgequant
 from edgequant.targets.check import check_model
 
-RESULTS = Path(__file__).resolve().parent / "results"
 CALIB = 64
 TARGETS = ("cpu", "ti-npu", "vitis-dpu", "cmsis-nn", "akida")
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -66,12 +66,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def bench_model(name: str, variants: list[str] | None = None) -> dict[str, Any]:
-    if name == "resnet18":
-        from models.resnet import make
-
-        bm: BenchModel = make("resnet18", size=128)
-    else:
-        bm = load(name)
+    bm = load_model(name)
     calib = bm.make_calib(CALIB, 0)
     ref = bm.predict(runner(bm.path))
     rows: list[dict[str, Any]] = [
@@ -150,14 +145,6 @@ def ort_checked(bm: BenchModel, calib: dict[str, np.ndarray], tmp: Path) -> dict
     return checks
 
 
-def metric_text(m: dict[str, float]) -> str:
-    return ", ".join(
-        f"{k} {100 * v:.1f} %" if k != "cer" else f"{k} {100 * v:.2f} %"
-        for k, v in m.items()
-        if "float" not in k
-    )
-
-
 def markdown(results: list[dict[str, Any]]) -> str:
     lines = [
         "# Hardware targets: accuracy, size and accelerator share",
@@ -195,9 +182,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
             f"{100 * c['mac_share']:.1f} % on target, {c['findings']} findings" for c in res["ort"].values()
         ]
         lines.append(f"| {res['model']} | " + " | ".join(cells) + " |")
-    lines.append("")
-    for res in results:
-        lines.append(f"- {res['model']}: {res['title']} ({res['source']})")
+    lines += ["", *source_lines(results)]
     later = [
         f"{res['model']} {r['variant']} ({r['host']})" for res in results for r in res["rows"] if "host" in r
     ]
@@ -231,9 +216,7 @@ def main() -> None:
     text = markdown(results)
     print(text)
     if args.merge or (args.models == ap.get_default("models") and variants is None):
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "bench_targets.json").write_text(json.dumps(results, indent=1, default=str))
-        (RESULTS / "bench_targets.md").write_text(text)
+        write("bench_targets", results, text)
 
 
 if __name__ == "__main__":

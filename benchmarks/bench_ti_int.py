@@ -14,7 +14,6 @@ host) is listed as refused, with the reason.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -22,23 +21,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from models import load
-from models.common import BenchModel
 from models.harness import runner
+from models.targets_bench import bench_model as load_model
+from models.targets_bench import metric_text, source_lines, write
 
 import edgequant
 
-RESULTS = Path(__file__).resolve().parent / "results"
 CALIB = 64
 
 
 def bench_model(name: str) -> dict[str, Any]:
-    if name == "resnet18":
-        from models.resnet import make
-
-        bm: BenchModel = make("resnet18", size=128)
-    else:
-        bm = load(name)
+    bm = load_model(name)
     calib = bm.make_calib(CALIB, 0)
     ref = bm.predict(runner(bm.path))
     rows: list[dict[str, Any]] = [{"variant": "float", "metrics": bm.metrics(ref, ref), "sqnr_db": None}]
@@ -82,15 +75,13 @@ def markdown(results: list[dict[str, Any]]) -> str:
             if "error" in r:
                 lines.append(f"| {res['model']} | {r['variant']} | refused: {r['error'][:160]} | | | | |")
                 continue
-            metric = ", ".join(f"{k} {100 * v:.1f} %" for k, v in r["metrics"].items() if "float" not in k)
+            metric = metric_text(r["metrics"])
             lsb = "-" if r.get("per_layer_max_lsb") is None else f"{r['per_layer_max_lsb']:.0f}"
             top1 = "-" if r.get("top1_vs_qdq") is None else f"{100 * r['top1_vs_qdq']:.1f} %"
             sq = "-" if r["sqnr_db"] is None else r["sqnr_db"]
             kib = f"{r['kib']:.0f}" if "kib" in r else "-"
             lines.append(f"| {res['model']} | {r['variant']} | {metric} | {sq} | {kib} | {lsb} | {top1} |")
-    lines.append("")
-    for res in results:
-        lines.append(f"- {res['model']}: {res['title']} ({res['source']})")
+    lines += ["", *source_lines(results)]
     return "\n".join(lines) + "\n"
 
 
@@ -102,9 +93,7 @@ def main() -> None:
     text = markdown(results)
     print(text)
     if args.models == ap.get_default("models"):
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "bench_ti_int.json").write_text(json.dumps(results, indent=1, default=str))
-        (RESULTS / "bench_ti_int.md").write_text(text)
+        write("bench_ti_int", results, text)
 
 
 if __name__ == "__main__":
