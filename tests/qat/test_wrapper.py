@@ -180,7 +180,7 @@ def test_pth_round_trip(trained, tmp_path) -> None:
         assert torch.equal(back(xt), conv(xt))
     # weights_only loading: the file is plain tensors and numbers
     raw = torch.load(str(path), weights_only=True)
-    assert raw["format"] == "edgequant.torch/1"
+    assert raw["format"] == "edgequant.torch/2"
     assert any(v["q"].dtype == torch.int8 for v in raw["layers"].values())
 
 

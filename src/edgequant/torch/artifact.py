@@ -9,7 +9,8 @@ arithmetic; ORT's integer kernels round their requantization on their own, which
 at 1 LSB.
 
 The ``.pth`` file is a plain dict of tensors, numbers and strings, so ``torch.load(weights_only=True)``
-reads it: ``{"format": "edgequant.torch/1", "layers": {target: {...}}, "acts": {fx node: {...}}}``.
+reads it: ``{"format": "edgequant.torch/2", "layers": {target: {...}}, "acts": {fx node: {...}}}``; a GRU/LSTM/RNN
+layer's entry (``kind`` gru|lstm|rnn) holds its W/R codes and float biases (``torch.recurrent.IntRecurrent``).
 ``load(path, factory)`` traces ``factory()`` the same way (fx + BN fusion), which gives the same
 targets and node names, and puts the integer layers and quantizers in.
 """
@@ -32,8 +33,19 @@ from edgequant.plan import QuantPlan
 from edgequant.schemes.qparams import quantize
 from edgequant.torch.graph import Binding, fuse_layers, set_module, trace
 from edgequant.torch.layers import QuantLayer
+from edgequant.torch.recurrent import (
+    RNN_TYPES,
+    IntRecurrent,
+    QuantRecurrent,
+    codes_in_torch_order,
+    int_info,
+    kind_of,
+)
 
-FORMAT = "edgequant.torch/1"
+FORMAT = (
+    "edgequant.torch/2"  # /2: GRU/LSTM/RNN entries (kind gru|lstm|rnn); /1 files (Conv/Linear) still load
+)
+READS = ("edgequant.torch/1", FORMAT)
 
 
 class FixedQuant(nn.Module):
@@ -112,13 +124,13 @@ def int_parts(
     gm: fx.GraphModule, binding: Binding, float_model: onnx.ModelProto, plan: QuantPlan
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """The integer layers and frozen activation quantizers of an exported plan (scales filled in)."""
-    unbound = [e.name for e in plan.tensors.values() if e.role == "weight" and e.name not in binding.weights]
+    bound = set(binding.weights) | set(binding.recurrent)
+    unbound = [e.name for e in plan.tensors.values() if e.role == "weight" and e.name not in bound]
     if unbound:
         raise UnsupportedError(
-            f"the plan quantizes weight(s) {', '.join(unbound[:3])} that no nn.Conv1d/Conv2d/Linear holds "
-            "(e.g. an LSTM/GRU's): the integer PyTorch module holds Conv/Linear weights only, so it would "
-            "run them in float.",
-            "use the exported ONNX model (export()), or --method dynamic|fp16 for a torch.ao LSTM/GRU model.",
+            f"the plan quantizes weight(s) {', '.join(unbound[:3])} that no nn.Conv1d/Conv2d/Linear/GRU/LSTM/RNN "
+            "holds: the integer PyTorch module would run them in float.",
+            "use the exported ONNX model (export()).",
         )
     inits = {t.name: t for t in float_model.graph.initializer}
     layers: dict[str, dict[str, Any]] = {}
@@ -147,6 +159,7 @@ def int_parts(
             "bits": entry.spec.bits,
         }
         layers[target] = info
+    _recurrent_parts(layers, modules, binding, inits, plan)
     for bname, target in binding.biases.items():
         if target not in layers:
             continue
@@ -175,12 +188,53 @@ def int_parts(
     return layers, acts
 
 
+def _recurrent_parts(
+    layers: dict[str, dict[str, Any]],
+    modules: dict[str, nn.Module],
+    binding: Binding,
+    inits: dict[str, onnx.TensorProto],
+    plan: QuantPlan,
+) -> None:
+    """``layers[target]`` for each bound GRU/LSTM/RNN: its W/R codes in torch row order (``recurrent``)."""
+    for wname, (target, key) in binding.recurrent.items():
+        m = modules[target]
+        rnn = m.rnn if isinstance(m, QuantRecurrent) else m
+        entry = plan.tensors[wname]
+        if entry.scale is None or entry.zero_point is None:
+            raise ModelError(f"weight '{wname}' has no scale in the plan.", "export the plan first.")
+        w = numpy_helper.to_array(inits[wname]).astype(np.float32)
+        scale = np.asarray(entry.scale, np.float32)
+        zero = np.asarray(entry.zero_point, np.int64)
+        if entry.spec.axis is None:
+            scale, zero = scale.reshape(()), zero.reshape(())
+        q, s, z = codes_in_torch_order(rnn, quantize(w, scale, zero, entry.spec), scale, zero)
+        info = layers.setdefault(target, int_info(rnn))
+        info["weights"][key] = {
+            "q": torch.from_numpy(np.ascontiguousarray(q)).to(
+                torch.int16 if entry.spec.bits == 16 else torch.int8
+            ),
+            "scale": torch.from_numpy(np.asarray(s, np.float32)),
+            "zero": torch.from_numpy(np.asarray(z, np.int64)),
+            "axis": entry.spec.axis,
+            "bits": entry.spec.bits,
+        }
+
+
 def build_int_module(
     gm: fx.GraphModule, layers: dict[str, dict[str, Any]], acts: dict[str, dict[str, Any]]
 ) -> fx.GraphModule:
     """Replace bound layers of a fused, quantizer-free ``gm`` by ``IntLayer``s; insert ``FixedQuant``s."""
     modules = dict(gm.named_modules())
     for target, info in layers.items():
+        if info["kind"] in ("gru", "lstm", "rnn"):
+            rnn = modules.get(target)
+            if not isinstance(rnn, RNN_TYPES) or kind_of(rnn).lower() != info["kind"]:
+                raise ModelError(
+                    f"the integer model has a {info['kind'].upper()} at '{target}', which the PyTorch model does not.",
+                    "load it with the factory of the architecture it was made from.",
+                )
+            set_module(gm, target, IntRecurrent(rnn, info))
+            continue
         if not isinstance(modules.get(target), QuantLayer):
             raise ModelError(
                 f"the integer model names layer '{target}', which the PyTorch model does not have.",
@@ -231,7 +285,7 @@ def load(path: str | Path, model_factory: Callable[[], nn.Module] | nn.Module) -
             f"'{p}' is not an EdgeQuant integer PyTorch file: {' '.join(str(exc).split())[:300]}",
             "pass the <name>_<tag>.pth that EdgeQuant wrote.",
         ) from exc
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+    if not isinstance(obj, dict) or obj.get("format") not in READS:
         raise ModelError(
             f"'{p}' is not an EdgeQuant integer PyTorch file (format "
             f"{obj.get('format') if isinstance(obj, dict) else None!r}, expected {FORMAT!r}).",

@@ -8,6 +8,9 @@ then *binds* every planned tensor to the place in the fx graph that computes it:
 * a weight (Conv/Gemm/MatMul input 1) to the ``QuantLayer`` whose folded weight has the same values,
   in the same layout or transposed (``nn.Linear`` exported as ``MatMul`` holds ``W^T``);
 * a bias (Conv/Gemm input 2) to the layer that owns that weight;
+* a GRU/LSTM/RNN ``W``/``R`` (inputs 1, 2) to the ``nn.GRU``/``nn.LSTM``/``nn.RNN`` layer whose stacked,
+  gate-reordered weights have the same values (``edgequant.torch.recurrent``); the stacked layers of a
+  ``num_layers > 1`` module are not bound: the sequence between them is an ONNX tensor with no fx node;
 * an activation to the fx node whose output has the same values on the example inputs: same shape
   and values first; otherwise the same multiset of values (a per-tensor quantizer commutes with the
   reshapes and transposes the exporter adds).  Of several such nodes the earliest is taken.
@@ -30,10 +33,11 @@ import torch
 from onnx import numpy_helper
 from torch import fx, nn
 
-from edgequant.errors import ExportError, ModelError
+from edgequant.errors import ExportError, ModelError, UnsupportedError
 from edgequant.plan import QuantPlan
 from edgequant.torch.fake_quant import ActQuantizer, WeightQuantizer
 from edgequant.torch.layers import BN_TYPES, LAYER_TYPES, QuantLayer
+from edgequant.torch.recurrent import ONNX_OP, RNN_TYPES, QuantRecurrent, match_weight
 
 WEIGHT_OPS = {"Conv": 1, "Gemm": 1, "MatMul": 1}
 
@@ -131,6 +135,8 @@ class Binding:
     biases: dict[str, str] = field(default_factory=dict)  # name -> layer target
     acts: dict[str, str] = field(default_factory=dict)  # name -> fx node name
     tied: dict[str, str] = field(default_factory=dict)  # Relu/Clip input -> its output (one quantizer)
+    # GRU/LSTM/RNN W or R -> (module target, quantizer key 'ih_l0' / 'hh_l0' ...): see torch.recurrent
+    recurrent: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 class _Recorder(fx.Interpreter):
@@ -193,8 +199,51 @@ def bind(
         out.weights[wname] = hit
         if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2]:
             out.biases[node.input[2]] = hit[0]
+    _bind_recurrent(out, gm, model, plan)
     _bind_acts(out, rec, model, plan, example_inputs)
     return out
+
+
+def _bind_recurrent(out: Binding, gm: fx.GraphModule, model: onnx.ModelProto, plan: QuantPlan) -> None:
+    """Each planned W/R of a GRU/LSTM/RNN node to the torch module and layer holding those values."""
+    rnns = {n: m for n, m in gm.named_modules() if isinstance(m, RNN_TYPES)}
+    stacked = [
+        f"{n} ({type(m).__name__}, num_layers={m.num_layers})" for n, m in rnns.items() if m.num_layers > 1
+    ]
+    if stacked:
+        raise UnsupportedError(
+            f"{', '.join(stacked)}: the sequence between stacked layers is quantized in the ONNX model but is "
+            "no tensor of the PyTorch graph, so its quantizer has no place.",
+            "build the stack from single-layer modules (num_layers=1 each, called in turn).",
+        )
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type not in ("GRU", "LSTM", "RNN"):
+            continue
+        for slot in (1, 2):
+            if (
+                slot >= len(node.input)
+                or node.input[slot] not in plan.tensors
+                or node.input[slot] not in inits
+            ):
+                continue
+            wname = node.input[slot]
+            w = numpy_helper.to_array(inits[wname])
+            hit = next(
+                (
+                    (target, key)
+                    for target, m in rnns.items()
+                    if ONNX_OP[type(m)] == node.op_type and (key := match_weight(m, slot, w, _close))
+                ),
+                None,
+            )
+            if hit is None:
+                raise ExportError(
+                    f"weight '{wname}' of {node.op_type} '{node.name}' matches no nn.{node.op_type} layer of the "
+                    "PyTorch model.",
+                    "exclude the node (recipe 'exclude') or report the model.",
+                )
+            out.recurrent[wname] = hit
 
 
 def _bind_acts(
@@ -265,6 +314,12 @@ def insert_quantizers(
         if axis is not None and transposed:
             axis = 1 - axis
         layer.wq = WeightQuantizer(spec, layer.folded_weight(), axis, learn["weight"])
+    for wname, (target, key) in binding.recurrent.items():
+        rnn = gm.get_submodule(target)
+        if not isinstance(rnn, QuantRecurrent):
+            rnn = QuantRecurrent(rnn)
+            set_module(gm, target, rnn)
+        rnn.add(key, plan.tensors[wname].spec, learn["weight"])
     nodes = {n.name: n for n in gm.graph.nodes}
     placed: dict[str, str] = {}  # fx node -> quantizer submodule
     result: dict[str, str] = {}

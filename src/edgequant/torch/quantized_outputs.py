@@ -116,17 +116,17 @@ def _dq_values(qdq: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 
 def _qdq_weights(float_model: onnx.ModelProto, qdq: onnx.ModelProto) -> onnx.ModelProto:
-    """A model holding only initializers: each Conv/Gemm/MatMul weight and bias as the QDQ model has it
-    (dequantized codes, or the float tensor it keeps), under the float model's tensor names."""
+    """A model holding only initializers: each Conv/Gemm/MatMul weight and bias (GRU/LSTM/RNN W and R) as
+    the QDQ model has it (dequantized codes, or the float tensor it keeps), under the float model's names."""
     dq = _dq_values(qdq)
     q_inits = {t.name: numpy_helper.to_array(t) for t in qdq.graph.initializer}
     q_nodes = {n.name: n for n in qdq.graph.node}
     tensors = []
     for node in float_model.graph.node:
-        if node.op_type not in ("Conv", "Gemm", "MatMul") or node.name not in q_nodes:
+        if node.op_type not in ("Conv", "Gemm", "MatMul", "GRU", "LSTM", "RNN") or node.name not in q_nodes:
             continue
         qn = q_nodes[node.name]
-        for slot in (1, 2):
+        for slot in (1, 2):  # weight and bias; a recurrent op's W and R
             if slot >= len(node.input) or not node.input[slot]:
                 continue
             src = qn.input[slot]

@@ -35,9 +35,19 @@ from edgequant.errors import RecipeError, UnsupportedError
 from edgequant.plan import QuantPlan
 from edgequant.recipe import Recipe
 from edgequant.torch import artifact
-from edgequant.torch.fake_quant import ActQuantizer
-from edgequant.torch.graph import Binding, as_tuple, bind, float_mode, fuse_layers, insert_quantizers, trace
+from edgequant.torch.fake_quant import ActQuantizer, WeightQuantizer
+from edgequant.torch.graph import (
+    Binding,
+    as_tuple,
+    bind,
+    float_mode,
+    fuse_layers,
+    insert_quantizers,
+    set_module,
+    trace,
+)
 from edgequant.torch.layers import QuantLayer
+from edgequant.torch.recurrent import QuantRecurrent, to_onnx_order
 
 
 def make_recipe(recipe: Recipe | dict[str, Any] | str | Path | None, **overrides: Any) -> Recipe:
@@ -134,9 +144,10 @@ class QATModule(nn.Module):
         float_model, plan, _notes, _check = plan_float(gm, self.examples, self.recipe, self.name)
         self.plan = plan
         self.binding: Binding = bind(gm, self.examples, float_model, plan)
-        # e.g. LSTM/GRU weights: planned (export quantizes them) but held by no Conv/Linear, so not simulated
+        # planned weights that neither a Conv/Linear nor a GRU/LSTM/RNN holds (none today: bind() raises)
+        bound = set(self.binding.weights) | set(self.binding.recurrent)
         self.unsimulated = [
-            e.name for e in plan.tensors.values() if e.role == "weight" and e.name not in self.binding.weights
+            e.name for e in plan.tensors.values() if e.role == "weight" and e.name not in bound
         ]
         if self.unsimulated:
             plan.notes.append(
@@ -187,7 +198,8 @@ class QATModule(nn.Module):
             "observers_frozen_after_epoch": self.observer_epochs,
             "bn_frozen": any(m.bn_frozen for m in layers if m.bn is not None),
             "observers_frozen": bool(acts) and not any(a.observing for a in acts),
-            "weight_quantizers": sum(m.wq is not None for m in layers),
+            "weight_quantizers": sum(m.wq is not None for m in layers)
+            + sum(len(m.wq) for m in self.model.modules() if isinstance(m, QuantRecurrent)),
             "activation_quantizers": len(acts),
             "learned_scales": any(m.wq is not None and m.wq.learn for m in layers),
             "weights_not_simulated": list(self.unsimulated),
@@ -222,6 +234,7 @@ class QATModule(nn.Module):
             biases=_biases(float_model, {rename[k]: v[0] for k, v in self.binding.weights.items()}),
             acts={rename[k]: v for k, v in self.binding.acts.items()},
             tied={rename[k]: rename[v] for k, v in self.binding.tied.items()},
+            recurrent={rename[k]: v for k, v in self.binding.recurrent.items()},
         )
         act_modules = {rename[k]: v for k, v in self.act_modules.items()}
         modules = dict(self.model.named_modules())
@@ -246,6 +259,12 @@ class QATModule(nn.Module):
             layer = modules[target]
             assert isinstance(layer, QuantLayer) and layer.wq is not None
             weight_params[wname] = layer.wq.qparams()
+        for wname, (target, key) in binding.recurrent.items():
+            rnn = modules[target]
+            assert isinstance(rnn, QuantRecurrent)
+            wq = rnn.wq[key]
+            assert isinstance(wq, WeightQuantizer)
+            weight_params[wname] = to_onnx_order(rnn.rnn, wq.qparams())
         quantized, plan = export_qdq(float_model, plan, weight_params=weight_params)
         return float_model, quantized, plan, binding, notes, check
 
@@ -299,6 +318,9 @@ def _stripped(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     for m in out.modules():
         if isinstance(m, QuantLayer):
             m.wq = None
+    for name, m in list(out.named_modules()):
+        if isinstance(m, QuantRecurrent):
+            set_module(out, name, m.rnn)
     out.delete_all_unused_submodules()
     out.recompile()
     return out
