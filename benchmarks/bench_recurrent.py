@@ -1,0 +1,382 @@
+"""Recurrent models: a real streaming VAD (LSTM with carried state) and a GRU sequence model, EdgeQuant
+side by side with ONNX Runtime's quantization tool.
+
+VAD: Silero VAD openvino_16k from silero-vad 6.2.3 (benchmarks/models/vad.py: espeak-ng speech between
+silence and noise, calibration = (frame, state) pairs the float model sees streaming seed-0 audio; the
+evaluation audio (seed 777) is streamed by every model with its own state).  Variants:
+    eq-static            edgequant default static recipe (int8, per-channel weights, minmax)
+    eq-static-before     the same with this issue's rules switched off (power spectrum quantized,
+                         calibrated instead of fixed tanh/sigmoid ranges, zero states not carried)
+    eq-static-zerostate  default recipe, calibration data with every state zeroed (carried by EdgeQuant)
+    eq-static-pt         per-tensor weights
+    eq-w8                weight-only int8
+    eq-dynamic           dynamic int8
+    ort-static-*         quantize_static(QDQ, QUInt8/QInt8, per-channel): MinMax, Percentile 99.99, and
+                         MinMax after quant_pre_process; "best" = highest frame agreement of the three
+Per-tensor analysis (the "before" plan): frame agreement with int8 weights and ONE activation tensor
+quantized, each in turn: where the loss is.
+GRU: torch.nn.GRU(64, 128, batch_first) + Linear(128, 16) per step, seed 0, exported at T=100, batch 1;
+inputs are smooth random sequences (AR(1)), 48 for calibration, 16 for evaluation.  Variants: float,
+eq-static, eq-static + --hoist-gru, eq-dynamic, eq-dynamic + --hoist-gru, eq-w8, ort-static (MinMax,
+per-channel), ort-dynamic.  Metric: output SQNR vs float.
+Latency: ORT CPU, spinning off, ORT_ENABLE_ALL, every session warmed up, then one run per session in
+turn (interleaved) ``--runs`` times, median ms, at 1 and 2 intra-op threads.  The machine is a shared,
+noisy 2-core box: compare ratios within one run, not across runs.
+
+    nice -n 10 .venv/bin/python benchmarks/bench_recurrent.py   # -> results/bench_recurrent.{md,json}
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from models import vad
+
+import edgequant
+from edgequant import pipeline, planner
+from edgequant.errors import EdgeQuantError
+from edgequant.export import export_qdq
+
+RESULTS = Path(__file__).resolve().parent / "results"
+Feeds = dict[str, np.ndarray]
+
+
+def sess(path: Path, threads: int = 1, optimized_to: Path | None = None) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if optimized_to is not None:
+        so.optimized_model_filepath = str(optimized_to)
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def latency(paths: dict[str, Path], feed: Feeds, threads: int, runs: int) -> dict[str, float]:
+    ss = {k: sess(p, threads) for k, p in paths.items()}
+    for s in ss.values():
+        for _ in range(10):
+            s.run(None, feed)
+    t: dict[str, list[float]] = {k: [] for k in ss}
+    for _ in range(runs):
+        for k, s in ss.items():
+            t0 = time.perf_counter()
+            s.run(None, feed)
+            t[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: float(np.median(v)) for k, v in t.items()}
+
+
+def census(path: Path, tmp: Path) -> str:
+    """The ops ORT runs (optimized graph), integer ones first."""
+    out = tmp / (path.stem + ".opt.onnx")
+    sess(path, 1, optimized_to=out)
+    ops = Counter(n.op_type for n in onnx.load(str(out)).graph.node)
+    ints = sorted(k for k in ops if k.startswith(("QLinear", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM"))
+                  or k.endswith(("Integer", "IntegerToFloat")))  # fmt: skip
+    rec = sorted(k for k in ops if k in ("LSTM", "GRU", "DynamicQuantizeLSTM"))
+    return ", ".join([f"{k} {ops[k]}" for k in ints] + [f"{k} (float)" for k in rec if k not in ints])
+
+
+@contextlib.contextmanager
+def rules_off() -> Iterator[None]:
+    """This issue's three rules switched off: the 'before' column."""
+    saved = (planner.squared_domain, pipeline.apply_exact_ranges, pipeline.carry_states)
+    planner.squared_domain = lambda g: {}  # type: ignore[assignment]
+    pipeline.apply_exact_ranges = lambda g, r: {}  # type: ignore[assignment]
+    pipeline.carry_states = lambda m, c, r: (c, None)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        planner.squared_domain, pipeline.apply_exact_ranges, pipeline.carry_states = saved
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def ort_static(src: Path, out: Path, feeds: list[Feeds], method: str, pre: bool) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process
+    from onnxruntime.quantization import quantize_static as qs
+
+    class Reader:
+        def __init__(self) -> None:
+            self.it = iter(feeds)
+
+        def get_next(self) -> Feeds | None:
+            return next(self.it, None)
+
+        def rewind(self) -> None:
+            self.it = iter(feeds)
+
+    model = src
+    if pre:
+        model = out.with_suffix(".pre.onnx")
+        quant_pre_process(str(src), str(model), skip_symbolic_shape=True)
+    qs(str(model), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+       activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+       calibrate_method=getattr(CalibrationMethod, method), extra_options={"CalibPercentile": 99.99})  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------ VAD --
+
+
+def vad_bench(tmp: Path, runs: int, analysis: bool) -> dict[str, Any]:
+    cal = vad._calib(160, 0)
+    feeds = [{"input": cal["input"][i], "state": cal["state"][i]} for i in range(160)]
+    zero = [{"input": f["input"], "state": np.zeros_like(f["state"])} for f in feeds]
+    src = vad.model_path()
+    ref = vad._predict(vad._float_run())
+
+    def score(path: Path) -> dict[str, float]:
+        s = sess(path)
+        names = [o.name for o in s.get_outputs()]
+        got = vad._predict(lambda f: dict(zip(names, s.run(None, f), strict=True)))
+        m = vad._metrics(ref, got)
+        e = ref["p_speech"] - got["p_speech"]
+        m["sqnr_db"] = float(10 * np.log10(np.sum(ref["p_speech"] ** 2) / max(np.sum(e**2), 1e-30)))
+        return m
+
+    eq: dict[str, tuple[Any, dict[str, Any]]] = {
+        "eq-static": (feeds, {}), "eq-static-zerostate": (zero, {}), "eq-static-pt": (feeds, {"per_channel": False}),
+        "eq-w8": (feeds, {"method": "weight-only"}), "eq-dynamic": (feeds, {"method": "dynamic"}),
+    }  # fmt: skip
+    rows: dict[str, dict[str, Any]] = {"float": {"path": src, "seconds": 0.0}}
+    results: dict[str, Any] = {}
+    for name, (data, kw) in [("eq-static-before", (feeds, {})), *eq.items()]:
+        ctx = rules_off() if name == "eq-static-before" else contextlib.nullcontext()
+        try:
+            with ctx:
+                res, sec = timed(lambda d=data, k=kw: edgequant.quantize(str(src), d, "int8-static", **k))  # type: ignore[misc]
+        except EdgeQuantError as exc:
+            rows[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+        path = tmp / f"vad_{name}.onnx"
+        onnx.save(res.model, str(path))
+        rows[name] = {"path": path, "seconds": sec, "warnings": res.report.get("warnings", [])}
+        results[name] = res
+    for name, method, pre in [("ort-static-minmax", "MinMax", False), ("ort-static-percentile", "Percentile", False),
+                              ("ort+pre-static-minmax", "MinMax", True)]:  # fmt: skip
+        path = tmp / f"vad_{name}.onnx"
+        try:
+            _, sec = timed(lambda p=path, m=method, q=pre: ort_static(src, p, feeds[:128], m, q))  # type: ignore[misc]
+            rows[name] = {"path": path, "seconds": sec}
+        except Exception as exc:  # ORT's tool failing is a result
+            rows[name] = {"error": f"{type(exc).__name__}: {str(exc)[:160]}"}
+    ok = {k: r["path"] for k, r in rows.items() if "path" in r}
+    for k, p in ok.items():
+        try:
+            rows[k].update(score(p), kib=p.stat().st_size / 1024, ops=census(p, tmp))
+        except Exception as exc:
+            rows[k] = {"error": f"{type(exc).__name__}: {str(exc)[:160]}"}
+            ok.pop(k)
+    feed = {"input": vad.frames(vad._eval_audio()[0])[10][None], "state": np.zeros((2, 1, 128), np.float32)}
+    good = {k: p for k, p in ok.items() if "frame_agree" in rows[k]}
+    for th in (1, 2):
+        for k, v in latency(good, feed, th, runs).items():
+            rows[k][f"ms_{th}t"] = v
+    out: dict[str, Any] = {"rows": {k: {a: b for a, b in r.items() if a != "path"} for k, r in rows.items()}}
+    out["frames"] = len(ref["p_speech"])
+    if analysis:
+        out["per_tensor"] = per_tensor(src, feeds, score, tmp)
+    if "eq-static" in results:
+        plan = results["eq-static"].plan
+        out["float_by_rule"] = {d.node: d.reason for d in plan.nodes if "squared magnitude" in d.reason}
+        out["fixed_ranges"] = {n: e.note for n, e in plan.tensors.items() if e.note.startswith("fixed range")}
+        out["notes"] = [n for n in results["eq-static-zerostate"].report["notes"] if "all zeros" in n]
+    return out
+
+
+def per_tensor(
+    src: Path, feeds: list[Feeds], score: Callable[[Path], dict[str, float]], tmp: Path
+) -> list[Any]:
+    """Before-plan: int8 weights + one activation tensor quantized at a time -> frame agreement."""
+    with rules_off():
+        res = edgequant.quantize(str(src), feeds, "int8-static")
+    acts = [n for n, e in res.plan.tensors.items() if e.role == "activation"]
+    rows = []
+    for a in [None, *acts]:
+        p = res.plan.from_dict(res.plan.to_dict())
+        for b in acts:
+            if b != a:
+                del p.tensors[b]
+        q, _ = export_qdq(res.float_model, p)
+        path = tmp / "vad_one.onnx"
+        onnx.save(q, str(path))
+        m = score(path)
+        e = res.plan.tensors.get(a) if a else None
+        rows.append({"tensor": a.split("__")[-1] if a else "(weights only)", "frame_agree": m["frame_agree"],
+                     "range": [e.lo, e.hi] if e else None})  # fmt: skip
+    return rows
+
+
+# ------------------------------------------------------------------------------------ GRU --
+
+T_STEPS, IN, HID, OUT = 100, 64, 128, 16
+
+
+def gru_model(path: Path) -> None:
+    import torch
+
+    torch.manual_seed(0)
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gru = torch.nn.GRU(IN, HID, batch_first=True)
+            self.head = torch.nn.Linear(HID, OUT)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.gru(x)[0])
+
+    x = torch.randn(1, T_STEPS, IN)
+    torch.onnx.export(Net().eval(), (x,), str(path), dynamo=False, input_names=["x"], output_names=["y"],
+                      opset_version=17)  # fmt: skip
+
+
+def sequences(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, T_STEPS, IN), np.float32)
+    for t in range(1, T_STEPS):
+        x[:, t] = 0.9 * x[:, t - 1] + 0.45 * rng.standard_normal((n, IN))
+    return x
+
+
+def gru_bench(tmp: Path, runs: int) -> dict[str, Any]:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src = tmp / "gru.onnx"
+    gru_model(src)
+    calib = [{"x": x[None]} for x in sequences(48, 0)]
+    evalx = sequences(16, 1)
+    rows: dict[str, dict[str, Any]] = {"float": {"path": src, "seconds": 0.0}}
+    variants = {
+        "eq-static": {"recipe": "int8-static"}, "eq-static-hoist": {"recipe": "int8-static", "hoist_gru": True},
+        "eq-dynamic": {"method": "dynamic"}, "eq-dynamic-hoist": {"method": "dynamic", "hoist_gru": True},
+        "eq-w8": {"method": "weight-only"},
+    }  # fmt: skip
+    for name, kw in variants.items():
+        path = tmp / f"gru_{name}.onnx"
+        try:
+            res, sec = timed(lambda k=kw: edgequant.quantize(str(src), calib, **k))  # type: ignore[misc]
+        except EdgeQuantError as exc:
+            rows[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+        onnx.save(res.model, str(path))
+        rows[name] = {"path": path, "seconds": sec, "warnings": res.report.get("warnings", [])}
+    path = tmp / "gru_ort-static.onnx"
+    _, sec = timed(lambda: ort_static(src, path, calib, "MinMax", False))
+    rows["ort-static"] = {"path": path, "seconds": sec}
+    path = tmp / "gru_ort-dynamic.onnx"
+    _, sec = timed(
+        lambda: quantize_dynamic(str(src), str(path), per_channel=True, weight_type=QuantType.QInt8)
+    )
+    rows["ort-dynamic"] = {"path": path, "seconds": sec}
+    refs = [sess(src).run(None, {"x": x[None]})[0] for x in evalx]
+    for r in rows.values():
+        if "path" not in r:
+            continue
+        s = sess(r["path"])
+        got = [s.run(None, {"x": x[None]})[0] for x in evalx]
+        num = sum(float(np.sum(a.astype(np.float64) ** 2)) for a in refs)
+        den = sum(float(np.sum((a - b).astype(np.float64) ** 2)) for a, b in zip(refs, got, strict=True))
+        r.update(sqnr_db=10 * np.log10(num / max(den, 1e-30)), kib=r["path"].stat().st_size / 1024,
+                 ops=census(r["path"], tmp))  # fmt: skip
+    good = {k: r["path"] for k, r in rows.items() if "path" in r}
+    for th in (1, 2):
+        for k, v in latency(good, {"x": evalx[:1]}, th, runs).items():
+            rows[k][f"ms_{th}t"] = v
+    return {"rows": {k: {a: b for a, b in r.items() if a != "path"} for k, r in rows.items()}}
+
+
+# ------------------------------------------------------------------------------- report --
+
+
+def _f(v: Any, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def markdown(res: dict[str, Any], cmd: str) -> str:
+    lines = ["# Recurrent models: EdgeQuant vs ONNX Runtime's tool", "", f"`{cmd}`; {res['machine']}", ""]
+    v = res["vad"]
+    lines += [f"## Silero VAD openvino_16k (silero-vad 6.2.3), {v['frames']} evaluation frames", "",
+              "| variant | frame agreement | accuracy vs labels | SQNR of p (dB) | KiB | ms 1 thr | ms 2 thr | quantize s | integer ops ORT runs |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    for k, r in v["rows"].items():
+        if "error" in r:
+            lines.append(f"| {k} | failed: {r['error'][:140]} | | | | | | | |")
+            continue
+        db = "inf" if r["sqnr_db"] > 200 else f"{r['sqnr_db']:.1f}"
+        lines.append(
+            f"| {k} | {r['frame_agree']:.4f} | {r['accuracy']:.4f} | {db} | {r['kib']:.0f} | "
+            f"{_f(r.get('ms_1t'), '.3f')} | {_f(r.get('ms_2t'), '.3f')} | {r['seconds']:.1f} | {r['ops']} |"
+        )
+    ort_rows = {k: r for k, r in v["rows"].items() if k.startswith("ort") and "frame_agree" in r}
+    if ort_rows:
+        best = max(ort_rows, key=lambda k: ort_rows[k]["frame_agree"])
+        lines += ["", f"ORT's quantize_static best: {best} ({ort_rows[best]['frame_agree']:.4f})."]
+    if v.get("per_tensor"):
+        lines += ["", "Where the loss was (the *before* plan: int8 weights, one activation tensor quantized at a time):", "",
+                  "| quantized activation | calibrated range | frame agreement |", "|---|---|---:|"]  # fmt: skip
+        for r in v["per_tensor"]:
+            rng = "-" if r["range"] is None else f"[{r['range'][0]:.4g}, {r['range'][1]:.4g}]"
+            lines.append(f"| {r['tensor']} | {rng} | {r['frame_agree']:.4f} |")
+    lines += ["", "Kept float by the power-spectrum rule: " + ", ".join(f"`{n.split('__')[-1]}`" for n in v.get("float_by_rule", {})),
+              "", "Fixed ranges: " + "; ".join(f"`{n.split('__')[-1]}`: {t.split(':')[0]}" for n, t in v.get("fixed_ranges", {}).items())]  # fmt: skip
+    lines += [x for n in v.get("notes", []) for x in ("", f"Zero-state calibration note: {n}")]
+    g = res["gru"]
+    lines += ["", f"## GRU sequence model (torch GRU({IN}, {HID}) + Linear({HID}, {OUT}), T={T_STEPS}, batch 1)", "",
+              "| variant | SQNR vs float (dB) | KiB | ms 1 thr | ms 2 thr | quantize s | integer ops ORT runs | warnings |",
+              "|---|---:|---:|---:|---:|---:|---|---|"]  # fmt: skip
+    for k, r in g["rows"].items():
+        if "error" in r:
+            lines.append(f"| {k} | failed: {r['error'][:160]} | | | | | | |")
+            continue
+        w = " / ".join(x[:110] for x in r.get("warnings", []) if "stay float" in x or "slower" in x)
+        lines.append(
+            f"| {k} | {'inf' if r['sqnr_db'] > 200 else format(r['sqnr_db'], '.1f')} | {r['kib']:.0f} | {_f(r.get('ms_1t'), '.3f')} | "
+            f"{_f(r.get('ms_2t'), '.3f')} | {r['seconds']:.1f} | {r['ops'] or 'none'} | {w} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--no-analysis", action="store_true")
+    a = ap.parse_args()
+    import os
+    import platform
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as d:
+        res: dict[str, Any] = {
+            "vad": vad_bench(Path(d), a.runs, not a.no_analysis),
+            "gru": gru_bench(Path(d), a.runs),
+        }
+    res["machine"] = (
+        f"{platform.machine()}, {os.cpu_count()} cores shared with other jobs (noisy: compare ratios within "
+        f"a run), ORT {ort.__version__}, total {time.perf_counter() - t0:.0f} s"
+    )
+    cmd = "benchmarks/bench_recurrent.py " + " ".join(sys.argv[1:])
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "bench_recurrent.json").write_text(json.dumps(res, indent=1, default=float))
+    (RESULTS / "bench_recurrent.md").write_text(markdown(res, cmd.strip()))
+    print(markdown(res, cmd.strip()))
+
+
+if __name__ == "__main__":
+    main()
