@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from edgequant.cli import app
 from edgequant.data.declared import declared
+from edgequant.recipe import Preprocess
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "shapes_cnn.onnx"
 runner = CliRunner()
@@ -178,3 +179,25 @@ def test_user_mean_and_std_keep_the_declared_scale(tmp_path: Path) -> None:
     lo, hi = _range(res.output)
     assert (lo, hi) == (pixels.min(), pixels.max())
     assert "scale: model metadata, mean: user, std: user" in res.output
+
+
+def test_evaluation_images_get_the_declared_normalisation(tmp_path: Path) -> None:
+    """evaluate preprocesses an image folder as calibration does: labels made by our own ORT run on the
+    declared normalisation are all matched (top-1 100 %), and pixel/255 would have changed some of them."""
+    import onnxruntime as ort
+
+    from edgequant.evaluate import evaluate
+
+    path, folder, pixels = _setup(tmp_path, declare=True)
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = pixels.astype(np.float32).transpose(0, 3, 1, 2)
+    mean = np.array([127, 128, 128], np.float32)[None, :, None, None]
+    labels = s.run(None, {"x": (x - mean) / 64})[0].argmax(1)
+    raw = s.run(None, {"x": x / 255})[0].argmax(1)
+    assert np.any(raw != labels)  # the default pixel/255 would score lower: the test can fail
+    r = evaluate(path, path, str(folder), "classification", labels=labels)
+    assert r.float_metrics["top1"] == 1.0
+    mine = s.run(None, {"x": x / 64})[0].argmax(1)  # mean 0 set by the user, scale 1 and std 64 declared
+    assert np.any(mine != labels)
+    r = evaluate(path, path, str(folder), "classification", labels=mine, preprocess=Preprocess(mean=(0.0,)))
+    assert r.float_metrics["top1"] == 1.0  # explicit fields win over the declared ones

@@ -7,11 +7,11 @@ Read, in order (the first found wins):
 * ``normalization`` text of the form ``x = (pixel_0_255 - [127, 128, 128]) / 64`` (or ``... / [a, b, c]``),
   meaning scale 1 on 0..255 pixels.
 
-``with_declared`` puts that normalisation into every preprocess field the user left unset (None) and
-lists those fields in ``preprocess.from_model``; a value the user set always wins, field by field, even
-when it equals the default.  It refuses (RecipeError) a recipe that would still feed raw ``[0, 1]``
-pixels (``scale 1/255``, no mean/std) from image or video data to a model that declares another
-normalisation.
+``fill_declared`` (``with_declared`` for a recipe; evaluation data too) puts that normalisation into
+every preprocess field the user left unset (None) and lists those fields in ``preprocess.from_model``;
+a value the user set always wins, field by field, even when it equals the default.  It refuses
+(RecipeError) a recipe that would still feed raw ``[0, 1]`` pixels (``scale 1/255``, no mean/std) from
+image or video data to a model that declares another normalisation.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 import onnx
 
 from edgequant.errors import DataError, RecipeError
-from edgequant.recipe.schema import Recipe, to_dict
+from edgequant.recipe.schema import Preprocess, Recipe, from_dict, to_dict
 
 _KEYS = ("mean", "std", "scale", "layout")
 _TEXT = re.compile(r"\(\s*pixel\w*\s*-\s*\[?([-\d.,\s]+)\]?\s*\)\s*/\s*\[?([-\d.,\s]+)\]?", re.IGNORECASE)
@@ -83,16 +83,21 @@ def _is_media(data: Any) -> bool:
 
 
 def with_declared(recipe: Recipe, model: onnx.ModelProto, data: Any) -> tuple[Recipe, list[str]]:
-    """``recipe`` with the model's declared normalisation in every preprocess field the user left unset
-    (None), listed in ``preprocess.from_model``; notes for the report.  A field the user set (CLI flag,
-    recipe key, Python API) always wins, even when it equals the default (``--scale 1/255``).
-    DataError when the metadata declares an invalid field; RecipeError when image/video data would still
-    reach such a model as raw [0, 1] pixels (scale 1/255, mean 0, std 1, all set by the user)."""
+    """``recipe`` with ``fill_declared`` applied to its preprocess; notes for the report."""
+    pre, notes = fill_declared(recipe.preprocess, model, data)
+    return (recipe if pre is recipe.preprocess else recipe.replace(preprocess=pre)), notes
+
+
+def fill_declared(pre: Preprocess, model: onnx.ModelProto, data: Any) -> tuple[Preprocess, list[str]]:
+    """``pre`` with the model's declared normalisation in every field the user left unset (None), listed
+    in ``from_model``; notes.  A field the user set (CLI flag, recipe key, Python API) always wins, even
+    when it equals the default (``--scale 1/255``).  DataError when the metadata declares an invalid
+    field; RecipeError when image/video data would still reach such a model as raw [0, 1] pixels
+    (scale 1/255, mean 0, std 1, all set by the user)."""
     fields = declared(model)
     if not fields:
-        return recipe, []
-    pre = recipe.preprocess
-    current = to_dict(recipe)["preprocess"]
+        return pre, []
+    current = to_dict(Recipe(preprocess=pre))["preprocess"]
     fill = {k: v for k, v in fields.items() if current.get(k) is None and k not in ("from_model", "preset")}
     unknown = sorted(k for k in fields if k not in current or k in ("from_model", "preset"))
     if unknown:
@@ -101,17 +106,15 @@ def with_declared(recipe: Recipe, model: onnx.ModelProto, data: Any) -> tuple[Re
             f"allowed: {', '.join(k for k in current if k not in ('from_model', 'preset'))}.",
             "fix the model's metadata, or pass --mean/--std/--scale explicitly.",
         )
+    notes = []
     if fill:
         merged = {**current, **fill, "from_model": sorted({*pre.from_model, *fill})}
         try:
-            recipe = recipe.replace(preprocess=merged)  # validated like a recipe's preprocess mapping
+            pre = from_dict({"preprocess": merged}).preprocess  # validated like a recipe's mapping
         except RecipeError as exc:
             raise DataError(
                 f"the model's metadata declares an invalid preprocessing: {exc.detail}", exc.hint
             ) from exc
-        pre = recipe.preprocess
-    notes = []
-    if fill:
         kept = [k for k in fields if k not in fill]
         notes.append(
             f"image/video preprocessing from the model's metadata: {', '.join(f'{k} {fill[k]}' for k in fill)}"
@@ -134,4 +137,4 @@ def with_declared(recipe: Recipe, model: onnx.ModelProto, data: Any) -> tuple[Re
             "drop --mean/--std/--scale to use the declared normalisation, or pass the mean and std the model "
             "was trained with.",
         )
-    return recipe, notes
+    return pre, notes

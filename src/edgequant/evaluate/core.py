@@ -24,8 +24,10 @@ import onnx
 from edgequant.data.base import Batch, check_batch
 from edgequant.data.model_inputs import input_specs
 from edgequant.errors import DataError, ModelError
+from edgequant.evaluate import steps as steps_mod
 from edgequant.evaluate import tasks
 from edgequant.model.io import load_model
+from edgequant.recipe.schema import Preprocess
 from edgequant.runtime import OrtRuntime
 
 LABEL_KEYS = ("labels", "label")
@@ -119,6 +121,7 @@ def load_eval_data(
     max_samples: int | None = None,
     options: Mapping[str, Any] | None = None,
     split: Literal["all", "eval"] | None = None,
+    preprocess: Preprocess | None = None,
 ) -> EvalData:
     """Batches for ``model`` from a path (via ``edgequant.data``), an array, a dict or batches.
 
@@ -128,6 +131,8 @@ def load_eval_data(
     ``--data-option``); with a ``metadata_csv`` only the rows of its ``eval_type`` split are read.
     ``split="eval"`` without a metadata CSV reads the evaluation part of the data layer's seeded
     split (``edgequant.data.select``), the part calibration with ``split="calib"`` never reads.
+    Images and video are preprocessed as calibration does: the ``preprocess`` fields the user set, the
+    model's declared normalisation in the others (``data.declared.fill_declared``).
     """
     specs = input_specs(model)
     fixed = specs[0].shape[0] if specs and specs[0].shape else None
@@ -139,9 +144,13 @@ def load_eval_data(
 
         if split is None:
             split = "eval" if options and options.get("metadata_csv") else "all"
+        from edgequant.data.declared import MEDIA_SUFFIXES, fill_declared
+
+        pre, _ = fill_declared(preprocess or Preprocess(), model, data)
         source = data_mod.open_source(
-            data, specs, batch_size=batch, max_samples=max_samples, split=split, options=options or None
-        )
+            data, specs, batch_size=batch, max_samples=max_samples, split=split, options=options or None,
+            preprocess=pre,
+        )  # fmt: skip
         batches, label_parts = [], []
         for b, lab in source.iter_labeled():  # one pass: inputs and their labels together
             batches.append(dict(b))
@@ -149,13 +158,14 @@ def load_eval_data(
         mask_input = (options or {}).get("hdf5_mask_input")
         per_step = getattr(getattr(source, "reader", None), "per_step", False)
         if per_step or mask_input:
-            steps = [_real_steps(b, mask_input) for b in batches]
+            steps = [steps_mod.real_steps(b, mask_input) for b in batches]
         pairs = list(zip(label_parts, steps or [], strict=False))
         if per_step and all(p is not None and p.shape[:2] == v.shape for p, v in pairs):
             found_labels = np.concatenate([p[v] for p, v in pairs if p is not None])  # one per real step
         elif label_parts and all(p is not None for p in label_parts):
             found_labels = np.concatenate([p for p in label_parts if p is not None])
-        description = str(data)
+        media = Path(data).is_dir() or Path(data).suffix.lower() in MEDIA_SUFFIXES
+        description = source.stats.description if media else str(data)  # media: the preprocessing used
         if split == "eval" and not (options or {}).get("metadata_csv"):
             description += " (evaluation part of a seeded split; calibration reads the other part)"
         elif split == "eval":
@@ -232,20 +242,6 @@ def load_eval_data(
     return EvalData(batches, chosen, samples, description)
 
 
-def _real_steps(batch: Batch, mask_input: str | None) -> np.ndarray:
-    """``[B, T]`` bool: the padding mask the batch feeds to ``mask_input``, else every step of the
-    first input's axis 1 (trials of one length, or run one by one)."""
-    if mask_input and mask_input in batch:
-        return np.asarray(batch[mask_input]) > 0.5
-    first = np.asarray(next(iter(batch.values())))
-    if first.ndim < 2:
-        raise DataError(
-            f"per-step labels need inputs with a time axis [N, T, ...]; the input has shape {first.shape}.",
-            "store one label per trial, or feed [N, T, C] inputs.",
-        )
-    return np.ones(first.shape[:2], bool)
-
-
 def source_split(options: Mapping[str, Any] | None) -> str:
     """``split = val`` as the metadata options select it, for descriptions."""
     o = options or {}
@@ -311,7 +307,7 @@ def join(
     elif steps is None and len({p.shape[1:] for p in parts}) > 1 and all(p.ndim == 3 for p in parts):
         steps = [np.ones(p.shape[:2], bool) for p in parts]  # trials run one by one: every step is real
     if steps is not None:
-        return _real_rows(parts, steps)
+        return steps_mod.real_rows(parts, steps)
     if len({p.shape[1:] for p in parts}) > 1:
         shapes = sorted({str(list(p.shape)) for p in parts})
         raise DataError(
@@ -321,20 +317,6 @@ def join(
             "model whose output keeps the batch first.",
         )
     return np.concatenate(parts, axis=0)
-
-
-def _real_rows(parts: list[np.ndarray], steps: list[np.ndarray]) -> np.ndarray:
-    rows = []
-    for p, real in zip(parts, steps, strict=True):
-        if p.ndim < 3 or p.shape[:2] != real.shape:
-            raise DataError(
-                f"per-step scoring needs the output as [batch, time, ...] with one step per input step; the "
-                f"output has shape {list(p.shape)}, the data {list(real.shape)} (batch, time).",
-                "evaluate a model whose output keeps the batch and time axes of its input, or store one "
-                "label per trial.",
-            )
-        rows.append(p[real])
-    return np.concatenate(rows, axis=0)
 
 
 def evaluate(
@@ -352,17 +334,20 @@ def evaluate(
     max_samples: int | None = None,
     runtime: OrtRuntime | None = None,
     options: Mapping[str, Any] | None = None,
+    preprocess: Preprocess | None = None,
 ) -> EvalResult:
     """Score ``quant_model`` against ``float_model`` (and ``labels``) on ``data``; see ``tasks``.
-    ``options``: quantize's data options (a ``metadata_csv`` selects its ``eval_type`` rows)."""
+    ``options``: quantize's data options (a ``metadata_csv`` selects its ``eval_type`` rows);
+    ``preprocess``: image/video fields set by the user (the model's declared ones fill the rest)."""
     tasks.check_task(task)
     fm, qm = as_model(float_model), as_model(quant_model)
     name = output_name(fm, output)
     output_name(qm, name)
     rt = runtime or OrtRuntime()
     ev = load_eval_data(
-        data, fm, labels=labels, batch_size=batch_size, max_samples=max_samples, options=options
-    )
+        data, fm, labels=labels, batch_size=batch_size, max_samples=max_samples, options=options,
+        preprocess=preprocess,
+    )  # fmt: skip
     lay = ev_layout(task, layout)
     ref = join(run_outputs(fm, ev.batches, name, rt, "the float model"), task, lay, ev.steps)
     out = join(run_outputs(qm, ev.batches, name, rt, "the quantized model"), task, lay, ev.steps)
