@@ -13,8 +13,10 @@ import pytest
 from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
+from typer.testing import CliRunner
 
 import edgequant
+from edgequant.cli import app
 from edgequant.errors import RecipeError, UnsupportedError
 from edgequant.model.gru_hoist import SELECTION_DOC, hoist_gru_inputs
 from tests.tinymodels import ort_ran_ops
@@ -141,3 +143,20 @@ def test_hoist_is_refused_where_it_cannot_apply() -> None:
     mlp.ir_version = 8
     with pytest.raises(UnsupportedError, match="no GRU"):
         edgequant.quantize(mlp, {"x": np.ones((4, 4), np.float32)}, method="dynamic", hoist_gru=True)
+
+
+def test_cli_flag_hoists_and_a_wrong_method_is_one_line_exit_2(tmp_path: Path) -> None:
+    model, calib = tmp_path / "gru.onnx", tmp_path / "x.npy"
+    onnx.save(_gru(), str(model))
+    np.save(calib, _x(16, 6))
+    args = ["quantize", str(model), "--calib-data", str(calib), "--hoist-gru"]
+    res = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "ok")], terminal_width=1000)
+    assert res.exit_code == 0, res.output
+    out = onnx.load(str(next((tmp_path / "ok").glob("*.onnx"))))
+    mm = next(n for n in out.graph.node if n.op_type == "MatMul")
+    assert next(n for n in out.graph.node if n.op_type == "GRU").input[0] == mm.output[0]
+    assert "hoisted into MatMul" in " ".join(res.output.split())  # the note, printed (wrapped at 80)
+    bad = ["quantize", str(model), "--method", "fp16", "--hoist-gru", "-o", str(tmp_path / "bad")]
+    res = CliRunner().invoke(app, bad, terminal_width=1000)
+    assert res.exit_code == 2 and "hoist_gru" in res.output and res.output.startswith("error: ")
+    assert not (tmp_path / "bad").exists()
