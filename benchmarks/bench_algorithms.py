@@ -11,7 +11,8 @@ ORT's tool reads the first 128 from the same file):
     per-tensor         static int8, per tensor
     per-tensor+cle     the same after cross-layer equalization
     w4a8               4-bit per-channel weights, int8 activations
-    w4a8+adaround      the same with AdaRound (numpy, layer by layer)
+    w4a8+adaround      the same with AdaRound (numpy, layer by layer; each layer's statistics stream
+                       until they hold 64 rows per input dimension)
     ort-static         onnxruntime.quantization.quantize_static(QDQ, MinMax, per_channel=True,
                        QUInt8 activations, QInt8 weights): ORT's default static setting
 
@@ -206,21 +207,26 @@ def main() -> None:
     ap.add_argument("--models", default="shapes,ocr_cls,resnet18,ocr_rec")
     ap.add_argument("--settings", default=",".join(SETTINGS))
     ap.add_argument("--timeout", type=float, default=900.0)
-    ap.add_argument(
-        "--skip", default="resnet18:w4a8+adaround,ocr_rec:w4a8+adaround", help="MODEL:SETTING pairs not run"
-    )
+    ap.add_argument("--skip", default="ocr_rec:w4a8+adaround", help="MODEL:SETTING pairs not run")
+    ap.add_argument("--merge", action="store_true", help="replace only the rows run in the existing results")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_algorithms"))
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
     results: dict[str, Any] = {}
+    if args.merge and Path(args.out + ".json").exists():
+        results = json.loads(Path(args.out + ".json").read_text())
     with tempfile.TemporaryDirectory(prefix="bench-algorithms-") as tmp:
         for name in args.models.split(","):
             skip = {p.split(":")[1] for p in args.skip.split(",") if p.startswith(name + ":")}
             settings = [s for s in args.settings.split(",") if s not in skip]
-            results[name] = bench_model(name, settings, Path(tmp), args.timeout)
-            results[name]["not_run"] = sorted(skip)
+            rows = bench_model(name, settings, Path(tmp), args.timeout)
+            if args.merge and name in results:
+                results[name]["settings"].update(rows["settings"])
+                results[name]["not_run"] = sorted(set(results[name].get("not_run", [])) & skip)
+            else:
+                results[name] = {**rows, "not_run": sorted(skip)}
             Path(args.out + ".json").write_text(json.dumps(results, indent=1))
             Path(args.out + ".md").write_text(markdown(results))
 

@@ -61,6 +61,7 @@ WARMUP = 0.2
 BETA = (20.0, 2.0)
 LR = 0.01
 MAX_GRAM_BYTES = 1 << 29  # 512 MiB for A and B together (float64)
+ROWS_PER_INPUT = 64  # a layer's statistics stop streaming once they hold this many rows per Gram dimension
 _OPS = ("Conv", "Gemm", "MatMul")
 
 
@@ -332,16 +333,26 @@ class AdaRound:
         a = b = None
         rows, const = 0, 0.0
         wg = to_groups(node, w).astype(np.float32)
+        kernel = list(w.shape[2:])
+        enough = ROWS_PER_INPUT * wg.shape[-1]
+        same = all(np.array_equal(current[k], floats[k]) for k in floats if k != layer.weight)
+        batches = 0
         for batch in stats:
             xf = sess.run({**batch, **floats}, [node.input[0]])[node.input[0]]  # type: ignore[attr-defined]
-            xq = sess.run({**batch, **current}, [node.input[0]])[node.input[0]]  # type: ignore[attr-defined]
-            kernel = list(w.shape[2:])
-            pf, pq = patches(node, xf, groups, kernel), patches(node, xq, groups, kernel)
+            pf = patches(node, xf, groups, kernel)
+            if same:  # no rounded layer before this one yet: its inputs are the float ones
+                pq = pf
+            else:
+                xq = sess.run({**batch, **current}, [node.input[0]])[node.input[0]]  # type: ignore[attr-defined]
+                pq = patches(node, xq, groups, kernel)
             const += float(np.square(np.matmul(pf, np.swapaxes(wg, 1, 2)), dtype=np.float64).sum())
             aa = np.matmul(np.swapaxes(pq, 1, 2), pq).astype(np.float64)
             bb = np.matmul(np.swapaxes(pq, 1, 2), pf).astype(np.float64)
             a, b = (aa, bb) if a is None or b is None else (a + aa, b + bb)
             rows += pq.shape[1]
+            batches += 1
+            if rows >= enough:  # the Gram matrices are estimated well enough (see ROWS_PER_INPUT)
+                break
         if a is None or b is None or rows == 0:
             raise DataError(
                 "AdaRound needs calibration samples and the calibration data yielded none.",
@@ -378,7 +389,8 @@ class AdaRound:
         err = (err[0] + per_out, err[1] + per_out)
         return (
             f"{node.name}: {flipped}/{w.size} weights round the other way; layer output error "
-            f"{err[0]:.3g} -> {err[1]:.3g} (mean squared, calibration inputs, {iterations} iterations)"
+            f"{err[0]:.3g} -> {err[1]:.3g} (mean squared, calibration inputs: {rows} rows from {batches} "
+            f"batch(es); {iterations} iterations)"
         )
 
 
