@@ -18,7 +18,12 @@ result rounds ``h(V) >= 0.5`` up.  Layers are processed in graph order.
 
 Memory is bounded by the layer, not by the data: the loss is a quadratic form in ``W~``, so it needs
 only ``A = E[x~ x~^T]`` and ``B = E[x~ x^T]`` (``K x K`` per group, ``K`` = input channels x kernel
-size; im2col per batch for Conv), accumulated while the batches stream.  The gradient is
+size; im2col per batch for Conv), accumulated while the batches stream, and only until they hold
+``ROWS_PER_INPUT`` rows (patches) per dimension ``K``: the paper caps its data too (1,024 images);
+a conv layer early in the net gets thousands of patches per image, so one batch is plenty there,
+while a late 1x1 or fully connected layer reads every calibration sample.  Each batch costs two runs
+of the model (float and rounded-so-far weights), so this cap is what took PP-OCR cls at W4A8 from
+more than 900 s to 164 s (benchmarks/results/bench_algorithms.md).  The gradient is
 ``2 (W~ A - W B) / C_out``.  Layers whose two matrices would exceed ``MAX_GRAM_BYTES`` are skipped
 with the reason.  (The paper minimises the error after the activation function; the pre-activation
 form used here is what keeps memory flat, and is the paper's "layer-wise" ablation.)
