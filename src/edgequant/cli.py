@@ -316,7 +316,9 @@ def quantize(
     ] = None,
     algorithm: Annotated[
         list[str] | None,
-        typer.Option(metavar="NAME", help="Static: run a pass (cle, adaround), in order. Repeatable."),
+        typer.Option(
+            metavar="NAME", help="Static: run a pass (cle, smoothquant, adaround), in order. Repeatable."
+        ),
     ] = None,
     fix: Annotated[
         bool | None,

@@ -212,6 +212,7 @@ def quantize(
 
             float_model, fixes = apply_fixes(float_model, get_target(recipe.target))
         plan = planner.resolve(float_model, recipe, cpu)
+        recipe = planner.with_default_passes(float_model, recipe, cpu)  # transformers: smoothquant
         plan.notes.extend(fixes)
         unblocked = [e.name for e in plan.tensors.values() if e.note.startswith(planner.UNBLOCKED)]
         if unblocked:

@@ -44,6 +44,19 @@ FUSED_ACTIVATIONS = {"Relu", "Clip"}
 CONTROL_FLOW = {"If", "Loop", "Scan"}
 FLOAT_TYPES = {onnx.TensorProto.FLOAT}
 CONSTANT_OPERAND_OPS = {"Add", "Mul"}  # ORT's QLinearAdd / QLinearMul take both operands quantized
+# transformer placement (recipe.placement "matmul-inputs", or "auto" on a transformer): what stays float
+PLACEMENT_REASONS = {
+    "Softmax": "transformer placement: Softmax runs in float on the scores, whose attention-mask path "
+    "(-inf / large negative values) stays out of every range; its output is quantized where a MatMul reads it.",
+    "Add": "transformer placement: bias and residual Adds run in float; ORT folds the bias into "
+    "MatMulIntegerToFloat and the residual into SkipLayerNormalization (an 8-bit residual stream loses its "
+    "outlier channels).",
+    "Mul": "transformer placement: runs in float (scaling and GELU parts between integer MatMuls).",
+}
+PLACEMENT_DEFAULT = (
+    "transformer placement: only the inputs of MatMul/Gemm/Conv are quantized; this op passes float "
+    "values between them."
+)
 CONSTANT_MIN_SQNR_DB = 30.0  # Add: error of the offset as a whole
 CONSTANT_MAX_REL_ERROR = 0.1  # Mul: error of each factor
 
@@ -189,6 +202,17 @@ class Planner:
             else:
                 plan.decide(node.name, node.op_type, False, "no float tensor to quantize on this node.")
         self._record_subgraphs(g, plan)
+        if self.matmul_inputs_only:
+            plan.notes.append(
+                "transformer placement (placement: "
+                + (
+                    "auto, the graph has MatMuls, Softmax and LayerNorm"
+                    if r.placement == "auto"
+                    else r.placement
+                )
+                + "): only MatMul/Gemm/Conv inputs are quantized; MatMul outputs, bias and residual Adds, "
+                "LayerNorm, Softmax and GELU stay float, so ORT runs MatMulIntegerToFloat and SkipLayerNormalization."
+            )
         if not plan.quantized_nodes:
             self._refuse_empty(plan)
         plan.opset = self.required_opset(plan)
@@ -264,6 +288,12 @@ class Planner:
             return einsum_why_not(node, self.index.initializers)
         if node.name in self._squared:  # a power spectrum on its way to Sqrt/Log (model/recurrent.py)
             return self._squared[node.name]
+        if (
+            self.matmul_inputs_only
+            and node.op_type in PASS_OPS
+            and not (node.op_type == "Gather" and self._is_table(node, self.index.initializers))
+        ):
+            return PLACEMENT_REASONS.get(node.op_type, PLACEMENT_DEFAULT)
         if node.op_type not in COMPUTE_OPS | PASS_OPS:
             return (
                 f"ONNX Runtime has no quantized kernel for {node.op_type}; it runs in float between DQ and Q."
@@ -312,6 +342,8 @@ class Planner:
             if name in floats and not self._feeds_activation(name) and name not in self._recurrent_state:
                 self._add_activation(name, act, plan)
                 touched = True
+        if self.matmul_inputs_only and node.op_type in ("MatMul", "Gemm"):
+            return touched  # a float output: ORT runs MatMulIntegerToFloat (bias and residual stay float)
         graph_outputs = {o.name for o in self.model.graph.output}
         for name in node.output:  # a graph output keeps full precision: its Q/DQ would feed nothing
             if (
@@ -420,6 +452,15 @@ class Planner:
         return squared_domain(self.model.graph)
 
     @functools.cached_property
+    def matmul_inputs_only(self) -> bool:
+        """Static activations only where MatMul/Gemm/Conv read them (recipe.placement; "auto": on a
+        transformer, see :func:`is_transformer`)."""
+        r = self.recipe
+        if r.method != "static" or r.placement == "all":
+            return False
+        return r.placement == "matmul-inputs" or is_transformer(self.model, self._layernorms)
+
+    @functools.cached_property
     def _layernorms(self) -> set[str]:
         from edgequant.model.fuse import layernorm_nodes
 
@@ -503,6 +544,33 @@ def batched_weight_note(node: onnx.NodeProto, w: onnx.TensorProto, recipe: Recip
         "scale for a batched weight; with per-channel scales ORT dequantizes it and runs the float MatMul "
         "(x[1,12,128,64]·W[12,64,64], 2 threads: 0.74x float speed, per-tensor 1.29x; benchmarks/README.md)."
     )
+
+
+def is_transformer(model: onnx.ModelProto, layernorms: set[str] | None = None) -> bool:
+    """A graph with a MatMul on a constant 2-D weight, a Softmax and a LayerNorm (the op, or written out)."""
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    ops = {n.op_type for n in g.node}
+    dense = any(
+        n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2 for n in g.node
+    )
+    if layernorms is None:
+        from edgequant.model.fuse import layernorm_nodes
+
+        layernorms = layernorm_nodes(model)
+    return dense and "Softmax" in ops and ("LayerNormalization" in ops or bool(layernorms))
+
+
+def with_default_passes(model: onnx.ModelProto, recipe: Recipe, cpu: CpuFeatures) -> Recipe:
+    """The recipe with ``smoothquant`` first among its passes when the transformer placement is on by
+    default (placement "auto" on a transformer) and the user listed no pass that runs before the ranges
+    (``cle``, ``smoothquant``, ``adaround``: listing one of them, e.g. ``cle`` alone, opts out)."""
+    before = {"cle", "smoothquant", "adaround"}
+    if before & set(recipe.algorithms) or recipe.placement != "auto":
+        return recipe
+    if not Planner(model, recipe, cpu).matmul_inputs_only:
+        return recipe
+    return recipe.replace(algorithms=("smoothquant", *recipe.algorithms))
 
 
 def resolve(model: onnx.ModelProto, recipe: Recipe, cpu: CpuFeatures) -> QuantPlan:

@@ -2,14 +2,16 @@
 
 Passes behind a registry (``base``: stat requests, then apply; one report row each), run in the
 order of ``recipe.algorithms``.  Before activation ranges: ``cle`` (cross-layer equalization,
-data-free) and ``adaround`` (learned rounding, layer by layer).  After them, on the QDQ model:
+data-free), ``smoothquant`` (per-channel activation outliers moved into the following MatMul
+weights, folded into LayerNorm / constant Mul producers, α chosen by error) and ``adaround``
+(learned rounding, layer by layer).  After them, on the QDQ model:
 ``bias_correction`` (``correct_biases``: the per-channel mean shift that quantization adds to each
 Conv/Gemm/MatMul output goes into the float bias; sequential by default, ``bias_sequential``) and
 ``mixed_precision`` (``sensitivity.keep_sensitive_float``: the nodes that cost the most output SQNR
 stay float until ``recipe.target_sqnr_db`` is met).
 """
 
-from edgequant.algorithms import adaround, cle  # noqa: F401  (each registers its pass)
+from edgequant.algorithms import adaround, cle, smoothquant  # noqa: F401  (each registers its pass)
 from edgequant.algorithms.base import (
     Context,
     Quantized,

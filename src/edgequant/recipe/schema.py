@@ -27,7 +27,7 @@ METHODS: tuple[str, ...] = get_args(Method)
 CALIB_METHODS: tuple[str, ...] = get_args(CalibMethod)
 # passes (edgequant.algorithms registers one per name), in the order they may run: on float weights first,
 # then (bias_correction, mixed_precision) on the calibrated QDQ model
-ALGORITHMS: tuple[str, ...] = ("cle", "adaround", "bias_correction", "mixed_precision")
+ALGORITHMS: tuple[str, ...] = ("cle", "smoothquant", "adaround", "bias_correction", "mixed_precision")
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,9 @@ class Recipe:
     act16_below_db: float | None = None  # static: 16-bit activations where the 8-bit grid's own SQNR is lower
     weight_centring: bool = False  # binary weights: signs against each channel's mean (schemes.lowbit)
     hoist_gru: bool = False  # static/dynamic: GRU input projections as int8 MatMuls (model.gru_hoist)
+    # static activations: "all" (inputs/outputs of compute and pass-through ops), "matmul-inputs" (only
+    # what MatMul/Gemm/Conv read: ORT runs MatMulIntegerToFloat), "auto" (matmul-inputs on transformers)
+    placement: Literal["auto", "all", "matmul-inputs"] = "auto"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -164,6 +167,11 @@ class Recipe:
             raise RecipeError(
                 f"check_samples {self.check_samples} is not a positive count.",
                 "use e.g. --check-samples 32 (samples held back from calibration for the run check).",
+            )
+        if self.placement not in ("auto", "all", "matmul-inputs"):
+            raise RecipeError(
+                f"unknown placement '{self.placement}'; allowed: auto, all, matmul-inputs.",
+                "use one of them.",
             )
         self._check_sensitivity()
         self._check_target()
