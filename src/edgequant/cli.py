@@ -343,6 +343,13 @@ def quantize(
             "(recurrence float; measured slower than float in ORT, see README).",
         ),
     ] = None,
+    placement: Annotated[
+        str | None,
+        typer.Option(
+            metavar="auto|all|matmul-inputs",
+            help="Static activation Q/DQ: all ops, or only MatMul/Gemm/Conv inputs (auto: that on transformers).",
+        ),
+    ] = None,
     format_: Annotated[
         str | None,
         typer.Option(
@@ -402,7 +409,7 @@ def quantize(
         "algorithms": algorithm or None,
         "tune_trials": tune_trials,
         "allow_synthetic": allow_synthetic, "check_samples": check_samples,
-        "act16_below_db": act16_below_db, "hoist_gru": hoist_gru,
+        "act16_below_db": act16_below_db, "hoist_gru": hoist_gru, "placement": placement,
     }  # fmt: skip
     overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     try:
