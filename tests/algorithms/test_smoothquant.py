@@ -98,6 +98,10 @@ def _sqnr(m: onnx.ModelProto, q: onnx.ModelProto, feeds: dict[str, np.ndarray]) 
     return float(10 * np.log10(np.sum(ref**2) / np.sum((ref - got) ** 2)))
 
 
+def _session(m: onnx.ModelProto) -> ort.InferenceSession:
+    return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
 def _ort_ops(q: onnx.ModelProto) -> set[str]:
     import tempfile
     from pathlib import Path
@@ -139,8 +143,7 @@ def test_smoothquant_is_exact_in_float_and_moves_the_outliers_into_the_weights()
     rt = OrtRuntime(allow_spinning=False)
     out, _, outcome = SmoothQuant(recipe).apply(m, plan, Stats(lambda: batches, 32, rt, recipe))
     assert outcome.changed
-    a = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, batches[0])[0]
-    b = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, batches[0])[0]
+    a, b = (_session(model).run(None, batches[0])[0] for model in (m, out))
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * float(np.abs(a).max()))
     # the smoothed LayerNorm output's channels are flatter than before (max over min channel peak)
     probe = onnx.ModelProto()
@@ -148,7 +151,7 @@ def test_smoothquant_is_exact_in_float_and_moves_the_outliers_into_the_weights()
         probe.CopyFrom(model)
         del probe.graph.output[:]
         probe.graph.output.extend([h.make_tensor_value_info("ln0", T.FLOAT, None)])
-        ln0 = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        ln0 = _session(probe)
         peak = np.abs(ln0.run(None, batches[0])[0]).reshape(-1, D).max(axis=0)
         if model is m:
             before = peak.max() / peak.min()
