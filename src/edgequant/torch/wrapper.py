@@ -288,15 +288,18 @@ class QATModule(nn.Module):
         input_names: list[str] | None = None,
         output_names: list[str] | None = None,
         check_data: Any = None,
+        format: str = "qdq",
     ) -> Any:
         """Write the QDQ ONNX model at ``path`` with its report (``.json``) and plan (``.plan.json``) beside.
 
         ``example_inputs`` (or ``check_data``, any calibration-data form) feed the check against the
-        float model.  Returns the ``QuantResult``.
+        float model.  ``format="ti-npu-int"`` (target ti-npu only, else RecipeError, as ``quantize``)
+        also writes TI's integer-only form ``<stem>_ti-npu-int.onnx``, compared with the QDQ model in the
+        report's ``ti_npu_int``.  Returns the ``QuantResult``.
         """
         from edgequant.torch.export import export_result
 
-        return export_result(self, example_inputs, Path(path), input_names, output_names, check_data)
+        return export_result(self, example_inputs, Path(path), input_names, output_names, check_data, format)
 
 
 def _biases(model: onnx.ModelProto, weights: dict[str, str]) -> dict[str, str]:
