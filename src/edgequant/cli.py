@@ -27,6 +27,7 @@ from edgequant.cli_support import (
     shape_from_calibration,
 )
 from edgequant.commands.executor_options import Address, Cpus, open_executor
+from edgequant.commands.preprocess_options import Layout, Mean, Scale, Size, Std, preprocess_flags
 from edgequant.errors import EdgeQuantError, ModelError, RecipeError, TargetNotMetError
 from edgequant.outputs import check_writable, output_paths
 from edgequant.recipe import to_dict
@@ -244,35 +245,11 @@ def quantize(
         str | None,
         typer.Option(help="Output name tag [default: from the settings, e.g. int8, int8_pt, w4a8]."),
     ] = None,
-    mean: Annotated[
-        str | None,
-        typer.Option(
-            help="Image/video data: per-channel mean subtracted after --scale, e.g. 0.485,0.456,0.406 "
-            "[default: the model's declared normalisation, else none]."
-        ),
-    ] = None,
-    std: Annotated[
-        str | None,
-        typer.Option(
-            help="Image/video data: per-channel std divided after the mean, e.g. 0.229,0.224,0.225."
-        ),
-    ] = None,
-    scale: Annotated[
-        float | None,
-        typer.Option(
-            help="Image/video data: pixel (0..255) multiplier before mean/std [default: 1/255, or the model's]."
-        ),
-    ] = None,
-    layout: Annotated[
-        str | None,
-        typer.Option(help="Image/video data: nchw | nhwc, the model input's layout [default: nchw]."),
-    ] = None,
-    size: Annotated[
-        int | None,
-        typer.Option(
-            help="Image/video data: resize the shorter side to N and center-crop NxN [default: the model's H x W]."
-        ),
-    ] = None,
+    mean: Mean = None,
+    std: Std = None,
+    scale: Scale = None,
+    layout: Layout = None,
+    size: Size = None,
     data_option: Annotated[
         list[str] | None, typer.Option(help="Data format option KEY=VALUE, e.g. video_frames=32. Repeatable.")
     ] = None,
@@ -483,29 +460,6 @@ def _refuse_ignored_model_options(model: Path, factory: str | None, input_shape:
             f"--factory {factory} is given with MODEL '{model}', which does not exist.",
             "pass the path of the TorchScript/.pt file the factory belongs to, or check the spelling.",
         )
-
-
-def preprocess_flags(
-    mean: str | None, std: str | None, scale: float | None, layout: str | None, size: int | None
-) -> dict[str, Any]:
-    """The preprocess fields that ``--mean/--std/--scale/--layout/--size`` set."""
-    out: dict[str, Any] = {}
-    for key, raw in (("mean", mean), ("std", std)):
-        if raw is not None:
-            try:
-                out[key] = [float(v) for v in raw.split(",")]
-            except ValueError as exc:
-                raise RecipeError(
-                    f"--{key} '{raw}' is not a comma-separated list of numbers.",
-                    f"write e.g. --{key} 0.5,0.5,0.5.",
-                ) from exc
-    if scale is not None:
-        out["scale"] = scale
-    if layout is not None:
-        out["layout"] = layout
-    if size is not None:
-        out["resize"] = out["center_crop"] = size
-    return out
 
 
 def parse_options(items: list[str]) -> dict[str, Any]:

@@ -201,3 +201,23 @@ def test_evaluation_images_get_the_declared_normalisation(tmp_path: Path) -> Non
     assert np.any(mine != labels)
     r = evaluate(path, path, str(folder), "classification", labels=mine, preprocess=Preprocess(mean=(0.0,)))
     assert r.float_metrics["top1"] == 1.0  # explicit fields win over the declared ones
+
+
+@pytest.mark.parametrize("via", ["flags", "recipe"])
+def test_evaluate_cli_preprocessing_flags_and_recipe_keys(tmp_path: Path, via: str) -> None:
+    """evaluate --mean 0 (or the recipe key) on a declaring model: x = pixel * 1 / 64, printed with origins."""
+    path, folder, pixels = _setup(tmp_path, declare=True)
+    args = ["evaluate", str(path), str(path), "--data", str(folder)]
+    if via == "flags":
+        args += ["--mean", "0"]
+    else:
+        (tmp_path / "r.yaml").write_text("preprocess:\n  mean: [0]\n")
+        args += ["--recipe", str(tmp_path / "r.yaml")]
+    res = runner.invoke(app, args, terminal_width=400)
+    assert res.exit_code == 0, res.output
+    x = pixels.astype(np.float64) / 64
+    lo, hi = _range(res.output)
+    assert lo == pytest.approx(x.min(), rel=1e-3, abs=1e-4) and hi == pytest.approx(
+        x.max(), rel=1e-3, abs=1e-4
+    )
+    assert "scale: model metadata, mean: user, std: model metadata" in res.output

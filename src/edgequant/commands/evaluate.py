@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgequant.cli_support import is_quiet
+from edgequant.commands.preprocess_options import Mean, Scale, Size, Std, preprocess_flags
 from edgequant.errors import EdgeQuantError
 
 
@@ -47,8 +48,10 @@ def run_evaluate(
     eval_split: str | None = None,
     device: str | None = None,
     gpu_number: int | None = None,
+    preprocess: Any = None,
 ) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
-    """Everything the command computes: (EvalResult, JSON-able dict, CSV rows)."""
+    """Everything the command computes: (EvalResult, JSON-able dict, CSV rows).  ``preprocess``: the
+    image/video fields the user set (``recipe.Preprocess``; the model's declared ones fill the rest)."""
     from edgequant.evaluate import core, layers, perf, tasks
 
     tasks.check_task(task)
@@ -59,7 +62,9 @@ def run_evaluate(
 
     rt = runtime_for(device, gpu_number)
     opts = core.eval_options(data_options, eval_split)
-    ev = core.load_eval_data(data, fm, batch_size=batch_size, max_samples=max_samples, options=opts)
+    ev = core.load_eval_data(
+        data, fm, batch_size=batch_size, max_samples=max_samples, options=opts, preprocess=preprocess
+    )
     lay = core.ev_layout(task, layout)
     ref = core.join(core.run_outputs(fm, ev.batches, name, rt, "the float model"), task, lay, ev.steps)
     got = core.join(core.run_outputs(qm, ev.batches, name, rt, "the quantized model"), task, lay, ev.steps)
@@ -180,8 +185,19 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="PyTorch export: INPUT:AXIS made dynamic (e.g. input:1). Repeatable."),
         ] = None,
         recipe: Annotated[
-            str | None, typer.Option(help="Recipe file or preset: its data_options apply (flags win).")
+            str | None,
+            typer.Option(help="Recipe file or preset: its data_options and preprocess apply (flags win)."),
         ] = None,
+        mean: Mean = None,
+        std: Std = None,
+        scale: Scale = None,
+        image_layout: Annotated[
+            str | None,
+            typer.Option(
+                "--image-layout", help="Image/video data: nchw | nhwc (quantize's --layout) [default: nchw]."
+            ),
+        ] = None,
+        size: Size = None,
     ) -> None:
         """Compare a quantized model with its float model on labeled or unlabeled data."""
         from edgequant.evaluate.table import format_table
@@ -190,8 +206,11 @@ def register(app: typer.Typer) -> None:
         try:
             from edgequant.commands.recipe_options import recipe_options
             from edgequant.commands.torch_input import to_onnx
+            from edgequant.recipe import from_dict
 
-            opts, _, notes = recipe_options(recipe, data_option, "evaluate")
+            opts, rec, notes = recipe_options(recipe, data_option, "evaluate", ("data_options", "preprocess"))
+            flags = preprocess_flags(mean, std, scale, image_layout, size)  # field by field over the recipe's
+            pre = from_dict({"preprocess": {**(rec.get("preprocess") or {}), **flags}}).preprocess
             source, more = to_onnx(
                 float_model, factory, checkpoint, input_shape, dynamic_axis, ("--data", data)
             )
@@ -203,7 +222,7 @@ def register(app: typer.Typer) -> None:
                 output_name=output_name, batch_size=batch_size, max_samples=max_samples, per_layer=per_layer,
                 top_k=top_k, layer_samples=layer_samples, latency=latency, runs=runs, threads=threads,
                 latency_batch=latency_batch, memory=memory, data_options=opts, eval_split=eval_split,
-                device=device, gpu_number=gpu_number,
+                device=device, gpu_number=gpu_number, preprocess=pre,
             )  # fmt: skip
             if output_json is not None:
                 write_text(output_json, render_json(out))
@@ -212,6 +231,8 @@ def register(app: typer.Typer) -> None:
         except EdgeQuantError as exc:
             _fail(exc)
         console = Console()
+        if "preprocessing:" in out["data"]:  # images/video: the preprocessing used and the value range
+            console.print(f"evaluation data: {out['data']}", markup=False, highlight=False, soft_wrap=True)
         console.print(format_table(result))
         console.print(perf_table(rows))
         if per_layer:
