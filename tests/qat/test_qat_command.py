@@ -133,3 +133,18 @@ def test_ti_yaml_flows_refuse_the_other_method_naming_the_command(setup) -> None
     )
     assert res.exit_code == 2 and "edgequant qat --recipe" in " ".join(res.output.split())
     assert not (tmp / "o4").exists() and not (tmp / "o5").exists()
+
+
+def test_cuda_device_is_refused_naming_torch_cuda_and_the_providers(setup) -> None:
+    import onnxruntime
+
+    tmp = setup
+    res = CliRunner().invoke(app, _args(tmp, "train.npz", "gpu", "--epochs", "1", "--device", "cuda:0"))
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2, res.output
+    assert "device 'cuda:0'" in text and "CPU only" in text
+    # the state it names is this machine's, read here independently of the command
+    assert f"CUDA {'available' if torch.cuda.is_available() else 'not available'}" in text
+    assert (torch.version.cuda or "a CPU-only build") in text
+    assert all(p in text for p in onnxruntime.get_available_providers())
+    assert not (tmp / "gpu").exists()

@@ -257,3 +257,31 @@ def test_bias_calibration_factor_is_refused_not_ignored(trained) -> None:
     net, x, _y, _xt, _yt = trained
     with pytest.raises(EdgeQuantError, match=r"bias_calibration_factor=0\.5 is not implemented"):
         QATModule(net, x[:4], bias_calibration_factor=0.5)
+
+
+def test_ptq_forward_with_gradients_enabled(trained) -> None:
+    """Training mode is refused (with or without gradients); eval mode outside torch.no_grad() calibrates
+    exactly as inside it (the observers' ranges are equal) and refuses nothing."""
+    from edgequant.torch.fake_quant import ActQuantizer
+
+    net, x, _y, _xt, _yt = trained
+    inside, outside = PTQModule(net, x[:4]), PTQModule(net, x[:4])
+    with torch.no_grad():
+        inside(x[:64])
+    with torch.enable_grad():
+        out = outside(x[:64])
+    assert out.requires_grad  # the float weights' autograd graph; the observers recorded none
+
+    def ranges(m: PTQModule) -> list[tuple[float, float]]:
+        return [(float(a.lo), float(a.hi)) for a in m.modules() if isinstance(a, ActQuantizer)]
+
+    assert ranges(inside) == ranges(outside) and all(np.isfinite(r).all() for r in ranges(inside))
+    for grad in (True, False):
+        outside.train()
+        with torch.set_grad_enabled(grad), pytest.raises(EdgeQuantError, match="PTQModule calibrates"):
+            outside(x[:8])
+    outside.eval()
+    before = ranges(outside)
+    with torch.no_grad():
+        outside(x[:8] * 0.0)  # inside the range: nothing widens, nothing else changed by the refusals
+    assert ranges(outside) == before

@@ -77,9 +77,14 @@ def run_qat(
     if task not in ("classification", "regression"):
         raise RecipeError(f"task '{task}' is unknown; allowed: classification, regression.", "use --task.")
     if device != "cpu":
+        from edgequant.runtime.ort import available_providers
+
+        cuda = torch.cuda.is_available()
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
         raise RecipeError(
-            f"device '{device}': the built-in QAT loop runs on the CPU only in this version "
-            f"(CUDA available here: {torch.cuda.is_available()}).",
+            f"device '{device}': the built-in QAT loop runs on the CPU only in this version; here torch "
+            f"{torch.__version__} ({build}) reports CUDA {'available' if cuda else 'not available'}, and ONNX "
+            f"Runtime has the providers {', '.join(available_providers())}.",
             "drop --device, or write your own loop around edgequant.torch.QATModule on the GPU.",
         )
     recipe_notes: list[str] = []

@@ -331,7 +331,12 @@ def _stripped(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
 
 class PTQModule(QATModule):
     """Post-training quantization: run calibration batches through it under ``torch.no_grad()`` (eval
-    mode); the observers keep the global min/max, as ``--calib-method minmax``.  Scales are not learned."""
+    mode); the observers keep the global min/max, as ``--calib-method minmax``.  Scales are not learned.
+
+    Training mode is refused (UnsupportedError), with or without gradients: its BatchNorm would
+    normalise with batch statistics and the observers would average ranges instead of widening them.
+    In eval mode, gradients enabled are harmless: the observers record no autograd history, so a
+    forward outside ``torch.no_grad()`` calibrates exactly as one inside it (it only costs memory)."""
 
     learn_default = False
 
@@ -343,8 +348,9 @@ class PTQModule(QATModule):
         self.eval()
 
     def forward(self, *args: Any) -> Any:
-        if torch.is_grad_enabled() and self.training:
+        if self.training:
             raise UnsupportedError(
-                "PTQModule calibrates; it is not trained.", "run it under torch.no_grad() in eval mode."
+                "PTQModule calibrates; it is not trained (training mode would calibrate on batch statistics).",
+                "call .eval() and run it under torch.no_grad(); fine-tune with QATModule.",
             )
         return self.model(*args)
