@@ -1,6 +1,7 @@
 """`edgequant quantize` on a PyTorch input writes a PyTorch model too: the integer `.pth` (static), loaded
 with `edgequant.torch.load` and run against the written ONNX model in our own ORT session; a torch.ao
-dynamic-quantized TorchScript `.pt` for LSTM/GRU models (`--method dynamic|fp16`); none for TorchScript."""
+dynamic-quantized TorchScript `.pt` for LSTM/GRU models (`--method dynamic|fp16`); the `.pth` of a TorchScript
+input, loaded onto `torch.jit.load` of the archive."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from onnx import numpy_helper
 from typer.testing import CliRunner
 
 from edgequant.cli import app
+from edgequant.errors import EdgeQuantError
 from edgequant.torch import load
 
 MODEL_CODE = """
@@ -149,9 +151,14 @@ def test_rnn_dynamic_torch_model_loads_in_plain_pytorch(tmp, kind: str, method: 
     assert section["onnx_output_sqnr_db"] == report["check"]["output_sqnr_db"]
 
 
-def test_torchscript_input_writes_no_pth_and_says_why(tmp) -> None:
+def test_torchscript_input_writes_a_pth_that_round_trips(tmp) -> None:
+    """`quantize net.pt` (TorchScript) writes net_int8.pth; load(path, torch.jit.load(net.pt)) runs it, within
+    1 LSB at the head's input of the written ONNX model in our own ORT session."""
     tmp, eqnets = tmp
     net = eqnets.build().eval()
+    with torch.no_grad():  # non-trivial BN statistics, so the fold matters
+        net.b1.running_mean.uniform_(-0.5, 0.5)
+        net.b1.running_var.uniform_(0.5, 2.0)
     ts = tmp / "ck" / "ts.pt"
     torch.jit.save(torch.jit.trace(net, torch.randn(1, 1, 8, 8)), str(ts))
     res = CliRunner().invoke(
@@ -168,7 +175,30 @@ def test_torchscript_input_writes_no_pth_and_says_why(tmp) -> None:
         ],
     )
     assert res.exit_code == 0, res.output
-    assert not list((tmp / "out").glob("*.pth"))
+    pth, onnx_path = tmp / "out" / "ts_int8.pth", tmp / "out" / "ts_int8.onnx"
     report = json.loads((tmp / "out" / "ts_int8.json").read_text())
-    assert "TorchScript" in report["torch"]["not_written"]
-    assert "no PyTorch file" in " ".join(res.output.split())
+    assert report["files"]["torch_model"] == "ts_int8.pth" and "torch.jit.load" in report["torch"]["kind"]
+    raw = torch.load(str(pth), weights_only=True)
+    assert raw["torchscript"]["input_shapes"] == [[1, 8, 8]] and len(raw["layers"]) == 3
+    module = load(pth, torch.jit.load(str(ts)))
+    x = np.random.default_rng(5).standard_normal((64, 1, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        got = module(torch.from_numpy(x)).numpy()
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    ref = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    m = onnx.load(str(onnx_path))
+    gemm = next(n for n in m.graph.node if n.op_type == "Gemm")
+    dq = {n.output[0]: n for n in m.graph.node if n.op_type == "DequantizeLinear"}
+    s_x = float(_init(m, dq[gemm.input[0]].input[1]))
+    wq = dq[gemm.input[1]]
+    w = (_init(m, wq.input[0]) - _init(m, wq.input[2]).reshape(-1, 1)) * _init(m, wq.input[1]).reshape(-1, 1)
+    assert float(np.max(np.abs(got - ref))) <= s_x * float(np.abs(w).sum(axis=1).max())
+    with torch.no_grad():  # the quantized model, not the float one
+        float_y = net(torch.from_numpy(x)).numpy()
+    assert float(np.max(np.abs(float_y - ref))) > 4 * float(np.max(np.abs(got - ref)))
+    # a file written from a Python module is not loaded onto a TorchScript archive (and vice versa names it)
+    ck = str(tmp / "ck" / "net.pth")
+    _quantize(tmp, ck, "--factory", "eqnets:build", "--checkpoint", ck, "--input-shape", "1x1x8x8",
+              "--calib-data", str(tmp / "x.npy"))  # fmt: skip
+    with pytest.raises(EdgeQuantError, match="written from a Python module"):
+        load(tmp / "out" / "net_int8.pth", torch.jit.load(str(ts)))

@@ -271,7 +271,9 @@ def save(path: str | Path, layers: dict[str, dict[str, Any]], acts: dict[str, di
 def load(path: str | Path, model_factory: Callable[[], nn.Module] | nn.Module) -> fx.GraphModule:
     """The integer module of ``path`` (written by ``QATModule.save``/``edgequant quantize``) on ``model_factory()``.
 
-    ``model_factory`` is the float architecture: a callable building it, or a module.  Only tensors,
+    ``model_factory`` is the float architecture: a callable building it, or a module; for a file that
+    ``edgequant quantize net.pt`` wrote from a TorchScript archive, ``torch.jit.load("net.pt")`` (read
+    by ``edgequant.torch.torchscript.to_fx`` with the input shapes the file records).  Only tensors,
     numbers and strings are read (``weights_only=True``).  Raises ModelError for another file or
     architecture.
     """
@@ -294,5 +296,15 @@ def load(path: str | Path, model_factory: Callable[[], nn.Module] | nn.Module) -
     model = model_factory if isinstance(model_factory, nn.Module) else model_factory()
     if not isinstance(model, nn.Module):
         raise ModelError(f"the factory returned {type(model).__name__}, not a torch.nn.Module.", "fix it.")
+    if isinstance(model, torch.jit.ScriptModule):
+        ts = obj.get("torchscript")
+        if not isinstance(ts, dict):
+            raise ModelError(
+                f"'{p}' was written from a Python module, not from a TorchScript archive.",
+                "pass that module's factory (the architecture it was made from).",
+            )
+        from edgequant.torch.torchscript import to_fx
+
+        model = to_fx(model, tuple(torch.zeros(1, *s) for s in ts["input_shapes"]))
     gm = fuse_layers(trace(model.eval()))
     return build_int_module(gm, obj["layers"], obj["acts"])

@@ -16,7 +16,12 @@
   the float PyTorch module on the check's samples sits in ``report["torch"]`` beside the ONNX model's
   (``report["check"]["output_sqnr_db"]``), per output.
 
-Anything else (a TorchScript input, a graph torch.fx cannot trace or bind, weight-only, a
+A TorchScript input (static) gets the same ``.pth``: the archive is read as an fx graph by
+``edgequant.torch.torchscript.to_fx`` (PyTorch's TorchScript converter, ATen conv/linear/batch-norm
+calls turned back into modules); the file records the per-sample input shapes, and
+``edgequant.torch.load(path, torch.jit.load(archive))`` converts the archive the same way.
+
+Anything else (a TorchScript input with dynamic/fp16, a graph torch.fx cannot trace or bind, weight-only, a
 dynamic/fp16 model without recurrent layers) writes no PyTorch file, and ``report["torch"]`` says why
 (``not_written``); the CLI prints it as a note.
 """
@@ -49,11 +54,11 @@ def attach(result: QuantResult, module: nn.Module, calibration: Any, runtime: An
     method = result.recipe.method
     section: dict[str, Any] = {"method": method}
     result.report["torch"] = section
-    if isinstance(module, torch.jit.ScriptModule):
+    script = isinstance(module, torch.jit.ScriptModule)
+    if script and method != "static":
         section["not_written"] = (
-            "the input is a TorchScript archive: its Python code is not available, so torch.fx cannot place "
-            "activation quantizers (static) and torch.ao cannot swap its layers (dynamic/fp16); pass "
-            "--factory/--checkpoint for the PyTorch file."
+            f"method {method}: the input is a TorchScript archive, whose layers torch.ao cannot swap; pass "
+            "--factory/--checkpoint for the torch.ao model (static writes the integer .pth from TorchScript)."
         )
         return
     if method not in ("static", "dynamic", "fp16"):
@@ -70,6 +75,13 @@ def attach(result: QuantResult, module: nn.Module, calibration: Any, runtime: An
     )
     section["data"], section["samples_kind"] = description, kind
     try:
+        if script:  # the archive as an fx graph of Conv/Linear/BN modules (edgequant.torch.torchscript)
+            from edgequant.torch.torchscript import to_fx
+
+            names = _inputs(result.float_model)
+            examples = tuple(torch.from_numpy(np.ascontiguousarray(batches[0][n])) for n in names)
+            module = to_fx(module, examples)  # type: ignore[arg-type]
+            section["torchscript"] = {"input_shapes": [list(t.shape[1:]) for t in examples]}
         if method == "static":
             _integer(result, module, batches, runtime, section)
         else:
@@ -171,9 +183,13 @@ def _integer(
         )
         return
     buf = io.BytesIO()
-    torch.save({"format": artifact.FORMAT, "layers": layers, "acts": acts}, buf)
+    content: dict[str, Any] = {"format": artifact.FORMAT, "layers": layers, "acts": acts}
+    if "torchscript" in section:  # load(path, torch.jit.load(archive)) converts the archive the same way
+        content["torchscript"] = section["torchscript"]
+    torch.save(content, buf)
     result.artifacts[".pth"] = buf.getvalue()
-    section["kind"] = "integer weights + quantization parameters (load: edgequant.torch.load(path, factory))"
+    how = "torch.jit.load(archive)" if "torchscript" in section else "factory"
+    section["kind"] = f"integer weights + quantization parameters (load: edgequant.torch.load(path, {how}))"
 
 
 def _dynamic(
