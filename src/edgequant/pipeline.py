@@ -36,6 +36,7 @@ from edgequant.model.recurrent import apply_exact_ranges
 from edgequant.model.stream_calib import carry_states
 from edgequant.plan import QuantPlan
 from edgequant.recipe import PRESETS, Recipe, from_dict, load_recipe, preset, to_dict
+from edgequant.recipe.presets import without_disabled
 from edgequant.result import QuantResult, build_report
 from edgequant.runtime import OrtRuntime, detect
 from edgequant.targets.adapt import adapt as adapt_to_target
@@ -69,7 +70,7 @@ def resolve_recipe(
         )
     else:
         base = to_dict(load_recipe(recipe, notes))
-    return from_dict({**base, **overrides})
+    return from_dict(without_disabled({**base, **overrides}, overrides))
 
 
 def load_input_model(

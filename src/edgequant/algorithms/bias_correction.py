@@ -314,8 +314,9 @@ def correct_biases(
         plan.notes.append("bias correction: no quantized Conv/Gemm/MatMul+Add node to correct.")
         return quantized, plan, float_model, section
     if variant == "sequential":
-        shifts, runs = bias_sequential.measure(float_model, quantized, found, source, runtime)
-        section["runs"] = runs
+        shifts, section["runs"], section["rejected"] = bias_sequential.measure(
+            float_model, quantized, calibrated, found, source, runtime
+        )
     else:
         shifts, section["batches"] = measure(float_model, quantized, found, source, runtime)
     model = corrected_model(float_model, found, shifts)
@@ -368,6 +369,12 @@ class BiasCorrection:
             state.float_model, state.model, state.plan, calibrated=state.calibrated, source=stats,
             runtime=stats.runtime, variant=self.variant,
         )  # fmt: skip
+        rejected = [
+            f"{n}: its level's correction was undone (output SQNR on the calibration data "
+            f"{r['sqnr_without_db']} dB without it, {r['sqnr_with_db']} dB with it)"
+            for r in section.get("rejected", [])
+            for n in r["nodes"]
+        ]
         changed = [
             f"{r['node']}: {r['channels_corrected']} of {r['channels']} channel biases moved, mean |shift| "
             f"{r['mean_abs_shift']:.3g}"
@@ -377,7 +384,7 @@ class BiasCorrection:
         nothing = f"no channel's mean shift reached {MIN_T:g} standard errors over the calibration samples"
         outcome = PassOutcome(
             changed=changed,
-            skipped=[f"{s['node']}: {s['reason']}" for s in section["skipped"]],
+            skipped=[f"{s['node']}: {s['reason']}" for s in section["skipped"]] + rejected,
             nothing_to_do=""
             if changed
             else nothing

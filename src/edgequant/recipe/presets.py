@@ -38,7 +38,7 @@ def preset(name: str, **overrides: Any) -> Recipe:
         raise RecipeError(
             f"unknown preset '{name}'; allowed: {', '.join(PRESETS)}.", "pick a preset from the list."
         )
-    data = {**PRESETS[name], **overrides}
+    data = without_disabled({**PRESETS[name], **overrides}, overrides)
     recipe = from_dict(data)
     if name in LOW_BIT_PASSES and "algorithms" not in overrides:
         step, bits = LOW_BIT_PASSES[name]
@@ -47,3 +47,12 @@ def preset(name: str, **overrides: Any) -> Recipe:
             names = {*recipe.algorithms, step}
             recipe = from_dict({**data, "algorithms": [a for a in ALGORITHMS if a in names]})
     return recipe
+
+
+def without_disabled(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the passes that ``overrides`` switch off by their alias dropped from ``algorithms``
+    (``bias_correction: false`` / ``--no-bias-correction`` over a recipe or preset that runs it), unless
+    ``overrides`` set ``algorithms`` themselves."""
+    if overrides.get("bias_correction") is not False or "algorithms" in overrides:
+        return data
+    return {**data, "algorithms": [a for a in data.get("algorithms") or () if a != "bias_correction"]}
