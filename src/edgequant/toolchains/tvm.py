@@ -64,7 +64,9 @@ def build_tvm(
         The exported library's bytes, and ``{"toolchain": "tvm", "sqnr_db_vs_float": {output: dB},
         "sqnr_db_vs_onnxruntime": {...}, "latency_ms": {...}, "prepared": {"named_input_dims": {input:
         dims}, "folded_reshape_shapes": [{"node", "shape_from", "shape"}]}, "note": ...}`` with versions
-        and timings.
+        and timings; when tuned, ``tune_records`` and ``tune_measured`` (MetaSchedule's database records,
+        and those with a measured run time: 0 means the library has TVM's default schedules, and the note
+        says so).
 
     Raises:
         TargetError: the tvm toolchain is not installed (hint: ``edgequant toolchain install tvm``).
@@ -108,9 +110,21 @@ def build_tvm(
         "sqnr_db_vs_onnxruntime_unfused": vs_plain,  # ORT with Q/DQ as float math, as TVM runs them
         "seconds": {k: res[k] for k in ("import_s", "tune_s", "compile_s") if k in res},
         "tune_trials": tune_trials,
+        **(
+            {"tune_records": res["tune_records"], "tune_measured": res["tune_measured"]}
+            if tune_trials
+            else {}
+        ),
         "library_bytes": len(library),
         "prepared": {"named_input_dims": named, "folded_reshape_shapes": folded},
-        "note": NOTE,
+        "note": NOTE
+        + (
+            f" No MetaSchedule candidate of the {tune_trials} trials was measured (each failed to build or run "
+            "within MetaSchedule's limits, e.g. its 30 s build timeout on a loaded machine): the library has "
+            "TVM's default schedules."
+            if tune_trials and not res.get("tune_measured")
+            else ""
+        ),
     }
     if latency_runs and "latency_ms" in res:
         sample = batches[0]

@@ -4,11 +4,12 @@
 
 Request: ``model`` (QDQ ONNX path), ``out`` (.so path), ``target`` (TVM target dict or null for
 ``llvm`` with the host's ``mcpu``), ``threads``, ``tune_trials`` and ``tune_dir`` (MetaSchedule, on
-static shapes ``shapes``), ``inputs`` (.npz with keys ``<batch>/<input name>``), ``outputs`` (.npz to
-write, keys ``<batch>/<output name>``), ``latency_runs``.  The model is imported with TVM Relax's ONNX
-front end, compiled with ``tvm.compile`` and exported with ``export_library``; the exported library is
-loaded back and run in ``relax.VirtualMachine`` for every input batch.  Q/DQ nodes lower to float
-arithmetic in TVM 0.27: the outputs carry int8 rounding, not int8 speed.
+static shapes ``shapes``; the result counts its database's records and those measured), ``inputs``
+(.npz with keys ``<batch>/<input name>``), ``outputs`` (.npz to write, keys ``<batch>/<output name>``),
+``latency_runs``.  The model is imported with TVM Relax's ONNX front end, compiled with ``tvm.compile``
+and exported with ``export_library``; the exported library is loaded back and run in
+``relax.VirtualMachine`` for every input batch.  Q/DQ nodes lower to float arithmetic in TVM 0.27: the
+outputs carry int8 rounding, not int8 speed.
 """
 
 import os
@@ -55,6 +56,7 @@ def body(run):
             max_trials_per_task=max(8, int(req["tune_trials"]) // 8),
         )(mod)
         result["tune_s"] = round(time.perf_counter() - t0, 3)
+        result["tune_records"], result["tune_measured"] = _tuning_counts(req["tune_dir"])
     run.stage = "compile"
     t0 = time.perf_counter()
     exe = tvm.compile(mod, target=tgt)
@@ -83,6 +85,16 @@ def body(run):
             **latency(lambda: vm["main"](*first), runs),
             "threads": int(os.environ["TVM_NUM_THREADS"]),
         }
+
+
+def _tuning_counts(work_dir):
+    """(records in MetaSchedule's database, records with a measured run time): a candidate that failed
+    to build or run (e.g. LocalBuilder's 30 s timeout on a loaded machine) has no usable run time."""
+    from tvm.s_tir.meta_schedule.database import JSONDatabase
+
+    records = JSONDatabase(work_dir=work_dir).get_all_tuning_records()
+    measured = [r for r in records if r.run_secs and all(float(s) < 1e9 for s in r.run_secs)]
+    return len(records), len(measured)
 
 
 if __name__ == "__main__":
