@@ -4,6 +4,7 @@ missing toolchain fails; locally the test skips and says how to install it."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,32 @@ def need_toolchain(name: str) -> Path:
             pytest.fail(message + " (scripts/test.sh installs it in CI)")
         pytest.skip(message)
     return Path(info["python"])
+
+
+def quantize_to(target: str, model: onnx.ModelProto, calib_x: np.ndarray, tmp: Path) -> Path:
+    """``edgequant quantize`` (the CLI) of ``model`` for ``target`` with calibration ``x``; the output folder."""
+    from typer.testing import CliRunner
+
+    from edgequant.cli import app
+
+    onnx.save(model, tmp / "m.onnx")
+    np.savez(tmp / "calib.npz", x=calib_x)
+    out = tmp / "out"
+    res = CliRunner().invoke(
+        app, ["quantize", str(tmp / "m.onnx"), "--calib-data", str(tmp / "calib.npz"), "--target", target,
+              "-o", str(out)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def run_artifact(python: Path, script: str, artifact: Path, x: np.ndarray, tmp: Path) -> np.ndarray:
+    """Run ``artifact`` on ``x`` with ``script`` (``RUN_SO`` / ``RUN_FBZ``) in a toolchain's interpreter."""
+    (tmp / "run.py").write_text(script)
+    np.save(tmp / "x.npy", x)
+    subprocess.run([str(python), str(tmp / "run.py"), str(artifact), str(tmp / "x.npy"), str(tmp / "y.npy")],
+                   check=True)  # fmt: skip
+    return np.load(tmp / "y.npy")
 
 
 RUN_SO = """

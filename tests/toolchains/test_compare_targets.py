@@ -7,12 +7,11 @@ test in the toolchains' interpreters, and the float reference by this test's own
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import onnx
-from toolchain_helpers import RUN_FBZ, RUN_SO, need_toolchain, pixel_conv_net
+from toolchain_helpers import RUN_FBZ, RUN_SO, need_toolchain, pixel_conv_net, run_artifact
 from typer.testing import CliRunner
 
 from edgequant.cli import app
@@ -20,11 +19,7 @@ from edgequant.runtime import OrtRuntime
 
 
 def _run(python: Path, script: str, artifact: Path, x: np.ndarray, tmp: Path) -> np.ndarray:
-    (tmp / "run.py").write_text(script)
-    np.save(tmp / "x.npy", x)
-    subprocess.run([str(python), str(tmp / "run.py"), str(artifact), str(tmp / "x.npy"), str(tmp / "y.npy")],
-                   check=True)  # fmt: skip
-    return np.load(tmp / "y.npy").reshape(len(x), -1)
+    return run_artifact(python, script, artifact, x, tmp).reshape(len(x), -1)
 
 
 def test_compare_adds_a_row_per_toolchain_target(tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ code under test) and its outputs are compared with this test's own ONNX Runtime 
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +14,8 @@ import onnx
 from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
-from toolchain_helpers import RUN_SO, need_toolchain
-from typer.testing import CliRunner
+from toolchain_helpers import RUN_SO, need_toolchain, quantize_to, run_artifact
 
-from edgequant.cli import app
 from edgequant.runtime import OrtRuntime
 from edgequant.schemes import sqnr_db
 
@@ -50,14 +47,10 @@ def conv_matmul_net(seed: int = 0) -> onnx.ModelProto:
 def test_target_tvm_writes_a_library_that_runs(tmp_path: Path) -> None:
     python = need_toolchain("tvm")
     rng = np.random.default_rng(3)
-    model, calib = tmp_path / "convmm.onnx", tmp_path / "calib.npz"
-    onnx.save(conv_matmul_net(), model)
-    np.savez(calib, x=rng.standard_normal((64, 3, 8, 8)).astype(np.float32))
-    out = tmp_path / "out"
-    res = CliRunner().invoke(
-        app, ["quantize", str(model), "--calib-data", str(calib), "--target", "tvm", "-o", str(out)]
+    out = quantize_to(
+        "tvm", conv_matmul_net(), rng.standard_normal((64, 3, 8, 8)).astype(np.float32), tmp_path
     )
-    assert res.exit_code == 0, res.output
+    model = tmp_path / "m.onnx"
     libs = list(out.glob("*.tvm.so"))
     assert len(libs) == 1 and libs[0].stat().st_size > 10_000
     qdq = next(p for p in out.glob("*.onnx"))
@@ -69,13 +62,7 @@ def test_target_tvm_writes_a_library_that_runs(tmp_path: Path) -> None:
 
     # independent run of the written library, against this test's own ORT sessions
     x = rng.standard_normal((4, 3, 8, 8)).astype(np.float32)
-    np.save(tmp_path / "x.npy", x)
-    script = tmp_path / "run_so.py"
-    script.write_text(RUN_SO)
-    subprocess.run(
-        [str(python), str(script), str(libs[0]), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")], check=True
-    )
-    got = np.load(tmp_path / "y.npy")
+    got = run_artifact(python, RUN_SO, libs[0], x, tmp_path)
     rt = OrtRuntime()
     ort_q = rt.run(onnx.load(str(qdq)), {"x": x})["y"]
     ort_f = rt.run(onnx.load(str(model)), {"x": x})["y"]

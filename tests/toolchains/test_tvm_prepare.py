@@ -9,7 +9,6 @@ interpreter by a script of this test.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +17,8 @@ import onnxruntime as ort
 from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
-from toolchain_helpers import RUN_SO, need_toolchain
-from typer.testing import CliRunner
+from toolchain_helpers import RUN_SO, need_toolchain, quantize_to, run_artifact
 
-from edgequant.cli import app
 from edgequant.schemes import sqnr_db
 from edgequant.toolchains.tvm_prepare import fold_reshape_shapes, name_unknown_dims
 
@@ -103,27 +100,14 @@ def test_unknown_input_dims_get_names_of_their_own() -> None:
 def test_target_tvm_imports_a_run_time_reshape_shape(tmp_path: Path) -> None:
     python = need_toolchain("tvm")
     rng = np.random.default_rng(3)
-    model, calib = tmp_path / "head.onnx", tmp_path / "calib.npz"
-    onnx.save(paddle_head(), model)
-    np.savez(calib, x=rng.standard_normal((32, 3, 8, 8)).astype(np.float32))
-    out = tmp_path / "out"
-    res = CliRunner().invoke(
-        app, ["quantize", str(model), "--calib-data", str(calib), "--target", "tvm", "-o", str(out)]
-    )
-    assert res.exit_code == 0, res.output
-    lib = next(out.glob("*.tvm.so"))
-    qdq = next(out.glob("*.onnx"))
+    out = quantize_to("tvm", paddle_head(), rng.standard_normal((32, 3, 8, 8)).astype(np.float32), tmp_path)
+    lib, qdq = next(out.glob("*.tvm.so")), next(out.glob("*.onnx"))
     report = json.loads(qdq.with_suffix(".json").read_text())
     prepared = report["toolchain"]["prepared"]
     assert prepared["named_input_dims"] == {"x": ["x_0", 3, "x_2", "x_3"]}
     assert [f["shape"] for f in prepared["folded_reshape_shapes"]] == [[0, 6]]
     x = rng.standard_normal((3, 3, 8, 8)).astype(np.float32)  # a batch size the check did not use
-    np.save(tmp_path / "x.npy", x)
-    script = tmp_path / "run_so.py"
-    script.write_text(RUN_SO)
-    subprocess.run([str(python), str(script), str(lib), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
-                   check=True)  # fmt: skip
-    got = np.load(tmp_path / "y.npy")
+    got = run_artifact(python, RUN_SO, lib, x, tmp_path)
     plain = ort.SessionOptions()
     plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # Q/DQ as float, as TVM
     sess = ort.InferenceSession(str(qdq), plain, providers=["CPUExecutionProvider"])
