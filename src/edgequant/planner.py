@@ -10,7 +10,6 @@ default.  Every node gets a decision, and every node left float gets its reason.
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +26,7 @@ from edgequant.model.patterns import RECURRENT_OPS, recurrent_state_tensors
 from edgequant.model.recurrent import squared_domain
 from edgequant.plan import QuantPlan, TensorEntry
 from edgequant.recipe import Recipe
+from edgequant.recipe.exclude import match_names
 from edgequant.runtime.cpu import CpuFeatures
 from edgequant.schemes.qparams import dequantize, quantize_weight, sqnr_db
 from edgequant.schemes.spec import Granularity, QuantSpec, ScaleRule
@@ -82,12 +82,6 @@ class GraphIndex:
             if n.op_type in COMPUTE_OPS | PASS_OPS:
                 names |= {o for o in n.output if o and o not in typed}
         return names
-
-
-def _matches(node: onnx.NodeProto, pattern: str) -> bool:
-    if pattern.startswith("re:"):
-        return re.fullmatch(pattern[3:], node.name) is not None
-    return pattern in (node.name, node.op_type)
 
 
 def _weight_axis(node: onnx.NodeProto, w: onnx.TensorProto) -> int:
@@ -235,23 +229,15 @@ class Planner:
 
     def _excluded(self) -> dict[str, str]:
         out: dict[str, str] = {}
-        nodes = list(self.model.graph.node)
-        for pattern in self.recipe.exclude:
-            if pattern.startswith("re:"):
-                try:
-                    re.compile(pattern[3:])
-                except re.error as exc:
-                    raise RecipeError(
-                        f"exclude pattern '{pattern}' is not a valid regex: {exc}.", "fix it."
-                    ) from exc
-            hits = [n for n in nodes if _matches(n, pattern)]
+        nodes = [(n.name, n.op_type) for n in self.model.graph.node]
+        for pattern, hits in match_names(self.recipe.exclude, nodes).items():
             if not hits:
                 raise RecipeError(
                     f"exclude '{pattern}' matches no node name or op type in the model.",
                     "check the names with 'edgequant inspect MODEL'; regexes are written 're:PATTERN'.",
                 )
-            for n in hits:
-                out.setdefault(n.name, f"excluded by the user ('{pattern}').")
+            for name in hits:
+                out.setdefault(name, f"excluded by the user ('{pattern}').")
         return out
 
     def _first_last(self) -> dict[str, str]:

@@ -8,7 +8,8 @@ Checked when a job is submitted, before it is queued (a refusal is a 4xx, nothin
   it is listed).  The refusal never opens, stats or quotes the path it was given.
 * ``calib_samples`` <= ``max_calib_samples``, ``batch_size`` <= ``max_batch_size``, preprocess
   ``resize`` / ``center_crop`` <= ``max_image_side``, integer data options <= ``MAX_OPTION_INT``,
-  at most ``MAX_EXCLUDE`` exclude entries of ``MAX_PATTERN`` characters each.
+  at most ``MAX_EXCLUDE`` exclude entries of ``MAX_PATTERN`` characters each, every ``re:`` entry
+  inside the exclude matcher's safe subset (``edgequant.recipe.exclude.compile_pattern``).
 * A static quantization needs a dataset: without one the library would calibrate on synthetic
   data, which the service only does when the recipe says ``allow_synthetic: true``.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgequant.errors import RecipeError
+from edgequant.recipe.exclude import check_patterns
 from edgequant.service.config import ServiceConfig
 
 SAFE_DATA_OPTIONS = frozenset(
@@ -81,6 +83,7 @@ def check_request(data: dict[str, Any], config: ServiceConfig, *, has_dataset: b
         for item in exclude:
             if isinstance(item, str) and len(item) > MAX_PATTERN:
                 raise _too_big("the length of an exclude entry", len(item), MAX_PATTERN, "shorten it.")
+        check_patterns([item for item in exclude if isinstance(item, str)])
     if (
         not has_dataset
         and data.get("method", "static") == "static"

@@ -12,9 +12,11 @@ its pipe, runs the job, writes progress while it runs, and records the outcome:
   internal error naming the exception type (the server's paths are replaced by ``<store>``).
 
 Limits: each worker sets RLIMIT_AS (address space) to ``memory_mb`` before importing anything big.
-Regular expressions in ``exclude`` (``re:PATTERN``) are matched here with the ``regex`` module
-under a time bound (``REGEX_BUDGET_S`` for all patterns and node names together) and replaced by
-the node names they matched, so the planner never runs a pattern that could backtrack for minutes.
+Regular expressions in ``exclude`` (``re:PATTERN``) are checked at submission and matched here with
+the library's one matcher (``edgequant.recipe.exclude``: the same ``re`` semantics as the CLI, a
+safe subset: bounded length and repeat counts, no nested repeats, no backreferences) under a time
+bound (``REGEX_BUDGET_S`` for all patterns and node names together), and replaced by the node names
+they matched, so the planner never runs a pattern that could backtrack for minutes.
 
 Progress: the pipeline's ``progress(stage, done, total)`` becomes ``0.05 + 0.85 * done / total``
 (for compare jobs ``0.05 + 0.9 * ...``), written at most 5 times a second or on a stage change.
@@ -61,42 +63,31 @@ def dataset_path(root: Path, name: str | None) -> Path | None:
 
 
 def resolve_regex_excludes(model: Path, exclude: list[str]) -> list[str]:
-    """``exclude`` with each ``re:PATTERN`` replaced by the node names it fully matches (time-bounded)."""
+    """``exclude`` with each ``re:PATTERN`` replaced by the node names it fully matches: the library's
+    own matcher (``edgequant.recipe.exclude``: safe-subset checks, then ``re``) under a time bound."""
     if not any(p.startswith("re:") for p in exclude):
         return exclude
     import onnx
-    import regex
 
-    names = [n.name for n in onnx.load(str(model), load_external_data=False).graph.node]
-    deadline = time.monotonic() + REGEX_BUDGET_S
+    from edgequant.recipe.exclude import match_names
+
+    patterns = [p for p in exclude if p.startswith("re:")]
+    nodes = [(n.name, n.op_type) for n in onnx.load(str(model), load_external_data=False).graph.node]
+    try:
+        matched = match_names(patterns, nodes, budget_s=REGEX_BUDGET_S)
+    except TimeoutError as exc:
+        raise ResourceLimit(f"{exc}", "use plain node names or op types, or a simpler pattern.") from exc
     out: list[str] = []
     for pattern in exclude:
         if not pattern.startswith("re:"):
             out.append(pattern)
             continue
-        try:
-            compiled = regex.compile(pattern[3:])
-            hits = []
-            for name in names:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError
-                if compiled.fullmatch(name, timeout=left) is not None:
-                    hits.append(name)
-        except TimeoutError as exc:
-            raise ResourceLimit(
-                f"the exclude patterns took longer than {REGEX_BUDGET_S:g} s to match {len(names)} node "
-                "names (a pattern that backtracks, like '(a+)+$').",
-                "use plain node names or op types, or a simpler pattern.",
-            ) from exc
-        except regex.error as exc:
-            raise RecipeError(f"exclude pattern '{pattern}' is not a valid regex: {exc}.", "fix it.") from exc
-        if not hits:
+        if not matched[pattern]:
             raise RecipeError(
                 f"exclude '{pattern}' matches no node name in the model.",
                 "check the names with 'edgequant inspect MODEL'.",
             )
-        out += [e for e in (_exact(h) for h in hits) if e not in out]
+        out += [e for e in (_exact(h) for h in matched[pattern]) if e not in out]
     return out
 
 
