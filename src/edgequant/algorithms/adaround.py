@@ -404,9 +404,9 @@ def _errors(
 ) -> tuple[float, float]:
     """E||W x - W~ x~||^2 per output, up to the constant E||W x||^2 (relative: both share it)."""
 
-    def part(wq: np.ndarray) -> float:
-        return float(np.einsum("gck,gkl,gcl->", wq, a, wq) - 2 * np.einsum("gck,gkl,gcl->", wq, b, w)) / (
-            w.shape[0] * w.shape[1]
-        )
+    def part(wq: np.ndarray) -> float:  # matmul, not a 3-operand einsum (a naive loop: 188 s on [512, 4608])
+        quad = np.sum(np.matmul(wq, a) * wq, dtype=np.float64)
+        cross = np.sum(np.matmul(wq, b) * w, dtype=np.float64)
+        return float(quad - 2 * cross) / (w.shape[0] * w.shape[1])
 
     return part(w_rtn), part(w_ada)
