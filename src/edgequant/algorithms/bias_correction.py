@@ -370,7 +370,7 @@ class BiasCorrection:
             runtime=stats.runtime, variant=self.variant,
         )  # fmt: skip
         rejected = [
-            f"{n}: its level's correction was undone (output SQNR on the calibration data "
+            f"{n}: its level's correction was undone (output SQNR on the even / odd calibration batches "
             f"{r['sqnr_without_db']} dB without it, {r['sqnr_with_db']} dB with it)"
             for r in section.get("rejected", [])
             for n in r["nodes"]
