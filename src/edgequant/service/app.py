@@ -24,11 +24,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgequant.errors import EdgeQuantError
-from edgequant.recipe import from_dict
 from edgequant.service.config import ServiceConfig, served_targets, status_of
 from edgequant.service.guard import API, GuardMiddleware, Sessions, error_body
 from edgequant.service.jobs import JobManager
-from edgequant.service.schemas import ERROR_RESPONSES
+from edgequant.service.schemas import ERROR_RESPONSES, CompareBody, RecipeBody, unknown_body_key
 from edgequant.service.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -47,10 +46,8 @@ def _install_handlers(app: FastAPI) -> None:
         for err in exc.errors():  # an unknown recipe key: the library's own words (with a suggestion)
             loc = tuple(err.get("loc", ()))
             if err.get("type") == "extra_forbidden" and len(loc) == 2 and loc[0] == "body":
-                try:
-                    from_dict({str(loc[1]): None})
-                except EdgeQuantError as recipe_error:
-                    return JSONResponse(recipe_error.to_dict(), status_code=422)
+                body = CompareBody if request.url.path.endswith("/compare") else RecipeBody
+                return JSONResponse(unknown_body_key(str(loc[1]), body).to_dict(), status_code=422)
         parts = []
         for err in exc.errors():
             where = ".".join(str(x) for x in err.get("loc", ()))

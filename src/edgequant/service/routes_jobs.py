@@ -30,6 +30,7 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from edgequant.errors import RecipeError
 from edgequant.recipe import METHODS, PRESETS, from_dict, to_dict
+from edgequant.recipe.schema import FLAG_KEYS
 from edgequant.service.config import (
     BadRequest,
     Conflict,
@@ -85,6 +86,22 @@ def job_row(store: JobStore, job_id: str) -> dict[str, Any]:
     return row
 
 
+def canonical_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the CLI flags' spellings of recipe keys (``data_option``, ``target_sqnr``,
+    ``symmetric``: ``recipe.schema.FLAG_KEYS``, accepted as in YAML recipes) renamed to the field names,
+    so every check below (``limits.check_request``) sees one key.  RecipeError when both are set."""
+    out = dict(data)
+    for flag, field in FLAG_KEYS.items():
+        if flag in out:
+            if field in out:
+                raise RecipeError(
+                    f"the body sets both '{flag}' and '{field}', two spellings of one setting.",
+                    f"keep one of them ('{flag}' is the CLI flag's name).",
+                )
+            out[field] = out.pop(flag)
+    return out
+
+
 def build_recipe(
     data: dict[str, Any],
     method: str | None,
@@ -93,7 +110,7 @@ def build_recipe(
     has_dataset: bool = True,
 ) -> dict[str, Any]:
     """The validated recipe mapping of a quantize request (see module doc for precedence)."""
-    data = dict(data)
+    data = canonical_keys(data)
     if method:
         if method in PRESETS:
             data.update(PRESETS[method])

@@ -1,19 +1,23 @@
 """Typed request and response bodies of the REST API (they are the OpenAPI schemas at /openapi.json).
 
 ``RecipeBody`` is generated from ``edgequant.recipe.Recipe`` (every field optional, unknown keys
-refused), so the API's recipe schema cannot drift from the library's; the body is then validated
+refused; the CLI flags' spellings ``data_option``, ``target_sqnr``, ``symmetric`` are accepted as in
+YAML recipes), so the API's recipe schema cannot drift from the library's; the body is then validated
 again, fully, by ``edgequant.recipe.from_dict``.  Every error answer is an ``ErrorBody``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from edgequant.errors import RecipeError
 from edgequant.recipe import Recipe
+from edgequant.recipe.schema import FLAG_KEYS
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
 JobKind = Literal["quantize", "compare"]
@@ -35,6 +39,10 @@ def _optional_model(cls: type, name: str) -> type[BaseModel]:
         if dataclasses.is_dataclass(hint):
             hint = _optional_model(hint, name + getattr(hint, "__name__", "Part"))  # type: ignore[arg-type]
         fields[f.name] = (Optional[hint], Field(default=None))  # noqa: UP045 (a runtime type object)
+    if cls is Recipe:  # the CLI flags' spellings, accepted as in YAML recipes (never both: 422)
+        for flag, field in FLAG_KEYS.items():
+            description = f"the CLI flag's spelling of '{field}' (the same setting)."
+            fields[flag] = (Optional[hints[field]], Field(default=None, description=description))  # noqa: UP045
     model: type[BaseModel] = create_model(
         name,
         __config__=ConfigDict(extra="forbid"),
@@ -53,6 +61,24 @@ class CompareBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     data_options: dict[str, Any] | None = None
+
+
+def unknown_body_key(key: str, body: type[BaseModel]) -> RecipeError:
+    """The 422 error for a key ``body`` (RecipeBody, CompareBody) does not have: it names the key and
+    the spelling to use (a dashed spelling of a known key, or the closest known key)."""
+    known = sorted(body.model_fields)
+    shown, where = key[:64], "recipe" if body is RecipeBody else "the request body"
+    normalized = key.replace("-", "_")
+    if normalized in known:
+        return RecipeError(
+            f"unknown key '{shown}' in {where}: JSON bodies spell keys with underscores.",
+            f"write '{normalized}'.",
+        )
+    close = difflib.get_close_matches(normalized, known, n=1)
+    return RecipeError(
+        f"unknown key '{shown}' in {where}; allowed: {', '.join(known)}.",
+        f"did you mean '{close[0]}'?" if close else "remove or rename the key.",
+    )
 
 
 def recipe_mapping(body: BaseModel | None) -> dict[str, Any]:
