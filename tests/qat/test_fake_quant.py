@@ -58,3 +58,29 @@ def test_power_of_two_weights_learn_the_exponent_and_stay_powers_of_two() -> Non
     assert np.all(np.log2(scale) == np.round(np.log2(scale)))  # exported scales are powers of two
     start = WeightQuantizer(spec, w, 0, learn=False).qparams()[0]
     assert np.any(scale > start)  # the exponent was learned, not kept
+
+
+def test_observer_qparams_on_tensors_equal_the_numpy_rule() -> None:
+    """The observers' per-batch scale/zero (torch) are exactly schemes.qparams_from_range's (numpy)."""
+    from edgequant.schemes.qparams import qparams_from_range
+    from edgequant.torch.fake_quant import range_qparams
+
+    rng = np.random.default_rng(0)
+    ranges = [(0.0, 0.0), (0.5, 3.0), (-2.0, -0.1), (-1e-9, 2e-9)]
+    ranges += [tuple(sorted(rng.normal(0, 10 ** rng.uniform(-4, 3), 2).tolist())) for _ in range(200)]
+    specs = [
+        QuantSpec(bits=b, signed=sg, symmetric=sy)
+        for b in (4, 8, 16)
+        for sg in (True, False)
+        for sy in (True, False)
+        if not (b == 16 and not sg)
+    ]
+    for spec in specs:
+        for lo, hi in ranges:
+            s, z = range_qparams(
+                torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32), spec
+            )
+            lo32, hi32 = float(np.float32(lo)), float(np.float32(hi))  # the observer holds float32 ranges
+            s_ref, z_ref = qparams_from_range(lo32, hi32, spec)
+            assert float(s) == float(np.asarray(s_ref).reshape(())), (spec, lo, hi)
+            assert int(z) == int(np.asarray(z_ref).reshape(())), (spec, lo, hi)

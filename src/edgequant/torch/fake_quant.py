@@ -58,6 +58,24 @@ def _view(t: torch.Tensor, ndim: int, axis: int | None) -> torch.Tensor:
     return t.reshape(shape)
 
 
+def range_qparams(lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """``schemes.qparams_from_range`` for float scales, on tensors: (scale float32, zero float32 holding an
+    integer).  Computed in float64 and rounded to float32 as the numpy function does, so both give the same
+    values (a test holds this); power-of-two specs use the numpy function (its least-error search)."""
+    lo_a = torch.clamp(lo.double(), max=0.0)
+    hi_a = torch.clamp(hi.double(), min=0.0)
+    qmin, qmax = spec.qmin, spec.qmax
+    if spec.symmetric:
+        scale = torch.maximum(lo_a.abs(), hi_a.abs()) / ((qmax - qmin) / 2.0)
+        zero = torch.full_like(scale, 0 if spec.signed else (qmax + qmin + 1) // 2)
+    else:
+        scale = (hi_a - lo_a) / float(qmax - qmin)
+    scale = torch.where(scale <= 0, torch.ones_like(scale), scale).clamp_min(float(np.float32(1e-12)))
+    if not spec.symmetric:
+        zero = torch.clamp(torch.round(qmin - lo_a / scale), qmin, qmax)
+    return scale.float(), zero.float()
+
+
 class _Quantizer(nn.Module):
     """Shared state: the spec, a scale parameter (or its log2 for power-of-two), a fixed zero point."""
 
@@ -157,6 +175,7 @@ class ActQuantizer(_Quantizer):
         self.calibrate_in_eval = False  # PTQ: eval-mode batches widen a global min/max
         self.register_buffer("lo", torch.tensor(float("inf")))
         self.register_buffer("hi", torch.tensor(float("-inf")))
+        self._seen = False  # a batch was observed (saves reading lo/hi back per batch)
 
     @property
     def calibrated(self) -> bool:
@@ -167,18 +186,24 @@ class ActQuantizer(_Quantizer):
 
     def _observe(self, x: torch.Tensor) -> None:
         with torch.no_grad():
-            lo, hi = x.detach().min().float(), x.detach().max().float()
-            if not self.calibrated:
+            lo, hi = (t.float() for t in torch.aminmax(x.detach()))
+            if not self._seen and not self.calibrated:
                 self.lo.copy_(lo)
                 self.hi.copy_(hi)
             elif self.training:
-                self.lo.mul_(1 - self.momentum).add_(self.momentum * lo)
-                self.hi.mul_(1 - self.momentum).add_(self.momentum * hi)
+                self.lo.lerp_(lo, self.momentum)
+                self.hi.lerp_(hi, self.momentum)
             else:
-                self.lo.copy_(torch.minimum(self.lo, lo))
-                self.hi.copy_(torch.maximum(self.hi, hi))
-            scale, zero = qparams_from_range(float(self.lo), float(self.hi), self.spec)
-            self.set_params(scale, zero)
+                torch.minimum(self.lo, lo, out=self.lo)
+                torch.maximum(self.hi, hi, out=self.hi)
+            self._seen = True
+            if self.spec.scale_rule is ScaleRule.POWER_OF_TWO:  # least-error power: schemes' numpy search
+                scale, zero = qparams_from_range(float(self.lo), float(self.hi), self.spec)
+                self.set_params(scale, zero)
+            else:  # the same formula as qparams_from_range, on tensors (no host round trip per batch)
+                s, z = range_qparams(self.lo, self.hi, self.spec)
+                self.param.copy_(s)
+                self.zero.copy_(z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:

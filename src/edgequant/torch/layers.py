@@ -46,11 +46,13 @@ class QuantLayer(nn.Module):
         gamma = bn.weight if bn.affine else torch.ones_like(bn.running_var)
         return gamma / torch.sqrt(bn.running_var + bn.eps)
 
-    def folded_weight(self) -> torch.Tensor:
+    def folded_weight(self, factor: torch.Tensor | None = None) -> torch.Tensor:
+        """``W · γ/sqrt(σ²+ε)`` per output channel (``factor``: that vector, when the caller has it)."""
         w: torch.Tensor = self.layer.weight
         if self.bn is None:
             return w
-        return w * self._bn_factor().reshape(-1, *([1] * (w.ndim - 1)))
+        f = self._bn_factor() if factor is None else factor
+        return w * f.reshape(-1, *([1] * (w.ndim - 1)))
 
     def folded_bias(self) -> torch.Tensor | None:
         b: torch.Tensor | None = self.layer.bias
@@ -74,8 +76,8 @@ class QuantLayer(nn.Module):
             raise NotImplementedError("only zero padding is supported in QuantLayer")
         return conv(x, w, b, layer.stride, layer.padding, layer.dilation, layer.groups)
 
-    def quantized_weight(self) -> torch.Tensor:
-        w = self.folded_weight()
+    def quantized_weight(self, factor: torch.Tensor | None = None) -> torch.Tensor:
+        w = self.folded_weight(factor)
         return self.wq(w) if self.wq is not None else w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -83,8 +85,8 @@ class QuantLayer(nn.Module):
         if not simulate:
             return self._compute(x, self.quantized_weight(), self.folded_bias())
         bn: Any = self.bn
-        factor = self._bn_factor()
-        y = self._compute(x, self.quantized_weight(), None)
+        factor = self._bn_factor()  # once: the fold and the rescale below share it
+        y = self._compute(x, self.quantized_weight(factor), None)
         view = (1, -1, *([1] * (y.ndim - 2)))
         y = y / factor.reshape(view)
         if self.layer.bias is not None:
