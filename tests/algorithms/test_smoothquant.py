@@ -158,3 +158,22 @@ def test_smoothquant_is_exact_in_float_and_moves_the_outliers_into_the_weights()
         else:
             after = peak.max() / peak.min()
     assert after < before / 4, (before, after)
+
+
+def test_placement_auto_keeps_the_previous_form_off_transformers_and_bad_values_are_refused() -> None:
+    import pytest
+    from tinymodels import mlp  # an MLP: MatMuls, no Softmax, no LayerNorm
+
+    from edgequant.errors import RecipeError
+
+    m = mlp()
+    name = m.graph.input[0].name
+    dim = m.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    data = {name: np.random.default_rng(0).standard_normal((64, dim)).astype(np.float32)}
+    auto = edgequant.quantize(m, data, method="static")
+    assert "algorithms" not in auto.report  # no smoothquant
+    assert not any("transformer placement" in n for n in auto.plan.notes)
+    outputs = {o for node in m.graph.node if node.op_type == "MatMul" for o in node.output}
+    assert outputs & set(auto.plan.tensors)  # MatMul outputs keep their Q/DQ (QLinearMatMul)
+    with pytest.raises(RecipeError, match="placement = 'qkv' is not allowed"):
+        from_dict({"method": "static", "placement": "qkv"})
