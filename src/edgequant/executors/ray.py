@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,6 +32,42 @@ def require_ray() -> Any:
     except ModuleNotFoundError as exc:
         raise DependencyError.missing("ray", "ray", "--executor ray") from exc
     return ray
+
+
+def connect_error(address: str | None, exc: BaseException) -> ExecutorError:
+    """The one-line error for a failed ``ray.init``: the address, Ray's own reason, and the fixes
+    (the address forms; token authentication, which Ray 2.60 turns on by default and which a
+    client must opt into with RAY_AUTH_MODE=token, else it cannot connect and times out)."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    hint = (
+        "check --ray-address (ray://HEAD:10001 for Ray Client, or HEAD:6379 on a cluster node), that it is "
+        "reachable from here, and that the cluster runs the same Ray and EdgeQuant versions"
+    )
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        hint += (
+            "; a cluster with token authentication (on by default in Ray 2.60) needs RAY_AUTH_MODE=token "
+            "(and RAY_AUTH_TOKEN, or the token file from 'ray get-auth-token') in this process's environment"
+        )
+    return ExecutorError(
+        f"cannot connect to the Ray cluster at '{address or 'a new local instance'}': "
+        f"{type(exc).__name__}: {reason}",
+        hint + ".",
+    )
+
+
+def probe(address: str) -> None:
+    """Connect to the Ray cluster at ``address`` and disconnect: ExecutorError (``connect_error``) when
+    it cannot.  A process already connected to Ray is left as it is."""
+    ray = require_ray()
+    if ray.is_initialized():
+        return
+    try:
+        with warnings.catch_warnings():  # Ray Client warns before it raises: the error says it all
+            warnings.simplefilter("ignore")
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+    except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
+        raise connect_error(address, exc) from exc
+    ray.shutdown()
 
 
 class RayExecutor:
@@ -54,11 +91,7 @@ class RayExecutor:
                     ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, **common)
                     self.started = True
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise ExecutorError(
-                    f"cannot connect to the Ray cluster at '{address or 'a new local instance'}': {exc}",
-                    "check --ray-address (ray://HEAD:10001 for Ray Client, or HEAD:6379 on a cluster node) "
-                    "and that the cluster runs the same Ray and EdgeQuant versions.",
-                ) from exc
+                raise connect_error(address, exc) from exc
         self.address = address or "local"
 
     def put(self, value: Any) -> Any:

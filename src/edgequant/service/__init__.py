@@ -50,7 +50,9 @@ def serve(
     """Run the service until interrupted (SIGTERM / Ctrl-C: running jobs are marked interrupted).
 
     ``limits`` are the ServiceConfig limit fields (``job_timeout_s``, ``worker_memory_mb``, ...).
-    A non-loopback ``host`` needs an API key (BadRequest otherwise).
+    A non-loopback ``host`` needs an API key (BadRequest otherwise).  With ``executor="ray"`` and a
+    ``ray_address`` the cluster is probed first: ExecutorError (naming the address, Ray's reason and
+    the fix) when it cannot be reached, before anything listens.
     """
     require_extra()
     import uvicorn
@@ -58,6 +60,10 @@ def serve(
     config = ServiceConfig.create(
         store, api_key=api_key, max_upload_mb=max_upload_mb, workers=workers, host=host, port=port, **limits
     )
+    if config.executor == "ray" and config.ray_address is not None:
+        from edgequant.executors.ray import probe
+
+        probe(config.ray_address)  # refuse to start (ExecutorError) rather than fail every job later
     uvicorn.run(
         create_app(config), host=host, port=port, log_level=log_level, workers=1, timeout_graceful_shutdown=5
     )

@@ -135,10 +135,16 @@ def run_on_ray(root: Path, row: dict[str, Any], out: Path, memory_mb: int) -> di
 
 
 def connect(address: str) -> None:
-    """Connect this (worker) process to the Ray cluster at ``address`` as a driver, quietly."""
+    """Connect this (worker) process to the Ray cluster at ``address`` as a driver, quietly;
+    ExecutorError (``executors.ray.connect_error``: the address, Ray's reason, the fix) when it cannot."""
     import logging
 
     import ray
 
+    from edgequant.executors.ray import connect_error
+
     if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+        except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
+            raise connect_error(address, exc) from exc

@@ -308,20 +308,32 @@ def _watch_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+def _connect_ray(address: str) -> dict[str, Any] | None:
+    """Connect this worker to Ray as a driver: None, or the error dict a job fails with (Ray's reason)."""
+    from edgequant.service.ray_jobs import connect
+
+    try:
+        connect(address)
+    except EdgeQuantError as exc:
+        log.error("cannot connect to Ray: %s", exc)
+        return exc.to_dict()
+    return None
+
+
 def worker_main(
     conn: Connection, root: str, parent_pid: int, memory_mb: int = 8192, ray_address: str | None = None
 ) -> None:
     """Entry point of a worker process: run job ids from ``conn`` until it closes or sends None.
     With ``ray_address`` the worker is a Ray driver and each job runs in a Ray task, which applies
-    the memory limit itself (``service.ray_jobs``)."""
-    if ray_address is not None:
-        from edgequant.service.ray_jobs import connect
-
-        connect(ray_address)
-    else:
-        set_memory_limit(memory_mb)
+    the memory limit itself (``service.ray_jobs``); when it cannot connect, each job it is given fails
+    with Ray's reason (ExecutorError) after one more attempt to connect."""
     _watch_parent(parent_pid)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(process)d %(levelname)s %(message)s")
+    ray_error: dict[str, Any] | None = None
+    if ray_address is not None:
+        ray_error = _connect_ray(ray_address)
+    else:
+        set_memory_limit(memory_mb)
     store = JobStore(Path(root))
     try:
         import edgequant.pipeline  # noqa: F401  (warm up: the first job should not pay the imports)
@@ -335,7 +347,13 @@ def worker_main(
         if job_id is None:
             return
         try:
-            run_job(store, job_id, memory_mb if ray_address is not None else None)
+            if ray_address is not None and ray_error is not None:
+                ray_error = _connect_ray(ray_address)  # the cluster may be back
+            if ray_error is not None:  # the job fails with Ray's reason, not as a dead worker
+                store.transition(job_id, ("running",), "failed", error=ray_error, stage="failed",
+                                 finished=time.time())  # fmt: skip
+            else:
+                run_job(store, job_id, memory_mb if ray_address is not None else None)
         except Exception:
             log.exception("job %s crashed the worker loop", job_id)
         try:
