@@ -129,15 +129,22 @@ def build_recipe(
 
 
 def resolve_model_name(store: JobStore, name: str) -> str:
-    """The stored model ``name`` refers to: itself, or without a trailing ``.onnx`` (old clients)."""
+    """The stored model ``name`` refers to: itself, or without a trailing ``.onnx`` (old clients).
+    When both ``X.onnx`` and ``X`` are stored, ``X.onnx`` is ambiguous: Conflict (409) naming both."""
+    bare = name[:-5] if name.endswith(".onnx") and len(name) > 5 else None
     try:
         model_exists(store.root, name)
-        return name
     except (NotFound, BadRequest):
-        if name.endswith(".onnx") and len(name) > 5:
-            model_exists(store.root, name[:-5])
-            return name[:-5]
-        raise
+        if bare is None:
+            raise
+        model_exists(store.root, bare)
+        return bare
+    if bare is not None and (store.root / "models" / bare / "record.json").is_file():
+        raise Conflict(
+            f"'{name}' names two stored models: '{name}' and '{bare}' (old clients add '.onnx' to a name).",
+            f"delete or re-upload one of them under another name (DELETE /api/v1/models/{bare}).",
+        )
+    return name
 
 
 def _queue(request: Request, kind: str, model: str, dataset: str | None, recipe: dict[str, Any]) -> str:
