@@ -220,8 +220,7 @@ def test_a_corrupt_file_names_the_real_ways_in(tmp_path: Path) -> None:
     bad.write_bytes(b"garbage")
     res = CliRunner().invoke(app, ["quantize", str(bad), "-o", str(tmp_path / "out")])
     assert res.exit_code == 2
-    assert (
-        "PyTorch: a TorchScript .pt with --input-shape, or --factory pkg.mod:fn --checkpoint FILE"
-        in res.output
-    )
+    # named .onnx but not ONNX: the file is damaged, so the fix is about the file, not other formats
+    assert "damaged or is not ONNX despite its name: re-export or re-download it" in res.output
+    assert "--torch" not in res.output
     assert not (tmp_path / "out").exists()

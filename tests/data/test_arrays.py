@@ -155,7 +155,7 @@ def test_bad_arguments_and_paths(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"unsupported extension '\.txt'"):
         open_source(tmp_path / "d.txt", [spec("x", None, 1)])
     (tmp_path / "bad.npy").write_bytes(b"not numpy")
-    with pytest.raises(DataError, match=r"not a readable \.npy"):
+    with pytest.raises(DataError, match=r"damaged or is not a \.npy file"):
         open_source(tmp_path / "bad.npy", [spec("x", None, 1)])
     with pytest.raises(DataError, match="has 1 sample"):
         open_source(x[:1], [spec("x", None, 1)], split="calib")

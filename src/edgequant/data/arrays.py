@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,7 @@ def _no_objects(arr: np.ndarray, what: str) -> np.ndarray:
     return arr
 
 
-def _unreadable(path: Path, exc: Exception) -> DataError | None:
+def unreadable(path: Path, exc: Exception) -> DataError | None:
     """A file the OS will not open (permissions, a directory): its own fix, not "re-save it"."""
     if isinstance(exc, PermissionError | IsADirectoryError | FileNotFoundError):
         return DataError(
@@ -105,20 +106,33 @@ def _unreadable(path: Path, exc: Exception) -> DataError | None:
     return None
 
 
+def damaged(path: Path, kind: str, exc: object) -> DataError:
+    """The error for a file whose bytes are not the format its name says (truncated, overwritten, mislabelled).
+
+    Its fix is about the file itself (re-create or re-download it), not about how to save arrays.
+    """
+    return DataError(
+        f"'{path}' is damaged or is not a {kind} file despite its name ({exc}).",
+        f"re-create or re-download it, and check what wrote it (`file {path}` shows what it holds).",
+    )
+
+
 def open_npy(path: Path) -> ArrayReader:
     try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        with open(path, "rb") as f:
+            magic = f.read(6)
     except OSError as exc:
-        raise (
-            _unreadable(path, exc)
-            or DataError(
-                f"'{path}' is not a readable .npy file of numbers: {exc}.",
-                "save it with np.save(path, array).",
-            )
-        ) from exc
-    except (ValueError, EOFError) as exc:
+        raise (unreadable(path, exc) or damaged(path, ".npy", exc)) from exc
+    if magic != b"\x93NUMPY":
+        raise damaged(path, ".npy", "no .npy header")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, EOFError) as exc:
+        raise (unreadable(path, exc) or damaged(path, ".npy", exc)) from exc
+    except ValueError as exc:
         raise DataError(
-            f"'{path}' is not a readable .npy file of numbers: {exc}.", "save it with np.save(path, array)."
+            f"'{path}' is not a .npy file of numbers: {exc}.",
+            "save a numeric array with np.save(path, array).",
         ) from exc
     return ArrayReader({path.stem: arr}, f"'{path}'")
 
@@ -138,13 +152,14 @@ def open_npz(path: Path) -> ArrayReader:
                         mapped = np.lib.format.read_array(f, allow_pickle=False)
                     notes.append(f"member '{key}' is compressed and was loaded into memory")
                 arrays[key] = mapped
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        unreadable = _unreadable(path, exc)
-        if unreadable is not None:
-            raise unreadable from exc
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+        raise (unreadable(path, exc) or damaged(path, ".npz (zip)", exc)) from exc
+    except ValueError as exc:
+        if "object" not in str(exc).lower():  # a member's header is not .npy: the bytes are bad
+            raise damaged(path, ".npz", exc) from exc
         raise DataError(
-            f"'{path}' is not a readable .npz file of numbers: {exc}.",
-            "save it with np.savez(path, name=array).",
+            f"'{path}' is not a .npz file of numbers: {exc}.",
+            "save numeric arrays with np.savez(path, name=array).",
         ) from exc
     desc = f"'{path}'" + (f" ({'; '.join(notes)})" if notes else "")
     return ArrayReader(arrays, desc)

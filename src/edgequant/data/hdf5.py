@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgequant.data.arrays import ArrayReader
+from edgequant.data.arrays import ArrayReader, damaged, unreadable
 from edgequant.data.base import InputSpec
 from edgequant.data.conform import LABEL_KEYS
 from edgequant.data.options import SourceOptions
@@ -46,9 +46,7 @@ def open_hdf5(
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
-        raise DataError(
-            f"'{path}' is not a readable HDF5 file: {exc}.", "check the file (h5ls FILE)."
-        ) from exc
+        raise (unreadable(path, exc) or damaged(path, "HDF5", exc)) from exc
     from edgequant.data.trials import TrialReader, trial_groups
 
     groups = trial_groups(f)

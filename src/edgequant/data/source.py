@@ -191,7 +191,7 @@ class IndexedSource:
             raise DataError(
                 f"{self.where} gave no usable sample ({self.stats.skipped} skipped: "
                 f"{'; '.join(self.stats.skipped_examples[:3])}).",
-                "check that the files are readable and in a supported format.",
+                "check that the files are in a supported format; re-create or re-download damaged ones.",
             )
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgequant.data.arrays import ArrayReader
+from edgequant.data.arrays import ArrayReader, damaged
 from edgequant.data.base import InputSpec
 from edgequant.data.options import SourceOptions
 from edgequant.errors import DataError
@@ -49,8 +49,11 @@ def _resolve(col: str | int, header: list[str] | None, width: int, path: Path, w
 
 
 def open_csv(path: Path, inputs: list[InputSpec], opts: SourceOptions) -> ArrayReader:
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    except (UnicodeDecodeError, csv.Error) as exc:  # binary bytes: not a text CSV whatever its name
+        raise damaged(path, "CSV (UTF-8 text)", exc) from exc
     if not rows:
         raise DataError(f"CSV '{path}' is empty.", "give a CSV with numeric rows.")
     header = None if all(_is_number(c) for c in rows[0]) else [c.strip() for c in rows[0]]

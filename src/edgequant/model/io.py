@@ -77,6 +77,11 @@ def parse_onnx(
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
+        if subject is None and Path(path).suffix.lower() == ".onnx":  # named .onnx, bytes are not: damaged
+            hint = (
+                "the file is damaged or is not ONNX despite its name: re-export or re-download it, and "
+                f"check what wrote it (`file {path}` shows what it holds)."
+            )
         raise ModelError(
             f"{who} is not an ONNX model (protobuf parse failed: {str(exc).splitlines()[0][:200]}).", hint
         ) from exc
