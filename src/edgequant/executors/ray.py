@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from edgequant.errors import DependencyError, ExecutorError
@@ -55,19 +58,38 @@ def connect_error(address: str | None, exc: BaseException) -> ExecutorError:
     )
 
 
+@contextmanager
+def keep_signal_handlers() -> Iterator[None]:
+    """Restore this process's SIGTERM/SIGINT handlers after the block: ``ray.init`` installs its own
+    (SIGTERM -> ``sys.exit(15)``, and a C++ handler that logs a stack), which would replace a server's
+    graceful shutdown (uvicorn's handlers) with a SystemExit traceback.  Outside the main thread the
+    handlers cannot be set and the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
 def probe(address: str) -> None:
     """Connect to the Ray cluster at ``address`` and disconnect: ExecutorError (``connect_error``) when
     it cannot.  A process already connected to Ray is left as it is."""
     ray = require_ray()
     if ray.is_initialized():
         return
-    try:
-        with warnings.catch_warnings():  # Ray Client warns before it raises: the error says it all
-            warnings.simplefilter("ignore")
-            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
-    except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
-        raise connect_error(address, exc) from exc
-    ray.shutdown()
+    with keep_signal_handlers():
+        try:
+            with warnings.catch_warnings():  # Ray Client warns before it raises: the error says it all
+                warnings.simplefilter("ignore")
+                ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+        except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
+            raise connect_error(address, exc) from exc
+        ray.shutdown()
 
 
 class RayExecutor:

@@ -101,9 +101,10 @@ def start_ray(config: ServiceConfig) -> tuple[bool, str | None]:
         return False, None
     if config.ray_address is not None:
         return False, config.ray_address
-    from edgequant.executors.ray import RayExecutor
+    from edgequant.executors.ray import RayExecutor, keep_signal_handlers
 
-    ex = RayExecutor()
+    with keep_signal_handlers():  # uvicorn's SIGTERM stays: a clean shutdown, jobs marked interrupted
+        ex = RayExecutor()
     import ray
 
     address: str = ray.get_runtime_context().gcs_address
