@@ -107,3 +107,18 @@ def test_no_test_is_marked_slow() -> None:
         p.name for p in (ROOT / "tests").rglob("*.py") if "mark." + "slow" in p.read_text(encoding="utf-8")
     ]
     assert not hits and "slow" not in (ROOT / "pyproject.toml").read_text(encoding="utf-8"), hits
+
+
+def test_optional_extras_are_imported_through_the_ci_guard() -> None:
+    """``tinymodels.optional`` fails in CI where ``pytest.importorskip`` would skip: no test calls the latter."""
+    hits = []
+    for path in (ROOT / "tests").rglob("*.py"):
+        if path.name == "tinymodels.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and (
+                (isinstance(node.func, ast.Attribute) and node.func.attr == "importorskip")
+                or (isinstance(node.func, ast.Name) and node.func.id == "importorskip")
+            ):
+                hits.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not hits, f"use tinymodels.optional(module) instead of pytest.importorskip: {hits}"
