@@ -47,9 +47,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import vad
 
 import edgequant
-from edgequant import pipeline, planner
+from edgequant import pipeline
 from edgequant.errors import EdgeQuantError
 from edgequant.export import export_qdq
+from edgequant.planning import recurrent as plan_recurrent
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MORE_SEEDS = (778, 779, 780)  # VAD: audio beyond vad.py's evaluation set, for a second agreement figure
@@ -93,14 +94,14 @@ def census(path: Path, tmp: Path) -> str:
 @contextlib.contextmanager
 def rules_off() -> Iterator[None]:
     """This issue's three rules switched off: the 'before' column."""
-    saved = (planner.squared_domain, pipeline.apply_exact_ranges, pipeline.carry_states)
-    planner.squared_domain = lambda g: {}  # type: ignore[assignment]
+    saved = (plan_recurrent.squared_domain, pipeline.apply_exact_ranges, pipeline.carry_states)
+    plan_recurrent.squared_domain = lambda g: {}  # type: ignore[assignment]
     pipeline.apply_exact_ranges = lambda g, r: {}  # type: ignore[assignment]
     pipeline.carry_states = lambda m, c, r: (c, None)  # type: ignore[assignment]
     try:
         yield
     finally:
-        planner.squared_domain, pipeline.apply_exact_ranges, pipeline.carry_states = saved
+        plan_recurrent.squared_domain, pipeline.apply_exact_ranges, pipeline.carry_states = saved
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:

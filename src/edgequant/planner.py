@@ -5,112 +5,71 @@ activations of compute ops (Conv, ConvTranspose, MatMul, Gemm) and of the ops OR
 or passes through (Add, Concat, pooling, Relu, Reshape, ...) get a QuantizeLinear/DequantizeLinear
 pair; their constant weights get a DequantizeLinear of an integer initializer, per output channel by
 default.  Every node gets a decision, and every node left float gets its reason.
+
+This module walks the graph and decides; its parts live in :mod:`edgequant.planning` (op tables and
+graph lookups, specs, constant operands, the transformer placement, the recurrent-model hooks).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from edgequant import targets
 from edgequant.errors import RecipeError, UnsupportedError
 from edgequant.model.einsum import why_not as einsum_why_not
-from edgequant.model.gru_hoist import hoisted_inputs, is_selection
-from edgequant.model.patterns import RECURRENT_OPS, recurrent_state_tensors
-from edgequant.model.recurrent import squared_domain
+from edgequant.model.gru_hoist import is_selection
+from edgequant.model.patterns import RECURRENT_OPS
 from edgequant.plan import QuantPlan, TensorEntry
+from edgequant.planning import placement, recurrent, specs
+from edgequant.planning.constants import (
+    CONSTANT_MAX_REL_ERROR,
+    CONSTANT_MIN_SQNR_DB,
+    CONSTANT_OPERAND_OPS,
+    add_constant_operand,
+)
+from edgequant.planning.graph import (
+    COMPUTE_OPS,
+    CONTROL_FLOW,
+    DATA_INPUTS,
+    FLOAT_TYPES,
+    FUSED_ACTIVATIONS,
+    PASS_OPS,
+    GraphIndex,
+    is_table,
+    pre_activation_outputs,
+    record_subgraphs,
+)
+from edgequant.planning.placement import PLACEMENT_DEFAULT, PLACEMENT_REASONS, is_transformer
+from edgequant.planning.specs import UNBLOCKED, batched_weight_note
 from edgequant.recipe import Recipe
 from edgequant.recipe.exclude import match_names
 from edgequant.runtime.cpu import CpuFeatures
-from edgequant.schemes.qparams import dequantize, quantize_weight, sqnr_db
-from edgequant.schemes.spec import Granularity, QuantSpec, ScaleRule
+from edgequant.schemes.spec import Granularity, QuantSpec
 
-COMPUTE_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
-# ops whose float data inputs/outputs get Q/DQ so ORT can fuse or pass them through in integers
-PASS_OPS = {
-    "Add", "Mul", "Concat", "Relu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool", "Sigmoid",
-    "LeakyRelu", "Resize", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Softmax", "Split",
-    "Pad", "HardSwish", "ReduceMean", "Gather",
-}  # fmt: skip
-# which inputs carry data (the rest are shapes, indices, scales)
-DATA_INPUTS = {"Resize": (0,), "Clip": (0,), "Pad": (0,), "Reshape": (0,), "Split": (0,), "Gather": (0,)}
-FUSED_ACTIVATIONS = {"Relu", "Clip"}
-CONTROL_FLOW = {"If", "Loop", "Scan"}
-FLOAT_TYPES = {onnx.TensorProto.FLOAT}
-CONSTANT_OPERAND_OPS = {"Add", "Mul"}  # ORT's QLinearAdd / QLinearMul take both operands quantized
-# transformer placement (recipe.placement "matmul-inputs", or "auto" on a transformer): what stays float
-PLACEMENT_REASONS = {
-    "Softmax": "transformer placement: Softmax runs in float on the scores, whose attention-mask path "
-    "(-inf / large negative values) stays out of every range; its output is quantized where a MatMul reads it.",
-    "Add": "transformer placement: bias and residual Adds run in float; ORT folds the bias into "
-    "MatMulIntegerToFloat and the residual into SkipLayerNormalization (an 8-bit residual stream loses its "
-    "outlier channels).",
-    "Mul": "transformer placement: runs in float (scaling and GELU parts between integer MatMuls).",
-}
-PLACEMENT_DEFAULT = (
-    "transformer placement: only the inputs of MatMul/Gemm/Conv are quantized; this op passes float "
-    "values between them."
-)
-CONSTANT_MIN_SQNR_DB = 30.0  # Add: error of the offset as a whole
-CONSTANT_MAX_REL_ERROR = 0.1  # Mul: error of each factor
-
-
-@dataclass(frozen=True)
-class GraphIndex:
-    """Lookups over one graph: initializers, float tensors, producers and consumers."""
-
-    graph: onnx.GraphProto
-
-    @property
-    def initializers(self) -> dict[str, onnx.TensorProto]:
-        return {t.name: t for t in self.graph.initializer}
-
-    def float_tensors(self) -> set[str]:
-        g = self.graph
-        names = {v.name for v in list(g.value_info) + list(g.input) + list(g.output)
-                 if v.type.tensor_type.elem_type in FLOAT_TYPES}  # fmt: skip
-        names |= {t.name for t in g.initializer if t.data_type in FLOAT_TYPES}
-        typed = {v.name for v in list(g.value_info) + list(g.input) + list(g.output)}
-        # outputs whose type inference could not tell: assume float when produced by a float op
-        for n in g.node:
-            if n.op_type in COMPUTE_OPS | PASS_OPS:
-                names |= {o for o in n.output if o and o not in typed}
-        return names
-
-
-def _weight_axis(node: onnx.NodeProto, w: onnx.TensorProto) -> int:
-    nd = len(w.dims)
-    if node.op_type == "Conv":
-        return 0
-    if node.op_type == "ConvTranspose":
-        return 1
-    if node.op_type == "Gemm":
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        return 0 if trans_b else 1
-    if node.op_type in RECURRENT_OPS:
-        return 1
-    if node.op_type == "Gather":
-        return 0  # an embedding table: one scale per row (token), dequantized after the Gather
-    return nd - 1  # MatMul B [.., K, N]: one scale per output column
-
-
-def _reduction_axis(node: onnx.NodeProto, w: onnx.TensorProto) -> int | None:
-    """The axis a block-wise scale runs along (the dot-product axis), or None when not blocked."""
-    if node.op_type == "MatMul" and len(w.dims) == 2:
-        return 0
-    if node.op_type == "Gemm":
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        return 1 if trans_b else 0
-    return None
-
-
-UNBLOCKED = "not in blocks of"  # the start of the note on a weight that block_size could not block
+__all__ = [  # the names callers import from here (the ones defined in planning/ are re-exported)
+    "COMPUTE_OPS",
+    "CONSTANT_MAX_REL_ERROR",
+    "CONSTANT_MIN_SQNR_DB",
+    "CONSTANT_OPERAND_OPS",
+    "CONTROL_FLOW",
+    "DATA_INPUTS",
+    "FLOAT_TYPES",
+    "FUSED_ACTIVATIONS",
+    "PASS_OPS",
+    "PLACEMENT_DEFAULT",
+    "PLACEMENT_REASONS",
+    "UNBLOCKED",
+    "GraphIndex",
+    "Planner",
+    "batched_weight_note",
+    "excluded_nodes",
+    "is_transformer",
+    "resolve",
+    "tie_activation_ranges",
+    "with_default_passes",
+]
 
 
 class Planner:
@@ -121,59 +80,15 @@ class Planner:
         self.target = targets.get(recipe.target)  # rules as data: specs follow the profile's scale rules
         self.index = GraphIndex(model.graph)
 
-    # -- specs ------------------------------------------------------------------------------
+    # -- specs (planning/specs.py) ------------------------------------------------------------
     def activation_spec(self) -> QuantSpec:
-        r = self.recipe
-        if r.act_bits == 2:
-            raise UnsupportedError(
-                "2-bit activations cannot run on the CPU runtime (ONNX Runtime has no 2-bit QuantizeLinear).",
-                "use --act-bits 8 (or 4 or 16).",
-            )
-        signed = {"signed": True, "unsigned": False}.get(r.act_signed, r.act_bits == 16)
-        return QuantSpec(
-            bits=r.act_bits,
-            signed=signed,
-            symmetric=r.act_symmetric,
-            scale_rule=self._scale_rule(self.target.activations, r.act_bits),
-        )
-
-    def _scale_rule(self, rule: targets.TensorRule, bits: int) -> ScaleRule:
-        return ScaleRule.POWER_OF_TWO if self.recipe.power_of_two else rule.scale_rule(bits)
+        return specs.activation_spec(self.recipe, self.target)
 
     def weight_spec(self, node: onnx.NodeProto, w: onnx.TensorProto) -> QuantSpec:
-        r = self.recipe
-        reduce = (
-            r.weight_bits == 8
-            and r.method == "static"
-            and node.op_type != "Gather"  # a gathered row meets no u8 x s8 product
-            and (r.reduce_range == "on" or (r.reduce_range == "auto" and self.cpu.needs_reduce_range))
-        )
-        narrow = (
-            r.weight_symmetric
-            if self.target.weights.narrow_range is None
-            else self.target.weights.narrow_range
-        )
-        common: dict[str, Any] = {
-            "bits": r.weight_int_bits,
-            "signed": True,
-            "symmetric": r.weight_symmetric,
-            "narrow_range": {1: False, "ternary": True}.get(r.weight_bits, narrow),
-            "reduce_range": reduce,
-            "scale_rule": self._scale_rule(self.target.weights, r.weight_int_bits),
-            "ternary": r.weight_bits == "ternary",
-            "centred": r.weight_centring,
-        }
-        if r.block_size is not None and r.method == "weight-only":
-            axis = _reduction_axis(node, w)
-            if axis is not None and w.dims[axis] >= r.block_size:
-                return QuantSpec(
-                    **common, granularity=Granularity.PER_BLOCK, axis=axis, block_size=r.block_size
-                )
-        if r.per_channel and len(w.dims) >= 3 and node.op_type == "MatMul":
-            return QuantSpec(**common)  # see batched_weight_note: ORT's integer MatMul needs it
-        if r.per_channel and len(w.dims) >= 2:
-            return QuantSpec(**common, granularity=Granularity.PER_CHANNEL, axis=_weight_axis(node, w))
-        return QuantSpec(**common)
+        return specs.weight_spec(node, w, self.recipe, self.target, self.cpu)
+
+    def required_opset(self, plan: QuantPlan) -> int:
+        return specs.required_opset(plan)
 
     # -- plan -------------------------------------------------------------------------------
     def resolve(self) -> QuantPlan:
@@ -195,18 +110,9 @@ class Planner:
                 plan.decide(node.name, node.op_type, True)
             else:
                 plan.decide(node.name, node.op_type, False, "no float tensor to quantize on this node.")
-        self._record_subgraphs(g, plan)
+        record_subgraphs(g, plan)
         if self.matmul_inputs_only:
-            plan.notes.append(
-                "transformer placement (placement: "
-                + (
-                    "auto, the graph has MatMuls, Softmax and LayerNorm"
-                    if r.placement == "auto"
-                    else r.placement
-                )
-                + "): only MatMul/Gemm/Conv inputs are quantized; MatMul outputs, bias and residual Adds, "
-                "LayerNorm, Softmax and GELU stay float, so ORT runs MatMulIntegerToFloat and SkipLayerNormalization."
-            )
+            plan.notes.append(placement.plan_note(r))
         if not plan.quantized_nodes:
             self._refuse_empty(plan)
         plan.opset = self.required_opset(plan)
@@ -277,9 +183,9 @@ class Planner:
         if (
             self.matmul_inputs_only
             and node.op_type in PASS_OPS
-            and not (node.op_type == "Gather" and self._is_table(node, self.index.initializers))
+            and not (node.op_type == "Gather" and is_table(node, self.index.initializers))
         ):
-            return PLACEMENT_REASONS.get(node.op_type, PLACEMENT_DEFAULT)
+            return placement.skip_reason(node.op_type)
         if node.op_type not in COMPUTE_OPS | PASS_OPS:
             return (
                 f"ONNX Runtime has no quantized kernel for {node.op_type}; it runs in float between DQ and Q."
@@ -295,23 +201,18 @@ class Planner:
         act: QuantSpec | None,
     ) -> bool:
         touched = False
-        recurrent = node.op_type in RECURRENT_OPS
-        table = node.op_type == "Gather" and (act is None or self._is_table(node, inits))
+        recurrent_op = node.op_type in RECURRENT_OPS
+        table = node.op_type == "Gather" and (act is None or is_table(node, inits))
         if node.op_type in COMPUTE_OPS | RECURRENT_OPS or table:
-            weight_slots = (1, 2) if recurrent else ((0,) if node.op_type == "Gather" else (1,))
+            weight_slots = (1, 2) if recurrent_op else ((0,) if node.op_type == "Gather" else (1,))
             for slot in weight_slots:
                 if slot < len(node.input) and node.input[slot] in inits:
                     w = inits[node.input[slot]]
                     if w.data_type in FLOAT_TYPES and len(w.dims) >= 1 and not is_selection(w):
                         touched |= self._add_weight(node, w, plan)
-        if recurrent:
+        if recurrent_op:
             if touched:
-                plan.notes.append(
-                    f"{node.op_type} '{node.name}': weights stored as integers and dequantized for ORT's float "
-                    f"{node.op_type} kernel (ORT has no integer one); its gates and the recurrent state it "
-                    "carries between calls run in float (quantized state would compound error across steps); "
-                    "its input and output sequences get Q/DQ only where a neighbouring integer op reads them."
-                )
+                plan.notes.append(recurrent.weights_note(node))
             return touched
         if act is None or (table and touched):  # a table's rows are dequantized after the Gather
             return touched
@@ -321,7 +222,7 @@ class Planner:
                 continue
             name = node.input[i]
             if name in inits:
-                touched |= self._add_constant_operand(node, inits[name], act, plan)
+                touched |= add_constant_operand(node, inits[name], act, plan)
                 continue
             if node.op_type in ("Conv", "ConvTranspose", "Gemm") and i != 0:
                 continue
@@ -343,51 +244,6 @@ class Planner:
                 touched = True
         return touched
 
-    @staticmethod
-    def _is_table(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> bool:
-        """A Gather of rows (axis 0) from a constant float table of rank 2: an embedding."""
-        t = inits.get(node.input[0])
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-        return t is not None and t.data_type in FLOAT_TYPES and len(t.dims) == 2 and axis == 0
-
-    def _add_constant_operand(
-        self, node: onnx.NodeProto, c: onnx.TensorProto, act: QuantSpec, plan: QuantPlan
-    ) -> bool:
-        """A constant operand of Add/Mul on the activations' 8-bit grid, so ORT runs QLinearAdd /
-        QLinearMul instead of DQ -> float op -> Q; kept float when 8 bits would cost it accuracy."""
-        if node.op_type not in CONSTANT_OPERAND_OPS or act.bits != 8 or c.data_type not in FLOAT_TYPES:
-            return False
-        if c.name in plan.tensors:
-            return True
-        value = numpy_helper.to_array(c)
-        spec = QuantSpec(**{**act.to_dict(), "granularity": "per_tensor", "axis": None})
-        if value.size == 0 or not np.all(np.isfinite(value)):
-            return False
-        q, scale, zero = quantize_weight(value, spec)
-        approx = dequantize(q, scale, zero, spec).astype(np.float64)
-        v = value.astype(np.float64)
-        if node.op_type == "Mul":  # a factor: every element must keep its size (a 0 would kill a channel)
-            worst = float(np.max(np.abs(approx - v) / np.maximum(np.abs(v), 1e-30)))
-            problem = (
-                f"an element would move by {100 * worst:.0f} %" if worst > CONSTANT_MAX_REL_ERROR else ""
-            )
-        else:  # an offset: the error counts against the whole
-            db = sqnr_db(v, approx)
-            problem = f"its SQNR would be {db:.1f} dB" if db < CONSTANT_MIN_SQNR_DB else ""
-        if problem:
-            plan.notes.append(
-                f"constant '{c.name}' of {node.op_type} '{node.name}' stays float: on the 8-bit grid {problem}, "
-                f"so ORT runs that {node.op_type} in float."
-            )
-            return False
-        plan.tensors[c.name] = TensorEntry(
-            c.name,
-            "constant",
-            spec,
-            note=f"constant operand of {node.op_type}, on the activations' grid so ORT runs QLinear{node.op_type}.",
-        )
-        return True
-
     def _add_weight(self, node: onnx.NodeProto, w: onnx.TensorProto, plan: QuantPlan) -> bool:
         spec = self.weight_spec(node, w)
         prev = plan.tensors.get(w.name)
@@ -404,24 +260,11 @@ class Planner:
             return True
         note = batched_weight_note(node, w, self.recipe) if spec.granularity is Granularity.PER_TENSOR else ""
         plan.tensors[w.name] = TensorEntry(
-            w.name, "weight", spec, note=note or self._unblocked(node, w, spec)
+            w.name, "weight", spec, note=note or specs.unblocked_note(node, w, spec, self.recipe)
         )
         if note:
             plan.notes.append(f"'{w.name}' of {node.op_type} '{node.name}': {note}")
         return True
-
-    def _unblocked(self, node: onnx.NodeProto, w: onnx.TensorProto, spec: QuantSpec) -> str:
-        """Why a weight is not blocked although ``block_size`` asked for blocks ("" when it is)."""
-        bs = self.recipe.block_size
-        if bs is None or spec.granularity is Granularity.PER_BLOCK:
-            return ""
-        axis = _reduction_axis(node, w)
-        why = (
-            f"{node.op_type} weights have no blocked form here (only 2-D MatMul / Gemm weights)"
-            if axis is None
-            else f"its reduction axis has {w.dims[axis]} < {bs} elements"
-        )
-        return f"{UNBLOCKED} {bs}: {spec.granularity.value}, because {why}."
 
     def _feeds_activation(self, name: str) -> bool:
         """True when ``name`` comes from a compute op and its only consumer is a Relu/Clip: ORT fuses
@@ -431,11 +274,11 @@ class Planner:
 
     @functools.cached_property
     def _recurrent_state(self) -> set[str]:  # and a hoisted GRU's input: MatMulIntegerToFloat
-        return recurrent_state_tensors(self.model.graph) | hoisted_inputs(self.model.graph)
+        return recurrent.float_state(self.model.graph)
 
     @functools.cached_property
     def _squared(self) -> dict[str, str]:
-        return squared_domain(self.model.graph)
+        return recurrent.squared_nodes(self.model.graph)
 
     @functools.cached_property
     def matmul_inputs_only(self) -> bool:
@@ -448,46 +291,16 @@ class Planner:
 
     @functools.cached_property
     def _layernorms(self) -> set[str]:
-        from edgequant.model.fuse import layernorm_nodes
-
-        return layernorm_nodes(self.model)
+        return placement.layernorm_nodes(self.model)
 
     @functools.cached_property
     def _pre_activation(self) -> set[str]:
-        consumers: dict[str, list[onnx.NodeProto]] = {}
-        for n in self.model.graph.node:
-            for i in n.input:
-                consumers.setdefault(i, []).append(n)
-        out = set()
-        for n in self.model.graph.node:
-            if n.op_type not in COMPUTE_OPS or not n.output:
-                continue
-            users = consumers.get(n.output[0], [])
-            if len(users) == 1 and users[0].op_type in FUSED_ACTIVATIONS and users[0].input[0] == n.output[0]:
-                out.add(n.output[0])
-        return out
+        return pre_activation_outputs(self.model.graph)
 
     @staticmethod
     def _add_activation(name: str, spec: QuantSpec, plan: QuantPlan) -> None:
         if name not in plan.tensors:
             plan.tensors[name] = TensorEntry(name, "activation", spec)
-
-    def _record_subgraphs(self, graph: onnx.GraphProto, plan: QuantPlan) -> None:
-        for node in graph.node:
-            for attr in node.attribute:
-                subs: Iterable[onnx.GraphProto] = (
-                    [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-                )
-                for sub in subs:
-                    for inner in sub.node:
-                        plan.decide(
-                            inner.name,
-                            inner.op_type,
-                            False,
-                            f"inside the '{attr.name}' subgraph of {node.op_type} '{node.name}', whose condition "
-                            "is computed at run time; EdgeQuant quantizes the main graph only.",
-                            graph=f"{node.name}/{attr.name}",
-                        )
 
     def _refuse_empty(self, plan: QuantPlan) -> None:
         inner = [d for d in plan.nodes if d.graph != "main" and d.op_type in COMPUTE_OPS | RECURRENT_OPS]
@@ -505,46 +318,6 @@ class Planner:
             + " | ".join(reasons),
             "check --exclude and --method; 'edgequant inspect MODEL' lists the quantizable nodes.",
         )
-
-    def required_opset(self, plan: QuantPlan) -> int:
-        need = 10
-        for e in plan.tensors.values():
-            if e.spec.granularity is not Granularity.PER_TENSOR:
-                need = max(need, 13)
-            if e.spec.granularity is Granularity.PER_BLOCK or e.spec.bits in (4, 16):
-                need = max(need, 21)
-        return need
-
-
-def batched_weight_note(node: onnx.NodeProto, w: onnx.TensorProto, recipe: Recipe) -> str:
-    """Why a rank-3+ MatMul weight is per-tensor although per-channel was asked for ('' otherwise)."""
-    if (
-        node.op_type != "MatMul"
-        or len(w.dims) < 3
-        or not recipe.per_channel
-        or recipe.method == "weight-only"
-    ):
-        return ""
-    return (
-        f"rank-{len(w.dims)} weight {list(w.dims)}: per-tensor, because ORT's integer MatMul kernels take one "
-        "scale for a batched weight; with per-channel scales ORT dequantizes it and runs the float MatMul "
-        "(x[1,12,128,64]·W[12,64,64], 2 threads: 0.74x float speed, per-tensor 1.29x; benchmarks/README.md)."
-    )
-
-
-def is_transformer(model: onnx.ModelProto, layernorms: set[str] | None = None) -> bool:
-    """A graph with a MatMul on a constant 2-D weight, a Softmax and a LayerNorm (the op, or written out)."""
-    g = model.graph
-    inits = {t.name: t for t in g.initializer}
-    ops = {n.op_type for n in g.node}
-    dense = any(
-        n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2 for n in g.node
-    )
-    if layernorms is None:
-        from edgequant.model.fuse import layernorm_nodes
-
-        layernorms = layernorm_nodes(model)
-    return dense and "Softmax" in ops and ("LayerNormalization" in ops or bool(layernorms))
 
 
 def with_default_passes(model: onnx.ModelProto, recipe: Recipe, cpu: CpuFeatures) -> Recipe:

@@ -1,0 +1,147 @@
+"""Recipe + target profile + CPU -> the QuantSpec of an activation or a weight; the opset a plan needs.
+
+Weights are per output channel by default (the channel axis follows the op: Conv 0, ConvTranspose 1,
+Gemm by ``transB``, MatMul the last axis, LSTM/GRU 1, an embedding table's rows 0), block-wise along
+the dot-product axis when ``block_size`` asks for it (weight-only), and per-tensor for a batched MatMul
+weight (ORT's integer MatMul takes one scale there).  Scale rules come from the target profile.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import onnx
+
+from edgequant import targets
+from edgequant.errors import UnsupportedError
+from edgequant.model.patterns import RECURRENT_OPS
+from edgequant.plan import QuantPlan
+from edgequant.recipe import Recipe
+from edgequant.runtime.cpu import CpuFeatures
+from edgequant.schemes.spec import Granularity, QuantSpec, ScaleRule
+
+UNBLOCKED = "not in blocks of"  # the start of the note on a weight that block_size could not block
+
+
+def weight_axis(node: onnx.NodeProto, w: onnx.TensorProto) -> int:
+    """The per-channel axis of weight ``w`` of ``node`` (its output channels)."""
+    nd = len(w.dims)
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    if node.op_type in RECURRENT_OPS:
+        return 1
+    if node.op_type == "Gather":
+        return 0  # an embedding table: one scale per row (token), dequantized after the Gather
+    return nd - 1  # MatMul B [.., K, N]: one scale per output column
+
+
+def reduction_axis(node: onnx.NodeProto, w: onnx.TensorProto) -> int | None:
+    """The axis a block-wise scale runs along (the dot-product axis), or None when not blocked."""
+    if node.op_type == "MatMul" and len(w.dims) == 2:
+        return 0
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 1 if trans_b else 0
+    return None
+
+
+def scale_rule(recipe: Recipe, rule: targets.TensorRule, bits: int) -> ScaleRule:
+    """Power-of-two when the recipe asks for it, else the profile's rule at ``bits``."""
+    return ScaleRule.POWER_OF_TWO if recipe.power_of_two else rule.scale_rule(bits)
+
+
+def activation_spec(recipe: Recipe, target: targets.Profile) -> QuantSpec:
+    """The static activations' spec.  Raises UnsupportedError for 2-bit activations (no ORT kernel)."""
+    r = recipe
+    if r.act_bits == 2:
+        raise UnsupportedError(
+            "2-bit activations cannot run on the CPU runtime (ONNX Runtime has no 2-bit QuantizeLinear).",
+            "use --act-bits 8 (or 4 or 16).",
+        )
+    signed = {"signed": True, "unsigned": False}.get(r.act_signed, r.act_bits == 16)
+    return QuantSpec(
+        bits=r.act_bits,
+        signed=signed,
+        symmetric=r.act_symmetric,
+        scale_rule=scale_rule(r, target.activations, r.act_bits),
+    )
+
+
+def weight_spec(
+    node: onnx.NodeProto, w: onnx.TensorProto, recipe: Recipe, target: targets.Profile, cpu: CpuFeatures
+) -> QuantSpec:
+    """The spec of weight ``w`` of ``node`` (reduce_range on a CPU without VNNI when ``auto``)."""
+    r = recipe
+    reduce = (
+        r.weight_bits == 8
+        and r.method == "static"
+        and node.op_type != "Gather"  # a gathered row meets no u8 x s8 product
+        and (r.reduce_range == "on" or (r.reduce_range == "auto" and cpu.needs_reduce_range))
+    )
+    narrow = r.weight_symmetric if target.weights.narrow_range is None else target.weights.narrow_range
+    common: dict[str, Any] = {
+        "bits": r.weight_int_bits,
+        "signed": True,
+        "symmetric": r.weight_symmetric,
+        "narrow_range": {1: False, "ternary": True}.get(r.weight_bits, narrow),
+        "reduce_range": reduce,
+        "scale_rule": scale_rule(r, target.weights, r.weight_int_bits),
+        "ternary": r.weight_bits == "ternary",
+        "centred": r.weight_centring,
+    }
+    if r.block_size is not None and r.method == "weight-only":
+        axis = reduction_axis(node, w)
+        if axis is not None and w.dims[axis] >= r.block_size:
+            return QuantSpec(**common, granularity=Granularity.PER_BLOCK, axis=axis, block_size=r.block_size)
+    if r.per_channel and len(w.dims) >= 3 and node.op_type == "MatMul":
+        return QuantSpec(**common)  # see batched_weight_note: ORT's integer MatMul needs it
+    if r.per_channel and len(w.dims) >= 2:
+        return QuantSpec(**common, granularity=Granularity.PER_CHANNEL, axis=weight_axis(node, w))
+    return QuantSpec(**common)
+
+
+def unblocked_note(node: onnx.NodeProto, w: onnx.TensorProto, spec: QuantSpec, recipe: Recipe) -> str:
+    """Why a weight is not blocked although ``block_size`` asked for blocks ("" when it is)."""
+    bs = recipe.block_size
+    if bs is None or spec.granularity is Granularity.PER_BLOCK:
+        return ""
+    axis = reduction_axis(node, w)
+    why = (
+        f"{node.op_type} weights have no blocked form here (only 2-D MatMul / Gemm weights)"
+        if axis is None
+        else f"its reduction axis has {w.dims[axis]} < {bs} elements"
+    )
+    return f"{UNBLOCKED} {bs}: {spec.granularity.value}, because {why}."
+
+
+def batched_weight_note(node: onnx.NodeProto, w: onnx.TensorProto, recipe: Recipe) -> str:
+    """Why a rank-3+ MatMul weight is per-tensor although per-channel was asked for ('' otherwise)."""
+    if (
+        node.op_type != "MatMul"
+        or len(w.dims) < 3
+        or not recipe.per_channel
+        or recipe.method == "weight-only"
+    ):
+        return ""
+    return (
+        f"rank-{len(w.dims)} weight {list(w.dims)}: per-tensor, because ORT's integer MatMul kernels take one "
+        "scale for a batched weight; with per-channel scales ORT dequantizes it and runs the float MatMul "
+        "(x[1,12,128,64]·W[12,64,64], 2 threads: 0.74x float speed, per-tensor 1.29x; benchmarks/README.md)."
+    )
+
+
+def required_opset(plan: QuantPlan) -> int:
+    """The lowest opset whose QuantizeLinear/DequantizeLinear carry every spec of ``plan``: 10 for
+    per-tensor, 13 for per-channel axes, 21 for blocks and 4/16-bit types."""
+    need = 10
+    for e in plan.tensors.values():
+        if e.spec.granularity is not Granularity.PER_TENSOR:
+            need = max(need, 13)
+        if e.spec.granularity is Granularity.PER_BLOCK or e.spec.bits in (4, 16):
+            need = max(need, 21)
+    return need
