@@ -75,3 +75,43 @@ def test_a_worker_that_cannot_reach_ray_fails_its_job_with_rays_reason(tmp_path:
     assert error["error"] == "ExecutorError", error
     assert UNREACHABLE in error["detail"] and "ray client connection timeout" in error["detail"]
     assert "RAY_AUTH_MODE=token" in error["hint"]
+
+
+def test_a_connection_lost_during_a_job_fails_it_with_rays_reason(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A stand-in ``ray`` whose ``get`` raises the ConnectionError Ray Client raises when the cluster goes
+    away mid-job: the job fails with ExecutorError naming the address and that reason (before: an
+    'InternalError ... this is a bug' answer)."""
+    import types
+
+    import onnx
+    from service_helpers import tiny_model
+
+    from edgequant.service import ray_jobs
+    from edgequant.service.store import JobStore
+    from edgequant.service.worker import run_job
+
+    class TaskError(Exception):
+        pass
+
+    def get(ref: object) -> object:
+        raise ConnectionError("Failed to reconnect within the reconnection grace period (30s)")
+
+    remote_fn = types.SimpleNamespace(remote=lambda *a: object())
+    fake = types.SimpleNamespace(
+        remote=lambda **kw: lambda fn: remote_fn,
+        get=get,
+        exceptions=types.SimpleNamespace(RayTaskError=TaskError),
+    )
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(ray_jobs, "_address", "ray://head:10001", raising=False)
+    store = JobStore(tmp_path / "store")
+    (store.root / "models" / "m").mkdir(parents=True)
+    onnx.save(tiny_model(), store.root / "models" / "m" / "m.onnx")
+    job = store.create("quantize", "m", None, {"method": "dynamic"})
+    assert store.transition(job, ("queued",), "running")
+    run_job(store, job, ray_memory_mb=512)
+    row = store.get(job)
+    assert row is not None and row["status"] == "failed"
+    error = json.loads(row["error"]) if isinstance(row["error"], str) else row["error"]
+    assert error["error"] == "ExecutorError", error
+    assert "'ray://head:10001'" in error["detail"] and "reconnection grace period" in error["detail"]

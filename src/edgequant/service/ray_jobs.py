@@ -29,6 +29,7 @@ from edgequant.errors import EdgeQuantError
 from edgequant.executors.ship import Shipped, materialize, ship
 
 _ALLOC_FAILURES = ("bad_alloc", "Failed to allocate memory", "std::bad_alloc")
+_address: str | None = None  # the cluster this process connected to (``connect``)
 RETRIES = 2  # a Ray worker process that dies (node lost, OOM-killed by Ray) runs the job again
 
 
@@ -116,16 +117,19 @@ def run_on_ray(root: Path, row: dict[str, Any], out: Path, memory_mb: int) -> di
     """Hand one job to Ray; write its files into ``out``; return its report (or raise its error)."""
     import ray
 
+    from edgequant.executors.ray import connect_error
     from edgequant.model.io import write_text_atomic
     from edgequant.names import confined
 
     remote = ray.remote(num_cpus=1, max_calls=1, max_retries=RETRIES)(job_task)
-    ref = remote.remote(row["kind"], row, _inputs(root, row), memory_mb)
+    inputs = _inputs(root, row)
     try:
-        got: dict[str, Any] = ray.get(ref)
+        got: dict[str, Any] = ray.get(remote.remote(row["kind"], row, inputs, memory_mb))
     except ray.exceptions.RayTaskError as exc:
         cause = getattr(exc, "cause", None)
         raise cause if isinstance(cause, BaseException) else exc from None
+    except ConnectionError as exc:  # the cluster went away during the job: Ray's reason, not a bug
+        raise connect_error(_address, exc) from exc
     if "error" in got:
         raise RemoteJobError(got["error"])
     for name, data in got["files"].items():
@@ -143,6 +147,8 @@ def connect(address: str) -> None:
 
     from edgequant.executors.ray import connect_error
 
+    global _address
+    _address = address
     if not ray.is_initialized():
         try:
             ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
