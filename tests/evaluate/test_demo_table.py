@@ -27,18 +27,21 @@ def test_demo_table_units_rule_and_partial_methods(tmp_path: Path, monkeypatch) 
     m = re.search(r"writing into (\S+)", res.output)
     assert m and Path(m.group(1)).name.startswith("edgequant-demo-") and Path(m.group(1)).is_dir()
     assert list(tmp_path.iterdir()) == []  # nothing in the working directory
+    flat = " ".join(res.output.split())  # the caption wraps at the table's width
     for unit in (
         "top-1 %",
-        "drop (pp)",
-        "median ms (batch 1, 1 thread(s))",
-        "file MiB",
-        "packed MiB",
-        "mJ est.",
+        "drop pp",
+        "top-1 % = top-1 accuracy in percent",
+        "drop pp = top-1 drop vs float in percentage points",
+        "ms = median latency at batch 1 on 1 thread(s)",
+        "MiB = file size (2^20 bytes)",
+        "packed = MiB with sub-byte weights packed",
+        "mJ = energy estimate per inference",
     ):
-        assert unit in res.output, unit
+        assert unit in flat, unit
     assert (
         "rule: filter by every limit given (FP32 is a candidate), then take the best preferred quantity"
-        in res.output
+        in flat
     )
     # dynamic quantizes MatMul/Gemm only: the example has one Gemm among its compute nodes
     model = onnx.load(str(EXAMPLES / "shapes_cnn.onnx"))
@@ -46,5 +49,42 @@ def test_demo_table_units_rule_and_partial_methods(tmp_path: Path, monkeypatch) 
     assert gemms == 1
     # only the Gemm runs an integer kernel (ORT's census of the written model); the rest stays float
     assert re.search(
-        r"dynamic-int8: 1 integer kernel \(DynamicQuantizeMatMul\);.* \d+ kept float", res.output
+        r"dynamic-int8: 1 integer kernel \(DynamicQuantizeMatMul\);.* \d+ kept float", flat
     ), res.output
+
+
+def test_demo_table_off_a_terminal_at_80_columns_shows_every_number_whole(
+    tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """`edgequant demo > demo.out` used to print `top… %` and `97.…`: off a terminal (CliRunner output is
+    not a tty) the table is printed at its natural width, so every header and every number is whole."""
+    import csv
+    import os
+
+    import edgequant.cli
+
+    monkeypatch.setattr(edgequant.cli.console, "width", 80)
+    out = tmp_path / "demo"
+    res = CliRunner().invoke(
+        app, ["demo", "--examples", str(EXAMPLES), "-o", str(out), "--methods", "float,int8-static,w4a8"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "…" not in res.output, res.output
+    rows = {r["method"]: r for r in csv.DictReader((out / "results.csv").open())}
+    assert set(rows) == {"float", "int8-static", "w4a8"}
+    lines = res.output.splitlines()
+    for method, r in rows.items():
+        line = next(ln for ln in lines if re.match(rf"[│|] {re.escape(method)}\b", ln))
+        cells = line.split()
+        mib = os.path.getsize(out / r["model_file"]) / 2**20  # the file on disk, not the report's number
+        for want in (
+            f"{float(r['score']):.2f}",
+            f"{float(r['drop']):.2f}",
+            f"{float(r['median_ms']):.3f}",
+            f"{mib:.3f}",
+            f"{int(r['packed_bytes']) / 2**20:.3f}",
+            f"{float(r['energy_mj_estimate']):.3g}",
+        ):
+            assert want in cells, (method, want, line)
+    for header in ("method", "top-1 %", "drop pp", "ms", "MiB", "packed", "mJ", "limits"):
+        assert header in next(ln for ln in lines if re.match(r"[┃|] method ", ln)), header

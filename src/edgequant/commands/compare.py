@@ -128,7 +128,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Quantize MODEL with every method, evaluate, and recommend one under the limits."""
         from edgequant.evaluate import compare as run
-        from edgequant.evaluate.table import format_table
+        from edgequant.evaluate.table import format_table, print_table
 
         err = Console(stderr=True)
 
@@ -177,7 +177,7 @@ def register(app: typer.Typer) -> None:
             err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         console = Console()
-        console.print(format_table(result))
+        print_table(console, format_table(result))
         console.print(f"rule: {result.rule}", markup=False)
         console.print(f"report: {outdir / result.files.get('html', 'report.html')}", markup=False)
         if result.recommended is None:  # the limits cannot be met: the table above names the closest

@@ -46,6 +46,7 @@ def register(app: typer.Typer) -> None:
         """Quantize the built-in example with every method, evaluate each, and print the table."""
         from edgequant.cli import ProgressBar, console, fail
         from edgequant.evaluate import compare, format_table
+        from edgequant.evaluate.table import print_table
 
         if out is None:  # nothing lands in the working tree unasked
             import tempfile
@@ -67,5 +68,5 @@ def register(app: typer.Typer) -> None:
                 )
         except EdgeQuantError as exc:
             fail(exc)
-        console.print(format_table(result))
+        print_table(console, format_table(result))
         console.print(f"report: {out / 'report.html'} (also report.md, report.json, results.csv)")

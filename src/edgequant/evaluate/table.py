@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from rich.console import Console
 from rich.table import Table
 
 from edgequant.report.render import MB, fmt
@@ -36,22 +37,34 @@ def _eval_table(r: EvalResult) -> Table:
 def _compare_table(r: CompareResult) -> Table:
     t = Table(title=f"{r.model}: every method ({r.task}, {r.samples} samples)")
     t.caption_justify = "left"
-    t.add_column("method", no_wrap=True)
+    t.add_column("method", overflow="fold")  # wraps first in a narrow terminal; numbers never do
     unit = next((m.drop_unit for m in r.methods if m.ok), "pp")
     lat0: dict[str, Any] = next((m.latency for m in r.methods if m.latency), {})
     timing = (
-        f"median ms (batch {lat0.get('batch_size', '?')}, {lat0.get('threads', '?')} thread(s))"
+        f"ms = median latency at batch {lat0.get('batch_size', '?')} on {lat0.get('threads', '?')} thread(s)"
         if lat0
-        else "median ms"
+        else "ms = median latency"
     )
-    score = {"top1": "top-1 %", "top1_agreement": "agreement with float %"}.get(r.primary, r.primary)
+    score, score_unit = {
+        "top1": ("top-1 %", "top-1 % = top-1 accuracy in percent"),
+        "top1_agreement": ("agree %", "agree % = top-1 agreement with float in percent"),
+    }.get(r.primary, (r.primary, f"{r.primary} = the primary metric"))
     target = r.settings.get("target", "")
     predicted = any((m.predicted_latency or {}).get("ms") is not None for m in r.methods)
     on = {(m.predicted_latency or {}).get("target", target) for m in r.methods if m.predicted_latency}
-    where = f"on {target}" if on <= {target} else "(each row's target)"
-    pred_col = (f"predicted ms {where}",) if predicted else ()
-    for col in (score, f"drop ({unit})", timing, *pred_col, "file MiB", "packed MiB", "mJ est."):
-        t.add_column(col, justify="right")
+    where = f"on {target}" if on <= {target} else "on each row's target"
+    pred_col = ("pred ms",) if predicted else ()
+    # short headers (the units line under the table spells them out) so the table fits 80 columns;
+    # numbers never wrap or shorten: print_table widens the console past 80 when it must
+    for col in (score, f"drop {unit}", "ms", *pred_col, "MiB", "packed", "mJ"):
+        t.add_column(col, justify="right", no_wrap=True)
+    units = (
+        f"units: {score_unit}; drop {unit} = {score.split()[0]} drop vs float in "
+        + ("percentage points" if unit == "pp" else unit)
+        + f"; {timing}"
+        + (f"; pred ms = predicted latency {where}" if predicted else "")
+        + "; MiB = file size (2^20 bytes); packed = MiB with sub-byte weights packed"
+    )
     t.add_column("limits")
     notes: list[str] = []
     for m in r.methods:
@@ -87,10 +100,12 @@ def _compare_table(r: CompareResult) -> Table:
         )
     first: dict[str, Any] = next((m.latency for m in r.methods if m.latency), {})
     t.caption = (
-        ("* recommended: " if r.recommended else "")
+        units
+        + "\n"
+        + ("* recommended: " if r.recommended else "")
         + r.reason
         + f"\nlatency measured here on {first.get('provider', '-')}, {r.settings.get('threads')} thread(s); "
-        + "mJ est. = energy estimate per inference (counted ops and bytes, "
+        + "mJ = energy estimate per inference (counted ops and bytes, "
         + f"{r.settings.get('energy_profile', 'horowitz-45nm')} per-op energies)\n"
         + (
             f"predicted ms = a prediction, not a measurement: {r.settings.get('latency_prediction', '')}"
@@ -100,6 +115,21 @@ def _compare_table(r: CompareResult) -> Table:
         + "".join(f"\n{line}" for line in [f"rule: {r.rule}", *notes])
     )
     return t
+
+
+def print_table(console: Console, table: Table) -> None:
+    """Print ``table`` whole: off a terminal (a file, a pipe) the console widens to the table's natural
+    width instead of shortening cells to ``97.…``; on a terminal rich fits it to the window."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    need = console.measure(table, options=console.options.update_width(10_000)).maximum
+    width = console.width  # Console.print(width=) cannot exceed it: widen the console for this table
+    console.width = max(width, need)
+    try:
+        console.print(table)
+    finally:
+        console.width = width
 
 
 def _predicted(p: dict[str, Any] | None) -> str:
