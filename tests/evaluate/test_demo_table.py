@@ -48,9 +48,9 @@ def test_demo_table_units_rule_and_partial_methods(tmp_path: Path, monkeypatch) 
     gemms = sum(n.op_type == "Gemm" for n in model.graph.node)
     assert gemms == 1
     # only the Gemm runs an integer kernel (ORT's census of the written model); the rest stays float
-    assert re.search(
-        r"dynamic-int8: 1 integer kernel \(DynamicQuantizeMatMul\);.* \d+ kept float", flat
-    ), res.output
+    assert re.search(r"dynamic-int8: 1 integer kernel \(DynamicQuantizeMatMul\);.* \d+ kept float", flat), (
+        res.output
+    )
 
 
 def test_demo_table_off_a_terminal_at_80_columns_shows_every_number_whole(
