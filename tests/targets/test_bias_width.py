@@ -103,3 +103,26 @@ def test_float_biases_next_to_4bit_weights_are_checked_at_16_bits() -> None:
     # by hand: |3000| / (s_x * s_w) with s_w ~ 0.75 / 7 is ~ 3.6e6, far beyond 16 bits on every channel
     assert [(f["node"], f["required"]) for f in found] == [("conv", "16-bit bias")]
     assert found[0]["found"].startswith("channel(s) 0, 1, 2, 3 beyond 16 bits")
+
+
+def test_vitis_dpu_biases_are_rounded_to_8_bits_with_their_own_power_of_two() -> None:
+    """vitis-dpu: each bias is 8 bits times one power of two per tensor (its own fix position), as the
+    DPU's quantizer stores it; the rounding costs at most half a step of that grid."""
+    x = np.random.default_rng(1).uniform(-1, 1, (64, 1, 8, 8)).astype(np.float32)
+    m = big_bias()
+    m.graph.initializer[1].CopyFrom(nh.from_array(np.array([3.0, 2.0, -3.0, 0.5], np.float32), "b"))
+    r = edgequant.quantize(m, {"x": x}, target="vitis-dpu")
+    inits = {t.name: nh.to_array(t) for t in r.model.graph.initializer}
+    dq = {n.output[0]: n for n in r.model.graph.node if n.op_type == "DequantizeLinear"}
+    conv = next(n for n in r.model.graph.node if n.name == "conv")
+    b_q = inits[dq[conv.input[2]].input[0]].astype(np.int64)
+    s_b = inits[dq[conv.input[2]].input[1]].astype(np.float64)
+    exact = np.array([3.0, 2.0, -3.0, 0.5]) / s_b  # by hand: the bias on the accumulator grid
+    assert np.abs(exact).max() > 127  # the test needs a bias beyond 8 bits on that grid
+    k = int(np.ceil(np.log2(np.abs(np.round(exact)).max() / 127)))  # one shift for the tensor
+    while np.abs(np.round(exact / 2**k)).max() > 127:
+        k += 1
+    assert np.array_equal(b_q, np.round(np.round(exact) / 2**k).astype(np.int64) * 2**k)
+    assert np.all(b_q % 2**k == 0) and np.abs(b_q // 2**k).max() <= 127
+    assert not [f for f in r.report["compliance"]["findings"] if f["rule"] == "bias width"]
+    assert any(n.startswith("bias of 'conv': rounded to the target's 8-bit bias") for n in r.plan.notes)

@@ -16,8 +16,12 @@ whose ``b_q`` does not fit, in this order:
    bias is clamped to the widest value that still does so: every output code is unchanged;
 3. otherwise the channel stays as it is and the compliance check reports it (rule ``bias width``).
 
-Biases with their own power-of-two scale (``own_power_of_two``, e.g. a Vitis DPU) and float biases
-(next to 4/2-bit weights the QDQ model keeps the bias float) are left to the compliance check.
+Biases with their own power-of-two scale (``own_power_of_two``, e.g. a Vitis DPU) are rounded to the
+target's grid, as its quantizer does (Vitis AI / MQBench's Vitis backend: a bias tensor of ``width`` bits
+with its own fix position): one shift ``k`` per tensor, the smallest with ``|round(b_q / 2^k)| <= 2^(width-1)
+- 1``, and ``b_q <- round(b_q / 2^k) * 2^k``.  Not exact (the error is at most ``2^(k-1)`` accumulator
+steps per channel): the plan notes it per node, and the run's check measures its cost against float.
+Float biases (next to 4/2-bit weights the QDQ model keeps the bias float) are left to the compliance check.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ def fit_biases(
     model: onnx.ModelProto, plan: QuantPlan, profile: Profile
 ) -> tuple[onnx.ModelProto, list[str]]:
     """Re-scale or clamp overflowing biases of ``model`` in place where exact (module doc); the notes."""
+    if profile.bias_scale == "own_power_of_two":
+        return _round_own_power_of_two(model, profile)
     if profile.bias_scale != "accumulator":
         return model, []
     g = model.graph
@@ -127,6 +133,43 @@ def fit_biases(
             + "; ".join(done[:4]) + ("; ..." if len(done) > 4 else "") + ")"
             + (f"; {bad.size - len(done)} left (see the compliance report)" if len(done) < bad.size else "")
         )  # fmt: skip
+    return model, notes
+
+
+def _round_own_power_of_two(model: onnx.ModelProto, profile: Profile) -> tuple[onnx.ModelProto, list[str]]:
+    """Round each Conv/Gemm int32 bias to ``width`` bits times one power of two per tensor (module doc)."""
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    prod = _producers(g)
+    notes: list[str] = []
+    for node in g.node:
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3:
+            continue
+        db, dw = prod.get(node.input[2]), prod.get(node.input[1])
+        if db is None or db.op_type != "DequantizeLinear" or db.input[0] not in inits:
+            continue
+        if inits[db.input[0]].data_type != onnx.TensorProto.INT32 or dw is None or dw.input[0] not in inits:
+            continue
+        w_q = numpy_helper.to_array(inits[dw.input[0]]).astype(np.int64)
+        bits = next((b for b in (2, 4, 8) if -(2 ** (b - 1)) <= w_q.min() and w_q.max() < 2 ** (b - 1)), 8)
+        if bits not in profile.bias_bits:
+            continue
+        top = 2 ** (profile.bias_width(bits) - 1) - 1
+        b_q = numpy_helper.to_array(inits[db.input[0]]).astype(np.int64)
+        peak = int(np.abs(b_q).max(initial=0))
+        if peak <= top:
+            continue
+        k = max(0, int(np.ceil(np.log2(peak / top))))
+        while int(np.abs(np.round(b_q / 2**k)).max()) > top:
+            k += 1
+        b_new = np.round(b_q / 2**k).astype(np.int64) * 2**k
+        err = int(np.abs(b_new - b_q).max())
+        _set(inits, db.input[0], b_new, np.int32)
+        notes.append(
+            f"bias of '{node.name}': rounded to the target's {profile.bias_width(bits)}-bit bias with its own "
+            f"power-of-two scale (shift {k}; at most {err} accumulator step(s) from the exact bias, "
+            f"peak |b_q| {peak})"
+        )
     return model, notes
 
 
