@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import vad
 
 import edgequant
+from edgequant import calibration as eq_calibration
 from edgequant import pipeline
 from edgequant.errors import EdgeQuantError
 from edgequant.export import export_qdq
@@ -94,14 +95,14 @@ def census(path: Path, tmp: Path) -> str:
 @contextlib.contextmanager
 def rules_off() -> Iterator[None]:
     """This issue's three rules switched off: the 'before' column."""
-    saved = (plan_recurrent.squared_domain, pipeline.apply_exact_ranges, pipeline.carry_states)
+    saved = (plan_recurrent.squared_domain, eq_calibration.apply_exact_ranges, pipeline.carry_states)
     plan_recurrent.squared_domain = lambda g: {}  # type: ignore[assignment]
-    pipeline.apply_exact_ranges = lambda g, r: {}  # type: ignore[assignment]
+    eq_calibration.apply_exact_ranges = lambda g, r: {}  # type: ignore[assignment]
     pipeline.carry_states = lambda m, c, r: (c, None)  # type: ignore[assignment]
     try:
         yield
     finally:
-        plan_recurrent.squared_domain, pipeline.apply_exact_ranges, pipeline.carry_states = saved
+        plan_recurrent.squared_domain, eq_calibration.apply_exact_ranges, pipeline.carry_states = saved
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:

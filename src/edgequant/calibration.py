@@ -1,0 +1,133 @@
+"""Calibration data for one quantize run: the calibration part, the held-back part, and the ranges.
+
+``recipe.check_samples`` samples are held back from calibration for the final check; calibration
+streams the rest through the model (``observe.collect``), drops tensors that carry mask sentinels,
+optionally searches the range method (``algorithms.calib_search``), gives tanh/sigmoid/recurrent
+outputs their exact ranges (``model.recurrent``) and ties Relu/Clip inputs to their outputs' ranges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgequant import algorithms, planner
+from edgequant.algorithms.calib_search import SEARCH_SAMPLES, search_ranges
+from edgequant.data import CalibrationSource, input_specs, open_source
+from edgequant.errors import DataError
+from edgequant.model.patterns import bounded_outputs
+from edgequant.model.recurrent import apply_exact_ranges
+from edgequant.plan import QuantPlan
+from edgequant.recipe import Recipe
+from edgequant.runtime import OrtRuntime
+
+Progress = Callable[[str, int, "int | None"], None]
+DataLike = str | Path | np.ndarray | dict[str, np.ndarray] | Iterable[dict[str, np.ndarray]] | None
+
+
+def require_data(calibration: DataLike, recipe: Recipe) -> None:
+    """Calibrating on random inputs needs the user's consent (``allow_synthetic``)."""
+    if calibration is None and not recipe.allow_synthetic:
+        raise DataError(
+            f"method '{recipe.method}' calibrates activation ranges on data, and no calibration data was "
+            "given; ranges from random inputs are not the ranges of real inputs.",
+            "pass --calib-data PATH (npy/npz, image folder, video, HDF5, CSV), or --allow-synthetic "
+            "(recipe: allow_synthetic: true) to calibrate on random inputs knowingly.",
+        )
+
+
+def calib_source(calibration: DataLike, model: onnx.ModelProto, recipe: Recipe) -> CalibrationSource:
+    """The calibration part of the data: ``recipe.check_samples`` samples are held back for the check
+    (with a metadata CSV, calibration reads its train rows and the check its evaluation rows)."""
+    metadata = bool((recipe.data_options or {}).get("metadata_csv"))
+    return open_source(
+        calibration,
+        input_specs(model),
+        batch_size=recipe.batch_size,
+        max_samples=recipe.calib_samples,
+        sampling=recipe.sampling,
+        seed=recipe.seed,
+        preprocess=recipe.preprocess,
+        input_map=recipe.input_map or None,
+        options=recipe.data_options or None,
+        split="calib" if metadata else "all",  # train rows only (the check reads the eval rows)
+        held_out=recipe.check_samples if calibration is not None and not metadata else 0,
+        part="rest" if calibration is not None and not metadata else "all",
+    )
+
+
+def held_source(calibration: DataLike, model: onnx.ModelProto, recipe: Recipe) -> CalibrationSource:
+    """The samples held back from calibration for the check (``calib_source``'s complement)."""
+    return open_source(
+        calibration, input_specs(model), batch_size=recipe.batch_size, seed=recipe.seed,
+        preprocess=recipe.preprocess, input_map=recipe.input_map or None, options=recipe.data_options or None,
+        held_out=recipe.check_samples, part="held",
+    )  # fmt: skip
+
+
+def calibrate(
+    model: onnx.ModelProto,
+    plan: QuantPlan,
+    source: CalibrationSource,
+    recipe: Recipe,
+    runtime: OrtRuntime,
+    progress: Progress | None,
+    calibration: DataLike = None,
+) -> tuple[QuantPlan, dict[str, Any]]:
+    """``plan`` with the ranges of its activations measured on ``source``, and the report's calibration
+    section.  Raises DataError when the data yields no samples."""
+    from edgequant.observe import collect
+
+    act = next(plan.tensors[n].spec for n in plan.activations())
+    res = collect(
+        model,
+        source,
+        plan.activations(),
+        method="mse" if recipe.calib_method == "search" else recipe.calib_method,  # search: histograms
+        percentile=recipe.percentile,
+        qbits=act.bits,
+        symmetric=act.symmetric,
+        runtime=runtime,
+        max_samples=recipe.calib_samples,
+        progress=(lambda done, total: progress("calibrate", done, total)) if progress else None,
+        full_range=bounded_outputs(model) if recipe.calib_method != "minmax" else (),
+    )
+    if res.samples == 0:
+        raise DataError(
+            "the calibration data yielded no samples.", "pass a non-empty dataset to --calib-data."
+        )
+    for name, count in res.sentinels.items():
+        if count and name in plan.tensors:
+            del plan.tensors[name]
+            plan.notes.append(
+                f"'{name}' holds {count} mask sentinel value(s) (-inf / finfo.min) on the calibration data; "
+                "it stays float so the mask keeps its meaning and other values keep their resolution."
+            )
+    ranges, search = res.ranges, None
+    if recipe.calib_method == "search":  # the method whose ranges give the best held-out output SQNR
+        extra = recipe.replace(calib_samples=recipe.calib_samples + SEARCH_SAMPLES, sampling="first")
+        held = algorithms.held_out(calib_source(calibration, model, extra), recipe.calib_samples)
+        ranges, search = search_ranges(model, plan, res, recipe, runtime, held, source)
+    exact = apply_exact_ranges(model.graph, ranges := dict(ranges))  # tanh/sigmoid/recurrent outputs
+    plan = plan.with_ranges(ranges)
+    for name, note in exact.items():
+        if name in plan.tensors:
+            plan.tensors[name].note = note
+    plan = planner.tie_activation_ranges(model, plan)
+    info = {
+        "method": recipe.calib_method,
+        "percentile": recipe.percentile if recipe.calib_method == "percentile" else None,
+        "samples": res.samples,
+        "batches": res.batches,
+        "passes": res.passes,
+        "synthetic": bool(getattr(source.stats, "synthetic", False)),
+        "skipped_samples": int(getattr(source.stats, "skipped", 0)),
+        "source": getattr(source.stats, "description", ""),
+        **({"search": search} if search else {}),
+        "held_out_for_check": int(getattr(source.stats, "held_out", 0)),
+    }
+    return plan, info

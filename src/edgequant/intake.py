@@ -1,0 +1,158 @@
+"""The caller's arguments -> a Recipe and an ONNX model (the first step of ``pipeline.quantize``).
+
+A recipe comes as a Recipe, a dict, a preset name or a YAML path, with keyword overrides on top; a
+model as an ONNX path or ModelProto, a PyTorch module (exported with its example inputs and checked
+against the export) or a Keras model / SavedModel.  ONNX Runtime must load the model before any work.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgequant.errors import InferenceError, ModelError, RecipeError, UnsupportedError
+from edgequant.model import load_model
+from edgequant.recipe import PRESETS, Recipe, from_dict, load_recipe, preset, to_dict
+from edgequant.recipe.presets import without_disabled
+from edgequant.runtime import OrtRuntime
+
+ModelLike = str | Path | onnx.ModelProto | Any
+
+
+def resolve_recipe(
+    recipe: Recipe | dict[str, Any] | str | Path | None,
+    overrides: dict[str, Any],
+    notes: list[str] | None = None,
+) -> Recipe:
+    if recipe is None:
+        base: dict[str, Any] = {}
+    elif isinstance(recipe, Recipe):
+        base = to_dict(recipe)
+    elif isinstance(recipe, dict):
+        base = dict(recipe)
+    elif isinstance(recipe, str) and recipe in PRESETS and not Path(recipe).exists():
+        return preset(
+            recipe, **overrides
+        )  # quantize(model, data, "int8-static"): the preset sees the overrides
+    elif isinstance(recipe, str) and not Path(recipe).suffix and not Path(recipe).exists():
+        raise RecipeError(
+            f"'{recipe}' is neither a recipe file nor a preset; presets: {', '.join(PRESETS)}.",
+            "pass a preset name from the list, or the path of a YAML recipe.",
+        )
+    else:
+        base = to_dict(load_recipe(recipe, notes))
+    return from_dict(without_disabled({**base, **overrides}, overrides))
+
+
+def load_input_model(
+    model: ModelLike, example_inputs: Any = None, dynamic_axes: dict[str, list[int]] | None = None
+) -> tuple[onnx.ModelProto, str, dict[str, Any] | None]:
+    """An ONNX model, a name for it, and the export check when it came from PyTorch or TensorFlow.
+    ``dynamic_axes`` (PyTorch only): more symbolic input axes, verified at two sizes (``export_torch``)."""
+    from edgequant.model.tf_import import is_tf_model, is_tf_path
+
+    if dynamic_axes and not (type(model).__module__.startswith("torch") or hasattr(model, "state_dict")):
+        raise RecipeError(
+            f"dynamic_axes {dynamic_axes} apply when a PyTorch model is exported; this model is not one.",
+            "drop --dynamic-axis (an ONNX model's dynamic axes are set in the file).",
+        )
+    if isinstance(model, onnx.ModelProto):
+        return model, (model.graph.name or "model").replace("/", "_"), None
+    if isinstance(model, str | Path) and not is_tf_path(model):
+        return load_model(model), Path(model).stem, None
+    if isinstance(model, str | Path) or is_tf_model(model):
+        from edgequant.model.tf_import import export_tf
+
+        name = (
+            Path(model).stem if isinstance(model, str | Path) else str(getattr(model, "name", "") or "model")
+        )
+        return _imported(lambda path: export_tf(model, path, example_inputs=example_inputs), name)
+    if type(model).__module__.startswith("torch") or hasattr(model, "state_dict"):
+        from edgequant.model.torch_import import export_torch
+
+        if example_inputs is None:
+            raise ModelError(
+                "a PyTorch module needs example inputs to be exported to ONNX.",
+                "pass example_inputs=torch.randn(1, 3, 224, 224) (or a tuple for several inputs).",
+            )
+        return _imported(
+            lambda path: export_torch(model, example_inputs, path, dynamic_axes=dynamic_axes or None),
+            type(model).__name__.lower(),
+        )
+    raise ModelError(
+        f"cannot quantize an object of type {type(model).__name__}.",
+        "pass a path to an .onnx file, a Keras .keras/.h5 file or SavedModel directory, an onnx.ModelProto, "
+        "a torch.nn.Module with example_inputs, or a Keras model.",
+    )
+
+
+def _imported(export: Callable[[Path], Any], name: str) -> tuple[onnx.ModelProto, str, dict[str, Any]]:
+    """Run an importer into a temporary file; the ONNX model, its name and the import check."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="edgequant-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        rep = export(path)
+        check = {
+            "source": rep.source,
+            "max_abs_diff": rep.max_abs_diff,
+            "sqnr_db": rep.sqnr_db if np.isfinite(rep.sqnr_db) else None,
+            "opset": rep.opset,
+        }
+        return load_model(path), name.replace("/", "_"), check
+
+
+def require_loadable(runtime: OrtRuntime, model: onnx.ModelProto | Path) -> None:
+    """ONNX Runtime loads the user's model; the load runs in a child process on the CPU provider, so a
+    native crash of ONNX Runtime on it is one error line (``edgequant.runtime.isolated``)."""
+    try:
+        if not any(runtime.provider_options or []) and runtime.providers == ["CPUExecutionProvider"]:
+            from edgequant.runtime.isolated import run_isolated
+
+            run_isolated(model, [], what="the input model", providers=runtime.providers)
+        else:
+            runtime.session(model, "the input model").close()
+    except InferenceError as exc:
+        raise ModelError(
+            exc.detail, "re-export the model so that ONNX Runtime loads it; " + exc.hint
+        ) from exc
+
+
+def named_passes(
+    recipe: Recipe | dict[str, Any] | str | Path | None, overrides: dict[str, Any]
+) -> tuple[str, ...]:
+    """The passes the user named (a preset's passes are not named: finding nothing to do is a note);
+    ``bias_correction``/``target_sqnr_db`` name their passes."""
+    aliases: tuple[str, ...] = ("bias_correction",) if overrides.get("bias_correction") else ()
+    aliases += ("mixed_precision",) if overrides.get("target_sqnr_db") is not None else ()
+    if "algorithms" in overrides:
+        return (*overrides["algorithms"], *aliases)
+    if isinstance(recipe, str) and recipe in PRESETS:
+        return aliases
+    return (*resolve_recipe(recipe, {}).algorithms, *aliases)
+
+
+def is_torch_module(model: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(model, torch.nn.Module)
+
+
+def hoist_gru(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+    """``model`` with its GRU input projections hoisted (``model.gru_hoist``); refused when none is."""
+    from edgequant.model.gru_hoist import hoist_gru_inputs
+
+    hoisted, gru_notes = hoist_gru_inputs(model)
+    if not any("hoisted into MatMul" in n for n in gru_notes):
+        raise UnsupportedError(
+            "hoist_gru is set, but no GRU of this model has a constant float W to hoist"
+            + (f" ({gru_notes[0]})" if gru_notes else " (the model has no GRU)")
+            + ".",
+            "drop --hoist-gru.",
+        )
+    notes.extend(gru_notes)
+    return hoisted
