@@ -31,6 +31,7 @@ from edgequant.commands.preprocess_options import Layout, Mean, Scale, Size, Std
 from edgequant.errors import EdgeQuantError, ModelError, RecipeError, TargetNotMetError
 from edgequant.outputs import check_writable, output_paths
 from edgequant.recipe import to_dict
+from edgequant.recipe.schema import to_flag_dict
 
 # plain help text: rich markup would swallow "[tf]" and print "edgequant" for "edgequant[tf]"
 app = typer.Typer(
@@ -404,7 +405,7 @@ def quantize(
             overrides["preprocess"] = {**to_dict(resolve_recipe(recipe, {}))["preprocess"], **pre}
         resolved = resolve_recipe(recipe, overrides)
         if print_recipe:
-            typer.echo(yaml.safe_dump(to_dict(resolved), sort_keys=False, width=2**20), nl=False)
+            typer.echo(yaml.safe_dump(to_flag_dict(resolved), sort_keys=False, width=2**20), nl=False)
         planned = output_paths(out, model.stem, resolved.default_tag)  # refused now, not after the work
         check_writable(planned.folder, planned.files(with_float=False), overwrite=overwrite)
         if factory or model.suffix in (".pt", ".pth", ".ts", ".torchscript"):
@@ -464,16 +465,9 @@ def _refuse_ignored_model_options(model: Path, factory: str | None, input_shape:
 
 def parse_options(items: list[str]) -> dict[str, Any]:
     """``["video_frames=32", "csv_columns=a,b"]`` -> ``{"video_frames": 32, "csv_columns": ["a", "b"]}``."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise RecipeError(
-                f"data option '{item}' is not KEY=VALUE.", "write e.g. --data-option video_frames=32."
-            )
-        values = [yaml.safe_load(v) for v in raw.split(",")]
-        out[key.strip()] = values if len(values) > 1 else values[0]
-    return out
+    from edgequant.recipe.flags import key_values
+
+    return key_values(items)
 
 
 def print_summary(report: dict[str, Any], model_path: Path) -> None:

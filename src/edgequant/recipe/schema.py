@@ -456,7 +456,11 @@ FLAG_KEYS: dict[str, str] = {
     "symmetric": "act_symmetric",
     "target_sqnr": "target_sqnr_db",
     "data_option": "data_options",
+    "dynamic_axis": "dynamic_axes",
+    "algorithm": "algorithms",
 }
+# fields whose flag takes a list of strings (KEY=VALUE, INPUT:AXIS): a recipe may give that list too
+_FLAG_LISTS = ("data_options", "dynamic_axes")
 
 
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:
@@ -478,6 +482,11 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
                 f"unknown key '{raw_key}' in {where}; allowed: {', '.join(sorted(allowed))}.",
                 "remove or rename the key" + _suggest(key, names) + ".",
             )
+        if cls is Recipe and key in _FLAG_LISTS and isinstance(value, list | tuple):
+            from edgequant.recipe import flags
+
+            parse = flags.key_values if key == "data_options" else flags.input_axes
+            value = parse(value, f"recipe key '{raw_key}'")
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}" if where != "recipe" else key)
     return cls(**kwargs)
 
@@ -502,6 +511,13 @@ def to_dict(recipe: Recipe) -> dict[str, Any]:
             pre[k] = list(pre[k])
     pre["from_model"] = list(pre["from_model"])
     return out
+
+
+def to_flag_dict(recipe: Recipe) -> dict[str, Any]:
+    """``to_dict`` with the keys spelled as the CLI flags (``symmetric``, ``target_sqnr``, ``data_option``,
+    ``dynamic_axis``, ``algorithm``): what ``--print-recipe`` prints; ``from_dict`` reads it back."""
+    to_flag = {field_name: flag for flag, field_name in FLAG_KEYS.items()}
+    return {to_flag.get(k, k): v for k, v in to_dict(recipe).items()}
 
 
 def load_recipe(path: str | Path, notes: list[str] | None = None, flow: str = "ptq") -> Recipe:
