@@ -161,6 +161,7 @@ class Case:
 
     def ours(self, method: str, data: Feeds, prepared: tuple[Any, Any, onnx.ModelProto]) -> tuple[float, int]:
         from edgequant import pipeline
+        from edgequant.model.patterns import bounded_outputs
         from edgequant.observe import collect
 
         recipe, plan, model = prepared
@@ -179,7 +180,7 @@ class Case:
             runtime=self.runtime,
             max_samples=recipe.calib_samples,
             progress=None,
-            full_range=self.planner.bounded_outputs(model) if recipe.calib_method != "minmax" else (),
+            full_range=bounded_outputs(model) if recipe.calib_method != "minmax" else (),
         )
         seconds = time.perf_counter() - t0
         if res.samples != recipe.calib_samples:
