@@ -16,7 +16,10 @@ Variants:
                    SQNR is below 30 dB); not in the default variant list (slow), pass --variants
     eq-dynamic     method="dynamic"
     eq-w8          method="weight-only" (int8)
-    eq-w4b32       method="weight-only", weight_bits=4, block_size=32 (MatMulNBits)
+    eq-w4b32       method="weight-only", weight_bits=4, block_size=32 (MatMulNBits; Gather tables int8 per row)
+    eq-w4b32-clip  the same with the block_clip pass (AWQ-style per-block clip ratio by output error)
+    eq-w4b32-gptq  the same with the gptq pass (GPTQ error feedback, block scales by block_clip's search)
+    eq-w4b32-gptq-asym  eq-w4b32-gptq with asymmetric blocks (zero points)
     ort-static     quantize_static(QDQ, per_channel=True, QUInt8/QInt8, MinMax) after quant_pre_process
     ort-dynamic    quantize_dynamic(per_channel=True)
     ort-w4         MatMulNBitsQuantizer(block_size=32, symmetric, RTN)
@@ -56,6 +59,20 @@ EQ = {
     "eq-dynamic": {"method": "dynamic"},
     "eq-w8": {"method": "weight-only"},
     "eq-w4b32": {"method": "weight-only", "weight_bits": 4, "block_size": 32},
+    "eq-w4b32-clip": {
+        "method": "weight-only",
+        "weight_bits": 4,
+        "block_size": 32,
+        "algorithms": ["block_clip"],
+    },
+    "eq-w4b32-gptq": {"method": "weight-only", "weight_bits": 4, "block_size": 32, "algorithms": ["gptq"]},
+    "eq-w4b32-gptq-asym": {
+        "method": "weight-only",
+        "weight_bits": 4,
+        "block_size": 32,
+        "weight_symmetric": False,
+        "algorithms": ["gptq"],
+    },
 }
 ORT = ("ort-static", "ort-dynamic", "ort-w4")
 
@@ -146,6 +163,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--variants", nargs="*", default=[v for v in [*EQ, *ORT] if v != "eq-static-a16"])
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other rows of the results files (re-run only --variants, with float)",
+    )
     args = ap.parse_args()
     sents = minilm.sentences()
     calib, ev = minilm.tokenize(sents[0::2][: args.samples]), minilm.tokenize(sents[1::2][: args.samples])
@@ -190,6 +212,15 @@ def main() -> None:
     meta = {"onnxruntime": ort.__version__, "runs": args.runs, "calibration_sentences": args.samples,
             "evaluation_sentences": len(ev["input_ids"]), "sequence": minilm.SEQ}  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
+    old = RESULTS / "bench_transformers.json"
+    if args.merge and old.exists():  # earlier rows first; this run's rows replace theirs (float: this run's)
+        prev = json.loads(old.read_text())["rows"]
+        for k, r in rows.items():
+            if k != "float" and "ms" in r:
+                r["ms_float_this_run"] = rows["float"]["ms"]
+        rows = {**{k: v for k, v in prev.items() if k != "float"}, **rows}
+        rows = {"float": rows.pop("float"), **rows}
+        meta["merged"] = f"rows {', '.join(args.variants)} re-run with float; the others from the earlier run"
     (RESULTS / "bench_transformers.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [
         f"all-MiniLM-L6-v2, batch 1, length {minilm.SEQ}, 2 threads, spinning off, ORT {ort.__version__}; "
@@ -206,6 +237,11 @@ def main() -> None:
             f"| {k} | {r['cos_mean']:.4f} | {r['cos_min']:.4f} | {r['ms']:.1f} | {r['speedup']:.2f}x | {r['mb']:.1f} | "
             f"{r.get('seconds', 0):.0f} | {r.get('peak_mb', 0):.0f} | {len(r.get('act16', []))} |"
         )
+    if "merged" in meta:
+        lines += [
+            "",
+            f"Merged: {meta['merged']} (each row's 'vs float' is against the float of its own run).",
+        ]
     (RESULTS / "bench_transformers.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

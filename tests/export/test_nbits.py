@@ -76,7 +76,7 @@ def test_weight_only_int4_uses_matmul_nbits(block: int, symmetric: bool) -> None
     qdq, _ = export_qdq(m, plan)
     ref = _run(qdq, x, "ORT_DISABLE_ALL")
     got = _run(r.model, x)
-    assert sqnr_db(ref, got) > 30.0  # accuracy_level 4 quantizes the activation to int8 per block
+    assert sqnr_db(ref, got) > 30.0  # the same codes (an int8-activation accuracy_level would cost some)
     assert sqnr_db(_run(m, x), got) > 15.0
     assert not any(n.startswith("slower than float") for n in r.plan.notes)
 

@@ -27,7 +27,10 @@ METHODS: tuple[str, ...] = get_args(Method)
 CALIB_METHODS: tuple[str, ...] = get_args(CalibMethod)
 # passes (edgequant.algorithms registers one per name), in the order they may run: on float weights first,
 # then (bias_correction, mixed_precision) on the calibrated QDQ model
-ALGORITHMS: tuple[str, ...] = ("cle", "smoothquant", "adaround", "bias_correction", "mixed_precision")
+ALGORITHMS: tuple[str, ...] = (
+    "cle", "smoothquant", "adaround", "block_clip", "gptq", "bias_correction", "mixed_precision"
+)  # fmt: skip
+WEIGHT_ONLY_PASSES: tuple[str, ...] = ("block_clip", "gptq")  # passes that choose weight ranges only
 
 
 @dataclass(frozen=True)
@@ -275,7 +278,13 @@ class Recipe:
                     f"unknown algorithm '{name}'; known: {', '.join(ALGORITHMS)}.",
                     "use one of the known names" + _suggest(name, ALGORITHMS) + ".",
                 )
-        if self.algorithms and self.method != "static":
+        if (
+            self.algorithms
+            and self.method == "weight-only"
+            and set(self.algorithms) <= set(WEIGHT_ONLY_PASSES)
+        ):
+            pass  # block_clip chooses weight ranges only: weight-only runs it too
+        elif self.algorithms and self.method != "static":
             raise RecipeError(
                 f"algorithms {list(self.algorithms)} are set but method is '{self.method}'; the passes refine "
                 "the weights of a static int model, so they apply to method 'static' only.",

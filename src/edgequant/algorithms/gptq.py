@@ -1,0 +1,115 @@
+"""GPTQ for blocked low-bit MatMul weights (``gptq``): rounding with error feedback.
+
+Frantar, Ashkboos, Hoefler, Alistarh, "GPTQ: Accurate Post-Training Quantization for Generative
+Pre-trained Transformers", ICLR 2023 (Algorithm 1, with groups).  For ``y = x W``, ``W [K, N]``,
+the layer error ``E||x W - x Q||^2 = tr(ΔW^T H ΔW)``, ``H = E[x^T x]`` ``[K, K]`` (calibration tokens,
+damped by 1 % of its mean diagonal).  Rows of ``W`` (input channels) are quantized in order; the
+error of row ``k`` is pushed onto the rows not yet quantized through the upper Cholesky factor
+``U`` of ``H^-1``:  ``W[k+1:] -= U[k, k+1:]^T (W[k] - Q[k]) / U[k, k]``.  At each block start the
+block's scale and zero point are chosen on the updated rows by ``block_clip.search`` (output error
+with the block's own ``H`` sub-matrix).  The model's weight becomes the dequantized result, which the
+exporter quantizes back to exactly those integers on the scales written into the plan
+(``quantize_fixed``), as ``adaround`` does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from edgequant.algorithms.base import PassOutcome, StatRequest, Stats, register
+from edgequant.algorithms.block_clip import SAMPLES, _targets, search
+from edgequant.errors import DataError
+from edgequant.plan import QuantPlan
+from edgequant.recipe.schema import Recipe
+from edgequant.schemes.qparams import dequantize, quantize, quantize_weight
+from edgequant.schemes.spec import QuantSpec
+
+DAMP = 0.01
+
+
+def grams(model: onnx.ModelProto, xs: list[str], stats: Stats) -> dict[str, np.ndarray]:
+    """``H [K, K]`` = mean over calibration tokens of ``x^T x``, per tensor ``x`` (last axis K)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None) for x in xs)
+    sums: dict[str, np.ndarray] = {}
+    rows = dict.fromkeys(xs, 0)
+    for batch in stats:
+        values = stats.runtime.run(probe, batch, xs)
+        for x in xs:
+            v = values[x].reshape(-1, values[x].shape[-1]).astype(np.float64)
+            sums[x] = v.T @ v if x not in sums else sums[x] + v.T @ v
+            rows[x] += len(v)
+    return {x: sums[x] / max(rows[x], 1) for x in sums}
+
+
+def gptq(w: np.ndarray, spec: QuantSpec, h: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dequantized weight [K, N], scale, zero [K/B, N]) for ``w [K, N]`` blocked along K (axis 0)."""
+    assert spec.block_size is not None
+    b = spec.block_size
+    k, n = w.shape
+    h = h + DAMP * float(np.mean(np.diag(h))) * np.eye(k)
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1.0
+    u = np.linalg.cholesky(np.linalg.inv(h)).T  # upper factor of H^-1
+    work = w.astype(np.float64).copy()
+    out = np.zeros_like(work)
+    scales, zeros = np.zeros((k // b, n), np.float32), np.zeros((k // b, n), np.int64)
+    block_spec = spec
+    for g in range(k // b):
+        rows = slice(g * b, (g + 1) * b)
+        s, z, _ = search(work[rows].astype(np.float32), block_spec, h[rows, rows][None])
+        scales[g], zeros[g] = s[0], z[0]
+        for r in range(g * b, (g + 1) * b):
+            q = dequantize(quantize(work[r : r + 1], s, z, spec), s, z, spec)[0].astype(np.float64)
+            out[r] = q
+            err = (work[r] - q) / u[r, r]
+            work[r + 1 :] -= np.outer(u[r, r + 1 :], err)
+    return out.astype(np.float32), scales, zeros
+
+
+@register("gptq")
+class Gptq:
+    """GPTQ with per-block scales (module docstring)."""
+
+    def __init__(self, recipe: Recipe) -> None:
+        self.recipe = recipe
+
+    def stat_requests(self, model: onnx.ModelProto, plan: QuantPlan) -> StatRequest:
+        return StatRequest(min(SAMPLES, self.recipe.calib_samples), "Gram matrices x^T x of MatMul inputs")
+
+    def apply(
+        self, model: onnx.ModelProto, plan: QuantPlan, stats: Stats
+    ) -> tuple[onnx.ModelProto, QuantPlan, PassOutcome]:
+        if stats.synthetic or stats.samples < 1:
+            raise DataError(
+                "gptq fits each weight's rounding to real calibration inputs, and none were given.",
+                "pass --calib-data with real samples, or drop gptq from the algorithms.",
+            )
+        targets, skipped = _targets(model, plan)
+        outcome = PassOutcome(skipped=skipped)
+        if not targets:
+            outcome.nothing_to_do = "no MatMul weight is planned in blocks of 4 bits or fewer."
+            return model, plan, outcome
+        hs = grams(model, list(targets), stats)
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        inits = {t.name: t for t in out.graph.initializer}
+        for x, ws in targets.items():
+            for wn in ws:
+                e = plan.tensors[wn]
+                assert e.spec.block_size is not None
+                w = numpy_helper.to_array(inits[wn]).astype(np.float32)
+                _, s0, z0 = quantize_weight(w, e.spec)
+                wq0 = dequantize(quantize(w, s0, z0, e.spec), s0, z0, e.spec)
+                wq, scale, zero = gptq(w, e.spec, hs[x])
+                before = float(np.einsum("kn,kl,ln->", wq0 - w, hs[x], wq0 - w))
+                after = float(np.einsum("kn,kl,ln->", wq - w, hs[x], wq - w))
+                inits[wn].CopyFrom(numpy_helper.from_array(wq, wn))
+                e.scale = [float(v) for v in scale.reshape(-1)]
+                e.zero_point = [int(v) for v in zero.reshape(-1)]
+                outcome.changed.append(f"{wn}: output error {before:.3e} -> {after:.3e}")
+        return out, plan, outcome
