@@ -222,7 +222,8 @@ def quantize(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of every random choice " + default("seed"))] = None,
     exclude: Annotated[
-        list[str] | None, typer.Option(help="Node name, op type, or re:REGEX to keep float. Repeatable.")
+        list[str] | None,
+        typer.Option(help="Node name, op type, or re:REGEX to keep float. Repeatable. [default: none]"),
     ] = None,
     skip_first: Annotated[
         bool | None,
@@ -257,52 +258,64 @@ def quantize(
     target_sqnr: Annotated[
         float | None,
         typer.Option(
-            metavar="DB", help="Static: keep the most sensitive nodes float until the output SQNR reaches DB."
+            metavar="DB",
+            help="Static: keep the most sensitive nodes float until the output SQNR reaches DB "
+            + default("target_sqnr_db", "none: no search"),
         ),
     ] = None,
     max_float_nodes: Annotated[
         int | None,
         typer.Option(
-            metavar="N", help="Cap for --target-sqnr (default: 10 % of the quantized compute nodes)."
+            metavar="N", help="Cap for --target-sqnr [default: 10 % of the quantized compute nodes]."
         ),
     ] = None,
     allow_synthetic: Annotated[
         bool | None,
         typer.Option(
             "--allow-synthetic/--no-allow-synthetic",
-            help="Static without --calib-data: calibrate on random inputs (refused otherwise).",
+            help="Static without --calib-data: calibrate on random inputs (refused otherwise) "
+            + default("allow_synthetic", "no-allow-synthetic"),
         ),
     ] = None,
     check_samples: Annotated[
-        int | None, typer.Option(metavar="N", help="Samples held back from calibration for the run check.")
+        int | None,
+        typer.Option(
+            metavar="N",
+            help="Samples held back from calibration for the run check " + default("check_samples"),
+        ),
     ] = None,
     bias_correction: Annotated[
         bool | None,
         typer.Option(
             "--bias-correction/--no-bias-correction",
-            help="Static: fold the per-channel output mean shift of quantized Conv/Gemm into their biases.",
+            help="Static: fold the per-channel output mean shift of quantized Conv/Gemm into their biases "
+            + default("bias_correction", "no-bias-correction"),
         ),
     ] = None,
     target: Annotated[
         str | None,
         typer.Option(
-            help="Hardware target profile: cpu (default), ti-npu, vitis-dpu, cmsis-nn, akida, akida1 (.h5); tvm: Apache TVM."
+            help="Hardware target profile: cpu, ti-npu, vitis-dpu, cmsis-nn, akida, akida1 (.h5); tvm: Apache TVM "
+            + default("target"),
         ),
     ] = None,
     tune_trials: Annotated[
-        int | None, typer.Option(metavar="N", help="--target tvm: MetaSchedule tuning trials (default 0).")
+        int | None,
+        typer.Option(metavar="N", help="--target tvm: MetaSchedule tuning trials " + default("tune_trials")),
     ] = None,
     algorithm: Annotated[
         list[str] | None,
         typer.Option(
-            metavar="NAME", help="Static: run a pass (cle, smoothquant, adaround), in order. Repeatable."
+            metavar="NAME",
+            help="Static: run a pass (cle, smoothquant, adaround), in order. Repeatable. [default: none]",
         ),
     ] = None,
     fix: Annotated[
         bool | None,
         typer.Option(
             "--fix/--no-fix",
-            help="Apply the target's exact fixes (zero-padded channels, split tall kernels).",
+            help="Apply the target's exact fixes (zero-padded channels, split tall kernels) "
+            + default("fix", "no-fix"),
         ),
     ] = None,
     act16_below_db: Annotated[
@@ -310,7 +323,8 @@ def quantize(
         typer.Option(
             "--act16-below-db",
             metavar="DB",
-            help="Static: 16-bit activations on tensors whose own 8-bit SQNR is below DB (transformers: 25).",
+            help="Static: 16-bit activations on tensors whose own 8-bit SQNR is below DB (transformers: 25) "
+            + default("act16_below_db", "none: 8-bit everywhere"),
         ),
     ] = None,
     hoist_gru: Annotated[
@@ -318,22 +332,25 @@ def quantize(
         typer.Option(
             "--hoist-gru",
             help="Static/dynamic: each GRU's input projection over the sequence becomes an int8 MatMul "
-            "(recurrence float; measured slower than float in ORT, see README).",
+            "(recurrence float; measured slower than float in ORT, see README) "
+            + default("hoist_gru", "off"),
         ),
     ] = None,
     placement: Annotated[
         str | None,
         typer.Option(
             metavar="auto|all|matmul-inputs",
-            help="Static activation Q/DQ: all ops, or only MatMul/Gemm/Conv inputs (auto: that on transformers).",
+            help="Static activation Q/DQ: all ops, or only MatMul/Gemm/Conv inputs (auto: that on transformers) "
+            + default("placement"),
         ),
     ] = None,
     format_: Annotated[
         str | None,
         typer.Option(
             "--format",
-            help="qdq (default) | ti-npu-int: with --target ti-npu, also write TI's integer-only NPU form "
-            "<name>_<tag>_ti-npu-int.onnx (no DequantizeLinear inside), checked against the QDQ model.",
+            help="qdq | ti-npu-int: with --target ti-npu, also write TI's integer-only NPU form "
+            "<name>_<tag>_ti-npu-int.onnx (no DequantizeLinear inside), checked against the QDQ model "
+            + default("format"),
         ),
     ] = None,
     recipe: Annotated[
@@ -360,7 +377,8 @@ def quantize(
         typer.Option(help="PyTorch export: INPUT:AXIS made dynamic (e.g. input:1). Repeatable."),
     ] = None,
     device: Annotated[
-        str | None, typer.Option(help="cpu, cuda or cuda:N: ONNX Runtime's provider (no CPU fallback).")
+        str | None,
+        typer.Option(help="cpu, cuda or cuda:N: ONNX Runtime's provider (no CPU fallback) [default: cpu]."),
     ] = None,
     gpu_number: Annotated[int | None, typer.Option(help="Alias for --device cuda:N.")] = None,
     executor: Annotated[

@@ -75,7 +75,10 @@ def register(app: typer.Typer) -> None:
         blank: Annotated[int, typer.Option(help="CTC blank index (sequence).")] = 0,
         layout: Annotated[str, typer.Option(help="Sequence output layout: ntc or tnc.")] = "ntc",
         device: Annotated[
-            str | None, typer.Option(help="cpu, cuda or cuda:N: ONNX Runtime's provider (no CPU fallback).")
+            str | None,
+            typer.Option(
+                help="cpu, cuda or cuda:N: ONNX Runtime's provider (no CPU fallback) [default: cpu]."
+            ),
         ] = None,
         gpu_number: Annotated[int | None, typer.Option(help="Alias for --device cuda:N.")] = None,
         factory: Annotated[str | None, typer.Option(help="PyTorch 'package.module:factory'.")] = None,

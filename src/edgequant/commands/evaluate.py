@@ -169,7 +169,10 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option(help="Metadata CSV split to evaluate on (val, test, ...).")
         ] = None,
         device: Annotated[
-            str | None, typer.Option(help="cpu, cuda or cuda:N: ONNX Runtime's provider (no CPU fallback).")
+            str | None,
+            typer.Option(
+                help="cpu, cuda or cuda:N: ONNX Runtime's provider (no CPU fallback) [default: cpu]."
+            ),
         ] = None,
         gpu_number: Annotated[int | None, typer.Option(help="Alias for --device cuda:N.")] = None,
         factory: Annotated[str | None, typer.Option(help="PyTorch 'package.module:factory'.")] = None,

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
-from edgequant.cli_support import is_quiet
+from edgequant.cli_support import default, is_quiet
 from edgequant.errors import DataError, EdgeQuantError, ModelError, RecipeError
 
 
@@ -182,9 +182,11 @@ def register(app: typer.Typer) -> None:
         input_shape: Annotated[str, typer.Option(help="Example input shape, e.g. 1x1x8x8.")] = "",
         epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
         task: Annotated[str, typer.Option(help="classification | regression")] = "classification",
-        target: Annotated[str | None, typer.Option(help="Hardware target, as in quantize.")] = None,
-        weight_bits: Annotated[int | None, typer.Option(help="8, 4 or 2")] = None,
-        act_bits: Annotated[int | None, typer.Option(help="8, 16 or 4")] = None,
+        target: Annotated[
+            str | None, typer.Option(help="Hardware target, as in quantize " + default("target"))
+        ] = None,
+        weight_bits: Annotated[int | None, typer.Option(help="8, 4 or 2 " + default("weight_bits"))] = None,
+        act_bits: Annotated[int | None, typer.Option(help="8, 16 or 4 " + default("act_bits"))] = None,
         lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
         batch_size: Annotated[int, typer.Option(help="Training batch size (samples).")] = 64,
         optimizer: Annotated[str, typer.Option(help="adam | sgd")] = "adam",
