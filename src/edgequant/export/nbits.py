@@ -9,9 +9,10 @@ scales and zero points are repacked (ORT contrib op spec, ``MatMulNBits``):
 * ``scales``: float ``[N · K/B]``, column-major over blocks;
 * ``zero_points``: omitted for a symmetric grid (the kernel's default is 8, i.e. signed 0), else
   uint8 ``[N · ceil(K/B / 2)]``, ``z + 8`` packed two per byte;
-* ``accuracy_level`` 0 (unset: float compute after unpacking the 4-bit blocks), chosen by measurement:
-  on all-MiniLM-L6-v2 (M = 128, 2 threads, AVX-512 VNNI, ORT 1.32) level 0 ran 1.41x float speed and
-  level 4 (activations quantized to int8 per block, integer dot products) 0.59x, same cosine.
+* ``accuracy_level`` 0 (unset: float compute after unpacking the 4-bit blocks): on all-MiniLM-L6-v2
+  (M = 128, batch 1, 2 threads, AVX-512 VNNI, ORT 1.32) levels 0, 1 and 4 ran alike (interleaved, two
+  runs of 40 and 60: 1.16/1.16/1.15x and 0.94/0.94/1.00x float), so the level that adds no activation
+  rounding is kept; level 4 was 0.59x in one noisy run and 1.91x in another.
 
 A ``K`` that is not a multiple of ``B`` is padded with zero codes at the grid's zero point.
 https://github.com/microsoft/onnxruntime/blob/main/docs/ContribOperators.md#com.microsoft.MatMulNBits

@@ -283,11 +283,12 @@ class Recipe:
             and self.method == "weight-only"
             and set(self.algorithms) <= set(WEIGHT_ONLY_PASSES)
         ):
-            pass  # block_clip chooses weight ranges only: weight-only runs it too
+            pass  # block_clip and gptq choose weight grids only: weight-only runs them too
         elif self.algorithms and self.method != "static":
             raise RecipeError(
                 f"algorithms {list(self.algorithms)} are set but method is '{self.method}'; the passes refine "
-                "the weights of a static int model, so they apply to method 'static' only.",
+                "the weights of a static int model, so they apply to method 'static' only "
+                f"(weight-only takes {', '.join(WEIGHT_ONLY_PASSES)}).",
                 "use --method static with --algorithm, or drop --algorithm.",
             )
         if len(set(self.algorithms)) != len(self.algorithms):
