@@ -95,6 +95,9 @@ def render(data: dict[str, Any]) -> str:
         f"demo part {d['seconds']} s. Latency: ORT CPU, batch 1, 1 thread, median of {data['runs']} runs, "
         "measured while other jobs shared the machine (noisy at this model size).",
         "",
+        f"CPU: {data.get('cpu', 'not recorded')}. ONNX Runtime's int8 kernels depend on these flags, so the "
+        "int8 top-1 figures below hold for this CPU kind (an AVX2 host without VNNI gave different ones).",
+        "",
         "| method | top-1 % | drop (pp) | median ms (batch 1, 1 thread) | file MiB | packed MiB | within 1 pp |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -130,6 +133,23 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cpu_int8_flags() -> str:
+    """The x86 flags that pick ONNX Runtime's int8 kernels (VNNI dot products, AVX-512, AVX2): the
+    int8 results on the example differ between an AVX-512 VNNI and an AVX2-without-VNNI host."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return "CPU flags unknown (no /proc/cpuinfo)"
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    flags = set(line.split(":", 1)[-1].split())
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "?"
+    )
+    have = [name for flag, name in (("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"),
+                                    ("avx512f", "AVX-512F"), ("avx2", "AVX2")) if flag in flags]  # fmt: skip
+    return f"{model}; int8-relevant flags: {', '.join(have) or 'none of AVX2/AVX-512/VNNI'}"
+
+
 def _atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -144,6 +164,7 @@ def main() -> None:
     data = {
         "runs": args.runs,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "cpu": cpu_int8_flags(),
         "date": time.strftime("%Y-%m-%d"),
         "versions": edgequant.result.versions(),
         "demo": demo_table(args.runs),
