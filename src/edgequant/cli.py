@@ -148,7 +148,10 @@ def quantize(
         ),
     ],
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace this run's output files if they exist.")
+        bool,
+        typer.Option(
+            "--overwrite", help="Replace this run's output files if they exist.", show_default="off"
+        ),
     ] = False,
     method: Annotated[
         str | None, typer.Option(help="static | dynamic | fp16 | weight-only " + default("method"))
@@ -360,7 +363,10 @@ def quantize(
         ),
     ] = None,
     print_recipe: Annotated[
-        bool, typer.Option("--print-recipe", help="Print the effective recipe (YAML) before the run.")
+        bool,
+        typer.Option(
+            "--print-recipe", help="Print the effective recipe (YAML) before the run.", show_default="off"
+        ),
     ] = False,
     factory: Annotated[str | None, typer.Option(help="PyTorch 'package.module:factory'.")] = None,
     checkpoint: Annotated[
@@ -532,8 +538,8 @@ def print_summary(report: dict[str, Any], model_path: Path) -> None:
     if not is_quiet():
         for n in report.get("notes", []):
             err_console.print(f"note: {n}", markup=False, highlight=False)
-        for w in report["warnings"]:
-            err_console.print(f"warning: {w}", markup=False, highlight=False)
+    for w in report["warnings"]:  # -q hides notes, never a warning (a collapse is not a silent success)
+        err_console.print(f"warning: {w}", markup=False, highlight=False)
 
 
 @app.command()

@@ -72,7 +72,7 @@ _VERBOSITY = re.compile(r"^(-v+|--verbose|-q|--quiet)$")
 
 
 def is_quiet() -> bool:
-    """True when -q/--quiet was given (before or after the subcommand): print no notes or warnings."""
+    """True when -q/--quiet was given (before or after the subcommand): print no notes (warnings still print)."""
     return _quiet["on"]
 
 

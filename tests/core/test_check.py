@@ -275,3 +275,5 @@ def test_a_collapse_is_a_warning_on_screen(tmp_path: Path) -> None:
     )
     res = CliRunner().invoke(app, [*args, str(tmp_path / "pc")])
     assert res.exit_code == 0 and "collapsed" not in res.output
+    res = CliRunner().invoke(app, [*args, str(tmp_path / "q"), "--per-tensor", "-q"])  # -q keeps warnings
+    assert res.exit_code == 0 and "warning: the quantized model has collapsed" in _screen_text(res)

@@ -98,9 +98,11 @@ def register(app: typer.Typer) -> None:
         except EdgeQuantError as exc:
             err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        from edgequant.evaluate.table import print_table
+
         console = Console()
         table = Table(
-            "model", "method", "target", "bits", "status", "score", "median ms", "MiB", "Pareto", ""
+            "model", "method", "target", "bits", "status", "score", "median ms", "MiB", "Pareto", "cache"
         )
         for r in result.rows:
             lat = (r.get("latency") or {}).get("median_ms")
@@ -111,7 +113,7 @@ def register(app: typer.Typer) -> None:
                 "" if size is None else f"{size / 2**20:.3f}", "yes" if r.get("pareto") else "",
                 "cached" if r.get("cached") else "",
             )  # fmt: skip
-        console.print(table)
+        print_table(console, table)  # whole off a terminal: no cell cut to "int8-…"
         console.print(
             f"{len(result.rows)} cells: {result.ran} ran, {result.cached} skipped (finished in an earlier run, "
             f"cached in {outdir / '.sweep-cache'}), {result.failed} failed.",
