@@ -50,6 +50,7 @@ TOOLCHAINS: dict[str, Toolchain] = {
             "numpy>=1.24,<3",
             "psutil>=5.9",  # MetaSchedule tuning
             "cloudpickle>=2.2",  # MetaSchedule tuning
+            "xgboost-cpu>=2.1",  # MetaSchedule's default cost model, trained once a candidate is measured
         ),
         ("apache-tvm", "apache-tvm-ffi", "onnx", "numpy"),
     ),

@@ -47,6 +47,8 @@ def body(run):
     tgt = tvm.target.Target(target)
     if tuned:
         run.stage = "tune"
+        _build_timeout(float(req.get("build_timeout_s") or 300.0))
+        result["build_timeout_s"] = float(req.get("build_timeout_s") or 300.0)
         t0 = time.perf_counter()
         mod = relax.get_pipeline(
             "static_shape_tuning",
@@ -85,6 +87,21 @@ def body(run):
             **latency(lambda: vm["main"](*first), runs),
             "threads": int(os.environ["TVM_NUM_THREADS"]),
         }
+
+
+def _build_timeout(seconds):
+    """MetaSchedule's LocalBuilder kills a candidate's build after 30 s by default: on a loaded 2-core
+    machine every build of a real CNN's tasks hit it and nothing was measured.  The static-shape tuning
+    pipeline takes no builder, so its default timeout is raised here (this driver's process only)."""
+    from tvm.s_tir.meta_schedule.builder import local_builder
+
+    init = local_builder.LocalBuilder.__init__
+
+    def longer(self, *args, **kwargs):
+        kwargs.setdefault("timeout_sec", seconds)
+        init(self, *args, **kwargs)
+
+    local_builder.LocalBuilder.__init__ = longer
 
 
 def _tuning_counts(work_dir):
