@@ -181,7 +181,6 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2) from None
         console = Console()
         print_table(console, format_table(result))
-        console.print(f"rule: {result.rule}", markup=False)
         console.print(f"report: {outdir / result.files.get('html', 'report.html')}", markup=False)
         if result.recommended is None:  # the limits cannot be met: the table above names the closest
             raise typer.Exit(1)
