@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import nn
 
 from edgequant.schemes.spec import Granularity, QuantSpec, ScaleRule
 from edgequant.torch.fake_quant import ActQuantizer, WeightQuantizer, fake_quant
@@ -61,7 +62,7 @@ def test_power_of_two_weights_learn_the_exponent_and_stay_powers_of_two() -> Non
 
 
 def test_observer_qparams_on_tensors_equal_the_numpy_rule() -> None:
-    """The observers' per-batch scale/zero (torch) are exactly schemes.qparams_from_range's (numpy)."""
+    """The observers' per-batch scale/zero (Python floats) are exactly schemes.qparams_from_range's (numpy)."""
     from edgequant.schemes.qparams import qparams_from_range
     from edgequant.torch.fake_quant import range_qparams
 
@@ -77,10 +78,67 @@ def test_observer_qparams_on_tensors_equal_the_numpy_rule() -> None:
     ]
     for spec in specs:
         for lo, hi in ranges:
-            s, z = range_qparams(
-                torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32), spec
-            )
             lo32, hi32 = float(np.float32(lo)), float(np.float32(hi))  # the observer holds float32 ranges
+            s, z = range_qparams(lo32, hi32, spec)
             s_ref, z_ref = qparams_from_range(lo32, hi32, spec)
-            assert float(s) == float(np.asarray(s_ref).reshape(())), (spec, lo, hi)
-            assert int(z) == int(np.asarray(z_ref).reshape(())), (spec, lo, hi)
+            assert s == float(np.asarray(s_ref).reshape(())), (spec, lo, hi)
+            assert z == int(np.asarray(z_ref).reshape(())), (spec, lo, hi)
+
+
+def test_fused_node_gives_the_grid_the_ste_mask_and_lsq_gradients_per_channel() -> None:
+    """fake_quant_ste (one autograd node) against numpy: values, d/dx, and d/ds per channel with a zero point."""
+    from edgequant.torch.fake_quant import fake_quant_ste
+
+    g = torch.Generator().manual_seed(3)
+    x = (3.0 * torch.randn(5, 4, 6, generator=g)).requires_grad_()
+    s = torch.tensor([0.05, 0.2, 0.5, 1.0]).reshape(1, 4, 1).requires_grad_()
+    z = np.array([0.0, 3.0, -2.0, 7.0]).reshape(1, 4, 1)
+    qmin, qmax, gf = -8, 7, 0.25
+    y = fake_quant_ste(x, s, torch.from_numpy(qmin - z).float(), torch.from_numpy(qmax - z).float(), gf)
+    w = torch.randn(5, 4, 6, generator=g)  # upstream gradient
+    (y * w).sum().backward()
+    xn, sn, wn = x.detach().double().numpy(), s.detach().double().numpy(), w.double().numpy()
+    v = xn / sn
+    r = np.round(v) + z
+    q = np.clip(r, qmin, qmax)
+    assert np.allclose(y.detach().numpy(), (q - z) * sn, rtol=0, atol=1e-6)
+    inside = (r >= qmin) & (r <= qmax)
+    assert x.grad is not None and np.array_equal(x.grad.numpy(), np.where(inside, wn, 0.0).astype(np.float32))
+    ds = np.where(inside, np.round(v) - v, q - z)  # LSQ: rounding error inside, qmin - z / qmax - z outside
+    assert s.grad is not None
+    assert np.allclose(s.grad.numpy().reshape(-1), gf * (wn * ds).sum(axis=(0, 2)), rtol=1e-5, atol=1e-5)
+    assert 0 < inside.mean() < 1  # both regions were exercised
+
+
+def test_bn_simulation_equals_rescaling_the_convolution_output() -> None:
+    """Training with BN simulation: conv(x, Q(W f)) / f, then BatchNorm on batch statistics (torch.ao's form),
+    computed here with plain functional calls; the layer applies 1/f to the weight instead."""
+    from edgequant.schemes.spec import QuantSpec
+    from edgequant.torch.layers import QuantLayer
+
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(3, 6, 3, padding=1, bias=True), nn.BatchNorm2d(6)
+    with torch.no_grad():
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.weight.uniform_(0.5, 1.5)
+    layer = QuantLayer(conv, bn)
+    spec = QuantSpec(bits=4, signed=True, symmetric=True, granularity=Granularity.PER_CHANNEL, axis=0)
+    layer.wq = WeightQuantizer(spec, layer.folded_weight().detach(), 0, learn=True)
+    layer.train()
+    x = torch.randn(8, 3, 5, 5)
+    rv, rm = bn.running_var.clone(), bn.running_mean.clone()
+    out = layer(x)
+    with torch.no_grad():
+        f = bn.weight / torch.sqrt(rv + bn.eps)
+        scale, zero = (torch.from_numpy(a) for a in layer.wq.qparams())
+        wf = conv.weight * f.reshape(-1, 1, 1, 1)
+        wq = (torch.clamp(torch.round(wf / scale.reshape(-1, 1, 1, 1)), -8, 7)) * scale.reshape(-1, 1, 1, 1)
+        y = nn.functional.conv2d(x, wq, None, padding=1) / f.reshape(1, -1, 1, 1) + conv.bias.reshape(
+            1, -1, 1, 1
+        )
+        ref = nn.functional.batch_norm(
+            y, rm.clone(), rv.clone(), bn.weight, bn.bias, True, bn.momentum, bn.eps
+        )
+    assert torch.all(zero == 0)
+    assert torch.allclose(out, ref, atol=1e-5, rtol=0), float((out - ref).abs().max())

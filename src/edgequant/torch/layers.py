@@ -8,8 +8,11 @@ Its float form (quantizer disabled, eval mode) is the BN-folded layer that the O
 Training with BN simulation (Krishnamoorthi, arXiv:1806.08342, §3.2; the form of torch.ao's ConvBn):
 the weight is folded with the *running* statistics and fake-quantized, the convolution's output is
 scaled back by ``sqrt(σ²_run + ε) / γ`` and the BatchNorm then normalises with the *batch* statistics
-(updating the running ones).  Once BN is frozen (``freeze_bn()``) -- and always in eval mode -- the
-layer computes exactly the folded, quantized convolution that the exported integer model runs.
+(updating the running ones).  The scaling back is applied to the quantized weight, per output channel,
+before the convolution: ``conv(x, W_q) / f == conv(x, W_q / f)`` (the layer is linear per output
+channel), so it costs a weight-sized pass instead of an output-sized one, forward and backward.
+Once BN is frozen (``freeze_bn()``) -- and always in eval mode -- the layer computes exactly the
+folded, quantized convolution that the exported integer model runs.
 """
 
 from __future__ import annotations
@@ -86,9 +89,6 @@ class QuantLayer(nn.Module):
             return self._compute(x, self.quantized_weight(), self.folded_bias())
         bn: Any = self.bn
         factor = self._bn_factor()  # once: the fold and the rescale below share it
-        y = self._compute(x, self.quantized_weight(factor), None)
-        view = (1, -1, *([1] * (y.ndim - 2)))
-        y = y / factor.reshape(view)
-        if self.layer.bias is not None:
-            y = y + self.layer.bias.reshape(view)
-        return bn(y)  # training mode: batch statistics, running statistics updated
+        # conv(x, W_q) / f == conv(x, W_q / f): the rescale on the weight, not on the (larger) output
+        w = self.quantized_weight(factor) / factor.reshape(-1, *([1] * (self.layer.weight.ndim - 1)))
+        return bn(self._compute(x, w, self.layer.bias))  # training: batch statistics, running ones updated
