@@ -13,8 +13,9 @@ Accuracy: top-1 on the 540 test images, of the exported QDQ model in ONNX Runtim
 Sequence model: the same digits read as sequences of 8 rows (8 features per step) by GRU(8, 32) ->
 Linear(32, 10), trained, calibrated and fine-tuned the same way; QAT fake-quantizes the GRU's W/R
 (one scale per gate row, as the ONNX plan quantizes them) besides the Linear and the activations.
-Time (``interleaved_times``): float and W8A8 QAT epochs alternated, 5 rounds, on the same data, order
-and batch size, one torch thread; median and minimum of each (2 cores shared with other jobs: noisy).
+Time (``interleaved_times``): float and W8A8 QAT epochs alternated, ``--rounds`` (default 5), on the same data, order
+and batch size, one torch thread; median and minimum of each (2 cores shared with other jobs: noisy),
+and the median CPU time of the training thread (``time.thread_time``, less sensitive to that load).
 The rows' ``qat_seconds_per_epoch`` (json only) come from the accuracy runs, not interleaved with float.
 
     .venv/bin/python benchmarks/bench_qat.py     # -> benchmarks/results/bench_qat.{json,md}
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -135,28 +137,35 @@ def interleaved_times(
                     total_epochs=rounds)  # fmt: skip
     x, y = torch.from_numpy(train.inputs[0]), torch.from_numpy(train.labels)
 
-    def epoch(m: nn.Module) -> float:
+    def epoch(m: nn.Module) -> tuple[float, float]:
         opt = torch.optim.Adam(m.parameters(), lr=1e-4)
         m.train()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         for i in range(0, len(y), 64):
             loss = nn.functional.cross_entropy(m(x[i : i + 64]), y[i : i + 64])
             opt.zero_grad()
             loss.backward()
             opt.step()
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.thread_time() - c0
 
     times: dict[str, list[float]] = {"float": [], "qat": []}
+    cpu: dict[str, list[float]] = {"float": [], "qat": []}
     for _ in range(rounds):
-        times["float"].append(epoch(model))
-        times["qat"].append(epoch(qat))
+        for k, m in (("float", model), ("qat", qat)):
+            wall, c = epoch(m)
+            times[k].append(wall)
+            cpu[k].append(c)
     med = {k: float(np.median(v)) for k, v in times.items()}
+    cpu_med = {k: float(np.median(v)) for k, v in cpu.items()}
     return {
         "rounds": rounds,
         "float_median_s": round(med["float"], 3), "qat_median_s": round(med["qat"], 3),
         "float_min_s": round(min(times["float"]), 3), "qat_min_s": round(min(times["qat"]), 3),
         "qat_over_float_median": round(med["qat"] / med["float"], 2),
         "qat_over_float_min": round(min(times["qat"]) / min(times["float"]), 2),
+        "float_cpu_median_s": round(cpu_med["float"], 3), "qat_cpu_median_s": round(cpu_med["qat"], 3),
+        "qat_over_float_cpu_median": round(cpu_med["qat"] / cpu_med["float"], 2),
+        "load_average_1min": round(os.getloadavg()[0], 1),
     }  # fmt: skip
 
 
@@ -179,15 +188,18 @@ def render(out: dict[str, Any]) -> str:
         f"CNN: {out['model']}. GRU: {out['sequence']['model']} (W/R fake-quantized per gate row during QAT).",
         "",
         "Training time per epoch, float and QAT (W8A8) epochs alternated on the same data (one torch thread; "
-        "a 2-core machine shared with other jobs: noisy)",
+        "a 2-core machine shared with other jobs: noisy). Wall time, and the CPU time of the training thread "
+        "(time.thread_time: not counting the time other jobs hold the core); the 1-minute load average at the end.",
         "",
-        "| model | rounds | float s/epoch (median, min) | QAT s/epoch (median, min) | QAT/float (median, min) |",
-        "|---|---|---|---|---|",
+        "| model | rounds | float s/epoch (median, min) | QAT s/epoch (median, min) | QAT/float (median, min) "
+        "| QAT/float CPU time (median) | load average |",
+        "|---|---|---|---|---|---|---|",
     ]
     for k, t in out.get("timing", {}).items():
         lines.append(
             f"| {k} | {t['rounds']} | {t['float_median_s']}, {t['float_min_s']} | {t['qat_median_s']}, "
-            f"{t['qat_min_s']} | {t['qat_over_float_median']}, {t['qat_over_float_min']} |"
+            f"{t['qat_min_s']} | {t['qat_over_float_median']}, {t['qat_over_float_min']} "
+            f"| {t.get('qat_over_float_cpu_median', '-')} | {t.get('load_average_1min', '-')} |"
         )
     return "\n".join(lines) + "\n"
 

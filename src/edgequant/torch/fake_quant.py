@@ -45,38 +45,46 @@ def grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
     return (x - x * g).detach() + x * g
 
 
+def _inside(t: torch.Tensor, r: torch.Tensor, lo: Any, hi: Any) -> torch.Tensor:
+    """``t`` where the rounded ``r`` is on the grid ``[lo, hi]``, else 0.  ``r`` holds integers, so with float
+    bounds ``lo - 0.5 < r < hi + 0.5`` is exactly that test, done by one vectorized kernel (hardtanh's
+    backward) instead of boolean masks, which cost several times more per element here."""
+    if isinstance(lo, torch.Tensor) or isinstance(hi, torch.Tensor):
+        return torch.where((r >= lo) & (r <= hi), t, 0.0)
+    return torch.ops.aten.hardtanh_backward(t, r, float(lo) - 0.5, float(hi) + 0.5)
+
+
 class _FakeQuantSTE(torch.autograd.Function):
     """``clamp(round(x/s), lo, hi) · s`` as one autograd node (``lo = qmin - z``, ``hi = qmax - z``).
 
     Backward: ``x`` gets the straight-through gradient (1 where ``round(x/s)`` is inside ``[lo, hi]``, else
     0); ``s``, when it needs one, LSQ's ``round(x/s) - x/s`` inside and ``lo``/``hi`` outside, times ``g``
     and summed to ``s``'s shape.  The same values and gradients as the elementwise composition of
-    ``round_ste``/``clamp``, in about a third of the tensor passes and two autograd nodes fewer per op.
+    ``round_ste`` and ``clamp``, in fewer tensor passes and one autograd node instead of about ten.
     """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, scale: Any, lo: Any, hi: Any, g: float) -> torch.Tensor:
+        need_s = ctx.needs_input_grad[1]
         v = x / scale
-        r = torch.round(v)
+        r = torch.round(v) if need_s else v.round_()
         q = torch.clamp(r, lo, hi)
-        need_x, need_s = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if need_s:
+        ctx.bounds = (lo, hi)
+        if need_s:  # LSQ: d x_hat / d s = round(v) - v inside the grid, lo or hi (= the clamped q) outside
             ctx.g, ctx.scale_shape = g, scale.shape
-            ctx.save_for_backward(r == q, q, v)
-            return q * scale
-        if need_x:
-            ctx.save_for_backward(r == q)
+            ctx.save_for_backward(r, q - _inside(v, r, lo, hi))
+        else:
+            ctx.save_for_backward(r)
         return q.mul_(scale)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        need_x, need_s = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        inside = ctx.saved_tensors[0]
-        gx = grad * inside if need_x else None
+        lo, hi = ctx.bounds
+        r = ctx.saved_tensors[0]
+        gx = _inside(grad, r, lo, hi) if ctx.needs_input_grad[0] else None
         gs = None
-        if need_s:
-            _inside, q, v = ctx.saved_tensors
-            gs = (grad * (q - v * inside)).sum_to_size(ctx.scale_shape) * ctx.g
+        if ctx.needs_input_grad[1]:
+            gs = (grad * ctx.saved_tensors[1]).sum_to_size(ctx.scale_shape) * ctx.g
         return gx, gs, None, None, None
 
 
