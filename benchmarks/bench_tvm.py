@@ -43,8 +43,8 @@ ROUNDS = 5
 NOTE = (
     "Measured on a shared 2-core AMD EPYC while about six other engineers' jobs ran: latencies are noisy, "
     "and the host changed between runs (the `mcpu` column: znver3 = AVX2 without VNNI, znver4 = AVX-512 "
-    "with VNNI); compare latencies within a row. Batch 1, 1 thread. The example and ResNet-18 rows timed TVM "
-    "and ORT one after the other; the PP-OCR cls rows time them interleaved: "
+    "with VNNI); compare latencies within a row. Batch 1, 1 thread. The ResNet-18 row (znver3) timed TVM "
+    "and ORT one after the other; the example and PP-OCR cls rows time them interleaved: "
     f"{ROUNDS} rounds of TVM (in its own environment's process), ORT float and ORT int8 (intra-op spinning "
     "off), the median of the round medians. TVM 0.27 runs Q/DQ as float math: int8 accuracy semantics, not "
     "int8 speed. `N (M measured)`: M of the N MetaSchedule trials got a run time (0: every candidate failed "
