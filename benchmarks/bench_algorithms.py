@@ -2,9 +2,10 @@
 
 Per model (``shapes`` example CNN, ``ocr_cls`` PP-OCR mobile cls: depthwise convs, ``ocr_rec`` PP-OCRv4
 rec, ``resnet18`` hand-built random-init ResNet-18 at 112x112; see benchmarks/models/), every setting
-below quantizes from the same 160 seeded calibration samples written to one ``.npy`` file (EdgeQuant
-calibrates on the first 128; the next 32 are the held-out samples its passes and its search score on;
-ORT's tool reads the first 128 from the same file):
+below quantizes from the same 192 seeded calibration samples written to one ``.npy`` file (EdgeQuant's
+check holds back 32 of them, evenly spread; it calibrates on the first 128 of the others, and the 32
+after those judge its passes (a pass that lowers their output SQNR by more than 0.05 dB is reverted)
+and score its range search; ORT's tool reads the first 128 of the file):
 
     default            edgequant static int8, per channel, min-max (the default recipe)
     accurate           the 'accurate' preset: CLE where the graph has pairs, then the range search
@@ -50,7 +51,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "w4a8+adaround": {"weight_bits": 4, "algorithms": ["adaround"]},
     "ort-static": {"ort": True},
 }
-CALIB, HELD = 128, 32
+CALIB, HELD, CHECK = 128, 32, 32  # calibration, the samples that judge the passes, the check's
 
 
 def _peak_mib() -> float:
@@ -97,7 +98,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         Path(spec["out"]).write_bytes(res.model.SerializeToString())
         out["seconds"] = {k: round(v, 2) for k, v in res.report["seconds"].items()}
         out["passes"] = [
-            {k: r[k] for k in ("pass", "seconds", "sqnr_before_db", "sqnr_after_db")}
+            {k: r.get(k) for k in ("pass", "seconds", "sqnr_before_db", "sqnr_after_db", "reverted")}
             for r in res.report.get("algorithms", [])
         ]
         search = res.report.get("calibration", {}).get("search")
@@ -114,7 +115,7 @@ def bench_model(name: str, settings: list[str], tmp: Path, timeout: float) -> di
     from models import resnet
 
     bm = resnet.make(name, 112) if name.startswith("resnet") else models.load(name)
-    feeds = bm.make_calib(CALIB + HELD, 0)
+    feeds = bm.make_calib(CALIB + HELD + CHECK, 0)
     (input_name, x), *rest = feeds.items()
     if rest:
         raise SystemExit(f"{name}: one model input expected")
@@ -166,9 +167,11 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         "# Accuracy-recovery passes vs ONNX Runtime's quantize_static",
         "",
-        "Written by `benchmarks/bench_algorithms.py`. Calibration: 128 seeded samples (EdgeQuant's passes and",
-        "search score on the next 32); metrics on each model's separate evaluation set. Wall time and peak RSS",
-        "per quantization in its own interpreter, on a shared 2-core machine with other jobs running (noisy).",
+        "Written by `benchmarks/bench_algorithms.py`. 192 seeded samples: EdgeQuant's check holds back 32,",
+        "it calibrates on 128 of the others, and the 32 after those judge its passes (SQNR before -> after;",
+        "'reverted': lower by more than 0.05 dB, undone) and score its search; ORT's tool reads the first 128.",
+        "Metrics on each model's separate evaluation set. Wall time and peak RSS per quantization in its own",
+        "interpreter, on a shared 2-core machine with other jobs running (noisy).",
         "",
     ]
     for name, r in results.items():
@@ -191,6 +194,7 @@ def markdown(results: dict[str, Any]) -> str:
                 continue
             passes = "; ".join(
                 f"{p['pass']} {p['seconds']} s, {p['sqnr_before_db']} -> {p['sqnr_after_db']}"
+                + (" reverted" if p.get("reverted") else "")
                 for p in v.get("passes", [])
             )
             if "search" in v:

@@ -2,8 +2,10 @@
 
 Per model (``shapes`` example CNN, ``ocr_cls`` PP-OCR mobile cls, ``ocr_rec`` PP-OCRv4 rec (conv +
 attention, CTC), ``vad`` Silero VAD (conv + LSTM, state in/out); see benchmarks/models/), each setting
-quantizes static int8 (the default recipe: per-channel weights, min-max ranges) from the same 160 seeded
-calibration samples written to disk (EdgeQuant calibrates on 128 of them; its check holds back 32):
+quantizes static int8 (the default recipe: per-channel weights, min-max ranges) from the same 192 seeded
+calibration samples written to disk (its check holds back 32, evenly spread; EdgeQuant calibrates on the
+first 128 of the others; the 32 after them judge each pass, which is reverted when it lowers their output
+SQNR by more than 0.05 dB: ``algorithms.base``):
 
     none         no bias correction
     empirical    --bias-correction with bias_correction_variant: empirical (every layer's local shift at once)
@@ -13,7 +15,7 @@ calibration samples written to disk (EdgeQuant calibrates on 128 of them; its ch
 
 Each quantization runs in its own interpreter (``--worker``): wall time, the pass's own time, peak
 resident set (VmHWM), and the pass's report row (output SQNR of the QDQ model before and after the pass
-on 16 held-out samples).  Every model file is then scored on the model's evaluation set (another seed):
+on the 32 held-out samples that judge it; "reverted" when the guard undid it).  Every model file is then scored on the model's evaluation set (another seed):
 output SQNR against float and the task metric.  The machine is shared (2 cores, other jobs): times are
 noisy.
 
@@ -40,7 +42,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "sequential": {"bias_correction": True},
     "accurate": {"preset": "accurate"},  # CLE where there are pairs, range search, sequential bias correction
 }
-SAMPLES = 160  # written; calibration reads 128 (calib_samples), the check holds back 32
+SAMPLES = 192  # written: the check holds back 32, calibration reads 128, the next 32 judge the passes
 CALIB = 128
 
 
@@ -69,7 +71,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     Path(spec["out"]).write_bytes(res.model.SerializeToString())
     out: dict[str, Any] = {"wall_s": round(wall, 2), "peak_mib": round(_peak_mib(), 1)}
     out["passes"] = [
-        {k: r[k] for k in ("pass", "seconds", "sqnr_before_db", "sqnr_after_db")}
+        {k: r.get(k) for k in ("pass", "seconds", "sqnr_before_db", "sqnr_after_db", "reverted")}
         for r in res.report.get("algorithms", [])
     ]
     search = (res.report.get("calibration") or {}).get("search")
@@ -87,6 +89,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
             "nodes_corrected": section.get("nodes_corrected"),
             "runs": section.get("runs"),
             "rejected_levels": len(section.get("rejected", [])),
+            "reverted": bool(row.get("reverted")),
         }
     return out
 
@@ -143,8 +146,9 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "Written by `benchmarks/bench_bias_correction.py`. Calibration: 128 seeded samples; metrics on each",
         "model's separate evaluation set. 'pass' columns: the report row of the `bias_correction` pass (QDQ",
-        "output SQNR on 16 held-out samples before -> after, its own time). Wall time and peak RSS per",
-        "quantization in its own interpreter, on a shared 2-core machine with other jobs running (noisy).",
+        "output SQNR before -> after on the 32 held-out samples after the calibration ones, which are not the",
+        "check's; 'reverted': the pass lowered it by more than 0.05 dB and was undone), its own time. Wall",
+        "time and peak RSS per quantization in its own interpreter, on a shared 2-core machine (noisy).",
         "",
     ]
     for name, r in results.items():
@@ -161,13 +165,18 @@ def markdown(results: dict[str, Any]) -> str:
                 continue
             p = v.get("pass")
             sq = f"{p['sqnr_before_db']} -> {p['sqnr_after_db']}" if p else ""
+            sq += " reverted" if p and p.get("reverted") else ""
             nodes = f"{p['nodes_corrected']} of {p['nodes_measured']}" if p else ""
             if p and p.get("rejected_levels"):
                 nodes += f" ({p['rejected_levels']} levels undone)"
             others = [q for q in v.get("passes", []) if q["pass"] != "bias_correction"]
             if others or v.get("search_chose"):
                 nodes += "; " + ", ".join(
-                    [f"{q['pass']} {q['sqnr_before_db']} -> {q['sqnr_after_db']} dB" for q in others]
+                    [
+                        f"{q['pass']} {q['sqnr_before_db']} -> {q['sqnr_after_db']} dB"
+                        + (" reverted" if q.get("reverted") else "")
+                        for q in others
+                    ]
                     + ([f"search chose {v['search_chose']}"] if v.get("search_chose") else [])
                 )
             vals = " | ".join(f"{v.get(k, float('nan')):.4f}" for k in metric)

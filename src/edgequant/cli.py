@@ -313,6 +313,14 @@ def quantize(
             help="Static: run a pass (cle, smoothquant, adaround), in order. Repeatable. [default: none]",
         ),
     ] = None,
+    keep_worse_passes: Annotated[
+        bool | None,
+        typer.Option(
+            "--keep-worse-passes/--no-keep-worse-passes",
+            help="Keep a pass that lowers the held-out output SQNR by more than 0.05 dB (reverted otherwise) "
+            + default("keep_worse_passes", "no-keep-worse-passes"),
+        ),
+    ] = None,
     fix: Annotated[
         bool | None,
         typer.Option(
@@ -408,7 +416,7 @@ def quantize(
         "skip_last": skip_last, "reduce_range": reduce_range, "tag": tag,
         "target_sqnr_db": target_sqnr, "max_float_nodes": max_float_nodes, "bias_correction": bias_correction,
         "target": target, "fix": fix, "format": format_,
-        "algorithms": algorithm or None,
+        "algorithms": algorithm or None, "keep_worse_passes": keep_worse_passes,
         "tune_trials": tune_trials,
         "allow_synthetic": allow_synthetic, "check_samples": check_samples,
         "act16_below_db": act16_below_db, "hoist_gru": hoist_gru, "placement": placement,

@@ -188,11 +188,12 @@ def _static(
         run.notes += [carried] if carried else []
     run.result_float = run.float_model
     run.passes = passes = algorithms.context(
-        recipe, run.runtime, lambda r: _source(run.calibration, run.float_model, r), run.calibration is None,
+        recipe,
+        run.runtime,
+        lambda r: _source(run.calibration, run.float_model, r),
+        run.calibration is None,
         named_passes(recipe_arg, overrides) if recipe.algorithms else (),
-        open_held=(lambda: _held(run.calibration, run.float_model, run.recipe))
-        if run.calibration is not None else None,
-    )  # fmt: skip
+    )  # fmt: skip  (the passes are judged on samples neither calibration nor the check reads)
     # each pass asks for statistics, then applies them (algorithms/); before ranges, on float weights
     for step in algorithms.steps(recipe, "before_ranges"):
         run.float_model, plan = algorithms.run_pass(step, run.float_model, plan, passes)
@@ -225,6 +226,7 @@ def _static(
         state = algorithms.run_after(step, state, passes)
     quantized, plan = state.model, state.plan
     run.notes += passes.notes
+    run.warnings += passes.warnings  # a pass the user named was reverted
     run.seconds.update({row["pass"]: row["seconds"] for row in passes.rows})
     if recipe.method == "static":  # biases beyond the target's bias width: re-scaled where exact
         from edgequant.export.bias_fit import fit_biases

@@ -11,8 +11,21 @@ The pipeline runs each name of ``recipe.algorithms`` through :func:`run_pass`:
    what it changed, what it skipped and why.
 
 The runner times the pass and measures the output SQNR (dB) against the user's float model before
-and after it on held-out samples (samples after the calibration ones, never read by a pass), with
-the weights quantized as the plan says and activations left float: the error the pass works on.
+and after it on held-out samples, of the QDQ model each state leads to (``judge``: min-max ranges
+from a few calibration samples; a weight-only plan: its weights quantized).  The held-out samples
+(``context``) are the ``HELD_OUT`` after the calibration ones in the calibration part of the data:
+no pass and no calibration reads them, and they are never the samples the pipeline holds back for
+its final check (so the check stays an unbiased measure of what the passes chose).  When the data
+has fewer than ``HELD_OUT // 2`` such samples, the first ``HELD_OUT`` calibration samples stand in,
+and every row says "in-sample".
+
+The guard.  A pass whose result lowers that SQNR by more than ``TOLERANCE_DB`` is reverted: the
+model and plan (or the QDQ state) return to what they were before it, and its row says
+"reverted: SQNR a -> b dB" beside both numbers (a note on screen; a warning when the user named the
+pass).  ``recipe.keep_worse_passes`` (``--keep-worse-passes``) keeps such a pass, with a note.  A
+pass whose SQNR cannot be measured (no held-out samples) is kept unjudged.  A pass's ``apply`` must
+therefore leave its inputs unchanged (each returns a changed copy); the runner keeps a copy of the
+plan, which ``block_clip``/``gptq`` edit in place.
 
 A pass has a ``phase``.  ``"before_ranges"`` (the default: ``cle``, ``adaround``) refines the float
 model and plan before activation ranges are calibrated, as above.  ``"after_ranges"``
@@ -183,6 +196,10 @@ class Context:
     requested: tuple[str, ...] = ()  # passes the user named explicitly (not through a preset)
     rows: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # a pass the user named was reverted
+    held_out_on: str = ""  # which samples ``held_out`` are, for the rows
+    # the last state judge.judged_sqnr scored
+    judged: tuple[onnx.ModelProto, QuantPlan, float | None] | None = None
     reference: list[np.ndarray] | None = None  # the float model's first output on ``held_out``
     sections: dict[str, Any] = field(default_factory=dict)  # report sections the passes handed over
 
@@ -197,13 +214,18 @@ def run_pass(
     stats = Stats(ctx.data, request.samples, ctx.runtime, ctx.recipe, ctx.synthetic)
     if ctx.reference is None and ctx.held_out:
         ctx.reference = _outputs(model, ctx)  # the float model as the passes found it
-    before = weight_quantized_sqnr(model, plan, ctx)
-    model, plan, outcome = algo.apply(model, plan, stats)
+    from edgequant.algorithms.judge import judged_on, judged_sqnr
+
+    before = judged_sqnr(model, plan, ctx)
+    saved = QuantPlan.from_dict(plan.to_dict())  # a pass may fix weight scales in the plan in place
+    new_model, new_plan, outcome = algo.apply(model, plan, stats)
     seconds = time.perf_counter() - t0
-    after = weight_quantized_sqnr(model, plan, ctx) if outcome.changed else before
-    what = "weights quantized as planned, activations float"
-    _record(name, request, outcome, seconds, (before, after), what, ctx)
-    return model, plan
+    ctx.judged = None  # a pass may return its inputs changed in place: judge them afresh
+    after = judged_sqnr(new_model, new_plan, ctx) if outcome.changed else before
+    if _record(name, request, outcome, seconds, (before, after), judged_on(plan), ctx):
+        ctx.judged = (model, saved, before)
+        return model, saved  # reverted: the model and plan as the pass found them
+    return new_model, new_plan
 
 
 def run_after(name: str, state: Quantized, ctx: Context) -> Quantized:
@@ -217,12 +239,11 @@ def run_after(name: str, state: Quantized, ctx: Context) -> Quantized:
     if ctx.reference is None and ctx.held_out:
         ctx.reference = _outputs(state.reference, ctx)
     before = quantized_sqnr(state.model, ctx)
-    state, outcome = algo.apply_quantized(state, stats)
+    new, outcome = algo.apply_quantized(state, stats)
     seconds = time.perf_counter() - t0
-    after = quantized_sqnr(state.model, ctx) if outcome.changed else before
+    after = quantized_sqnr(new.model, ctx) if outcome.changed else before
     what = "the QDQ model (weights and activations quantized)"
-    _record(name, request, outcome, seconds, (before, after), what, ctx)
-    return state
+    return state if _record(name, request, outcome, seconds, (before, after), what, ctx) else new
 
 
 def _record(
@@ -233,15 +254,16 @@ def _record(
     sqnr: tuple[float | None, float | None],
     what: str,
     ctx: Context,
-) -> None:
-    """Append a pass's report row (and its report sections) to ``ctx``."""
+) -> bool:
+    """Append a pass's report row (and its report sections) to ``ctx``; True when the pass is to be
+    reverted (its held-out SQNR fell by more than ``TOLERANCE_DB``; module docstring)."""
     row: dict[str, Any] = {
         "pass": name,
         "changed": outcome.changed,
         "skipped": outcome.skipped,
         "seconds": round(seconds, 3),
         "samples": request.samples,
-        "sqnr_measured_on": f"{sum(_rows(b) for b in ctx.held_out)} held-out samples, {what}",
+        "sqnr_measured_on": f"{ctx.held_out_on}, {what}",
         "sqnr_before_db": sqnr[0],
         "sqnr_after_db": sqnr[1],
         **outcome.details,
@@ -251,11 +273,32 @@ def _record(
         row["nothing_to_do"] = reason
         if name not in ctx.requested:
             ctx.notes.append(f"{name}: nothing to do ({reason}).")
+    before, after = sqnr
+    worse = outcome.changed and before is not None and after is not None and after < before - TOLERANCE_DB
+    revert = worse and not ctx.recipe.keep_worse_passes
+    if worse:
+        fell = f"SQNR {before} -> {after} dB on {ctx.held_out_on}"
+        row["reverted" if revert else "kept_worse"] = ("reverted: " if revert else "kept: ") + fell
+        if revert:
+            msg = (
+                f"{name}: reverted: SQNR {before} -> {after} dB (lower by more than {TOLERANCE_DB} dB on "
+                f"{ctx.held_out_on}); the model is as before the pass (--keep-worse-passes keeps it)."
+            )
+            (ctx.warnings if name in ctx.requested else ctx.notes).append(msg)
+        else:
+            ctx.notes.append(
+                f"{name}: kept (keep_worse_passes) although its SQNR fell: {before} -> {after} dB."
+            )
+        for section in outcome.report.values():
+            if isinstance(section, dict):
+                section["reverted" if revert else "kept_worse"] = row["reverted" if revert else "kept_worse"]
     ctx.rows.append(row)
     ctx.sections.update(outcome.report)
+    return bool(revert)
 
 
-HELD_OUT = 16  # samples after the calibration ones that measure each pass
+HELD_OUT = 32  # samples after the calibration ones that judge each pass
+TOLERANCE_DB = 0.05  # a pass that lowers the held-out SQNR by more than this is reverted
 
 
 def context(
@@ -264,25 +307,28 @@ def context(
     open_source: Callable[[Recipe], Iterable[Batch]],
     synthetic: bool,
     requested: tuple[str, ...],
-    open_held: Callable[[], Iterable[Batch]] | None = None,
 ) -> Context:
-    """What the passes read: the calibration source (``open_source(recipe)`` streams it), and the
-    held-out samples for their SQNR: the first ``HELD_OUT`` of ``open_held()`` (the samples the
-    pipeline holds back from calibration for its check) when given, else the ``HELD_OUT`` after the
-    calibration ones, in data order."""
+    """What the passes read: the calibration source (``open_source(recipe)`` streams it, without the
+    samples the pipeline holds back for its check), and the held-out samples that judge them: the
+    ``HELD_OUT`` after the calibration ones in that source (same sampling order), or, when it has
+    fewer than ``HELD_OUT // 2`` of them, its first ``HELD_OUT`` (in-sample, and the rows say so)."""
     if not recipe.algorithms:
         return Context(recipe, runtime, list, [])
-    extra = recipe.replace(calib_samples=recipe.calib_samples + HELD_OUT, sampling="first")
-    return Context(
-        recipe,
-        runtime,
-        lambda: open_source(recipe),
-        _first(open_held(), HELD_OUT)
-        if open_held is not None
-        else held_out(open_source(extra), recipe.calib_samples),
-        synthetic=synthetic,
-        requested=requested,
+    extra = recipe.replace(calib_samples=recipe.calib_samples + HELD_OUT)
+    held = held_out(open_source(extra), recipe.calib_samples)
+    count = sum(_rows(b) for b in held)
+    on = f"{count} held-out samples (after the calibration ones; not the check's)"
+    if count < HELD_OUT // 2:
+        held = _first(open_source(recipe), HELD_OUT)
+        on = (
+            f"{sum(_rows(b) for b in held)} calibration samples (in-sample: the data has {count} beyond the "
+            "calibration ones and those the check holds back)"
+        )
+    ctx = Context(
+        recipe, runtime, lambda: open_source(recipe), held, synthetic=synthetic, requested=requested
     )
+    ctx.held_out_on = on
+    return ctx
 
 
 def held_out(batches: Iterable[Batch], skip: int) -> list[Batch]:

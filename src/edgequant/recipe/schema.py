@@ -107,6 +107,7 @@ class Recipe:
     bias_correction_variant: Literal["sequential", "empirical"] = "sequential"  # algorithms.bias_correction
     dynamic_axes: dict[str, list[int]] = field(default_factory=dict)  # PyTorch export: {input: [axis]}
     algorithms: tuple[str, ...] = ()  # passes run in order (ALGORITHMS), e.g. ("cle", "adaround")
+    keep_worse_passes: bool = False  # keep a pass that lowers the held-out SQNR (reverted otherwise)
     tune_trials: int = 0  # target tvm: MetaSchedule tuning trials (0: no tuning)
     allow_synthetic: bool = False  # static without data: calibrate on random inputs (refused otherwise)
     check_samples: int = 32  # samples held back from calibration for the run check (at most half the data)
