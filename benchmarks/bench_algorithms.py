@@ -199,6 +199,8 @@ def markdown(results: dict[str, Any]) -> str:
             )
             if "search" in v:
                 passes += ("; " if passes else "") + f"search chose {v['search']['chosen']}"
+            if v.get("note"):  # e.g. a row kept from an earlier run
+                passes += ("; " if passes else "") + v["note"]
             vals = " | ".join(f"{v.get(k, float('nan')):.3f}" for k in metric)
             lines.append(f"| {s} | {v['sqnr_db']} | {vals} | {v['wall_s']} | {v['peak_mib']} | {passes} |")
         lines.append("")
