@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -142,3 +143,77 @@ def test_bn_simulation_equals_rescaling_the_convolution_output() -> None:
         )
     assert torch.all(zero == 0)
     assert torch.allclose(out, ref, atol=1e-5, rtol=0), float((out - ref).abs().max())
+
+
+def test_learned_weight_scales_get_lsq_gradients_per_channel() -> None:
+    """A WeightQuantizer with learned scales (one node from the parameter): its values and d/dp against numpy,
+    LSQ's gradient times 1/sqrt(N · qmax) per channel, N = elements per channel."""
+    spec = QuantSpec(bits=4, signed=True, symmetric=True, granularity=Granularity.PER_CHANNEL, axis=0)
+    g = torch.Generator().manual_seed(5)
+    w0 = torch.randn(6, 3, 2, 2, generator=g)
+    q = WeightQuantizer(spec, w0, 0, learn=True)
+    q.train()
+    with torch.no_grad():
+        q.param.mul_(0.6)  # narrower than the weights' range: some clamping
+        q.param[1].neg_()  # a negative parameter: the scale is |p|
+    w = w0.clone().requires_grad_()
+    up = torch.randn(6, 3, 2, 2, generator=g)
+    (q(w) * up).sum().backward()
+    p = q.param.detach().double().numpy().reshape(-1, 1, 1, 1)
+    s, wn, un = np.abs(p), w0.double().numpy(), up.double().numpy()
+    v = wn / s
+    r = np.round(v)
+    qv = np.clip(r, -8, 7)
+    assert np.allclose(q(w0).detach().numpy(), qv * s, rtol=0, atol=1e-6)
+    inside = (r >= -8) & (r <= 7)
+    assert 0 < inside.mean() < 1
+    assert w.grad is not None and np.array_equal(w.grad.numpy(), np.where(inside, un, 0.0).astype(np.float32))
+    gf = 1.0 / np.sqrt(12 * 7)
+    ds = np.where(inside, r - v, qv)
+    expected = gf * (un * ds).sum(axis=(1, 2, 3)) * np.sign(p.reshape(-1))
+    assert q.param.grad is not None
+    assert np.allclose(q.param.grad.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("simulate", [True, False])
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_fused_fold_quant_node_has_the_gradients_of_the_composition(
+    simulate: bool, per_channel: bool
+) -> None:
+    """QuantLayer's one-node weight path (BN fold, learned-scale fake quantization, BN-simulation rescale)
+    against autograd through the plain composition: output and d/dW, d/dγ, d/dp, in float64."""
+    from edgequant.torch.layers import QuantLayer
+
+    torch.manual_seed(1)
+    conv, bn = nn.Conv2d(3, 5, 3, bias=False).double(), nn.BatchNorm2d(5).double()
+    with torch.no_grad():
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(0.5, 1.5)
+    layer = QuantLayer(conv, bn)
+    gran = Granularity.PER_CHANNEL if per_channel else Granularity.PER_TENSOR
+    spec = QuantSpec(bits=4, signed=True, symmetric=True, granularity=gran, axis=0 if per_channel else None)
+    layer.wq = WeightQuantizer(spec, layer.folded_weight().detach(), 0, learn=True).double()
+    with torch.no_grad():
+        layer.wq.param.mul_(0.7)  # some weights clamped
+    layer.train()
+    out = layer._fused(simulate)
+    assert out is not None
+    up = torch.randn(out.shape, dtype=torch.float64)
+    (out * up).sum().backward()
+    got = [t.grad.clone() for t in (conv.weight, bn.weight, layer.wq.param)]  # type: ignore[union-attr]
+    # the reference: every step an ordinary autograd op
+    w, gamma, p = (t.detach().clone().requires_grad_() for t in (conv.weight, bn.weight, layer.wq.param))
+    f = (gamma / torch.sqrt(bn.running_var + bn.eps)).reshape(-1, 1, 1, 1)
+    u = w * f
+    gf = layer.wq.grad_factor(w.numel())
+    pg = (p - p * gf).detach() + p * gf  # LSQ's gradient scale
+    s = pg.abs().clamp_min(1e-12).reshape((-1, 1, 1, 1) if per_channel else ())
+    v = u / s
+    y = torch.clamp(v + (torch.round(v) - v).detach(), -8, 7) * s
+    ref = y / f if simulate else y
+    (ref * up).sum().backward()
+    assert torch.allclose(out, ref, rtol=0, atol=1e-12)
+    for a, b in zip(got, (w.grad, gamma.grad, p.grad), strict=True):
+        assert b is not None and torch.allclose(a, b, rtol=1e-9, atol=1e-12), (a, b)
+    inside = (torch.round(v) >= -8) & (torch.round(v) <= 7)
+    assert 0 < float(inside.double().mean()) < 1

@@ -32,7 +32,7 @@ from torch import nn
 from edgequant.schemes.qparams import qparams_from_range, quantize_weight
 from edgequant.schemes.spec import Granularity, QuantSpec, ScaleRule
 
-_TINY = float(np.float32(1e-12))  # the least scale (schemes.qparams)
+TINY_SCALE = float(np.float32(1e-12))  # the least scale (schemes.qparams)
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -45,7 +45,7 @@ def grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
     return (x - x * g).detach() + x * g
 
 
-def _inside(t: torch.Tensor, r: torch.Tensor, lo: Any, hi: Any) -> torch.Tensor:
+def inside_grid(t: torch.Tensor, r: torch.Tensor, lo: Any, hi: Any) -> torch.Tensor:
     """``t`` where the rounded ``r`` is on the grid ``[lo, hi]``, else 0.  ``r`` holds integers, so with float
     bounds ``lo - 0.5 < r < hi + 0.5`` is exactly that test, done by one vectorized kernel (hardtanh's
     backward) instead of boolean masks, which cost several times more per element here."""
@@ -72,7 +72,7 @@ class _FakeQuantSTE(torch.autograd.Function):
         ctx.bounds = (lo, hi)
         if need_s:  # LSQ: d x_hat / d s = round(v) - v inside the grid, lo or hi (= the clamped q) outside
             ctx.g, ctx.scale_shape = g, scale.shape
-            ctx.save_for_backward(r, q - _inside(v, r, lo, hi))
+            ctx.save_for_backward(r, q - inside_grid(v, r, lo, hi))
         else:
             ctx.save_for_backward(r)
         return q.mul_(scale)
@@ -81,11 +81,39 @@ class _FakeQuantSTE(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         lo, hi = ctx.bounds
         r = ctx.saved_tensors[0]
-        gx = _inside(grad, r, lo, hi) if ctx.needs_input_grad[0] else None
+        gx = inside_grid(grad, r, lo, hi) if ctx.needs_input_grad[0] else None
         gs = None
         if ctx.needs_input_grad[1]:
             gs = (grad * ctx.saved_tensors[1]).sum_to_size(ctx.scale_shape) * ctx.g
         return gx, gs, None, None, None
+
+
+class _LSQStep(torch.autograd.Function):
+    """``_FakeQuantSTE`` with the scale taken from its parameter inside the node: ``s = max(|p|, tiny)``
+    viewed as ``view``; ``p`` gets ``sign(p) · g ·`` LSQ's gradient, summed per scale.  Saves the
+    abs/clamp/reshape nodes (and their backward passes) a learned float scale costs per step."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, p: torch.Tensor, view: tuple[int, ...], lo: Any, hi: Any, g: float
+    ) -> torch.Tensor:
+        a = p.abs()
+        s = a.clamp_min(TINY_SCALE).reshape(view)
+        v = x / s
+        r = torch.round(v)
+        q = torch.clamp(r, lo, hi)
+        ctx.bounds, ctx.view, ctx.g = (lo, hi), view, g
+        # d s / d p: sign(p) where |p| is above the floor (clamp_min passes the gradient at equality too)
+        ctx.save_for_backward(r, q - inside_grid(v, r, lo, hi), torch.sign(p) * (a >= TINY_SCALE))
+        return q.mul_(s)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        lo, hi = ctx.bounds
+        r, ds, dp = ctx.saved_tensors
+        gx = inside_grid(grad, r, lo, hi) if ctx.needs_input_grad[0] else None
+        gp = (grad * ds).sum_to_size(ctx.view).reshape(dp.shape) * (dp * ctx.g)
+        return gx, gp, None, None, None, None
 
 
 def fake_quant_ste(x: torch.Tensor, scale: Any, lo: Any, hi: Any, g: float = 1.0) -> torch.Tensor:
@@ -131,7 +159,7 @@ def range_qparams(lo: float, hi: float, spec: QuantSpec) -> tuple[float, int]:
         zero = 0 if spec.signed else (qmax + qmin + 1) // 2
     else:
         scale = (hi_a - lo_a) / float(qmax - qmin)
-    scale = max(1.0 if scale <= 0 else scale, _TINY)
+    scale = max(1.0 if scale <= 0 else scale, TINY_SCALE)
     if not spec.symmetric:
         zero = int(min(max(round(qmin - lo_a / scale), qmin), qmax))
     return float(np.float32(scale)), zero
@@ -173,6 +201,15 @@ class _Quantizer(nn.Module):
             return torch.exp2(round_ste(p))
         return p.abs().clamp_min(1e-12)
 
+    def _fake_quant(self, x: torch.Tensor, axis: int | None, lo: Any, hi: Any, g: float) -> torch.Tensor:
+        """``x`` on this quantizer's grid (``lo``/``hi``: ``qmin - z``, ``qmax - z``); a learned float
+        scale in training goes through ``_LSQStep`` (one node), anything else through ``fake_quant_ste``."""
+        view = tuple(_view(self.param.detach(), x.ndim, axis).shape)
+        if self.learn and self.training and not self.pow2 and torch.is_grad_enabled():
+            out: torch.Tensor = _LSQStep.apply(x, self.param, view, lo, hi, g)
+            return out
+        return fake_quant_ste(x, self.scale().reshape(view), lo, hi, g)
+
     def qparams(self) -> tuple[np.ndarray, np.ndarray]:
         """(scale float32, zero int64) as numpy, exactly the values the forward uses."""
         with torch.no_grad():
@@ -192,6 +229,10 @@ class WeightQuantizer(_Quantizer):
         self.axis = axis if spec.granularity is Granularity.PER_CHANNEL else None
         self.reset(weight)
 
+    def grad_factor(self, numel: int) -> float:
+        """LSQ's step-size gradient scale ``1 / sqrt(N · qmax)``, N = weight elements per scale."""
+        return 1.0 / math.sqrt(numel / max(1, self.param.numel()) * max(1, self.spec.qmax))
+
     def reset(self, weight: torch.Tensor) -> None:
         """Scales the ONNX path would pick for ``weight`` (min-max at 8 bits, clipped MSE at <= 4)."""
         w = weight.detach().cpu().numpy().astype(np.float32)
@@ -204,19 +245,17 @@ class WeightQuantizer(_Quantizer):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return w
-        per_scale = w.numel() / max(1, self.param.numel())
-        g = 1.0 / math.sqrt(per_scale * max(1, self.spec.qmax))
+        g = self.grad_factor(w.numel())
         if self.spec.bits == 1:  # binary (schemes.lowbit): s · sign(w - c), STE inside |w - c| <= s
             s = _view(self.scale(g), w.ndim, self.axis)
             dims = [i for i in range(w.ndim) if i != self.axis]
             d = (w - w.mean(dim=dims, keepdim=True)) if self.spec.centred else w
             inside = (d.abs() <= s).to(w.dtype)
             return (torch.where(d >= 0, 1.0, -1.0) + (d / s - (d / s).detach()) * inside) * s
-        s = _view(self.scale(), w.ndim, self.axis)  # LSQ's gradient factor g goes to the fused node
-        lo, hi = self._bounds(w.ndim)
-        return fake_quant_ste(w, s, lo, hi, g)
+        lo, hi = self.bounds(w.ndim)
+        return self._fake_quant(w, self.axis, lo, hi, g)  # LSQ's gradient factor g goes to the fused node
 
-    def _bounds(self, ndim: int) -> tuple[Any, Any]:
+    def bounds(self, ndim: int) -> tuple[Any, Any]:
         """``qmin - z``, ``qmax - z``: floats for a signed symmetric spec (z = 0), else viewed tensors."""
         spec = self.spec
         if spec.symmetric and spec.signed:
@@ -245,7 +284,8 @@ class ActQuantizer(_Quantizer):
         self.calibrate_in_eval = False  # PTQ: eval-mode batches widen a global min/max
         self.register_buffer("lo", torch.tensor(float("inf")))
         self.register_buffer("hi", torch.tensor(float("-inf")))
-        self._seen = False  # a batch was observed (saves reading lo/hi back per batch)
+        self._seen = False  # a batch was observed: ``_range`` holds the buffers' values
+        self._range = (float("inf"), float("-inf"))
 
     @property
     def calibrated(self) -> bool:
@@ -255,26 +295,31 @@ class ActQuantizer(_Quantizer):
         self.observing = False
 
     def _observe(self, x: torch.Tensor) -> tuple[float, int]:
-        """Update the range with ``x``'s min/max and set scale and zero from it; returns them (floats)."""
-        with torch.no_grad():
-            b_lo, b_hi = (float(t) for t in torch.aminmax(x.detach()))
-        if not self._seen and not self.calibrated:
-            lo, hi = b_lo, b_hi
+        """Update the range with ``x``'s min/max and set scale and zero from it; returns them (floats).
+        The range is also kept as Python floats (``_range``), so a batch reads nothing back from the buffers."""
+        b_min, b_max = torch.aminmax(x.detach())
+        b_lo, b_hi = b_min.item(), b_max.item()
+        prev = self._range if self._seen else (float(self.lo), float(self.hi)) if self.calibrated else None
+        if prev is None:
+            lo, hi = float(np.float32(b_lo)), float(np.float32(b_hi))
         elif self.training:  # exponential moving average, in float32 as the buffers hold it
-            lo0, hi0 = float(self.lo), float(self.hi)
-            lo = float(np.float32(lo0 + self.momentum * (b_lo - lo0)))
-            hi = float(np.float32(hi0 + self.momentum * (b_hi - hi0)))
+            lo = float(np.float32(prev[0] + self.momentum * (b_lo - prev[0])))
+            hi = float(np.float32(prev[1] + self.momentum * (b_hi - prev[1])))
         else:
-            lo, hi = min(float(self.lo), b_lo), max(float(self.hi), b_hi)
-        self._seen = True
+            lo, hi = float(np.float32(min(prev[0], b_lo))), float(np.float32(max(prev[1], b_hi)))
+        self._seen, self._range = True, (lo, hi)
         # the same values as schemes.qparams_from_range (power of two: its least-error search)
-        scale, zero = range_qparams(float(np.float32(lo)), float(np.float32(hi)), self.spec)
+        scale, zero = range_qparams(lo, hi, self.spec)
         with torch.no_grad():
             self.lo.fill_(lo)
             self.hi.fill_(hi)
             self.param.fill_(math.log2(scale) if self.pow2 else scale)
             self.zero.fill_(zero)
         return scale, zero
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self._seen = False  # the loaded buffers hold the range from now on
+        super()._load_from_state_dict(*args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
@@ -288,9 +333,9 @@ class ActQuantizer(_Quantizer):
         if self.learn and self.training:  # LSQ (float scale) or TQT (power-of-two exponent)
             n = x.numel() / max(1, x.shape[0]) if x.ndim else 1.0
             g = 1.0 / math.sqrt(n * max(1, spec.qmax))
-            return fake_quant_ste(x, self.scale().reshape(()), lo, hi, g)
+            return self._fake_quant(x, None, lo, hi, g)
         p = float(self.param)
-        scale = 2.0 ** round(p) if self.pow2 else max(abs(p), _TINY)
+        scale = 2.0 ** round(p) if self.pow2 else max(abs(p), TINY_SCALE)
         return fake_quant_ste(x, scale, lo, hi)
 
     def range_for_export(self) -> tuple[float, float]:
