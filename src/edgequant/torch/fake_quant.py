@@ -334,7 +334,7 @@ class ActQuantizer(_Quantizer):
             n = x.numel() / max(1, x.shape[0]) if x.ndim else 1.0
             g = 1.0 / math.sqrt(n * max(1, spec.qmax))
             return self._fake_quant(x, None, lo, hi, g)
-        p = float(self.param)
+        p = float(self.param.detach())
         scale = 2.0 ** round(p) if self.pow2 else max(abs(p), TINY_SCALE)
         return fake_quant_ste(x, scale, lo, hi)
 
