@@ -13,8 +13,9 @@ evaluation set every single-tensor range change moved the SQNR by 0.2-11 dB, so 
 methods within 0.5 dB (the task metrics on it are in the JSON file).  Calibration time is the report's ``seconds["calibration"]`` (the streaming statistics and
 the range computation); methods alternate within one interpreter per model, ``--repeats`` times, and
 the minimum is reported, in wall seconds and in CPU seconds of the process (ORT's threads included);
-the machine is shared with other jobs (load average up to 19 on 2 cores while this ran), so wall
-times are noisy and the ratio against min-max is taken on CPU seconds.
+the machine is shared with other jobs (the load averages are recorded per model), so wall times are
+noisy and the ratio against min-max is taken on CPU seconds.  ``auto`` (the default recipe's
+``calib_method``) is run explicitly as its own column.
 
     .venv/bin/python benchmarks/bench_calibration_choice.py   # -> results/bench_calibration_choice.{json,md}
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -91,6 +93,7 @@ def bench_model(name: str, methods: list[str], repeats: int) -> dict[str, Any]:
     ref = bm.predict(runner(str(bm.path)))
     ref_held = outputs(str(bm.path))
     out: dict[str, Any] = {"title": bm.title, "source": bm.source, "eval_samples": EVAL[name], "methods": {}}
+    out["load_average"] = [round(os.getloadavg()[0], 1)]
     with tempfile.TemporaryDirectory(prefix="edgequant-calib-choice-") as tmp:
         data = DataFiles.write(Path(tmp), bm.make_calib(CALIB + HELD, 0), bm.unbatched)
         for rep in range(repeats):
@@ -109,6 +112,7 @@ def bench_model(name: str, methods: list[str], repeats: int) -> dict[str, Any]:
                     got = bm.predict(runner(blob))
                     row["eval_set"] = {"sqnr_db": round(bm.output_sqnr(ref, got), 3), **bm.metrics(ref, got)}
                 print(f"# {name} {method} rep {rep}: {secs:.2f} s {row.get('sqnr_db')} dB", file=sys.stderr)
+    out["load_average"].append(round(os.getloadavg()[0], 1))
     for row in out["methods"].values():
         row["min_calibration_s"] = min(row["calibration_s"])
         row["min_calibration_cpu_s"] = min(row["calibration_cpu_s"])
@@ -124,6 +128,10 @@ def verdict(m: dict[str, Any], method: str) -> tuple[float, float]:
 
 def markdown(results: dict[str, Any], methods: list[str], repeats: int) -> str:
     new = [x for x in methods if x not in BASELINES]
+    loads = [x for r in results.values() for x in r.get("load_average", [])]
+    load = f"{min(loads):.1f}-{max(loads):.1f}" if loads else "unrecorded"
+    label = {m: f"{m} (default)" if m == "auto" else m for m in methods}
+    runs = ", ".join(f"{r.get('repeats', repeats)} ({name})" for name, r in results.items())
     lines = [
         "# Activation calibration methods: held-out output SQNR and calibration time (issue #17 §5)",
         "",
@@ -132,21 +140,22 @@ def markdown(results: dict[str, Any], methods: list[str], repeats: int) -> str:
         f"each model's data maker with seed {EVAL_SEED} ("
         + ", ".join(f"{k} {v}" for k, v in EVAL.items())
         + "). Calibration time: the report's wall seconds and, in brackets, the CPU seconds of the process "
-        f"(ORT's threads included), minimum of {repeats} run(s) per method, methods alternating in one "
-        "interpreter, on a shared 2-core machine with load averages of 13-19 while this ran: wall times are "
-        "mostly waiting, so the ratio against min-max is taken on CPU seconds. The goal (issue #17 §5): within "
-        "0.5 dB of the best of minmax/percentile/entropy, at most 2x minmax's time. Task metrics on each "
-        "model's own evaluation set are in the JSON file (`eval_set`).",
+        f"(ORT's threads included), minimum of {runs} run(s) per method, methods alternating in one "
+        f"interpreter, on a shared 2-core machine with 1-minute load averages of {load} (start and end of "
+        "each model) while this ran: wall times are mostly waiting, so the ratio against min-max is taken on "
+        "CPU seconds. `auto` is the default (`calib_method: auto`: entropy at up to 11 activation bits). The "
+        "goal (issue #17 §5): within 0.5 dB of the best of minmax/percentile/entropy, at most 2x minmax's "
+        "time. Task metrics on each model's own evaluation set are in the JSON file (`eval_set`).",
         "",
-        "| model | " + " | ".join(f"{x} dB" for x in methods) + " | "
-        + " | ".join(f"{x} s (CPU s)" for x in methods) + " | "
-        + " | ".join(f"{x}: dB vs best, CPU time ratio" for x in new) + " |",
+        "| model | " + " | ".join(f"{label[x]} dB" for x in methods) + " | "
+        + " | ".join(f"{label[x]} s (CPU s)" for x in methods) + " | "
+        + " | ".join(f"{label[x]}: dB vs best, CPU time ratio" for x in new) + " |",
         "|---|" + "---|" * (2 * len(methods) + len(new)),
     ]  # fmt: skip
     for name, r in results.items():
         m = r["methods"]
         cells = [f"{m[x]['sqnr_db']:.2f}" for x in methods] + [
-            f"{m[x]['min_calibration_s']:.2f} ({m[x]['min_calibration_cpu_s']:.2f})" for x in methods
+            f"{m[x]['min_calibration_s']:.2f} ({m[x]['min_calibration_cpu_s']:.3f})" for x in methods
         ]
         for x in new:
             d, t = verdict(m, x)
@@ -158,7 +167,7 @@ def markdown(results: dict[str, Any], methods: list[str], repeats: int) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="shapes,ocr_cls,ocr_rec,resnet18,vad")
-    p.add_argument("--methods", default="minmax,percentile,entropy,mse")
+    p.add_argument("--methods", default="minmax,percentile,entropy,mse,auto")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", default=str(RESULTS / "bench_calibration_choice"))
     p.add_argument("--worker", help=argparse.SUPPRESS)

@@ -22,11 +22,35 @@ from edgequant.errors import DataError
 from edgequant.model.patterns import bounded_outputs
 from edgequant.model.recurrent import apply_exact_ranges
 from edgequant.plan import QuantPlan
+from edgequant.planning.placement import is_transformer
 from edgequant.recipe import Recipe
 from edgequant.runtime import OrtRuntime
 
 Progress = Callable[[str, int, "int | None"], None]
 DataLike = str | Path | np.ndarray | dict[str, np.ndarray] | Iterable[dict[str, np.ndarray]] | None
+
+
+AUTO_MAX_BITS = 11  # the KL search needs 2**bits levels within the histogram's 2048 magnitude bins
+
+
+def observer_method(calib_method: str, act_bits: int, transformer: bool = False) -> str:
+    """The observer behind ``calib_method``: ``auto`` is entropy (KL divergence with its 99.99th-percentile
+    floor, :class:`~edgequant.observe.EntropyObserver`) for activations of at most ``AUTO_MAX_BITS`` bits
+    and min-max above (the KL search needs ``2**bits`` levels within the histogram's 2048 bins; a 16-bit
+    grid's step is already 1/65535 of the range) and under the transformer placement (``transformer``:
+    only MatMul inputs quantized; all-MiniLM-L6-v2's mean embedding cosine against float was 0.9607 with
+    entropy ranges and 0.9929 with min-max, ``benchmarks/bench_transformers.py``'s data);
+    ``search`` fills MSE observers, whose histograms every candidate method reads.
+
+    Why entropy (issue #17 §5, ``benchmarks/results/bench_calibration_choice.md``, held-out output SQNR):
+    it is the best of min-max, percentile and entropy on the example, Silero VAD (tied with percentile),
+    PP-OCR cls and ResNet-18, where min-max is 0.5-3.5 dB below it and percentile up to 4.9 dB; on
+    PP-OCRv4 rec it is 0.68 dB below percentile (12.59 against 13.27 dB; min-max 11.86).  Per-tensor MSE
+    was 0.04-1.9 dB below it on all five at about the same cost.
+    """
+    if calib_method == "auto":
+        return "entropy" if act_bits <= AUTO_MAX_BITS and not transformer else "minmax"
+    return "mse" if calib_method == "search" else calib_method
 
 
 def require_data(calibration: DataLike, recipe: Recipe) -> None:
@@ -83,18 +107,20 @@ def calibrate(
     from edgequant.observe import collect
 
     act = next(plan.tensors[n].spec for n in plan.activations())
+    placement = recipe.placement == "matmul-inputs" or (recipe.placement == "auto" and is_transformer(model))
+    method = observer_method(recipe.calib_method, act.bits, transformer=placement)
     res = collect(
         model,
         source,
         plan.activations(),
-        method="mse" if recipe.calib_method == "search" else recipe.calib_method,  # search: histograms
+        method=method,
         percentile=recipe.percentile,
         qbits=act.bits,
         symmetric=act.symmetric,
         runtime=runtime,
         max_samples=recipe.calib_samples,
         progress=(lambda done, total: progress("calibrate", done, total)) if progress else None,
-        full_range=bounded_outputs(model) if recipe.calib_method != "minmax" else (),
+        full_range=bounded_outputs(model) if method != "minmax" else (),
     )
     if res.samples == 0:
         raise DataError(
@@ -120,6 +146,7 @@ def calibrate(
     plan = planner.tie_activation_ranges(model, plan)
     info = {
         "method": recipe.calib_method,
+        **({"ranges": method} if recipe.calib_method == "auto" else {}),
         "percentile": recipe.percentile if recipe.calib_method == "percentile" else None,
         "samples": res.samples,
         "batches": res.batches,

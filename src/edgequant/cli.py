@@ -208,7 +208,8 @@ def quantize(
         str | None, typer.Option(help=".npy/.npz, image folder, video, HDF5 or CSV (see docs/data.md).")
     ] = None,
     calib_method: Annotated[
-        str | None, typer.Option(help="minmax | percentile | entropy | mse " + default("calib_method"))
+        str | None,
+        typer.Option(help="auto | minmax | percentile | entropy | mse | search " + default("calib_method")),
     ] = None,
     percentile: Annotated[
         float | None,

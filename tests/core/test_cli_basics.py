@@ -52,7 +52,7 @@ def test_every_option_has_help_and_brackets_survive() -> None:
     res = runner.invoke(app, ["quantize", "--help"], terminal_width=200)
     assert "edgequant[tf]" in res.output  # rich markup used to swallow "[tf]"
     assert "[default: 8]" in res.output and "[default: static]" in res.output
-    assert "[default: minmax]" in res.output and "[default: 128]" in res.output
+    assert "[default: auto]" in res.output and "[default: 128]" in res.output
 
 
 def _note_model(tmp_path: Path) -> Path:

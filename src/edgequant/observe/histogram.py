@@ -38,8 +38,8 @@ class PowerOfTwoHistogram:
         self.bins = int(bins)
         self.counts = np.zeros(2 * self.bins, dtype=np.float64)
         self.k = K_MIN
-        self.total = 0
-        self.zeros = 0  # exact zeros (+0.0 and -0.0), also counted in bin ``bins``
+        self.total: float = 0  # values counted (an int unless a subsample was weighted)
+        self.zeros: float = 0  # exact zeros (+0.0 and -0.0), also counted in bin ``bins``
         self.lo = math.inf
         self.hi = -math.inf
 
@@ -76,24 +76,38 @@ class PowerOfTwoHistogram:
             self.counts = np.bincount(target, weights=self.counts, minlength=2 * self.bins).astype(np.float64)
         self.k = k
 
-    def update(self, values: np.ndarray) -> None:
+    def update(
+        self, values: np.ndarray, extremes: tuple[float, float] | None = None, weight: float = 1
+    ) -> None:
         """Add finite values (callers drop non-finite and sentinel values first).
+
+        ``extremes`` (min, max) widen the observed range and the grid beyond ``values``: a caller that
+        bins a subsample passes the extremes of the whole array, so ``lo``/``hi`` stay exact.  Each
+        value counts ``weight`` times (a subsample standing for ``weight`` times as many values).
 
         Chunks of ``_CHUNK`` values are binned one after the other; the grid grows between chunks
         when a chunk needs it, which is exact (module docstring), so the counts equal those of
-        binning everything at the final ``k``.  Per chunk: min/max, one scaling, then for a chunk
-        without negative values a truncating cast to int32 (equal to floor there), else floor.
+        binning everything at the final ``k``.  Per chunk: min/max (unless ``extremes`` bound it), one
+        scaling, then for a chunk without negative values a truncating cast to int32 (equal to floor
+        there), else floor.
         """
         flat = values.reshape(-1)
+        if extremes is not None:
+            self.lo = min(self.lo, float(extremes[0]))
+            self.hi = max(self.hi, float(extremes[1]))
+            self.grow(self.required_k(max(abs(self.lo), abs(self.hi))))
         if flat.size == 0:
             return
         f64 = flat.dtype not in (np.float32, np.float16)
         for start in range(0, flat.size, _CHUNK):
             part = flat[start : start + _CHUNK]
-            lo, hi = float(part.min()), float(part.max())
-            self.lo = min(self.lo, lo)
-            self.hi = max(self.hi, hi)
-            self.grow(self.required_k(max(abs(self.lo), abs(self.hi))))
+            if extremes is None:
+                lo, hi = float(part.min()), float(part.max())
+                self.lo = min(self.lo, lo)
+                self.hi = max(self.hi, hi)
+                self.grow(self.required_k(max(abs(self.lo), abs(self.hi))))
+            else:  # bounds of every chunk, already on the grid
+                lo, hi = float(extremes[0]), float(extremes[1])
             # float32 is exact when -126 <= k <= 0: 2**-k is a float32, scaling by it keeps every bit
             # and |x * 2**-k| < bins.  For k > 0 a tiny negative x could underflow to -0.0 and land in
             # the wrong bin: use float64.
@@ -102,13 +116,16 @@ class PowerOfTwoHistogram:
             else:
                 y = np.multiply(part, math.ldexp(1.0, -self.k), dtype=np.float64)
             if lo >= 0.0:  # no negative value: truncation is floor, and the bins are the upper half
-                self.counts[self.bins :] += np.bincount(y.astype(np.int32), minlength=self.bins)
+                counts = np.bincount(y.astype(np.int32), minlength=self.bins)
+                self.counts[self.bins :] += counts if weight == 1 else weight * counts
             else:  # floor(y) + bins is an integer below 2 * bins <= 2**21: exact in float32 too
                 np.floor(y, out=y)
                 y += self.bins
-                self.counts += np.bincount(y.astype(np.int32), minlength=2 * self.bins)
-            self.total += int(part.size)
-            self.zeros += int(np.count_nonzero(part == 0))  # +0.0 and -0.0 (4x faster than on floats)
+                counts = np.bincount(y.astype(np.int32), minlength=2 * self.bins)
+                self.counts += counts if weight == 1 else weight * counts
+            self.total += weight * int(part.size)
+            if lo <= 0.0 <= hi:  # +0.0 and -0.0
+                self.zeros += weight * int(np.count_nonzero(part == 0))
 
     def magnitude_counts(self) -> np.ndarray:
         """Counts of ``|x|`` on ``bins`` bins of width ``w`` over ``[0, bins * w]``.

@@ -137,22 +137,27 @@ def kl_divergences(
     out = np.empty(cand.size)
     step = max(1, _CELLS // (levels + 1))
     g = np.arange(levels + 1, dtype=np.int64)
+    shift = int(levels).bit_length() - 1 if int(levels) & (int(levels) - 1) == 0 else -1
     for s0 in range(0, cand.size, step):
         i = cand[s0 : s0 + step]
         outliers = c[n] - c[i]
-        bounds = (g[None, :] * i[:, None] + levels - 1) // levels  # group g is bins [bounds_g, bounds_g+1)
-        group = c[bounds[:, 1:]] - c[bounds[:, :-1]]
-        count = nz[bounds[:, 1:]] - nz[bounds[:, :-1]]
+        bounds = g[None, :] * i[:, None] + (levels - 1)
+        if shift >= 0:  # levels is a power of two (always, from entropy_levels): a shift divides
+            np.right_shift(bounds, shift, out=bounds)
+        else:
+            bounds //= levels  # group g is bins [bounds_g, bounds_g+1)
+        group = np.diff(c[bounds], axis=1)
+        count = np.diff(nz[bounds], axis=1)
         count[:, -1] += (h[i - 1] == 0) & (outliers > 0)
-        p_group = group.copy()
-        p_group[:, -1] += outliers
         ok = group > 0
-        log_q = np.log(np.where(ok, group, 1.0)) - np.log(np.maximum(count, 1.0))
-        # sum over the bins of P log(P / Q), both as raw counts (the zero atom cancels)
-        s = hl[i - 1] + _xlogx(h[i - 1] + outliers) - np.where(ok, p_group * log_q, 0.0).sum(axis=1)
+        log_q = np.log(np.where(ok, group / np.maximum(count, 1.0), 1.0))  # 0 where the group is empty
+        # sum over the bins of P log(P / Q), both as raw counts (the zero atom cancels); P equals the
+        # group sums except in the last group, which also holds the outliers
+        p_log_q = (group * log_q).sum(axis=1) + outliers * log_q[:, -1]
+        s = hl[i - 1] + _xlogx(h[i - 1] + outliers) - p_log_q
         kept = (c[i] + zeros) / total  # the mass Q holds
         div = s / total - 1.0 + kept
-        div[((p_group > 0) & ~ok).any(axis=1)] = np.inf
+        div[~ok[:, -1] & (outliers > 0)] = np.inf  # outliers clipped into a last group Q leaves empty
         out[s0 : s0 + step] = div
     return cand, out
 
@@ -170,7 +175,9 @@ def entropy_range(hist: PowerOfTwoHistogram, qbits: int, symmetric: bool) -> tup
         return lo, hi
     n = int(nonzero[-1]) + 1
     stride = max(1, -(-(n - levels) // _COARSE))
-    coarse = np.unique(np.append(np.arange(levels, n + 1, stride), n))
+    coarse = np.arange(levels, n + 1, stride)
+    if coarse.size == 0 or coarse[-1] != n:  # the unclipped end is always a candidate
+        coarse = np.append(coarse, n)
     cand, div = kl_divergences(magnitude, levels, float(hist.zeros), coarse)
     if stride > 1 and cand.size > 1:  # refine around the coarse minimum, bin by bin
         best = int(cand[int(np.argmin(div))])

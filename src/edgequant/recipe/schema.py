@@ -22,7 +22,10 @@ from edgequant.errors import RecipeError
 from edgequant.names import check_name
 
 Method = Literal["static", "dynamic", "fp16", "weight-only"]
-CalibMethod = Literal["minmax", "percentile", "entropy", "mse", "search"]  # search: best of the four
+# auto: entropy (KL) ranges where the activations have at most 11 bits, min-max above and on transformers
+# (calibration.observer_method);
+# search: the best of minmax/percentile/entropy/mse by held-out output SQNR (algorithms.calib_search)
+CalibMethod = Literal["auto", "minmax", "percentile", "entropy", "mse", "search"]
 METHODS: tuple[str, ...] = get_args(Method)
 CALIB_METHODS: tuple[str, ...] = get_args(CalibMethod)
 # passes (edgequant.algorithms registers one per name), in the order they may run: on float weights first,
@@ -83,7 +86,7 @@ class Recipe:
     power_of_two: bool = False
     block_size: int | None = None
     calib_data: str | None = None
-    calib_method: CalibMethod = "minmax"
+    calib_method: CalibMethod = "auto"
     percentile: float = 99.99
     calib_samples: int = 128
     batch_size: int = 8
