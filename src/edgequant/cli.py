@@ -1,7 +1,9 @@
 """The ``edgequant`` command: a thin typer app over the public API.
 
 Every EdgeQuantError is printed as one line ``error: ...`` on stderr with exit code 2, and nothing
-is written: outputs are saved only after the whole run succeeded.
+is written: outputs are saved only after the whole run succeeded.  Running out of memory (a
+MemoryError, or any error raised while handling one) is one line ``error: out of memory (limit ...)``,
+exit 2.
 """
 
 from __future__ import annotations
@@ -28,7 +30,14 @@ from edgequant.cli_support import (
 )
 from edgequant.commands.executor_options import Address, Cpus, open_executor
 from edgequant.commands.preprocess_options import Layout, Mean, Scale, Size, Std, preprocess_flags
-from edgequant.errors import EdgeQuantError, ModelError, RecipeError, TargetNotMetError
+from edgequant.errors import (
+    EdgeQuantError,
+    ModelError,
+    RecipeError,
+    TargetNotMetError,
+    caused_by_memory,
+    out_of_memory_error,
+)
 from edgequant.outputs import check_writable, output_paths
 from edgequant.recipe import to_dict
 from edgequant.recipe.schema import to_flag_dict
@@ -81,6 +90,8 @@ def _main_options(
 
 
 def fail(exc: EdgeQuantError) -> None:
+    if caused_by_memory(exc):  # an error raised while out of memory: the memory is the problem
+        exc = out_of_memory_error()
     err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
@@ -590,11 +601,17 @@ def main() -> None:
     try:
         app()
     except EdgeQuantError as exc:  # raised outside a command's own guard
-        err_console.print(f"error: {exc}", markup=False)
+        shown = out_of_memory_error() if caused_by_memory(exc) else exc
+        err_console.print(f"error: {shown}", markup=False, soft_wrap=True)
         sys.exit(2)
     except ModuleNotFoundError as exc:  # an optional extra that a command needs is not installed
         dep = missing_extra(exc)
         if dep is None:
             raise
-        err_console.print(f"error: {dep}", markup=False)
+        err_console.print(f"error: {dep}", markup=False, soft_wrap=True)
+        sys.exit(2)
+    except Exception as exc:  # out of memory anywhere (or an error raised while handling it): one line
+        if not caused_by_memory(exc):
+            raise
+        err_console.print(f"error: {out_of_memory_error()}", markup=False, soft_wrap=True)
         sys.exit(2)

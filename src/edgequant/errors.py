@@ -92,3 +92,48 @@ class TargetNotMetError(UnsupportedError):
     def __init__(self, detail: str, hint: str = "", result: Any = None) -> None:
         super().__init__(detail, hint)
         self.result = result
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of ``str(exc)`` cut to ``limit`` characters, or the exception's class
+    name when its message is empty (``MemoryError()``, ``KeyError()``): safe on any exception."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return type(exc).__name__
+
+
+def caused_by_memory(exc: BaseException) -> bool:
+    """True when ``exc`` is a MemoryError or was raised while handling one (its ``__cause__`` /
+    ``__context__`` chain holds a MemoryError): a run that ran out of memory, whatever wrapped it."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, MemoryError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def memory_limit_text() -> str:
+    """This process's address-space limit as text: ``"limit 683 MiB of address space (RLIMIT_AS,
+    ulimit -v)"``, or ``"limit: the machine's memory; ..."`` when none is set."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, OSError, ValueError):  # not POSIX
+        return "limit: the machine's memory"
+    if soft == resource.RLIM_INFINITY:
+        return "limit: the machine's memory; no address-space limit is set"
+    return f"limit {soft // (1024 * 1024)} MiB of address space (RLIMIT_AS, ulimit -v)"
+
+
+def out_of_memory_error() -> EdgeQuantError:
+    """The CLI's one-line error for a run that ran out of memory (exit 2)."""
+    return EdgeQuantError(
+        f"out of memory ({memory_limit_text()}).",
+        "use fewer calibration samples (--calib-samples), a smaller --batch-size or smaller inputs, "
+        "or raise the limit (ulimit -v) or run on a machine with more memory.",
+    )

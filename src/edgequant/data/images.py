@@ -21,7 +21,7 @@ import numpy as np
 from edgequant.data.base import InputSpec
 from edgequant.data.preprocess import ImagePlan, describe, plan_image, to_sample
 from edgequant.data.source import Chunk, Reader
-from edgequant.errors import DependencyError
+from edgequant.errors import DependencyError, first_line
 from edgequant.recipe.schema import Preprocess
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class ImageReader(Reader):
             SyntaxError,
             Image.DecompressionBombError,
         ) as exc:
-            return f"'{path}': {str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}"
+            return f"'{path}': {first_line(exc, 120)}"
 
     def read(self, indices: np.ndarray) -> Chunk:
         paths = [self.files[int(i)] for i in indices]

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from edgequant.errors import DependencyError, ExecutorError
+from edgequant.errors import DependencyError, ExecutorError, first_line
 from edgequant.executors.base import OnResult
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def connect_error(address: str | None, exc: BaseException) -> ExecutorError:
     """The one-line error for a failed ``ray.init``: the address, Ray's own reason, and the fixes
     (the address forms; token authentication, which Ray 2.60 turns on by default and which a
     client must opt into with RAY_AUTH_MODE=token, else it cannot connect and times out)."""
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    reason = first_line(exc, 500)
     hint = (
         "check --ray-address (ray://HEAD:10001 for Ray Client, or HEAD:6379 on a cluster node), that it is "
         "reachable from here, and that the cluster runs the same Ray and EdgeQuant versions"

@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgequant.errors import ExportError
+from edgequant.errors import ExportError, first_line
 from edgequant.export._contrib_types import infer_types
 from edgequant.export._graph import (
     all_names,
@@ -127,7 +127,7 @@ def convert_fp16(
         onnx.checker.check_model(out)
     except Exception as exc:
         raise ExportError(
-            f"the float16 graph fails the ONNX checker: {str(exc).splitlines()[0][:300]}",
+            f"the float16 graph fails the ONNX checker: {first_line(exc, 300)}",
             "exclude the node named in the message (--exclude NAME, or exclude_nodes=[...] in Python) and "
             "report the model.",
         ) from exc

@@ -25,7 +25,7 @@ import onnx
 from google.protobuf.message import EncodeError, Message
 from onnx import external_data_helper
 
-from edgequant.errors import ExportError, ModelError
+from edgequant.errors import ExportError, ModelError, first_line
 
 PROTO_LIMIT = 2**31 - 1024 * 1024
 EXTERNAL_MIN_BYTES = 1024
@@ -49,9 +49,11 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     if any(external_data_helper.uses_external_data(t) for t in model.graph.initializer):
         try:
             external_data_helper.load_external_data_for_model(model, str(p.parent))
+        except MemoryError:
+            raise
         except Exception as exc:
             raise ModelError(
-                f"'{p}' refers to external data that cannot be read: {str(exc).splitlines()[0][:200]}.",
+                f"'{p}' refers to external data that cannot be read: {first_line(exc, 200)}.",
                 "keep the .data file(s) next to the model, under the names the model records.",
             ) from exc
         for t in model.graph.initializer:  # the loader leaves data_location=DEFAULT set: as if inline
@@ -76,6 +78,8 @@ def parse_onnx(
     who = subject or f"'{path}'"
     try:
         model = onnx.load(str(path), load_external_data=False)
+    except MemoryError:  # out of memory is not a damaged file: the caller reports the limit
+        raise
     except Exception as exc:
         if subject is None and Path(path).suffix.lower() == ".onnx":  # named .onnx, bytes are not: damaged
             hint = (
@@ -83,7 +87,7 @@ def parse_onnx(
                 f"check what wrote it (`file {path}` shows what it holds)."
             )
         raise ModelError(
-            f"{who} is not an ONNX model (protobuf parse failed: {str(exc).splitlines()[0][:200]}).", hint
+            f"{who} is not an ONNX model (protobuf parse failed: {first_line(exc, 200)}).", hint
         ) from exc
     if not model.graph.node and not model.graph.output:
         raise ModelError(f"{who} parsed as protobuf but holds no ONNX graph (no nodes, no outputs).", hint)

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import external_data_helper, helper, numpy_helper, shape_inference, version_converter
 
-from edgequant.errors import ModelError, UnsupportedError
+from edgequant.errors import ModelError, UnsupportedError, first_line
 from edgequant.model.einsum import rewrite_einsums
 from edgequant.model.io import PROTO_LIMIT, opset_of, serialized_size, weightless_copy
 
@@ -210,7 +210,7 @@ def refresh_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     try:
         inferred = shape_inference.infer_shapes(probe, strict_mode=False, data_prop=True)
     except Exception as exc:  # inference is help, not a requirement: quantization needs no shapes
-        notes.append(f"shape inference failed ({str(exc).splitlines()[0][:160]}); continuing without it.")
+        notes.append(f"shape inference failed ({first_line(exc, 160)}); continuing without it.")
         return out, notes
     shapes = {v.name: v for v in inferred.graph.value_info}
     shapes.update({v.name: v for v in inferred.graph.output})
@@ -257,7 +257,7 @@ def ensure_opset(model: onnx.ModelProto, minimum: int, why: str) -> tuple[onnx.M
     except Exception as exc:
         raise UnsupportedError(
             f"{why} needs opset >= {minimum}, and converting this opset-{current} model failed: "
-            f"{str(exc).splitlines()[0][:200]}.",
+            f"{first_line(exc, 200)}.",
             f"re-export the model at opset {minimum} or newer, or choose per-tensor 8-bit quantization.",
         ) from exc
     if converted.ir_version < 7:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from edgequant.errors import DataError, ModelError, RecipeError
+from edgequant.errors import DataError, ModelError, RecipeError, first_line
 from edgequant.observe.observers import Observer, create_observer
 from edgequant.runtime import OrtRuntime
 
@@ -361,7 +361,7 @@ def _inferred(model: onnx.ModelProto, first: Batch) -> dict[str, _TensorInfo]:
     try:
         work = onnx.shape_inference.infer_shapes(work, data_prop=True)
     except Exception as exc:  # inference is only an estimate here; sizes are then measured instead
-        logger.info("collect: shape inference failed (%s); measuring sizes instead", str(exc).splitlines()[0])
+        logger.info("collect: shape inference failed (%s); measuring sizes instead", first_line(exc))
     out: dict[str, _TensorInfo] = {}
     for v in [*work.graph.input, *work.graph.output, *work.graph.value_info]:
         if not v.type.HasField("tensor_type"):

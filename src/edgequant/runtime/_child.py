@@ -32,8 +32,7 @@ def main(spec_path: str) -> None:
     try:
         sess = ort.InferenceSession(spec["model"], opts, providers=spec["providers"])
     except Exception as exc:
-        print(f"load: {str(exc).strip().splitlines()[0][:500] if str(exc).strip() else type(exc).__name__}",
-              file=sys.stderr)  # fmt: skip
+        print(f"load: {(str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]}", file=sys.stderr)
         sys.exit(1)
     print("loaded", flush=True)
     names = [o.name for o in sess.get_outputs()]
@@ -44,7 +43,7 @@ def main(spec_path: str) -> None:
         try:
             got = sess.run(names, batch)
         except Exception as exc:
-            print(f"run: {str(exc).strip().splitlines()[0][:400]}", file=sys.stderr)
+            print(f"run: {(str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]}", file=sys.stderr)
             sys.exit(1)
         outs.update({f"{b}/{n}": np.asarray(v) for n, v in zip(names, got, strict=True)})
     np.savez(spec["outputs"], **outs)  # type: ignore[arg-type]

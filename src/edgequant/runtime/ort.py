@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from edgequant.errors import InferenceError
+from edgequant.errors import InferenceError, first_line
 
 
 class Runtime(Protocol):
@@ -59,7 +59,7 @@ class OrtSession:
             outs = self._session.run(names, feeds)
         except Exception as exc:  # ORT raises its own exception types; normalise them
             raise InferenceError(
-                f"ONNX Runtime failed to run the model: {str(exc).splitlines()[0][:400]}",
+                f"ONNX Runtime failed to run the model: {first_line(exc, 400)}",
                 "check the input shapes and dtypes against 'edgequant inspect MODEL'.",
             ) from exc
         return dict(zip(names, outs, strict=True))
@@ -134,7 +134,7 @@ class OrtRuntime:
         except Exception as exc:
             if tmp is not None:
                 tmp.cleanup()
-            first = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc, 500)
             raise InferenceError(
                 f"ONNX Runtime cannot load {what}: {first}",
                 "run 'edgequant inspect MODEL'; re-export the model with a supported opset and operators.",

@@ -28,7 +28,6 @@ from typing import Any
 from edgequant.errors import EdgeQuantError
 from edgequant.executors.ship import Shipped, materialize, ship
 
-_ALLOC_FAILURES = ("bad_alloc", "Failed to allocate memory", "std::bad_alloc")
 _address: str | None = None  # the cluster this process connected to (``connect``)
 RETRIES = 2  # a Ray worker process that dies (node lost, OOM-killed by Ray) runs the job again
 
@@ -80,7 +79,7 @@ def job_task(kind: str, row: dict[str, Any], inputs: dict[str, Shipped], memory_
         except MemoryError:
             return {"error": worker._out_of_memory()}
         except EdgeQuantError as exc:
-            alloc = any(s in str(exc) for s in _ALLOC_FAILURES)
+            alloc = worker._is_out_of_memory(exc)
             return {"error": worker._out_of_memory() if alloc else worker._scrub(exc.to_dict(), root)}
         files = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
         return {"report": worker._scrub(report, root), "files": files}

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from edgequant.errors import DataError, DependencyError, ModelError
+from edgequant.errors import DataError, DependencyError, ModelError, first_line
 from edgequant.names import is_name
 from edgequant.service.config import BadRequest
 
@@ -111,7 +111,7 @@ def inspect_model(path: Path) -> ModelInfo:
         onnx.checker.check_model(str(path))
     except Exception as exc:
         raise ModelError(
-            f"the ONNX model fails onnx.checker: {str(exc).strip().splitlines()[0][:300]}",
+            f"the ONNX model fails onnx.checker: {first_line(exc, 300)}",
             "re-export the model; check it locally with onnx.checker.check_model.",
         ) from exc
     return ModelInfo("onnx", ".onnx", io)

@@ -35,7 +35,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from edgequant.errors import DataError, EdgeQuantError, ModelError, RecipeError
+from edgequant.errors import DataError, EdgeQuantError, ModelError, RecipeError, caused_by_memory
 from edgequant.service.config import ResourceLimit
 from edgequant.service.safety import remove_tree
 from edgequant.service.store import JobStore
@@ -250,9 +250,9 @@ def run_job(store: JobStore, job_id: str, ray_memory_mb: int | None = None) -> N
     except MemoryError:
         error = _out_of_memory()
     except EdgeQuantError as exc:
-        error = _out_of_memory() if any(s in str(exc) for s in _ALLOC_FAILURES) else exc.to_dict()
+        error = _out_of_memory() if _is_out_of_memory(exc) else exc.to_dict()
     except Exception as exc:
-        if any(s in str(exc) for s in _ALLOC_FAILURES):
+        if _is_out_of_memory(exc):
             error = _out_of_memory()
         else:
             log.exception("job %s failed with an unexpected error", job_id)
@@ -275,6 +275,11 @@ def run_job(store: JobStore, job_id: str, ray_memory_mb: int | None = None) -> N
     )
     if not done:
         remove_tree(final)
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """A MemoryError in the exception's chain, or ONNX Runtime's allocation failure in its text."""
+    return caused_by_memory(exc) or any(s in str(exc) for s in _ALLOC_FAILURES)
 
 
 def _out_of_memory() -> dict[str, Any]:
