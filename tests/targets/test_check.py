@@ -65,13 +65,17 @@ def test_six_ten_channels_and_gelu_get_the_right_findings() -> None:
         ("conv1", "out_channels", "6", "a multiple of 4"),
         ("conv2", "in_channels", "6", "a multiple of 4"),
         ("conv2", "out_channels", "10", "a multiple of 4"),
-        ("fc", "in_features", "10", "a multiple of 4"),
+        ("fc", "in_features", "10", "a multiple of 4 and at least 16 at 8-bit weights"),  # both rules at once
     }
     assert expected <= got
     gelu = {f["node"] for f in rep["findings"] if f["rule"] == "op support" and f["kind"] == "gelu"}
     assert gelu == {"gelu_div", "gelu_erf", "gelu_add", "gelu_mul", "gelu_half"}
     fixes = {f["node"]: f["fix"] for f in rep["findings"] if f["rule"] == "out_channels"}
     assert fixes["conv1"] == "pad output channels 6 -> 8 with zero filters (exact; --fix)"
+    fc_fix = next(f["fix"] for f in rep["findings"] if f["rule"] == "in_features")
+    assert fc_fix == (  # 16 = the smallest count that is a multiple of 4 and at least 16
+        "widen the layer before it so the FC gets 16 inputs (a multiple of 4 and at least 16 at 8-bit weights)"
+    )
     assert all(f["fix"] == "replace GELU with ReLU or HardSwish before export" for f in rep["findings"]
                if f["kind"] == "gelu")  # fmt: skip
     assert all(f["consequence"] == "runs on host CPU" for f in rep["findings"])

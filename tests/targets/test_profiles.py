@@ -42,7 +42,18 @@ def test_ti_npu_api_for_other_packages() -> None:
     assert (a.bits, a.granularity, a.scale_rule) == (8, Granularity.PER_TENSOR, ScaleRule.POWER_OF_TWO)
     assert (t.bias_width(8), t.bias_width(4), t.bias_width(2)) == (24, 16, 16)
     assert t.runs("depthwise") and not t.runs("gelu") and t.unsupported == "host"
-    assert t.op("fc").limits["in_features"].violation(14, weight_bits=8) == "a multiple of 4"  # type: ignore[union-attr]
+    fc = t.op("fc").limits["in_features"]  # type: ignore[union-attr]
+    assert fc.violations(14, weight_bits=8) == ["a multiple of 4", "at least 16 at 8-bit weights"]
+    assert fc.violation(14, weight_bits=8) == "a multiple of 4 and at least 16 at 8-bit weights"
+    assert (
+        fc.violation(12, weight_bits=4) == ""
+        and fc.violation(6, weight_bits=4) == "a multiple of 4 and at least 8 at 4-bit weights"
+    )
+    assert (fc.smallest_compliant(10, 8), fc.smallest_compliant(10, 4), fc.smallest_compliant(20, 8)) == (
+        16,
+        12,
+        20,
+    )
     assert t.op("fc").limits["in_features"].violation(8, weight_bits=8) == "at least 16 at 8-bit weights"  # type: ignore[union-attr]
     with pytest.raises(TargetError, match="does not allow activation bits 16"):
         t.activation_spec(16)

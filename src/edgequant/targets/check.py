@@ -121,11 +121,10 @@ class _Checker:
         for key, limit in rule.limits.items():
             if key not in dims:
                 continue
-            need = limit.violation(dims[key], bits)
+            need = limit.violation(dims[key], bits)  # every requirement it breaks, in one finding
             if need:
-                self.add(
-                    node, kind, key, str(dims[key]), need, unsupported, self._fix(key, dims[key], limit, need)
-                )
+                fix = self._fix(key, dims[key], limit, need, limit.smallest_compliant(dims[key], bits))
+                self.add(node, kind, key, str(dims[key]), need, unsupported, fix)
         if rule.strides is not None and "strides" in attrs:
             s = tuple([*list(attrs["strides"].ints), 1])[:2]
             if s not in {tuple(x) for x in rule.strides}:
@@ -141,9 +140,13 @@ class _Checker:
                 )
 
     @staticmethod
-    def _fix(key: str, value: int, limit: Any, need: str) -> str:
-        if limit.multiple and value % limit.multiple and key in ("out_channels", "in_channels"):
-            to = -(-value // limit.multiple) * limit.multiple
+    def _fix(key: str, value: int, limit: Any, need: str, to: int | None) -> str:
+        if (
+            to is not None
+            and limit.multiple
+            and value % limit.multiple
+            and key in ("out_channels", "in_channels")
+        ):
             side = (
                 "output channels" if key == "out_channels" else "input channels (and the producer's outputs)"
             )
@@ -153,7 +156,9 @@ class _Checker:
                 f"split the {value}-tall kernel into parts of at most {limit.max} rows, summed (exact; --fix)"
             )
         if key == "in_features":
-            return f"widen the layer before it so the FC gets {need.removeprefix('at least ').removeprefix('a ')} inputs"
+            return (
+                f"widen the layer before it so the FC gets {to if to is not None else need} inputs ({need})"
+            )
         if key == "in_channels" and limit.exact is not None:
             return f"give this conv {limit.exact} input channel(s) (e.g. one conv per input channel), or run it on the host"
         return f"change {key.replace('_', ' ')} to {need}"

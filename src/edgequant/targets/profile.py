@@ -136,20 +136,38 @@ class Limit:
     max: int | None = None
     min_by_bits: dict[int, int] = field(default_factory=dict)
 
-    def violation(self, value: int, weight_bits: int | None = None) -> str:
-        """'' when ``value`` complies, else what is required (e.g. 'a multiple of 4')."""
+    def violations(self, value: int, weight_bits: int | None = None) -> list[str]:
+        """Every requirement ``value`` breaks (e.g. ``['a multiple of 4', 'at least 16 at 8-bit
+        weights']``); empty when it complies."""
+        broken = []
         if self.exact is not None and value != self.exact:
-            return f"exactly {self.exact}"
+            broken.append(f"exactly {self.exact}")
         if self.multiple is not None and value % self.multiple:
-            return f"a multiple of {self.multiple}"
+            broken.append(f"a multiple of {self.multiple}")
         if self.min is not None and value < self.min:
-            return f"at least {self.min}"
+            broken.append(f"at least {self.min}")
         if self.max is not None and value > self.max:
-            return f"at most {self.max}"
+            broken.append(f"at most {self.max}")
         lo = self.min_by_bits.get(weight_bits) if weight_bits is not None else None
         if lo is not None and value < lo:
-            return f"at least {lo} at {weight_bits}-bit weights"
-        return ""
+            broken.append(f"at least {lo} at {weight_bits}-bit weights")
+        return broken
+
+    def violation(self, value: int, weight_bits: int | None = None) -> str:
+        """'' when ``value`` complies, else every requirement it breaks joined by 'and'."""
+        return " and ".join(self.violations(value, weight_bits))
+
+    def smallest_compliant(self, value: int, weight_bits: int | None = None) -> int | None:
+        """The smallest integer >= ``value`` that meets every requirement (the size to pad or widen
+        to), or None when none does (an exact value or a maximum below ``value``)."""
+        lo = max(
+            [value, self.min or 0, self.min_by_bits.get(weight_bits, 0) if weight_bits is not None else 0]
+        )
+        if self.multiple:
+            lo = -(-lo // self.multiple) * self.multiple
+        if (self.exact is not None and lo != self.exact) or (self.max is not None and lo > self.max):
+            return None
+        return lo
 
     def describe(self) -> str:
         parts = [f"= {self.exact}"] if self.exact is not None else []
