@@ -170,3 +170,19 @@ def test_cli_keep_worse_passes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     kept = CliRunner().invoke(app, [*args, "--keep-worse-passes", "-o", str(tmp_path / "b")])
     assert kept.exit_code == 0, kept.output
     assert "note: adaround: kept (keep_worse_passes)" in kept.output
+
+
+def test_padded_positions_do_not_judge() -> None:
+    from edgequant.algorithms.judge import real_positions
+
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((2, 5, 3)).astype(np.float32)
+    got = ref + 0.01
+    got[:, 3:] += 5.0  # large errors on the padding only
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 0, 0]], np.int64)
+    r, g = real_positions({"input_ids": mask * 7, "attention_mask": mask}, ref, got)
+    np.testing.assert_array_equal(r, ref[:, :3].reshape(-1))
+    np.testing.assert_array_equal(g, got[:, :3].reshape(-1))
+    assert _sqnr(r, g) > 35 > 0 > _sqnr(ref, got)  # the padding alone would sink the SQNR
+    r, g = real_positions({"x": ref}, ref, got)  # no mask input: every position counts
+    assert r.size == ref.size

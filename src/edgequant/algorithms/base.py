@@ -49,14 +49,13 @@ from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from edgequant.data.base import Batch
 from edgequant.errors import RecipeError
 from edgequant.plan import QuantPlan
 from edgequant.recipe.schema import ALGORITHMS, Recipe
 from edgequant.runtime import OrtRuntime
-from edgequant.schemes.qparams import dequantize, quantize_weight, sqnr_db
+from edgequant.schemes.qparams import sqnr_db
 
 
 @dataclass(frozen=True)
@@ -324,6 +323,8 @@ def context(
             f"{sum(_rows(b) for b in held)} calibration samples (in-sample: the data has {count} beyond the "
             "calibration ones and those the check holds back)"
         )
+    masks = sorted({k for b in held for k, v in b.items() if "mask" in k.lower() and np.ndim(v) == 2})
+    on += f"; positions where '{masks[0]}' is 0 (padding) left out" if masks else ""
     ctx = Context(
         recipe, runtime, lambda: open_source(recipe), held, synthetic=synthetic, requested=requested
     )
@@ -359,29 +360,6 @@ def _rows(batch: Batch) -> int:
     return len(next(iter(batch.values())))
 
 
-def weight_quantized(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
-    """A copy of ``model`` whose planned weights are replaced by their quantized-dequantized values."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for t in out.graph.initializer:
-        entry = plan.tensors.get(t.name)
-        if entry is None or entry.role != "weight":
-            continue
-        w = numpy_helper.to_array(t).astype(np.float32)
-        q, scale, zero = fixed_or_fresh(w, entry)
-        t.CopyFrom(numpy_helper.from_array(dequantize(q, scale, zero, entry.spec), t.name))
-    return out
-
-
-def fixed_or_fresh(w: np.ndarray, entry: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(q, scale, zero) of a weight: with the scale a pass fixed in the plan, or the exporter's own."""
-    from edgequant.schemes.qparams import quantize_fixed
-
-    if entry.scale is not None and entry.zero_point is not None:
-        return quantize_fixed(w, entry.spec, entry.scale, entry.zero_point)
-    return quantize_weight(w, entry.spec)
-
-
 def _outputs(model: onnx.ModelProto, ctx: Context) -> list[np.ndarray]:
     out = model.graph.output[0].name
     sess = ctx.runtime.session(model, "the model during an algorithm pass")
@@ -391,21 +369,17 @@ def _outputs(model: onnx.ModelProto, ctx: Context) -> list[np.ndarray]:
         sess.close()
 
 
-def weight_quantized_sqnr(model: onnx.ModelProto, plan: QuantPlan, ctx: Context) -> float | None:
-    """Output SQNR (dB, first output, all held-out samples) of the weight-quantized model against the
-    float model as it was before the first pass."""
-    if not plan.weights() or not ctx.held_out or ctx.reference is None:
-        return None
-    return quantized_sqnr(weight_quantized(model, plan), ctx)
-
-
 def quantized_sqnr(model: onnx.ModelProto, ctx: Context) -> float | None:
-    """Output SQNR (dB, first output, all held-out samples) of ``model`` against the float model as it
-    was before the first pass; None without held-out samples."""
+    """Output SQNR (dB, first output, all held-out samples; padded positions left out:
+    ``judge.real_positions``) of ``model`` against the float model as it was before the first pass;
+    None without held-out samples."""
     if not ctx.held_out or ctx.reference is None:
         return None
-    ref, got = ctx.reference, _outputs(model, ctx)
-    value = sqnr_db(
-        np.concatenate([r.reshape(-1) for r in ref]), np.concatenate([g.reshape(-1) for g in got])
-    )
+    from edgequant.algorithms.judge import real_positions
+
+    pairs = [
+        real_positions(b, r, g)
+        for b, r, g in zip(ctx.held_out, ctx.reference, _outputs(model, ctx), strict=True)
+    ]
+    value = sqnr_db(np.concatenate([r for r, _ in pairs]), np.concatenate([g for _, g in pairs]))
     return round(value, 2) if np.isfinite(value) else None
