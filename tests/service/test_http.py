@@ -191,9 +191,11 @@ def test_quantize_request_validation(server: Server) -> None:
         assert upload(c, "models", "val", TINY, "val.onnx", overwrite="true").status_code == 201
         r = c.post("/api/v1/model/val/quantize", params={"target": "gpu9000"})
         assert r.status_code == 422 and r.json()["error"] == "TargetError"
-        assert "valid targets: onnx, cpu" in r.json()["detail"]
-        r = c.post("/api/v1/model/val/quantize", params={"target": "tidl"})
-        assert r.status_code == 501 and "TI TIDL tools" in r.json()["detail"]
+        assert "known targets: onnx, cpu" in r.json()["detail"]
+        r = c.post("/api/v1/model/val/quantize", params={"target": "ti-npuu"})
+        assert r.status_code == 422 and r.json()["hint"].startswith("did you mean 'ti-npu'? "), r.json()
+        r = c.post("/api/v1/model/val/quantize", params={"target": "tidl"})  # as in the CLI: not a target
+        assert r.status_code == 422 and r.json()["detail"].startswith("unknown target 'tidl'"), r.json()
         r = c.post("/api/v1/model/val/quantize", json={"wieght_bits": 4})
         assert r.status_code == 422 and r.json()["error"] == "RecipeError"
         assert r.json()["detail"].startswith("unknown key 'wieght_bits' in recipe; allowed:")

@@ -1,9 +1,10 @@
 """Service settings, the quantization targets the service knows, and the service's own errors.
 
 Targets: ``onnx`` (ONNX Runtime CPU, QDQ; alias ``cpu``) and every hardware profile of
-``edgequant.targets`` (``ti-npu``, ``vitis-dpu``, ...) are served.  Toolchain-only targets are
-listed so a request for them gets an honest answer naming the toolchain to install (HTTP 501),
-never a fake success; any other name is a 422 listing the valid targets.  ``akida1`` is a profile
+``edgequant.targets`` (``ti-npu``, ``vitis-dpu``, ...) are served.  A profile built by a vendor
+toolchain (``tvm``, ``akida``) that this server has not installed is a 501 naming the install
+command, never a fake success; any other name is a 422 from the library's one target-name check
+(``targets.unknown_target``: the valid names and the closest match, as in the CLI).  ``akida1`` is a profile
 the service does not serve (``NOT_SERVED``): its route converts a Keras 2 ``.h5`` file, and the
 service stores ONNX and TorchScript models; a request for it is a 422 saying so and naming the CLI.
 
@@ -38,20 +39,13 @@ class Target:
     """A target name as the REST API sees it."""
 
     name: str
-    recipe_target: str | None  # value for Recipe.target; None = not served by this service
+    recipe_target: str  # value for Recipe.target
     description: str
-    toolchain: str = ""  # what to install for a vendor target
 
 
 TARGETS: dict[str, Target] = {
     "onnx": Target("onnx", "cpu", "ONNX Runtime CPU, QDQ model (the default)"),
     "cpu": Target("cpu", "cpu", "alias of 'onnx'"),
-    "tidl": Target(
-        "tidl",
-        None,
-        "TI TDA4/AM6x C7x-MMA NPU",
-        "TI TIDL tools (github.com/TexasInstruments/edgeai-tidl-tools)",
-    ),
 }  # hardware profiles (edgequant.targets: ti-npu, vitis-dpu, cmsis-nn, akida, ...) are served too
 DEFAULT_TARGET = "onnx"
 NOT_SERVED: dict[str, tuple[str, str]] = {  # profile -> (why not, the fix): 422 before any job
@@ -67,7 +61,7 @@ NOT_SERVED: dict[str, tuple[str, str]] = {  # profile -> (why not, the fix): 422
 def served_targets() -> list[str]:
     from edgequant import targets
 
-    names = [t.name for t in TARGETS.values() if t.recipe_target is not None]
+    names = list(TARGETS)
     return names + [n for n in targets.names() if n not in names and n not in NOT_SERVED]
 
 
@@ -80,27 +74,21 @@ def resolve_target(name: object) -> str:
         )
     key = (name or DEFAULT_TARGET).strip().lower()
     target = TARGETS.get(key)
-    if target is None:
-        from edgequant import targets
+    if target is not None:
+        return target.recipe_target
+    from edgequant import targets
 
-        if key in targets.aliases():  # a hardware profile: the plan follows its rules
-            canonical = targets.canonical(key)
-            if canonical in NOT_SERVED:
-                raise TargetError(*NOT_SERVED[canonical])
-            _require_toolchain(canonical)
-            return canonical
-        raise TargetError(
-            f"unknown target '{name}'; valid targets: {', '.join(served_targets())}.",
-            f"use target={DEFAULT_TARGET} (ONNX Runtime CPU QDQ). Vendor targets "
-            f"{', '.join(t for t in TARGETS if TARGETS[t].recipe_target is None)} need their toolchains.",
+    if key not in targets.aliases():  # the library's one check of a target name: closest match
+        raise targets.unknown_target(
+            name,
+            served_targets(),
+            f"GET /health lists them; target={DEFAULT_TARGET} is ONNX Runtime CPU QDQ.",
         )
-    if target.recipe_target is None:
-        raise ToolchainMissing(
-            f"target '{key}' ({target.description}) needs {target.toolchain}, which this server does not "
-            f"have and EdgeQuant does not drive; valid targets here: {', '.join(served_targets())}.",
-            f"install {target.toolchain} and compile the QDQ model from target={DEFAULT_TARGET} with it.",
-        )
-    return target.recipe_target
+    canonical = targets.canonical(key)  # a hardware profile: the plan follows its rules
+    if canonical in NOT_SERVED:
+        raise TargetError(*NOT_SERVED[canonical])
+    _require_toolchain(canonical)
+    return canonical
 
 
 def _require_toolchain(target: str) -> None:

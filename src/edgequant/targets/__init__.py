@@ -57,12 +57,17 @@ def canonical(name: str) -> str:
     key = str(name).strip().lower()
     if key in table:
         return table[key]
-    close = difflib.get_close_matches(key, list(table), n=1, cutoff=0.4)
+    raise unknown_target(name, describe_names(), "'edgequant targets' lists them with one line each.")
+
+
+def unknown_target(name: object, valid: list[str], listing: str) -> TargetError:
+    """The one error for an unknown target name, shared by the CLI, the API and the REST service:
+    the name, ``valid`` (the names this caller accepts), the closest accepted name or alias ("did you
+    mean 'ti-npu'?") and ``listing`` (where to see them all)."""
+    table = aliases()
+    close = difflib.get_close_matches(str(name).strip().lower(), list(table), n=1, cutoff=0.4)
     hint = f"did you mean '{table[close[0]]}'? " if close else ""
-    raise TargetError(
-        f"unknown target '{name}'; known targets: {', '.join(describe_names())}.",
-        f"{hint}'edgequant targets' lists them with one line each.",
-    )
+    return TargetError(f"unknown target '{name}'; known targets: {', '.join(valid)}.", f"{hint}{listing}")
 
 
 def describe_names() -> list[str]:
@@ -94,4 +99,5 @@ __all__ = [
     "get",
     "load_profile",
     "names",
+    "unknown_target",
 ]
