@@ -7,7 +7,7 @@ check holds back 32 of them, evenly spread; it calibrates on the first 128 of th
 after those judge its passes (a pass that lowers their output SQNR by more than 0.05 dB is reverted)
 and score its range search; ORT's tool reads the first 128 of the file):
 
-    default            edgequant static int8, per channel, min-max (the default recipe)
+    default            edgequant static int8, per channel, 'auto' ranges (the default recipe)
     accurate           the 'accurate' preset: CLE where the graph has pairs, then the range search
     per-tensor         static int8, per tensor
     per-tensor+cle     the same after cross-layer equalization

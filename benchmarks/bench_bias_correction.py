@@ -2,7 +2,7 @@
 
 Per model (``shapes`` example CNN, ``ocr_cls`` PP-OCR mobile cls, ``ocr_rec`` PP-OCRv4 rec (conv +
 attention, CTC), ``vad`` Silero VAD (conv + LSTM, state in/out); see benchmarks/models/), each setting
-quantizes static int8 (the default recipe: per-channel weights, min-max ranges) from the same 192 seeded
+quantizes static int8 (the default recipe: per-channel weights, 'auto' ranges) from the same 192 seeded
 calibration samples written to disk (its check holds back 32, evenly spread; EdgeQuant calibrates on the
 first 128 of the others; the 32 after them judge each pass, which is reverted when it lowers their output
 SQNR by more than 0.05 dB: ``algorithms.base``):
@@ -142,7 +142,7 @@ def bench_model(name: str, settings: list[str], tmp: Path, timeout: float) -> di
 
 def markdown(results: dict[str, Any]) -> str:
     lines = [
-        "# Bias correction: none, empirical, sequential (static int8, per-channel, min-max)",
+        "# Bias correction: none, empirical, sequential (static int8, per-channel, default 'auto' ranges)",
         "",
         "Written by `benchmarks/bench_bias_correction.py`. Calibration: 128 seeded samples; metrics on each",
         "model's separate evaluation set. 'pass' columns: the report row of the `bias_correction` pass (QDQ",
