@@ -115,3 +115,30 @@ def test_a_connection_lost_during_a_job_fails_it_with_rays_reason(tmp_path: Path
     error = json.loads(row["error"]) if isinstance(row["error"], str) else row["error"]
     assert error["error"] == "ExecutorError", error
     assert "'ray://head:10001'" in error["detail"] and "reconnection grace period" in error["detail"]
+
+
+def test_sweep_with_an_unreachable_cluster_prints_one_line_not_rays_warning(tmp_path: Path) -> None:
+    import numpy as np
+    import onnx
+    from tinymodels import conv_net, images
+
+    model, data = tmp_path / "net.onnx", tmp_path / "d.npz"
+    onnx.save_model(conv_net(), model)
+    np.savez(data, x=images(8))
+    cli = Path(sys.executable).parent / "edgequant"
+    cmd = [str(cli), "sweep", str(model), "--calib-data", str(data), "--eval-data", str(data)]
+    cmd += [
+        "-o",
+        str(tmp_path / "out"),
+        "--methods",
+        "int8-static",
+        "--executor",
+        "ray",
+        "--ray-address",
+        UNREACHABLE,
+    ]
+    run = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert run.returncode == 2 and len(lines) == 1, run.stderr  # Ray Client's UserWarning was 2 more lines
+    assert lines[0].startswith(f"error: cannot connect to the Ray cluster at '{UNREACHABLE}'"), lines
+    assert not (tmp_path / "out").exists()

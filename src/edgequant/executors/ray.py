@@ -76,6 +76,24 @@ def keep_signal_handlers() -> Iterator[None]:
                 signal.signal(sig, handler)
 
 
+def init_quietly(address: str | None, **kwargs: Any) -> None:
+    """``ray.init(address=..., **kwargs)`` with Ray's driver log off and its Python warnings captured
+    (logged at debug: ``-v`` shows them): Ray Client warns "connection timed out ..." before it raises,
+    and the caller's one-line ExecutorError (``connect_error``) says it all.  ExecutorError when the
+    connection fails."""
+    ray = require_ray()
+    kwargs = {"log_to_driver": False, "logging_level": logging.ERROR, **kwargs}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
+            raise connect_error(address, exc) from exc
+        finally:
+            for w in caught:
+                log.debug("ray.init warning: %s", w.message)
+
+
 def probe(address: str) -> None:
     """Connect to the Ray cluster at ``address`` and disconnect: ExecutorError (``connect_error``) when
     it cannot.  A process already connected to Ray is left as it is."""
@@ -83,12 +101,7 @@ def probe(address: str) -> None:
     if ray.is_initialized():
         return
     with keep_signal_handlers():
-        try:
-            with warnings.catch_warnings():  # Ray Client warns before it raises: the error says it all
-                warnings.simplefilter("ignore")
-                ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
-        except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
-            raise connect_error(address, exc) from exc
+        init_quietly(address)
         ray.shutdown()
 
 
@@ -105,15 +118,11 @@ class RayExecutor:
         self.started = False
         self._remotes: dict[Any, Any] = {}
         if not ray.is_initialized():
-            common: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
-            try:
-                if address is not None:
-                    ray.init(address=address, **common)
-                else:
-                    ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, **common)
-                    self.started = True
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise connect_error(address, exc) from exc
+            if address is not None:
+                init_quietly(address)
+            else:
+                init_quietly(None, num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False)
+                self.started = True
         self.address = address or "local"
 
     def put(self, value: Any) -> Any:

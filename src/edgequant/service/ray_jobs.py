@@ -140,16 +140,11 @@ def run_on_ray(root: Path, row: dict[str, Any], out: Path, memory_mb: int) -> di
 def connect(address: str) -> None:
     """Connect this (worker) process to the Ray cluster at ``address`` as a driver, quietly;
     ExecutorError (``executors.ray.connect_error``: the address, Ray's reason, the fix) when it cannot."""
-    import logging
-
     import ray
 
-    from edgequant.executors.ray import connect_error
+    from edgequant.executors.ray import init_quietly
 
     global _address
     _address = address
     if not ray.is_initialized():
-        try:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
-        except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
-            raise connect_error(address, exc) from exc
+        init_quietly(address)
