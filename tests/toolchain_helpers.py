@@ -4,6 +4,7 @@ missing toolchain fails; locally the test skips and says how to install it."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -15,6 +16,16 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 
 from edgequant.toolchains import envs
+
+
+def assert_documented(toolchain: dict[str, object]) -> None:
+    """Every key of a report's ``toolchain`` section has its line in docs/report.md's ``toolchain`` section."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "report.md").read_text()
+    start = doc.index("## `toolchain`")
+    end = doc.find("\n## ", start + 1)
+    documented = set(re.findall(r"`([^`]+)`", doc[start : end if end > 0 else len(doc)]))
+    missing = sorted(set(toolchain) - documented)
+    assert not missing, f"docs/report.md, section toolchain, lacks {missing}"
 
 
 def need_toolchain(name: str) -> Path:

@@ -1,4 +1,5 @@
-"""docs/report.md documents every field the report's ``compliance`` and ``ti_npu_int`` sections hold.
+"""docs/report.md documents every top-level field of the report and every field its ``compliance`` and
+``ti_npu_int`` sections hold (the ``toolchain`` section is checked in tests/toolchains, where it is built).
 
 The report is a real run (the built-in example, --target ti-npu --format ti-npu-int); the test reads its
 keys and looks each one up in the document's section, so a field added without its line fails here.
@@ -44,6 +45,11 @@ def test_compliance_and_ti_npu_int_fields_are_documented(tmp_path: Path) -> None
         "compliance": [*compliance, *compliance["findings_by_consequence"], *compliance["findings"][0]],
         "ti_npu_int": [*ti, *ti["layers"][0], *ti["per_layer"][0]],
     }
+    top = _section(doc, "# The run report")  # its first column: `key` or `key.sub`, one or more per row
+    first_cells = re.findall(r"^\| ([^|]*)\|", top, re.M)
+    documented_top = {key.split(".")[0] for cell in first_cells for key in re.findall(r"`([^`]+)`", cell)}
+    undocumented = sorted(set(report) - documented_top)
+    assert not undocumented, f"docs/report.md lacks the top-level report fields {undocumented}"
     for name, names in keys.items():
         documented = set(re.findall(r"`([^`]+)`", sections[name]))
         missing = [k for k in names if k not in documented]

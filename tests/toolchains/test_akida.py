@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from toolchain_helpers import RUN_FBZ, need_toolchain, pixel_conv_net
+from toolchain_helpers import RUN_FBZ, assert_documented, need_toolchain, pixel_conv_net
 from typer.testing import CliRunner
 
 from edgequant.cli import app
@@ -40,6 +40,7 @@ def test_target_akida_writes_a_program_that_runs(tmp_path: Path) -> None:
     report = json.loads(next(out.glob("*_int8.json")).read_text())
     assert report["toolchain"]["input_dtype"] == "uint8"
     assert [t for _, t in report["toolchain"]["layers"]][1:4] == ["InputConv2D", "Conv2D", "Dense1D"]
+    assert_documented(report["toolchain"])
 
     x = rng.integers(0, 256, (16, 3, 16, 16)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)

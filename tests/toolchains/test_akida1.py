@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from toolchain_helpers import need_toolchain
+from toolchain_helpers import assert_documented, need_toolchain
 from typer.testing import CliRunner
 
 from edgequant.cli import app
@@ -68,6 +68,7 @@ def test_target_akida1_converts_a_keras_model_at_4_bits(tmp_path: Path) -> None:
     assert [p.name for p in programs] == ["m_w4a4.fbz"]
     report = json.loads((out / "m_w4a4.json").read_text())["toolchain"]
     assert [name for name, _, _ in report["layers"]] == ["conv1", "conv2", "fc"]
+    assert_documented(report)
 
     x = rng.integers(0, 256, (64, 16, 16, 3)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)

@@ -14,7 +14,7 @@ import onnx
 from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
-from toolchain_helpers import RUN_SO, need_toolchain, quantize_to, run_artifact
+from toolchain_helpers import RUN_SO, assert_documented, need_toolchain, quantize_to, run_artifact
 
 from edgequant.runtime import OrtRuntime
 from edgequant.schemes import sqnr_db
@@ -59,6 +59,7 @@ def test_target_tvm_writes_a_library_that_runs(tmp_path: Path) -> None:
     assert libs[0].name in report["files"]["toolchain_artifacts"]
     assert "float arithmetic" in report["toolchain"]["note"]
     assert report["toolchain"]["sqnr_db_vs_onnxruntime_unfused"] == {"y": None}  # identical: inf dB
+    assert_documented(report["toolchain"])  # docs/report.md says null means identical
 
     # independent run of the written library, against this test's own ORT sessions
     x = rng.standard_normal((4, 3, 8, 8)).astype(np.float32)
