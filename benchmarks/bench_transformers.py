@@ -16,16 +16,23 @@ Variants:
                    SQNR is below 30 dB); not in the default variant list (slow), pass --variants
     eq-dynamic     method="dynamic"
     eq-w8          method="weight-only" (int8)
-    eq-w4b32       method="weight-only", weight_bits=4, block_size=32 (MatMulNBits; Gather tables int8 per row)
+    eq-w4b32       method="weight-only", weight_bits=4, block_size=32 (MatMulNBits, accuracy_level 4: int8
+                   compute on per-block int8 activations; Gather tables int8 per row).  Every eq-w4 row holds
+                   back check_samples=8 of the calibration sentences for the run check (56 fit the weights)
     eq-w4b32-clip  the same with the block_clip pass (AWQ-style per-block clip ratio by output error)
-    eq-w4b32-gptq  the same with the gptq pass (GPTQ error feedback, block scales by block_clip's search)
+    eq-w4b32-gptq  the same with the gptq pass (GPTQ error feedback, act-order with static groups, block
+                   scales by block_clip's search, only real tokens (attention_mask) in the Gram matrices)
     eq-w4b32-gptq-asym  eq-w4b32-gptq with asymmetric blocks (zero points)
+    eq-w4b32-gptq-asym-plain  eq-w4b32-gptq-asym with rows in order and every token (padding too), as
+                   the gptq pass ran before act-order and token_mask
     ort-static     quantize_static(QDQ, per_channel=True, QUInt8/QInt8, MinMax) after quant_pre_process
     ort-dynamic    quantize_dynamic(per_channel=True)
-    ort-w4         MatMulNBitsQuantizer(block_size=32, symmetric, RTN)
+    ort-w4         MatMulNBitsQuantizer(block_size=32, symmetric, RTN; ORT's default accuracy_level 0)
+    ort-w4-l4      the same with accuracy_level=4 (int8 compute)
 Metrics: mean / min cosine of the sentence embeddings (mean pooling over real tokens) vs float;
 latency at batch 1, length 128, 2 intra-op threads, spinning off, ORT_ENABLE_ALL: every session warmed
-up, then one run per session in turn (interleaved) ``--runs`` times, median ms; file size; quantization
+up, then ``--rounds`` rounds of one run per session in turn (interleaved) ``--runs`` times; ms is the
+median over rounds of each round's median; file size; quantization
 wall time and the peak RSS of the process that quantized (each variant in its own child process).
 Latency on a shared 2-core machine is noisy: compare ratios within one run.
 
@@ -37,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import sys
 import tempfile
 import time
@@ -50,7 +58,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from models import minilm
 
 RESULTS = Path(__file__).parent / "results"
-EQ = {
+W4 = {"method": "weight-only", "weight_bits": 4, "block_size": 32, "check_samples": 8}
+EQ: dict[str, dict[str, Any]] = {
     "eq-static": {"method": "static"},
     "eq-static-place": {"method": "static", "placement": "matmul-inputs"},
     "eq-static-all": {"method": "static", "placement": "all"},
@@ -58,23 +67,19 @@ EQ = {
     "eq-static-a16": {"method": "static", "act16_below_db": 30.0},
     "eq-dynamic": {"method": "dynamic"},
     "eq-w8": {"method": "weight-only"},
-    "eq-w4b32": {"method": "weight-only", "weight_bits": 4, "block_size": 32},
-    "eq-w4b32-clip": {
-        "method": "weight-only",
-        "weight_bits": 4,
-        "block_size": 32,
-        "algorithms": ["block_clip"],
-    },
-    "eq-w4b32-gptq": {"method": "weight-only", "weight_bits": 4, "block_size": 32, "algorithms": ["gptq"]},
-    "eq-w4b32-gptq-asym": {
-        "method": "weight-only",
-        "weight_bits": 4,
-        "block_size": 32,
+    "eq-w4b32": {**W4},
+    "eq-w4b32-clip": {**W4, "algorithms": ["block_clip"]},
+    "eq-w4b32-gptq": {**W4, "algorithms": ["gptq"]},
+    "eq-w4b32-gptq-asym": {**W4, "weight_symmetric": False, "algorithms": ["gptq"]},
+    "eq-w4b32-gptq-asym-plain": {
+        **W4,
         "weight_symmetric": False,
         "algorithms": ["gptq"],
+        "gptq_act_order": False,
+        "token_mask": "none",
     },
 }
-ORT = ("ort-static", "ort-dynamic", "ort-w4")
+ORT = ("ort-static", "ort-dynamic", "ort-w4", "ort-w4-l4")
 
 
 class _Reader:
@@ -120,7 +125,8 @@ def _quantize(name: str, src: str, dst: str, calib: dict[str, np.ndarray], out: 
         import onnx
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-        q = MatMulNBitsQuantizer(onnx.load(src), block_size=32, is_symmetric=True)
+        level = 4 if name == "ort-w4-l4" else None
+        q = MatMulNBitsQuantizer(onnx.load(src), block_size=32, is_symmetric=True, accuracy_level=level)
         q.process()
         onnx.save(q.model.model, dst)
         extra = {}
@@ -160,7 +166,8 @@ def _embed(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> np.ndarr
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--runs", type=int, default=30, help="interleaved runs per round")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds; ms = median of the rounds' medians")
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--variants", nargs="*", default=[v for v in [*EQ, *ORT] if v != "eq-static-a16"])
     ap.add_argument(
@@ -200,16 +207,20 @@ def main() -> None:
     for s in sessions.values():
         for _ in range(3):
             s.run(None, one)
-    for _ in range(args.runs):
-        for k, s in sessions.items():
-            t0 = time.perf_counter()
-            s.run(None, one)
-            times[k].append(time.perf_counter() - t0)
+    for _ in range(args.rounds):
+        this: dict[str, list[float]] = {k: [] for k in sessions}
+        for _ in range(args.runs):
+            for k, s in sessions.items():
+                t0 = time.perf_counter()
+                s.run(None, one)
+                this[k].append(time.perf_counter() - t0)
+        for k in sessions:
+            times[k].append(float(np.median(this[k])))
     for k in sessions:
         rows[k]["ms"] = float(np.median(times[k]) * 1e3)
         rows[k]["speedup"] = rows["float"]["ms"] / rows[k]["ms"]
         rows[k].pop("path")
-    meta = {"onnxruntime": ort.__version__, "runs": args.runs, "calibration_sentences": args.samples,
+    meta = {"onnxruntime": ort.__version__, "runs": args.runs, "rounds": args.rounds, "calibration_sentences": args.samples,
             "evaluation_sentences": len(ev["input_ids"]), "sequence": minilm.SEQ}  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     old = RESULTS / "bench_transformers.json"
@@ -224,7 +235,8 @@ def main() -> None:
     (RESULTS / "bench_transformers.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [
         f"all-MiniLM-L6-v2, batch 1, length {minilm.SEQ}, 2 threads, spinning off, ORT {ort.__version__}; "
-        f"{len(ev['input_ids'])} held-out sentences; latency median of {args.runs} interleaved runs (shared machine: noisy)",
+        f"{len(ev['input_ids'])} held-out sentences; latency median of {args.rounds} round(s)' medians of {args.runs} "
+        f"interleaved runs (shared machine: noisy; load average {os.getloadavg()[0]:.1f} at the end)",
         "",
         "| variant | cosine mean | cosine min | ms | vs float | MB | quantize s | peak MB | 16-bit tensors |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -218,7 +218,7 @@ def _static(
     calibrated = plan
     quantized, plan = export_qdq(run.float_model, plan)
     if recipe.method == "weight-only":  # MatMulNBits where it applies; a note where ORT dequantizes per run
-        quantized, plan = weight_only_kernels(quantized, plan)
+        quantized, plan = weight_only_kernels(quantized, plan, recipe.nbits_accuracy_level)
         run.warnings += [n for n in plan.notes if n.startswith("slower than float")]
     run.seconds["export"] = time.perf_counter() - t2
     state = algorithms.Quantized(run.float_model, calibrated, quantized, plan, reference=run.float_model)

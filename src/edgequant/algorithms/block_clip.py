@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgequant.algorithms import tokens
 from edgequant.algorithms.base import PassOutcome, StatRequest, Stats, register
 from edgequant.errors import DataError
 from edgequant.plan import QuantPlan
@@ -69,17 +70,19 @@ def _targets(model: onnx.ModelProto, plan: QuantPlan) -> tuple[dict[str, list[st
 def block_grams(
     model: onnx.ModelProto, xs: list[str], block: dict[str, int], stats: Stats
 ) -> dict[str, np.ndarray]:
-    """Per tensor ``x`` (last axis K): ``H [K/B, B, B]`` = mean over tokens of the block outer products."""
+    """Per tensor ``x`` (last axis K): ``H [K/B, B, B]`` = mean over tokens of the block outer products
+    (only the real tokens under ``recipe.token_mask``, see ``algorithms.tokens``)."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     del probe.graph.output[:]
     probe.graph.output.extend(helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None) for x in xs)
     sums: dict[str, np.ndarray] = {}
     rows: dict[str, int] = {x: 0 for x in xs}
+    mask = tokens.resolve(model, stats.recipe.token_mask)
     for batch in stats:
         values = stats.runtime.run(probe, batch, xs)
         for x in xs:
-            flat = values[x].reshape(-1, values[x].shape[-1]).astype(np.float64)
+            flat = tokens.rows(values[x], batch.get(mask) if mask else None)
             v = flat.reshape(len(flat), -1, block[x])
             g = np.einsum("rgb,rgc->gbc", v, v)
             sums[x] = g if x not in sums else sums[x] + g

@@ -3,13 +3,26 @@
 Frantar, Ashkboos, Hoefler, Alistarh, "GPTQ: Accurate Post-Training Quantization for Generative
 Pre-trained Transformers", ICLR 2023 (Algorithm 1, with groups).  For ``y = x W``, ``W [K, N]``,
 the layer error ``E||x W - x Q||^2 = tr(ΔW^T H ΔW)``, ``H = E[x^T x]`` ``[K, K]`` (calibration tokens,
-damped by 1 % of its mean diagonal).  Rows of ``W`` (input channels) are quantized in order; the
-error of row ``k`` is pushed onto the rows not yet quantized through the upper Cholesky factor
-``U`` of ``H^-1``:  ``W[k+1:] -= U[k, k+1:]^T (W[k] - Q[k]) / U[k, k]``.  At each block start the
-block's scale and zero point are chosen on the updated rows by ``block_clip.search`` (output error
-with the block's own ``H`` sub-matrix).  The model's weight becomes the dequantized result, which the
-exporter quantizes back to exactly those integers on the scales written into the plan
-(``quantize_fixed``), as ``adaround`` does.
+only the real ones under ``recipe.token_mask``, see ``algorithms.tokens``; damped by 1 % of its mean
+diagonal).  Rows of ``W`` (input channels) are quantized one at a time; the error of row ``k`` is
+pushed onto the rows not yet quantized through the upper Cholesky factor ``U`` of ``H^-1``:
+``W[k+1:] -= U[k, k+1:]^T (W[k] - Q[k]) / U[k, k]``.
+
+Order (``recipe.gptq_act_order``):
+
+* on (the default): "act-order" — rows in decreasing ``H[k, k]`` (the input channels with the most
+  activation energy first, while the most rows are left to absorb their error), with *static groups*:
+  each block's scale and zero point are chosen before any update, on the original rows, by
+  ``block_clip.search`` (output error with the block's own ``H`` sub-matrix), since the blocks stay
+  contiguous along ``K`` (the ``MatMulNBits`` layout) while the rows are visited out of order
+  (the static-groups variant of the GPTQ reference code and AutoGPTQ's ``desc_act`` + ``static_groups``);
+* off: rows in order, each block's grid chosen by the same search on its rows as updated so far.
+
+all-MiniLM-L6-v2, asymmetric blocks of 32 (fake-quantized weights, 64 sentences): in order 0.9895
+mean cosine, act-order 0.9902, real tokens only 0.9918 (vs 0.9669 round-to-nearest).
+
+The model's weight becomes the dequantized result, which the exporter quantizes back to exactly those
+integers on the scales written into the plan (``quantize_fixed``), as ``adaround`` does.
 """
 
 from __future__ import annotations
@@ -18,6 +31,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgequant.algorithms import tokens
 from edgequant.algorithms.base import PassOutcome, StatRequest, Stats, register
 from edgequant.algorithms.block_clip import SAMPLES, _targets, search
 from edgequant.errors import DataError
@@ -30,45 +44,59 @@ DAMP = 0.01
 
 
 def grams(model: onnx.ModelProto, xs: list[str], stats: Stats) -> dict[str, np.ndarray]:
-    """``H [K, K]`` = mean over calibration tokens of ``x^T x``, per tensor ``x`` (last axis K)."""
+    """``H [K, K]`` = mean over calibration tokens (the real ones, ``algorithms.tokens``) of ``x^T x``,
+    per tensor ``x`` (last axis K)."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     del probe.graph.output[:]
     probe.graph.output.extend(helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None) for x in xs)
     sums: dict[str, np.ndarray] = {}
     rows = dict.fromkeys(xs, 0)
+    mask = tokens.resolve(model, stats.recipe.token_mask)
     for batch in stats:
         values = stats.runtime.run(probe, batch, xs)
         for x in xs:
-            v = values[x].reshape(-1, values[x].shape[-1]).astype(np.float64)
+            v = tokens.rows(values[x], batch.get(mask) if mask else None)
             sums[x] = v.T @ v if x not in sums else sums[x] + v.T @ v
             rows[x] += len(v)
     return {x: sums[x] / max(rows[x], 1) for x in sums}
 
 
-def gptq(w: np.ndarray, spec: QuantSpec, h: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(dequantized weight [K, N], scale, zero [K/B, N]) for ``w [K, N]`` blocked along K (axis 0)."""
+def gptq(
+    w: np.ndarray, spec: QuantSpec, h: np.ndarray, act_order: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dequantized weight [K, N], scale, zero [K/B, N]) for ``w [K, N]`` blocked along K (axis 0),
+    ``h [K, K]`` the input Gram matrix; ``act_order``: rows by decreasing ``H[k, k]``, static groups."""
     assert spec.block_size is not None
     b = spec.block_size
     k, n = w.shape
     h = h + DAMP * float(np.mean(np.diag(h))) * np.eye(k)
     dead = np.diag(h) <= 0
     h[dead, dead] = 1.0
-    u = np.linalg.cholesky(np.linalg.inv(h)).T  # upper factor of H^-1
-    work = w.astype(np.float64).copy()
-    out = np.zeros_like(work)
     scales, zeros = np.zeros((k // b, n), np.float32), np.zeros((k // b, n), np.int64)
-    block_spec = spec
-    for g in range(k // b):
-        rows = slice(g * b, (g + 1) * b)
-        s, z, _ = search(work[rows].astype(np.float32), block_spec, h[rows, rows][None])
-        scales[g], zeros[g] = s[0], z[0]
-        for r in range(g * b, (g + 1) * b):
-            q = dequantize(quantize(work[r : r + 1], s, z, spec), s, z, spec)[0].astype(np.float64)
-            out[r] = q
-            err = (work[r] - q) / u[r, r]
-            work[r + 1 :] -= np.outer(u[r, r + 1 :], err)
-    return out.astype(np.float32), scales, zeros
+    if act_order:  # static groups: every block's grid from the original rows
+        for g in range(k // b):
+            rows = slice(g * b, (g + 1) * b)
+            s, z, _ = search(w[rows].astype(np.float32), spec, h[rows, rows][None])
+            scales[g], zeros[g] = s[0], z[0]
+    perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(k)
+    hp = h[np.ix_(perm, perm)]
+    u = np.linalg.cholesky(np.linalg.inv(hp)).T  # upper factor of H^-1 in visiting order
+    work = w[perm].astype(np.float64)
+    out = np.zeros_like(work)
+    for i, r in enumerate(perm):
+        g = r // b
+        if not act_order and r % b == 0:  # dynamic groups: the block's grid on its rows as updated
+            s, z, _ = search(work[i : i + b].astype(np.float32), spec, hp[i : i + b, i : i + b][None])
+            scales[g], zeros[g] = s[0], z[0]
+        s_g, z_g = scales[g : g + 1], zeros[g : g + 1]
+        q = dequantize(quantize(work[i : i + 1], s_g, z_g, spec), s_g, z_g, spec)[0].astype(np.float64)
+        out[i] = q
+        err = (work[i] - q) / u[i, i]
+        work[i + 1 :] -= np.outer(u[i, i + 1 :], err)
+    result = np.zeros_like(out)
+    result[perm] = out
+    return result.astype(np.float32), scales, zeros
 
 
 @register("gptq")
@@ -105,7 +133,7 @@ class Gptq:
                 w = numpy_helper.to_array(inits[wn]).astype(np.float32)
                 _, s0, z0 = quantize_weight(w, e.spec)
                 wq0 = dequantize(quantize(w, s0, z0, e.spec), s0, z0, e.spec)
-                wq, scale, zero = gptq(w, e.spec, hs[x])
+                wq, scale, zero = gptq(w, e.spec, hs[x], self.recipe.gptq_act_order)
                 before = float(np.einsum("kn,kl,ln->", wq0 - w, hs[x], wq0 - w))
                 after = float(np.einsum("kn,kl,ln->", wq - w, hs[x], wq - w))
                 inits[wn].CopyFrom(numpy_helper.from_array(wq, wn))

@@ -120,6 +120,11 @@ class Recipe:
     # static activations: "all" (inputs/outputs of compute and pass-through ops), "matmul-inputs" (only
     # what MatMul/Gemm/Conv read: ORT runs MatMulIntegerToFloat), "auto" (matmul-inputs on transformers)
     placement: Literal["auto", "all", "matmul-inputs"] = "auto"
+    # weight-only 4-bit MatMulNBits: ORT's accuracy_level (0 float compute, 4 int8 compute on per-block
+    # int8 activations; export.nbits); gptq's row order; the tokens block_clip/gptq fit (algorithms.tokens)
+    nbits_accuracy_level: int = 4
+    gptq_act_order: bool = True
+    token_mask: str = "auto"  # "auto" (an attention_mask input), "none", or a [batch, tokens] input name
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -165,6 +170,11 @@ class Recipe:
         if self.block_size is not None and (self.block_size < 16 or self.block_size & (self.block_size - 1)):
             raise RecipeError(
                 f"block size {self.block_size} is not a power of two >= 16.", "use 32, 64 or 128."
+            )
+        if self.nbits_accuracy_level not in (0, 1, 2, 3, 4):
+            raise RecipeError(
+                f"nbits_accuracy_level {self.nbits_accuracy_level} is not one of ORT's MatMulNBits levels 0-4.",
+                "use 4 (int8 compute, the default) or 0 (float compute).",
             )
         if self.tag is not None:
             check_name(self.tag, "tag")  # it becomes part of the output file names
