@@ -28,7 +28,7 @@ from edgequant.check import run_check
 from edgequant.data.declared import with_declared
 from edgequant.errors import UnsupportedError
 from edgequant.export import export_qdq
-from edgequant.export.nbits import int8_gather_tables, weight_only_kernels
+from edgequant.export.nbits import eight_bit_weights, int8_gather_tables, weight_only_kernels
 from edgequant.export.sizes import disk_bytes
 from edgequant.intake import (
     ModelLike,
@@ -172,6 +172,8 @@ def _static(
         run.float_model, fixes = apply_fixes(run.float_model, get_target(run.recipe.target))
     plan = planner.resolve(run.float_model, run.recipe, run.cpu)
     plan = int8_gather_tables(run.float_model, plan) if run.recipe.method == "weight-only" else plan
+    if run.recipe.weight_8bit:  # mixed 4/8: the named MatMuls' weights 8-bit in the same blocks
+        plan = eight_bit_weights(run.float_model, plan, run.recipe.weight_8bit)
     run.recipe = recipe = planner.with_default_passes(run.float_model, run.recipe, run.cpu)  # transformers
     plan.notes.extend(fixes)
     unblocked = [e.name for e in plan.tensors.values() if e.note.startswith(planner.UNBLOCKED)]

@@ -87,3 +87,66 @@ def test_weight_only_without_blocks_says_it_is_slower_than_float() -> None:
     )
     note = next(n for n in r.report["warnings"] if n.startswith("slower than float"))
     assert "2 MatMul(s)" in note and "--block-size" in note
+
+
+def _decode8(model: onnx.ModelProto, node: onnx.NodeProto) -> np.ndarray:
+    """W [K, N] from a bits=8 MatMulNBits' own initializers, read per the ORT contrib-op spec."""
+    inits = {t.name: nh.to_array(t) for t in model.graph.initializer}
+    a = {x.name: x.i for x in node.attribute}
+    k, n, b = a["K"], a["N"], a["block_size"]
+    blocks = -(-k // b)
+    u = inits[node.input[1]].astype(np.float32).reshape(n, blocks * b)
+    scale = inits[node.input[2]].reshape(n, blocks)
+    zp = (
+        inits[node.input[3]].reshape(n, blocks).astype(np.float32)
+        if len(node.input) > 3
+        else np.full((n, blocks), 128.0)
+    )
+    w = (u - np.repeat(zp, b, axis=1)) * np.repeat(scale, b, axis=1)
+    return w[:, :k].T
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_weight_8bit_runs_named_matmuls_as_8bit_matmul_nbits(symmetric: bool) -> None:
+    m = _mlp()
+    x = np.random.default_rng(2).standard_normal((2, 4, K)).astype(np.float32)
+    kw = {"method": "weight-only", "weight_bits": 4, "block_size": 32, "weight_symmetric": symmetric,
+          "nbits_accuracy_level": 0}  # fmt: skip
+    mixed = edgequant.quantize(m, {"x": x}, weight_8bit=["mm1"], **kw)
+    bits = {
+        n.name: {a.name: a.i for a in n.attribute}["bits"]
+        for n in mixed.model.graph.node
+        if n.op_type == "MatMulNBits"
+    }
+    assert bits == {"mm1": 8, "mm2": 4}
+    mm1 = next(n for n in mixed.model.graph.node if n.name == "mm1")
+    assert (len(mm1.input) == 4) == (not symmetric)
+    w1 = nh.to_array(next(t for t in m.graph.initializer if t.name == "w1"))
+    w1q = _decode8(mixed.model, mm1)
+    assert sqnr_db(w1, w1q) > 42.7  # 8-bit blocks (measured 44.8 sym / 45.7 asym dB)
+
+    # the kernel computes x @ W as decoded (level 0: float compute); numpy reference
+    def first_layer(r: edgequant.QuantResult) -> np.ndarray:
+        probe = onnx.ModelProto()
+        probe.CopyFrom(r.model)
+        del probe.graph.output[:]
+        probe.graph.output.append(h.make_tensor_value_info("m1", T.FLOAT, None))
+        return _run(probe, x)
+
+    np.testing.assert_allclose(first_layer(mixed), x @ w1q, rtol=1e-4, atol=1e-4)
+    four = edgequant.quantize(m, {"x": x}, **kw)
+    ref = x @ w1
+    assert (
+        sqnr_db(ref, first_layer(mixed)) > sqnr_db(ref, first_layer(four)) + 23.0
+    )  # measured +26.9 sym / +25.0 asym dB
+    assert any("mixed 4/8: 1 of 2" in note for note in mixed.plan.notes)
+
+
+def test_weight_8bit_that_names_no_blocked_matmul_is_refused() -> None:
+    x = np.random.default_rng(2).standard_normal((2, 4, K)).astype(np.float32)
+    with pytest.raises(edgequant.errors.RecipeError, match="weight_8bit entry 'relu' names no MatMul"):
+        edgequant.quantize(
+            _mlp(), {"x": x}, method="weight-only", weight_bits=4, block_size=32, weight_8bit=["relu"]
+        )
+    with pytest.raises(edgequant.errors.RecipeError, match="weight_8bit"):
+        edgequant.quantize(_mlp(), {"x": x}, method="weight-only", weight_8bit=["mm1"])

@@ -125,6 +125,9 @@ class Recipe:
     nbits_accuracy_level: int = 4
     gptq_act_order: bool = True
     token_mask: str = "auto"  # "auto" (an attention_mask input), "none", or a [batch, tokens] input name
+    weight_8bit: tuple[
+        str, ...
+    ] = ()  # weight-only 4-bit: MatMuls (names / re: patterns) kept 8-bit (mixed 4/8)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -170,6 +173,15 @@ class Recipe:
         if self.block_size is not None and (self.block_size < 16 or self.block_size & (self.block_size - 1)):
             raise RecipeError(
                 f"block size {self.block_size} is not a power of two >= 16.", "use 32, 64 or 128."
+            )
+        if self.weight_8bit and (
+            self.method != "weight-only" or self.weight_bits != 4 or not self.block_size
+        ):
+            raise RecipeError(
+                f"weight_8bit {list(self.weight_8bit)} is set with method '{self.method}', weight_bits "
+                f"{self.weight_bits}, block_size {self.block_size}; it keeps some MatMuls 8-bit in a blocked "
+                "4-bit weight-only model.",
+                "use method weight-only with weight_bits 4 and a block_size, or drop weight_8bit.",
             )
         if self.nbits_accuracy_level not in (0, 1, 2, 3, 4):
             raise RecipeError(
@@ -528,6 +540,7 @@ def from_dict(data: dict[str, Any]) -> Recipe:
 def to_dict(recipe: Recipe) -> dict[str, Any]:
     out = dataclasses.asdict(recipe)
     out["exclude"] = list(recipe.exclude)
+    out["weight_8bit"] = list(recipe.weight_8bit)
     out["algorithms"] = list(recipe.algorithms)
     pre = out["preprocess"]
     for k in ("mean", "std"):
