@@ -38,18 +38,22 @@ def need_toolchain(name: str) -> Path:
     return Path(info["python"])
 
 
-def quantize_to(target: str, model: onnx.ModelProto, calib_x: np.ndarray, tmp: Path) -> Path:
-    """``edgequant quantize`` (the CLI) of ``model`` for ``target`` with calibration ``x``; the output folder."""
+def quantize_to(
+    target: str, model: onnx.ModelProto, calib_x: np.ndarray, tmp: Path, extra: tuple[str, ...] = ()
+) -> Path:
+    """``edgequant quantize`` (the CLI) of ``model`` for ``target`` with calibration ``x`` (and ``extra``
+    flags); the output folder."""
     from typer.testing import CliRunner
 
     from edgequant.cli import app
 
+    tmp.mkdir(parents=True, exist_ok=True)
     onnx.save(model, tmp / "m.onnx")
     np.savez(tmp / "calib.npz", x=calib_x)
     out = tmp / "out"
     res = CliRunner().invoke(
         app, ["quantize", str(tmp / "m.onnx"), "--calib-data", str(tmp / "calib.npz"), "--target", target,
-              "-o", str(out)],
+              "-o", str(out), *extra],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     return out

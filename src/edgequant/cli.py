@@ -26,6 +26,7 @@ from edgequant.cli_support import (
     default,
     is_quiet,
     missing_extra,
+    print_table,
     shape_from_calibration,
 )
 from edgequant.commands.executor_options import Address, Cpus, open_executor
@@ -318,6 +319,14 @@ def quantize(
         int | None,
         typer.Option(metavar="N", help="--target tvm: MetaSchedule tuning trials " + default("tune_trials")),
     ] = None,
+    tune_budget_s: Annotated[
+        float | None,
+        typer.Option(
+            metavar="S",
+            help="--tune-trials: wall-time budget in seconds; tuning runs in rounds and starts no round after "
+            "it " + default("tune_budget_s"),
+        ),
+    ] = None,
     algorithm: Annotated[
         list[str] | None,
         typer.Option(
@@ -429,7 +438,7 @@ def quantize(
         "target_sqnr_db": target_sqnr, "max_float_nodes": max_float_nodes, "bias_correction": bias_correction,
         "target": target, "fix": fix, "format": format_,
         "algorithms": algorithm or None, "keep_worse_passes": keep_worse_passes,
-        "tune_trials": tune_trials,
+        "tune_trials": tune_trials, "tune_budget_s": tune_budget_s,
         "allow_synthetic": allow_synthetic, "check_samples": check_samples,
         "act16_below_db": act16_below_db, "hoist_gru": hoist_gru, "placement": placement,
     }  # fmt: skip
@@ -551,7 +560,7 @@ def print_summary(report: dict[str, Any], model_path: Path) -> None:
 
     t.add_row("checked on", describe(report["check"]))
     t.add_row("time", f"{report['seconds']['total']} s")
-    console.print(t)
+    print_table(console, t)
     calib = report.get("calibration") or {}
     if calib.get("source"):  # the data as fed: preprocessing and the input value range
         console.print(f"calibration data: {calib['source']}", markup=False, highlight=False, soft_wrap=True)
@@ -579,11 +588,11 @@ def inspect(
     for kind in ("inputs", "outputs"):
         for v in info[kind]:
             io.add_row(kind[:-1], v["name"], v["dtype"], "x".join(map(str, v["shape"])) or "?")
-    console.print(io)
+    print_table(console, io)
     ops = Table("op", "count")
     for op, n in info["ops"].items():
         ops.add_row(op, str(n))
-    console.print(ops)
+    print_table(console, ops)
     console.print(
         f"parameters: {info['parameters']:,}  nodes: {info['nodes']} (in subgraphs: {info['subgraph_nodes']})"
     )

@@ -1,7 +1,8 @@
 """Helpers of the ``edgequant`` command that are not commands: verbosity (``-v/-q`` before or after the
 subcommand, ``VerbosityGroup``), the defaults shown in
 ``--help`` (read from the Recipe, so help and behaviour cannot drift apart), the one-line message for a
-missing optional extra, and the example input shape of a TorchScript model read from its calibration data.
+missing optional extra, the example input shape of a TorchScript model read from its calibration data, and
+``print_table``, through which every rich table the CLI prints goes (whole when piped).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
 from typer.core import TyperGroup
 
 from edgequant.errors import DataError, DependencyError, ModelError
@@ -151,3 +154,18 @@ def shape_from_calibration(calib_data: str | None, option: str = "--calib-data")
     if len(arr.shape) < 1 or arr.shape[0] < 1:
         raise DataError(f"'{path}' holds no samples.", "save the samples on axis 0.")
     return "x".join(str(d) for d in (1, *arr.shape[1:]))
+
+
+def print_table(console: Console, table: Table) -> None:
+    """Print ``table`` whole: off a terminal (a file, a pipe) the console widens to the table's natural
+    width instead of shortening cells to ``97.…``; on a terminal rich fits it to the window."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    need = console.measure(table, options=console.options.update_width(10_000)).maximum
+    width = console.width  # Console.print(width=) cannot exceed it: widen the console for this table
+    console.width = max(width, need)
+    try:
+        console.print(table)
+    finally:
+        console.width = width

@@ -117,7 +117,9 @@ def _start(
 ) -> _Run:
     """Recipe, runtime and the repaired float model; refusals that need no work come first."""
     recipe_notes: list[str] = []  # e.g. a TI config naming a device without an NPU
-    recipe, target_notes = adapt_to_target(resolve_recipe(recipe_arg, overrides, recipe_notes))
+    resolved = resolve_recipe(recipe_arg, overrides, recipe_notes)
+    toolchains.check_source(resolved.target, model)  # the input a vendor route needs: the first refusal
+    recipe, target_notes = adapt_to_target(resolved)
     target_notes = recipe_notes + target_notes
     runtime = runtime or OrtRuntime(allow_spinning=False)
     if recipe.target in toolchains.TARGETS:  # before any work: a missing toolchain is a one-line refusal
@@ -272,6 +274,7 @@ def _vendor_forms(
         suffix, blob, toolchain = toolchains.build(
             recipe.target, quantized, run.reference, list(_held(calibration, float_model, recipe)),
             calibration=lambda: list(_source(calibration, float_model, recipe)), tune_trials=recipe.tune_trials,
+            tune_budget_s=recipe.tune_budget_s,
             source=Path(model) if isinstance(model, str | Path) else None, bits=(recipe.weight_bits, recipe.act_bits),
         )  # fmt: skip
         artifacts[suffix] = blob

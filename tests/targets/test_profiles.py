@@ -122,6 +122,25 @@ def test_explicit_settings_that_break_a_rule_are_refused() -> None:
         edgequant.quantize(conv_net(), None, target="vitis-dpu", method="dynamic")
 
 
+def test_a_default_that_breaks_a_rule_is_named_as_the_default() -> None:
+    # akida1 takes 4/2-bit weights; the recipe's default is 8: the user typed no --weight-bits, so the
+    # error names the default and the fix is to pass a value, not to drop a flag never given
+    from edgequant.recipe import Recipe
+    from edgequant.targets.adapt import adapt
+
+    with pytest.raises(RecipeError) as err:
+        adapt(Recipe(target="akida1"))
+    text = str(err.value)
+    assert text.startswith("the default weight bits 8 conflicts with target 'akida1'")
+    assert "pass --weight-bits with an allowed value" in text and "drop --weight-bits" not in text
+    with pytest.raises(RecipeError, match=r"^the default act bits 8 conflicts with target 'akida1'"):
+        adapt(Recipe(target="akida1", weight_bits=4))
+    with pytest.raises(
+        RecipeError, match=r"^--act-bits 16 conflicts with target 'ti-npu'.*Fix: drop --act-bits"
+    ):
+        adapt(Recipe(target="ti-npu", act_bits=16))
+
+
 def _dq_params(model: onnx.ModelProto) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Independent read of the written model: DQ input -> (scale, zero point)."""
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}

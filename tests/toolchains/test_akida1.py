@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from toolchain_helpers import assert_documented, need_toolchain
 from typer.testing import CliRunner
@@ -96,8 +97,10 @@ def test_target_akida1_converts_a_keras_model_at_4_bits(tmp_path: Path) -> None:
 def test_akida1_refuses_non_keras_inputs_and_widths(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedError, match=r"takes a Keras 2 model file; this input is 'm.onnx'"):
         check_recipe("akida1", 4, 4, source=tmp_path / "m.onnx")
-    with pytest.raises(UnsupportedError, match="weight bits 8 were asked"):
-        check_recipe("akida1", 8, 4, source=tmp_path / "m.h5")
+    with pytest.raises(UnsupportedError, match=r"this run has weight bits 8 \(the default\)\. Fix"):
+        check_recipe("akida1", 8, 4, source=tmp_path / "m.h5")  # 8 is the recipe's default: named as such
+    with pytest.raises(UnsupportedError, match=r"this run has weight bits 1\. Fix"):
+        check_recipe("akida1", 1, 4, source=tmp_path / "m.h5")
     check_recipe("akida1", 2, 4, source=tmp_path / "m.h5")
 
 
@@ -111,6 +114,24 @@ def test_akida1_cli_refuses_an_onnx_model_with_the_fix(tmp_path: Path) -> None:
               "-o", str(out)],
     )  # fmt: skip
     assert res.exit_code == 2 and "saved by tf_keras" in res.output
+    assert not out.exists()
+
+
+def test_akida1_refuses_an_onnx_input_first_and_never_blames_a_default(tmp_path: Path) -> None:
+    # no bit flags given: the input is the problem (Akida 1.0 takes a Keras .h5), not the default 8 bits,
+    # and no toolchain is needed to say so
+    from tinymodels import conv_net
+
+    model, calib, out = tmp_path / "m.onnx", tmp_path / "c.npz", tmp_path / "out"
+    onnx.save(conv_net(), model)
+    np.savez(calib, x=np.zeros((8, 3, 8, 8), np.float32))
+    res = CliRunner().invoke(
+        app, ["quantize", str(model), "--calib-data", str(calib), "--target", "akida1", "-o", str(out)]
+    )
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2, res.output
+    assert "takes a Keras 2 model file; this input is 'm.onnx'" in text
+    assert "--weight-bits 8" not in text and "drop --weight-bits" not in text
     assert not out.exists()
 
 

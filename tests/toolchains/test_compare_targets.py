@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from toolchain_helpers import RUN_FBZ, RUN_SO, need_toolchain, pixel_conv_net, run_artifact
 from typer.testing import CliRunner
 
@@ -22,7 +23,7 @@ def _run(python: Path, script: str, artifact: Path, x: np.ndarray, tmp: Path) ->
     return run_artifact(python, script, artifact, x, tmp).reshape(len(x), -1)
 
 
-def test_compare_adds_a_row_per_toolchain_target(tmp_path: Path) -> None:
+def test_compare_adds_a_row_per_toolchain_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tvm_python, akida_python = need_toolchain("tvm"), need_toolchain("akida")
     rng = np.random.default_rng(7)
     model, calib, ev = tmp_path / "pixels.onnx", tmp_path / "calib.npz", tmp_path / "eval.npz"
@@ -31,10 +32,11 @@ def test_compare_adds_a_row_per_toolchain_target(tmp_path: Path) -> None:
     x = rng.integers(0, 256, (40, 3, 16, 16)).astype(np.float32)
     np.savez(ev, x=x)
     out = tmp_path / "cmp"
+    monkeypatch.chdir(tmp_path)  # a relative -o: the toolchain drivers run in folders of their own
     res = CliRunner().invoke(
         app,
-        ["compare", str(model), "--calib-data", str(calib), "--eval-data", str(ev), "--methods",
-         "float,int8-static", "--targets", "cpu,tvm,akida", "--runs", "5", "--no-memory", "-o", str(out)],
+        ["compare", "pixels.onnx", "--calib-data", "calib.npz", "--eval-data", "eval.npz", "--methods",
+         "float,int8-static", "--targets", "cpu,tvm,akida", "--runs", "5", "--no-memory", "-o", "cmp"],
     )  # fmt: skip
     assert res.exit_code in (0, 1), res.output
     report = json.loads((out / "report.json").read_text())

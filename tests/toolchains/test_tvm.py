@@ -11,11 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
 from toolchain_helpers import RUN_SO, assert_documented, need_toolchain, quantize_to, run_artifact
 
+from edgequant.errors import RecipeError
+from edgequant.recipe import Recipe
 from edgequant.runtime import OrtRuntime
 from edgequant.schemes import sqnr_db
 
@@ -74,3 +77,36 @@ def test_target_tvm_writes_a_library_that_runs(tmp_path: Path) -> None:
     assert sqnr_db(ort_plain, got) >= 60.0
     assert sqnr_db(ort_q, got) >= 28.0  # vs ORT's fused int8 kernels: measured 31.4 dB
     assert sqnr_db(ort_f, got) >= 36.0  # int8 vs float; measured 37.9 dB
+
+
+def test_tune_budget_is_honoured(tmp_path: Path) -> None:
+    # structural, never timed: rounds of max(trials per task = max(8, 16 // 8), 16 / 4) = 8 trials share
+    # one database; a 1 ms budget is spent before a round can start (the model's preparation for tuning
+    # counts), a 1-hour one never stops the 16 trials
+    need_toolchain("tvm")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((32, 3, 8, 8)).astype(np.float32)
+    reports = []
+    for budget in ("0.001", "3600"):
+        out = quantize_to(
+            "tvm", conv_matmul_net(), x, tmp_path / budget, ("--tune-trials", "16", "--tune-budget-s", budget)
+        )
+        reports.append(json.loads(next(out.glob("*.onnx")).with_suffix(".json").read_text())["toolchain"])
+        assert any(p.name.endswith(".tvm.so") for p in out.iterdir())
+    tiny, ample = reports
+    assert tiny["tune"]["trials_asked"] == 16 and tiny["tune"]["budget_s"] == 0.001
+    assert tiny["tune"]["stopped_by_budget"] is True
+    assert tiny["tune"]["trials_started"] == 8 * tiny["tune"]["rounds"] < 16
+    if tiny["tune"]["rounds"] == 0:
+        assert "budget (0.001 s) was spent before a round" in tiny["note"] and tiny["tune_records"] == 0
+    assert ample["tune"] == {**ample["tune"], "trials_asked": 16, "trials_started": 16, "rounds": 2,
+                             "budget_s": 3600.0, "stopped_by_budget": False}  # fmt: skip
+    assert ample["tune_records"] >= ample["tune_measured"]
+
+
+def test_tune_budget_needs_tuning_trials() -> None:
+    with pytest.raises(RecipeError, match=r"tune_budget_s=5\.0 with tune_trials=0"):
+        Recipe(target="tvm", tune_budget_s=5.0)
+    with pytest.raises(RecipeError, match="seconds > 0"):
+        Recipe(target="tvm", tune_trials=8, tune_budget_s=0.0)
+    assert Recipe(target="tvm", tune_trials=8, tune_budget_s=30.0).tune_budget_s == 30.0

@@ -51,6 +51,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Check MODEL against a hardware target's rules: exit 0 compliant, 1 findings, 2 bad input."""
         from edgequant.cli import console, run_guarded
+        from edgequant.cli_support import print_table
         from edgequant.model import load_model
         from edgequant.targets.check import check_model
 
@@ -59,6 +60,6 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(report, indent=1))
         else:
             if report["findings"]:
-                console.print(findings_table(report))
+                print_table(console, findings_table(report))
             console.print(summary_line(report), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(0 if report["compliant"] else 1)

@@ -1,7 +1,8 @@
 """``edgequant compare MODEL --calib-data C --eval-data E -o OUTDIR``: every method, one report.
 
 Exit 0 with a recommendation; exit 1 (table and report written) when no method meets the limits,
-the closest one named; exit 2 on bad input (nothing written).
+the closest one named, or when a row asked for with ``--targets`` failed (each such row's error is
+printed: the target was asked for and not delivered); exit 2 on bad input (nothing written).
 """
 
 from __future__ import annotations
@@ -182,5 +183,9 @@ def register(app: typer.Typer) -> None:
         console = Console()
         print_table(console, format_table(result))
         console.print(f"report: {outdir / result.files.get('html', 'report.html')}", markup=False)
-        if result.recommended is None:  # the limits cannot be met: the table above names the closest
+        asked = {row_name(t) for t in parse_targets(targets, target)}
+        failed = [m for m in result.methods if m.method in asked and not m.ok]
+        for m in failed:  # an asked-for target that did not deliver is never a quiet exit 0
+            err.print(f"error: {m.method} failed: {m.error}", markup=False, highlight=False, soft_wrap=True)
+        if result.recommended is None or failed:  # limits not met (the table names the closest), or a target
             raise typer.Exit(1)

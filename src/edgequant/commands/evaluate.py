@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgequant.cli_support import is_quiet
+from edgequant.cli_support import is_quiet, print_table
 from edgequant.commands.preprocess_options import Mean, Scale, Size, Std, preprocess_flags
 from edgequant.errors import EdgeQuantError
 
@@ -236,8 +236,8 @@ def register(app: typer.Typer) -> None:
         console = Console()
         if "preprocessing:" in out["data"]:  # images/video: the preprocessing used and the value range
             console.print(f"evaluation data: {out['data']}", markup=False, highlight=False, soft_wrap=True)
-        console.print(format_table(result))
-        console.print(perf_table(rows))
+        print_table(console, format_table(result))
+        print_table(console, perf_table(rows))
         if per_layer:
             from edgequant.evaluate.layers import LayerReport, NodeError, TensorError
             from edgequant.evaluate.table import format_layer_table
@@ -245,4 +245,4 @@ def register(app: typer.Typer) -> None:
             pl = out["per_layer"]
             rep = LayerReport(pl["samples"], pl["output"], [TensorError(**t) for t in pl["tensors"]],
                               [NodeError(**n) for n in pl["isolated"]], pl["unmatched"])  # fmt: skip
-            console.print(format_layer_table(rep))
+            print_table(console, format_layer_table(rep))

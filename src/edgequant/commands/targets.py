@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from edgequant.cli_support import print_table
 from edgequant.targets import Profile, TensorRule
 
 
@@ -48,14 +49,14 @@ def print_rules(p: Profile) -> None:
         t.add_row("requantization", f"{p.multiplier_bits}-bit unsigned multiplier and a right shift", "")
     consequence = "runs on the host CPU" if p.unsupported == "host" else "cannot be deployed (error)"
     t.add_row("any other op", consequence, "")
-    console.print(t)
+    print_table(console, t)
     ops = Table("op kind", "runs", "limits", "source", "note")
     for kind, rule in p.ops.items():
         limits = [f"{k} {lim.describe()}" for k, lim in rule.limits.items()]
         if rule.strides is not None:
             limits.append("strides " + " ".join("x".join(map(str, s)) for s in rule.strides))
         ops.add_row(kind, "yes" if rule.runs else "no", "; ".join(limits), rule.source, rule.note)
-    console.print(ops)
+    print_table(console, ops)
     for s in p.sources.values():
         console.print(f"[{s.id}] {s.title} <{s.url}>", markup=False, highlight=False, soft_wrap=True)
 

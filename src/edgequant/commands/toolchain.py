@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edgequant.cli_support import print_table
 from edgequant.errors import EdgeQuantError
 
 
@@ -60,7 +61,7 @@ def register(app: typer.Typer) -> None:
             else:
                 versions = ", ".join(f"{k} {v}" for k, v in info.get("versions", {}).items())
                 table.add_row(name, "yes", str(envs.env_dir(name)), versions)
-        out.print(table)
+        print_table(out, table)
 
     @group.command("remove")
     def remove(name: Annotated[str, typer.Argument(help="tvm or akida.")]) -> None:

@@ -231,7 +231,7 @@ def compare(
         r = MethodResult(method=target_rows.row_name(t), status="ok")
         q = target_rows.target_row(
             r, t, model, job.calibration, ev, job.ref, out=out, out_name=out_name, task=task, layout=job.layout,
-            blank=blank, rt=rt, allow_synthetic=allow_synthetic, extra=extra, threads=threads,
+            blank=blank, rt=rt, allow_synthetic=allow_synthetic, extra=extra, threads=threads, runs=latency_runs,
             latency_sample=perf.repeat_sample(ev.batches[0], batch_size, prep.float_model),
             latency=lambda p: perf.measure_latency(
                 p, ev.batches[0], runs=latency_runs, warmup=warmup, threads=threads, batch_size=batch_size,

@@ -8,6 +8,8 @@ paths, bytes or NumPy arrays, so an executor can hand it to another process or m
 timings (``quantize_seconds``, ``latency``, ``memory``, the RAPL energy figure).
 
 A method that raises ``EdgeQuantError`` is returned as a failed row with the error's text and class.
+A method whose recipe target is a vendor toolchain (``tvm``, ``akida``) is scored on the artifact it
+built (``target_rows.score_artifact``: outputs, size and TVM's latency are the artifact's; no energy).
 """
 
 from __future__ import annotations
@@ -182,6 +184,9 @@ def run_method(
             r.plan_file = paths.plan.name
             r.coverage = coverage(q.report)
             pair = (q.float_model, q.model)
+            if q.report.get("files", {}).get("toolchain_artifacts"):  # a vendor target: score its artifact
+                r.quantize_seconds = time.perf_counter() - start
+                return r, pair, _artifact_row(job, r, q, out)
         r.quantize_seconds = time.perf_counter() - start
         r.model_file = path.name
         got = (
@@ -213,6 +218,18 @@ def run_method(
         r.status, r.error, r.error_type = "failed", str(exc), type(exc).__name__
         pair = None
     return r, pair, primary
+
+
+def _artifact_row(job: MethodJob, r: MethodResult, q: Any, out: Path) -> str:
+    """Fill ``r`` from the toolchain artifact's own outputs (``.tvm.so`` in TVM's VM, ``.fbz`` on Akida's
+    software backend), as ``compare --targets`` scores it (``target_rows.score_artifact``)."""
+    from edgequant.evaluate.target_rows import score_artifact
+
+    return score_artifact(
+        r, job.target, q, out, job.batches, job.labels, job.steps, job.ref, out_name=job.out_name,
+        task=job.task, layout=job.layout, blank=job.blank, threads=job.threads, runs=job.latency_runs,
+        sample=perf.repeat_sample(job.batches[0], job.batch_size, q.float_model),
+    )  # fmt: skip
 
 
 def energy_profile_for(mapping: Mapping[str, Any] | None, target: str) -> EnergyProfile:

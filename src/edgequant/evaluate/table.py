@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
 from rich.table import Table
 
+from edgequant.cli_support import print_table
 from edgequant.report.render import MB, fmt
+
+__all__ = ["format_layer_table", "format_table", "print_table"]  # print_table: from cli_support
 
 if TYPE_CHECKING:
     from edgequant.evaluate.compare import CompareResult
@@ -115,21 +117,6 @@ def _compare_table(r: CompareResult) -> Table:
         + "".join(f"\n{line}" for line in [f"rule: {r.rule}", *notes])
     )
     return t
-
-
-def print_table(console: Console, table: Table) -> None:
-    """Print ``table`` whole: off a terminal (a file, a pipe) the console widens to the table's natural
-    width instead of shortening cells to ``97.…``; on a terminal rich fits it to the window."""
-    if console.is_terminal:
-        console.print(table)
-        return
-    need = console.measure(table, options=console.options.update_width(10_000)).maximum
-    width = console.width  # Console.print(width=) cannot exceed it: widen the console for this table
-    console.width = max(width, need)
-    try:
-        console.print(table)
-    finally:
-        console.width = width
 
 
 def _predicted(p: dict[str, Any] | None) -> str:

@@ -14,6 +14,9 @@ so no file is shared with the ``cpu`` rows.  How the row is scored depends on wh
   in ONNX Runtime like the other rows, with its compliance report.
 
 A missing toolchain fails its row (the install command in the error); the other rows still run.
+:func:`score_artifact` is the one scoring of an artifact: ``method_run.run_method`` uses it too, so a
+``sweep`` cell for ``tvm``/``akida`` and every quantized row of ``compare --target tvm`` are the
+artifact's own outputs, never ONNX Runtime's run of the QDQ model it was built from.
 """
 
 from __future__ import annotations
@@ -85,6 +88,7 @@ def target_row(
     extra: dict[str, Any],
     threads: int,
     latency_sample: core.Batch,
+    runs: int = 30,
 ) -> Any:
     """Fill ``result`` (a ``MethodResult`` named :func:`row_name`) for ``target``; errors are recorded
     in it (status ``failed``) rather than raised, as for any method of ``compare``.  Returns the
@@ -101,27 +105,61 @@ def target_row(
         result.tag, result.plan_file = q.tag, paths.plan.name
         result.quantize_seconds = time.perf_counter() - start
         if target in toolchains.TARGETS:
-            artifact = out / q.report["files"]["toolchain_artifacts"][0]
-            got, lat = _run_artifact(target, artifact, q, ev.batches, out_name, threads, latency_sample)
-            result.model_file = artifact.name
-            result.file_bytes = result.packed_bytes = artifact.stat().st_size
-            result.latency = lat
-            result.coverage = _note(target)
-        else:
-            result.model_file = paths.model.name
-            got = [np.asarray(o) for o in core.run_outputs(q.model, ev.batches, out_name, rt, result.method)]
-            result.latency = latency(paths.model)
-            size = perf.model_size(paths.model)
-            result.file_bytes, result.packed_bytes = size.file_bytes, size.packed_bytes
+            score_artifact(
+                result, target, q, out, ev.batches, ev.labels, ev.steps, ref, out_name=out_name, task=task,
+                layout=layout, blank=blank, threads=threads, sample=latency_sample, runs=runs,
+            )  # fmt: skip
+            return None
+        result.model_file = paths.model.name
+        got = [np.asarray(o) for o in core.run_outputs(q.model, ev.batches, out_name, rt, result.method)]
+        result.latency = latency(paths.model)
+        size = perf.model_size(paths.model)
+        result.file_bytes, result.packed_bytes = size.file_bytes, size.packed_bytes
         e = core.score_outputs(
             task, ref, core.join(got, task, layout, ev.steps), ev.labels, out_name, blank=blank
         )
         result.evaluation, result.score, result.drop = e.to_dict(), e.quant_score, e.drop
         result.drop_unit = e.drop_unit
-        return None if target in toolchains.TARGETS else q
+        return q
     except EdgeQuantError as exc:
         result.status, result.error, result.error_type = "failed", str(exc), type(exc).__name__
         return None
+
+
+def score_artifact(
+    result: Any,
+    target: str,
+    q: Any,
+    out: Path,
+    batches: list[core.Batch],
+    labels: Any,
+    steps: list[np.ndarray] | None,
+    ref: np.ndarray,
+    *,
+    out_name: str,
+    task: str,
+    layout: str,
+    blank: int,
+    threads: int,
+    sample: core.Batch,
+    runs: int,
+) -> str:
+    """Score the toolchain artifact ``q`` saved into ``out`` (``.tvm.so`` / ``.fbz``) on its own outputs:
+    run it on ``batches`` in the toolchain's environment, score them against ``ref`` (the float
+    outputs) with ``task``'s metric, and fill ``result`` (a ``MethodResult``): model file and size are
+    the artifact's, latency TVM's own (``runs`` timed runs of ``sample``; None for Akida), no energy.
+    The one scoring of an artifact: ``compare --targets``, ``compare --target tvm``, ``sweep``.
+    Returns the primary metric's name.  Raises what the toolchain raises (ExportError, TargetError)."""
+    artifact = out / q.report["files"]["toolchain_artifacts"][0]
+    got, lat = _run_artifact(target, artifact, q, batches, out_name, threads, sample, runs)
+    result.model_file = artifact.name
+    result.file_bytes = result.packed_bytes = artifact.stat().st_size
+    result.latency, result.memory, result.energy, result.predicted_latency = lat, None, None, None
+    result.coverage = _note(target)
+    e = core.score_outputs(task, ref, core.join(got, task, layout, steps), labels, out_name, blank=blank)
+    result.evaluation, result.score, result.drop = e.to_dict(), e.quant_score, e.drop
+    result.drop_unit = e.drop_unit
+    return e.primary
 
 
 def _run_artifact(
@@ -132,12 +170,13 @@ def _run_artifact(
     out_name: str,
     threads: int,
     sample: core.Batch,
+    runs: int = 30,
 ) -> tuple[list[np.ndarray], dict[str, Any] | None]:
     if target == "tvm":
         from edgequant.toolchains.tvm import run_tvm
 
         outs, lat = run_tvm(
-            artifact, q.model, batches, threads=threads, latency_runs=30, latency_batch=sample
+            artifact, q.model, batches, threads=threads, latency_runs=runs, latency_batch=sample
         )
         timing = None
         if lat:

@@ -112,6 +112,7 @@ class Recipe:
     algorithms: tuple[str, ...] = ()  # passes run in order (ALGORITHMS), e.g. ("cle", "adaround")
     keep_worse_passes: bool = False  # keep a pass that lowers the held-out SQNR (reverted otherwise)
     tune_trials: int = 0  # target tvm: MetaSchedule tuning trials (0: no tuning)
+    tune_budget_s: float | None = None  # tune_trials: wall-time budget (s); no tuning round starts after it
     allow_synthetic: bool = False  # static without data: calibrate on random inputs (refused otherwise)
     check_samples: int = 32  # samples held back from calibration for the run check (at most half the data)
     act16_below_db: float | None = None  # static: 16-bit activations where the 8-bit grid's own SQNR is lower
@@ -217,6 +218,12 @@ class Recipe:
                 f"tune_trials={self.tune_trials} with target '{self.target}'; tuning trials are a count >= 0 "
                 "and apply to target 'tvm' only.",
                 "drop --tune-trials, or use --target tvm --tune-trials 64.",
+            )
+        if self.tune_budget_s is not None and not (self.tune_budget_s > 0 and self.tune_trials):
+            raise RecipeError(
+                f"tune_budget_s={self.tune_budget_s} with tune_trials={self.tune_trials}; the budget is seconds > 0 "
+                "and bounds MetaSchedule tuning, which runs only with tune_trials > 0 (target tvm).",
+                "pass --tune-trials N with --tune-budget-s S (S > 0), or drop --tune-budget-s.",
             )
         self._check_ignored()
 

@@ -15,10 +15,20 @@ from edgequant.recipe import Recipe
 from edgequant.targets import DEFAULT_TARGET, Profile, get
 
 
-def _conflict(p: Profile, setting: str, allowed: str, source: str) -> RecipeError:
+def _conflict(p: Profile, setting: str, allowed: str, source: str, default: bool = False) -> RecipeError:
+    """``setting`` is ``"--flag value"``; ``default``: the value is the recipe's default, which the user
+    may never have typed, so the error names it as the default and the fix is to pass an allowed value."""
+    flag, _, value = setting.partition(" ")
+    if default:
+        return RecipeError(
+            f"the default {flag.lstrip('-').replace('-', ' ')} {value} conflicts with target '{p.name}': its rule "
+            f"allows {allowed} (source: {p.cite(source)}).",
+            f"pass {flag} with an allowed value, or choose another target ('edgequant targets {p.name}' prints "
+            "its rules).",
+        )
     return RecipeError(
         f"{setting} conflicts with target '{p.name}': its rule allows {allowed} (source: {p.cite(source)}).",
-        f"drop {setting.split(' ')[0]} or choose another target ('edgequant targets {p.name}' prints its rules).",
+        f"drop {flag} or choose another target ('edgequant targets {p.name}' prints its rules).",
     )
 
 
@@ -35,10 +45,20 @@ def adapt(recipe: Recipe) -> tuple[Recipe, list[str]]:
     changes: dict[str, Any] = {}
     notes: list[str] = []
     if recipe.method not in p.methods:
-        raise _conflict(p, f"--method {recipe.method}", "method " + ", ".join(p.methods), w.source)
+        raise _conflict(
+            p,
+            f"--method {recipe.method}",
+            "method " + ", ".join(p.methods),
+            w.source,
+            recipe.method == d.method,
+        )
     if recipe.weight_int_bits not in w.bits:
         raise _conflict(
-            p, f"--weight-bits {recipe.weight_bits}", f"{'/'.join(map(str, w.bits))}-bit weights", w.source
+            p,
+            f"--weight-bits {recipe.weight_bits}",
+            f"{'/'.join(map(str, w.bits))}-bit weights",
+            w.source,
+            recipe.weight_bits == d.weight_bits,
         )
     if recipe.weight_bits == "ternary" and w.narrow_range is False:
         raise _conflict(
@@ -46,7 +66,11 @@ def adapt(recipe: Recipe) -> tuple[Recipe, list[str]]:
         )
     if recipe.act_bits not in a.bits:
         raise _conflict(
-            p, f"--act-bits {recipe.act_bits}", f"{'/'.join(map(str, a.bits))}-bit activations", a.source
+            p,
+            f"--act-bits {recipe.act_bits}",
+            f"{'/'.join(map(str, a.bits))}-bit activations",
+            a.source,
+            recipe.act_bits == d.act_bits,
         )
     if recipe.block_size is not None and "per_block" not in w.granularity:
         raise _conflict(

@@ -27,11 +27,22 @@ __all__ = [
     "build",
     "cache_dir",
     "check_recipe",
+    "check_source",
     "install",
     "installed",
     "remove",
     "require",
 ]
+
+
+def check_source(target: str, source: object) -> None:
+    """Refuse a model the ``target``'s route cannot take at all, before any setting is checked (a
+    setting's conflict would otherwise be reported first, even one the user never gave): ``akida1``
+    takes a Keras 2 ``.h5`` file only.  UnsupportedError; any other target: nothing to check here."""
+    if target == "akida1":
+        from edgequant.toolchains.akida1 import check_akida1_source
+
+        check_akida1_source(source)
 
 
 def check_recipe(target: str, weight_bits: int | str, act_bits: int, source: object = None) -> None:
@@ -69,6 +80,7 @@ def build(
     *,
     calibration: Callable[[], list[dict[str, np.ndarray]]] | None = None,
     tune_trials: int = 0,
+    tune_budget_s: float | None = None,
     source: Path | None = None,
     bits: tuple[int | str, int] = (8, 8),
 ) -> tuple[str, bytes, dict[str, Any]]:
@@ -83,7 +95,9 @@ def build(
     if target == "tvm":
         from edgequant.toolchains.tvm import build_tvm
 
-        library, info = build_tvm(quantized, float_model, batches, tune_trials=tune_trials)
+        library, info = build_tvm(
+            quantized, float_model, batches, tune_trials=tune_trials, tune_budget_s=tune_budget_s
+        )
         return SUFFIX[target], library, info
     if target == "akida":
         from edgequant.toolchains.akida import build_akida

@@ -85,8 +85,8 @@ def build_akida(
         np.savez(work / "inputs.npz", **arrays)
         res = run_driver(
             "akida", "akida_convert",
-            {"model": str(work / "model.onnx"), "calib": str(work / "calib.npz"), "inputs": str(work / "inputs.npz"),
-             "outputs": str(work / "outputs.npz"), "out": str(work / "model.fbz"), "input_dtype": dtype,
+            {"model": work / "model.onnx", "calib": work / "calib.npz", "inputs": work / "inputs.npz",
+             "outputs": work / "outputs.npz", "out": work / "model.fbz", "input_dtype": dtype,
              "num_samples": len(calib)},
             work,
         )  # fmt: skip
@@ -204,8 +204,8 @@ def run_akida(program: Path, float_model: onnx.ModelProto, batches: list[Batch])
         np.savez(work / "inputs.npz", **arrays)
         run_driver(
             "akida", "akida_run",
-            {"program": str(program), "input_dtype": dtype, "inputs": str(work / "inputs.npz"),
-             "outputs": str(work / "outputs.npz")},
+            {"program": program, "input_dtype": dtype, "inputs": work / "inputs.npz",
+             "outputs": work / "outputs.npz"},
             work,
         )  # fmt: skip
         with np.load(work / "outputs.npz") as data:

@@ -25,6 +25,7 @@ import onnx
 
 from edgequant.data import input_specs
 from edgequant.errors import DataError, UnsupportedError
+from edgequant.recipe import Recipe
 from edgequant.runtime import OrtRuntime
 from edgequant.schemes import sqnr_db
 from edgequant.toolchains.runner import run_driver
@@ -43,23 +44,33 @@ def check_akida1(source: object, weight_bits: int | str, act_bits: int) -> None:
     Raises:
         UnsupportedError: ``source`` is not a Keras 2 ``.h5`` file, or a width is not 2 or 4.
     """
+    check_akida1_source(source)
+    default = Recipe()
+    bad = [
+        f"{what} {b}" + (" (the default)" if b == d else "")
+        for what, b, d in (
+            ("weight bits", weight_bits, default.weight_bits),
+            ("activation bits", act_bits, default.act_bits),
+        )
+        if b not in (2, 4)
+    ]
+    if bad:
+        raise UnsupportedError(
+            f"--target akida1 (Akida 1.0) builds 4- or 2-bit weights and activations; this run has "
+            f"{' and '.join(bad)}.",
+            "pass --weight-bits 4|2 --act-bits 4|2, or use --target akida for 8 bits (Akida 2.0).",
+        )
+
+
+def check_akida1_source(source: object) -> None:
+    """Refuse an input other than a Keras 2 ``.h5`` file (UnsupportedError): the first thing the Akida 1.0
+    route needs, checked before any setting (``pipeline`` calls it before the target's rules)."""
     if not (isinstance(source, str | Path) and Path(source).suffix.lower() in KERAS_SUFFIXES):
         raise UnsupportedError(
             "--target akida1 converts with BrainChip's cnn2snn Keras route (Akida 1.0), which takes a Keras 2 "
             f"model file; this input is {_describe(source)}.",
             "pass the model as an .h5 file saved by tf_keras (Keras 2), or use --target akida (Akida 2.0, "
             "8-bit, from ONNX).",
-        )
-    bad = [
-        f"{what} {b}"
-        for what, b in (("weight bits", weight_bits), ("activation bits", act_bits))
-        if b not in (2, 4)
-    ]
-    if bad:
-        raise UnsupportedError(
-            f"--target akida1 (Akida 1.0) builds 4- or 2-bit weights and activations; {' and '.join(bad)} "
-            "were asked.",
-            "pass --weight-bits 4|2 --act-bits 4|2, or use --target akida for 8 bits (Akida 2.0).",
         )
 
 
@@ -106,8 +117,8 @@ def build_akida1(
         np.savez(work / "inputs.npz", **arrays)
         res = run_driver(
             "akida", "akida1_convert",
-            {"model": str(Path(source).resolve()), "inputs": str(work / "inputs.npz"),
-             "outputs": str(work / "outputs.npz"), "out": str(work / "model.fbz"),
+            {"model": Path(source), "inputs": work / "inputs.npz",
+             "outputs": work / "outputs.npz", "out": work / "model.fbz",
              "weight_bits": weight_bits, "act_bits": act_bits},
             work,
         )  # fmt: skip

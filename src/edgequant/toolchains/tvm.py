@@ -45,6 +45,7 @@ def build_tvm(
     batches: list[Batch],
     *,
     tune_trials: int = 0,
+    tune_budget_s: float | None = None,
     threads: int = 1,
     latency_runs: int = 30,
     target: dict[str, Any] | None = None,
@@ -56,6 +57,8 @@ def build_tvm(
         float_model: the user's float model, the reference for SQNR.
         batches: check batches, ``{input name: array}``; at least one.
         tune_trials: MetaSchedule trials (0: no tuning); tuning fixes the input shapes to batch 0's.
+        tune_budget_s: wall-time budget of tuning, seconds (None: none): MetaSchedule runs in rounds on one
+            database and no round starts once it is spent; the driver's timeout grows by the budget.
         threads: threads for TVM (``TVM_NUM_THREADS``) and ORT alike during the latency run.
         latency_runs: timed runs of batch 0 for each of TVM, ORT float and ORT int8 (0: none).
         target: a TVM target dict; default ``{"kind": "llvm", "mcpu": <host cpu>}``.
@@ -66,7 +69,8 @@ def build_tvm(
         dims}, "folded_reshape_shapes": [{"node", "shape_from", "shape"}]}, "note": ...}`` with versions
         and timings; when tuned, ``tune_records`` and ``tune_measured`` (MetaSchedule's database records,
         and those with a measured run time: 0 means the library has TVM's default schedules, and the note
-        says so).
+        says so), and ``tune``: ``{"trials_asked", "trials_started", "rounds", "seconds", "budget_s",
+        "stopped_by_budget"}``.
 
     Raises:
         TargetError: the tvm toolchain is not installed (hint: ``edgequant toolchain install tvm``).
@@ -84,13 +88,13 @@ def build_tvm(
         res = run_driver(
             "tvm", "tvm_compile",
             {
-                "model": str(work / "model.onnx"), "out": str(work / "model.so"), "target": target,
-                "threads": threads, "tune_trials": tune_trials, "tune_dir": str(work / "tuning"),
+                "model": work / "model.onnx", "out": work / "model.so", "target": target,
+                "threads": threads, "tune_trials": tune_trials, "tune_dir": work / "tuning",
                 "shapes": {k: list(v.shape) for k, v in batches[0].items()},
-                "inputs": str(work / "inputs.npz"), "outputs": str(work / "outputs.npz"),
-                "latency_runs": latency_runs,
+                "inputs": work / "inputs.npz", "outputs": work / "outputs.npz",
+                "latency_runs": latency_runs, "tune_budget_s": tune_budget_s,
             },
-            work,
+            work, timeout_s=3600.0 + (tune_budget_s or 0.0),
         )  # fmt: skip
         library = (work / "model.so").read_bytes()
         with np.load(work / "outputs.npz") as data:
@@ -111,20 +115,24 @@ def build_tvm(
         "seconds": {k: res[k] for k in ("import_s", "tune_s", "compile_s") if k in res},
         "tune_trials": tune_trials,
         **(
-            {"tune_records": res["tune_records"], "tune_measured": res["tune_measured"]}
+            {
+                "tune_records": res["tune_records"],
+                "tune_measured": res["tune_measured"],
+                "tune": {
+                    "trials_asked": tune_trials,
+                    "trials_started": res.get("tune_trials_started"),
+                    "rounds": res.get("tune_rounds"),
+                    "seconds": res.get("tune_s"),
+                    "budget_s": res.get("tune_budget_s"),
+                    "stopped_by_budget": res.get("tune_stopped_by_budget"),
+                },
+            }
             if tune_trials
             else {}
         ),
         "library_bytes": len(library),
         "prepared": {"named_input_dims": named, "folded_reshape_shapes": folded},
-        "note": NOTE
-        + (
-            f" No MetaSchedule candidate of the {tune_trials} trials was measured (each failed to build or run "
-            "within MetaSchedule's limits, e.g. its 30 s build timeout on a loaded machine): the library has "
-            "TVM's default schedules."
-            if tune_trials and not res.get("tune_measured")
-            else ""
-        ),
+        "note": NOTE + _tune_note(tune_trials, res),
     }
     if latency_runs and "latency_ms" in res:
         sample = batches[0]
@@ -141,6 +149,22 @@ def build_tvm(
             "runs": latency_runs,
         }
     return library, info
+
+
+def _tune_note(trials: int, res: dict[str, Any]) -> str:
+    """What the report must say when tuning left TVM's default schedules, and why."""
+    if not trials or res.get("tune_measured"):
+        return ""
+    if res.get("tune_trials_started") == 0:
+        return (
+            f" The tuning budget ({res.get('tune_budget_s')} s) was spent before a round of the {trials} trials "
+            "started: the library has TVM's default schedules."
+        )
+    return (
+        f" No MetaSchedule candidate of the {trials} trials was measured (each failed to build or run within "
+        "MetaSchedule's limits, e.g. its 30 s build timeout on a loaded machine): the library has TVM's "
+        "default schedules."
+    )
 
 
 def _sqnr(
@@ -192,8 +216,8 @@ def run_tvm(
         np.savez(work / "inputs.npz", **arrays)
         res = run_driver(
             "tvm", "tvm_run",
-            {"library": str(library), "input_names": names, "inputs": str(work / "inputs.npz"),
-             "outputs": str(work / "outputs.npz"), "threads": threads,
+            {"library": library, "input_names": names, "inputs": work / "inputs.npz",
+             "outputs": work / "outputs.npz", "threads": threads,
              "latency_runs": latency_runs if latency_batch is not None else 0, "latency_batch": "t"},
             work,
         )  # fmt: skip

@@ -2,14 +2,16 @@
 
     python tvm_compile.py request.json result.json
 
-Request: ``model`` (QDQ ONNX path), ``out`` (.so path), ``target`` (TVM target dict or null for
-``llvm`` with the host's ``mcpu``), ``threads``, ``tune_trials`` and ``tune_dir`` (MetaSchedule, on
-static shapes ``shapes``; the result counts its database's records and those measured), ``inputs``
-(.npz with keys ``<batch>/<input name>``), ``outputs`` (.npz to write, keys ``<batch>/<output name>``),
-``latency_runs``.  The model is imported with TVM Relax's ONNX front end, compiled with ``tvm.compile``
-and exported with ``export_library``; the exported library is loaded back and run in
-``relax.VirtualMachine`` for every input batch.  Q/DQ nodes lower to float arithmetic in TVM 0.27: the
-outputs carry int8 rounding, not int8 speed.
+Request: ``model`` (QDQ ONNX path), ``out`` (.so path), ``target`` (TVM target dict or null for ``llvm``
+with the host's ``mcpu``), ``threads``, ``tune_trials`` and ``tune_dir`` (MetaSchedule, on static shapes
+``shapes``; the result counts its database's records and those measured), ``inputs`` (.npz with keys
+``<batch>/<input name>``), ``outputs`` (.npz to write, keys ``<batch>/<output name>``),
+``latency_runs``; ``tune_budget_s`` (optional) bounds tuning's wall time: tuning runs in rounds that
+share ``tune_dir``'s database, and no round starts once the budget is spent (the result records the
+trials asked and started, the rounds, the seconds and ``tune_stopped_by_budget``). The model is imported
+with TVM Relax's ONNX front end, compiled with ``tvm.compile`` and exported with ``export_library``; the
+exported library is loaded back and run in ``relax.VirtualMachine`` for every input batch. Q/DQ nodes
+lower to float arithmetic in TVM 0.27: the outputs carry int8 rounding, not int8 speed.
 """
 
 import os
@@ -49,16 +51,7 @@ def body(run):
         run.stage = "tune"
         _build_timeout(float(req.get("build_timeout_s") or 300.0))
         result["build_timeout_s"] = float(req.get("build_timeout_s") or 300.0)
-        t0 = time.perf_counter()
-        mod = relax.get_pipeline(
-            "static_shape_tuning",
-            total_trials=int(req["tune_trials"]),
-            target=tgt,
-            work_dir=req["tune_dir"],
-            max_trials_per_task=max(8, int(req["tune_trials"]) // 8),
-        )(mod)
-        result["tune_s"] = round(time.perf_counter() - t0, 3)
-        result["tune_records"], result["tune_measured"] = _tuning_counts(req["tune_dir"])
+        mod = _tune(mod, tgt, req, result)
     run.stage = "compile"
     t0 = time.perf_counter()
     exe = tvm.compile(mod, target=tgt)
@@ -87,6 +80,42 @@ def body(run):
             **latency(lambda: vm["main"](*first), runs),
             "threads": int(os.environ["TVM_NUM_THREADS"]),
         }
+
+
+def _tune(mod, tgt, req, result):
+    """Relax's static-shape tuning pipeline (decompose, zero pipeline, MetaSchedule, apply the
+    database), its MetaSchedule step run in rounds of trials on one database: one round of all
+    ``tune_trials`` without a budget; with ``tune_budget_s``, rounds of ``max(per task, trials / 4)`` and
+    no new round once the budget is spent (a round already started runs to its end)."""
+    import math
+
+    import tvm
+    from tvm.relax import transform
+    from tvm.relax.pipeline import zero_pipeline
+
+    total = int(req["tune_trials"])
+    per_task = max(8, total // 8)
+    budget = req.get("tune_budget_s")
+    size = total if budget is None else min(total, max(per_task, math.ceil(total / 4)))
+    t0 = time.perf_counter()
+    started = rounds = 0
+    with tgt:
+        base = tvm.transform.Sequential(
+            [transform.DecomposeOpsForInference(), transform.CanonicalizeBindings(), zero_pipeline()]
+        )(mod)
+        while started < total and (budget is None or time.perf_counter() - t0 < float(budget)):
+            n = min(size, total - started)
+            transform.MetaScheduleTuneIRMod(
+                params={}, work_dir=req["tune_dir"], max_trials_global=n, max_trials_per_task=per_task
+            )(base)
+            started, rounds = started + n, rounds + 1
+        tuned = transform.MetaScheduleApplyDatabase(req["tune_dir"])(base)
+    result["tune_s"] = round(time.perf_counter() - t0, 3)
+    result["tune_trials_started"], result["tune_rounds"] = started, rounds
+    result["tune_budget_s"] = None if budget is None else float(budget)
+    result["tune_stopped_by_budget"] = started < total
+    result["tune_records"], result["tune_measured"] = _tuning_counts(req["tune_dir"])
+    return tuned
 
 
 def _build_timeout(seconds):
