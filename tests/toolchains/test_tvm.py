@@ -102,6 +102,8 @@ def test_tune_budget_is_honoured(tmp_path: Path) -> None:
     assert ample["tune"] == {**ample["tune"], "trials_asked": 16, "trials_started": 16, "rounds": 2,
                              "budget_s": 3600.0, "stopped_by_budget": False}  # fmt: skip
     assert ample["tune_records"] >= ample["tune_measured"]
+    assert_documented(ample)  # docs/report.md's toolchain section names every key, the tune ones too
+    assert_documented(ample["tune"])
 
 
 def test_tune_budget_needs_tuning_trials() -> None:
