@@ -33,13 +33,20 @@ h = k.layers.ReLU(name="relu1")(k.layers.Conv2D(8, 3, padding="same", name="conv
 h = k.layers.Conv2D(16, 3, strides=2, padding="same", name="conv2")(h)
 h = k.layers.ReLU(name="relu2")(k.layers.GlobalAveragePooling2D(name="gap")(h))  # Akida 1.0: pool, then ReLU
 m = k.Model(i, k.layers.Dense(10, name="fc")(h))
+rng = np.random.default_rng(0)  # the same weights every run (Keras's initialisers alone were not)
+for layer in m.layers:
+    layer.set_weights([rng.uniform(-0.5, 0.5, w.shape).astype(np.float32) for w in layer.get_weights()])
 w, b = m.get_layer("conv1").get_weights()
 m.get_layer("conv1").set_weights([w * 3 / 255, b])  # raw 0-255 pixels in
 m.save(sys.argv[1])
 """
 
 CHECK = """
-import sys, json, numpy as np, akida, cnn2snn, tf_keras
+import sys, json, numpy as np, tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads(1)  # one summation order for Keras's float32 run
+tf.config.threading.set_inter_op_parallelism_threads(1)
+tf.config.experimental.enable_op_determinism()
+import akida, cnn2snn, tf_keras
 model, program, xs, out = sys.argv[1:5]
 x = np.load(xs)
 m = tf_keras.models.load_model(model, compile=False)
@@ -85,15 +92,16 @@ def test_target_akida1_converts_a_keras_model_at_4_bits(tmp_path: Path) -> None:
         ("InputConvolutional", 8), ("Convolutional", 4), ("FullyConnected", 4)
     ]  # fmt: skip
     y = np.load(tmp_path / "y.npz")
-    # the program is BrainChip's own 4-bit quantization of the model: measured 153 dB in most runs, 29.6 dB
-    # in 2 of 5 (Keras runs the fake-quantized model in float32 with multi-threaded sums, and a value at a
-    # 4-bit activation step's rounding tie can land on either side; the program's integer sums cannot) ...
-    assert sqnr_db(y["quantized"], y["akida"]) >= 20.0
+    # the program is BrainChip's own 4-bit quantization of the model: measured 41.0 dB (Keras runs the
+    # fake-quantized model in float32, the program in integers: a few activations at a 4-bit rounding tie
+    # land on the other side; Keras on one thread with deterministic ops, so the figure repeats) ...
+    assert sqnr_db(y["quantized"], y["akida"]) >= 39.0
     assert np.mean(y["quantized"].argmax(1) == y["akida"].argmax(1)) >= 0.95
-    # ... and that post-training 4-bit quantization (no training) is lossy on this random net: measured
-    # -1.5 dB vs float, which the report states (its own held-out samples) rather than hides
-    assert sqnr_db(y["float"], y["akida"]) >= -3.5
-    assert report["sqnr_db_vs_float"]["fc"] >= -3.5 and 0.0 <= report["top1_agreement"] <= 1.0
+    # ... and post-training 4-bit quantization without calibration is lossy: measured 15.3 dB vs float,
+    # which the report states (its own held-out samples) rather than hides
+    assert sqnr_db(y["float"], y["akida"]) >= 13.0
+    assert report["sqnr_db_vs_float"]["fc"] >= 13.0  # measured 14.96 on its own held-out samples
+    assert 0.0 <= report["top1_agreement"] <= 1.0
 
 
 def test_akida1_refuses_non_keras_inputs_and_widths(tmp_path: Path) -> None:
