@@ -76,13 +76,17 @@ def _main_options(
             "-v",
             "--verbose",
             count=True,
-            help="More log output (-v info, -vv debug); also accepted after the command.",
+            help="More log output: -v each stage run and its time (INFO), -vv also each node's decision "
+            "(DEBUG); also accepted after the command.",
         ),
     ] = 0,
     quiet: Annotated[
         bool,
         typer.Option(
-            "-q", "--quiet", help="Errors only: no warnings or notes; also accepted after the command."
+            "-q",
+            "--quiet",
+            help="No notes, progress or third-party deprecation warnings; results, warnings and errors still "
+            "print. Also accepted after the command.",
         ),
     ] = False,
 ) -> None:

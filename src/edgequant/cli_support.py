@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,12 +51,13 @@ def default(field: str, shown: str | None = None) -> str:
 
 
 def configure_logging(verbose: int, quiet: bool) -> Callable[[], None]:
-    """-q: errors only; default: warnings; -v: what each stage did (INFO); -vv: DEBUG.
+    """The ``edgequant`` logger: warnings by default and under -q (which hides notes and progress, never
+    warnings or results); -v: what each stage ran and its time (INFO); -vv: also each node's decision (DEBUG).
 
     Sets the ``edgequant`` logger only (an application's root logger is left alone) and returns a function
     that restores it as it was, for when the command ends.
     """
-    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    level = logging.WARNING if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logger = logging.getLogger("edgequant")
     before = logger.level
     handler = logging.StreamHandler()  # bound to the current stderr
@@ -83,9 +85,14 @@ def apply_verbosity(ctx: Any, verbose: int, quiet: bool) -> None:
     """Configure the ``edgequant`` logger for this invocation (restored when ``ctx`` closes)."""
     restore = configure_logging(verbose, quiet)
     _quiet["on"] = quiet
+    filters = list(warnings.filters)
+    if quiet:  # third-party deprecation noise (torch's FutureWarnings) is not EdgeQuant's to print under -q
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
 
     def done() -> None:
         restore()
+        warnings.filters[:] = filters  # type: ignore[index]
         _quiet["on"] = False
 
     ctx.call_on_close(done)

@@ -17,8 +17,10 @@ import onnx
 
 from edgequant.errors import InferenceError, ModelError, RecipeError, UnsupportedError
 from edgequant.model import load_model
-from edgequant.recipe import PRESETS, Recipe, from_dict, load_recipe, preset, to_dict
+from edgequant.recipe import PRESETS, Recipe, from_dict, preset, to_dict
+from edgequant.recipe.applies import normalized_keys, refuse_ignored
 from edgequant.recipe.presets import without_disabled
+from edgequant.recipe.schema import read_recipe
 from edgequant.runtime import OrtRuntime
 
 ModelLike = str | Path | onnx.ModelProto | Any
@@ -29,6 +31,10 @@ def resolve_recipe(
     overrides: dict[str, Any],
     notes: list[str] | None = None,
 ) -> Recipe:
+    """The Recipe of ``recipe`` with ``overrides`` on top.  The options the user gave (``overrides``'
+    keys, a YAML file's keys) must be read by the method (``recipe.applies``): RecipeError otherwise;
+    a preset's own keys, a dict's and a Recipe's are not checked that way (their values are)."""
+    given = normalized_keys(overrides)
     if recipe is None:
         base: dict[str, Any] = {}
     elif isinstance(recipe, Recipe):
@@ -36,17 +42,21 @@ def resolve_recipe(
     elif isinstance(recipe, dict):
         base = dict(recipe)
     elif isinstance(recipe, str) and recipe in PRESETS and not Path(recipe).exists():
-        return preset(
-            recipe, **overrides
-        )  # quantize(model, data, "int8-static"): the preset sees the overrides
+        resolved = preset(recipe, **overrides)  # quantize(model, data, "int8-static"): the preset sees them
+        refuse_ignored(resolved, given)
+        return resolved
     elif isinstance(recipe, str) and not Path(recipe).suffix and not Path(recipe).exists():
         raise RecipeError(
             f"'{recipe}' is neither a recipe file nor a preset; presets: {', '.join(PRESETS)}.",
             "pass a preset name from the list, or the path of a YAML recipe.",
         )
     else:
-        base = to_dict(load_recipe(recipe, notes))
-    return from_dict(without_disabled({**base, **overrides}, overrides))
+        data = read_recipe(recipe, notes)
+        given |= normalized_keys(data)
+        base = to_dict(from_dict(data))
+    resolved = from_dict(without_disabled({**base, **overrides}, overrides))
+    refuse_ignored(resolved, given)
+    return resolved
 
 
 def load_input_model(

@@ -76,6 +76,7 @@ class _Run:
     passes: algorithms.Context
     calib_info: dict[str, Any] | None = None
     act16: dict[str, Any] | None = None
+    tag: str = ""  # the output tag, from the recipe as asked (before a target adapts it)
 
 
 def quantize(
@@ -91,7 +92,13 @@ def quantize(
     """Quantize ``model`` as ``recipe`` says; the result's model is checked to run in ORT."""
     t0 = time.perf_counter()
     run = _start(model, calibration, recipe, overrides, example_inputs, runtime, t0)
+    log.info(
+        "loaded '%s' (%d nodes) and repaired it in %.3f s; method %s, target %s, output tag %s",
+        run.name, len(run.float_model.graph.node), run.seconds["load"], run.recipe.method, run.recipe.target,
+        run.tag,
+    )  # fmt: skip
     excluded = planner.excluded_nodes(run.float_model, run.recipe)  # a pattern matching no node: refused
+    t1 = time.perf_counter()
     if run.recipe.method == "fp16":
         quantized, plan = methods.fp16(run.float_model, run.recipe, excluded)
     elif run.recipe.method == "dynamic":
@@ -99,8 +106,17 @@ def quantize(
         run.warnings += mostly_float
     else:  # plan, passes before ranges, calibration, QDQ export, passes after ranges
         quantized, plan = _static(run, recipe, overrides, progress)
+    log.info(
+        "%s: %d nodes quantized, %d kept float, in %.3f s",
+        run.recipe.method, len(plan.quantized_nodes), len(plan.skipped_nodes), time.perf_counter() - t1,
+    )  # fmt: skip
+    for d in plan.nodes:
+        log.debug("node %s (%s): %s", d.node, d.op_type, "quantized" if d.quantized else d.reason)
     compliance = check_model(quantized, run.recipe.target) if run.recipe.method == "static" else None
+    t2 = time.perf_counter()
     check = _check(run, quantized, plan)
+    log.info("check: output SQNR %s dB vs float (%s samples), in %.3f s", check.get("output_sqnr_db"),
+             check.get("kind"), time.perf_counter() - t2)  # fmt: skip
     artifacts, ti_int, toolchain = _vendor_forms(run, quantized)
     run.seconds["total"] = time.perf_counter() - t0
     return _result(run, quantized, plan, check, artifacts, toolchain, compliance, ti_int)
@@ -117,9 +133,9 @@ def _start(
 ) -> _Run:
     """Recipe, runtime and the repaired float model; refusals that need no work come first."""
     recipe_notes: list[str] = []  # e.g. a TI config naming a device without an NPU
-    resolved = resolve_recipe(recipe_arg, overrides, recipe_notes)
-    toolchains.check_source(resolved.target, model)  # the input a vendor route needs: the first refusal
-    recipe, target_notes = adapt_to_target(resolved)
+    asked = resolve_recipe(recipe_arg, overrides, recipe_notes)
+    toolchains.check_source(asked.target, model)  # the input a vendor route needs: the first refusal
+    recipe, target_notes = adapt_to_target(asked)
     target_notes = recipe_notes + target_notes
     runtime = runtime or OrtRuntime(allow_spinning=False)
     if recipe.target in toolchains.TARGETS:  # before any work: a missing toolchain is a one-line refusal
@@ -155,7 +171,7 @@ def _start(
         float_model = hoist_gru(float_model, notes)
     return _Run(
         model, recipe, runtime, cpu, calibration, reference, float_model, float_model, name, imported,
-        input_bytes, notes, warnings, seconds, passes,
+        input_bytes, notes, warnings, seconds, passes, tag=asked.default_tag,
     )  # fmt: skip
 
 
@@ -218,6 +234,8 @@ def _static(
             )
             run.float_model, plan = _raise_opset(run.float_model, plan, run.notes)
         run.seconds["calibration"] = time.perf_counter() - t1
+        log.info("calibration (%s): %d activation ranges in %.3f s", recipe.calib_method,
+                 len(plan.activations()), run.seconds["calibration"])  # fmt: skip
     t2 = time.perf_counter()
     calibrated = plan
     quantized, plan = export_qdq(run.float_model, plan)
@@ -225,6 +243,7 @@ def _static(
         quantized, plan = weight_only_kernels(quantized, plan, recipe.nbits_accuracy_level)
         run.warnings += [n for n in plan.notes if n.startswith("slower than float")]
     run.seconds["export"] = time.perf_counter() - t2
+    log.info("QDQ export: %d nodes in %.3f s", len(quantized.graph.node), run.seconds["export"])
     state = algorithms.Quantized(run.float_model, calibrated, quantized, plan, reference=run.float_model)
     for step in algorithms.steps(recipe, "after_ranges"):  # on the QDQ model (bias correction, ...)
         state = algorithms.run_after(step, state, passes)
@@ -301,7 +320,7 @@ def _result(
         plan,
         recipe,
         run.name,
-        recipe.default_tag,
+        run.tag or recipe.default_tag,
         save_float=bool(run.imported),
         artifacts=artifacts,
         input_bytes=run.input_bytes,

@@ -184,7 +184,7 @@ def test_cli_flag(tmp_path: Path) -> None:
     args = ["quantize", str(model), "-o", str(out), "--calib-data", str(calib), "--weight-bits", "4"]
     res = CliRunner().invoke(app, [*args, "--bias-correction"])
     assert res.exit_code == 0, res.output
-    report = json.loads((out / "dw_w4a8.json").read_text())
+    report = json.loads((out / "dw_w4a8_bc.json").read_text())
     assert report["recipe"]["bias_correction"] is True
     assert report["bias_correction"]["nodes_corrected"] == 2
     bad = CliRunner().invoke(app, [*args, "--method", "dynamic", "--bias-correction"])

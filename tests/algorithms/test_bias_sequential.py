@@ -143,7 +143,7 @@ def test_cli_flags_run_the_passes(tmp_path: Path) -> None:
     args = ["quantize", str(model), "-o", str(out), "--calib-data", str(calib), "--weight-bits", "4"]
     res = CliRunner().invoke(app, [*args, "--bias-correction", "--target-sqnr", "10"])
     assert res.exit_code == 0, res.output
-    report = json.loads((out / "c3_w4a8.json").read_text())
+    report = json.loads((out / "c3_w4a8_sqnr10_bc.json").read_text())
     assert [r["pass"] for r in report["algorithms"]] == ["bias_correction", "mixed_precision"]
     assert report["sensitivity"]["met"] is True and report["bias_correction"]["nodes_corrected"] >= 2
     # mixed precision starts from the bias-corrected model: its SQNR before is bias correction's after

@@ -235,14 +235,14 @@ def test_cli_flags(tmp_path: Path) -> None:
     args = ["quantize", str(model), "-o", str(out), "--calib-data", str(calib), "--batch-size", "8"]
     res = CliRunner().invoke(app, [*args, "--target-sqnr", "25", "--max-float-nodes", "1"])
     assert res.exit_code == 0, res.output
-    report = json.loads((out / "sens_int8.json").read_text())
+    report = json.loads((out / "sens_int8_sqnr25_h76d508.json").read_text())  # the hash: --max-float-nodes 1
     assert report["recipe"]["target_sqnr_db"] == 25.0 and report["recipe"]["max_float_nodes"] == 1
     assert [k["node"] for k in report["sensitivity"]["kept_float"]] == ["conv1"]
     short = tmp_path / "short"
     args = [a if a != str(out) else str(short) for a in args]
     bad = CliRunner().invoke(app, [*args, "--target-sqnr", "200", "--max-float-nodes", "1"])
     assert bad.exit_code == 1 and "error: --target-sqnr 200 dB was not reached" in bad.output
-    report = json.loads((short / "sens_int8.json").read_text())  # the best model reached is written
-    assert report["sensitivity"]["met"] is False and (short / "sens_int8.onnx").exists()
+    report = json.loads((short / "sens_int8_sqnr200_h76d508.json").read_text())  # the best model reached
+    assert report["sensitivity"]["met"] is False and (short / "sens_int8_sqnr200_h76d508.onnx").exists()
     bad = CliRunner().invoke(app, [*args, "--overwrite", "--target-sqnr", "-3"])
     assert bad.exit_code == 2 and "target_sqnr_db -3.0 is not a positive, finite number of dB." in bad.output

@@ -49,8 +49,9 @@ def test_quantize_writes_model_report_and_plan(files: dict[str, Path]) -> None:
     )
     assert res.exit_code == 0, res.output
     names = sorted(p.name for p in files["out"].iterdir())
-    assert names == ["net_int8.json", "net_int8.onnx", "net_int8.plan.json"]
-    report = json.loads((files["out"] / "net_int8.json").read_text())
+    tag = "int8_percentile_hfc4e98"  # percentile; the hash: --calib-samples 16 and --exclude gap
+    assert names == [f"net_{tag}.json", f"net_{tag}.onnx", f"net_{tag}.plan.json"]
+    report = json.loads((files["out"] / f"net_{tag}.json").read_text())
     # 24 samples: 12 held back for the check (at most half the data), 12 left for calibration
     assert report["calibration"]["samples"] == 12 and report["calibration"]["method"] == "percentile"
     assert report["check"]["kind"] == "held_out" and report["check"]["samples"] == 12
@@ -195,7 +196,7 @@ def test_data_options_reach_the_source(tmp_path: Path) -> None:
         ],
     )
     assert res.exit_code == 0, res.output
-    report = json.loads((out / "win_int8.json").read_text())
+    report = json.loads((out / "win_int8_h901777.json").read_text())
     assert report["calibration"]["samples"] == 10  # (40 - 4) // 2 + 1 = 19 windows, 9 held for the check
     res = runner.invoke(
         app,

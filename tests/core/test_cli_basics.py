@@ -194,7 +194,10 @@ def test_example_recipe_keys_are_flag_names_and_it_runs(tmp_path: Path) -> None:
          "--calib-samples", "32"],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert json.loads((tmp_path / "shapes_cnn_int8.json").read_text())["calibration"]["method"] == "entropy"
+    assert (
+        json.loads((tmp_path / "shapes_cnn_int8_entropy_h145de2.json").read_text())["calibration"]["method"]
+        == "entropy"
+    )
 
 
 def test_verbose_shows_info_logs(files: dict[str, Path], tmp_path: Path) -> None:

@@ -56,7 +56,7 @@ def test_existing_files_need_overwrite(files: dict[str, Path], tmp_path: Path) -
     assert _q(files, out).exit_code == 0
     before = (out / "net_int8.onnx").read_bytes()
     (out / "net_int8.onnx").write_bytes(b"mine")
-    res = _q(files, out, "--calib-method", "percentile")
+    res = _q(files, out)
     assert res.exit_code == 2 and "--overwrite" in res.output
     assert (out / "net_int8.onnx").read_bytes() == b"mine"
     res = _q(files, out, "--overwrite")

@@ -64,7 +64,10 @@ def test_yaml_recipe_mirrors_flags(tmp_path: Path) -> None:
     r = load_recipe(p)
     assert (r.weight_bits, r.per_channel, r.exclude, r.calib_method) == (4, False, ("fc",), "entropy")
     res = edgequant.quantize(conv_net(), {"x": images(16)}, p)
-    assert res.tag == "w4a8_pt" and not next(d for d in res.plan.nodes if d.node == "fc").quantized
+    assert (
+        res.tag == "w4a8_pt_entropy_h218292"
+        and not next(d for d in res.plan.nodes if d.node == "fc").quantized
+    )
 
 
 def test_unknown_recipe_key_is_an_error(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ def test_module_with_array_calibration_quantizes_and_saves_float(tmp_path: Path)
     assert r.report["import"]["max_abs_diff"] < 1e-4
     assert r.report["integer_weights"] == 3
     paths = r.save(tmp_path)
-    assert (tmp_path / "smallnet_float.onnx").is_file() and paths.model.name == "smallnet_int8.onnx"
+    assert (tmp_path / "smallnet_float.onnx").is_file() and paths.model.name == "smallnet_int8_ha8c010.onnx"
     x = calib[:8]
     with torch.no_grad():
         ref = net(torch.from_numpy(x)).numpy()

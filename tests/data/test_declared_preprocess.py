@@ -84,7 +84,7 @@ def test_flags_set_the_preprocessing(tmp_path: Path) -> None:
     x = (pixels.astype(np.float64) / 255 - 0.5) / 0.25
     lo, hi = _range(res.output)
     assert lo == pytest.approx(x.min(), abs=1e-3) and hi == pytest.approx(x.max(), abs=1e-3)
-    report = json.loads((tmp_path / "o" / "net_int8.json").read_text())
+    report = json.loads((tmp_path / "o" / "net_int8_h182955.json").read_text())  # the hash: preprocessing
     pre = report["recipe"]["preprocess"]
     assert (pre["mean"], pre["std"], pre["resize"], pre["center_crop"]) == ([0.5] * 3, [0.25], 16, 16)
 

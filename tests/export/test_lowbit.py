@@ -134,7 +134,7 @@ def test_static_low_bit_models_run_in_ort_with_the_value_sets(bits: int | str) -
     sqnr = 10 * np.log10((ref.astype(np.float64) ** 2).sum() / ((ref - got) ** 2).sum())
     # measured: binary 1.7 dB, ternary 3.3 dB (the 2-bit grid with the clipped-range scale: 2.8 dB)
     assert np.isfinite(got).all() and sqnr > (0.0 if bits == 1 else 1.3)
-    assert res.tag == ("w1a8" if bits == 1 else "wta8")
+    assert res.tag == ("w1a8" if bits == 1 else "wta8") + "_ha8c010"  # the hash: calib_samples 64
 
 
 @pytest.mark.parametrize("bits", [1, "ternary"])

@@ -118,10 +118,12 @@ def test_cli_writes_both_forms_and_refuses_other_targets(tmp_path: Path) -> None
     )
     assert res.exit_code == 0, res.output
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert "shapes_cnn_int8.onnx" in names and "shapes_cnn_int8_ti-npu-int.onnx" in names  # QDQ stays
-    rep = json.loads((tmp_path / "shapes_cnn_int8.json").read_text())["ti_npu_int"]
+    assert (
+        "shapes_cnn_int8_ti-npu.onnx" in names and "shapes_cnn_int8_ti-npu_ti-npu-int.onnx" in names
+    )  # QDQ stays
+    rep = json.loads((tmp_path / "shapes_cnn_int8_ti-npu.json").read_text())["ti_npu_int"]
     assert rep["per_layer_max_lsb"] <= 1 and "half to even" in rep["reason"]
-    integer = onnx.load(tmp_path / "shapes_cnn_int8_ti-npu-int.onnx")
+    integer = onnx.load(tmp_path / "shapes_cnn_int8_ti-npu_ti-npu-int.onnx")
     assert not any(n.op_type == "DequantizeLinear" for n in integer.graph.node)
     bad = CliRunner().invoke(
         app, [*args, "--target", "vitis-dpu", "--format", "ti-npu-int", "-o", str(tmp_path / "b")]

@@ -107,17 +107,17 @@ def test_ti_yaml_with_qat_runs_the_qat_flow_and_passes_the_ti_npu_check(setup) -
         app, _args(tmp, "train.npz", "ti", "--epochs", "1", "--recipe", str(tmp / "ti.yaml"))
     )
     assert res.exit_code == 0, res.output
-    report = json.loads((tmp / "ti" / "build_int8.json").read_text())
+    report = json.loads((tmp / "ti" / "build_int8_ti-npu.json").read_text())
     assert report["recipe"]["target"] == "ti-npu" and report["qat"]["epochs_seen"] == 1
-    assert len(report["training"]["history"]) == 1 and (tmp / "ti" / "build_int8.pth").is_file()
+    assert len(report["training"]["history"]) == 1 and (tmp / "ti" / "build_int8_ti-npu.pth").is_file()
     # the target's rules hold on the exported model: power-of-two activation scales read from the file
-    m = onnx.load(str(tmp / "ti" / "build_int8.onnx"))
+    m = onnx.load(str(tmp / "ti" / "build_int8_ti-npu.onnx"))
     inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
     scales = [inits[n.input[1]] for n in m.graph.node if n.op_type == "QuantizeLinear"]
     assert scales and all(np.all(np.log2(s) == np.round(np.log2(s))) for s in scales)
     # and `edgequant check --target ti-npu` finds nothing (exit 0)
     chk = CliRunner().invoke(
-        app, ["check", str(tmp / "ti" / "build_int8.onnx"), "--target", "ti-npu", "--json"]
+        app, ["check", str(tmp / "ti" / "build_int8_ti-npu.onnx"), "--target", "ti-npu", "--json"]
     )
     assert chk.exit_code == 0, chk.output
 

@@ -36,10 +36,10 @@ def test_rest_target_tvm(tmp_path: Path) -> None:
             assert r.status_code in (200, 202), r.text
             job = wait_job(c, r.json()["job_id"], timeout=900)
             assert job["status"] == "succeeded", job
-            lib = c.get(f"/api/v1/jobs/{r.json()['job_id']}/artifacts/tiny_int8.tvm.so")
+            lib = c.get(f"/api/v1/jobs/{r.json()['job_id']}/artifacts/tiny_int8_tvm.tvm.so")
             assert lib.status_code == 200 and len(lib.content) > 10_000
             assert lib.content[:4] == b"\x7fELF"  # a real shared library
-            report = c.get(f"/api/v1/jobs/{r.json()['job_id']}/artifacts/tiny_int8.json").json()
+            report = c.get(f"/api/v1/jobs/{r.json()['job_id']}/artifacts/tiny_int8_tvm.json").json()
             assert report["toolchain"]["toolchain"] == "tvm"
     finally:
         srv.stop()

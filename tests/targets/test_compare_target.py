@@ -50,5 +50,5 @@ def test_target_on_the_cli_compare_and_in_a_recipe_file(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["quantize", str(model), "--calib-data", str(calib), "--recipe", str(recipe),
                                    "-o", str(tmp_path / "q")])  # fmt: skip
     assert res.exit_code == 0, res.output
-    rep = json.loads((tmp_path / "q" / "m_int8.json").read_text())
+    rep = json.loads((tmp_path / "q" / "m_int8_cmsis-nn.json").read_text())
     assert rep["compliance"]["target"] == "cmsis-nn" and rep["recipe"]["target"] == "cmsis-nn"

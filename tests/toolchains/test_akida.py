@@ -37,7 +37,7 @@ def test_target_akida_writes_a_program_that_runs(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     programs = list(out.glob("*.fbz"))
     assert len(programs) == 1
-    report = json.loads(next(out.glob("*_int8.json")).read_text())
+    report = json.loads(next(out.glob("*_int8_akida.json")).read_text())
     assert report["toolchain"]["input_dtype"] == "uint8"
     assert [t for _, t in report["toolchain"]["layers"]][1:4] == ["InputConv2D", "Conv2D", "Dense1D"]
     assert_documented(report["toolchain"])
@@ -89,7 +89,7 @@ def test_the_built_in_example_runs_on_akida(tmp_path: Path) -> None:
          "--target", "akida", "-o", str(out)],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
-    report = json.loads((out / "shapes_cnn_int8.json").read_text())
+    report = json.loads((out / "shapes_cnn_int8_akida.json").read_text())
     assert "declared normalisation" in report["toolchain"]["input"]
     data = np.load(examples / "shapes_eval.npz")
     x, labels = data["image"][:64].astype(np.float32), data["labels"][:64]
@@ -102,7 +102,7 @@ def test_the_built_in_example_runs_on_akida(tmp_path: Path) -> None:
         [
             str(python),
             str(script),
-            str(out / "shapes_cnn_int8.fbz"),
+            str(out / "shapes_cnn_int8_akida.fbz"),
             str(tmp_path / "x.npy"),
             str(tmp_path / "y.npy"),
         ],

@@ -139,6 +139,8 @@ def register(app: typer.Typer) -> None:
         names: list[str] = []
 
         def progress(stage: str, done: int, total: int | None) -> None:
+            if is_quiet():  # -q: no progress lines
+                return
             what = names[done] if done < len(names) else "report"
             err.print(f"[{min(done + 1, total or 0)}/{total}] {what}", markup=False, highlight=False)
 

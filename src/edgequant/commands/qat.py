@@ -93,6 +93,9 @@ def run_qat(
 
         recipe = load_recipe(recipe, recipe_notes, flow="qat")
     rec = make_recipe(recipe, **overrides)
+    from edgequant.pipeline import resolve_recipe  # the tag of the recipe as asked, before a target adapts it
+
+    tag = resolve_recipe(recipe, {k: v for k, v in overrides.items() if v is not None}).default_tag
     shapes = parse_input_shapes(input_shape)
     model = model.eval()
     with tempfile.TemporaryDirectory(prefix="edgequant-qat-") as tmp:
@@ -125,7 +128,7 @@ def run_qat(
     res = fit(qat, train, val, task=task, epochs=epochs, lr=lr, batch_size=batch_size,  # type: ignore[arg-type]
               optimizer=optimizer, schedule=schedule, seed=seed, on_epoch=on_epoch)  # fmt: skip
     qat_score = evaluate(qat.convert(), val, task)  # type: ignore[arg-type]
-    stem = f"{name}_{rec.default_tag}"
+    stem = f"{name}_{tag}"
     check = {
         n: a[: rec.batch_size * 2] for n, a in zip([i.name for i in fm.graph.input], val.inputs, strict=False)
     }

@@ -9,7 +9,10 @@ Read, in order (the first found wins):
 
 ``fill_declared`` (``with_declared`` for a recipe; evaluation data too) puts that normalisation into
 every preprocess field the user left unset (None) and lists those fields in ``preprocess.from_model``;
-a value the user set always wins, field by field, even when it equals the default.  It refuses
+a value the user set always wins, field by field, even when it equals the default.  Array data
+(npy/npz/HDF5/CSV, in-memory arrays) is fed as it is: preprocessing fields set for it are refused, and
+raw-pixel arrays (all in [0, 1] or up to 255) for a model that declares another range are refused
+(``check_array_range``).  It refuses
 (RecipeError) a recipe that would still feed raw ``[0, 1]`` pixels (``scale 1/255``, no mean/std) from
 image or video data to a model that declares another normalisation.
 """
@@ -21,6 +24,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from edgequant.errors import DataError, RecipeError
@@ -82,6 +86,86 @@ def _is_media(data: Any) -> bool:
     return p.is_dir() or p.suffix.lower() in MEDIA_SUFFIXES
 
 
+def _is_arrays(data: Any) -> bool:
+    """Array data (npy/npz/HDF5/CSV files, in-memory arrays): fed to the model as it is."""
+    if data is None:
+        return False
+    return not _is_media(data)
+
+
+_FLAG = {
+    "mean": "--mean",
+    "std": "--std",
+    "scale": "--scale",
+    "layout": "--layout",
+    "resize": "--size",
+    "center_crop": "--size",
+}
+
+
+def refuse_array_preprocess(pre: Preprocess, where: str) -> None:
+    """RecipeError naming the preprocessing fields set (``pre.explicit()`` but dtype) for array data
+    (``where``: e.g. "'calib.npz'"), which is fed as it is."""
+    shown = list(dict.fromkeys(_FLAG.get(k, f"preprocess.{k}") for k in pre.explicit() if k != "dtype"))
+    if shown:
+        raise RecipeError(
+            f"{', '.join(shown)} given, but the calibration data {where} is arrays, which are fed to the model "
+            "as they are (image preprocessing applies to image folders and video only); the option would be "
+            "ignored.",
+            f"drop {', '.join(shown)} and save the arrays already preprocessed, or pass the images themselves.",
+        )
+
+
+def _first_array(data: Any, name: str) -> np.ndarray | None:
+    """Up to 64 samples of input ``name`` (or the only array) from .npy/.npz or in-memory data."""
+    try:
+        if isinstance(data, str | Path):
+            p = Path(data)
+            if p.suffix.lower() == ".npy":
+                return np.asarray(np.load(p, mmap_mode="r", allow_pickle=False)[:64])
+            if p.suffix.lower() == ".npz":
+                with np.load(p, allow_pickle=False) as z:
+                    key = name if name in z.files else (z.files[0] if len(z.files) == 1 else None)
+                    return None if key is None else np.asarray(z[key][:64])
+            return None
+        if isinstance(data, np.ndarray):
+            return data[:64]
+        if isinstance(data, dict) and isinstance(data.get(name), np.ndarray):
+            return np.asarray(data[name][:64])
+    except (OSError, ValueError, IndexError):  # unreadable: the data layer says why, later
+        return None
+    return None
+
+
+def check_array_range(fields: dict[str, Any], model: onnx.ModelProto, data: Any) -> None:
+    """RecipeError when array data for the model's one CHW image input holds raw pixels (all in [0, 1],
+    or up to 255) while the model declares a normalisation whose range is far from that (e.g. the example
+    model: (pixel - 127) / 64, about [-2, 2])."""
+    images = [i for i in model.graph.input if len(i.type.tensor_type.shape.dim) == 4]
+    dims = [[d.dim_value for d in i.type.tensor_type.shape.dim] for i in images]
+    if len(images) != 1 or dims[0][1] not in (1, 3):
+        return
+    scale = float(fields.get("scale", 1 / 255))
+    mean = np.asarray(fields.get("mean", [0.0]), dtype=np.float64)
+    std = np.asarray(fields.get("std", [1.0]), dtype=np.float64)
+    lo, hi = float(np.min((0.0 - mean) / std)), float(np.max((255.0 * scale - mean) / std))
+    x = _first_array(data, images[0].name)
+    if x is None or x.size == 0 or not np.issubdtype(x.dtype, np.floating):
+        return
+    dmin, dmax = float(np.min(x)), float(np.max(x))
+    raw01 = dmin >= 0.0 and dmax <= 1.0 and (lo < -0.5 or hi > 2.0)
+    raw255 = dmin >= 0.0 and dmax > 10.0 and hi < 0.25 * dmax
+    if raw01 or raw255:
+        kind = "raw [0, 1] pixels" if raw01 else "raw 0..255 pixels"
+        raise RecipeError(
+            f"input '{images[0].name}' of the array data holds values in [{dmin:.3g}, {dmax:.3g}], like {kind}, "
+            f"but the model declares the normalisation {json.dumps(fields)}, whose inputs span about "
+            f"[{lo:.2f}, {hi:.2f}].",
+            "normalise the arrays as the model declares before saving them, or pass the images (a folder) "
+            "and let EdgeQuant apply the declared normalisation.",
+        )
+
+
 def with_declared(recipe: Recipe, model: onnx.ModelProto, data: Any) -> tuple[Recipe, list[str]]:
     """``recipe`` with ``fill_declared`` applied to its preprocess; notes for the report."""
     pre, notes = fill_declared(recipe.preprocess, model, data)
@@ -94,6 +178,12 @@ def fill_declared(pre: Preprocess, model: onnx.ModelProto, data: Any) -> tuple[P
     when it equals the default (``--scale 1/255``).  DataError when the metadata declares an invalid
     field; RecipeError when image/video data would still reach such a model as raw [0, 1] pixels
     (scale 1/255, mean 0, std 1, all set by the user)."""
+    if _is_arrays(data):  # arrays are fed as they are: no preprocessing applies to them
+        refuse_array_preprocess(pre, f"'{data}'" if isinstance(data, str | Path) else "the in-memory arrays")
+        fields = declared(model)
+        if fields:
+            check_array_range(fields, model, data)
+        return pre, []
     fields = declared(model)
     if not fields:
         return pre, []

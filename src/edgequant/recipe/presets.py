@@ -46,6 +46,18 @@ def preset(name: str, **overrides: Any) -> Recipe:
         if weight_bits <= bits:
             names = {*recipe.algorithms, step}
             recipe = from_dict({**data, "algorithms": [a for a in ALGORITHMS if a in names]})
+    return recipe if "tag" in overrides else own_tag(name, recipe)
+
+
+def own_tag(name: str, recipe: Recipe) -> Recipe:
+    """``recipe`` (preset ``name`` with changes) without the preset's own tag when the changes alter the
+    settings that tag stands for (``accurate`` at 4 bits is not ``accurate``): the derived tag then."""
+    own = PRESETS[name].get("tag")
+    if not own or recipe.tag != own:
+        return recipe
+    mine = recipe.replace(tag=None).default_tag
+    if mine != from_dict({k: v for k, v in PRESETS[name].items() if k != "tag"}).default_tag:
+        return recipe.replace(tag=None)
     return recipe
 
 

@@ -34,6 +34,7 @@ ALGORITHMS: tuple[str, ...] = (
     "cle", "smoothquant", "adaround", "block_clip", "gptq", "bias_correction", "mixed_precision"
 )  # fmt: skip
 WEIGHT_ONLY_PASSES: tuple[str, ...] = ("block_clip", "gptq")  # passes that choose weight ranges only
+PREPROCESS_PRESETS: tuple[str, ...] = ("imagenet",)  # data.preprocess.PRESETS' names
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,11 @@ class Preprocess:
     from_model: tuple[str, ...] = ()  # set by EdgeQuant: fields taken from the model's metadata
 
     def __post_init__(self) -> None:
+        if self.preset is not None and self.preset not in PREPROCESS_PRESETS:
+            raise RecipeError(
+                f"unknown preprocess preset {self.preset[:64]!r}; known: {', '.join(PREPROCESS_PRESETS)}.",
+                "use preset: imagenet, or set resize/center_crop/mean/std yourself.",
+            )
         names = {f.name for f in fields(self)} - {"from_model", "preset"}
         odd = sorted(set(self.from_model) - names)
         if odd:
@@ -383,26 +389,11 @@ class Recipe:
 
     @property
     def default_tag(self) -> str:
-        if self.tag:
-            return self.tag
-        if self.method == "fp16":
-            return "fp16"
-        # settings that change the weights' grid get a suffix: per-tensor and per-channel never share a name
-        grid = ("" if self.per_channel else "_pt") + ("_p2" if self.power_of_two else "")
-        if self.method == "dynamic":
-            return ("dynamic_int8" if self.weight_bits == 8 else f"dynamic_w{self.weight_bits}") + grid
-        if self.method == "weight-only":
-            block = f"b{self.block_size}" if self.block_size else ""
-            return f"w{self._bits_tag}{block}" + ("" if self.block_size else grid)
-        if self.weight_bits == 8 and self.act_bits == 8:
-            return "int8" + grid
-        return f"w{self._bits_tag}a{self.act_bits}" + grid
+        """The output tag: ``tag`` when set, else one that encodes every setting that changes the model
+        (``recipe.tags``: e.g. ``int8``, ``int8_pt``, ``w4a8_entropy``, ``int8_sym_ti-npu``)."""
+        from edgequant.recipe.tags import derive
 
-    @property
-    def _bits_tag(self) -> str:
-        return {"ternary": "t", 1: "1c" if self.weight_centring else "1"}.get(
-            self.weight_bits, str(self.weight_bits)
-        )
+        return derive(self)
 
     def replace(self, **changes: Any) -> Recipe:
         return from_dict({**to_dict(self), **changes})
@@ -559,15 +550,25 @@ def to_dict(recipe: Recipe) -> dict[str, Any]:
 
 def to_flag_dict(recipe: Recipe) -> dict[str, Any]:
     """``to_dict`` with the keys spelled as the CLI flags (``symmetric``, ``target_sqnr``, ``data_option``,
-    ``dynamic_axis``, ``algorithm``): what ``--print-recipe`` prints; ``from_dict`` reads it back."""
+    ``dynamic_axis``, ``algorithm``), without the options the method does not read (``recipe.applies``):
+    what ``--print-recipe`` prints; ``from_dict`` reads it back."""
+    from edgequant.recipe.applies import reads
+
     to_flag = {field_name: flag for flag, field_name in FLAG_KEYS.items()}
-    return {to_flag.get(k, k): v for k, v in to_dict(recipe).items()}
+    # only the options the method reads: the printed recipe given back as --recipe is accepted as it is
+    return {to_flag.get(k, k): v for k, v in to_dict(recipe).items() if reads(recipe, k)}
 
 
 def load_recipe(path: str | Path, notes: list[str] | None = None, flow: str = "ptq") -> Recipe:
     """Read a YAML recipe file: EdgeQuant keys, or a TI Tensorlab-style config (``recipe.ti_config``),
     whose notes (e.g. a device without an NPU) are appended to ``notes``; ``flow`` "qat" reads a TI
     config for ``edgequant qat`` (``quantization_method: QAT``)."""
+    return from_dict(read_recipe(path, notes, flow))
+
+
+def read_recipe(path: str | Path, notes: list[str] | None = None, flow: str = "ptq") -> dict[str, Any]:
+    """The mapping of a YAML recipe file (``load_recipe`` without building the Recipe): its keys are
+    the options the file gives."""
     p = Path(path)
     if not p.is_file():
         raise RecipeError(f"recipe file '{p}' does not exist.", "check the path given to --recipe.")
@@ -583,4 +584,6 @@ def load_recipe(path: str | Path, notes: list[str] | None = None, flow: str = "p
         data, ti_notes = from_tensorlab(data, flow)
         if notes is not None:
             notes.extend(ti_notes)
-    return from_dict(data)
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe file '{p}' is not a mapping of keys.", "write key: value pairs.")
+    return data

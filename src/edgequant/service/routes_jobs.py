@@ -28,8 +28,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Request
 from fastapi.responses import FileResponse, JSONResponse
 
+from edgequant.data.declared import refuse_array_preprocess
 from edgequant.errors import RecipeError
 from edgequant.recipe import METHODS, PRESETS, from_dict, to_dict
+from edgequant.recipe.applies import normalized_keys, refuse_ignored
+from edgequant.recipe.presets import own_tag
 from edgequant.recipe.schema import FLAG_KEYS
 from edgequant.service.config import (
     BadRequest,
@@ -111,6 +114,7 @@ def build_recipe(
 ) -> dict[str, Any]:
     """The validated recipe mapping of a quantize request (see module doc for precedence)."""
     data = canonical_keys(data)
+    given = normalized_keys(data)  # the client's keys: an option the method does not read is refused
     if method:
         if method in PRESETS:
             data.update(PRESETS[method])
@@ -125,7 +129,15 @@ def build_recipe(
     data["target"] = resolve_target(target if target is not None else data.get("target"))
     if config is not None:
         check_request(data, config, has_dataset=has_dataset)
-    return to_dict(from_dict(data))
+    recipe = from_dict(data)
+    if method in PRESETS and "tag" not in given:  # a preset's tag names the preset's settings only
+        recipe = own_tag(method, recipe)
+    refuse_ignored(recipe, given)
+    if recipe.tag is None:  # the file names are fixed now, from the recipe as asked (the worker resolves
+        recipe = recipe.replace(
+            tag=recipe.default_tag
+        )  # regex excludes to node names, which would change it)
+    return to_dict(recipe)
 
 
 def resolve_model_name(store: JobStore, name: str) -> str:
@@ -214,6 +226,8 @@ async def submit_quantize(
     if dataset is not None:
         dataset_exists(store.root, dataset)
     recipe = build_recipe(recipe_mapping(body), method, target, config, has_dataset=dataset is not None)
+    if dataset is not None and (store.dataset_dir(dataset) / "data.npz").is_file():  # arrays: fed as they are
+        refuse_array_preprocess(from_dict(recipe).preprocess, f"dataset '{dataset}' (npz)")
     job_id = _queue(request, "quantize", name, dataset, recipe)
     if not wait:
         return _accepted(job_id)

@@ -1,0 +1,80 @@
+"""Issue 9 §7: different settings never write the same file name; the default tag names each setting
+that changes the model (recipe.tags), an explicit tag wins, a preset's tag names its own settings only."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import onnx
+from tinymodels import conv_net, images
+from typer.testing import CliRunner
+
+from edgequant.cli import app
+from edgequant.recipe import Recipe, preset
+
+SETTINGS: list[dict[str, object]] = [
+    {}, {"per_channel": False}, {"power_of_two": True}, {"weight_symmetric": False}, {"act_symmetric": True},
+    {"act_signed": "signed"}, {"act_signed": "unsigned"}, {"calib_method": "entropy"},
+    {"calib_method": "percentile"}, {"calib_method": "percentile", "percentile": 99.9}, {"calib_method": "mse"},
+    {"calib_method": "search"}, {"reduce_range": "on"}, {"reduce_range": "off"}, {"placement": "all"},
+    {"placement": "matmul-inputs"}, {"act16_below_db": 25.0}, {"target_sqnr_db": 30.0}, {"algorithms": ["cle"]},
+    {"algorithms": ["cle", "adaround"]}, {"bias_correction": True}, {"hoist_gru": True}, {"skip_first": True},
+    {"skip_last": True}, {"target": "ti-npu"}, {"target": "vitis-dpu"}, {"exclude": ["Conv"]},
+    {"calib_samples": 64}, {"seed": 3, "sampling": "random"}, {"check_samples": 8}, {"weight_bits": 4},
+    {"act_bits": 16}, {"method": "dynamic"}, {"method": "fp16"}, {"method": "weight-only"},
+    {"method": "weight-only", "weight_bits": 4, "block_size": 32}, {"method": "dynamic", "per_channel": False},
+]  # fmt: skip
+
+
+def test_every_setting_gets_its_own_tag() -> None:
+    tags = [Recipe(**s).default_tag for s in SETTINGS]  # type: ignore[arg-type]
+    assert len(set(tags)) == len(SETTINGS), [t for t in tags if tags.count(t) > 1]
+    pairs = [{**a, **b} for a, b in itertools.combinations(SETTINGS[1:25], 2) if not set(a) & set(b)]
+    both = [Recipe(**p).default_tag for p in pairs]  # type: ignore[arg-type]
+    assert len(set(both) | set(tags)) == len(both) + len(tags)
+    assert all(len(t) <= 64 for t in tags + both)
+
+
+def test_the_common_tags_read_as_documented() -> None:
+    expect = {
+        "int8": {}, "int8_pt": {"per_channel": False}, "w4a8": {"weight_bits": 4}, "int8_entropy": {"calib_method": "entropy"},
+        "int8_sym": {"act_symmetric": True}, "int8_ti-npu": {"target": "ti-npu"}, "w4b32": {"method": "weight-only",
+        "weight_bits": 4, "block_size": 32}, "fp16": {"method": "fp16"}, "dynamic_int8": {"method": "dynamic"},
+        "int8_percentile99.9": {"calib_method": "percentile", "percentile": 99.9}, "custom": {"tag": "custom",
+        "per_channel": False},
+    }  # fmt: skip
+    assert {Recipe(**v).default_tag: k for k, v in expect.items()} == {k: k for k in expect}  # type: ignore[arg-type]
+    # settings fp16 does not read cannot change an fp16 model: same tag
+    assert Recipe(method="fp16", calib_samples=64, seed=4).default_tag == "fp16"
+
+
+def test_a_preset_tag_names_the_preset_settings_only() -> None:
+    assert preset("int8-static").default_tag == "int8"
+    assert preset("int8-static", weight_bits=4).default_tag == "w4a8"  # the sweep's int8-static_cpu_w4 cell
+    assert preset("int8-static", target="ti-npu").default_tag == "int8_ti-npu"
+    assert preset("accurate").default_tag == "accurate"
+    assert preset("accurate", calib_data="x.npz").default_tag == "accurate"  # data is not a setting
+    assert preset("accurate", weight_bits=4).default_tag != "accurate"
+
+
+def test_runs_with_different_settings_write_different_files(tmp_path: Path) -> None:
+    model = tmp_path / "net.onnx"
+    onnx.save_model(conv_net(), model)
+    np.save(tmp_path / "x.npy", images(48))
+    out = tmp_path / "x"
+    base = ["quantize", str(model), "-o", str(out), "--calib-data", str(tmp_path / "x.npy")]
+    for extra in (
+        [],
+        ["--target", "ti-npu"],
+        ["--calib-method", "entropy"],
+        ["--symmetric"],
+        ["--per-tensor"],
+    ):
+        res = CliRunner().invoke(app, [*base, *extra])
+        assert res.exit_code == 0, res.output  # no --overwrite needed: each writes its own name
+    names = sorted(p.name for p in out.glob("*.onnx"))
+    assert names == [
+        f"net_{t}.onnx" for t in sorted(["int8", "int8_ti-npu", "int8_entropy", "int8_sym", "int8_pt"])
+    ]
