@@ -39,7 +39,7 @@ def test_verbose_shows_each_stage_and_debug_each_node_on_the_example(tmp_path: P
     stages = [ln for ln in info.splitlines() if ln.startswith("INFO edgequant.pipeline:")]
     for word in (
         "loaded 'shapes_cnn'",
-        "calibration (minmax)",
+        "calibration (auto)",
         "QDQ export",
         "static:",
         "check: output SQNR",

@@ -25,14 +25,14 @@ def test_rest_target_ti_npu_plans_and_checks_for_the_target(server: Server) -> N
         job = wait_job(c, r.json()["job_id"])
         assert job["status"] == "succeeded", job["error"]
         url = f"/api/v1/jobs/{job['job_id']}/artifacts"
-        rep = c.get(f"{url}/tinyti_int8.json").json()
+        rep = c.get(f"{url}/tinyti_int8_ti-npu.json").json()
         comp = rep["compliance"]
         assert comp["target"] == "ti-npu"
         # by hand: the first conv reads 3 channels; TI's first conv (FCONV) takes exactly 1
         assert ("conv", "in_channels", "3", "exactly 1") in {
             (f["node"], f["rule"], f["found"], f["required"]) for f in comp["findings"]
         }
-        model = onnx.load_from_string(c.get(f"{url}/tinyti_int8.onnx").content)
+        model = onnx.load_from_string(c.get(f"{url}/tinyti_int8_ti-npu.onnx").content)
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     scales = [
         inits[n.input[1]] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[1] in inits
