@@ -73,8 +73,8 @@ def test_target_akida1_converts_a_keras_model_at_4_bits(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     programs = list(out.glob("*.fbz"))
-    assert [p.name for p in programs] == ["m_w4a4.fbz"]
-    report = json.loads((out / "m_w4a4.json").read_text())["toolchain"]
+    assert [p.name for p in programs] == ["m_w4a4_akida1.fbz"]
+    report = json.loads((out / "m_w4a4_akida1.json").read_text())["toolchain"]
     assert [name for name, _, _ in report["layers"]] == ["conv1", "conv2", "fc"]
     assert_documented(report)
 
