@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -29,7 +30,9 @@ def _setup(c: object) -> None:
 
 
 def _files(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
+    # os.walk skips a folder that vanishes mid-walk (a job's .partial folder renamed as it finishes);
+    # Path.rglob raised FileNotFoundError on one in CI
+    return {str((Path(d) / n).relative_to(root)) for d, dirs, files in os.walk(root) for n in [*dirs, *files]}
 
 
 # 1. arbitrary file write through `tag`
