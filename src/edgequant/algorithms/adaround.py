@@ -290,12 +290,11 @@ class AdaRound:
     def apply(
         self, model: onnx.ModelProto, plan: QuantPlan, stats: Stats
     ) -> tuple[onnx.ModelProto, QuantPlan, PassOutcome]:
-        if stats.synthetic or stats.samples < 1:
-            raise DataError(
-                "AdaRound learns each weight's rounding from real calibration inputs, and none were given "
-                "(synthetic random data would fit the rounding to noise).",
-                "pass --calib-data with real samples, or drop adaround from the algorithms.",
-            )
+        stats.require_real(
+            "adaround",
+            "AdaRound learns each weight's rounding from real calibration inputs, and none were given "
+            "(synthetic random data would fit the rounding to noise).",
+        )
         layers, skipped = layers_to_round(model, plan)
         if not layers:
             return (

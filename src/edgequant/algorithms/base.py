@@ -51,7 +51,7 @@ import numpy as np
 import onnx
 
 from edgequant.data.base import Batch
-from edgequant.errors import RecipeError
+from edgequant.errors import DataError, RecipeError
 from edgequant.plan import QuantPlan
 from edgequant.recipe.schema import ALGORITHMS, Recipe
 from edgequant.runtime import OrtRuntime
@@ -96,6 +96,13 @@ class Stats:
             take = min(n, self.samples - seen)
             yield batch if take == n else {k: v[:take] for k, v in batch.items()}
             seen += take
+
+    def require_real(self, pass_name: str, why: str) -> None:
+        """Raise DataError (``why``, then the fix naming ``pass_name``) unless real samples were given."""
+        if self.synthetic or self.samples < 1:
+            raise DataError(
+                why, f"pass --calib-data with real samples, or drop {pass_name} from the algorithms."
+            )
 
 
 Phase = Literal["before_ranges", "after_ranges"]

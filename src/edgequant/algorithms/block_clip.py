@@ -29,7 +29,6 @@ from onnx import helper, numpy_helper
 
 from edgequant.algorithms import tokens
 from edgequant.algorithms.base import PassOutcome, StatRequest, Stats, register
-from edgequant.errors import DataError
 from edgequant.plan import QuantPlan
 from edgequant.recipe.schema import Recipe
 from edgequant.schemes.qparams import dequantize, qparams_from_range, quantize, quantize_weight, weight_ranges
@@ -128,11 +127,10 @@ class BlockClip:
     def apply(
         self, model: onnx.ModelProto, plan: QuantPlan, stats: Stats
     ) -> tuple[onnx.ModelProto, QuantPlan, PassOutcome]:
-        if stats.synthetic or stats.samples < 1:
-            raise DataError(
-                "block_clip weighs each block's error by real calibration inputs, and none were given.",
-                "pass --calib-data with real samples, or drop block_clip from the algorithms.",
-            )
+        stats.require_real(
+            "block_clip",
+            "block_clip weighs each block's error by real calibration inputs, and none were given.",
+        )
         targets, skipped = _targets(model, plan)
         outcome = PassOutcome(skipped=skipped)
         if not targets:

@@ -36,7 +36,6 @@ from onnx import helper, numpy_helper
 from edgequant.algorithms import tokens
 from edgequant.algorithms.base import PassOutcome, StatRequest, Stats, register
 from edgequant.algorithms.block_clip import SAMPLES, _targets, search
-from edgequant.errors import DataError
 from edgequant.plan import QuantPlan
 from edgequant.recipe.schema import Recipe
 from edgequant.schemes.qparams import dequantize, quantize, quantize_weight
@@ -114,11 +113,9 @@ class Gptq:
     def apply(
         self, model: onnx.ModelProto, plan: QuantPlan, stats: Stats
     ) -> tuple[onnx.ModelProto, QuantPlan, PassOutcome]:
-        if stats.synthetic or stats.samples < 1:
-            raise DataError(
-                "gptq fits each weight's rounding to real calibration inputs, and none were given.",
-                "pass --calib-data with real samples, or drop gptq from the algorithms.",
-            )
+        stats.require_real(
+            "gptq", "gptq fits each weight's rounding to real calibration inputs, and none were given."
+        )
         targets, skipped = _targets(model, plan)
         outcome = PassOutcome(skipped=skipped)
         if not targets:
