@@ -1,0 +1,180 @@
+"""The Recipe's cross-field rules: combinations of options that cannot work together, or options the
+chosen method or target would ignore, are refused with one RecipeError naming the options and the fix.
+
+``Recipe.__post_init__`` (``recipe.schema``) calls these after its per-field checks; ``check_target`` and
+``alias_passes`` also canonicalise the frozen recipe (the target's profile name; the passes that
+``bias_correction`` and ``target_sqnr_db`` add to ``algorithms``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import typing
+from typing import TYPE_CHECKING
+
+from edgequant.errors import RecipeError
+
+if TYPE_CHECKING:
+    from edgequant.recipe.schema import Recipe
+
+
+def suggest(value: str, allowed: typing.Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest allowed name, or ``""``."""
+    close = difflib.get_close_matches(str(value), list(allowed), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def check_lowbit(r: Recipe) -> None:
+    """Binary and ternary weights: symmetric, per channel or per tensor, static or weight-only."""
+    if r.weight_centring and r.weight_bits != 1:
+        raise RecipeError(
+            f"weight_centring is set with weight_bits {r.weight_bits}; it centres binary weights only.",
+            "use --weight-bits 1 with --weight-centring, or drop --weight-centring.",
+        )
+    if r.weight_bits not in (1, "ternary"):
+        return
+    kind = "binary" if r.weight_bits == 1 else "ternary"
+    if r.method not in ("static", "weight-only"):
+        raise RecipeError(
+            f"{kind} weights (weight_bits {r.weight_bits}) with method '{r.method}'; they are "
+            "stored as int8 codes with a DequantizeLinear, which methods static and weight-only write.",
+            "use --method static or weight-only.",
+        )
+    if not r.weight_symmetric:
+        raise RecipeError(
+            f"{kind} weights are symmetric by definition (codes {{-1, +1}} or {{-1, 0, +1}}, zero "
+            "point 0), and asymmetric weights were asked for.",
+            "drop the asymmetric weight setting"
+            + (" (--weight-centring centres binary signs)." if kind == "binary" else "."),
+        )
+    if r.block_size is not None:
+        raise RecipeError(
+            f"{kind} weights have one scale per channel or per tensor; block_size {r.block_size} "
+            "would be ignored.",
+            "drop --block-size.",
+        )
+
+
+def check_ignored(r: Recipe) -> None:
+    """An option the chosen method would not read is refused, naming the option."""
+    m = r.method
+    if m == "fp16" and r.weight_bits != 8:
+        raise RecipeError(
+            f"weight_bits {r.weight_bits} is set but method 'fp16' stores weights as float16, "
+            "so the option would be ignored.",
+            "drop --weight-bits, or use --method weight-only / static for integer weights.",
+        )
+    if m != "static" and r.act_bits != 8:
+        raise RecipeError(
+            f"act_bits {r.act_bits} is set but method '{m}' does not quantize activations to a "
+            "fixed bit width, so the option would be ignored.",
+            "drop --act-bits, or use --method static.",
+        )
+    if m != "weight-only" and r.block_size is not None:
+        raise RecipeError(
+            f"block_size {r.block_size} is set but method '{m}' has no block-wise weights, so the "
+            "option would be ignored.",
+            "drop --block-size, or use --method weight-only.",
+        )
+    if m == "dynamic" and r.calib_data is not None:
+        raise RecipeError(
+            "calib_data is set but method 'dynamic' computes activation ranges at run time and "
+            "calibrates nothing, so the option would be ignored.",
+            "drop --calib-data (the run check then uses synthetic inputs and says so), "
+            "or use --method static.",
+        )
+
+
+def check_target(r: Recipe) -> None:
+    """The target is a known profile name (case and aliases resolved: 'onnx' is 'cpu'); an unknown
+    one is refused with the known names and the closest match (edgequant.targets)."""
+    from edgequant import targets
+
+    object.__setattr__(r, "target", targets.canonical(r.target))
+    if r.format == "ti-npu-int" and (r.target != "ti-npu" or r.method != "static"):
+        raise RecipeError(
+            f"--format ti-npu-int is TI's NPU integer form, but the target is '{r.target}' and the method "
+            f"'{r.method}'; it is written from a static model quantized for target 'ti-npu' only.",
+            "add --target ti-npu (and --method static), or drop --format (the QDQ model is the default).",
+        )
+
+
+def check_algorithms(r: Recipe) -> None:
+    """Known pass names, each once, in ALGORITHMS order, on a method that runs them."""
+    from edgequant.recipe.schema import ALGORITHMS, WEIGHT_ONLY_PASSES
+
+    for name in r.algorithms:
+        if name not in ALGORITHMS:
+            raise RecipeError(
+                f"unknown algorithm '{name}'; known: {', '.join(ALGORITHMS)}.",
+                "use one of the known names" + suggest(name, ALGORITHMS) + ".",
+            )
+    if r.algorithms and r.method == "weight-only" and set(r.algorithms) <= set(WEIGHT_ONLY_PASSES):
+        pass  # block_clip and gptq choose weight grids only: weight-only runs them too
+    elif r.algorithms and r.method != "static":
+        raise RecipeError(
+            f"algorithms {list(r.algorithms)} are set but method is '{r.method}'; the passes refine "
+            "the weights of a static int model, so they apply to method 'static' only "
+            f"(weight-only takes {', '.join(WEIGHT_ONLY_PASSES)}).",
+            "use --method static with --algorithm, or drop --algorithm.",
+        )
+    if len(set(r.algorithms)) != len(r.algorithms):
+        raise RecipeError(f"algorithms {list(r.algorithms)} name a pass twice.", "list each pass once.")
+    order = [ALGORITHMS.index(a) for a in r.algorithms]
+    if order != sorted(order):
+        raise RecipeError(
+            f"algorithms {list(r.algorithms)} are out of order; passes run in the order "
+            f"{', '.join(ALGORITHMS)} (equalize weights before choosing their rounding).",
+            f"write them as {[a for a in ALGORITHMS if a in r.algorithms]}.",
+        )
+
+
+def alias_passes(r: Recipe) -> None:
+    """``bias_correction: true`` and ``target_sqnr_db`` add their passes (``bias_correction``,
+    ``mixed_precision``) to ``algorithms``, in the passes' order; the passes need their settings."""
+    extra = (("bias_correction",) if r.bias_correction else ()) + (
+        ("mixed_precision",) if r.target_sqnr_db is not None else ()
+    )
+    from edgequant.recipe.schema import ALGORITHMS
+
+    names = tuple(sorted({*r.algorithms, *extra}, key=ALGORITHMS.index))
+    object.__setattr__(r, "algorithms", names)
+    if "mixed_precision" in names and r.target_sqnr_db is None:
+        raise RecipeError(
+            "algorithm 'mixed_precision' keeps the most sensitive nodes float until the output SQNR "
+            "reaches target_sqnr_db, and target_sqnr_db is not set.",
+            "add --target-sqnr DB (which runs the pass by itself), or drop mixed_precision.",
+        )
+    if r.bias_correction_variant != "sequential" and "bias_correction" not in names:
+        raise RecipeError(
+            f"bias_correction_variant is '{r.bias_correction_variant}' but bias correction does not run.",
+            "add --bias-correction (or bias_correction to algorithms), or drop bias_correction_variant.",
+        )
+
+
+def check_sensitivity(r: Recipe) -> None:
+    """target_sqnr_db / max_float_nodes: positive, finite, static only, the cap only with a target."""
+    target, cap = r.target_sqnr_db, r.max_float_nodes
+    if target is not None and not (math.isfinite(target) and target > 0):
+        raise RecipeError(
+            f"target_sqnr_db {target} is not a positive, finite number of dB.",
+            "use e.g. --target-sqnr 25 (dB of output SQNR against the float model).",
+        )
+    if target is not None and r.method != "static":
+        raise RecipeError(
+            f"target_sqnr_db is set but method is '{r.method}'; the target keeps nodes of a static "
+            "int model float, so it applies to method 'static' only.",
+            "use --method static with --target-sqnr, or drop --target-sqnr.",
+        )
+    if cap is not None and cap < 1:
+        raise RecipeError(
+            f"max_float_nodes {cap} is not a positive count.",
+            "use e.g. --max-float-nodes 5, or leave it unset for 10 % of the quantized compute nodes.",
+        )
+    if cap is not None and target is None:
+        raise RecipeError(
+            f"max_float_nodes ({cap}) is set but target_sqnr_db is not; the cap limits the nodes "
+            "that --target-sqnr keeps float.",
+            "add --target-sqnr DB, or drop --max-float-nodes.",
+        )
