@@ -15,6 +15,22 @@ from rich.console import Console
 
 from edgequant.cli_support import is_quiet
 from edgequant.commands.executor_options import Address, Cpus, ExecutorName, open_executor
+from edgequant.commands.shared_options import (
+    Blank,
+    Checkpoint,
+    DataOption,
+    Device,
+    DynamicAxis,
+    Factory,
+    FloatModel,
+    GpuNumber,
+    InputShape,
+    LayerSamples,
+    MaxSamples,
+    Task,
+    Threads,
+    TopK,
+)
 from edgequant.errors import EdgeQuantError
 
 
@@ -39,10 +55,7 @@ def _profile(path: Path | None) -> dict[str, Any] | None:
 def register(app: typer.Typer) -> None:
     @app.command()
     def compare(
-        model: Annotated[
-            Path,
-            typer.Argument(help="The float model: ONNX, TorchScript, or a name for --factory/--checkpoint."),
-        ],
+        model: FloatModel,
         outdir: Annotated[Path, typer.Option("-o", "--out", "--outdir", help="Output directory.")],
         calib_data: Annotated[str | None, typer.Option(help="Calibration data.")] = None,
         eval_data: Annotated[
@@ -63,41 +76,23 @@ def register(app: typer.Typer) -> None:
         prefer: Annotated[
             str, typer.Option(help="Optimise: latency | size | accuracy | energy.")
         ] = "latency",
-        task: Annotated[str, typer.Option(help="classification | regression | embedding | sequence")] = (
-            "classification"
-        ),
+        task: Task = "classification",
         runs: Annotated[int, typer.Option(help="Timed latency runs per method.")] = 30,
-        threads: Annotated[int, typer.Option(help="ORT intra-op threads (0 = ORT default).")] = 1,
+        threads: Threads = 1,
         batch_size: Annotated[int, typer.Option(help="Batch size for latency.")] = 1,
         memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Measure peak memory.")] = True,
-        top_k: Annotated[int, typer.Option(help="Nodes for the only-this-layer analysis.")] = 10,
-        layer_samples: Annotated[int, typer.Option(help="Samples for the per-layer analysis.")] = 8,
-        max_eval_samples: Annotated[int | None, typer.Option(help="Evaluate at most N samples.")] = None,
-        blank: Annotated[int, typer.Option(help="CTC blank index (sequence).")] = 0,
+        top_k: TopK = 10,
+        layer_samples: LayerSamples = 8,
+        max_eval_samples: MaxSamples = None,
+        blank: Blank = 0,
         layout: Annotated[str, typer.Option(help="Sequence output layout: ntc or tnc.")] = "ntc",
-        device: Annotated[
-            str | None,
-            typer.Option(
-                help="cpu, cuda or cuda:N: ONNX Runtime's provider (no CPU fallback) [default: cpu]."
-            ),
-        ] = None,
-        gpu_number: Annotated[int | None, typer.Option(help="Alias for --device cuda:N.")] = None,
-        factory: Annotated[str | None, typer.Option(help="PyTorch 'package.module:factory'.")] = None,
-        checkpoint: Annotated[
-            Path | None,
-            typer.Option(help="Checkpoint for --factory: file, or run dir with args.json/config."),
-        ] = None,
-        input_shape: Annotated[
-            str | None, typer.Option(help="PyTorch example input shape, e.g. 1x20x8.")
-        ] = None,
-        dynamic_axis: Annotated[
-            list[str] | None,
-            typer.Option(help="PyTorch export: INPUT:AXIS made dynamic (e.g. input:1). Repeatable."),
-        ] = None,
-        data_option: Annotated[
-            list[str] | None,
-            typer.Option(help="Data option KEY=VALUE as for quantize (e.g. metadata_csv=m.csv)."),
-        ] = None,
+        device: Device = None,
+        gpu_number: GpuNumber = None,
+        factory: Factory = None,
+        checkpoint: Checkpoint = None,
+        input_shape: InputShape = None,
+        dynamic_axis: DynamicAxis = None,
+        data_option: DataOption = None,
         eval_split: Annotated[
             str | None,
             typer.Option(help="Metadata CSV split to evaluate on (val, test, ...); calibration: train."),

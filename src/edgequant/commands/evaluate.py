@@ -12,6 +12,22 @@ from rich.table import Table
 
 from edgequant.cli_support import is_quiet, print_table
 from edgequant.commands.preprocess_options import Mean, Scale, Size, Std, preprocess_flags
+from edgequant.commands.shared_options import (
+    Blank,
+    Checkpoint,
+    DataOption,
+    Device,
+    DynamicAxis,
+    Factory,
+    FloatModel,
+    GpuNumber,
+    InputShape,
+    LayerSamples,
+    MaxSamples,
+    Task,
+    Threads,
+    TopK,
+)
 from edgequant.errors import EdgeQuantError
 
 
@@ -126,19 +142,14 @@ def perf_table(rows: list[dict[str, Any]]) -> Table:
 def register(app: typer.Typer) -> None:
     @app.command()
     def evaluate(
-        float_model: Annotated[
-            Path,
-            typer.Argument(help="The float model: ONNX, TorchScript, or a name for --factory/--checkpoint."),
-        ],
+        float_model: FloatModel,
         quant_model: Annotated[Path, typer.Argument(help="The quantized ONNX model.")],
         data: Annotated[
             str, typer.Option(help="Evaluation data (.npz with inputs and 'labels', images, ...).")
         ],
-        task: Annotated[str, typer.Option(help="classification | regression | embedding | sequence")] = (
-            "classification"
-        ),
+        task: Task = "classification",
         metric: Annotated[str | None, typer.Option(help="Custom metric module:function.")] = None,
-        blank: Annotated[int, typer.Option(help="CTC blank index (sequence).")] = 0,
+        blank: Blank = 0,
         layout: Annotated[
             str, typer.Option(help="Sequence output layout: ntc ([N,T,C]) or tnc ([T,N,C]).")
         ] = "ntc",
@@ -146,47 +157,31 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option(help="Model output to score (default: the first).")
         ] = None,
         batch_size: Annotated[int, typer.Option(help="Evaluation batch size.")] = 32,
-        max_samples: Annotated[int | None, typer.Option(help="Evaluate at most N samples.")] = None,
+        max_samples: MaxSamples = None,
         output_json: Annotated[
             Path | None, typer.Option("-o", "--output-json", help="Write JSON here.")
         ] = None,
         output_csv: Annotated[Path | None, typer.Option("--output-csv", help="Write CSV here.")] = None,
         per_layer: Annotated[bool, typer.Option("--per-layer", help="Per-layer SQNR analysis.")] = False,
-        top_k: Annotated[int, typer.Option(help="Nodes for the only-this-layer analysis.")] = 10,
-        layer_samples: Annotated[int, typer.Option(help="Samples for the per-layer analysis.")] = 8,
+        top_k: TopK = 10,
+        layer_samples: LayerSamples = 8,
         latency: Annotated[bool, typer.Option("--latency", help="Measure ORT CPU latency of both.")] = False,
         runs: Annotated[int, typer.Option(help="Timed runs for latency.")] = 50,
-        threads: Annotated[int, typer.Option(help="ORT intra-op threads (0 = ORT default).")] = 1,
+        threads: Threads = 1,
         latency_batch: Annotated[int, typer.Option(help="Batch size for latency/memory.")] = 1,
         memory: Annotated[
             bool, typer.Option("--memory", help="Peak memory of each model's ORT session (subprocess, MiB).")
         ] = False,
-        data_option: Annotated[
-            list[str] | None,
-            typer.Option(help="Data option KEY=VALUE as for quantize (e.g. metadata_csv=m.csv)."),
-        ] = None,
+        data_option: DataOption = None,
         eval_split: Annotated[
             str | None, typer.Option(help="Metadata CSV split to evaluate on (val, test, ...).")
         ] = None,
-        device: Annotated[
-            str | None,
-            typer.Option(
-                help="cpu, cuda or cuda:N: ONNX Runtime's provider (no CPU fallback) [default: cpu]."
-            ),
-        ] = None,
-        gpu_number: Annotated[int | None, typer.Option(help="Alias for --device cuda:N.")] = None,
-        factory: Annotated[str | None, typer.Option(help="PyTorch 'package.module:factory'.")] = None,
-        checkpoint: Annotated[
-            Path | None,
-            typer.Option(help="Checkpoint for --factory: file, or run dir with args.json/config."),
-        ] = None,
-        input_shape: Annotated[
-            str | None, typer.Option(help="PyTorch example input shape, e.g. 1x20x8.")
-        ] = None,
-        dynamic_axis: Annotated[
-            list[str] | None,
-            typer.Option(help="PyTorch export: INPUT:AXIS made dynamic (e.g. input:1). Repeatable."),
-        ] = None,
+        device: Device = None,
+        gpu_number: GpuNumber = None,
+        factory: Factory = None,
+        checkpoint: Checkpoint = None,
+        input_shape: InputShape = None,
+        dynamic_axis: DynamicAxis = None,
         recipe: Annotated[
             str | None,
             typer.Option(help="Recipe file or preset: its data_options and preprocess apply (flags win)."),
