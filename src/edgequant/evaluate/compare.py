@@ -5,7 +5,8 @@ Every method (``"float"`` plus the presets of ``edgequant.recipe.PRESETS``) goes
 model's outputs on the same evaluation batches (``edgequant.evaluate.tasks``: the accuracy drop is
 in percentage points of top-1 accuracy with labels, of top-1 agreement x 100 without), timed on ORT
 CPU and sized (``edgequant.evaluate.perf``).  A method that raises ``EdgeQuantError`` is listed as
-failed with its reason and the others still run.
+failed with its reason and the others still run.  What the methods share (evaluation data, the
+leakage check, the float model's outputs) is loaded once by ``edgequant.evaluate.prepare``.
 
 Recommendation rule (``edgequant.evaluate.recommend``, stated in every report): filter by every
 limit given (FP32 is a candidate), then optimise the preferred quantity (``prefer``: latency, size,
@@ -29,16 +30,15 @@ import onnx
 
 from edgequant import targets as target_profiles
 from edgequant import toolchains
-from edgequant.data.model_inputs import input_specs
-from edgequant.errors import DataError, EdgeQuantError, RecipeError
-from edgequant.evaluate import core, energy, layers, leakage, perf, target_rows
-from edgequant.evaluate.energy import EnergyProfile
-from edgequant.evaluate.method_run import MethodJob, MethodResult, energy_of, energy_profile_for, run_methods
+from edgequant.errors import EdgeQuantError, RecipeError
+from edgequant.evaluate import core, energy, layers, perf, target_rows
+from edgequant.evaluate.method_run import MethodResult, energy_of, run_methods
 from edgequant.evaluate.predict import BASIS, no_numbers, predict_latency
+from edgequant.evaluate.prepare import Prepared as Prepared  # re-exported: sweep.run imports it here
+from edgequant.evaluate.prepare import prepare_job
 from edgequant.evaluate.recommend import Candidate, Limits, Recommendation, recommend
-from edgequant.recipe import PRESETS, preset
+from edgequant.recipe import PRESETS
 from edgequant.runtime import OrtRuntime
-from edgequant.runtime.device import runtime_for
 
 if TYPE_CHECKING:
     from edgequant.executors import Executor
@@ -294,89 +294,6 @@ def compare(
 
         result.files = {k: p.name for k, p in write_compare_report(out, result.to_dict()).items()}
     return result
-
-
-@dataclass
-class Prepared:
-    """What every method of one model shares: the job, the evaluation data, runtime, energy profile and
-    the leakage check's text."""
-
-    job: MethodJob
-    ev: core.EvalData
-    rt: OrtRuntime
-    profile: EnergyProfile
-    leak: str
-    float_model: onnx.ModelProto
-
-
-def prepare_job(
-    model: str | Path | onnx.ModelProto,
-    calibration: Any,
-    eval_data: Any,
-    names: list[str],
-    *,
-    task: str = "classification",
-    labels: Any | None = None,
-    latency_runs: int = 30,
-    warmup: int = 3,
-    threads: int = 1,
-    batch_size: int = 1,
-    measure_memory: bool = True,
-    max_eval_samples: int | None = None,
-    blank: int = 0,
-    layout: str = "ntc",
-    device: str | None = "cpu",
-    gpu_number: int | None = None,
-    energy_profile: Mapping[str, Any] | None = None,
-    data_options: Mapping[str, Any] | None = None,
-    eval_split: str | None = None,
-    allow_synthetic: bool = False,
-    target: str = "cpu",
-) -> Prepared:
-    """Check the inputs and load what the methods ``names`` share (``compare``'s arguments; nothing is
-    written).  DataError for missing calibration of static methods, leakage, or unreadable data."""
-    core.tasks.check_task(task)
-    float_model = core.as_model(model)
-    stem = Path(model).stem if isinstance(model, str | Path) else (float_model.graph.name or "model")
-    rt = runtime_for(device, gpu_number)
-    static = [n for n in names if n != "float" and preset(n).method == "static"]
-    if calibration is None and static and not allow_synthetic:
-        raise DataError(
-            f"no calibration data was given, and {', '.join(static)} calibrate activation ranges on data.",
-            "pass --calib-data PATH, or --allow-synthetic to calibrate on random inputs knowingly "
-            "(every row then says so).",
-        )
-    profile = energy_profile_for(energy_profile, target)
-    opts = core.eval_options(data_options, eval_split)
-    # the most calibration samples any chosen method reads: the leakage check covers all of them
-    specs = input_specs(float_model)
-    quantized = [n for n in names if n != "float"]
-    cap = max(preset(n).calib_samples for n in quantized) if quantized else 1
-    one = leakage.same_file(calibration, eval_data) and not (opts or {}).get("metadata_csv")
-    if one:  # one dataset for both: a seeded split, calibration never sees the evaluation part
-        calibration = leakage.calibration_part(calibration, specs, opts, cap)
-    ev = core.load_eval_data(
-        eval_data, float_model, labels=labels, max_samples=max_eval_samples, options=opts,
-        split="eval" if one else None,
-    )  # fmt: skip
-    leak = leakage.check_no_leakage(calibration, eval_data, ev.batches, specs, opts, cap)
-    if one:
-        leak = f"one dataset split in two (seed 0, 20 % evaluation): {leak}"
-    out_name = core.output_name(float_model, None)
-    lay = core.ev_layout(task, layout)
-    ref = core.join(
-        core.run_outputs(float_model, ev.batches, out_name, rt, "the float model"), task, lay, ev.steps
-    )
-    fixed = specs[0].shape[0] if specs and specs[0].shape else None
-    batch_size = fixed if isinstance(fixed, int) else batch_size  # a fixed batch dim decides
-    job = MethodJob(
-        model=model, calibration=calibration, stem=stem, batches=ev.batches, labels=ev.labels, ref=ref,
-        out_name=out_name, task=task, layout=lay, blank=blank, device=device, gpu_number=gpu_number,
-        data_options=opts, allow_synthetic=allow_synthetic, target=target, latency_runs=latency_runs,
-        warmup=warmup, threads=threads, batch_size=batch_size, measure_memory=measure_memory,
-        energy_profile=dict(energy_profile) if energy_profile is not None else None, steps=ev.steps,
-    )  # fmt: skip
-    return Prepared(job, ev, rt, profile, leak, float_model)
 
 
 def _per_layer(

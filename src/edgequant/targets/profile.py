@@ -30,6 +30,7 @@ import yaml
 from edgequant.errors import TargetError
 from edgequant.schemes.spec import Granularity, QuantSpec, ScaleRule
 from edgequant.targets.performance import Performance, load_performance
+from edgequant.targets.reader import ProfileReader
 
 ScaleName = Literal["float", "power_of_two", "multiplier_shift"]
 SCALE_NAMES = ("float", "power_of_two", "multiplier_shift")
@@ -41,72 +42,6 @@ OP_KINDS = (
 )  # fmt: skip
 LIMIT_KEYS = ("in_channels", "out_channels", "in_features", "kernel_h", "kernel_w")
 CONSEQUENCES = ("host", "error")
-
-
-class _Reader:
-    """Reads one mapping of a profile file, rejecting unknown keys with the allowed ones listed."""
-
-    def __init__(self, path: str, where: str, data: Any, allowed: tuple[str, ...]) -> None:
-        if not isinstance(data, dict):
-            raise self.error(
-                path, where, f"must be a mapping, got {type(data).__name__}", "write key: value pairs"
-            )
-        for key in data:
-            if key not in allowed:
-                close = difflib.get_close_matches(str(key), allowed, n=1)
-                raise self.error(
-                    path,
-                    f"{where}.{key}" if where else str(key),
-                    f"is not a known key; allowed: {', '.join(allowed)}",
-                    f"rename it to '{close[0]}'" if close else "remove it",
-                )
-        self.path, self.where, self.data = path, where, data
-
-    @staticmethod
-    def error(path: str, where: str, what: str, fix: str) -> TargetError:
-        return TargetError(f"target profile '{path}': '{where}' {what}.", f"{fix} in {path}.")
-
-    def key(self, name: str) -> str:
-        return f"{self.where}.{name}" if self.where else name
-
-    def get(self, name: str, default: Any = None, required: bool = False) -> Any:
-        if name not in self.data:
-            if required:
-                raise self.error(self.path, self.key(name), "is missing", "add it")
-            return default
-        return self.data[name]
-
-    def choice(self, name: str, allowed: tuple[Any, ...], default: Any = None, required: bool = False) -> Any:
-        value = self.get(name, default, required)
-        if value not in allowed:
-            raise self.error(
-                self.path, self.key(name), f"= {value!r} is not allowed; allowed: {', '.join(map(str, allowed))}",
-                "use an allowed value",
-            )  # fmt: skip
-        return value
-
-    def choices(self, name: str, allowed: tuple[Any, ...], default: tuple[Any, ...] = ()) -> tuple[Any, ...]:
-        value = self.get(name, list(default))
-        if not isinstance(value, list) or not value:
-            raise self.error(
-                self.path, self.key(name), f"must be a non-empty list of {allowed}", "write a list"
-            )
-        for v in value:
-            if v not in allowed or isinstance(v, bool) != any(isinstance(a, bool) for a in allowed):
-                raise self.error(
-                    self.path, self.key(name), f"holds {v!r}; allowed: {', '.join(map(str, allowed))}",
-                    "use allowed values",
-                )  # fmt: skip
-        return tuple(value)
-
-    def source(self, known: set[str]) -> str:
-        src = self.get("source", required=True)
-        if src not in known:
-            raise self.error(
-                self.path, self.key("source"), f"= {src!r} names no entry of 'sources' ({', '.join(sorted(known))})",
-                "cite a listed source id",
-            )  # fmt: skip
-        return str(src)
 
 
 @dataclass(frozen=True)
@@ -285,7 +220,7 @@ class Profile:
 
 def _tensor_rule(path: str, where: str, data: Any, sources: set[str]) -> TensorRule:
     keys = ("bits", "signed", "symmetric", "granularity", "scale", "narrow_range", "source")
-    r = _Reader(path, where, data, keys)
+    r = ProfileReader(path, where, data, keys)
     bits = r.choices("bits", (1, 2, 4, 8, 16), (8,))  # 1: binary weights
     scale_raw = r.get("scale", "float")
     if isinstance(scale_raw, str):
@@ -316,7 +251,7 @@ def _tensor_rule(path: str, where: str, data: Any, sources: set[str]) -> TensorR
 
 
 def _limit(path: str, where: str, data: Any) -> Limit:
-    r = _Reader(path, where, data, ("exact", "multiple", "min", "max", "min_by_bits"))
+    r = ProfileReader(path, where, data, ("exact", "multiple", "min", "max", "min_by_bits"))
     for k in ("exact", "multiple", "min", "max"):
         v = r.get(k)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
@@ -330,7 +265,7 @@ def _limit(path: str, where: str, data: Any) -> Limit:
 
 
 def _op_rule(path: str, kind: str, data: Any, sources: set[str]) -> OpRule:
-    r = _Reader(path, f"ops.{kind}", data, ("runs", *LIMIT_KEYS, "strides", "source", "note"))
+    r = ProfileReader(path, f"ops.{kind}", data, ("runs", *LIMIT_KEYS, "strides", "source", "note"))
     runs = r.get("runs", True)
     if not isinstance(runs, bool):
         raise r.error(path, r.key("runs"), f"= {runs!r}; allowed: true, false", "fix it")
@@ -361,18 +296,18 @@ def load_profile(path: str | Path) -> Profile:
         "name", "title", "summary", "aliases", "methods", "compliance_only", "unsupported", "sources",
         "weights", "activations", "bias", "multiplier_bits", "ops", "float_ops", "performance",
     )  # fmt: skip
-    r = _Reader(str(p), "", data, top)
+    r = ProfileReader(str(p), "", data, top)
     src_list = r.get("sources", required=True)
     if not isinstance(src_list, list) or not src_list:
         raise r.error(str(p), "sources", "must be a non-empty list", "list the vendor documents")
     sources: dict[str, Source] = {}
     for i, s in enumerate(src_list):
-        sr = _Reader(str(p), f"sources[{i}]", s, ("id", "title", "url"))
+        sr = ProfileReader(str(p), f"sources[{i}]", s, ("id", "title", "url"))
         sources[str(sr.get("id", required=True))] = Source(
             str(sr.get("id")), str(sr.get("title", required=True)), str(sr.get("url", required=True))
         )
     known = set(sources)
-    b = _Reader(str(p), "bias", r.get("bias", required=True), ("bits", "scale", "source"))
+    b = ProfileReader(str(p), "bias", r.get("bias", required=True), ("bits", "scale", "source"))
     bias_bits = b.get("bits", required=True)
     if not isinstance(bias_bits, dict) or not all(
         isinstance(k, int) and v in (8, 16, 24, 32) for k, v in bias_bits.items()
