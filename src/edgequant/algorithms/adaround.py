@@ -46,11 +46,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from numpy.lib.stride_tricks import sliding_window_view
 from onnx import helper, numpy_helper
 from threadpoolctl import threadpool_limits
 
 from edgequant.algorithms.base import PassOutcome, StatRequest, Stats, register
+from edgequant.algorithms.layer_matrix import from_groups, int_attr, patches, str_attr, to_groups
 from edgequant.errors import DataError
 from edgequant.plan import QuantPlan, TensorEntry
 from edgequant.recipe.schema import Recipe
@@ -77,68 +77,6 @@ class Layer:
     entry: TensorEntry
 
 
-def _attr(node: onnx.NodeProto, name: str) -> onnx.AttributeProto | None:
-    return next((a for a in node.attribute if a.name == name), None)
-
-
-def _int(node: onnx.NodeProto, name: str, default: int) -> int:
-    a = _attr(node, name)
-    return int(a.i) if a is not None else default
-
-
-def _ints(node: onnx.NodeProto, name: str, default: list[int]) -> list[int]:
-    a = _attr(node, name)
-    return [int(v) for v in a.ints] if a is not None else default
-
-
-def _str(node: onnx.NodeProto, name: str, default: str) -> str:
-    a = _attr(node, name)
-    return a.s.decode() if a is not None else default
-
-
-def to_groups(node: onnx.NodeProto, w: np.ndarray) -> np.ndarray:
-    """The weight as [groups, C_out / groups, K] (the matrix each group multiplies its patches by)."""
-    if node.op_type == "Conv":
-        g = _int(node, "group", 1)
-        return w.reshape(g, w.shape[0] // g, -1)
-    if node.op_type == "Gemm" and _int(node, "transB", 0):
-        return w[None]
-    return w.T[None]
-
-
-def from_groups(node: onnx.NodeProto, m: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    if node.op_type == "Conv" or (node.op_type == "Gemm" and _int(node, "transB", 0)):
-        return m.reshape(shape)
-    return m[0].T.reshape(shape)
-
-
-def patches(node: onnx.NodeProto, x: np.ndarray, groups: int, kernel: list[int]) -> np.ndarray:
-    """Layer input -> [groups, M, K]: im2col for Conv (pads, strides, dilations), rows for Gemm/MatMul."""
-    if node.op_type != "Conv":
-        return x.reshape(-1, x.shape[-1])[None].astype(np.float32)
-    nd = x.ndim - 2
-    strides = _ints(node, "strides", [1] * nd)
-    dil = _ints(node, "dilations", [1] * nd)
-    pads = _ints(node, "pads", [0] * (2 * nd))
-    x = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[i + nd]) for i in range(nd)])
-    eff = [d * (k - 1) + 1 for k, d in zip(kernel, dil, strict=True)]
-    win = sliding_window_view(x, eff, axis=tuple(range(2, 2 + nd)))  # [N, C, *O_full, *eff]
-    sl = (
-        slice(None),
-        slice(None),
-        *(slice(None, None, s) for s in strides),
-        *(slice(None, None, d) for d in dil),
-    )
-    win = win[sl]  # [N, C, *O, *k]
-    n, c = win.shape[:2]
-    out_sp = win.shape[2 : 2 + nd]
-    win = win.reshape(n, groups, c // groups, *out_sp, *kernel)
-    order = (1, 0, *range(3, 3 + nd), 2, *range(3 + nd, 3 + 2 * nd))
-    return np.ascontiguousarray(win.transpose(order), dtype=np.float32).reshape(
-        groups, -1, c // groups * int(np.prod(kernel))
-    )
-
-
 def layers_to_round(model: onnx.ModelProto, plan: QuantPlan) -> tuple[list[Layer], list[str]]:
     quantized = {d.node for d in plan.quantized_nodes if d.graph == "main"}
     shapes = {t.name: list(t.dims) for t in model.graph.initializer}
@@ -157,19 +95,19 @@ def layers_to_round(model: onnx.ModelProto, plan: QuantPlan) -> tuple[list[Layer
         why = ""
         if readers.get(n.input[1], 0) > 1:
             why = "its weight is shared with another node"
-        elif n.op_type == "Conv" and _str(n, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        elif n.op_type == "Conv" and str_attr(n, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
             why = "auto_pad SAME_* (explicit pads only)"
-        elif n.op_type == "Gemm" and _int(n, "transA", 0):
+        elif n.op_type == "Gemm" and int_attr(n, "transA", 0):
             why = "Gemm with transA"
         elif n.op_type == "MatMul" and len(shapes[n.input[1]]) != 2:
             why = "MatMul weight is not 2-D"
         else:
             w = shapes[n.input[1]]
-            groups = _int(n, "group", 1) if n.op_type == "Conv" else 1
+            groups = int_attr(n, "group", 1) if n.op_type == "Conv" else 1
             k = (
                 int(np.prod(w[1:]))
                 if n.op_type == "Conv"
-                else (w[0] if n.op_type == "MatMul" or not _int(n, "transB", 0) else w[1])
+                else (w[0] if n.op_type == "MatMul" or not int_attr(n, "transB", 0) else w[1])
             )
             need = 2 * groups * k * k * 8
             if need > MAX_GRAM_BYTES:
