@@ -19,6 +19,7 @@ from typing import Any
 import onnx
 
 from edgequant import algorithms, methods, planner, toolchains
+from edgequant.algorithms import weight_8bit
 from edgequant.algorithms.act16 import promote_sensitive
 from edgequant.calibration import DataLike, Progress, require_data
 from edgequant.calibration import calib_source as _source
@@ -190,7 +191,7 @@ def _static(
         run.float_model, fixes = apply_fixes(run.float_model, get_target(run.recipe.target))
     plan = planner.resolve(run.float_model, run.recipe, run.cpu)
     plan = int8_gather_tables(run.float_model, plan) if run.recipe.method == "weight-only" else plan
-    if run.recipe.weight_8bit:  # mixed 4/8: the named MatMuls' weights 8-bit in the same blocks
+    if run.recipe.weight_8bit and not weight_8bit.is_auto(run.recipe.weight_8bit):  # mixed 4/8, named
         plan = eight_bit_weights(run.float_model, plan, run.recipe.weight_8bit)
     run.recipe = recipe = planner.with_default_passes(run.float_model, run.recipe, run.cpu)  # transformers
     plan.notes.extend(fixes)
@@ -217,6 +218,11 @@ def _static(
     # each pass asks for statistics, then applies them (algorithms/); before ranges, on float weights
     for step in algorithms.steps(recipe, "before_ranges"):
         run.float_model, plan = algorithms.run_pass(step, run.float_model, plan, passes)
+    if weight_8bit.is_auto(recipe.weight_8bit):  # mixed 4/8 by measured sensitivity, after GPTQ & co.
+        run.float_model, plan, passes.sections["weight_8bit"] = weight_8bit.choose(
+            run.result_float, run.float_model, plan, passes
+        )
+        run.seconds["weight_8bit"] = passes.sections["weight_8bit"]["seconds"]
     if plan.activations():
         t1 = time.perf_counter()
         source = _source(run.calibration, run.float_model, recipe)

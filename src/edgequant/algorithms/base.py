@@ -318,7 +318,7 @@ def context(
     samples the pipeline holds back for its check), and the held-out samples that judge them: the
     ``HELD_OUT`` after the calibration ones in that source (same sampling order), or, when it has
     fewer than ``HELD_OUT // 2`` of them, its first ``HELD_OUT`` (in-sample, and the rows say so)."""
-    if not recipe.algorithms:
+    if not recipe.algorithms and tuple(recipe.weight_8bit) != ("auto",):  # weight_8bit auto judges too
         return Context(recipe, runtime, list, [])
     extra = recipe.replace(calib_samples=recipe.calib_samples + HELD_OUT)
     held = held_out(open_source(extra), recipe.calib_samples)

@@ -118,7 +118,7 @@ def to_matmul_nbits(
         )  # fmt: skip
         node.CopyFrom(mm)
         drop.add(dq.name)
-        entry.note = (
+        entry.note = (entry.note + " " if entry.note else "") + (
             f"MatMulNBits: {bits}-bit blocks of {spec.block_size} along K, "
             + ("symmetric" if zp is None else "with zero points")
             + (

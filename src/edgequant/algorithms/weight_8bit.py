@@ -1,0 +1,229 @@
+"""Which MatMuls of a blocked 4-bit weight-only model stay 8-bit (``recipe.weight_8bit: auto``).
+
+Mixed 4/8 (``export.nbits``: ``MatMulNBits`` ``bits=8`` in the same blocks) buys accuracy at a
+small size and speed cost; which MatMuls to keep 8-bit is chosen here by measured end-to-end
+sensitivity, one MatMul at a time (no combinatorial search):
+
+1. the baseline: every planned weight quantized as planned (after the passes: GPTQ's rounding and
+   scales where it ran), float activations — the weight-only model exactly;
+2. for each MatMul ``i`` with a 4-bit blocked weight, its *gain*: the output SQNR (dB, first output,
+   padded positions left out: ``judge.real_positions``) with ``W_i`` alone replaced by the 8-bit
+   quantization of its original float values (same blocks, round to nearest) minus the baseline's;
+3. promotion in decreasing gain, re-measuring the output SQNR with all promoted so far, until it
+   reaches ``target_db`` (``recipe.target_sqnr_db`` when set, else ``TARGET_DB``), or the next
+   promotion would raise the 8-bit share of the MatMul weight values above ``MAX_SHARE``, or the
+   next gain is below ``MIN_GAIN_DB`` (measurement noise on a few samples).
+
+Samples: the first ``JUDGE_SAMPLES`` of the passes' held-out samples (``algorithms.context``: after
+the calibration ones, never those the pipeline's check holds back, so the check's SQNR stays an
+unbiased measure of this choice).  Cost: one ORT session (the candidate weights are fed as inputs),
+``1 + M + promoted`` runs over those samples for ``M`` candidates.
+
+A chosen weight returns to its original float values with bits 8 and no fixed scale (the exporter
+quantizes it by round to nearest, as measured); its plan entry's note gives its gain.  The report
+section (``weight_8bit``) lists every candidate: node, weight, values, gain (dB), 8-bit or not,
+and the SQNRs before and after, the rule, the samples and the seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from edgequant.algorithms.judge import real_positions, weight_quantized
+from edgequant.data.base import Batch
+from edgequant.errors import DataError
+from edgequant.plan import QuantPlan
+from edgequant.schemes.qparams import dequantize, quantize_weight, sqnr_db
+from edgequant.schemes.spec import Granularity
+
+if TYPE_CHECKING:
+    from edgequant.algorithms.base import Context
+
+AUTO = "auto"
+TARGET_DB = 25.0  # output SQNR to reach when recipe.target_sqnr_db is not set
+MAX_SHARE = 0.25  # at most this share of the MatMul weight values 8-bit
+MIN_GAIN_DB = 0.1  # a smaller one-at-a-time gain is not promoted
+JUDGE_SAMPLES = 8  # one batch: 41 runs took 94 s with 16 on all-MiniLM-L6-v2 (load 11 on 2 cores)
+
+
+def is_auto(entries: tuple[str, ...]) -> bool:
+    """``weight_8bit`` asks for the automatic choice (``["auto"]``)."""
+    return tuple(entries) == (AUTO,)
+
+
+def candidates(model: onnx.ModelProto, plan: QuantPlan) -> dict[str, list[str]]:
+    """Weight name -> the MatMul nodes reading it, for every 4-bit weight planned in blocks."""
+    out: dict[str, list[str]] = {}
+    for n in model.graph.node:
+        if n.op_type != "MatMul" or len(n.input) < 2 or n.input[1] not in plan.tensors:
+            continue
+        e = plan.tensors[n.input[1]]
+        if e.role == "weight" and e.spec.bits == 4 and e.spec.granularity is Granularity.PER_BLOCK:
+            out.setdefault(n.input[1], []).append(n.name)
+    return out
+
+
+def _judge_batches(held: list[Batch]) -> list[Batch]:
+    out: list[Batch] = []
+    left = JUDGE_SAMPLES
+    for b in held:
+        if left <= 0:
+            break
+        n = len(next(iter(b.values())))
+        out.append(b if n <= left else {k: v[:left] for k, v in b.items()})
+        left -= n
+    return out
+
+
+def _as_inputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` with the initializers ``names`` turned into graph inputs (one session,
+    the weights fed per run)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    keep = set(names)
+    moved = [t for t in out.graph.initializer if t.name in keep]
+    kept = [t for t in out.graph.initializer if t.name not in keep]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept)
+    out.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in moved)
+    return out
+
+
+def choose(
+    float_model: onnx.ModelProto,
+    model: onnx.ModelProto,
+    plan: QuantPlan,
+    ctx: Context,
+) -> tuple[onnx.ModelProto, QuantPlan, dict[str, Any]]:
+    """(model, plan, report section): the MatMuls whose weights go 8-bit (module docstring).
+
+    ``float_model`` holds the original weights (before any pass), ``model``/``plan`` the state after
+    the passes.  Raises DataError when there are no held-out samples to measure on.
+    """
+    t0 = time.perf_counter()
+    cands = candidates(model, plan)
+    target = ctx.recipe.target_sqnr_db if ctx.recipe.target_sqnr_db is not None else TARGET_DB
+    if ctx.synthetic:
+        raise DataError(
+            "weight_8bit auto measures each MatMul's effect on the output over real samples, and no data "
+            "was given.",
+            "pass --calib-data PATH, or name the MatMuls to keep 8-bit in weight_8bit.",
+        )
+    batches = _judge_batches(ctx.held_out)
+    if not batches:
+        raise DataError(
+            "weight_8bit auto measures each MatMul's effect on held-out samples, and the data has none "
+            "beyond the calibration ones.",
+            "give more samples than calib_samples + check_samples, or name the MatMuls in weight_8bit.",
+        )
+    floats = {t.name: t for t in float_model.graph.initializer if t.name in cands}
+    quant = weight_quantized(model, plan)
+    inits = {t.name: t for t in quant.graph.initializer}
+    four = {w: numpy_helper.to_array(inits[w]).astype(np.float32) for w in cands}
+    eight: dict[str, np.ndarray] = {}
+    for w in cands:
+        spec = replace(plan.tensors[w].spec, bits=8)
+        x = numpy_helper.to_array(floats[w]).astype(np.float32)
+        q, s, z = quantize_weight(x, spec)
+        eight[w] = dequantize(q, s, z, spec).astype(np.float32)
+    sess = ctx.runtime.session(_as_inputs(quant, list(cands)), "the weight-only model (weight_8bit auto)")
+    ref_sess = ctx.runtime.session(float_model, "the float model (weight_8bit auto)")
+    out = float_model.graph.output[0].name
+    try:
+        refs = [ref_sess.run(b, [out])[out] for b in batches]
+
+        def measure(promoted: set[str]) -> float:
+            weights = {w: (eight[w] if w in promoted else four[w]) for w in cands}
+            pairs = [
+                real_positions(b, r, sess.run({**b, **weights}, [out])[out])
+                for b, r in zip(batches, refs, strict=True)
+            ]
+            return float(
+                sqnr_db(np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs]))
+            )
+
+        base = measure(set())
+        gains, took = {}, {}
+        for w in cands:
+            t1 = time.perf_counter()
+            gains[w] = measure({w}) - base
+            took[w] = time.perf_counter() - t1
+        sizes = {w: int(np.prod(floats[w].dims)) for w in cands}
+        total = max(sum(sizes.values()), 1)
+        chosen: list[str] = []
+        sqnr, stopped = base, "target met by 4 bits alone"
+        for w in sorted(cands, key=lambda v: -gains[v]):
+            if sqnr >= target:
+                stopped = f"target {target} dB met" if chosen else stopped
+                break
+            if gains[w] < MIN_GAIN_DB:
+                stopped = f"next gain {gains[w]:.2f} dB below {MIN_GAIN_DB} dB"
+                break
+            if (sum(sizes[c] for c in chosen) + sizes[w]) / total > MAX_SHARE:
+                stopped = (
+                    f"cap: the next would make more than {MAX_SHARE:.0%} of the MatMul weight values 8-bit"
+                )
+                break
+            chosen.append(w)
+            sqnr = measure(set(chosen))
+        else:
+            stopped = f"target {target} dB met" if sqnr >= target else "every candidate promoted"
+    finally:
+        sess.close()
+        ref_sess.close()
+    count = sum(len(next(iter(b.values()))) for b in batches)
+    new = onnx.ModelProto()
+    new.CopyFrom(model)
+    for t in new.graph.initializer:
+        if t.name in chosen:
+            t.CopyFrom(floats[t.name])
+    for w in cands:
+        e = plan.tensors[w]
+        if w in chosen:
+            e.spec, e.scale, e.zero_point = replace(e.spec, bits=8), None, None
+            e.note = (
+                f"kept 8-bit (weight_8bit auto): +{gains[w]:.2f} dB output SQNR alone, measured on "
+                f"{count} held-out samples; MatMulNBits bits=8 in the same blocks (mixed 4/8)."
+            )
+    share = sum(sizes[w] for w in chosen) / total
+    if chosen:
+        plan.notes.append(
+            f"mixed 4/8 (weight_8bit auto): {len(chosen)} of {len(cands)} blocked MatMul weights 8-bit "
+            f"({share:.1%} of their values), output SQNR {base:.2f} -> {sqnr:.2f} dB on the judge samples."
+        )
+    section = {
+        "rule": (
+            f"promote MatMuls in decreasing one-at-a-time output-SQNR gain until the output SQNR reaches "
+            f"{target} dB, or more than {MAX_SHARE:.0%} of the MatMul weight values would be 8-bit, or the "
+            f"next gain is below {MIN_GAIN_DB} dB"
+        ),
+        "target_db": target,
+        "samples": count,
+        "measured_on": f"the first {count} of {ctx.held_out_on}",
+        "sqnr_all_4bit_db": round(base, 2),
+        "sqnr_db": round(sqnr, 2),
+        "stopped": stopped,
+        "share_8bit": round(share, 4),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "matmuls": [
+            {
+                "nodes": cands[w],
+                "weight": w,
+                "values": sizes[w],
+                "gain_db": round(gains[w], 3),
+                "bits": 8 if w in chosen else 4,
+                "seconds": round(took[w], 3),
+            }
+            for w in sorted(cands, key=lambda v: -gains[v])
+        ],
+    }
+    return new, plan, section
+
+
+__all__ = ["AUTO", "candidates", "choose", "is_auto"]
