@@ -26,6 +26,9 @@ Variants:
     eq-w4b32-gptq-asym-plain  eq-w4b32-gptq-asym with rows in order and every token (padding too), as
                    the gptq pass ran before act-order and token_mask
     eq-w4b128-gptq-asym  eq-w4b32-gptq-asym in blocks of 128 (MatMulNBits' faster block size here)
+    eq-w4b128-gptq-asym-auto  eq-w4b128-gptq-asym with weight_8bit auto: EdgeQuant chooses the 8-bit
+                   MatMuls by their measured one-at-a-time output-SQNR gain (algorithms.weight_8bit); the
+                   chosen ones, the rule's stop and the step's seconds are listed under the table
     eq-w4b128-gptq-asym-mix  the same with the 4 MatMuls that cost the most cosine at 4 bits kept 8-bit
                    (weight_8bit; MatMulNBits bits=8): layer 5's attention output and value projections, the
                    FFN-1 of layers 4 and 5 (ranked one MatMul at a time, GPTQ asymmetric blocks of 32,
@@ -84,6 +87,13 @@ EQ: dict[str, dict[str, Any]] = {
         "token_mask": "none",
     },
     "eq-w4b128-gptq-asym": {**W4, "block_size": 128, "weight_symmetric": False, "algorithms": ["gptq"]},
+    "eq-w4b128-gptq-asym-auto": {
+        **W4,
+        "block_size": 128,
+        "weight_symmetric": False,
+        "algorithms": ["gptq"],
+        "weight_8bit": ["auto"],
+    },
     "eq-w4b128-gptq-asym-mix": {
         **W4,
         "block_size": 128,
@@ -125,6 +135,16 @@ def _quantize(name: str, src: str, dst: str, calib: dict[str, np.ndarray], out: 
             ),
             "float_activation_nodes": sum(1 for d in r.plan.nodes if not d.quantized),
         }
+        if "weight_8bit" in r.report:  # the automatic 4/8 choice
+            w8 = r.report["weight_8bit"]
+            extra["weight_8bit"] = {
+                "chosen": [(m["nodes"][0], m["gain_db"]) for m in w8["matmuls"] if m["bits"] == 8],
+                "next": [(m["nodes"][0], m["gain_db"]) for m in w8["matmuls"] if m["bits"] == 4][:3],
+                **{
+                    k: w8[k]
+                    for k in ("sqnr_all_4bit_db", "sqnr_db", "stopped", "share_8bit", "seconds", "samples")
+                },
+            }
     elif name == "ort-static":
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -267,6 +287,18 @@ def main() -> None:
             f"| {k} | {r['cos_mean']:.4f} | {r['cos_min']:.4f} | {r['ms']:.1f} | {r['speedup']:.2f}x | {r['mb']:.1f} | "
             f"{r.get('seconds', 0):.0f} | {r.get('peak_mb', 0):.0f} | {len(r.get('act16', []))} |"
         )
+    for k, r in rows.items():
+        if "weight_8bit" in r:
+            w8 = r["weight_8bit"]
+            lines += [
+                "",
+                f"{k}: weight_8bit auto chose {len(w8['chosen'])} MatMul(s) in {w8['seconds']:.0f} s "
+                f"({w8['share_8bit']:.1%} of the MatMul weight values; judge SQNR {w8['sqnr_all_4bit_db']} -> "
+                f"{w8['sqnr_db']} dB on {w8['samples']} samples; stopped: {w8['stopped']}): "
+                + ", ".join(f"{n} (+{g:.2f} dB)" for n, g in w8["chosen"])
+                + "; next: "
+                + ", ".join(f"{n} (+{g:.2f} dB)" for n, g in w8["next"]),
+            ]
     if "merged" in meta:
         lines += [
             "",

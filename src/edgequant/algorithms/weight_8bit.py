@@ -10,7 +10,7 @@ sensitivity, one MatMul at a time (no combinatorial search):
    padded positions left out: ``judge.real_positions``) with ``W_i`` alone replaced by the 8-bit
    quantization of its original float values (same blocks, round to nearest) minus the baseline's;
 3. promotion in decreasing gain, re-measuring the output SQNR with all promoted so far, until it
-   reaches ``target_db`` (``recipe.target_sqnr_db`` when set, else ``TARGET_DB``), or the next
+   reaches ``TARGET_DB``, or the next
    promotion would raise the 8-bit share of the MatMul weight values above ``MAX_SHARE``, or the
    next gain is below ``MIN_GAIN_DB`` (measurement noise on a few samples).
 
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from edgequant.algorithms.base import Context
 
 AUTO = "auto"
-TARGET_DB = 25.0  # output SQNR to reach when recipe.target_sqnr_db is not set
+TARGET_DB = 25.0  # output SQNR (dB, judge samples) at which promotion stops
 MAX_SHARE = 0.25  # at most this share of the MatMul weight values 8-bit
 MIN_GAIN_DB = 0.1  # a smaller one-at-a-time gain is not promoted
 JUDGE_SAMPLES = 8  # one batch: 41 runs took 94 s with 16 on all-MiniLM-L6-v2 (load 11 on 2 cores)
@@ -108,7 +108,7 @@ def choose(
     """
     t0 = time.perf_counter()
     cands = candidates(model, plan)
-    target = ctx.recipe.target_sqnr_db if ctx.recipe.target_sqnr_db is not None else TARGET_DB
+    target = TARGET_DB
     if ctx.synthetic:
         raise DataError(
             "weight_8bit auto measures each MatMul's effect on the output over real samples, and no data "
