@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -116,3 +119,23 @@ def test_auto_keeps_the_matmul_whose_4bit_weights_cost_most_8bit() -> None:
 def test_auto_without_data_is_refused() -> None:
     with pytest.raises(edgequant.errors.DataError, match="weight_8bit auto"):
         edgequant.quantize(_chain(), None, weight_8bit=["auto"], **KW)
+
+
+def test_cli_weight_8bit_auto(tmp_path: Path) -> None:
+    """``--weight-8bit auto`` on the command line: the same choice, in the report file."""
+    from typer.testing import CliRunner
+
+    from edgequant.cli import app
+
+    onnx.save(_chain(), tmp_path / "chain.onnx")
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(1).standard_normal((96, 4, K0)).astype(np.float32))
+    args = ["quantize", str(tmp_path / "chain.onnx"), "--calib-data", str(tmp_path / "d.npz"), "-o",
+            str(tmp_path / "q"), "--method", "weight-only", "--weight-bits", "4", "--block-size", str(B),
+            "--calib-samples", "32", "--check-samples", "16", "--weight-8bit", "auto"]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    report = json.loads(
+        next(p for p in (tmp_path / "q").glob("*.json") if ".plan." not in p.name).read_text()
+    )
+    chosen = [r["nodes"] for r in report["weight_8bit"]["matmuls"] if r["bits"] == 8]
+    assert chosen == [["mm2"]]

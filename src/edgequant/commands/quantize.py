@@ -64,6 +64,7 @@ def register(app: typer.Typer) -> None:
         sampling: q.Sampling = None,
         seed: q.Seed = None,
         exclude: q.Exclude = None,
+        weight_8bit: q.Weight8bit = None,
         skip_first: q.SkipFirst = None,
         skip_last: q.SkipLast = None,
         reduce_range: q.ReduceRange = None,
@@ -120,6 +121,7 @@ def register(app: typer.Typer) -> None:
             "tune_trials": tune_trials, "tune_budget_s": tune_budget_s,
             "allow_synthetic": allow_synthetic, "check_samples": check_samples,
             "act16_below_db": act16_below_db, "hoist_gru": hoist_gru, "placement": placement,
+            "weight_8bit": weight_8bit or None,
         }  # fmt: skip
         overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
         try:

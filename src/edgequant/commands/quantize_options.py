@@ -103,6 +103,15 @@ Exclude = Annotated[
     list[str] | None,
     typer.Option(help="Node name, op type, or re:REGEX to keep float. Repeatable. [default: none]"),
 ]
+Weight8bit = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--weight-8bit",
+        help="Weight-only 4-bit with --block-size: a MatMul (name, or re:REGEX) kept 8-bit (MatMulNBits bits=8). "
+        "Repeatable. 'auto': EdgeQuant chooses them by measured output-SQNR gain on held-out samples. "
+        "[default: none]",
+    ),
+]
 SkipFirst = Annotated[
     bool | None,
     typer.Option(
