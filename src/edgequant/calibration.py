@@ -137,7 +137,8 @@ def calibrate(
     if recipe.calib_method == "search":  # the method whose ranges give the best held-out output SQNR
         extra = recipe.replace(calib_samples=recipe.calib_samples + SEARCH_SAMPLES, sampling="first")
         held = algorithms.held_out(calib_source(calibration, model, extra), recipe.calib_samples)
-        ranges, search = search_ranges(model, plan, res, recipe, runtime, held, source)
+        default = observer_method("auto", act.bits, transformer=placement)  # kept on ties (calib_search)
+        ranges, search = search_ranges(model, plan, res, recipe, runtime, held, source, default)
     exact = apply_exact_ranges(model.graph, ranges := dict(ranges))  # tanh/sigmoid/recurrent outputs
     plan = plan.with_ranges(ranges)
     for name, note in exact.items():

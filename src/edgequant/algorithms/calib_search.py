@@ -7,12 +7,17 @@ read -- min-max (the histogram's exact observed range), the 99.99th percentile, 
 (entropy, with its percentile floor) and least squared error (MSE) -- without reading the data again.
 Each candidate is exported and run on held-out samples (those after the calibration ones in the data;
 the calibration samples themselves when there are none, and the report says so), and the one with
-the highest output SQNR against the float model wins.  Min-max is a candidate, so on those samples
-the result is never worse than min-max; the cost is one extra export and a few held-out batches per
-candidate on top of one histogram pass.  Limit, measured on the example CNN: methods within 1 dB of
-each other are not ranked reliably by 32 samples (the chosen percentile ranges scored 27.8 dB against
-min-max's 26.2 on the scoring samples, and 26.2 against 27.3 on 96 others), so this is an option,
-not the default.  Tensors whose range must stay full (bounded outputs such as
+the highest output SQNR against the float model wins -- unless it is within ``TIE_DB`` of the
+default's ranges (``calib_method: auto``: entropy or min-max, ``calibration.observer_method``) or
+agrees less often with the float model's top-1 class (outputs ``[B, C]`` or ``[B, T, C]`` with
+``C > 1``: class or token scores).  The default's ranges are a candidate and are kept then, and
+between candidates whose SQNR ties, the higher top-1 agreement wins.  So on those samples the result
+is never below the default's ranges (nor, beyond ``TIE_DB``, below min-max's, unless min-max agrees
+less often with float); the ``accurate`` preset relies on this.  The cost is one extra export and a
+few held-out batches per candidate on top of one histogram pass.  Limit, measured on the example
+CNN: methods within 1 dB of each other are not ranked reliably by 32 samples (the chosen percentile
+ranges scored 27.8 dB against min-max's 26.2 on the scoring samples, and 26.2 against 27.3 on 96
+others), so this is an option, not the default.  Tensors whose range must stay full (bounded outputs such as
 Sigmoid/Softmax probabilities) get their observed min and max in every candidate.
 """
 
@@ -34,6 +39,7 @@ from edgequant.schemes.qparams import sqnr_db
 
 CANDIDATES = ("minmax", "percentile", "entropy", "mse")
 SEARCH_SAMPLES = 32  # held-out samples the candidates are scored on
+TIE_DB = 0.05  # SQNR differences up to this are ties (the pass guard's tolerance, algorithms.base)
 
 
 def candidate_ranges(
@@ -68,26 +74,47 @@ def choose(
     tie: Callable[[onnx.ModelProto, QuantPlan], QuantPlan],
     held_out: Iterable[Batch],
     runtime: OrtRuntime,
-) -> tuple[str, dict[str, float]]:
-    """The candidate with the best output SQNR (first output) on ``held_out``, and every SQNR."""
+    default: str = "minmax",
+) -> tuple[str, dict[str, float], dict[str, float]]:
+    """The chosen candidate (module docstring: best output SQNR on ``held_out``, the ``default``
+    candidate kept on ties and on lower agreement), every SQNR (dB, first output) and every top-1
+    agreement with float (fraction; empty when the output has one value per row)."""
     batches = list(held_out)
     out = model.graph.output[0].name
     sess = runtime.session(model, "the float model")
     try:
-        ref = np.concatenate([sess.run(b, [out])[out].reshape(-1) for b in batches])
+        refs = [np.asarray(sess.run(b, [out])[out]) for b in batches]
     finally:
         sess.close()
+    ref = np.concatenate([r.reshape(-1) for r in refs])
+    classes = all(r.ndim in (2, 3) and r.shape[-1] > 1 for r in refs)  # [B, C] or [B, T, C] scores
     scores: dict[str, float] = {}
+    agree: dict[str, float] = {}
     for method, ranges in candidates.items():
         quantized, _ = export_qdq(model, tie(model, plan.with_ranges(ranges)))
         q = runtime.session(quantized, f"the {method}-calibrated model")
         try:
-            got = np.concatenate([q.run(b, [out])[out].reshape(-1) for b in batches])
+            gots = [np.asarray(q.run(b, [out])[out]) for b in batches]
         finally:
             q.close()
-        scores[method] = round(sqnr_db(ref, got), 3)
-    best = max(CANDIDATES, key=lambda m: (scores[m], m == "minmax"))  # ties go to min-max
-    return best, scores
+        scores[method] = round(sqnr_db(ref, np.concatenate([g.reshape(-1) for g in gots])), 3)
+        if classes:
+            same = [(r.argmax(-1) == g.argmax(-1)).reshape(-1) for r, g in zip(refs, gots, strict=True)]
+            agree[method] = round(float(np.concatenate(same).mean()), 4)
+    best = default if default in scores else "minmax"
+    for method in sorted(scores, key=lambda m: -scores[m]):
+        if _better(method, best, scores, agree):
+            best = method
+    return best, scores, agree
+
+
+def _better(a: str, b: str, scores: dict[str, float], agree: dict[str, float]) -> bool:
+    """``a`` beats ``b``: SQNR higher by more than ``TIE_DB`` with no lower top-1 agreement, or an SQNR
+    tie with a higher agreement."""
+    more = agree.get(a, 0.0) > agree.get(b, 0.0)
+    if abs(scores[a] - scores[b]) <= TIE_DB:
+        return more
+    return scores[a] > scores[b] and agree.get(a, 0.0) >= agree.get(b, 0.0)
 
 
 def search_ranges(
@@ -98,8 +125,10 @@ def search_ranges(
     runtime: OrtRuntime,
     held: list[Batch],
     calibration: Iterable[Batch],
+    default: str = "minmax",
 ) -> tuple[dict[str, tuple[float, float]], dict[str, Any]]:
-    """The chosen method's ranges and what the search saw (scores in dB, where it measured)."""
+    """The chosen method's ranges and what the search saw (scores in dB, agreements, where it measured);
+    ``default`` names the candidate that holds the default recipe's ranges (``entropy`` or ``minmax``)."""
     from edgequant import planner
     from edgequant.model.patterns import bounded_outputs
 
@@ -108,9 +137,13 @@ def search_ranges(
     if not held:  # the data has no samples beyond the calibration ones
         held = list(itertools.islice(iter(calibration), 2))
         on = "the first calibration batches (the data has no samples beyond the calibration ones)"
-    best, scores = choose(model, plan, candidates, planner.tie_activation_ranges, held, runtime)
+    best, scores, agree = choose(
+        model, plan, candidates, planner.tie_activation_ranges, held, runtime, default=default
+    )
     return {n: candidates[best][n] for n in res.ranges}, {
         "chosen": best,
+        "default": default,
         "output_sqnr_db": scores,
+        **({"top1_agreement": agree} if agree else {}),
         "measured_on": on,
     }
