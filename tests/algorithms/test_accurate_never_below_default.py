@@ -1,8 +1,8 @@
 """The ``accurate`` preset is never below the default on the samples that judge it (issue #17 §7).
 
 Its range search (``algorithms.calib_search``) holds the default's ranges as a candidate and keeps them
-unless another candidate's held-out output SQNR is significantly higher (bootstrap, more than
-``TIE_DB``) without a lower top-1 agreement; its passes are undone when they lower the same samples' SQNR (the pass guard).  The
+unless another candidate's held-out output SQNR is higher by more than ``SWITCH_DB`` with 95 %
+confidence (bootstrap) without a lower top-1 agreement; its passes are undone when they lower the same samples' SQNR (the pass guard).  The
 tiny classifier is built here, seeded; the expected values come from our own ORT sessions on the
 samples the search and the passes are judged on (the 32 after the 128 calibration samples, the check's
 32 samples left out), and numpy.
@@ -17,7 +17,7 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 
 import edgequant
-from edgequant.algorithms.calib_search import TIE_DB, _better, sqnr_gain_bounds
+from edgequant.algorithms.calib_search import SWITCH_DB, TIE_DB, _better, sqnr_gain_bounds
 from edgequant.runtime import OrtRuntime
 
 RT = OrtRuntime(allow_spinning=False)
@@ -95,19 +95,22 @@ def test_accurate_is_never_below_the_default_on_its_judging_samples() -> None:
 
 
 def test_a_candidate_must_beat_the_default_significantly_without_losing_agreement() -> None:
-    """Per-row squared errors of 32 rows: ``small`` is 0.9x ``base`` on every row (a gain of exactly
-    0.458 dB on any resampling: significant), ``noisy`` is 0.9x on 16 rows and 1.1x on 16 others
-    of very different sizes (numpy: the gain swings both ways across resamplings: a tie)."""
+    """Per-row squared errors of 32 rows: ``small`` is 0.8x ``base`` on every row (a gain of exactly
+    0.969 dB on any resampling: above ``SWITCH_DB``), ``slight`` 0.9x (0.458 dB: certain but below
+    it), ``noisy`` 0.9x on 16 rows and 1.1x on 16 others of very different sizes (the gain swings
+    both ways across resamplings: a tie)."""
     rng = np.random.default_rng(1)
     base = rng.uniform(1.0, 2.0, 32)
     sizes = np.where(np.arange(32) % 2 == 0, 0.9, 1.1) * np.where(np.arange(32) < 16, 10.0, 1.0)
-    noise = {"default": base, "small": 0.9 * base, "noisy": base * sizes / sizes.mean()}
+    noise = {"default": base, "small": 0.8 * base, "slight": 0.9 * base, "noisy": base * sizes / sizes.mean()}
     lo, hi = sqnr_gain_bounds(noise["small"], noise["default"])
-    assert abs(lo - 10 * np.log10(1 / 0.9)) < 1e-9 and abs(hi - lo) < 1e-9
+    assert abs(lo - 10 * np.log10(1 / 0.8)) < 1e-9 and abs(hi - lo) < 1e-9 and lo > SWITCH_DB
     lo, hi = sqnr_gain_bounds(noise["noisy"], noise["default"])
     assert lo < -TIE_DB and hi > TIE_DB
-    same = {"default": 0.97, "small": 0.97, "noisy": 0.97}
+    same = {"default": 0.97, "small": 0.97, "slight": 0.97, "noisy": 0.97}
     assert _better("small", "default", noise, same)  # significant, same agreement
+    assert not _better("slight", "default", noise, same)  # certain, but below SWITCH_DB
+    assert _better("slight", "default", noise, {**same, "slight": 1.0})  # ... with a higher agreement
     assert not _better("small", "default", noise, {**same, "small": 0.94})  # significant, lower agreement
     assert not _better("noisy", "default", noise, same)  # a tie, same agreement: the default stays
     assert _better("noisy", "default", noise, {**same, "noisy": 1.0})  # a tie, higher agreement
