@@ -31,9 +31,10 @@ def _ranges(res: edgequant.QuantResult) -> dict[str, tuple[float | None, float |
 
 def test_the_default_is_entropy_at_8_bits_and_minmax_at_16_bits() -> None:
     """On the example CNN: the default's ranges are entropy's at 8 bits and min-max's at 16 bits; its
-    output SQNR on the 512 evaluation images, measured in our own session, is 27.58 dB (min-max 28.25,
-    percentile 26.17: on this set entropy is 0.67 dB below min-max, on the benchmark's held-out samples
-    0.5 dB above it)."""
+    output SQNR on the 512 evaluation images, measured in our own session, is 26.98 dB (min-max 28.25,
+    percentile 26.15: on this set entropy is 1.3 dB below min-max, on the benchmark's 1,000 held-out
+    samples 0.3 dB above it; 27.58 dB before the histograms' bulk subsample went from 16,384 to 4,096
+    values an update)."""
     assert Recipe().calib_method == "auto"
     model, calib = str(EXAMPLES / "shapes_cnn.onnx"), str(EXAMPLES / "shapes_calib.npz")
     auto = edgequant.quantize(model, calib, runtime=RT)
@@ -54,7 +55,7 @@ def test_the_default_is_entropy_at_8_bits_and_minmax_at_16_bits() -> None:
     ref = RT.run(onnx.load(model), {"image": x})["logits"].astype(np.float64)
     got = RT.run(auto.model, {"image": x})["logits"]
     sqnr = 10.0 * math.log10(float((ref**2).sum() / ((ref - got) ** 2).sum()))
-    assert sqnr > 25.5, sqnr  # measured 27.58 dB
+    assert sqnr > 25.0, sqnr  # measured 26.98 dB
     assert float(np.mean(got.argmax(axis=1) == data["labels"])) > 0.96  # measured 97.46 %
 
 
