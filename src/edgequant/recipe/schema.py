@@ -30,7 +30,8 @@ from edgequant.recipe.serialize import (  # re-exported: callers import them fro
 Method = Literal["static", "dynamic", "fp16", "weight-only"]
 # auto: entropy (KL) ranges where the activations have at most 11 bits, min-max above and on transformers
 # (calibration.observer_method);
-# search: the best of minmax/percentile/entropy/mse by held-out output SQNR (algorithms.calib_search)
+# search: the default's ranges unless minmax/percentile/entropy/mse is significantly better on held-out
+# samples (algorithms.calib_search)
 CalibMethod = Literal["auto", "minmax", "percentile", "entropy", "mse", "search"]
 METHODS: tuple[str, ...] = get_args(Method)
 CALIB_METHODS: tuple[str, ...] = get_args(CalibMethod)
