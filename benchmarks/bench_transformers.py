@@ -27,7 +27,8 @@ Variants:
                    the gptq pass ran before act-order and token_mask
     eq-w4b128-gptq-asym  eq-w4b32-gptq-asym in blocks of 128 (MatMulNBits' faster block size here)
     eq-w4b128-gptq-asym-auto  eq-w4b128-gptq-asym with weight_8bit auto: EdgeQuant chooses the 8-bit
-                   MatMuls by their measured one-at-a-time output-SQNR gain (algorithms.weight_8bit); the
+                   MatMuls by their measured one-at-a-time output-SQNR gain per weight value, under a cap on
+                   the 8-bit share (algorithms.weight_8bit); the
                    chosen ones, the rule's stop and the step's seconds are listed under the table
     eq-w4b128-gptq-asym-mix  the same with the 4 MatMuls that cost the most cosine at 4 bits kept 8-bit
                    (weight_8bit; MatMulNBits bits=8): layer 5's attention output and value projections, the

@@ -9,10 +9,13 @@ sensitivity, one MatMul at a time (no combinatorial search):
 2. for each MatMul ``i`` with a 4-bit blocked weight, its *gain*: the output SQNR (dB, first output,
    padded positions left out: ``judge.real_positions``) with ``W_i`` alone replaced by the 8-bit
    quantization of its original float values (same blocks, round to nearest) minus the baseline's;
-3. promotion in decreasing gain, re-measuring the output SQNR with all promoted so far, until it
-   reaches ``TARGET_DB``, or the next
-   promotion would raise the 8-bit share of the MatMul weight values above ``MAX_SHARE``, or the
-   next gain is below ``MIN_GAIN_DB`` (measurement noise on a few samples).
+3. promotion in decreasing gain per weight value (the greedy order for a budget of 8-bit values),
+   re-measuring the output SQNR with all promoted so far, until it reaches ``TARGET_DB``; a MatMul
+   whose promotion would raise the 8-bit share of the MatMul weight values above ``MAX_SHARE``, or
+   whose gain is below ``MIN_GAIN_DB`` (measurement noise on a few samples), is skipped.
+   all-MiniLM-L6-v2, GPTQ asymmetric blocks of 128 (mean embedding cosine on 64 held-out sentences,
+   all-4-bit 0.9871): in gain order, 4 FFN-1 MatMuls, 0.9902; per value, 3 FFN-1 and 4 attention
+   value/output MatMuls (22.2 % of the values), 0.9935; with a 15 % cap 0.9884 / 0.9916.
 
 Samples: the first ``JUDGE_SAMPLES`` of the passes' held-out samples (``algorithms.context``: after
 the calibration ones, never those the pipeline's check holds back, so the check's SQNR stays an
@@ -28,6 +31,7 @@ and the SQNRs before and after, the rule, the samples and the seconds.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -108,7 +112,6 @@ def choose(
     """
     t0 = time.perf_counter()
     cands = candidates(model, plan)
-    target = TARGET_DB
     if ctx.synthetic:
         raise DataError(
             "weight_8bit auto measures each MatMul's effect on the output over real samples, and no data "
@@ -155,25 +158,7 @@ def choose(
             gains[w] = measure({w}) - base
             took[w] = time.perf_counter() - t1
         sizes = {w: int(np.prod(floats[w].dims)) for w in cands}
-        total = max(sum(sizes.values()), 1)
-        chosen: list[str] = []
-        sqnr, stopped = base, "target met by 4 bits alone"
-        for w in sorted(cands, key=lambda v: -gains[v]):
-            if sqnr >= target:
-                stopped = f"target {target} dB met" if chosen else stopped
-                break
-            if gains[w] < MIN_GAIN_DB:
-                stopped = f"next gain {gains[w]:.2f} dB below {MIN_GAIN_DB} dB"
-                break
-            if (sum(sizes[c] for c in chosen) + sizes[w]) / total > MAX_SHARE:
-                stopped = (
-                    f"cap: the next would make more than {MAX_SHARE:.0%} of the MatMul weight values 8-bit"
-                )
-                break
-            chosen.append(w)
-            sqnr = measure(set(chosen))
-        else:
-            stopped = f"target {target} dB met" if sqnr >= target else "every candidate promoted"
+        chosen, sqnr, why, stopped = _promote(gains, sizes, base, TARGET_DB, measure)
     finally:
         sess.close()
         ref_sess.close()
@@ -191,7 +176,7 @@ def choose(
                 f"kept 8-bit (weight_8bit auto): +{gains[w]:.2f} dB output SQNR alone, measured on "
                 f"{count} held-out samples; MatMulNBits bits=8 in the same blocks (mixed 4/8)."
             )
-    share = sum(sizes[w] for w in chosen) / total
+    share = sum(sizes[w] for w in chosen) / max(sum(sizes.values()), 1)
     if chosen:
         plan.notes.append(
             f"mixed 4/8 (weight_8bit auto): {len(chosen)} of {len(cands)} blocked MatMul weights 8-bit "
@@ -199,11 +184,11 @@ def choose(
         )
     section = {
         "rule": (
-            f"promote MatMuls in decreasing one-at-a-time output-SQNR gain until the output SQNR reaches "
-            f"{target} dB, or more than {MAX_SHARE:.0%} of the MatMul weight values would be 8-bit, or the "
-            f"next gain is below {MIN_GAIN_DB} dB"
+            f"promote MatMuls in decreasing one-at-a-time output-SQNR gain per weight value until the output "
+            f"SQNR reaches {TARGET_DB} dB; skip a MatMul whose gain is below {MIN_GAIN_DB} dB or that would "
+            f"put more than {MAX_SHARE:.0%} of the MatMul weight values at 8 bits"
         ),
-        "target_db": target,
+        "target_db": TARGET_DB,
         "samples": count,
         "measured_on": f"the first {count} of {ctx.held_out_on}",
         "sqnr_all_4bit_db": round(base, 2),
@@ -218,12 +203,47 @@ def choose(
                 "values": sizes[w],
                 "gain_db": round(gains[w], 3),
                 "bits": 8 if w in chosen else 4,
+                "why": why[w],
                 "seconds": round(took[w], 3),
             }
             for w in sorted(cands, key=lambda v: -gains[v])
         ],
     }
     return new, plan, section
+
+
+def _promote(
+    gains: dict[str, float],
+    sizes: dict[str, int],
+    base: float,
+    target: float,
+    measure: Callable[[set[str]], float],
+) -> tuple[list[str], float, dict[str, str], str]:
+    """(chosen, output SQNR with them 8-bit, why per candidate, why promotion stopped): candidates in
+    decreasing gain per weight value (the greedy order for a budget of 8-bit values), each re-measured
+    together with those before it; one under ``MIN_GAIN_DB`` or over the ``MAX_SHARE`` cap is skipped."""
+    total = max(sum(sizes.values()), 1)
+    chosen: list[str] = []
+    why: dict[str, str] = {}
+    sqnr = base
+    for w in sorted(gains, key=lambda v: -gains[v] / max(sizes[v], 1)):
+        if sqnr >= target:
+            why[w] = f"not needed: the output SQNR reached {target} dB"
+        elif gains[w] < MIN_GAIN_DB:
+            why[w] = f"gain below {MIN_GAIN_DB} dB"
+        elif (sum(sizes[c] for c in chosen) + sizes[w]) / total > MAX_SHARE:
+            why[w] = f"over the cap: more than {MAX_SHARE:.0%} of the MatMul weight values would be 8-bit"
+        else:
+            chosen.append(w)
+            sqnr = measure(set(chosen))
+            why[w] = f"8-bit: output SQNR {sqnr:.2f} dB with the {len(chosen)} chosen so far"
+    if sqnr >= target:
+        stopped = f"target {target} dB met" + ("" if chosen else " by 4 bits alone")
+    else:
+        stopped = (
+            f"target {target} dB not met: every other MatMul is over the cap or gains under {MIN_GAIN_DB} dB"
+        )
+    return chosen, sqnr, why, stopped
 
 
 __all__ = ["AUTO", "candidates", "choose", "is_auto"]
