@@ -80,3 +80,39 @@ def conv3(seed: int = 0) -> onnx.ModelProto:
     m.ir_version = 8
     onnx.checker.check_model(m)
     return m
+
+
+def relu6_net(seed: int = 0, c: int = 8) -> onnx.ModelProto:
+    """``bn_folded_net`` with every activation a ReLU6 (``Clip(0, 6)``), as in MobileNet/EfficientNet-Lite:
+    Conv(3->c, gains over 3 decades) -> ReLU6 -> depthwise Conv -> ReLU6 -> Conv(c->4).  The small-gain
+    channels never reach 6 on ``images()``; the large ones do."""
+    rng = np.random.default_rng(seed)
+    gains = np.logspace(-1.5, 1.0, c).astype(np.float32)
+    rng.shuffle(gains)
+    w1 = (rng.standard_normal((c, 3, 3, 3)) * 0.3 * gains[:, None, None, None]).astype(np.float32)
+    b1 = (rng.standard_normal(c) * 0.1 * gains).astype(np.float32)
+    wd = (rng.standard_normal((c, 1, 3, 3)) * 0.5 / np.sqrt(gains)[:, None, None, None]).astype(np.float32)
+    bd = (rng.standard_normal(c) * 0.1).astype(np.float32)
+    wp = (rng.standard_normal((4, c, 1, 1)) * 0.4).astype(np.float32)
+    inits = [
+        nh.from_array(w1, "w1"), nh.from_array(b1, "b1"), nh.from_array(wd, "wd"), nh.from_array(bd, "bd"),
+        nh.from_array(wp, "wp"), nh.from_array(np.float32(0.0), "zero"), nh.from_array(np.float32(6.0), "six"),
+    ]  # fmt: skip
+    nodes = [
+        h.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        h.make_node("Clip", ["c1", "zero", "six"], ["r1"], name="relu6_1"),
+        h.make_node("Conv", ["r1", "wd", "bd"], ["cd"], name="dw", pads=[1, 1, 1, 1], group=c),
+        h.make_node("Clip", ["cd", "zero", "six"], ["rd"], name="relu6_dw"),
+        h.make_node("Conv", ["rd", "wp"], ["y"], name="pw"),
+    ]
+    g = h.make_graph(
+        nodes,
+        "relu6",
+        [h.make_tensor_value_info("x", T.FLOAT, ["n", 3, 12, 12])],
+        [h.make_tensor_value_info("y", T.FLOAT, ["n", 4, 12, 12])],
+        inits,
+    )
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m

@@ -16,8 +16,15 @@ paper does for chains.
 
 Where it stops (each is a ``skipped`` line with the reason):
 
-* ``Clip``/ReLU6 between the layers: ``clip(y / s, 0, 6) != clip(y, 0, 6) / s``, so a per-channel
-  scale would change the float output (the paper replaces ReLU6 by ReLU, which changes the model);
+* ``Clip``/ReLU6 between the layers, when no calibration data is given: ``clip(y / s, 0, 6) !=
+  clip(y, 0, 6) / s`` in general (the paper replaces ReLU6 by ReLU, which changes the model).  With
+  calibration data the pass goes through a ``Clip(0, hi)`` channel by channel, from the per-channel
+  peak ``m_i`` of ``y`` on the calibration samples: a channel whose peak times ``HEADROOM`` stays
+  below ``hi`` never reaches the bound, so ``clip(y / S, 0, hi) == clip(y, 0, hi) / S`` for every
+  ``S >= HEADROOM m_i / hi`` (its cumulative scale is kept there); a channel that may reach it keeps
+  ``S = 1``.  The float output is then unchanged on inputs whose channels stay within ``HEADROOM``
+  times their calibration peaks (and the pass is judged on held-out samples like every pass).  A
+  ``Clip`` with a lower bound other than 0 stops the pass there;
 * an intermediate tensor read by more than one node (a residual ``Add``, a ``Concat``) or that is a
   graph output: another reader would see the scaled values;
 * a weight or bias shared with another node, or not a constant initializer;
@@ -40,6 +47,8 @@ from edgequant.plan import QuantPlan
 from edgequant.recipe.schema import Recipe
 
 ROUNDS = 20
+PEAK_SAMPLES = 64  # calibration samples whose per-channel peaks limit the scales through a ReLU6
+HEADROOM = 1.25  # a channel feeding Clip(0, hi) is scaled only while HEADROOM x its calibration peak < hi
 _HOMOGENEOUS = {"Relu", "LeakyRelu", "Identity"}
 _LAYERS = {"Conv", "Gemm", "MatMul"}
 _EPS = 1e-12
@@ -50,6 +59,7 @@ class Pair:
     first: onnx.NodeProto
     second: onnx.NodeProto
     through: str  # op type of the activation between them, or "" when direct
+    bound: float = 0.0  # the upper bound of a Clip(0, bound) between them (0: none)
 
 
 def _attr_i(node: onnx.NodeProto, name: str, default: int) -> int:
@@ -117,10 +127,22 @@ def _in_ranges(node: onnx.NodeProto, w: np.ndarray) -> np.ndarray:
     return np.abs(w).max(axis=1)
 
 
-def find_pairs(model: onnx.ModelProto) -> tuple[list[Pair], list[str]]:
-    """Equalizable pairs in graph order, and why each near miss was skipped."""
+def _clip_bound(node: onnx.NodeProto, values: dict[str, np.ndarray]) -> float:
+    """``hi`` of a ``Clip(0, hi)`` whose bounds are scalar constants, else 0."""
+    if len(node.input) < 3 or node.input[1] not in values or node.input[2] not in values:
+        return 0.0
+    lo, hi = values[node.input[1]], values[node.input[2]]
+    ok = lo.size == 1 and hi.size == 1 and float(lo.reshape(-1)[0]) == 0.0 and float(hi.reshape(-1)[0]) > 0
+    return float(hi.reshape(-1)[0]) if ok else 0.0
+
+
+def find_pairs(model: onnx.ModelProto, through_clip: bool = False) -> tuple[list[Pair], list[str]]:
+    """Equalizable pairs in graph order, and why each near miss was skipped.  ``through_clip``: a
+    ``Clip(0, hi)`` between two layers makes a pair too (its ``bound``; the caller limits the scales
+    from calibration peaks, module docstring)."""
     g = model.graph
     inits = {t.name for t in g.initializer}
+    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer if t.name.strip() and len(t.dims) <= 1}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in g.node:
         for i in n.input:
@@ -157,16 +179,22 @@ def find_pairs(model: onnx.ModelProto) -> tuple[list[Pair], list[str]]:
             continue  # MatMul + Add(bias): the bias sits in the Add; not handled
         feed = first.output[0]
         nxt = single(feed)
-        through = ""
+        through, bound = "", 0.0
         if nxt is not None and nxt.op_type in _HOMOGENEOUS:
             through, feed = nxt.op_type, nxt.output[0]
             nxt = single(feed)
         elif nxt is not None and nxt.op_type == "Clip":
-            skipped.append(
-                f"{first.name} -> Clip: a Clip/ReLU6 bound does not commute with per-channel scaling "
-                "(clip(y/s, 0, 6) != clip(y, 0, 6)/s)"
-            )
-            continue
+            bound = _clip_bound(nxt, consts)
+            if not (through_clip and bound):
+                skipped.append(
+                    f"{first.name} -> Clip: a Clip/ReLU6 bound does not commute with per-channel scaling "
+                    "(clip(y/s, 0, 6) != clip(y, 0, 6)/s)"
+                    + ("" if through_clip else "; with calibration data it is crossed channel by channel")
+                    + (": its bounds are not Clip(0, hi) constants" if through_clip else "")
+                )
+                continue
+            through, feed = "Clip", nxt.output[0]
+            nxt = single(feed)
         if nxt is None:
             c = consumers.get(first.output[0], [])
             if len(c) > 1 or first.output[0] in outputs:
@@ -183,7 +211,7 @@ def find_pairs(model: onnx.ModelProto) -> tuple[list[Pair], list[str]]:
                 f"{first.name} -> {nxt.name}: a Conv and a Gemm/MatMul do not share a channel axis"
             )
             continue
-        pairs.append(Pair(first, nxt, through))
+        pairs.append(Pair(first, nxt, through, bound))
     return pairs, skipped
 
 
@@ -199,13 +227,19 @@ def _matmul_bias(node: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]
     return len(c) == 1 and c[0].op_type == "Add" and any(i in inits for i in c[0].input)
 
 
-def equalize(model: onnx.ModelProto, pairs: list[Pair]) -> dict[str, float]:
-    """Equalize ``pairs`` in ``model`` in place; per pair, the range ratio max/min before -> after."""
+def equalize(
+    model: onnx.ModelProto, pairs: list[Pair], peaks: dict[str, np.ndarray] | None = None
+) -> dict[str, float]:
+    """Equalize ``pairs`` in ``model`` in place; per pair, the range ratio max/min before -> after.
+    ``peaks``: per first-layer output feeding a ``Clip(0, bound)``, its per-channel calibration peak,
+    which limits that pair's cumulative scales (module docstring); a Clip pair without one keeps 1."""
     ws = _Weights(model)
     before = {f"{p.first.name} -> {p.second.name}": _spread(ws, p) for p in pairs}
+    limits = [_limits(p, (peaks or {}).get(p.first.output[0])) for p in pairs]
+    total = [np.ones(1) for _ in pairs]  # each pair's cumulative scales so far
     for _ in range(ROUNDS):
         moved = 0.0
-        for p in pairs:
+        for k, p in enumerate(pairs):
             w1, w2 = ws.get(p.first.input[1]), ws.get(p.second.input[1])
             v1 = _out_view(p.first, w1)
             r1 = np.abs(v1.reshape(v1.shape[0], -1)).max(axis=1)
@@ -214,6 +248,12 @@ def equalize(model: onnx.ModelProto, pairs: list[Pair]) -> dict[str, float]:
                 continue
             ok = (r1 > _EPS) & (r2 > _EPS)
             s = np.where(ok, np.sqrt(np.where(ok, r1, 1.0) / np.where(ok, r2, 1.0)), 1.0)
+            if limits[k] is not None:
+                lo, hi = limits[k]  # type: ignore[misc]
+                if lo.shape != s.shape:
+                    continue
+                new = np.clip(total[k] * s, lo, hi)
+                s, total[k] = new / total[k], new
             v1 /= s.reshape(-1, *([1] * (v1.ndim - 1)))
             if len(p.first.input) > 2 and p.first.input[2]:
                 b = ws.get(p.first.input[2])
@@ -225,6 +265,36 @@ def equalize(model: onnx.ModelProto, pairs: list[Pair]) -> dict[str, float]:
             break
     ws.write_back()
     return before | {f"{k} after": _spread(ws, p) for k, p in zip(before, pairs, strict=True)}
+
+
+def _limits(p: Pair, peak: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Bounds of a Clip pair's cumulative scales (None: not a Clip pair): ``[HEADROOM m / bound, inf)``
+    where the channel stays below the bound with headroom, exactly 1 where it may reach it."""
+    if not p.bound:
+        return None
+    if peak is None:
+        return np.ones(1), np.ones(1)
+    free = peak * HEADROOM < p.bound
+    lo = np.where(free, np.maximum(peak * HEADROOM / p.bound, 1e-6), 1.0)
+    return lo, np.where(free, np.inf, 1.0)
+
+
+def channel_peaks(model: onnx.ModelProto, pairs: list[Pair], stats: Stats) -> dict[str, np.ndarray]:
+    """Per Clip pair's first-layer output, its per-channel maximum over the calibration samples."""
+    from edgequant.evaluate.layers import _with_outputs
+
+    names = list(dict.fromkeys(p.first.output[0] for p in pairs if p.bound))
+    peaks: dict[str, np.ndarray] = {}
+    sess = stats.runtime.session(_with_outputs(model, names), "the float model for CLE's channel peaks")
+    try:
+        for batch in stats:
+            got = sess.run(batch, names)
+            for n in names:
+                y = np.moveaxis(np.asarray(got[n]), 1, 0).reshape(np.shape(got[n])[1], -1).max(axis=1)
+                peaks[n] = y if n not in peaks else np.maximum(peaks[n], y)
+    finally:
+        sess.close()
+    return peaks
 
 
 def _spread(ws: _Weights, p: Pair) -> float:
@@ -243,19 +313,33 @@ class CrossLayerEqualization:
         self.recipe = recipe
 
     def stat_requests(self, model: onnx.ModelProto, plan: QuantPlan) -> StatRequest:
+        if any(p.bound for p in find_pairs(model, through_clip=True)[0]):
+            return StatRequest(
+                min(self.recipe.calib_samples, PEAK_SAMPLES),
+                "per-channel peaks of the outputs feeding a ReLU6",
+            )
         return StatRequest(0, "data-free: reads only the weights")
 
     def apply(
         self, model: onnx.ModelProto, plan: QuantPlan, stats: Stats
     ) -> tuple[onnx.ModelProto, QuantPlan, PassOutcome]:
-        pairs, skipped = find_pairs(model)
+        pairs, skipped = find_pairs(model, through_clip=True)
+        if any(p.bound for p in pairs) and (stats.synthetic or stats.samples < 1):
+            skipped += [
+                f"{p.first.name} -> Clip: a Clip/ReLU6 bound does not commute with per-channel scaling "
+                "(clip(y/s, 0, 6) != clip(y, 0, 6)/s), and no real calibration data gives the channel peaks"
+                for p in pairs
+                if p.bound
+            ]
+            pairs = [p for p in pairs if not p.bound]
         if not pairs:
             return model, plan, PassOutcome(skipped=skipped, nothing_to_do="no equalizable pair of layers")
         out = onnx.ModelProto()
         out.CopyFrom(model)
         by_name = {n.name: n for n in out.graph.node}
-        pairs = [Pair(by_name[p.first.name], by_name[p.second.name], p.through) for p in pairs]
-        spread = equalize(out, pairs)
+        pairs = [Pair(by_name[p.first.name], by_name[p.second.name], p.through, p.bound) for p in pairs]
+        peaks = channel_peaks(model, pairs, stats) if any(p.bound for p in pairs) else {}
+        spread = equalize(out, pairs, peaks)
         changed = [
             f"{p.first.name} -> {p.second.name}"
             + (f" (through {p.through})" if p.through else "")
