@@ -7,18 +7,14 @@ metrics = cosine of mean-pooled sentence embeddings against float.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from models.common import BenchModel, Feeds, RunFn
 
-CNN = ("ocr_cls", "ocr_rec", "resnet18", "effnet")
-MODELS: tuple[str, ...] = tuple(
-    m for m in ("ocr_cls", "ocr_rec", "resnet18", "vad", "minilm", "effnet")
-    if m != "effnet" or importlib.util.find_spec("models.effnet") is not None
-)  # fmt: skip
+CNN = ("ocr_cls", "ocr_rec", "resnet18", "effnet_lite0")
+MODELS: tuple[str, ...] = ("effnet_lite0", "ocr_cls", "ocr_rec", "resnet18", "vad", "minilm")
 
 
 def load_model(name: str, tmp: Path) -> BenchModel:
@@ -28,11 +24,6 @@ def load_model(name: str, tmp: Path) -> BenchModel:
         return resnet.make("resnet18", 112)
     if name == "minilm":
         return _minilm(tmp)
-    if name == "effnet":
-        from models import effnet  # type: ignore[attr-defined]
-
-        made: BenchModel = effnet.make(name)
-        return made
     import models
 
     return models.load(name)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import peer_io  # noqa: E402
+import peer_io
 
 
 def main() -> None:
@@ -29,8 +29,9 @@ def main() -> None:
     settings = dict(spec["settings"])
     preset = settings.pop("preset", None)
     t0 = time.perf_counter()
-    import edgequant
     import onnx
+
+    import edgequant
 
     res = edgequant.quantize(spec["model"], data, preset, calib_samples=n, **settings)
     onnx.save(res.model, spec["out"])

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import peer_io  # noqa: E402
+import peer_io
 
 
 def main() -> None:

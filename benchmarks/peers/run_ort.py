@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import peer_io  # noqa: E402
+import peer_io
 
 
 def main() -> None:
@@ -30,7 +30,9 @@ def main() -> None:
               "entropy": CalibrationMethod.Entropy}[st.get("calib", "minmax")]  # fmt: skip
     quantize_static(model, spec["out"], reader, quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method)  # fmt: skip
-    peer_io.finish({"seconds": round(time.perf_counter() - t0, 2), "tool": f"onnxruntime {onnxruntime.__version__}"})
+    peer_io.finish(
+        {"seconds": round(time.perf_counter() - t0, 2), "tool": f"onnxruntime {onnxruntime.__version__}"}
+    )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import peer_io  # noqa: E402
+import peer_io
 
 
 def main() -> None:

@@ -19,7 +19,11 @@ from pathlib import Path
 
 PEERS: dict[str, list[str]] = {
     "nncf": ["nncf==3.4.0", "onnx==1.23.2", "onnxruntime==1.32.0"],
-    "quark": ["amd-quark==0.13", "onnxruntime==1.28.0", "torch>=2.2,<2.14"],  # Quark 0.13 asks onnxruntime<=1.28
+    "quark": [
+        "amd-quark==0.13",
+        "onnxruntime==1.28.0",
+        "torch>=2.2,<2.14",
+    ],  # Quark 0.13 asks onnxruntime<=1.28
 }
 MARKER = ".edgequant-peer-ok"  # written after a successful install: a half-made venv is redone
 
@@ -34,7 +38,9 @@ def python(name: str) -> Path:
         raise SystemExit(f"unknown peer '{name}'; known: {', '.join(PEERS)}")
     venv = root() / name
     if not (venv / MARKER).exists():
-        raise SystemExit(f"peer '{name}' is not installed in {venv}: run python benchmarks/peers/setup.py {name}")
+        raise SystemExit(
+            f"peer '{name}' is not installed in {venv}: run python benchmarks/peers/setup.py {name}"
+        )
     return venv / "bin" / "python"
 
 
