@@ -82,7 +82,10 @@ def quantize(tool: str, bm: BenchModel, calib: Path, tmp: Path, timeout: float) 
     if bm.name == "minilm" and runner == "ort":
         settings["pre"] = True
     out = tmp / f"{bm.name}_{tool}.onnx"
-    batch = 1 if runner == "nncf" else bm.calib_batch  # NNCF asks for batch-1 items (its warning otherwise)
+    # equal batches for all: ORT's histogram calibrators and Quark's AdaRound data fail on a short last
+    # batch (Quark: "Optimizing #k module failed in getting data, skip it"); NNCF asks for batch-1 items
+    n = len(DataFiles(calib))
+    batch = 1 if runner == "nncf" else max(d for d in range(1, bm.calib_batch + 1) if n % d == 0)
     spec = {"model": str(bm.path), "calib": str(calib), "out": str(out), "batch": batch,
             "settings": settings}  # fmt: skip
     spec_path = tmp / f"{bm.name}_{tool}.json"
@@ -234,7 +237,11 @@ def main() -> None:
     ap.add_argument("--adaround-iters", type=int, default=QUARK_ADAROUND["NumIterations"])
     ap.add_argument("--merge", action="store_true", help="keep the other models' results")
     ap.add_argument("--out", default=str(RESULTS / "bench_peers"))
+    ap.add_argument("--merge-from", help="add the rows of another run's JSON (their ms vs that run's float)")
     args = ap.parse_args()
+    if args.merge_from:
+        merge_from(Path(args.out), Path(args.merge_from))
+        return
     tools = args.tools.split(",")
     QUARK_ADAROUND["NumIterations"] = args.adaround_iters
     ADAROUND_MODELS[:] = args.adaround_models.split(",")
@@ -267,6 +274,28 @@ def main() -> None:
             from peer_table import markdown
 
             out.with_suffix(".md").write_text(markdown(results))
+
+
+def merge_from(out: Path, other: Path) -> None:
+    """Rows of ``other`` join ``out``'s models (speedups stay relative to the float of their own run)."""
+    from peer_table import markdown
+
+    results = json.loads(out.with_suffix(".json").read_text())
+    extra = json.loads(other.read_text())
+    for name, m in extra["models"].items():
+        if name not in results["models"]:  # a model measured wholly in the other run
+            results["models"][name] = m
+            continue
+        rows = {k: {**v, "run": f"separate run, float {m['rows']['float'].get('ms')} ms there"}
+                for k, v in m["rows"].items() if k != "float"}  # fmt: skip
+        results["models"][name]["rows"].update(rows)
+        results["models"][name].setdefault("merged", []).append(
+            f"{', '.join(rows)}: separate run (load average after {m.get('load_average_after')}, "
+            f"{m.get('bench_seconds')} s)"
+        )
+    results["meta"]["merged_meta"] = extra["meta"]
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    out.with_suffix(".md").write_text(markdown(results))
 
 
 def _cpu() -> str:

@@ -48,7 +48,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"## {name}: {m['model']}",
             "",
             f"source `{m['source']}`; {m['calibration_samples']} calibration samples; "
-            f"load average after: {m.get('load_average_after')}; {'; '.join(m.get('notes', []))}",
+            f"load average after: {m.get('load_average_after')}; {'; '.join(m.get('notes', []))}"
+            + "".join(f"; {x}" for x in m.get("merged", [])),
             "",
             "| tool | " + " | ".join(keys) + " | SQNR dB | ms | vs float | MiB | quantize s | peak MiB |",
             "|---|" + "---|" * (len(keys) + 6),
