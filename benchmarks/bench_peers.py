@@ -238,7 +238,13 @@ def main() -> None:
     ap.add_argument("--merge", action="store_true", help="keep the other models' results")
     ap.add_argument("--out", default=str(RESULTS / "bench_peers"))
     ap.add_argument("--merge-from", help="add the rows of another run's JSON (their ms vs that run's float)")
+    ap.add_argument(
+        "--latency-from", help="only re-time --models from DIR/<model>_<tool>.onnx (an earlier run's files)"
+    )
     args = ap.parse_args()
+    if args.latency_from:
+        retime(Path(args.out), Path(args.latency_from), args.models.split(","), args.rounds, args.runs)
+        return
     if args.merge_from:
         merge_from(Path(args.out), Path(args.merge_from))
         return
@@ -274,6 +280,31 @@ def main() -> None:
             from peer_table import markdown
 
             out.with_suffix(".md").write_text(markdown(results))
+
+
+def retime(out: Path, folder: Path, names: list[str], rounds: int, runs: int) -> None:
+    """Latency alone again, for files kept from an earlier run (a quieter moment, more rounds)."""
+    from peer_table import markdown
+
+    results = json.loads(out.with_suffix(".json").read_text())
+    with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
+        for name in names:
+            bm, rows = load_model(name, Path(tmp)), results["models"][name]["rows"]
+            paths = {"float": bm.path}
+            paths.update(
+                {t: folder / f"{name}_{t}.onnx" for t in rows if (folder / f"{name}_{t}.onnx").exists()}
+            )
+            feed = bm.latency_feed()
+            ms = latency(paths, feed if bm.unbatched else {k: v[:1] for k, v in feed.items()}, rounds, runs)
+            for k, v in ms.items():
+                rows[k].update(ms=round(v, 3), speedup=round(ms["float"] / v, 2))
+                rows[k].pop("run", None)
+            results["models"][name].setdefault("merged", []).append(
+                f"latency of {', '.join(ms)} re-timed together ({rounds} rounds x {runs} runs, load average "
+                f"{os.getloadavg()[0]:.1f} after)"
+            )
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    out.with_suffix(".md").write_text(markdown(results))
 
 
 def merge_from(out: Path, other: Path) -> None:

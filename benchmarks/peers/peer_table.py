@@ -41,15 +41,23 @@ def markdown(results: dict[str, Any]) -> str:
         "value after each model below; latencies and seconds are noisy.",
         "",
     ]
+    if meta.get("note"):
+        lines += [meta["note"], ""]
     for name, m in results.get("models", {}).items():
         rows = m["rows"]
         keys = [k for k in METRIC_KEYS if any(k in r for r in rows.values())]
         lines += [
             f"## {name}: {m['model']}",
             "",
-            f"source `{m['source']}`; {m['calibration_samples']} calibration samples; "
-            f"load average after: {m.get('load_average_after')}; {'; '.join(m.get('notes', []))}"
-            + "".join(f"; {x}" for x in m.get("merged", [])),
+            "; ".join(
+                [
+                    f"source `{m['source']}`",
+                    f"{m['calibration_samples']} calibration samples",
+                    f"load average after: {m.get('load_average_after')}",
+                    *m.get("notes", []),
+                    *m.get("merged", []),
+                ]
+            ),
             "",
             "| tool | " + " | ".join(keys) + " | SQNR dB | ms | vs float | MiB | quantize s | peak MiB |",
             "|---|" + "---|" * (len(keys) + 6),
