@@ -143,7 +143,8 @@ def markdown(results: dict[str, Any], methods: list[str], repeats: int) -> str:
         f"(ORT's threads included), minimum of {runs} run(s) per method, methods alternating in one "
         f"interpreter, on a shared 2-core machine with 1-minute load averages of {load} (start and end of "
         "each model) while this ran: wall times are mostly waiting, so the ratio against min-max is taken on "
-        "CPU seconds. `auto` is the default (`calib_method: auto`: entropy at up to 11 activation bits). The "
+        "CPU seconds. `auto` is the default (`calib_method: auto`: entropy at up to 11 activation bits; under "
+        "the transformer placement min-max on MatMul/Gemm inputs and percentile on the conv side). The "
         "goal (issue #17 §5): within 0.5 dB of the best of minmax/percentile/entropy, at most 2x minmax's "
         "time. Task metrics on each model's own evaluation set are in the JSON file (`eval_set`).",
         "",
