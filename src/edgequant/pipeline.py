@@ -19,7 +19,7 @@ from typing import Any
 import onnx
 
 from edgequant import algorithms, methods, planner, toolchains
-from edgequant.algorithms import weight_8bit
+from edgequant.algorithms import float_effect, weight_8bit
 from edgequant.algorithms.act16 import promote_sensitive
 from edgequant.calibration import DataLike, Progress, require_data
 from edgequant.calibration import calib_source as _source
@@ -77,6 +77,7 @@ class _Run:
     passes: algorithms.Context
     calib_info: dict[str, Any] | None = None
     act16: dict[str, Any] | None = None
+    float_effect: dict[str, Any] | None = None  # each float-kept / 16-bit kind's measured effect
     tag: str = ""  # the output tag, from the recipe as asked (before a target adapts it)
 
 
@@ -239,6 +240,9 @@ def _static(
                 run.float_model, plan, batch, run.runtime, recipe.act16_below_db
             )
             run.float_model, plan = _raise_opset(run.float_model, plan, run.notes)
+        run.float_effect = float_effect.measure(
+            run.float_model, plan, passes, lambda r: _source(run.calibration, run.float_model, r)
+        )
         run.seconds["calibration"] = time.perf_counter() - t1
         log.info("calibration (%s): %d activation ranges in %.3f s", recipe.calib_method,
                  len(plan.activations()), run.seconds["calibration"])  # fmt: skip
@@ -349,6 +353,8 @@ def _result(
         result.report["toolchain"] = toolchain
     if run.act16:
         result.report["act16"] = run.act16
+    if run.float_effect:
+        result.report["float_effect"] = run.float_effect
     result.report.update(passes.sections)  # e.g. bias_correction, sensitivity (mixed_precision)
     if passes.rows:
         result.report["algorithms"] = passes.rows
