@@ -66,7 +66,12 @@ def constants_to_initializers(graph: onnx.GraphProto) -> int:
 # shape/layout ops that exporters put between a stored weight and its consumer (e.g. an LSTM's
 # W = Unsqueeze(Slice(w))); folding them exposes the weight to quantization
 _FOLDABLE = {"Unsqueeze", "Squeeze", "Reshape", "Transpose", "Concat", "Slice", "Gather", "Cast", "Identity",
-             "Split", "Flatten", "Expand", "Mul", "Add", "Sub", "Div", "Neg", "Tile"}  # fmt: skip
+             "Split", "Flatten", "Expand", "Mul", "Add", "Sub", "Div", "Neg", "Tile", "ConstantOfShape"}  # fmt: skip
+# ops that make a tensor larger than their inputs: folded only when the result is small (the legacy torch
+# exporter writes a constant Pad's pads as ConstantOfShape -> Concat -> Reshape -> Slice -> Transpose ->
+# Cast; a ConstantOfShape of a large shape stays a node rather than a stored block of zeros)
+_GROWING = {"ConstantOfShape", "Expand", "Tile"}
+GROWN_MAX_BYTES = 65536
 
 
 TIED_MIN_BYTES = 4096  # below this, a second copy of a folded constant costs less than the node
@@ -131,6 +136,9 @@ def fold_constants(model: onnx.ModelProto) -> int:
             )
             outs = ReferenceEvaluator(single).run(None, {})
         except Exception:  # not foldable here: leave the node as it is
+            keep.append(node)
+            continue
+        if node.op_type in _GROWING and sum(np.asarray(a).nbytes for a in outs) > GROWN_MAX_BYTES:
             keep.append(node)
             continue
         for name, arr in zip(node.output, outs, strict=True):
