@@ -344,9 +344,7 @@ def _result(
         cpu=run.cpu.describe(),
         check=check,
     )
-    result.report["providers"] = list(
-        run.runtime.providers
-    )  # the ORT providers calibration and the check ran on
+    result.report["providers"] = list(run.runtime.providers)  # what calibration and the check ran on
     if run.imported:
         result.report["import"] = run.imported
     if toolchain:
@@ -362,9 +360,7 @@ def _result(
         result.report["compliance"] = compliance
     if ti_int is not None:
         result.report["ti_npu_int"] = ti_int
-    if run.imported and is_torch_module(
-        run.model
-    ):  # <stem>.pth (static) / .pt (torch.ao, LSTM/GRU) beside the ONNX
+    if run.imported and is_torch_module(run.model):  # <stem>.pth (static) / .pt (torch.ao) beside the ONNX
         from edgequant.torch.quantized_outputs import attach
 
         attach(result, run.model, run.calibration, run.runtime)  # type: ignore[arg-type]
