@@ -1,7 +1,9 @@
 """Accuracy-recovery passes (CLE, AdaRound) and the calibration search on real models, beside ORT's tool.
 
 Per model (``shapes`` example CNN, ``ocr_cls`` PP-OCR mobile cls: depthwise convs, ``ocr_rec`` PP-OCRv4
-rec, ``resnet18`` hand-built random-init ResNet-18 at 112x112; see benchmarks/models/), every setting
+rec, ``resnet18`` hand-built random-init ResNet-18 at 112x112, ``effnet_lite0`` ImageNet-pretrained
+EfficientNet-Lite0 on real photos, metric top-1 agreement and mean KL(float || quantized) of the
+softmax; see benchmarks/models/), every setting
 below quantizes from the same 192 seeded calibration samples written to one ``.npy`` file (EdgeQuant's
 check holds back 32 of them, evenly spread; it calibrates on the first 128 of the others, and the 32
 after those judge its passes (a pass that lowers their output SQNR by more than 0.05 dB is reverted)
@@ -16,6 +18,13 @@ and score its range search; ORT's tool reads the first 128 of the file):
                        until they hold 64 rows per input dimension)
     ort-static         onnxruntime.quantization.quantize_static(QDQ, MinMax, per_channel=True,
                        QUInt8 activations, QInt8 weights): ORT's default static setting
+    (on request, --settings)  weight-only-int4 (the preset), default+adaround (AdaRound at 8 bits),
+                       ort-static-entropy, ort-static-percentile
+
+``--latency RUNS,ROUNDS`` then times float and every model written at batch 1 on one intra-op thread
+with ORT's thread spinning off, interleaved (every session warmed up, then each round runs each model
+RUNS times in turn; the median), with the load average recorded: the machine is shared.  CPU seconds
+(``cpu_s``) count this interpreter's threads and its finished child processes (EdgeQuant's ORT runs).
 
 Each quantization runs in its own interpreter (``--worker``): wall time of the call and the peak
 resident set (VmHWM) of that interpreter; EdgeQuant's time is split into calibration and each pass.
@@ -25,12 +34,16 @@ times are noisy (stated in the results file).
 
     .venv/bin/python benchmarks/bench_algorithms.py            # -> results/bench_algorithms.{json,md}
     .venv/bin/python benchmarks/bench_algorithms.py --models shapes
+    .venv/bin/python benchmarks/bench_algorithms.py --models effnet_lite0 --merge --latency 10,5 \
+        --settings default,accurate,per-tensor,per-tensor+cle,w4a8,w4a8+adaround,weight-only-int4,\
+ort-static,ort-static-entropy,ort-static-percentile --timeout 2400
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -49,9 +62,16 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "per-tensor+cle": {"per_channel": False, "algorithms": ["cle"]},
     "w4a8": {"weight_bits": 4},
     "w4a8+adaround": {"weight_bits": 4, "algorithms": ["adaround"]},
-    "ort-static": {"ort": True},
+    "ort-static": {"ort": "minmax"},
+    # not in the default --settings (run on effnet_lite0): weight-only int4, ORT's other calibrations
+    "weight-only-int4": {"preset": "weight-only-int4"},
+    "default+adaround": {"algorithms": ["adaround"]},  # AdaRound at 8 bits
+    "ort-static-entropy": {"ort": "entropy"},
+    "ort-static-percentile": {"ort": "percentile"},
 }
+DEFAULT_SETTINGS = list(SETTINGS)[:7]
 CALIB, HELD, CHECK = 128, 32, 32  # calibration, the samples that judge the passes, the check's
+LATENCY_RUNS: tuple[int, int] | None = None  # (runs per round, rounds) when --latency is given
 
 
 def _peak_mib() -> float:
@@ -61,12 +81,21 @@ def _peak_mib() -> float:
     return float("nan")
 
 
+def _cpu_s() -> float:
+    """CPU seconds of every thread of this interpreter and of its finished children (ORT sessions run
+    in child processes)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """One quantization in this interpreter; returns time, peak memory and EdgeQuant's report parts."""
     setting = dict(SETTINGS[spec["setting"]])
     t0 = time.perf_counter()
+    cpu0 = _cpu_s()
     out: dict[str, Any] = {}
-    if setting.pop("ort", False):
+    calib = setting.pop("ort", "")
+    if calib:
         from onnxruntime.quantization import (
             CalibrationDataReader,
             CalibrationMethod,
@@ -88,25 +117,58 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         quantize_static(
             spec["model"], spec["out"], Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
+            calibrate_method={
+                "minmax": CalibrationMethod.MinMax,
+                "entropy": CalibrationMethod.Entropy,
+                "percentile": CalibrationMethod.Percentile,
+            }[calib],
         )  # fmt: skip
     else:
         import edgequant
 
         preset = setting.pop("preset", None)
-        res = edgequant.quantize(spec["model"], spec["data"], preset, calib_samples=CALIB, **setting)
+        if not str(preset).startswith("weight-only"):  # weight-only reads no calibration: refused there
+            setting["calib_samples"] = CALIB
+        res = edgequant.quantize(spec["model"], spec["data"], preset, **setting)
         Path(spec["out"]).write_bytes(res.model.SerializeToString())
         out["seconds"] = {k: round(v, 2) for k, v in res.report["seconds"].items()}
         out["passes"] = [
             {k: r.get(k) for k in ("pass", "seconds", "sqnr_before_db", "sqnr_after_db", "reverted")}
             for r in res.report.get("algorithms", [])
         ]
-        search = res.report.get("calibration", {}).get("search")
+        search = (res.report.get("calibration") or {}).get("search")
         if search:
             out["search"] = search
     out["wall_s"] = round(time.perf_counter() - t0, 2)
+    out["cpu_s"] = round(_cpu_s() - cpu0, 1)
     out["peak_mib"] = round(_peak_mib(), 1)
     return out
+
+
+def latency(files: dict[str, Path], feed: dict[str, np.ndarray], runs: int, rounds: int) -> dict[str, float]:
+    """Median ms per run at batch 1 on 1 intra-op thread with spinning off, sessions timed interleaved:
+    every session is created and warmed up first, then each round times ``runs`` runs of each in turn."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    sessions = {
+        k: ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"]) for k, p in files.items()
+    }
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for s in sessions.values():
+        for _ in range(3):
+            s.run(None, feed)
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            for _ in range(runs):
+                t = time.perf_counter()
+                s.run(None, feed)
+                times[k].append((time.perf_counter() - t) * 1e3)
+    return {k: round(float(np.median(v)), 3) for k, v in times.items()}
 
 
 def bench_model(name: str, settings: list[str], tmp: Path, timeout: float) -> dict[str, Any]:
@@ -160,6 +222,20 @@ def bench_model(name: str, settings: list[str], tmp: Path, timeout: float) -> di
         info.update(status="ok", sqnr_db=round(bm.output_sqnr(ref, got), 2), **bm.metrics(ref, got))
         rows["settings"][setting] = info
         print(name, setting, {k: v for k, v in info.items() if k not in ("passes", "search")}, flush=True)
+    if LATENCY_RUNS:
+        files = {"float": bm.path} | {
+            s: tmp / f"{name}_{s}.onnx" for s, v in rows["settings"].items() if v["status"] == "ok"
+        }
+        ms = latency(files, bm.latency_feed(), *LATENCY_RUNS)
+        rows["latency"] = {
+            "float_ms": ms["float"],
+            "load": Path("/proc/loadavg").read_text().split()[:3],
+            "how": f"batch 1, 1 intra-op thread, spinning off, {LATENCY_RUNS[1]} interleaved rounds x "
+            f"{LATENCY_RUNS[0]} runs, median",
+        }
+        for s in files:
+            if s != "float":
+                rows["settings"][s].update(ms=ms[s], speed_vs_float=round(ms["float"] / ms[s], 2))
     return rows
 
 
@@ -177,6 +253,9 @@ def markdown(results: dict[str, Any]) -> str:
     for name, r in results.items():
         metric = [k for k in r["float"] if k != "status"]
         lines += [f"## {name}: {r['model']}", "", f"float: {r['float']}", ""]
+        lat = r.get("latency")
+        if lat:
+            lines += [f"Latency: float {lat['float_ms']} ms; {lat['how']}; load average {lat['load']}.", ""]
         if r.get("not_run"):
             lines += [
                 f"Not run here (AdaRound's time on this model's large layers): {', '.join(r['not_run'])}",
@@ -185,12 +264,14 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [
             "| setting | output SQNR dB | "
             + " | ".join(metric)
-            + " | wall s | peak MiB | passes (s, SQNR before -> after) |",
-            "|---|---|" + "---|" * len(metric) + "---|---|---|",
+            + " | wall s (CPU s) | peak MiB |"
+            + (" ms (x float) |" if lat else "")
+            + " passes (s, SQNR before -> after) |",
+            "|---|---|" + "---|" * len(metric) + "---|---|" + ("---|" if lat else "") + "---|",
         ]
         for s, v in r["settings"].items():
             if v.get("status") != "ok":
-                lines.append(f"| {s} | {v.get('status')} |" + " |" * (len(metric) + 3))
+                lines.append(f"| {s} | {v.get('status')} |" + " |" * (len(metric) + 3 + bool(lat)))
                 continue
             passes = "; ".join(
                 f"{p['pass']} {p['seconds']} s, {p['sqnr_before_db']} -> {p['sqnr_after_db']}"
@@ -201,8 +282,12 @@ def markdown(results: dict[str, Any]) -> str:
                 passes += ("; " if passes else "") + f"search chose {v['search']['chosen']}"
             if v.get("note"):  # e.g. a row kept from an earlier run
                 passes += ("; " if passes else "") + v["note"]
-            vals = " | ".join(f"{v.get(k, float('nan')):.3f}" for k in metric)
-            lines.append(f"| {s} | {v['sqnr_db']} | {vals} | {v['wall_s']} | {v['peak_mib']} | {passes} |")
+            vals = " | ".join(f"{v.get(k, float('nan')):.{4 if k.startswith('kl') else 3}f}" for k in metric)
+            speed = f" {v.get('ms')} ({v.get('speed_vs_float')}x) |" if lat else ""
+            cpu = f" ({v['cpu_s']})" if "cpu_s" in v else ""
+            lines.append(
+                f"| {s} | {v['sqnr_db']} | {vals} | {v['wall_s']}{cpu} | {v['peak_mib']} |{speed} {passes} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -211,7 +296,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--worker")
     ap.add_argument("--models", default="shapes,ocr_cls,resnet18,ocr_rec")
-    ap.add_argument("--settings", default=",".join(SETTINGS))
+    ap.add_argument("--settings", default=",".join(DEFAULT_SETTINGS), help=f"of {', '.join(SETTINGS)}")
+    ap.add_argument("--latency", help="RUNS,ROUNDS: time float and every model written, interleaved")
     ap.add_argument("--timeout", type=float, default=900.0)
     ap.add_argument("--skip", default="ocr_rec:w4a8+adaround", help="MODEL:SETTING pairs not run")
     ap.add_argument("--merge", action="store_true", help="replace only the rows run in the existing results")
@@ -220,6 +306,10 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
+    global LATENCY_RUNS
+    if args.latency:
+        runs, rounds = (int(v) for v in args.latency.split(","))
+        LATENCY_RUNS = (runs, rounds)
     results: dict[str, Any] = {}
     if args.merge and Path(args.out + ".json").exists():
         results = json.loads(Path(args.out + ".json").read_text())
@@ -230,6 +320,8 @@ def main() -> None:
             rows = bench_model(name, settings, Path(tmp), args.timeout)
             if args.merge and name in results:
                 results[name]["settings"].update(rows["settings"])
+                if "latency" in rows:
+                    results[name]["latency"] = rows["latency"]
                 results[name]["not_run"] = sorted(set(results[name].get("not_run", [])) & skip)
             else:
                 results[name] = {**rows, "not_run": sorted(skip)}
