@@ -283,7 +283,7 @@ def markdown(results: dict[str, Any]) -> str:
             if v.get("note"):  # e.g. a row kept from an earlier run
                 passes += ("; " if passes else "") + v["note"]
             vals = " | ".join(f"{v.get(k, float('nan')):.{4 if k.startswith('kl') else 3}f}" for k in metric)
-            speed = f" {v.get('ms')} ({v.get('speed_vs_float')}x) |" if lat else ""
+            speed = (f" {v['ms']} ({v['speed_vs_float']}x) |" if "ms" in v else " not timed |") if lat else ""
             cpu = f" ({v['cpu_s']})" if "cpu_s" in v else ""
             lines.append(
                 f"| {s} | {v['sqnr_db']} | {vals} | {v['wall_s']}{cpu} | {v['peak_mib']} |{speed} {passes} |"
