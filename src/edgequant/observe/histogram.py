@@ -127,6 +127,46 @@ class PowerOfTwoHistogram:
             if lo <= 0.0 <= hi:  # +0.0 and -0.0
                 self.zeros += weight * int(np.count_nonzero(part == 0))
 
+    def update_split(
+        self, bulk: np.ndarray, weight: float, tail: np.ndarray, extremes: tuple[float, float]
+    ) -> None:
+        """``update(bulk, extremes, weight)`` then ``update(tail, extremes)`` (the same counts, bit for
+        bit) in one scaling and one ``np.bincount``: the tail's bins are offset past the bulk's.
+
+        ``tail`` must hold no exact zero (its values have ``|x| >= t > 0``).  Falls back to the two
+        calls when the parts differ in dtype or together exceed ``_CHUNK`` values.
+        """
+        flat, tl = bulk.reshape(-1), tail.reshape(-1)
+        if flat.size + tl.size > _CHUNK or flat.dtype != tl.dtype or flat.size == 0:
+            self.update(flat, extremes, weight)
+            self.update(tl, extremes)
+            return
+        self.lo = min(self.lo, float(extremes[0]))
+        self.hi = max(self.hi, float(extremes[1]))
+        self.grow(self.required_k(max(abs(self.lo), abs(self.hi))))
+        lo, hi = float(extremes[0]), float(extremes[1])
+        both = np.concatenate([flat, tl])
+        if -126 <= self.k <= 0 and flat.dtype in (np.float32, np.float16):
+            y = np.multiply(both, np.float32(math.ldexp(1.0, -self.k)), dtype=np.float32)
+        else:
+            y = np.multiply(both, math.ldexp(1.0, -self.k), dtype=np.float64)
+        span = self.bins if lo >= 0.0 else 2 * self.bins  # bins of one part's counts
+        if lo >= 0.0:
+            idx = y.astype(np.int32)  # truncation is floor on non-negative data
+        else:
+            np.floor(y, out=y)
+            y += self.bins
+            idx = y.astype(np.int32)
+        idx[flat.size :] += span
+        counts = np.bincount(idx, minlength=2 * span)
+        part = self.counts[self.bins :] if lo >= 0.0 else self.counts
+        part += counts[:span] if weight == 1 else weight * counts[:span]
+        part += counts[span:]
+        self.total += weight * int(flat.size)
+        if lo <= 0.0 <= hi:  # +0.0 and -0.0 (only in the bulk)
+            self.zeros += weight * int(np.count_nonzero(flat == 0))
+        self.total += 1 * int(tl.size)
+
     def magnitude_counts(self) -> np.ndarray:
         """Counts of ``|x|`` on ``bins`` bins of width ``w`` over ``[0, bins * w]``.
 

@@ -156,12 +156,14 @@ class HistogramObserver:
             self.hist.update(values, extremes)
             return
         t = self.tail_start
-        tail = values[_outside(values, t, extremes)]
+        tail = np.compress(_outside(values, t, extremes), values)  # = values[mask], faster
         bulk = values[self.updates % stride :: stride]
-        bulk = bulk[np.abs(bulk) < t]
+        bulk = np.compress(np.abs(bulk) < t, bulk)
+        assert extremes is not None  # values is not empty here
         if bulk.size:  # the subsample stands for the bulk's exact count: totals and quantiles stay exact
-            self.hist.update(bulk, extremes, weight=(values.size - tail.size) / bulk.size)
-        elif values.size > tail.size:  # no subsampled value below t: bin the (small) bulk whole
+            self.hist.update_split(bulk, (values.size - tail.size) / bulk.size, tail, extremes)
+            return
+        if values.size > tail.size:  # no subsampled value below t: bin the (small) bulk whole
             self.hist.update(values[np.abs(values) < t], extremes)
         self.hist.update(tail, extremes)
 
