@@ -1,12 +1,10 @@
-"""PowerOfTwoHistogram.update_split equals update(bulk, weight) then update(tail), bit for bit; large
-updates bin at least every STRIDE_MAX-th bulk value."""
+"""PowerOfTwoHistogram.update_split equals update(bulk, weight) then update(tail), bit for bit."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from edgequant.observe.histogram import PowerOfTwoHistogram
-from edgequant.observe.observers import HistogramObserver, create_observer
 
 
 def _state(h: PowerOfTwoHistogram) -> tuple[object, ...]:
@@ -37,20 +35,3 @@ def test_update_split_equals_two_updates() -> None:
             twice.update(tail, ext)
             assert _state(split) == _state(twice)
         assert split.total > 0 and split.zeros > 0
-
-
-def test_large_updates_bin_at_least_every_64th_bulk_value() -> None:
-    # 1,048,576 values: SAMPLE_MAX alone would bin every 256th; STRIDE_MAX keeps every 64th, so each
-    # binned bulk value of the second update counts (bulk size) / (binned) ~ 64 times
-    x = np.abs(np.random.default_rng(8).standard_normal(1 << 20)).astype(np.float32)
-    obs = create_observer("entropy")
-    assert isinstance(obs, HistogramObserver)
-    obs.update(x)  # the first update is binned whole
-    first = obs.hist.counts.copy()
-    obs.update(x)
-    step = obs.hist.counts - first
-    t_bin = int(obs.tail_start / obs.hist.width) + obs.hist.bins
-    bulk = step[obs.hist.bins : t_bin]
-    weight = float(bulk[bulk > 0].min())
-    assert 63.0 < weight < 66.0
-    assert obs.hist.total == 2 * x.size

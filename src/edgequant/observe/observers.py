@@ -12,11 +12,7 @@
   Binning costs about 2.5 ns a value (``np.bincount``), several min/max passes: binning everything
   took 2.0-2.6x min-max's calibration CPU time on the example and PP-OCR, and issue #17 §5 allows 2x;
   with ``SAMPLE_MAX`` 16,384 the example (tensors of 82-164 k values a batch) still took 2.0-2.4x,
-  with 4,096 1.8-1.96x (interleaved runs on the loaded 2-core machine).  The subsample is still every
-  ``STRIDE_MAX``-th bulk value or denser: on larger tensors the model's own forward pass dominates the
-  calibration time (ResNet-18 at 112x112, batches of 8: 65 k-1.6 M values a tensor, entropy 1.04x
-  min-max's CPU time with it), and 4,096 values of them cost ResNet-18 0.6 dB of held-out output SQNR
-  (24.45 dB vs 25.05); the example's strides are at most 41, so it is unaffected.
+  with 4,096 1.8-1.96x (interleaved runs on the loaded 2-core machine).
 
 Mask sentinels are not data: values that are NaN, +-inf or have ``|x| >= 1e30`` (attention masks
 use ``finfo(float32).min``) are dropped before any statistic and counted in ``sentinels``.
@@ -39,7 +35,6 @@ from edgequant.observe.thresholds import entropy_range, mse_range, percentile_ra
 
 SENTINEL_ABS = 1e30
 SAMPLE_MAX = 1 << 12  # bulk values binned per update (module docstring)
-STRIDE_MAX = 64  # ... but at least every 64th value of the bulk
 TAIL_QUANTILE = 0.99  # values above this quantile of |x| are always binned, every one of them
 METHODS: tuple[str, ...] = ("minmax", "percentile", "entropy", "mse")
 
@@ -147,12 +142,12 @@ class HistogramObserver:
         """Bin ``x``: every value when it holds at most ``SAMPLE_MAX`` of them or the histogram is still
         empty; otherwise every value of the tail (``|x| >= t``, ``t`` the ``TAIL_QUANTILE`` of ``|x|``
         in the histogram, re-read at the 1st, 2nd, 4th, 8th ... subsampled update) and, of the bulk
-        below ``t``, every ``s``-th value (``s = min(ceil(size / SAMPLE_MAX), STRIDE_MAX)``, the offset
-        turning with each update), weighted so that they add up to the bulk's exact count.  The observed min and max, the
+        below ``t``, every ``s``-th value (``s = ceil(size / SAMPLE_MAX)``, the offset turning with each
+        update), weighted so that they add up to the bulk's exact count.  The observed min and max, the
         total count and the counts at or above ``t`` stay those of every value."""
         values, dropped, extremes = _finite(x)
         self.sentinels += dropped
-        stride = min(-(-values.size // SAMPLE_MAX), STRIDE_MAX)
+        stride = -(-values.size // SAMPLE_MAX)
         if stride > 1 and self.hist.total:
             self.updates += 1
             if self.updates & (self.updates - 1) == 0:  # a power of two
