@@ -140,3 +140,13 @@ def test_cli_weight_8bit_auto(tmp_path: Path) -> None:
     )
     chosen = [r["nodes"] for r in report["weight_8bit"]["matmuls"] if r["bits"] == 8]
     assert chosen == [["mm2"]]
+
+
+def test_auto_without_blocked_matmuls_says_so() -> None:
+    """A conv net has no MatMulNBits weight: auto chooses nothing and says why (not 'target not met')."""
+    from tests.tinymodels import conv_net, images
+
+    res = edgequant.quantize(conv_net(), images(96), weight_8bit=["auto"], **KW)
+    section = res.report["weight_8bit"]
+    assert section["matmuls"] == [] and "no MatMul has a blocked 4-bit weight" in section["stopped"]
+    assert any("weight_8bit auto: no MatMul" in n for n in res.report["notes"])

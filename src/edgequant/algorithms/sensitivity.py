@@ -35,7 +35,6 @@ It runs as the ``mixed_precision`` pass (``phase = "after_ranges"``: on the cali
 
 from __future__ import annotations
 
-import itertools
 import logging
 import re
 import time
@@ -277,7 +276,7 @@ class MixedPrecision:
 
     def stat_requests(self, state: Quantized) -> StatRequest:
         return StatRequest(
-            2 * self.recipe.batch_size, "two calibration batches: output SQNR of each candidate"
+            2 * self.recipe.batch_size, "calibration samples: output SQNR of each candidate"
         )
 
     def apply_quantized(self, state: Quantized, stats: Stats) -> tuple[Quantized, PassOutcome]:
@@ -285,7 +284,7 @@ class MixedPrecision:
 
         quantized, plan, section = keep_sensitive_float(
             state.float_model, state.model, state.plan, calibrated=state.calibrated, recipe=self.recipe,
-            samples=list(itertools.islice(iter(stats), 2)), cpu=detect(), runtime=stats.runtime,
+            samples=list(stats), cpu=detect(), runtime=stats.runtime,
             reference=state.reference,
         )  # fmt: skip
         changed = [

@@ -112,6 +112,14 @@ def choose(
     """
     t0 = time.perf_counter()
     cands = candidates(model, plan)
+    if not cands:
+        none = "no MatMul has a blocked 4-bit weight (MatMulNBits), so there is nothing to keep 8-bit"
+        plan.notes.append(f"weight_8bit auto: {none}.")
+        section: dict[str, Any] = {
+            "target_db": TARGET_DB, "samples": 0, "stopped": none, "share_8bit": 0.0, "matmuls": [],
+            "seconds": round(time.perf_counter() - t0, 3),
+        }  # fmt: skip
+        return model, plan, section
     if ctx.synthetic:
         raise DataError(
             "weight_8bit auto measures each MatMul's effect on the output over real samples, and no data "

@@ -195,7 +195,8 @@ Algorithm = Annotated[
     list[str] | None,
     typer.Option(
         metavar="NAME",
-        help="Static: run a pass (cle, smoothquant, adaround), in order. Repeatable. [default: none]",
+        help="Run a pass, in order: cle, smoothquant, adaround, bias_correction, mixed_precision (static); "
+        "block_clip, gptq (weight-only blocked 4-bit MatMuls). Repeatable. [default: none]",
     ),
 ]
 KeepWorsePasses = Annotated[
