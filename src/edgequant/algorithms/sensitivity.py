@@ -275,9 +275,7 @@ class MixedPrecision:
         self.recipe = recipe
 
     def stat_requests(self, state: Quantized) -> StatRequest:
-        return StatRequest(
-            2 * self.recipe.batch_size, "calibration samples: output SQNR of each candidate"
-        )
+        return StatRequest(2 * self.recipe.batch_size, "calibration samples: output SQNR of each candidate")
 
     def apply_quantized(self, state: Quantized, stats: Stats) -> tuple[Quantized, PassOutcome]:
         from edgequant.runtime import detect
