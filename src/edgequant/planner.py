@@ -37,6 +37,7 @@ from edgequant.planning.graph import (
     FUSED_ACTIVATIONS,
     PASS_OPS,
     GraphIndex,
+    contrib_float_outputs,
     is_table,
     pre_activation_outputs,
     record_subgraphs,
@@ -96,7 +97,7 @@ class Planner:
         g = self.model.graph
         plan = QuantPlan(method=r.method, opset=0)
         inits = self.index.initializers
-        floats = self.index.float_tensors()
+        floats = self.index.float_tensors() | contrib_float_outputs(self.model)
         excluded = self._excluded()
         first_last = self._first_last()
         act = self.activation_spec() if r.method == "static" else None
@@ -107,7 +108,7 @@ class Planner:
                 continue
             touched = self._plan_node(node, plan, inits, floats, act)
             if touched:
-                plan.decide(node.name, node.op_type, True)
+                plan.decide(node.name, node.op_type, True, self._unranged_input(node, plan, inits))
             else:
                 plan.decide(node.name, node.op_type, False, "no float tensor to quantize on this node.")
         record_subgraphs(g, plan)
@@ -243,6 +244,29 @@ class Planner:
                 self._add_activation(name, act, plan)
                 touched = True
         return touched
+
+    def _unranged_input(
+        self, node: onnx.NodeProto, plan: QuantPlan, inits: dict[str, onnx.TensorProto]
+    ) -> str:
+        """Under static, a MatMul/Gemm/Conv whose data input gets no activation range (its type is unknown:
+        made by an op ONNX cannot type) runs with int8 weights on a float input: say so, not W8A8."""
+        if self.recipe.method != "static" or node.op_type not in COMPUTE_OPS or not node.input:
+            return ""
+        slots = (0, 1) if node.op_type == "MatMul" else (0,)
+        names = [node.input[i] for i in slots if i < len(node.input) and node.input[i]]
+        left = [
+            n for n in names if n not in inits and n not in plan.tensors and n not in self._recurrent_state
+        ]
+        if not left:
+            return ""
+        producers = {o: p for p in self.model.graph.node for o in p.output}
+        src = producers.get(left[0])
+        origin = f"from {src.op_type} ({src.domain or 'ai.onnx'})" if src is not None else "(a graph input)"
+        why = (
+            f"input '{left[0]}' {origin} has no activation range: weights int8 only (weight-only, not W8A8)."
+        )
+        plan.notes.append(f"{node.op_type} '{node.name}': {why}")
+        return why
 
     def _add_weight(self, node: onnx.NodeProto, w: onnx.TensorProto, plan: QuantPlan) -> bool:
         spec = self.weight_spec(node, w)

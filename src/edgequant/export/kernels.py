@@ -121,7 +121,7 @@ def census(
         entry["kernel"] = node.op_type
         feeders = [producer.get(i) for i in node.input if i]
         if node.op_type in INTEGER_KERNELS:
-            out["integer"].append({**entry, "reason": "integer kernel"})
+            out["integer"].append({**entry, "reason": d.reason or "integer kernel"})  # e.g. weights int8 only
         elif node.op_type in _MOVES and node.input and node.input[0] in integer:
             out["integer"].append({**entry, "reason": "moves integer data"})
         elif any(f is not None and f.op_type == "DequantizeLinear" and f.input[0] in inits for f in feeders):

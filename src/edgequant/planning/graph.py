@@ -51,6 +51,22 @@ class GraphIndex:
         return names
 
 
+def contrib_float_outputs(model: onnx.ModelProto) -> set[str]:
+    """Float32 tensors whose type ONNX shape inference cannot tell because they are computed by (or
+    downstream of) an op with no ONNX schema, such as ORT's ``com.microsoft`` FastGelu or
+    SkipLayerNormalization: types carried through those ops as in ``export._contrib_types`` (a
+    schema-less op computes in its first float input's type).  Without them a MatMul reading a FastGelu
+    output would get int8 weights but a float input (weight-only, though planned W8A8).  Empty when every
+    op has a schema or the model is too large for in-memory inference (> 2 GB)."""
+    from edgequant.export._contrib_types import infer_types  # export imports planning: import late
+
+    standard = ("", "ai.onnx")
+    if all(n.domain in standard for n in model.graph.node) or model.ByteSize() > 2**31 - 1:
+        return set()
+    inferred, _assumed = infer_types(model)
+    return GraphIndex(inferred.graph).float_tensors()
+
+
 def is_table(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> bool:
     """A Gather of rows (axis 0) from a constant float table of rank 2: an embedding."""
     t = inits.get(node.input[0])
