@@ -148,27 +148,10 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 def latency(files: dict[str, Path], feed: dict[str, np.ndarray], runs: int, rounds: int) -> dict[str, float]:
     """Median ms per run at batch 1 on 1 intra-op thread with spinning off, sessions timed interleaved:
     every session is created and warmed up first, then each round times ``runs`` runs of each in turn."""
-    import onnxruntime as ort
+    from models.harness import latency_ms
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    sessions = {
-        k: ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"]) for k, p in files.items()
-    }
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for s in sessions.values():
-        for _ in range(3):
-            s.run(None, feed)
-    for _ in range(rounds):
-        for k, s in sessions.items():
-            for _ in range(runs):
-                t = time.perf_counter()
-                s.run(None, feed)
-                times[k].append((time.perf_counter() - t) * 1e3)
-    return {k: round(float(np.median(v)), 3) for k, v in times.items()}
+    ms = latency_ms(files, feed, threads=1, runs=runs * rounds, rounds=rounds, warmup=3, spinning=False)
+    return {k: round(v, 3) for k, v in ms.items()}
 
 
 def bench_model(name: str, settings: list[str], tmp: Path, timeout: float) -> dict[str, Any]:

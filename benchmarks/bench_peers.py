@@ -50,6 +50,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE / "peers"))
 import setup as peer_setup  # noqa: E402  (benchmarks/peers/setup.py)
+from models import harness  # noqa: E402
 from models.common import BenchModel, DataFiles  # noqa: E402
 from peer_models import CNN, MODELS, load_model  # noqa: E402
 
@@ -115,20 +116,8 @@ def quantize(tool: str, bm: BenchModel, calib: Path, tmp: Path, timeout: float) 
     return info
 
 
-def _session(path: str | Path, threads: int = 2) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
 def _runner(path: str | Path) -> Any:
-    sess = _session(path)
-    names = [o.name for o in sess.get_outputs()]
-    return lambda feeds: dict(zip(names, sess.run(None, feeds), strict=True))
+    return harness.runner(path, threads=2, spinning=False)
 
 
 def _as_probs(a: np.ndarray, is_probs: bool) -> np.ndarray:
@@ -165,18 +154,9 @@ def _metrics(bm: BenchModel, ref: dict[str, np.ndarray], got: dict[str, np.ndarr
 def latency(models: dict[str, Path], feed: dict[str, np.ndarray], rounds: int, runs: int) -> dict[str, float]:
     """Median ms per batch-1 run, interleaved: every session is made and warmed up first, then each
     round runs every model ``runs`` times in turn."""
-    sessions = {k: _session(p) for k, p in models.items()}
-    for s in sessions.values():
-        for _ in range(3):
-            s.run(None, feed)
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(rounds):
-        for k, s in sessions.items():
-            for _ in range(runs):
-                t = time.perf_counter()
-                s.run(None, feed)
-                times[k].append((time.perf_counter() - t) * 1e3)
-    return {k: float(np.median(v)) for k, v in times.items()}
+    return harness.latency_ms(
+        models, feed, threads=2, runs=rounds * runs, rounds=rounds, warmup=3, spinning=False
+    )
 
 
 def bench(

@@ -179,27 +179,41 @@ def _quantize(spec: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - t0}
 
 
-def session(model: str | Path, threads: int, optimized_to: Path | None = None) -> ort.InferenceSession:
+def session(
+    model: str | Path, threads: int, optimized_to: Path | None = None, spinning: bool = True
+) -> ort.InferenceSession:
+    """A CPU session; ``spinning=False`` turns ORT's intra/inter-op thread spinning off (idle sessions that
+    spin steal cores from the one being timed on a 2-core machine)."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if optimized_to is not None:
         so.optimized_model_filepath = str(optimized_to)
     return ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
 
 
-def runner(model: str | Path, threads: int = 2) -> Any:
-    sess = session(model, threads)
+def runner(model: str | Path, threads: int = 2, spinning: bool = True) -> Any:
+    sess = session(model, threads, spinning=spinning)
     names = [o.name for o in sess.get_outputs()]
     return lambda feeds: dict(zip(names, sess.run(None, feeds), strict=True))
 
 
 def latency_ms(
-    models: dict[str, Path], feeds: Feeds, threads: int, runs: int = 30, rounds: int = 5, warmup: int = 10
+    models: dict[str, Path],
+    feeds: Feeds,
+    threads: int,
+    runs: int = 30,
+    rounds: int = 5,
+    warmup: int = 10,
+    spinning: bool = True,
 ) -> dict[str, float]:
-    """Median ms per run of each model, timed in interleaved rounds (runs split over ``rounds``)."""
-    sessions = {k: session(p, threads) for k, p in models.items()}
+    """Median ms per run of each model, timed in interleaved rounds (runs split over ``rounds``): every
+    session is created and warmed up first, then each round times its share of runs of each in turn."""
+    sessions = {k: session(p, threads, spinning=spinning) for k, p in models.items()}
     for s in sessions.values():
         for _ in range(warmup):
             s.run(None, feeds)
