@@ -116,3 +116,19 @@ def relu6_net(seed: int = 0, c: int = 8) -> onnx.ModelProto:
     m.ir_version = 8
     onnx.checker.check_model(m)
     return m
+
+
+def per_tensor_weights(model: onnx.ModelProto, bits: int) -> onnx.ModelProto:
+    """Every initializer named ``w*`` fake-quantized symmetric per tensor in numpy (independent of the
+    exporter)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    levels = 2 ** (bits - 1) - 1
+    for t in out.graph.initializer:
+        if t.name.startswith("w"):
+            w = nh.to_array(t)
+            s = np.abs(w).max() / levels
+            t.CopyFrom(
+                nh.from_array((np.clip(np.round(w / s), -levels - 1, levels) * s).astype(np.float32), t.name)
+            )
+    return out

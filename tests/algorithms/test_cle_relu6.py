@@ -13,7 +13,7 @@ from onnx import numpy_helper as nh
 import edgequant
 from edgequant.algorithms.cle import HEADROOM, equalize, find_pairs
 from edgequant.runtime import OrtRuntime
-from tests.algorithms.passnets import images, relu6_net
+from tests.algorithms.passnets import images, per_tensor_weights, relu6_net
 
 RT = OrtRuntime(allow_spinning=False)
 X = images(80)
@@ -31,20 +31,6 @@ def _peaks(model: onnx.ModelProto, names: list[str]) -> dict[str, np.ndarray]:
     probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
     got = RT.run(probe, {"x": X[:64]})
     return {n: got[n].max(axis=(0, 2, 3)) for n in names}
-
-
-def _per_tensor_weights(model: onnx.ModelProto, bits: int) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    levels = 2 ** (bits - 1) - 1
-    for t in out.graph.initializer:
-        if t.name.startswith("w"):
-            w = nh.to_array(t)
-            s = np.abs(w).max() / levels
-            t.CopyFrom(
-                nh.from_array((np.clip(np.round(w / s), -levels - 1, levels) * s).astype(np.float32), t.name)
-            )
-    return out
 
 
 def test_cle_through_relu6_keeps_float_output_and_saturating_channels() -> None:
@@ -72,8 +58,8 @@ def test_cle_through_relu6_keeps_float_output_and_saturating_channels() -> None:
     scale = np.abs(w["w1"]).max(axis=(1, 2, 3)) / np.abs(v["w1"]).max(axis=(1, 2, 3))
     assert np.all((peaks["c1"] / scale * HEADROOM)[~sat] <= 6.0 + 1e-4)
     # per-tensor 8-bit weights in numpy (activations float): measured 16.9 -> 23.5 dB
-    before = _sqnr(ref[64:], RT.run(_per_tensor_weights(model, 8), {"x": X[64:]})["y"])
-    after = _sqnr(ref[64:], RT.run(_per_tensor_weights(eq, 8), {"x": X[64:]})["y"])
+    before = _sqnr(ref[64:], RT.run(per_tensor_weights(model, 8), {"x": X[64:]})["y"])
+    after = _sqnr(ref[64:], RT.run(per_tensor_weights(eq, 8), {"x": X[64:]})["y"])
     assert after > before + 4.6
 
 

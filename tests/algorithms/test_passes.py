@@ -24,7 +24,7 @@ from edgequant.errors import DataError, RecipeError
 from edgequant.recipe import from_dict
 from edgequant.recipe.schema import ALGORITHMS
 from edgequant.runtime import OrtRuntime
-from tests.algorithms.passnets import bn_folded_net, conv3, images
+from tests.algorithms.passnets import bn_folded_net, conv3, images, per_tensor_weights
 
 RT = OrtRuntime(allow_spinning=False)
 X = images(80)
@@ -39,21 +39,6 @@ def _sqnr(ref: np.ndarray, got: np.ndarray) -> float:
 def _held_out_sqnr(float_model: onnx.ModelProto, quantized: onnx.ModelProto) -> float:
     ref = RT.run(float_model, {"x": X[64:]})["y"]
     return _sqnr(ref, RT.run(quantized, {"x": X[64:]})["y"])
-
-
-def _per_tensor_weights(model: onnx.ModelProto, bits: int) -> onnx.ModelProto:
-    """Every Conv weight fake-quantized symmetric per tensor in numpy (independent of the exporter)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    levels = 2 ** (bits - 1) - 1
-    for t in out.graph.initializer:
-        if t.name.startswith("w"):
-            w = nh.to_array(t)
-            s = np.abs(w).max() / levels
-            t.CopyFrom(
-                nh.from_array((np.clip(np.round(w / s), -levels - 1, levels) * s).astype(np.float32), t.name)
-            )
-    return out
 
 
 def test_registry_matches_the_recipe_names() -> None:
@@ -95,8 +80,8 @@ def test_cle_preserves_float_output_and_equalizes() -> None:
     ]
     assert spread[0] > 50 and spread[1] < 10
     # per-tensor 4-bit weights (numpy, activations float): CLE measured 3.0 -> 21 dB here
-    plain = _held_out_sqnr(model, _per_tensor_weights(model, 4))
-    equalized = _held_out_sqnr(model, _per_tensor_weights(eq, 4))
+    plain = _held_out_sqnr(model, per_tensor_weights(model, 4))
+    equalized = _held_out_sqnr(model, per_tensor_weights(eq, 4))
     assert equalized > plain + 10
 
 
