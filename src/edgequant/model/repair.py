@@ -67,10 +67,10 @@ def constants_to_initializers(graph: onnx.GraphProto) -> int:
 # W = Unsqueeze(Slice(w))); folding them exposes the weight to quantization
 _FOLDABLE = {"Unsqueeze", "Squeeze", "Reshape", "Transpose", "Concat", "Slice", "Gather", "Cast", "Identity",
              "Split", "Flatten", "Expand", "Mul", "Add", "Sub", "Div", "Neg", "Tile", "ConstantOfShape"}  # fmt: skip
-# ops that make a tensor larger than their inputs: folded only when the result is small (the legacy torch
-# exporter writes a constant Pad's pads as ConstantOfShape -> Concat -> Reshape -> Slice -> Transpose ->
-# Cast; a ConstantOfShape of a large shape stays a node rather than a stored block of zeros)
-_GROWING = {"ConstantOfShape", "Expand", "Tile"}
+# ConstantOfShape makes a tensor from a shape alone: folded only when the result is small (the legacy
+# torch exporter writes a constant Pad's pads as ConstantOfShape -> Concat -> Reshape -> Slice ->
+# Transpose -> Cast; a ConstantOfShape of a large shape stays a node rather than a stored block of zeros).
+# Expand and Tile fold at any size, as before: they can build a weight that is to be quantized.
 GROWN_MAX_BYTES = 65536
 
 
@@ -138,7 +138,7 @@ def fold_constants(model: onnx.ModelProto) -> int:
         except Exception:  # not foldable here: leave the node as it is
             keep.append(node)
             continue
-        if node.op_type in _GROWING and sum(np.asarray(a).nbytes for a in outs) > GROWN_MAX_BYTES:
+        if node.op_type == "ConstantOfShape" and sum(np.asarray(a).nbytes for a in outs) > GROWN_MAX_BYTES:
             keep.append(node)
             continue
         for name, arr in zip(node.output, outs, strict=True):
