@@ -240,12 +240,14 @@ def _static(
                 run.float_model, plan, batch, run.runtime, recipe.act16_below_db
             )
             run.float_model, plan = _raise_opset(run.float_model, plan, run.notes)
-        run.float_effect = float_effect.measure(
-            run.float_model, plan, passes, lambda r: _source(run.calibration, run.float_model, r)
-        )
         run.seconds["calibration"] = time.perf_counter() - t1
         log.info("calibration (%s): %d activation ranges in %.3f s", recipe.calib_method,
                  len(plan.activations()), run.seconds["calibration"])  # fmt: skip
+        run.float_effect = float_effect.measure(
+            run.float_model, plan, passes, lambda r: _source(run.calibration, run.float_model, r)
+        )
+        if run.float_effect is not None:
+            run.seconds["float_effect"] = run.float_effect["seconds"]
     t2 = time.perf_counter()
     calibrated = plan
     quantized, plan = export_qdq(run.float_model, plan)
