@@ -14,10 +14,10 @@ evaluation audio (seed 777) is streamed by every model with its own state).  Var
     eq-static-adaround   default static + AdaRound (8-bit weights, the same 160 calibration frames)
     ort-static-*         quantize_static(QDQ, QUInt8/QInt8, per-channel): MinMax, Percentile 99.99, and
                          MinMax after quant_pre_process; "best" = highest frame agreement of the three
-Analysis (vad_analysis.py): the default plan with one tensor quantized at a time (weights and
-activations); the float model with only its audio input, or only its costliest weight, on fewer bits,
-or that weight jittered by +-1/2 int8 step (seeded draws); the default recipe calibrated on other audio
-(CALIB_SEEDS); each on four clips.
+Analysis (vad_analysis.py, each on four clips): the default plan with one tensor, or a whole group, kept
+float; the default model on 9-12 bits (emulated); the float model with its audio input or its costliest
+weight on fewer bits or jittered by +-1/2 int8 step; other calibration audio (CALIB_SEEDS).  vad_split.py:
+each conv in float, QLinearConv and two exact >8-bit integer forms (split into 8-bit halves), timed.
 GRU: torch.nn.GRU(64, 128, batch_first) + Linear(128, 16) per step, seed 0, exported at T=100, batch 1;
 inputs are smooth random sequences (AR(1)), 48 for calibration, 16 for evaluation.  Variants: float,
 eq-static, eq-static + --hoist-gru, eq-dynamic, eq-dynamic + --hoist-gru, eq-w8, ort-static (MinMax,
@@ -48,6 +48,7 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vad_analysis
+import vad_split
 from models import vad
 
 import edgequant
@@ -160,6 +161,8 @@ def vad_bench(tmp: Path, runs: int, analysis: bool) -> dict[str, Any]:
         same = [(float_more[i] > 0.5) == (vad.stream(run, x)[0] > 0.5) for i, x in enumerate(more_audio)]
         m["frame_agree_more"] = float(np.concatenate(same).mean())
         m["frame_agree_worst"] = float(min([m["frame_agree"], *(float(x.mean()) for x in same)]))
+        pooled = [(ref["p_speech"] > 0.5) == (got["p_speech"] > 0.5), *same]
+        m["frame_agree_pooled"] = float(np.concatenate(pooled).mean())
         return m
 
     def run_of(path: Path) -> Callable[[Feeds], dict[str, np.ndarray]]:
@@ -219,14 +222,10 @@ def vad_bench(tmp: Path, runs: int, analysis: bool) -> dict[str, Any]:
         inp = res.plan.tensors["input"]
         assert inp.lo is not None and inp.hi is not None
         out["floor"] = vad_analysis.floor(res.float_model, name, (inp.lo, inp.hi), clips)
-        out["calib_seeds"] = []
-        for seed in CALIB_SEEDS:  # the default recipe on other calibration audio
-            c = vad._calib(160, seed)
-            data = [{"input": c["input"][i], "state": c["state"][i]} for i in range(160)]
-            q = edgequant.quantize(str(src), data, "int8-static").model
-            out["calib_seeds"].append(
-                {"seed": seed, **clips.score(vad_analysis.runner(q.SerializeToString()))}
-            )
+        out["groups"] = vad_analysis.groups(res.float_model, res.plan, clips)
+        out["precision"] = vad_analysis.precision(res.model, res.float_model, clips)
+        out["split"] = vad_split.layers(res.float_model, res.plan, 2 * runs)
+        out["calib_seeds"] = vad_analysis.calib_seeds(src, CALIB_SEEDS, clips)
     if "eq-static" in results:
         plan = results["eq-static"].plan
         out["float_by_rule"] = {d.node: d.reason for d in plan.nodes if "squared magnitude" in d.reason}
@@ -326,15 +325,15 @@ def markdown(res: dict[str, Any], cmd: str) -> str:
     v = res["vad"]
     lines += [f"## Silero VAD openvino_16k (silero-vad 6.2.3), {v['frames']} evaluation frames "
               f"(+ {v['more_frames']} frames of 3 more clips, seeds {MORE_SEEDS})", "",
-              "| variant | frame agreement | on 3 more clips | worst of the 4 clips | accuracy vs labels | SQNR of p (dB) | KiB | ms 1 thr | ms 2 thr | quantize s | integer ops ORT runs |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+              "| variant | frame agreement | on 3 more clips | worst of the 4 clips | pooled, 4 clips | accuracy vs labels | SQNR of p (dB) | KiB | ms 1 thr | ms 2 thr | quantize s | integer ops ORT runs |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
     for k, r in v["rows"].items():
         if "error" in r:
-            lines.append(f"| {k} | failed: {r['error'][:140]} | | | | | | | | | |")
+            lines.append(f"| {k} | failed: {r['error'][:140]} | | | | | | | | | | |")
             continue
         db = "inf" if r["sqnr_db"] > 200 else f"{r['sqnr_db']:.1f}"
         lines.append(
-            f"| {k} | {r['frame_agree']:.4f} | {r['frame_agree_more']:.4f} | {r['frame_agree_worst']:.4f} | {r['accuracy']:.4f} | {db} | {r['kib']:.0f} | "
+            f"| {k} | {r['frame_agree']:.4f} | {r['frame_agree_more']:.4f} | {r['frame_agree_worst']:.4f} | {r['frame_agree_pooled']:.4f} | {r['accuracy']:.4f} | {db} | {r['kib']:.0f} | "
             f"{_f(r.get('ms_1t'), '.3f')} | {_f(r.get('ms_2t'), '.3f')} | {r['seconds']:.1f} | {r['ops']} |"
         )
     ort_rows = {k: r for k, r in v["rows"].items() if k.startswith("ort") and "frame_agree" in r}
@@ -342,6 +341,7 @@ def markdown(res: dict[str, Any], cmd: str) -> str:
         best = max(ort_rows, key=lambda k: ort_rows[k]["frame_agree"])
         lines += ["", f"ORT's quantize_static best: {best} ({ort_rows[best]['frame_agree']:.4f})."]
     lines += vad_analysis.markdown(v, MORE_SEEDS)
+    lines += vad_split.markdown(v.get("split", []))
     lines += ["", "Kept float by the power-spectrum rule: " + ", ".join(f"`{n.split('__')[-1]}`" for n in v.get("float_by_rule", {})),
               "", "Fixed ranges: " + "; ".join(f"`{n.split('__')[-1]}`: {t.split(':')[0]}" for n, t in v.get("fixed_ranges", {}).items())]  # fmt: skip
     lines += [x for n in v.get("notes", []) for x in ("", f"Zero-state calibration note: {n}")]
