@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import onnx
 from onnx import TensorProto as T
@@ -49,6 +51,12 @@ def bn_folded_net(seed: int = 0, c: int = 8) -> onnx.ModelProto:
     return m
 
 
+def fan_in_weight(rng: np.random.Generator, name: str, *shape: int) -> onnx.TensorProto:
+    """A seeded float32 weight ``name`` of ``shape``: standard normal / sqrt(fan-in) (fan-in: ``shape[1:]``)."""
+    fan_in = int(np.prod(shape[1:]))
+    return nh.from_array((rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32), name)
+
+
 def images(n: int, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, 3, 12, 12)).astype(np.float32)
 
@@ -57,9 +65,7 @@ def conv3(seed: int = 0) -> onnx.ModelProto:
     """Conv(3->16, 3x3) -> Relu -> Conv(16->16, 3x3) -> Relu -> Conv(16->8, 1x1): 4-bit AdaRound's test net."""
     rng = np.random.default_rng(seed)
 
-    def w(name: str, *shape: int) -> onnx.TensorProto:
-        fan_in = int(np.prod(shape[1:]))
-        return nh.from_array((rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32), name)
+    w = partial(fan_in_weight, rng)
 
     nodes = [
         h.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),

@@ -10,6 +10,8 @@ samples the search and the passes are judged on (the 32 after the 128 calibratio
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import onnx
 from onnx import TensorProto as T
@@ -19,6 +21,7 @@ from onnx import numpy_helper as nh
 import edgequant
 from edgequant.algorithms.calib_search import SWITCH_DB, TIE_DB, _better, sqnr_gain_bounds
 from edgequant.runtime import OrtRuntime
+from tests.algorithms.passnets import fan_in_weight
 
 RT = OrtRuntime(allow_spinning=False)
 N = 256
@@ -28,9 +31,7 @@ def _classifier(seed: int = 0) -> onnx.ModelProto:
     """Conv(3->8) -> Relu -> Conv(8->8) -> Relu -> GlobalAveragePool -> Flatten -> Gemm(8->5)."""
     rng = np.random.default_rng(seed)
 
-    def w(name: str, *shape: int) -> onnx.TensorProto:
-        fan_in = int(np.prod(shape[1:]))
-        return nh.from_array((rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32), name)
+    w = partial(fan_in_weight, rng)
 
     nodes = [
         h.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),

@@ -92,7 +92,7 @@ class Stats:
         for batch in self.open():
             if seen >= self.samples:
                 return
-            n = len(next(iter(batch.values())))
+            n = _rows(batch)
             take = min(n, self.samples - seen)
             yield batch if take == n else {k: v[:take] for k, v in batch.items()}
             seen += take
@@ -325,7 +325,7 @@ def context(
     count = sum(_rows(b) for b in held)
     on = f"{count} held-out samples (after the calibration ones; not the check's)"
     if count < HELD_OUT // 2:
-        held = _first(open_source(recipe), HELD_OUT)
+        held = first_samples(open_source(recipe), HELD_OUT)
         on = (
             f"{sum(_rows(b) for b in held)} calibration samples (in-sample: the data has {count} beyond the "
             "calibration ones and those the check holds back)"
@@ -352,7 +352,7 @@ def held_out(batches: Iterable[Batch], skip: int) -> list[Batch]:
     return out
 
 
-def _first(batches: Iterable[Batch], n: int) -> list[Batch]:
+def first_samples(batches: Iterable[Batch], n: int) -> list[Batch]:
     """The batches holding the first ``n`` samples (the last one cut to fit)."""
     out: list[Batch] = []
     for batch in batches:
@@ -365,6 +365,11 @@ def _first(batches: Iterable[Batch], n: int) -> list[Batch]:
 
 def _rows(batch: Batch) -> int:
     return len(next(iter(batch.values())))
+
+
+def sample_count(batches: Iterable[Batch]) -> int:
+    """Samples in ``batches``: the sum of each batch's first-axis length (its first input's)."""
+    return sum(_rows(b) for b in batches)
 
 
 def _outputs(model: onnx.ModelProto, ctx: Context) -> list[np.ndarray]:

@@ -195,7 +195,7 @@ def _held_context(
     if not held:
         extra = recipe.replace(calib_samples=recipe.calib_samples + base.HELD_OUT)
         held = base.held_out(open_source(extra), recipe.calib_samples)
-        count = sum(len(next(iter(b.values()))) for b in held)
+        count = base.sample_count(held)
         on = f"{count} held-out samples (after the calibration ones; not the check's)"
         if count < base.HELD_OUT // 2:
             held, on = (
@@ -205,9 +205,9 @@ def _held_context(
                     f"back, fewer than {base.HELD_OUT // 2}"
                 ),
             )
-    held = base._first(held, SAMPLES)
+    held = base.first_samples(held, SAMPLES)
     if held:
-        first = sum(len(next(iter(b.values()))) for b in held)
+        first = base.sample_count(held)
         on = f"the first {first} of the {on}"
     local = base.Context(recipe, ctx.runtime, lambda: open_source(recipe), held)
     local.held_out_on = on

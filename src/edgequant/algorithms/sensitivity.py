@@ -45,7 +45,7 @@ import numpy as np
 import onnx
 
 from edgequant import planner
-from edgequant.algorithms.base import PassOutcome, Quantized, StatRequest, Stats, register
+from edgequant.algorithms.base import PassOutcome, Quantized, StatRequest, Stats, register, sample_count
 from edgequant.data.base import Batch
 from edgequant.evaluate.layers import per_layer_error
 from edgequant.evaluate.metrics import sqnr_db
@@ -191,7 +191,7 @@ def keep_sensitive_float(
     section: dict[str, Any] = {
         "target_sqnr_db": target,
         "output": worst,
-        "samples": sum(len(next(iter(b.values()))) for b in samples),
+        "samples": sample_count(samples),
         "max_float_nodes": cap,
         "sqnr_before_db": round(before[worst], 2),
         "sqnr_after_db": round(before[worst], 2),

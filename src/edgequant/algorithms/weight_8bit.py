@@ -39,8 +39,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgequant.algorithms.base import first_samples, sample_count
 from edgequant.algorithms.judge import real_positions, weight_quantized
-from edgequant.data.base import Batch
 from edgequant.errors import DataError
 from edgequant.plan import QuantPlan
 from edgequant.schemes.qparams import dequantize, quantize_weight, sqnr_db
@@ -70,18 +70,6 @@ def candidates(model: onnx.ModelProto, plan: QuantPlan) -> dict[str, list[str]]:
         e = plan.tensors[n.input[1]]
         if e.role == "weight" and e.spec.bits == 4 and e.spec.granularity is Granularity.PER_BLOCK:
             out.setdefault(n.input[1], []).append(n.name)
-    return out
-
-
-def _judge_batches(held: list[Batch]) -> list[Batch]:
-    out: list[Batch] = []
-    left = JUDGE_SAMPLES
-    for b in held:
-        if left <= 0:
-            break
-        n = len(next(iter(b.values())))
-        out.append(b if n <= left else {k: v[:left] for k, v in b.items()})
-        left -= n
     return out
 
 
@@ -126,7 +114,7 @@ def choose(
             "was given.",
             "pass --calib-data PATH, or name the MatMuls to keep 8-bit in weight_8bit.",
         )
-    batches = _judge_batches(ctx.held_out)
+    batches = first_samples(ctx.held_out, JUDGE_SAMPLES)
     if not batches:
         raise DataError(
             "weight_8bit auto measures each MatMul's effect on held-out samples, and the data has none "
@@ -170,7 +158,7 @@ def choose(
     finally:
         sess.close()
         ref_sess.close()
-    count = sum(len(next(iter(b.values()))) for b in batches)
+    count = sample_count(batches)
     new = onnx.ModelProto()
     new.CopyFrom(model)
     for t in new.graph.initializer:
