@@ -243,11 +243,6 @@ def _static(
         run.seconds["calibration"] = time.perf_counter() - t1
         log.info("calibration (%s): %d activation ranges in %.3f s", recipe.calib_method,
                  len(plan.activations()), run.seconds["calibration"])  # fmt: skip
-        run.float_effect = float_effect.measure(
-            run.float_model, plan, passes, lambda r: _source(run.calibration, run.float_model, r)
-        )
-        if run.float_effect is not None:
-            run.seconds["float_effect"] = run.float_effect["seconds"]
     t2 = time.perf_counter()
     calibrated = plan
     quantized, plan = export_qdq(run.float_model, plan)
@@ -256,6 +251,13 @@ def _static(
         run.warnings += [n for n in plan.notes if n.startswith("slower than float")]
     run.seconds["export"] = time.perf_counter() - t2
     log.info("QDQ export: %d nodes in %.3f s", len(quantized.graph.node), run.seconds["export"])
+    if calibrated.activations():  # what the float / 16-bit activations are worth, on this export
+        run.float_effect = float_effect.measure(
+            run.float_model, calibrated, passes, lambda r: _source(run.calibration, run.float_model, r),
+            quantized,
+        )  # fmt: skip
+        if run.float_effect is not None:
+            run.seconds["float_effect"] = run.float_effect["seconds"]
     state = algorithms.Quantized(run.float_model, calibrated, quantized, plan, reference=run.float_model)
     for step in algorithms.steps(recipe, "after_ranges"):  # on the QDQ model (bias correction, ...)
         state = algorithms.run_after(step, state, passes)

@@ -16,9 +16,11 @@ Each has a reason in the plan; this module measures what each choice is worth, c
 
 A tensor whose range is unknown (mask sentinels ``-inf`` / ``finfo.min``, no finite value) is listed
 "not measured" with the reason and left out of its group.  Cost: one min-max stream over
-``JUDGE_CALIB`` samples, one export of the plan, then one run over the held-out samples per kind
-(at most ``MAX_KINDS``; the rest are listed "not measured").  Without held-out samples (fewer than
-``base.HELD_OUT // 2`` beyond the calibration ones) nothing is measured and the section says so.
+``JUDGE_CALIB`` samples, one run over the held-out samples for the plan's own QDQ model (the
+pipeline's export, passed in, not exported again), then one per kind (a 16-bit kind exported once
+more at 8 bits; at most ``MAX_KINDS`` kinds, the rest listed "not measured").  Without held-out
+samples (fewer than ``base.HELD_OUT // 2`` beyond the calibration ones) nothing is measured and the
+section says so.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from edgequant.recipe import Recipe
 from edgequant.schemes.qparams import qparams_from_range
 from edgequant.schemes.spec import QuantSpec
 
-MAX_KINDS = 24  # groups measured per run; one export + one held-out run each
+MAX_KINDS = 24  # groups measured per run; one trial model + one held-out run each
 SAMPLES = 16  # of the passes' held-out samples, measured on (all-MiniLM-L6-v2: 17 kinds, ~70 s at 32)
 
 
@@ -49,9 +51,12 @@ def measure(
     plan: QuantPlan,
     ctx: base.Context,
     open_source: Callable[[Recipe], Iterable[Batch]],
+    baseline_model: onnx.ModelProto,
 ) -> dict[str, Any] | None:
     """The ``float_effect`` report section for the calibrated ``plan`` on ``model`` (float ONNX, the
     one the plan exports from); None when the plan quantizes no activation or keeps none float/16-bit.
+    ``baseline_model`` is ``export_qdq(model, plan)``'s model (the pipeline's own export, not
+    modified here: each kind's trial is a copy).
 
     Returns ``{"measured_on", "baseline_sqnr_db", "kinds": [{kind, tensors, effect_db | not_measured}],
     "tensors": [{tensor, kind, precision, reason, effect_db | not_measured}], "seconds"}``; dB are
@@ -100,7 +105,6 @@ def measure(
                 r["not_measured"] = "range unknown: no finite value observed"
             else:
                 ranges[name] = (float(lo_hi[0]), float(lo_hi[1]))
-    baseline_model = export_qdq(model, plan)[0]
     baseline = base.quantized_sqnr(baseline_model, local)
     exported = {o for n in baseline_model.graph.node for o in n.output}
     for r in rows:
