@@ -27,9 +27,9 @@ from edgequant.calibration import calibrate as _calibrate
 from edgequant.calibration import held_source as _held
 from edgequant.check import run_check
 from edgequant.data.declared import with_declared
-from edgequant.errors import UnsupportedError
 from edgequant.export import export_qdq
 from edgequant.export.nbits import eight_bit_weights, int8_gather_tables, weight_only_kernels
+from edgequant.export.opset import raise_for_plan
 from edgequant.export.sizes import disk_bytes
 from edgequant.intake import (
     ModelLike,
@@ -40,7 +40,7 @@ from edgequant.intake import (
     require_loadable,
     resolve_recipe,
 )
-from edgequant.model import ensure_opset, prepare
+from edgequant.model import prepare
 from edgequant.model.io import serialized_size
 from edgequant.model.stream_calib import carry_states
 from edgequant.plan import QuantPlan
@@ -203,7 +203,7 @@ def _static(
             + ", ".join(unblocked[:5]) + ("..." if len(unblocked) > 5 else "")
             + "); each one's reason is in the plan."
         )  # fmt: skip
-    run.float_model, plan = _raise_opset(run.float_model, plan, run.notes)
+    run.float_model, plan = raise_for_plan(run.float_model, plan, run.notes)
     if plan.activations() or algorithms.steps(recipe, "after_ranges"):
         require_data(run.calibration, recipe)
         run.calibration, carried = carry_states(run.float_model, run.calibration, run.runtime)  # zero states
@@ -239,7 +239,7 @@ def _static(
             plan, run.act16 = promote_sensitive(
                 run.float_model, plan, batch, run.runtime, recipe.act16_below_db
             )
-            run.float_model, plan = _raise_opset(run.float_model, plan, run.notes)
+            run.float_model, plan = raise_for_plan(run.float_model, plan, run.notes)
         run.seconds["calibration"] = time.perf_counter() - t1
         log.info("calibration (%s): %d activation ranges in %.3f s", recipe.calib_method,
                  len(plan.activations()), run.seconds["calibration"])  # fmt: skip
@@ -389,21 +389,3 @@ def _ti_npu_int(quantized: onnx.ModelProto, runtime: OrtRuntime, held: Any) -> t
     section = {"file_suffix": "_ti-npu-int.onnx", "layers": layers, "notes": notes}
     section.update(compare(quantized, model, runtime, list(held)))
     return section, model.SerializeToString()
-
-
-def _raise_opset(
-    model: onnx.ModelProto, plan: QuantPlan, notes: list[str]
-) -> tuple[onnx.ModelProto, QuantPlan]:
-    """Raise the opset to what the plan's Q/DQ need; a failed conversion is an error, never a downgrade."""
-    why = "per-axis/int4/int16 QuantizeLinear and DequantizeLinear"
-    try:
-        model, note = ensure_opset(model, plan.opset, why)
-    except UnsupportedError as exc:
-        raise UnsupportedError(
-            f"{exc.detail} (the plan needs opset {plan.opset} for {why}).",
-            "re-export the model at opset 13 or later; or use --per-tensor with 8-bit weights and "
-            "activations, which need only opset 10" + (f"; {exc.hint}" if exc.hint else "."),
-        ) from exc
-    if note:
-        notes.append(note)
-    return model, plan

@@ -46,12 +46,12 @@ def test_ignored_options_are_refused_with_one_line(model: Path, args: list[str],
 
 
 def test_failed_opset_conversion_is_refused_not_downgraded(monkeypatch: pytest.MonkeyPatch) -> None:
-    from edgequant import pipeline
+    from edgequant.export import opset as opset_module
 
     def fail(model: onnx.ModelProto, opset: int, why: str) -> None:
         raise edgequant.UnsupportedError("the version converter failed on node 'x'.", "")
 
-    monkeypatch.setattr(pipeline, "ensure_opset", fail)
+    monkeypatch.setattr(opset_module, "ensure_opset", fail)
     with pytest.raises(edgequant.UnsupportedError, match=r"needs opset 13.*--per-tensor"):
         edgequant.quantize(conv_net(opset=11), {"x": images(8)})
 

@@ -69,9 +69,9 @@ def plan_float(
 ) -> tuple[onnx.ModelProto, QuantPlan, list[str], dict[str, Any]]:
     """Export ``gm`` in float mode to ONNX, repair it and plan it exactly as ``quantize`` does."""
     from edgequant import planner
+    from edgequant.export.opset import raise_for_plan
     from edgequant.model import prepare
     from edgequant.model.torch_import import export_torch
-    from edgequant.pipeline import _raise_opset
     from edgequant.runtime import detect
 
     with tempfile.TemporaryDirectory(prefix="edgequant-qat-") as tmp, float_mode(gm):
@@ -83,7 +83,7 @@ def plan_float(
     check = {"source": f"torch:{name}", "max_abs_diff": rep.max_abs_diff, "opset": rep.opset}
     float_model, notes = prepare(onnx_model)
     plan = planner.resolve(float_model, recipe, detect())
-    float_model, plan = _raise_opset(float_model, plan, notes)
+    float_model, plan = raise_for_plan(float_model, plan, notes)
     for cname in [n for n, e in plan.tensors.items() if e.role == "constant"]:
         del plan.tensors[cname]
         plan.notes.append(
