@@ -18,7 +18,8 @@ def register(app: typer.Typer) -> None:
         model: Annotated[Path, typer.Argument(help="ONNX file.")],
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     ) -> None:
-        """Show inputs, outputs, an op histogram, the parameter count and the quantizable nodes."""
+        """Show inputs, outputs, an op histogram, the parameter count and the quantizable nodes (the compute
+        nodes quantize quantizes by default, after its repairs: an Einsum it rewrites as a MatMul counts)."""
         from edgequant.cli import console, run_guarded
         from edgequant.model import load_model, summarize
 
@@ -41,5 +42,7 @@ def register(app: typer.Typer) -> None:
         )
         q = info["quantizable_nodes"]
         console.print(
-            f"quantizable nodes ({len(q)}): " + ", ".join(f"{n['name']} [{n['op_type']}]" for n in q[:40])
+            f"quantizable nodes ({len(q)}, as quantize plans them by default after its repairs): "
+            + (", ".join(f"{n['name']} [{n['op_type']}]" for n in q[:40]) + (", ..." if len(q) > 40 else ""))
+            + info["quantizable_note"]
         )

@@ -1,4 +1,10 @@
-"""A summary of a model for ``edgequant inspect``: inputs, outputs, ops, parameters, quantizable nodes."""
+"""A summary of a model for ``edgequant inspect``: inputs, outputs, ops, parameters, quantizable nodes.
+
+The histogram and parameters describe the model as given; the quantizable nodes are the ones
+``quantize`` quantizes with its default recipe: the model repaired as ``quantize`` repairs it
+(``model.prepare``: a matmul-shaped Einsum with a constant operand becomes a MatMul, constants fold,
+BatchNorm folds into its Conv, unnamed nodes get names), then planned (``planner.resolve``).
+"""
 
 from __future__ import annotations
 
@@ -63,7 +69,30 @@ def summarize(model: onnx.ModelProto) -> dict[str, Any]:
         "subgraph_nodes": subgraph_nodes,
         "parameters": params,
         "initializer_bytes": sum(len(t.raw_data) or t.ByteSize() for t in g.initializer),
-        "quantizable_nodes": [
-            {"name": n.name, "op_type": n.op_type} for n in g.node if n.op_type in QUANTIZABLE_COMPUTE
-        ],
+        **quantizable(model),
     }
+
+
+def quantizable(model: onnx.ModelProto) -> dict[str, Any]:
+    """``{"quantizable_nodes": [{"name", "op_type"}], "quantizable_note": str}``: the compute nodes
+    (``QUANTIZABLE_COMPUTE``) of the repaired model that ``quantize``'s default plan quantizes, by
+    their names in the repaired model (an Einsum rewritten as ``<name>_matmul``); ``quantizable_note``
+    is quantize's refusal when it would quantize nothing, else empty."""
+    from edgequant import planner
+    from edgequant.errors import UnsupportedError
+    from edgequant.model.repair import prepare
+    from edgequant.recipe import Recipe
+    from edgequant.runtime.cpu import detect
+
+    prepared, _ = prepare(model)
+    try:
+        plan = planner.resolve(prepared, Recipe(), detect())
+    except UnsupportedError as exc:
+        return {"quantizable_nodes": [], "quantizable_note": f"quantize would refuse: {exc.detail}"}
+    chosen = {d.node for d in plan.quantized_nodes if d.graph == "main"}
+    nodes = [
+        {"name": n.name, "op_type": n.op_type}
+        for n in prepared.graph.node
+        if n.name in chosen and n.op_type in QUANTIZABLE_COMPUTE
+    ]
+    return {"quantizable_nodes": nodes, "quantizable_note": ""}
