@@ -185,14 +185,16 @@ def build_report(
 
 def _kernel_nodes(plan: QuantPlan, kernels: dict[str, list[dict[str, Any]]] | None) -> dict[str, Any]:
     """The report's node lists: ``quantized`` holds only the nodes that run an integer kernel; nodes
-    that only store integers, were folded away, run float16, or run in float despite the plan are
-    listed apart (``export.kernels``).  Without a census (no check ran) every planned node is listed
+    that only move integer data (Reshape, Flatten, MaxPool ... between kernels), only store integers,
+    were folded away, run float16, or run in float despite the plan are listed apart
+    (``export.kernels``).  Without a census (no check ran) every planned node is listed
     under ``planned`` and ``quantized`` is not claimed."""
     planned = [{"node": d.node, "op_type": d.op_type} for d in plan.quantized_nodes]
     if kernels is None:
         return {"quantized": [], "planned": planned, "kernels_measured": False}
     return {
         "quantized": kernels["integer"],
+        "moves_integer": kernels["moves"],
         "storage_only": kernels["storage_only"],
         "folded": kernels["folded"],
         "float16": kernels["float16"],

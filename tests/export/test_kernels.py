@@ -105,8 +105,10 @@ def test_static_counts_integer_kernels_and_lists_storage_only_recurrent_nodes(tm
     assert integer_in_ort == {"conv", "gap", "mm"}  # ORT's own fusion, not ours
     nodes = report["nodes"]
     quantized = {d["node"] for d in nodes["quantized"]}
-    # Flatten between two integer kernels moves uint8 data; every other "quantized" node is an ORT QLinear op
-    assert quantized - {"flat"} == integer_in_ort and graph["flat"] == "Flatten"
+    # every "quantized" node is an ORT QLinear op; the Flatten between two of them only moves uint8 data,
+    # listed apart (it computes nothing in integers)
+    assert quantized == integer_in_ort and graph["flat"] == "Flatten"
+    assert [(d["node"], d["kernel"]) for d in nodes["moves_integer"]] == [("flat", "Flatten")]
     # LSTM and GRU run ORT's float kernels, reading DequantizeLinear outputs of their int8 weights
     assert graph["lstm"] == "LSTM" and graph["gru"] == "GRU"
     assert {"lstm", "gru"} <= {d["node"] for d in nodes["storage_only"]}
@@ -177,3 +179,24 @@ def test_the_summary_prints_what_runs(tmp_path: Path) -> None:
         "1 of 1 planned",
     ):
         assert part in out, out
+
+
+def test_the_static_summary_counts_only_ops_computing_in_integer(tmp_path: Path) -> None:
+    """The Flatten between the pooled map and the MatMul moves uint8 data: not an integer kernel."""
+    from typer.testing import CliRunner
+
+    from edgequant.cli import app
+
+    src = tmp_path / "net.onnx"
+    onnx.save(_model(recurrent=False), str(src))
+    calib = tmp_path / "x.npy"
+    np.save(calib, np.stack([f["x"][0] for f in _feeds()]))
+    out_dir = tmp_path / "o"
+    res = CliRunner().invoke(app, ["quantize", str(src), "--calib-data", str(calib), "-o", str(out_dir)])
+    assert res.exit_code == 0, res.output
+    graph = _ort_graph(next(out_dir.glob("net_*.onnx")), tmp_path)
+    kernels = sorted({op for op in graph.values() if op.startswith("QLinear")})
+    assert graph["flat"] == "Flatten"
+    out = " ".join(res.output.replace("│", " ").split())
+    want = f"{len(kernels)} integer kernels ({', '.join(kernels)}); 1 moving integer data (Flatten);"
+    assert want in out, out

@@ -121,6 +121,7 @@ class MethodJob:
 
 _KINDS = (
     ("quantized", "integer kernel{s}"),
+    ("moves_integer", "moving integer data"),
     ("float16", "float16 kernel{s}"),
     ("storage_only", "integer/float16 storage only, run in float"),
     ("planned_float", "planned, run in float"),
@@ -130,9 +131,9 @@ _KINDS = (
 
 
 def node_counts(nodes: dict[str, Any]) -> str:
-    """ "4 integer kernels (QLinearConv, QLinearMatMul); 2 integer/float16 storage only, run in float
-    (LSTM); 1 folded away; 3 kept float" from a report's ``nodes`` (``export.kernels``: only integer
-    kernels count as quantized)."""
+    """ "4 integer kernels (QLinearConv, QLinearMatMul); 1 moving integer data (Flatten); 2 integer/float16
+    storage only, run in float (LSTM); 1 folded away; 3 kept float" from a report's ``nodes``
+    (``export.kernels``: only ops that compute on integers count as integer kernels)."""
     parts = []
     for key, label in _KINDS:
         items = nodes.get(key) or []

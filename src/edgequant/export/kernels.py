@@ -8,8 +8,10 @@ its weight, which then only *stores* integers (an LSTM/GRU with int8 weights run
 census maps each node the plan quantized to the node ORT runs (by name: ORT's fusions keep the target
 node's name, or prefix it, as in ``mm/MatMulAddFusion``) and sorts it into:
 
-- ``integer``: an integer kernel (``INTEGER_KERNELS``), or a data-movement op (``Flatten``,
-  ``MaxPool``, ``Reshape`` ...) whose input is an integer tensor; ``kernel`` names the op ORT runs;
+- ``integer``: an integer kernel (``INTEGER_KERNELS``: the op computes on integers); ``kernel`` names
+  the op ORT runs;
+- ``moves``: a data-movement op (``Flatten``, ``MaxPool``, ``Reshape`` ...) on an integer tensor: it
+  passes integers between kernels and computes nothing, so it is not counted as an integer kernel;
 - ``storage_only``: runs in float and reads a weight stored as integers (dequantized at run time);
 - ``folded``: no node of its own remains: removed by the exporter (a Relu folded into its input's
   quantization, an Add folded into a kernel's bias, a Constant consumed as a weight) or fused by ORT
@@ -93,8 +95,8 @@ def census(
     """Each node ``plan`` quantized (main graph), sorted by what ONNX Runtime runs (module docstring).
 
     ``written``: the model EdgeQuant wrote; ``optimized``: ORT's level-2 optimisation of it (weights not
-    needed).  Returns ``{"integer": [...], "storage_only": [...], "folded": [...], "float": [...],
-    "float16": [...]}``, each entry ``{"node", "op_type", "kernel", "reason"}``.
+    needed).  Returns ``{"integer": [...], "moves": [...], "storage_only": [...], "folded": [...],
+    "float": [...], "float16": [...]}``, each entry ``{"node", "op_type", "kernel", "reason"}``.
     """
     written_names = {n.name for n in written.graph.node}
     by_name: dict[str, onnx.NodeProto] = {}
@@ -106,7 +108,7 @@ def census(
     integer = _integer_tensors(optimized)
     half = _half_tensors(optimized)
     out: dict[str, list[dict[str, Any]]] = {
-        k: [] for k in ("integer", "storage_only", "folded", "float", "float16")
+        k: [] for k in ("integer", "moves", "storage_only", "folded", "float", "float16")
     }
     for d in plan.quantized_nodes:
         if d.graph != "main":
@@ -123,7 +125,7 @@ def census(
         if node.op_type in INTEGER_KERNELS:
             out["integer"].append({**entry, "reason": d.reason or "integer kernel"})  # e.g. weights int8 only
         elif node.op_type in _MOVES and node.input and node.input[0] in integer:
-            out["integer"].append({**entry, "reason": "moves integer data"})
+            out["moves"].append({**entry, "reason": "moves integer data"})
         elif any(f is not None and f.op_type == "DequantizeLinear" and f.input[0] in inits for f in feeders):
             out["storage_only"].append(
                 {
