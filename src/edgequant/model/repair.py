@@ -329,6 +329,9 @@ def prepare(model: onnx.ModelProto, *, copy: bool = True) -> tuple[onnx.ModelPro
         out = onnx.ModelProto()
         out.CopyFrom(model)
     notes: list[str] = []
+    before = [n.name for n in out.graph.node]
+    name_nodes(out.graph)  # first: the notes below quote the names the plan and the report use
+    given = {n.name for n, old in zip(out.graph.node, before, strict=True) if n.name != old}
     moved = constants_to_initializers(out.graph)
     if moved:
         notes.append(f"{moved} Constant node(s) converted to initializers so their weights are quantized.")
@@ -348,7 +351,7 @@ def prepare(model: onnx.ModelProto, *, copy: bool = True) -> tuple[onnx.ModelPro
             f"{pads} zero Pad node(s) folded into the pads of the Conv/AveragePool after them, so no float "
             "Pad sits between two integer kernels."
         )
-    named = name_nodes(out.graph)
+    named = name_nodes(out.graph) + sum(1 for n in out.graph.node if n.name in given)  # nodes still there
     if named:
         notes.append(f"{named} unnamed or duplicate-named node(s) were given unique names.")
     out, shape_notes = refresh_shapes(out)

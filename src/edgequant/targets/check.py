@@ -347,7 +347,8 @@ class _Checker:
 def check_model(model: onnx.ModelProto, target: str | Profile) -> dict[str, Any]:
     """The compliance report of a QDQ ``model`` on ``target`` (a name or a Profile); see the module docstring.
 
-    ModelError when the model holds no QuantizeLinear/DequantizeLinear (a float model).
+    ModelError when the model holds no QuantizeLinear/DequantizeLinear (a float model).  Unnamed nodes
+    are reported as ``<op type>_<index>`` (``model.repair.name_nodes``, on a copy).
     """
     profile = target if isinstance(target, Profile) else get(target)
     if not any(n.op_type in QDQ_OPS for n in model.graph.node):
@@ -356,4 +357,11 @@ def check_model(model: onnx.ModelProto, target: str | Profile) -> dict[str, Any]
             f"quantized to check against '{profile.name}'.",
             f"quantize it first: edgequant quantize MODEL -o OUT --target {profile.name}",
         )
+    if any(not n.name for n in model.graph.node):  # findings name nodes: the names ``prepare`` gives
+        from edgequant.model.repair import name_nodes
+
+        named = onnx.ModelProto()
+        named.CopyFrom(model)
+        name_nodes(named.graph)
+        model = named
     return _Checker(model, profile).run()
