@@ -242,6 +242,8 @@ def test_cli_flags(tmp_path: Path) -> None:
     args = [a if a != str(out) else str(short) for a in args]
     bad = CliRunner().invoke(app, [*args, "--target-sqnr", "200", "--max-float-nodes", "1"])
     assert bad.exit_code == 1 and "error: --target-sqnr 200 dB was not reached" in bad.output
+    # said once (the error), not as a note and a warning before it too
+    assert " ".join(bad.output.split()).count("200 dB") == 1, bad.output
     report = json.loads((short / "sens_int8_sqnr200_h76d508.json").read_text())  # the best model reached
     assert report["sensitivity"]["met"] is False and (short / "sens_int8_sqnr200_h76d508.onnx").exists()
     bad = CliRunner().invoke(app, [*args, "--overwrite", "--target-sqnr", "-3"])

@@ -170,7 +170,7 @@ def register(app: typer.Typer) -> None:
             if exc.result is None:
                 fail(exc)
             best = exc.result.save(out, overwrite=overwrite)
-            print_summary(exc.result.report, best.model)
+            print_summary(exc.result.report, best.model, said=exc.detail)  # the error line says it once
             err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except EdgeQuantError as exc:
@@ -199,8 +199,9 @@ def _refuse_ignored_model_options(model: Path, factory: str | None, input_shape:
         )
 
 
-def print_summary(report: dict[str, Any], model_path: Path) -> None:
-    """The summary table of a quantize run (sizes, nodes, SQNR, check, time), then its notes and warnings."""
+def print_summary(report: dict[str, Any], model_path: Path, said: str = "") -> None:
+    """The summary table of a quantize run (sizes, nodes, SQNR, check, time), then its notes and warnings
+    (but the warning ``said``, which the error line after the summary prints)."""
     from edgequant.cli import console, err_console
     from edgequant.evaluate.method_run import node_counts
 
@@ -246,4 +247,6 @@ def print_summary(report: dict[str, Any], model_path: Path) -> None:
         for n in report.get("notes", []):
             err_console.print(f"note: {n}", markup=False, highlight=False)
     for w in report["warnings"]:  # -q hides notes, never a warning (a collapse is not a silent success)
+        if w == said:
+            continue
         err_console.print(f"warning: {w}", markup=False, highlight=False)
