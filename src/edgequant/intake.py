@@ -166,3 +166,32 @@ def hoist_gru(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
         )
     notes.extend(gru_notes)
     return hoisted
+
+
+def require_batch_first(model: onnx.ModelProto, data: Any) -> None:
+    """Refuse real data for a time-major recurrent input whose first (time) axis is dynamic: the data
+    layer takes axis 0 as the sample axis, so arrays and files (and batch dicts it may split) would be
+    cut along time: calibration on runs of time steps, the check on later steps of the same sequences.
+    Whole batches that the data layer cannot split (another input's axis 0 is fixed, as a recurrent
+    state ``[1, B, H]``) pass.  Raises ``DataError`` naming the input, its node and the fix."""
+    from edgequant.data.model_inputs import input_specs
+    from edgequant.errors import DataError
+    from edgequant.model.patterns import time_major_inputs
+
+    if data is None:
+        return
+    specs = {s.name: s for s in input_specs(model)}
+    timed = {
+        k: n for k, n in time_major_inputs(model).items() if k in specs and specs[k].shape[:1] == (None,)
+    }
+    streamed = not isinstance(data, str | Path | np.ndarray | dict) and not hasattr(data, "keys")
+    if not timed or (streamed and any(s.shape[:1] != (None,) for s in specs.values())):
+        return
+    name, node = next(iter(timed.items()))
+    raise DataError(
+        f"model input '{name}' is time-major ([T, B, I], ONNX's default layout, read by {node.op_type} "
+        f"'{node.name}') and EdgeQuant's data layer batches along axis 0, so calibration and the check "
+        "would cut the sequences along time (the check then reads later steps of the same sequences).",
+        f"re-export the model with a batch-first input [B, T, I] and a Transpose to [T, B, I] before the "
+        f"{node.op_type} (what PyTorch's batch_first=True exports); ONNX Runtime has no layout=1 kernel.",
+    )

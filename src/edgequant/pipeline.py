@@ -37,6 +37,7 @@ from edgequant.intake import (
     is_torch_module,
     load_input_model,
     named_passes,
+    require_batch_first,
     require_loadable,
     resolve_recipe,
 )
@@ -169,6 +170,7 @@ def _start(
     passes = algorithms.Context(recipe, runtime, list, [])  # no passes (fp16, dynamic): replaced for static
     if calibration is None and recipe.calib_data is not None:
         calibration = recipe.calib_data
+    require_batch_first(float_model, calibration)  # data cut along a time-major input's time axis: refused
     if recipe.hoist_gru:  # each GRU input projection X·Wᵀ -> a MatMul before the GRU (exact in float)
         float_model = hoist_gru(float_model, notes)
     return _Run(

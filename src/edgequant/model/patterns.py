@@ -101,3 +101,15 @@ def bounded_outputs(model: onnx.ModelProto) -> set[str]:
         if n.op_type in BOUNDED_OPS or (n.op_type in _LAYOUT_OPS and n.input and n.input[0] in out):
             out.add(n.output[0])
     return out
+
+
+def time_major_inputs(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    """Graph inputs read directly as the sequence ``X`` of an LSTM/GRU/RNN in time-major layout
+    (``layout`` 0, ONNX's default: ``[T, B, I]``, the batch on axis 1) -> that node; main graph only."""
+    inputs = {i.name for i in model.graph.input} - {t.name for t in model.graph.initializer}
+    out: dict[str, onnx.NodeProto] = {}
+    for n in model.graph.node:
+        layout = next((a.i for a in n.attribute if a.name == "layout"), 0)
+        if n.op_type in RECURRENT_OPS and n.input and n.input[0] in inputs and layout == 0:
+            out.setdefault(n.input[0], n)
+    return out
