@@ -113,6 +113,12 @@ def render(data: dict[str, Any]) -> str:
             f"| {name} | {_f(r['top1'])} | {_f(r['drop_pp'])} | {_f(r['median_ms'], 3)} | {_f(r['file_mib'], 3)} "
             f"| {_f(r['packed_mib'], 3)} | {'yes' if r['within_limit'] or r['method'] == 'float' else 'no'} |"
         )
+    lines += [
+        "",
+        "Top-1 is scored in batches of 32 (the evaluation default). dynamic-int8's top-1 depends on that size: "
+        "its DynamicQuantizeMatMul computes its input's scale and zero point at each call over the whole batch "
+        "(ONNX DynamicQuantizeLinear); the other rows quantize activations with scales fixed in the file, or not at all.",
+    ]
     lines += ["", f"Recommendation: {d['reason']}", "", f"Rule: {d['rule']}.", ""]
     lines += [
         "Methods whose nodes do not all run integer kernels (ONNX Runtime's optimised graph):",
