@@ -12,21 +12,11 @@ import onnx
 import pytest
 from onnx import TensorProto as T
 from onnx import helper as h
-from tinymodels import conv_net, images
 from typer.testing import CliRunner
 
 from edgequant.cli import app
 
 runner = CliRunner()
-
-
-@pytest.fixture()
-def files(tmp_path: Path) -> dict[str, Path]:
-    model = tmp_path / "net.onnx"
-    onnx.save_model(conv_net(), model)
-    calib = tmp_path / "calib.npz"
-    np.savez(calib, x=images(24))
-    return {"model": model, "calib": calib, "out": tmp_path / "out"}
 
 
 def test_quantize_writes_model_report_and_plan(files: dict[str, Path]) -> None:

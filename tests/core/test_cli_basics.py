@@ -24,15 +24,6 @@ from edgequant.recipe import from_dict, load_recipe
 runner = CliRunner()
 
 
-@pytest.fixture()
-def files(tmp_path: Path) -> dict[str, Path]:
-    model = tmp_path / "net.onnx"
-    onnx.save_model(conv_net(), model)
-    calib = tmp_path / "calib.npz"
-    np.savez(calib, x=images(24))
-    return {"model": model, "calib": calib, "out": tmp_path / "out"}
-
-
 def test_version_flag_and_python_m() -> None:
     expected = importlib.metadata.version("edgequant")
     res = runner.invoke(app, ["--version"])

@@ -5,25 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
-from tinymodels import conv_net, images
 from typer.testing import CliRunner
 
 from edgequant.cli import app
 from edgequant.recipe import from_dict
 
 runner = CliRunner()
-
-
-@pytest.fixture()
-def files(tmp_path: Path) -> dict[str, Path]:
-    model = tmp_path / "net.onnx"
-    onnx.save_model(conv_net(), model)
-    calib = tmp_path / "calib.npz"
-    np.savez(calib, x=images(24))
-    return {"model": model, "calib": calib}
 
 
 def _q(files: dict[str, Path], out: Path, *extra: str) -> object:

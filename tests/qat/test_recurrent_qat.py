@@ -15,6 +15,7 @@ from torch import nn
 from edgequant.errors import EdgeQuantError
 from edgequant.schemes.qparams import quantize_weight
 from edgequant.torch import PTQModule, QATModule, load
+from tests.qat.training import accuracy, train
 
 
 @pytest.fixture(autouse=True)
@@ -50,24 +51,6 @@ class SeqNet(nn.Module):
         return self.fc(y[:, -1])
 
 
-def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float) -> None:
-    torch.manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    for _ in range(epochs):
-        model.train()
-        for i in range(0, len(x), 32):
-            loss = nn.functional.cross_entropy(model(x[i : i + 32]), y[i : i + 32])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-
-
-def _acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    model.eval()
-    with torch.no_grad():
-        return float((model(x).argmax(1) == y).float().mean())
-
-
 def _ptq(net: nn.Module, x: torch.Tensor, bits: int) -> PTQModule:
     ptq = PTQModule(net, x[:4], weight_bits=bits)
     with torch.no_grad():
@@ -81,13 +64,13 @@ def test_qat_of_gru_weights_beats_ptq_at_two_bits(digit_rows) -> None:
     x, y, xt, yt = digit_rows
     torch.manual_seed(0)
     net = SeqNet()
-    _train(net, x, y, 10, 1e-2)
-    float_acc = _acc(net, xt, yt)
-    ptq_acc = _acc(_ptq(net, x, 2).convert(), xt, yt)
+    train(net, x, y, 10, 1e-2)
+    float_acc = accuracy(net, xt, yt)
+    ptq_acc = accuracy(_ptq(net, x, 2).convert(), xt, yt)
     qat = QATModule(net, x[:4], weight_bits=2, total_epochs=4)
     assert qat.describe()["weights_not_simulated"] == [] and qat.describe()["weight_quantizers"] == 3
-    _train(qat, x, y, 4, 3e-3)
-    qat_acc = _acc(qat.convert(), xt, yt)
+    train(qat, x, y, 4, 3e-3)
+    qat_acc = accuracy(qat.convert(), xt, yt)
     assert float_acc > 0.9
     assert qat_acc >= ptq_acc + 0.10, (float_acc, ptq_acc, qat_acc)
 
@@ -156,7 +139,7 @@ def test_convert_matches_exported_onnx_within_one_lsb(digit_rows, tmp_path, kind
     torch.manual_seed(0)
     net = SeqNet(kind, hidden=16, bidirectional=True)
     qat = QATModule(net, x[:4], weight_bits=4, total_epochs=2)
-    _train(qat, x[:256], y[:256], 2, 3e-3)
+    train(qat, x[:256], y[:256], 2, 3e-3)
     path = tmp_path / "seq_w4a8.onnx"
     qat.export(x[:4], path)
     conv = qat.convert()

@@ -13,6 +13,7 @@ from torch import nn
 
 from edgequant.errors import EdgeQuantError
 from edgequant.torch import PTQModule, QATModule, load
+from tests.qat.training import accuracy, train
 
 
 class Net(nn.Module):
@@ -41,33 +42,13 @@ def _data(n: int, seed: int, amp: float = 1.0) -> tuple[torch.Tensor, torch.Tens
     return torch.randn(n, 1, 16, 16, generator=g) + amp * _TEMPLATES[y], y
 
 
-def _train(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, qat: bool = False
-) -> None:
-    torch.manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    for _ in range(epochs):
-        model.train()
-        for i in range(0, len(x), 32):
-            loss = nn.functional.cross_entropy(model(x[i : i + 32]), y[i : i + 32])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-
-
-def _acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    model.eval()
-    with torch.no_grad():
-        return float((model(x).argmax(1) == y).float().mean())
-
-
 @pytest.fixture(scope="module")
 def trained() -> tuple[Net, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
     x, y = _data(512, 1)
     xt, yt = _data(256, 2)
     net = Net()
-    _train(net, x, y, 4, 3e-3)
+    train(net, x, y, 4, 3e-3)
     return net, x, y, xt, yt
 
 
@@ -91,7 +72,7 @@ def _codes_from_ort(
 def test_convert_matches_exported_onnx_within_one_lsb(trained, tmp_path) -> None:
     net, x, y, xt, _yt = trained
     q = QATModule(net, x[:4], weight_bits=4, total_epochs=2)
-    _train(q, x, y, 2, 1e-3, qat=True)
+    train(q, x, y, 2, 1e-3)
     q.eval()
     path = tmp_path / "net_w4a8.onnx"
     result = q.export(x[:4], path)
@@ -155,15 +136,15 @@ def test_qat_recovers_two_bit_accuracy() -> None:
     x, y = _data(512, 1, 0.2)
     xt, yt = _data(512, 2, 0.2)
     net = Net()
-    _train(net, x, y, 6, 3e-3)
-    float_acc = _acc(net, xt, yt)
+    train(net, x, y, 6, 3e-3)
+    float_acc = accuracy(net, xt, yt)
     ptq = PTQModule(net, x[:4], weight_bits=2)
     with torch.no_grad():
         ptq(x[:256])
-    ptq_acc = _acc(ptq.convert(), xt, yt)
+    ptq_acc = accuracy(ptq.convert(), xt, yt)
     qat = QATModule(net, x[:4], weight_bits=2, total_epochs=4)
-    _train(qat, x, y, 4, 2e-3, qat=True)
-    qat_acc = _acc(qat.convert(), xt, yt)
+    train(qat, x, y, 4, 2e-3)
+    qat_acc = accuracy(qat.convert(), xt, yt)
     assert float_acc > 0.55
     assert qat_acc >= ptq_acc + 0.05, (float_acc, ptq_acc, qat_acc)
 
@@ -188,9 +169,9 @@ def test_epoch_counting_freezes_bn_and_observers(trained) -> None:
     net, x, y, _xt, _yt = trained
     q = QATModule(net, x[:4], total_epochs=4, num_observer_update_epochs=1)
     assert q.bn_epochs == 2
-    _train(q, x[:64], y[:64], 1, 1e-3, qat=True)
+    train(q, x[:64], y[:64], 1, 1e-3)
     assert q.describe()["bn_frozen"] is False and q.describe()["observers_frozen"] is False
-    _train(q, x[:64], y[:64], 2, 1e-3, qat=True)
+    train(q, x[:64], y[:64], 2, 1e-3)
     d = q.describe()
     assert d["epochs_seen"] == 3 and d["bn_frozen"] and d["observers_frozen"]
 

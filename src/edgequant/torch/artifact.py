@@ -29,7 +29,7 @@ from onnx import numpy_helper
 from torch import fx, nn
 
 from edgequant.errors import ModelError, UnsupportedError
-from edgequant.plan import QuantPlan
+from edgequant.plan import QuantPlan, TensorEntry
 from edgequant.schemes.qparams import quantize
 from edgequant.torch.graph import Binding, fuse_layers, set_module, trace
 from edgequant.torch.layers import QuantLayer
@@ -137,14 +137,7 @@ def int_parts(
     modules = dict(gm.named_modules())
     for wname, (target, transposed) in binding.weights.items():
         entry = plan.tensors[wname]
-        if entry.scale is None or entry.zero_point is None:
-            raise ModelError(f"weight '{wname}' has no scale in the plan.", "export the plan first.")
-        w = numpy_helper.to_array(inits[wname]).astype(np.float32)
-        scale = np.asarray(entry.scale, np.float32)
-        zero = np.asarray(entry.zero_point, np.int64)
-        if entry.spec.axis is None:
-            scale, zero = scale.reshape(()), zero.reshape(())
-        q = quantize(w, scale, zero, entry.spec)
+        q, scale, zero = _weight_codes(entry, inits[wname])
         axis = entry.spec.axis
         if transposed:
             q = q.T
@@ -188,6 +181,19 @@ def int_parts(
     return layers, acts
 
 
+def _weight_codes(entry: TensorEntry, init: onnx.TensorProto) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The integer codes of weight ``init`` on ``entry``'s grid, with its float32 scale and int64 zero
+    point (0-d when per tensor).  ModelError when the plan has no scale for it (not exported yet)."""
+    if entry.scale is None or entry.zero_point is None:
+        raise ModelError(f"weight '{entry.name}' has no scale in the plan.", "export the plan first.")
+    w = numpy_helper.to_array(init).astype(np.float32)
+    scale = np.asarray(entry.scale, np.float32)
+    zero = np.asarray(entry.zero_point, np.int64)
+    if entry.spec.axis is None:
+        scale, zero = scale.reshape(()), zero.reshape(())
+    return quantize(w, scale, zero, entry.spec), scale, zero
+
+
 def _recurrent_parts(
     layers: dict[str, dict[str, Any]],
     modules: dict[str, nn.Module],
@@ -200,14 +206,7 @@ def _recurrent_parts(
         m = modules[target]
         rnn = m.rnn if isinstance(m, QuantRecurrent) else m
         entry = plan.tensors[wname]
-        if entry.scale is None or entry.zero_point is None:
-            raise ModelError(f"weight '{wname}' has no scale in the plan.", "export the plan first.")
-        w = numpy_helper.to_array(inits[wname]).astype(np.float32)
-        scale = np.asarray(entry.scale, np.float32)
-        zero = np.asarray(entry.zero_point, np.int64)
-        if entry.spec.axis is None:
-            scale, zero = scale.reshape(()), zero.reshape(())
-        q, s, z = codes_in_torch_order(rnn, quantize(w, scale, zero, entry.spec), scale, zero)
+        q, s, z = codes_in_torch_order(rnn, *_weight_codes(entry, inits[wname]))
         info = layers.setdefault(target, int_info(rnn))
         info["weights"][key] = {
             "q": torch.from_numpy(np.ascontiguousarray(q)).to(
