@@ -147,11 +147,18 @@ def node_counts(nodes: dict[str, Any]) -> str:
 
 
 def coverage(report: dict[str, Any]) -> str:
-    """What ran as what, when a run left nodes without an integer (or float16) kernel: ``node_counts``."""
+    """What ran as what, when a run left nodes without an integer (or float16) kernel: ``node_counts``;
+    for dynamic quantization also that its score depends on the evaluation batch size (its kernels
+    quantize their input with a scale and zero point computed per call over the whole batch)."""
     nodes = report["nodes"]
-    if not any(nodes.get(k) for k in ("skipped", "storage_only", "planned_float")):
-        return ""
-    return node_counts(nodes)
+    partial = any(nodes.get(k) for k in ("skipped", "storage_only", "planned_float"))
+    parts = [node_counts(nodes)] if partial else []
+    if report.get("method") == "dynamic":
+        parts.append(
+            "input scales computed per call over the whole batch (DynamicQuantizeLinear), so its score depends on "
+            "the evaluation batch size"
+        )
+    return "; ".join(parts)
 
 
 def run_method(
