@@ -68,6 +68,19 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "default+adaround": {"algorithms": ["adaround"]},  # AdaRound at 8 bits
     "ort-static-entropy": {"ort": "entropy"},
     "ort-static-percentile": {"ort": "percentile"},
+    # per-tensor weights with the recovery passes (issue 17 §2, run on effnet_lite0)
+    "per-tensor+cle+bc": {
+        "per_channel": False,
+        "algorithms": ["cle", "bias_correction"],
+        "bias_correction_variant": "sequential",
+    },
+    "per-tensor+adaround": {"per_channel": False, "algorithms": ["adaround"]},  # AdaRound at 8 bits
+    "per-tensor+cle_bounds": {"per_channel": False, "algorithms": ["cle_bounds"]},
+    "per-tensor+cle_bounds+bc": {
+        "per_channel": False,
+        "algorithms": ["cle_bounds", "bias_correction"],
+        "bias_correction_variant": "sequential",
+    },
 }
 DEFAULT_SETTINGS = list(SETTINGS)[:7]
 CALIB, HELD, CHECK = 128, 32, 32  # calibration, the samples that judge the passes, the check's

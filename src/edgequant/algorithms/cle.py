@@ -228,15 +228,28 @@ def _matmul_bias(node: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]
 
 
 def equalize(
-    model: onnx.ModelProto, pairs: list[Pair], peaks: dict[str, np.ndarray] | None = None
+    model: onnx.ModelProto,
+    pairs: list[Pair],
+    peaks: dict[str, np.ndarray] | None = None,
+    scales: dict[str, np.ndarray] | None = None,
+    shrink_only: frozenset[str] = frozenset(),
 ) -> dict[str, float]:
     """Equalize ``pairs`` in ``model`` in place; per pair, the range ratio max/min before -> after.
     ``peaks``: per first-layer output feeding a ``Clip(0, bound)``, its per-channel calibration peak,
-    which limits that pair's cumulative scales (module docstring); a Clip pair without one keeps 1."""
+    which limits that pair's cumulative scales (module docstring); a Clip pair without one keeps 1.
+    ``scales``: filled with each pair's cumulative per-channel scale ``S`` by its first layer's output
+    name (that output became ``y / S``). ``shrink_only``: first-layer outputs whose
+    channels may only shrink (``S >= 1``; the caller bounds them per channel, ``cle_bounds``)."""
     ws = _Weights(model)
     before = {f"{p.first.name} -> {p.second.name}": _spread(ws, p) for p in pairs}
-    limits = [_limits(p, (peaks or {}).get(p.first.output[0])) for p in pairs]
+    limits = [
+        (np.ones(1), np.full(1, np.inf))
+        if p.first.output[0] in shrink_only
+        else _limits(p, (peaks or {}).get(p.first.output[0]))
+        for p in pairs
+    ]
     total = [np.ones(1) for _ in pairs]  # each pair's cumulative scales so far
+    cum = [np.ones(1) for _ in pairs]  # the same for every pair (``scales``)
     for _ in range(ROUNDS):
         moved = 0.0
         for k, p in enumerate(pairs):
@@ -250,7 +263,7 @@ def equalize(
             s = np.where(ok, np.sqrt(np.where(ok, r1, 1.0) / np.where(ok, r2, 1.0)), 1.0)
             if limits[k] is not None:
                 lo, hi = limits[k]  # type: ignore[misc]
-                if lo.shape != s.shape:
+                if lo.size not in (1, s.size):
                     continue
                 new = np.clip(total[k] * s, lo, hi)
                 s, total[k] = new / total[k], new
@@ -260,10 +273,13 @@ def equalize(
                 if b.shape == s.shape:
                     b /= s
             _in_scale(p.second, w2, s)
+            cum[k] = cum[k] * s
             moved = max(moved, float(np.abs(np.log(s)).max()) if s.size else 0.0)
         if moved < 1e-3:
             break
     ws.write_back()
+    if scales is not None:
+        scales.update({p.first.output[0]: c for p, c in zip(pairs, cum, strict=True)})  # [1]: unmoved
     return before | {f"{k} after": _spread(ws, p) for k, p in zip(before, pairs, strict=True)}
 
 
