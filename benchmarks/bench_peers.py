@@ -217,6 +217,9 @@ def main() -> None:
     ap.add_argument("--adaround-iters", type=int, default=QUARK_ADAROUND["NumIterations"])
     ap.add_argument("--merge", action="store_true", help="keep the other models' results")
     ap.add_argument("--out", default=str(RESULTS / "bench_peers"))
+    ap.add_argument(
+        "--keep", help="write the quantized files to this folder (kept) instead of a temporary one"
+    )
     ap.add_argument("--merge-from", help="add the rows of another run's JSON (their ms vs that run's float)")
     ap.add_argument(
         "--latency-from", help="only re-time --models from DIR/<model>_<tool>.onnx (an earlier run's files)"
@@ -240,7 +243,9 @@ def main() -> None:
     if args.merge and out.with_suffix(".json").exists():
         results = json.loads(out.with_suffix(".json").read_text())
     load_start = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-peers-") as scratch:
+        tmp = args.keep or scratch
+        Path(tmp).mkdir(parents=True, exist_ok=True)
         for name in args.models.split(","):
             t0 = time.monotonic()
             r = bench(name, tools, args.samples, Path(tmp), args.timeout, args.rounds, args.runs)

@@ -44,6 +44,7 @@ from edgequant.planning.graph import (
 )
 from edgequant.planning.placement import PLACEMENT_DEFAULT, PLACEMENT_REASONS, is_transformer
 from edgequant.planning.specs import UNBLOCKED, batched_weight_note
+from edgequant.planning.ties import tie_activation_ranges
 from edgequant.recipe import Recipe
 from edgequant.recipe.exclude import match_names
 from edgequant.runtime.cpu import CpuFeatures
@@ -364,23 +365,3 @@ def excluded_nodes(model: onnx.ModelProto, recipe: Recipe) -> set[str]:
     """Names of the nodes that ``recipe.exclude`` and ``skip_first``/``skip_last`` keep float."""
     p = Planner(model, recipe, CpuFeatures(arch="", vnni=True, avx2=True))
     return set(p._excluded()) | set(p._first_last())
-
-
-def tie_activation_ranges(model: onnx.ModelProto, plan: QuantPlan) -> QuantPlan:
-    """Give the input of a Relu/Clip the range of its output when both are quantized.
-
-    ``Add -> X -> Relu -> Y``: with X and Y on one grid, ORT drops the Relu (its zero point is the
-    grid's minimum) and the DQ->Q pair between them, and runs QLinearAdd straight into the next
-    integer op.  Values of X below Y's range are the ones the Relu removes anyway.
-    """
-    for node in model.graph.node:
-        if node.op_type not in FUSED_ACTIVATIONS or not node.input or not node.output:
-            continue
-        x, y = plan.tensors.get(node.input[0]), plan.tensors.get(node.output[0])
-        if x is None or y is None or x.role != "activation" or y.role != "activation" or x.spec != y.spec:
-            continue
-        if y.lo is None or y.hi is None:
-            continue
-        x.lo, x.hi = y.lo, y.hi
-        x.note = f"shares the range of '{y.name}' (after {node.op_type}) so ORT fuses the activation."
-    return plan

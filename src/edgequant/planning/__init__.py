@@ -7,4 +7,6 @@
 - :mod:`.constants`: constant Add/Mul operands on the activations' 8-bit grid (QLinearAdd/QLinearMul).
 - :mod:`.placement`: the transformer placement (``placement: auto | all | matmul-inputs``).
 - :mod:`.recurrent`: the recurrent-model hooks (carried state, squared magnitudes, LSTM/GRU notes).
+- :mod:`.ties`: ranges shared across Relu/Clip and value-moving ops (MaxPool, Reshape, ...) after
+  calibration, so ORT fuses them or runs them on integers.
 """

@@ -24,6 +24,12 @@ PASS_OPS = {
 # which inputs carry data (the rest are shapes, indices, scales)
 DATA_INPUTS = {"Resize": (0,), "Clip": (0,), "Pad": (0,), "Reshape": (0,), "Split": (0,), "Gather": (0,)}
 FUSED_ACTIVATIONS = {"Relu", "Clip"}
+# ops each of whose output values is one of their data input's values (Resize: mode "nearest" only):
+# on the input's grid the output is exact, and ORT drops the DQ -> op -> Q pair only when both match
+SAME_VALUE_OPS = {
+    "MaxPool", "GlobalMaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Split",
+    "Gather", "DepthToSpace", "SpaceToDepth", "Expand", "Tile", "Resize",
+}  # fmt: skip
 CONTROL_FLOW = {"If", "Loop", "Scan"}
 FLOAT_TYPES = {onnx.TensorProto.FLOAT}
 
