@@ -12,12 +12,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import numpy_helper as nh
 
 import edgequant
 from edgequant import planner
 from edgequant.algorithms.base import Stats
 from edgequant.algorithms.cle_bounds import ClipBoundEqualization
+from edgequant.errors import RecipeError
 from edgequant.recipe.schema import from_dict
 from edgequant.runtime import OrtRuntime, detect
 from tests.algorithms.passnets import images, relu6_net
@@ -90,3 +92,11 @@ def test_cle_bounds_recovers_per_tensor_int8_with_integer_convs() -> None:
 def test_cle_bounds_has_nothing_to_do_on_per_channel_weights() -> None:
     model, out, changed, why = _apply(per_channel=True)
     assert out is model and changed == [] and "per-channel" in why
+
+
+def test_cle_bounds_runs_before_the_rounding_passes() -> None:
+    assert from_dict({"algorithms": ["cle_bounds", "adaround", "bias_correction"]}).algorithms == (
+        "cle_bounds", "adaround", "bias_correction",
+    )  # fmt: skip
+    with pytest.raises(RecipeError, match="out of order"):
+        from_dict({"algorithms": ["bias_correction", "cle_bounds"]})

@@ -46,7 +46,7 @@ def test_registry_matches_the_recipe_names() -> None:
 
 
 def test_unknown_pass_lists_the_known_ones() -> None:
-    with pytest.raises(RecipeError, match="known: cle, smoothquant, adaround"):
+    with pytest.raises(RecipeError, match="known: cle, cle_bounds, smoothquant, adaround"):
         from_dict({"algorithms": ["cle", "adarond"]})
     with pytest.raises(RecipeError, match="out of order"):
         from_dict({"algorithms": ["adaround", "cle"]})
@@ -173,7 +173,7 @@ def test_cli_algorithm_flag_writes_rows(tmp_path: Path) -> None:
     report = json.loads(reports[0].read_text())
     assert [r["pass"] for r in report["algorithms"]] == ["cle", "adaround"]
     bad = CliRunner().invoke(app, ["quantize", str(model), "-o", str(tmp_path / "o2"), "--algorithm", "nope"])
-    assert bad.exit_code == 2 and "known: cle, smoothquant, adaround" in bad.output
+    assert bad.exit_code == 2 and "known: cle, cle_bounds, smoothquant, adaround" in bad.output
     assert not (tmp_path / "o2").exists()
 
 
