@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from edgequant.torch import PTQModule, QATModule
-from tests.qat.test_wrapper import Net, _acc, _data, _train
+from tests.qat.test_wrapper import Net, _data
+from tests.qat.training import accuracy, train
 
 
 @pytest.mark.parametrize(("bits", "codes", "margin"), [(1, {-1, 1}, 0.08), ("ternary", {-1, 0, 1}, 0.05)])
@@ -18,13 +19,13 @@ def test_qat_low_bit_codes_and_recovery(bits: int | str, codes: set[int], margin
     xt, yt = _data(512, 2, 0.2)
     torch.manual_seed(0)
     net = Net()
-    _train(net, x, y, 6, 3e-3)
+    train(net, x, y, 6, 3e-3)
     ptq = PTQModule(net, x[:4], weight_bits=bits)
     with torch.no_grad():
         ptq(x[:256])
     qat = QATModule(net, x[:4], weight_bits=bits, total_epochs=4)
-    _train(qat, x, y, 4, 2e-3, qat=True)
+    train(qat, x, y, 4, 2e-3)
     converted = qat.convert()
     ints = [v for v in converted.state_dict().values() if v.dtype == torch.int8]
     assert ints and set(torch.unique(torch.cat([v.reshape(-1) for v in ints])).tolist()) == codes
-    assert _acc(converted, xt, yt) > _acc(ptq.convert(), xt, yt) + margin
+    assert accuracy(converted, xt, yt) > accuracy(ptq.convert(), xt, yt) + margin

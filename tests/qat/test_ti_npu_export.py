@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from edgequant.cli import app
 from edgequant.errors import RecipeError
 from edgequant.torch import QATModule
-from tests.qat.test_wrapper import Net, _data, _train
+from tests.qat.test_wrapper import Net, _data
+from tests.qat.training import train
 
 
 def _run(path: str, x: np.ndarray) -> np.ndarray:
@@ -28,9 +29,9 @@ def test_qat_export_ti_npu_int_passes_the_check(tmp_path) -> None:
     x, y = _data(256, 1)
     xt, _yt = _data(128, 2)
     net = Net()
-    _train(net, x, y, 2, 3e-3)
+    train(net, x, y, 2, 3e-3)
     qat = QATModule(net, x[:4], target="ti-npu", weight_bits=8, total_epochs=2)
-    _train(qat, x, y, 2, 1e-3, qat=True)
+    train(qat, x, y, 2, 1e-3)
     path = tmp_path / "net_int8.onnx"
     result = qat.export(x[:4], path, check_data={"input": xt[:64].numpy()}, format="ti-npu-int")
     int_path = tmp_path / "net_int8_ti-npu-int.onnx"
