@@ -40,7 +40,9 @@ def observer_method(calib_method: str, act_bits: int, transformer: bool = False)
     and min-max above (the KL search needs ``2**bits`` levels within the histogram's 2048 bins; a 16-bit
     grid's step is already 1/65535 of the range) and under the transformer placement (``transformer``:
     only MatMul inputs quantized; all-MiniLM-L6-v2's mean embedding cosine against float was 0.9607 with
-    entropy ranges and 0.9929 with min-max, ``benchmarks/bench_transformers.py``'s data);
+    entropy ranges and 0.9929 with min-max, ``benchmarks/bench_transformers.py``'s data, one run; not
+    reproduced since: 0.9971 against 0.9908 with 128 calibration sentences, 0.9913 against 0.9980 with 32,
+    ``benchmarks/results/bench_calibration_seeds.md``, so neither is within 0.5 dB at both counts);
     ``search`` fills MSE observers, whose histograms every candidate method reads.
 
     Why entropy (issue #17 §5, ``benchmarks/results/bench_calibration_choice.md``, held-out output SQNR):
