@@ -76,6 +76,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     },
     "per-tensor+adaround": {"per_channel": False, "algorithms": ["adaround"]},  # AdaRound at 8 bits
     "per-tensor+cle_bounds": {"per_channel": False, "algorithms": ["cle_bounds"]},
+    "per-tensor+cle_bounds+adaround": {"per_channel": False, "algorithms": ["cle_bounds", "adaround"]},
     "per-tensor+cle_bounds+bc": {
         "per_channel": False,
         "algorithms": ["cle_bounds", "bias_correction"],
