@@ -48,7 +48,8 @@ def tie_activation_ranges(model: onnx.ModelProto, plan: QuantPlan) -> QuantPlan:
             if y is None or y.role != "activation" or y.spec != x.spec or out in tied:
                 continue
             y.lo, y.hi = x.lo, x.hi
-            y.note = f"shares the range of '{x.name}' ({node.op_type} only moves its values): exact, runs on integers."
+            if not y.note:  # a fixed range's note (tanh/sigmoid/recurrent outputs) stays
+                y.note = f"shares the range of '{x.name}' ({node.op_type} only moves its values): exact, runs on integers."
     return plan
 
 
