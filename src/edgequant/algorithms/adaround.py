@@ -55,26 +55,22 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
-from threadpoolctl import threadpool_limits
 
+from edgequant.algorithms import adaround_scales as scales
+from edgequant.algorithms.adaround_opt import ITERATIONS, iterations_for, round_on_grid
 from edgequant.algorithms.base import PassOutcome, StatRequest, Stats, register
-from edgequant.algorithms.layer_matrix import from_groups, int_attr, patches, str_attr, to_groups
+from edgequant.algorithms.layer_inputs import LayerInputs
+from edgequant.algorithms.layer_matrix import int_attr, patches, str_attr, to_groups
 from edgequant.errors import DataError
 from edgequant.plan import QuantPlan, TensorEntry
 from edgequant.recipe.schema import Recipe
-from edgequant.schemes.qparams import dequantize, expand_params, quantize_weight
+from edgequant.schemes.qparams import dequantize, quantize, quantize_weight
 
 log = logging.getLogger(__name__)
-ZETA, GAMMA = 1.1, -0.1
-LAMBDA = 0.01
-ITERATIONS = 1000  # per layer, as many as MAC_BUDGET allows, and at least MIN_ITERATIONS
-MIN_ITERATIONS = 100
-MAC_BUDGET = 2e10  # multiply-adds of the optimisation per layer (about 3-10 s on one 2-core CPU)
-WARMUP = 0.2
-BETA = (20.0, 2.0)
-LR = 0.01
 MAX_GRAM_BYTES = 1 << 29  # 512 MiB for A and B together (float64)
 ROWS_PER_INPUT = 64  # a layer's statistics stop streaming once they hold this many rows per Gram dimension
+SEARCH_GRID = True  # 2-4 bits: grid per channel and rounding per channel by output error (adaround_scales)
+_CANDIDATES = ("round-to-nearest", "AdaRound", "output-error grid", "AdaRound on it")
 CORRECT_MEAN = True  # after rounding, add E[W x] - E[W~ x~] to the layer's own bias (docstring)
 _OPS = ("Conv", "Gemm", "MatMul")
 
@@ -158,80 +154,6 @@ def _weights_as_inputs(model: onnx.ModelProto, layers: list[Layer]) -> onnx.Mode
     return out
 
 
-def iterations_for(w: np.ndarray, wanted: int) -> int:
-    """``wanted`` iterations, fewer for big layers (each costs ``w.size * K`` multiply-adds)."""
-    per = float(w.size) * w.shape[-1]
-    return int(min(wanted, max(MIN_ITERATIONS, MAC_BUDGET // max(per, 1.0))))
-
-
-def _rect_sigmoid(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """h(V) and dh/dV (0 where h is clipped)."""
-    sig = 1.0 / (1.0 + np.exp(-v))
-    raw = sig * (ZETA - GAMMA) + GAMMA
-    grad = np.where((raw > 0) & (raw < 1), sig * (1 - sig) * (ZETA - GAMMA), 0.0)
-    return np.clip(raw, 0.0, 1.0), grad
-
-
-def optimize_rounding(
-    w: np.ndarray,
-    s: np.ndarray,
-    lo: np.ndarray,
-    hi: np.ndarray,
-    a: np.ndarray,
-    b: np.ndarray,
-    iterations: int,
-    offset: np.ndarray | float = 0.0,
-) -> np.ndarray:
-    """Integers (minus zero point) for ``w`` [G, C, K] on scale ``s`` (broadcastable), bounds lo/hi.
-
-    The weight is ``q · s + offset`` (``offset`` 0 except for binary weights, whose codes ±1 are
-    the 0/1 grid on ``2s`` shifted by ``-s``).
-    ``a`` = E[x~ x~^T], ``b`` = E[x~ x^T], both [G, K, K]; returns the rounded ``w / s`` [G, C, K].
-    Small layers run BLAS on one thread: its threads cost more than they give on a [C, K] x [K, K]
-    product below ~16 M multiply-adds (0.1 ms against 10 ms per product on a busy 2-core machine).
-    """
-    threads = 1 if w.size * a.shape[-1] < 1 << 24 else None
-    with threadpool_limits(limits=threads, user_api="blas"):
-        return _optimize(w, s, lo, hi, a, b, iterations, offset)
-
-
-def _optimize(
-    w: np.ndarray,
-    s: np.ndarray,
-    lo: np.ndarray,
-    hi: np.ndarray,
-    a: np.ndarray,
-    b: np.ndarray,
-    iterations: int,
-    offset: np.ndarray | float = 0.0,
-) -> np.ndarray:
-    ws = (w - offset) / s
-    base = np.floor(ws)
-    rest = np.clip(ws - base, 1e-4, 1 - 1e-4)
-    v = -np.log((ZETA - GAMMA) / (rest - GAMMA) - 1.0)  # h(v) == rest
-    target = np.matmul(w, np.swapaxes(b, 1, 2))  # W B^T: [G, C, K]  (B^T = E[x x~^T])
-    m1, m2 = np.zeros_like(v), np.zeros_like(v)
-    b1, b2, eps = 0.9, 0.999, 1e-8
-    c_out = w.shape[0] * w.shape[1]
-    warm = int(WARMUP * iterations)
-    for it in range(iterations):
-        h, dh = _rect_sigmoid(v)
-        qv = base + h
-        inside = (qv >= lo) & (qv <= hi)
-        wq = np.clip(qv, lo, hi) * s + offset
-        grad_w = 2.0 * (np.matmul(wq, a) - target) / c_out
-        grad = grad_w * s * inside * dh
-        if it >= warm:
-            beta = BETA[0] + (BETA[1] - BETA[0]) * (it - warm) / max(iterations - warm - 1, 1)
-            d = 2 * h - 1
-            grad += LAMBDA * (-beta * np.abs(d) ** (beta - 1) * np.sign(d) * 2.0) * dh
-        m1 = b1 * m1 + (1 - b1) * grad
-        m2 = b2 * m2 + (1 - b2) * grad * grad
-        v -= LR * (m1 / (1 - b1 ** (it + 1))) / (np.sqrt(m2 / (1 - b2 ** (it + 1))) + eps)
-    h, _ = _rect_sigmoid(v)
-    return np.clip(base + (h >= 0.5), lo, hi)
-
-
 @register("adaround")
 class AdaRound:
     """Learned rounding of Conv/Gemm/MatMul weights on the plan's grid, layer by layer."""
@@ -267,13 +189,14 @@ class AdaRound:
         names = [ly.weight for ly in layers] + [ly.bias for ly in layers if ly.bias]
         floats = {k: numpy_helper.to_array(inits[k]).astype(np.float32) for k in names}
         current = dict(floats)
-        sess = stats.runtime.session(_weights_as_inputs(out, layers), "the model with weights as inputs")
+        as_inputs = _weights_as_inputs(out, layers)
         changed: list[str] = []
-        try:
-            for layer in layers:
-                changed.append(self._round(layer, sess, stats, floats, current, plan))
-        finally:
-            sess.close()
+        for layer in layers:
+            gather = LayerInputs(stats.runtime, as_inputs, layer.node.input[0])
+            try:
+                changed.append(self._round(layer, gather, stats, floats, current, plan))
+            finally:
+                gather.close()
         for name, w in current.items():
             inits[name].CopyFrom(numpy_helper.from_array(w.astype(np.float32), name))
         return (
@@ -285,7 +208,7 @@ class AdaRound:
     def _round(
         self,
         layer: Layer,
-        sess: object,
+        gather: LayerInputs,
         stats: Stats,
         floats: dict[str, np.ndarray],
         current: dict[str, np.ndarray],
@@ -303,12 +226,12 @@ class AdaRound:
         same = all(np.array_equal(current[k], floats[k]) for k in floats if k != layer.weight)
         batches = 0
         for batch in stats:
-            xf = sess.run({**batch, **floats}, [node.input[0]])[node.input[0]]  # type: ignore[attr-defined]
+            xf = gather({**batch, **floats})
             pf = patches(node, xf, groups, kernel)
             if same:  # no rounded layer before this one yet: its inputs are the float ones
                 pq = pf
             else:
-                xq = sess.run({**batch, **current}, [node.input[0]])[node.input[0]]  # type: ignore[attr-defined]
+                xq = gather({**batch, **current})
                 pq = patches(node, xq, groups, kernel)
             const += float(np.square(np.matmul(pf, np.swapaxes(wg, 1, 2)), dtype=np.float64).sum())
             aa = np.matmul(np.swapaxes(pq, 1, 2), pq).astype(np.float64)
@@ -328,18 +251,23 @@ class AdaRound:
         a, b = (a / rows).astype(np.float32), (b / rows).astype(np.float32)
         spec = layer.entry.spec
         q0, scale, zero = quantize_weight(w, spec)
-        s_full = expand_params(scale, w.shape, spec).astype(np.float32) * np.ones_like(w)
-        z_full = (expand_params(zero, w.shape, spec) * np.ones(w.shape)).astype(np.float32)
-        s_g = to_groups(node, s_full)
-        lo = to_groups(node, spec.qmin - z_full)
-        hi = to_groups(node, spec.qmax - z_full)
+        rtn = dequantize(q0, scale, zero, spec)  # round-to-nearest on the default grid: the reference
         iterations = iterations_for(wg, self.iterations)
-        if spec.bits == 1:  # binary: codes 2u - 1 with u in {0, 1}, i.e. the grid 2s shifted by -s
-            u = optimize_rounding(wg, 2 * s_g, 0 * lo, 0 * lo + 1, a, b, iterations, offset=-s_g)
-            rounded = 2 * u - 1
-        else:
-            rounded = optimize_rounding(wg, s_g, lo, hi, a, b, iterations)
-        q = (from_groups(node, rounded, w.shape) + z_full).astype(np.int64)
+        q = round_on_grid(node, w, wg, spec, scale, zero, a, b, iterations)
+        picked = ""
+        if SEARCH_GRID and scales.searchable(spec):  # 2-4 bits: grids and roundings chosen by output error
+            groups_of = lambda m: to_groups(node, m)  # noqa: E731
+            s1, z1 = scales.grid_by_output_error(w, spec, groups_of, a, b)
+            cands = [(q0, scale, zero), (q, scale, zero), (quantize(w, s1, z1, spec), s1, z1)]
+            moved = (np.asarray(s1) != scale) | (np.asarray(z1) != zero)  # channels whose grid changed
+            if moved.any():
+                only = moved.reshape(-1) if moved.size == wg.shape[0] * wg.shape[1] else None
+                q1 = round_on_grid(node, w, wg, spec, s1, z1, a, b, iterations, only, q)
+                cands.append((q1, s1, z1))
+            q, scale, zero, wins = scales.pick_rows(cands, w, spec, groups_of, a, b)
+            picked = "; channels from " + ", ".join(
+                f"{k} {v}" for k, v in zip(_CANDIDATES, wins, strict=False) if v
+            )
         current[layer.weight] = dequantize(q, scale, zero, spec)
         shift = ""
         if layer.bias and CORRECT_MEAN:
@@ -352,10 +280,10 @@ class AdaRound:
         layer_entry = plan.tensors[layer.weight]
         layer_entry.scale = [float(v) for v in np.asarray(scale).reshape(-1)]
         layer_entry.zero_point = [int(v) for v in np.asarray(zero).reshape(-1)]
-        flipped = int((q != q0).sum())
+        flipped = int((current[layer.weight] != rtn).sum())
         err = _errors(
             to_groups(node, w),
-            to_groups(node, dequantize(q0, scale, zero, spec)),
+            to_groups(node, rtn),
             to_groups(node, current[layer.weight]),
             a,
             b,
@@ -363,9 +291,9 @@ class AdaRound:
         per_out = const / rows / (wg.shape[0] * wg.shape[1])  # E||W x||^2 per output channel
         err = (err[0] + per_out, err[1] + per_out)
         return (
-            f"{node.name}: {flipped}/{w.size} weights round the other way; layer output error "
+            f"{node.name}: {flipped}/{w.size} weights differ from round-to-nearest; layer output error "
             f"{err[0]:.3g} -> {err[1]:.3g} (mean squared, calibration inputs: {rows} rows from {batches} "
-            f"batch(es); {iterations} iterations){shift}"
+            f"batch(es); {iterations} iterations){picked}{shift}"
         )
 
 
