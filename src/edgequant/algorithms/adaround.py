@@ -28,16 +28,23 @@ more than 900 s to 164 s (benchmarks/results/bench_algorithms.md).  The gradient
 with the reason.  (The paper minimises the error after the activation function; the pre-activation
 form used here is what keeps memory flat, and is the paper's "layer-wise" ablation.)
 
-One ORT session serves every layer: the weights of the layers to round become graph inputs, so the
-float and the partially rounded model are the same session fed different weights.  numpy only; the
-per-iteration cost is one batched ``[C_out, K] x [K, K]`` matmul, which BLAS runs as fast as torch
-would on CPU, so torch is not used.
+The weights of the layers to round become graph inputs, so the float and the partially rounded model
+are the same session fed different weights; each layer's session is that model cut at the layer's input
+(``layer_inputs``: ORT runs the whole graph for any output asked for; on EfficientNet-Lite0 the cut
+models take 0.42x the time of the whole one, summed over the 50 layers at one batch).  numpy only; the
+per-iteration cost is one batched ``[C_out, K] x [K, K]`` matmul (``adaround_opt``), which BLAS runs as
+fast as torch would on CPU, so torch is not used.
+
+Grids and roundings chosen by output error (``SEARCH_GRID``, on by default, 2-4 bits; ``adaround_scales``):
+besides AdaRound on the plan's grid, each output channel may take a grid whose range is chosen by the
+layer's output error rather than the weight's, AdaRound on that grid, or round-to-nearest on either,
+whichever has the least output error on the same statistics (exact per channel).
 
 Mean correction (``CORRECT_MEAN``, on by default): after a layer is rounded, its own bias (a Conv/Gemm
 bias initializer of ``C_out`` values) absorbs ``E[W x] - E[W~ x~]`` per output channel, from the same
 streamed rows (means of the float and the rounded-so-far input patches): the mean error that the
 rounding and the layers before leave, as empirical bias correction (Nagel et al. 2019, sec. 4.2) removes
-it.  The biases are graph inputs of the one session too, so later layers see the corrected ones.
+it.  The biases are graph inputs too, so later layers see the corrected ones.
 EfficientNet-Lite0 W4A8 + AdaRound: top-1 agreement with float 65.9 % / mean KL 0.224 without it,
 73.8 % / 0.153 with it (benchmarks/results/bench_algorithms.md); neutral on the tiny test nets.
 
