@@ -99,3 +99,20 @@ def test_per_tensor_picks_one_grid_for_the_whole_tensor() -> None:
     assert np.shape(scale) == () and np.isclose(
         float(scale), scales.RATIOS[int(np.argmin(totals))] * amax / 7
     )
+
+
+def test_rounding_only_some_channels_equals_rounding_all() -> None:
+    """The second AdaRound runs only on the channels whose grid moved: on those it must give what the
+    whole layer's optimisation gives (channels are independent; the loss keeps the layer's channel count)."""
+    from edgequant.algorithms.adaround_opt import round_on_grid
+
+    w, x, xq = _data(7)
+    a, b = _grams(x, xq)
+    scale = (np.abs(w).reshape(6, -1).max(axis=1) / 7.0).astype(np.float32)
+    zero = np.zeros(6, np.int64)
+    wg = _groups(w)
+    full = round_on_grid(NODE, w, wg, SPEC, scale, zero, a, b, 300)
+    rows = np.array([True, False, True, False, False, True])
+    base = np.zeros_like(full)  # anything: the rows not optimised are taken from it
+    part = round_on_grid(NODE, w, wg, SPEC, scale, zero, a, b, 300, rows, base)
+    assert np.array_equal(part[rows], full[rows]) and not part[~rows].any()

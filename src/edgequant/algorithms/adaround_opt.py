@@ -56,6 +56,7 @@ def optimize_rounding(
     iterations: int,
     offset: np.ndarray | float = 0.0,
     lr: float = LR,
+    c_out: int = 0,
 ) -> np.ndarray:
     """Integers (minus zero point) for ``w`` [G, C, K] on scale ``s`` (broadcastable), bounds lo/hi.
 
@@ -67,7 +68,7 @@ def optimize_rounding(
     """
     threads = 1 if w.size * a.shape[-1] < 1 << 24 else None
     with threadpool_limits(limits=threads, user_api="blas"):
-        return _optimize(w, s, lo, hi, a, b, iterations, offset, lr)
+        return _optimize(w, s, lo, hi, a, b, iterations, offset, lr, c_out)
 
 
 def _optimize(
@@ -80,6 +81,7 @@ def _optimize(
     iterations: int,
     offset: np.ndarray | float = 0.0,
     lr: float = LR,
+    c_out: int = 0,
 ) -> np.ndarray:
     ws = (w - offset) / s
     base = np.floor(ws)
@@ -88,7 +90,7 @@ def _optimize(
     target = np.matmul(w, np.swapaxes(b, 1, 2))  # W B^T: [G, C, K]  (B^T = E[x x~^T])
     m1, m2 = np.zeros_like(v), np.zeros_like(v)
     b1, b2, eps = 0.9, 0.999, 1e-8
-    c_out = w.shape[0] * w.shape[1]
+    c_out = c_out or w.shape[0] * w.shape[1]  # the loss is the mean over the layer's output channels
     warm = int(WARMUP * iterations)
     for it in range(iterations):
         h, dh = _rect_sigmoid(v)
@@ -124,8 +126,10 @@ def round_on_grid(
     """AdaRound's integers (with zero point, the weight's shape) on the grid ``scale``/``zero``.
 
     ``rows`` (bool per output channel) with ``base`` (integers on a grid that equals this one outside
-    ``rows``): optimise only those channels and take ``base`` elsewhere.  Exact, because channels do
-    not interact: the loss is a sum over rows of ``W~`` (shared ``A``, ``B``) and Adam is elementwise.
+    ``rows``): optimise only those channels and take ``base`` elsewhere.  The same result as optimising
+    all (tests/algorithms/test_adaround_scales.py), because channels do not interact: the loss is a sum
+    over rows of ``W~`` (shared ``A``, ``B``), still divided by the layer's channel count, and Adam is
+    elementwise.
     """
     s_full = expand_params(scale, w.shape, spec).astype(np.float32) * np.ones_like(w)
     z_full = (expand_params(zero, w.shape, spec) * np.ones(w.shape)).astype(np.float32)
@@ -142,7 +146,9 @@ def round_on_grid(
         sel: tuple[slice | np.ndarray, ...] = (slice(None), pick[0]) if g == 1 else (pick[:, 0],)
         a_s, b_s = (a, b) if g == 1 else (a[pick[:, 0]], b[pick[:, 0]])
         out = to_groups(node, base.astype(np.float32) - z_full).copy()
-        out[sel] = optimize_rounding(wg[sel], s_g[sel], lo[sel], hi[sel], a_s, b_s, iterations, 0.0, lr)
+        out[sel] = optimize_rounding(
+            wg[sel], s_g[sel], lo[sel], hi[sel], a_s, b_s, iterations, 0.0, lr, g * c
+        )
         return (from_groups(node, out, w.shape) + z_full).astype(np.int64)
     rounded = optimize_rounding(wg, s_g, lo, hi, a, b, iterations, 0.0, lr)
     return (from_groups(node, rounded, w.shape) + z_full).astype(np.int64)
