@@ -130,8 +130,9 @@ def batched_weight_note(node: onnx.NodeProto, w: onnx.TensorProto, recipe: Recip
         return ""
     return (
         f"rank-{len(w.dims)} weight {list(w.dims)}: per-tensor, because ORT's integer MatMul kernels take one "
-        "scale for a batched weight; with per-channel scales ORT dequantizes it and runs the float MatMul "
-        "(x[1,12,128,64]·W[12,64,64], 2 threads: 0.74x float speed, per-tensor 1.29x; benchmarks/README.md)."
+        "scale for a batched weight: with per-channel scales ONNX Runtime 1.32 keeps the float MatMul or fails at "
+        "run time ('b zero point is not valid' on x[1,12,128,64]·W[12,64,64], where per-tensor ran 1.3-1.8x float; "
+        "benchmarks/results/bench_rank3.md)."
     )
 
 
