@@ -9,6 +9,7 @@ created or written is refused up front (ExportError), so a long calibration neve
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,18 +44,32 @@ def output_paths(out: str | Path, name: str, tag: str) -> OutputPaths:
     )
 
 
-def check_writable(folder: Path, existing: list[Path], *, overwrite: bool) -> None:
+def check_writable(
+    folder: Path, existing: list[Path], *, overwrite: bool, inputs: Sequence[Path] = ()
+) -> None:
     """Refuse, before any work, an output folder that cannot be made or written, or files that exist.
 
-    ``existing`` are the files the run would write; any that exists needs ``overwrite``.
-    Raises ExportError naming the path and the fix.
+    ``existing`` are the files the run would write; any that exists needs ``overwrite``.  One that is
+    an ``inputs`` file (the user's model; same file also through a symlink, ``..`` or a hard link) is
+    refused even with ``overwrite``.  Raises ExportError naming the path and the fix.
     """
-    if folder.exists() and not folder.is_dir():
+    for out in existing:
+        for given in inputs:
+            if _same_file(out, given):
+                raise ExportError(
+                    f"output '{out}' is the input model '{given}'; EdgeQuant never writes over its input, "
+                    "not even with --overwrite.",
+                    "choose another -o (a folder, or another .onnx file name).",
+                )
+    # resolved as the kernel will once the folder exists: 'bo/../../x' (no bo yet) is '../x', so no
+    # 'bo' is made, and the files already in '../x' are seen
+    real = Path(folder).resolve()
+    if real.exists() and not real.is_dir():
         raise ExportError(
             f"output path '{folder}' exists and is not a directory.",
             "pass a directory to -o, or a path ending in .onnx for the model file.",
         )
-    clash = [p for p in existing if p.exists()]
+    clash = [p for p in existing if Path(p).resolve().exists()]
     if clash and not overwrite:
         raise ExportError(
             f"'{clash[0]}' already exists"
@@ -62,7 +77,7 @@ def check_writable(folder: Path, existing: list[Path], *, overwrite: bool) -> No
             + "; EdgeQuant does not replace files unasked.",
             "pass --overwrite to replace them, or choose another -o (or --tag).",
         )
-    probe = folder
+    probe = real
     while not probe.exists():  # the nearest existing ancestor must accept a new entry
         probe = probe.parent
     if not probe.is_dir():
@@ -78,3 +93,13 @@ def check_writable(folder: Path, existing: list[Path], *, overwrite: bool) -> No
             f"cannot write to '{probe}' (for output '{folder}'): {exc.strerror or exc}.",
             "choose a writable -o path, or fix the folder's permissions.",
         ) from exc
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether writing ``a`` would replace ``b`` (same resolved path, or the same inode)."""
+    if Path(a).resolve() == Path(b).resolve():
+        return True
+    try:
+        return Path(a).exists() and Path(b).exists() and Path(a).samefile(b)
+    except OSError:
+        return False

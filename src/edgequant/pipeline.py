@@ -340,6 +340,7 @@ def _result(
         save_float=bool(run.imported),
         artifacts=artifacts,
         input_bytes=run.input_bytes,
+        source=Path(run.model) if isinstance(run.model, str | Path) else None,
     )
     result.report = build_report(
         result,

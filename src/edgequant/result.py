@@ -42,6 +42,7 @@ class QuantResult:
     save_float: bool = False  # the float model was exported here (from PyTorch): write it beside
     artifacts: dict[str, bytes] = field(default_factory=dict)  # suffix -> bytes, e.g. ".tvm.so" (toolchains)
     input_bytes: int | None = None  # the user's model as given (file + external data); None: float_model
+    source: Path | None = None  # the user's model file, when given as a path: ``save`` never writes over it
 
     @property
     def stem(self) -> str:
@@ -53,13 +54,19 @@ class QuantResult:
 
         Above protobuf's 2 GB limit the weights go to ``<model>.onnx.data`` beside the model; the report's
         ``files`` names it (``model_data``).  With ``overwrite=False`` an existing file is an ExportError
-        before anything is written.  On failure nothing written here is left.
+        before anything is written.  An output that is the input model (``source``) is an ExportError
+        even with ``overwrite``.  On failure nothing written here is left.
         """
         paths = output_paths(outdir, self.name, self.tag)
         extra_files = [paths.folder / f"{paths.model.stem}{suffix}" for suffix in self.artifacts]
-        check_writable(paths.folder, paths.files(self.save_float) + extra_files, overwrite=overwrite)
-        paths.folder.mkdir(parents=True, exist_ok=True)
-        out = paths.folder
+        check_writable(
+            paths.folder,
+            paths.files(self.save_float) + extra_files,
+            overwrite=overwrite,
+            inputs=[self.source] if self.source is not None else [],
+        )
+        out = paths.folder.resolve()  # 'bo/../x' makes no 'bo' (outputs.check_writable)
+        out.mkdir(parents=True, exist_ok=True)
         model_path = confined(out, paths.model.name)  # every path checked before anything is written
         report_path = confined(out, paths.report.name)
         plan_path = confined(out, paths.plan.name)
@@ -79,7 +86,7 @@ class QuantResult:
                 suffix,
                 blob,
             ) in self.artifacts.items():  # a vendor toolchain's build (TVM library, Akida .fbz)
-                extra.append(write_text_atomic(paths.folder / f"{model_path.stem}{suffix}", blob))
+                extra.append(write_text_atomic(out / f"{model_path.stem}{suffix}", blob))
                 if suffix in (
                     ".pth",
                     ".pt",

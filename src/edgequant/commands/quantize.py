@@ -141,7 +141,9 @@ def register(app: typer.Typer) -> None:
             if print_recipe:
                 typer.echo(yaml.safe_dump(to_flag_dict(resolved), sort_keys=False, width=2**20), nl=False)
             planned = output_paths(out, model.stem, resolved.default_tag)  # refused now, not after the work
-            check_writable(planned.folder, planned.files(with_float=False), overwrite=overwrite)
+            check_writable(
+                planned.folder, planned.files(with_float=False), overwrite=overwrite, inputs=[model]
+            )
             if factory or model.suffix in (".pt", ".pth", ".ts", ".torchscript"):
                 source, examples = _load_torch(
                     model, factory, checkpoint, input_shape, overrides.get("calib_data")
