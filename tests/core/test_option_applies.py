@@ -130,3 +130,23 @@ def test_raw_unit_arrays_for_a_model_declaring_its_normalisation_are_refused(tmp
     )
     assert res.exit_code == 0, res.output
     assert "preprocessing from the model's metadata" not in res.output
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (["--algorithm", "gptq"], "--method weight-only"),
+        (["--algorithm", "block_clip"], "--method weight-only"),
+        (["--algorithm", "cle", "--algorithm", "gptq"], "drop --algorithm gptq"),
+        (["--act-bits", "16", "--act16-below-db", "25"], "drop --act16-below-db"),
+    ],
+)
+def test_static_options_that_would_do_nothing_are_refused(
+    model: Path, tmp_path: Path, extra: list[str], named: str
+) -> None:
+    """gptq/block_clip fit block-wise weights (weight-only only); act16_below_db with all activations 16-bit."""
+    _refused([str(model), "--calib-data", str(tmp_path / "x.npy"), *extra], named, tmp_path / "out")
+    with pytest.raises(RecipeError):
+        resolve_recipe(None, {"algorithms": ["gptq"]})
+    with pytest.raises(RecipeError):
+        resolve_recipe(None, {"act_bits": 16, "act16_below_db": 25.0})

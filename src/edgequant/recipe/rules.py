@@ -77,6 +77,12 @@ def check_ignored(r: Recipe) -> None:
             "option would be ignored.",
             "drop --block-size, or use --method weight-only.",
         )
+    if r.act16_below_db is not None and r.act_bits == 16:
+        raise RecipeError(
+            f"act16_below_db {r.act16_below_db} is set with act_bits 16; it moves 8-bit activations to "
+            "16 bits, and every activation is 16-bit already, so the option would be ignored.",
+            "drop --act16-below-db, or use --act-bits 8 with it.",
+        )
     if m == "dynamic" and r.calib_data is not None:
         raise RecipeError(
             "calib_data is set but method 'dynamic' computes activation ranges at run time and "
@@ -118,6 +124,14 @@ def check_algorithms(r: Recipe) -> None:
             "the weights of a static int model, so they apply to method 'static' only "
             f"(weight-only takes {', '.join(WEIGHT_ONLY_PASSES)}).",
             "use --method static with --algorithm, or drop --algorithm.",
+        )
+    weight_only = [a for a in r.algorithms if a in WEIGHT_ONLY_PASSES]
+    if weight_only and r.method == "static":  # static has no weight blocks, the only thing they fit
+        raise RecipeError(
+            f"algorithm {', '.join(weight_only)} is set with method 'static'; it fits block-wise 4-bit "
+            "weights, which only method weight-only writes, so the pass would do nothing.",
+            f"drop {' '.join('--algorithm ' + a for a in weight_only)}, or use --method weight-only "
+            "--weight-bits 4 --block-size 32.",
         )
     if len(set(r.algorithms)) != len(r.algorithms):
         raise RecipeError(f"algorithms {list(r.algorithms)} name a pass twice.", "list each pass once.")
