@@ -95,7 +95,7 @@ def test_cle_per_tensor_int8_recovers() -> None:
     assert row["sqnr_after_db"] > row["sqnr_before_db"] + 10
 
 
-def test_cle_nothing_to_do_is_a_row_not_an_error() -> None:
+def test_cle_nothing_to_do_is_a_row_not_an_error(tmp_path: Path) -> None:
     from onnx import TensorProto as T
     from onnx import helper as h
 
@@ -115,6 +115,17 @@ def test_cle_nothing_to_do_is_a_row_not_an_error() -> None:
     res = edgequant.quantize(one, X, algorithms=["cle"], calib_samples=64)
     row = res.report["algorithms"][0]
     assert row["changed"] == [] and "no equalizable pair" in row["nothing_to_do"]
+    note = f"cle: nothing to do ({row['nothing_to_do']})."  # named by the user: said on screen too (#17)
+    assert note in res.report["notes"]
+    onnx.save_model(one, tmp_path / "one.onnx")
+    np.save(tmp_path / "x.npy", X[:32])
+    out = CliRunner().invoke(
+        app,
+        ["quantize", str(tmp_path / "one.onnx"), "--calib-data", str(tmp_path / "x.npy"), "--algorithm", "cle",
+         "-o", str(tmp_path / "out")],
+    )  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert "note: cle: nothing to do (no equalizable pair" in " ".join(out.output.split()), out.output
 
 
 @pytest.mark.parametrize(("bits", "per_channel", "margin"), [(4, True, 1.0), (4, False, 1.0), (2, True, 1.0)])

@@ -36,8 +36,8 @@ the calibrated plan, the QDQ model and its exported plan) through ``stat_request
 activations quantized) before and after.  A pass may also hand report sections to the pipeline
 (``PassOutcome.report``, e.g. ``sensitivity``).
 
-A pass that finds nothing to do is a note, not an error; when the user named the pass itself its
-row says "nothing to do" with the reason.
+A pass that finds nothing to do is a note (``<pass>: nothing to do (<reason>).``), not an error, named
+by the user or not; its row says "nothing to do" with the reason.
 """
 
 from __future__ import annotations
@@ -277,8 +277,7 @@ def _record(
     if not outcome.changed:
         reason = outcome.nothing_to_do or "no layer changed"
         row["nothing_to_do"] = reason
-        if name not in ctx.requested:
-            ctx.notes.append(f"{name}: nothing to do ({reason}).")
+        ctx.notes.append(f"{name}: nothing to do ({reason}).")  # named or not: the screen says it (#17)
     before, after = sqnr
     worse = outcome.changed and before is not None and after is not None and after < before - TOLERANCE_DB
     revert = worse and not ctx.recipe.keep_worse_passes
