@@ -69,3 +69,14 @@ def test_static_recurrent_weights_are_integer_and_the_note_says_what_runs_float(
     note = next(n for n in r.plan.notes if f"{op} 'rec'" in n)
     assert "ORT has no integer one" in note and "gates" in note
     assert "Y" in r.plan.tensors  # the output sequence feeds the quantized head: its Q/DQ is planned
+
+
+def test_weight_only_gru_note_counts_the_node_once_and_claims_no_integer_kernel() -> None:
+    """The GRU reads two dequantized weights (W, R): one node.  ORT has no integer GRU kernel (static or
+    dynamic), so the note must not send the user to static int8 for it."""
+    r = edgequant.quantize(_recurrent("GRU", head=True), _data(), method="weight-only")
+    notes = [n for n in r.plan.notes if n.startswith("slower than float")]
+    gru = next(n for n in notes if "GRU(s)" in n)
+    assert "1 GRU(s) (rec)" in gru and "no integer GRU kernel" in gru and "Static int8" not in gru, gru
+    head = next(n for n in notes if "MatMul(s)" in n)
+    assert "1 MatMul(s) (head)" in head and "Static int8 runs integer kernels" in head, head

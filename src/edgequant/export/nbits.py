@@ -141,6 +141,17 @@ def to_matmul_nbits(
     return model, replaced
 
 
+# what runs the node kinds faster than a weight-only form, said only where it is true of ORT's CPU kernels
+_FASTER = {
+    "Conv": " Static int8 runs integer kernels instead (QLinearConv).",
+    "Gemm": " Static int8 runs integer kernels instead (QGemm).",
+    "MatMul": " Static int8 runs integer kernels instead (QLinearMatMul).",
+    "LSTM": " Dynamic int8 runs ORT's integer DynamicQuantizeLSTM instead.",
+    "GRU": " ORT has no integer GRU kernel in any method: --exclude GRU leaves GRU weights float (float speed).",
+    "RNN": " ORT has no integer RNN kernel in any method: --exclude RNN leaves RNN weights float (float speed).",
+}
+
+
 def weight_only_kernels(
     model: onnx.ModelProto, plan: QuantPlan, accuracy_level: int = ACCURACY_LEVEL
 ) -> tuple[onnx.ModelProto, QuantPlan]:
@@ -159,12 +170,14 @@ def weight_only_kernels(
         if e.role != "weight" or dq is None:
             continue
         if dq.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN", "Gather"):
-            slow.setdefault(dq.op_type, []).append(dq.name)
+            nodes = slow.setdefault(dq.op_type, [])
+            if dq.name not in nodes:  # a GRU reads W and R: one node, counted once
+                nodes.append(dq.name)
     for op, nodes in sorted(slow.items()):
         hint = (
             " Set --block-size 32 (or 64, 128) with 4-bit weights for MatMulNBits."
             if op == "MatMul" and plan.tensors and any(e.spec.bits == 4 for e in plan.tensors.values())
-            else " Static int8 runs integer kernels instead."
+            else _FASTER.get(op, f" --exclude {op} leaves {op} weights float (float speed).")
         )
         plan.notes.append(
             f"slower than float: {len(nodes)} {op}(s) ({', '.join(nodes[:3])}{', ...' if len(nodes) > 3 else ''}) "
