@@ -127,6 +127,9 @@ class Planner:
                 f"weights use a 7-bit range (reduce_range): this CPU ({self.cpu.describe()}) has no VNNI, "
                 "and ORT's u8 x s8 kernels can saturate with full 8-bit weights."
             )
+        slow = specs.float_kernel_note(self.model, plan, r)  # W4A8 / W8A16 convs: no integer kernel in ORT
+        if slow:
+            plan.notes.append(slow)
         if r.weight_int_bits <= 2:
             kind = {1: "binary {-1, +1}", "ternary": "ternary {-1, 0, +1}"}.get(r.weight_bits, "2-bit")
             plan.notes.append(
