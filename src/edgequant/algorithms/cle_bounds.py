@@ -100,7 +100,7 @@ def _bound_shape(model: onnx.ModelProto, p: Pair, channels: int) -> list[int]:
 
 @register("cle_bounds")
 class ClipBoundEqualization:
-    """Opt-in: CLE through the sensitive ReLU6s, each becoming Relu + Min(per-channel bound) (exact)."""
+    """Opt-in: CLE through the sensitive ReLU6s, each Clip followed by a Min(per-channel bound) (exact)."""
 
     name = "cle_bounds"
 
