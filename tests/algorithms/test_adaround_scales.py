@@ -6,12 +6,14 @@ module uses."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from onnx import helper as h
 
 from edgequant.algorithms import adaround_scales as scales
 from edgequant.algorithms.layer_matrix import to_groups
-from edgequant.schemes.spec import Granularity, QuantSpec
+from edgequant.schemes.spec import Granularity, QuantSpec, ScaleRule
 
 SPEC = QuantSpec(bits=4, narrow_range=True, granularity=Granularity.PER_CHANNEL, axis=0)  # grid -7..7
 NODE = h.make_node("Conv", ["x", "w"], ["y"], name="conv")  # group 1: rows of to_groups = output channels
@@ -116,3 +118,14 @@ def test_rounding_only_some_channels_equals_rounding_all() -> None:
     base = np.zeros_like(full)  # anything: the rows not optimised are taken from it
     part = round_on_grid(NODE, w, wg, SPEC, scale, zero, a, b, 300, rows, base)
     assert np.array_equal(part[rows], full[rows]) and not part[~rows].any()
+
+
+def test_power_of_two_grids_are_not_searched() -> None:
+    """The searched ratios give float scales (here: not powers of two), so a power-of-two spec (targets,
+    --power-of-two) must keep quantize_weight's power-of-two grid."""
+    w, x, xq = _data()
+    a, b = _grams(x, xq)
+    scale, _ = scales.grid_by_output_error(w, SPEC, _groups, a, b)
+    assert not np.allclose(np.log2(scale), np.round(np.log2(scale)))
+    assert scales.searchable(SPEC)
+    assert not scales.searchable(replace(SPEC, scale_rule=ScaleRule.POWER_OF_TWO))

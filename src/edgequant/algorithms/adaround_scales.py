@@ -27,14 +27,20 @@ from collections.abc import Callable
 import numpy as np
 
 from edgequant.schemes.qparams import dequantize, expand_params, qparams_from_range, weight_ranges
-from edgequant.schemes.spec import Granularity, QuantSpec
+from edgequant.schemes.spec import Granularity, QuantSpec, ScaleRule
 
 RATIOS = tuple(round(1.0 - 0.05 * i, 2) for i in range(15))  # 1.0, 0.95, ..., 0.3 of the min-max range
 
 
 def searchable(spec: QuantSpec) -> bool:
-    """Whether the grid is chosen by output error: 2-4 bits, per tensor or per channel, not binary/ternary."""
-    return 2 <= spec.bits <= 4 and not spec.ternary and spec.granularity is not Granularity.PER_BLOCK
+    """Whether the grid is chosen by output error: 2-4 bits, per tensor or per channel, not binary/ternary,
+    float scales (the candidate ratios give float scales: a power-of-two spec keeps ``quantize_weight``'s)."""
+    return (
+        2 <= spec.bits <= 4
+        and not spec.ternary
+        and spec.granularity is not Granularity.PER_BLOCK
+        and spec.scale_rule is not ScaleRule.POWER_OF_TWO
+    )
 
 
 def row_errors(wq: np.ndarray, w: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
