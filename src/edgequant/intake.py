@@ -168,12 +168,19 @@ def hoist_gru(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
     return hoisted
 
 
-def require_batch_first(model: onnx.ModelProto, data: Any) -> None:
+CUT_FOR_QUANTIZE = (
+    "calibration and the check would cut the sequences along time (the check then reads later steps of "
+    "the same sequences)"
+)
+
+
+def require_batch_first(model: onnx.ModelProto, data: Any, cut: str = CUT_FOR_QUANTIZE) -> None:
     """Refuse real data for a time-major recurrent input whose first (time) axis is dynamic: the data
     layer takes axis 0 as the sample axis, so arrays and files (and batch dicts it may split) would be
     cut along time: calibration on runs of time steps, the check on later steps of the same sequences.
     Whole batches that the data layer cannot split (another input's axis 0 is fixed, as a recurrent
-    state ``[1, B, H]``) pass.  Raises ``DataError`` naming the input, its node and the fix."""
+    state ``[1, B, H]``) pass.  ``cut``: what the cut would do, for the message (``evaluate`` passes its
+    own).  Raises ``DataError`` naming the input, its node and the fix."""
     from edgequant.data.model_inputs import input_specs
     from edgequant.errors import DataError
     from edgequant.model.patterns import time_major_inputs
@@ -190,8 +197,7 @@ def require_batch_first(model: onnx.ModelProto, data: Any) -> None:
     name, node = next(iter(timed.items()))
     raise DataError(
         f"model input '{name}' is time-major ([T, B, I], ONNX's default layout, read by {node.op_type} "
-        f"'{node.name}') and EdgeQuant's data layer batches along axis 0, so calibration and the check "
-        "would cut the sequences along time (the check then reads later steps of the same sequences).",
+        f"'{node.name}') and EdgeQuant's data layer batches along axis 0, so {cut}.",
         f"re-export the model with a batch-first input [B, T, I] and a Transpose to [T, B, I] before the "
         f"{node.op_type} (what PyTorch's batch_first=True exports); ONNX Runtime has no layout=1 kernel.",
     )

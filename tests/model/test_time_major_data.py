@@ -89,3 +89,54 @@ def test_whole_time_major_batches_with_a_fixed_state_axis_pass() -> None:
     ]
     r = edgequant.quantize(m, batches, method="dynamic")
     assert r.report["check"]["output_sqnr_db"]["y"] > 20.0
+
+
+def _dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model quantized dynamically (no data: the data layer is not involved)."""
+    return edgequant.quantize(model, method="dynamic").model
+
+
+def test_evaluate_refuses_time_major_file_data_in_one_line(tmp_path: Path) -> None:
+    """Before: 64 sequences of 20 steps at --batch-size 8 were scored as 192 'samples' (3 runs of
+    steps x 64 sequences); now refused as quantize refuses it, nothing written."""
+    fm, qm, data, js = tmp_path / "gru.onnx", tmp_path / "q.onnx", tmp_path / "x.npy", tmp_path / "e.json"
+    m = _gru(batch_first=False)
+    onnx.save(m, str(fm))
+    onnx.save(_dynamic(m), str(qm))
+    np.save(data, _sequences().transpose(1, 0, 2))  # [T, N, I]
+    args = ["evaluate", str(fm), str(qm), "--data", str(data), "--task", "regression", "--batch-size", "8"]
+    res = CliRunner().invoke(app, [*args, "-o", str(js)])
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: model input 'x' is time-major"), res.output
+    assert "so evaluation would score each run of time steps as a separate sequence" in lines[0]
+    assert "Fix: re-export the model with a batch-first input [B, T, I]" in lines[0]
+    assert not js.exists()
+
+
+def test_evaluate_feeds_whole_time_major_batches_whole() -> None:
+    """Batches given whole (an iterable) are not split: 64 sequences score as 64 samples, and the SQNR
+    is that of the whole sequences, computed here with our own ORT sessions on the same batches."""
+    import onnxruntime as ort
+
+    from edgequant.evaluate.core import evaluate
+
+    m = _gru(batch_first=False)
+    q = _dynamic(m)
+    x = _sequences().transpose(1, 0, 2)  # [T, 64, I]
+    batches = [{"x": x[:, i : i + 16]} for i in range(0, SEQS, 16)]
+    r = evaluate(m, q, batches, task="regression")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    ref, got = (  # per batch of 16 whole sequences: dynamic quantization's ranges are per batch
+        np.concatenate([s.run(["y"], b)[0] for b in batches])
+        for s in (
+            ort.InferenceSession(p.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            for p in (m, q)
+        )
+    )
+    expected = 10 * np.log10(
+        np.sum(ref.astype(np.float64) ** 2) / np.sum((ref - got).astype(np.float64) ** 2)
+    )
+    assert r.samples == SEQS
+    assert abs(r.agreement["sqnr_db"] - expected) < 0.01, (r.agreement, expected)

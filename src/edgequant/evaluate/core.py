@@ -31,6 +31,7 @@ from edgequant.recipe.schema import Preprocess
 from edgequant.runtime import OrtRuntime
 
 LABEL_KEYS = ("labels", "label")
+_CUT = "evaluation would score each run of time steps as a separate sequence (more samples than sequences)"
 ModelLike = str | Path | onnx.ModelProto
 
 
@@ -133,7 +134,13 @@ def load_eval_data(
     split (``edgequant.data.select``), the part calibration with ``split="calib"`` never reads.
     Images and video are preprocessed as calibration does: the ``preprocess`` fields the user set, the
     model's declared normalisation in the others (``data.declared.fill_declared``).
+    A path, array or dict for a time-major recurrent input with a dynamic time axis raises
+    ``DataError`` (``intake.require_batch_first``); an iterable of batches is fed batch by batch.
     """
+    if isinstance(data, str | Path | np.ndarray | Mapping):  # batches given whole are fed whole
+        from edgequant.intake import require_batch_first
+
+        require_batch_first(model, data, cut=_CUT)
     specs = input_specs(model)
     fixed = specs[0].shape[0] if specs and specs[0].shape else None
     batch = fixed if isinstance(fixed, int) else batch_size
