@@ -157,7 +157,9 @@ def quantize_dynamic(
     plan.notes += [
         f"{n_int8} weight tensor(s) stored as int8, symmetric, codes in {grid}, "
         + ("per output channel." if per_channel else "per tensor (per direction for LSTM)."),
-        "activations are quantized at run time by ONNX Runtime: uint8, asymmetric, one scale per tensor.",
+        "activations are quantized at run time by ONNX Runtime: uint8, asymmetric, one scale per tensor "
+        "computed per call over the whole batch (DynamicQuantizeLinear), so a sample's output depends on the batch "
+        "it runs in, and a score on the evaluation batch size.",
         "only MatMul/Gemm/LSTM with constant weights are rewritten (ONNX Runtime has fast dynamic kernels for "
         "them); every other node runs in float.",
     ]

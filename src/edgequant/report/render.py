@@ -71,7 +71,7 @@ def method_cells(r: Mapping[str, Any]) -> list[str]:
         _sig(r.get("energy_mj_measured")),
         fmt(r["meets_limits"]),
         ("SYNTHETIC calibration data. " if r.get("calibration_data") == "synthetic" else "")
-        + (r["error"] or r["limit_failures"]),
+        + "; ".join(t for t in (r["error"] or r["limit_failures"], r.get("coverage", "")) if t),
     ]
 
 
@@ -147,6 +147,7 @@ def method_row(m: Mapping[str, Any], primary: str) -> dict[str, Any]:
         "error": m.get("error", ""),
         "model_file": m.get("model_file", ""),
         "calibration_data": m.get("calibration_data", "none"),
+        "coverage": m.get("coverage", ""),  # what ran as what; for dynamic: the score depends on the batch
     }
 
 
