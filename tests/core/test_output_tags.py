@@ -78,3 +78,25 @@ def test_runs_with_different_settings_write_different_files(tmp_path: Path) -> N
     assert names == [
         f"net_{t}.onnx" for t in sorted(["int8", "int8_ti-npu", "int8_entropy", "int8_sym", "int8_pt"])
     ]
+
+
+def test_accurate_at_low_bits_is_one_recipe_and_one_name_everywhere() -> None:
+    """Before: a REST request for accurate at 4 bits skipped the preset's low-bit AdaRound and wrote
+    w4a8_search_cle-bc, while the CLI and API ran it and wrote w4a8_search_cle-adaround-bc."""
+    from edgequant.recipe import from_dict
+    from edgequant.service.routes_jobs import build_recipe
+
+    for bits, base in ((4, "w4a8"), ("ternary", "wta8"), (8, None)):
+        written = {
+            "method": "static",
+            "weight_bits": bits,
+            "calib_method": "search",
+        }  # the preset, spelled out
+        passes = ["cle", "adaround", "bias_correction"] if base else ["cle", "bias_correction"]
+        expect = f"{base}_search_cle-adaround-bc" if base else "accurate"
+        if base:
+            assert from_dict({**written, "algorithms": passes}).default_tag == expect  # the tag rules' name
+        api = preset("accurate", weight_bits=bits)
+        rest = build_recipe({"weight_bits": bits}, "accurate", None)
+        assert (api.default_tag, list(api.algorithms)) == (expect, passes)
+        assert (rest["tag"], rest["algorithms"]) == (expect, passes), rest

@@ -38,15 +38,23 @@ def preset(name: str, **overrides: Any) -> Recipe:
         raise RecipeError(
             f"unknown preset '{name}'; allowed: {', '.join(PRESETS)}.", "pick a preset from the list."
         )
-    data = without_disabled({**PRESETS[name], **overrides}, overrides)
-    recipe = from_dict(data)
-    if name in LOW_BIT_PASSES and "algorithms" not in overrides:
-        step, bits = LOW_BIT_PASSES[name]
-        weight_bits = 2 if recipe.weight_bits == "ternary" else int(recipe.weight_bits)
-        if weight_bits <= bits:
-            names = {*recipe.algorithms, step}
-            recipe = from_dict({**data, "algorithms": [a for a in ALGORITHMS if a in names]})
+    recipe = from_dict(without_disabled({**PRESETS[name], **overrides}, overrides))
+    if "algorithms" not in overrides:
+        recipe = low_bit_passes(name, recipe)
     return recipe if "tag" in overrides else own_tag(name, recipe)
+
+
+def low_bit_passes(name: str, recipe: Recipe) -> Recipe:
+    """``recipe`` (preset ``name`` with changes) with the pass of ``LOW_BIT_PASSES[name]`` added, in the
+    passes' order, when its weight bits are low enough (``accurate`` at 4 bits adds AdaRound); the CLI,
+    the API and REST requests all resolve a preset through it."""
+    if name not in LOW_BIT_PASSES:
+        return recipe
+    step, bits = LOW_BIT_PASSES[name]
+    if (2 if recipe.weight_bits == "ternary" else int(recipe.weight_bits)) > bits:
+        return recipe
+    names = {*recipe.algorithms, step}
+    return recipe.replace(algorithms=[a for a in ALGORITHMS if a in names])
 
 
 def own_tag(name: str, recipe: Recipe) -> Recipe:

@@ -29,8 +29,9 @@ base                    ``fp16``; ``dynamic_int8`` / ``dynamic_w4``; weight-only
 
 Only the settings the method reads count (``recipe.applies``): fp16's tag ignores calibration
 settings, which cannot change an fp16 model.  An explicit ``tag`` (``--tag``) always wins; a preset's
-own tag (``accurate``) is kept only while no override changes the preset's settings.  A tag longer
-than 64 characters keeps its base and hashes the rest.
+own tag (``accurate``) is kept only while no override changes the preset's settings: ``accurate`` at 4
+bits (AdaRound added) is ``w4a8_search_cle-adaround-bc``, as the same recipe written out, from the CLI,
+the API and REST alike.  A tag longer than 64 characters keeps its base and hashes the rest.
 """
 
 from __future__ import annotations

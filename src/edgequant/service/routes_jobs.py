@@ -32,7 +32,7 @@ from edgequant.data.declared import refuse_array_preprocess
 from edgequant.errors import RecipeError
 from edgequant.recipe import METHODS, PRESETS, from_dict, to_dict
 from edgequant.recipe.applies import normalized_keys, refuse_ignored
-from edgequant.recipe.presets import own_tag
+from edgequant.recipe.presets import low_bit_passes, own_tag
 from edgequant.recipe.schema import FLAG_KEYS
 from edgequant.service.config import (
     BadRequest,
@@ -129,7 +129,7 @@ def build_recipe(
     data["target"] = resolve_target(target if target is not None else data.get("target"))
     if config is not None:
         check_request(data, config, has_dataset=has_dataset)
-    recipe = from_dict(data)
+    recipe = low_bit_passes(method, from_dict(data)) if method in PRESETS else from_dict(data)  # as preset()
     if method in PRESETS and "tag" not in given:  # a preset's tag names the preset's settings only
         recipe = own_tag(method, recipe)
     refuse_ignored(recipe, given)
