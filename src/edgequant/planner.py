@@ -130,6 +130,9 @@ class Planner:
         slow = specs.float_kernel_note(self.model, plan, r)  # W4A8 / W8A16 convs: no integer kernel in ORT
         if slow:
             plan.notes.append(slow)
+        centring = specs.centring_note(self.model, plan)  # centred binary signs: what they cost here
+        if centring:
+            plan.notes.append(centring)
         if r.weight_int_bits <= 2:
             kind = {1: "binary {-1, +1}", "ternary": "ternary {-1, 0, +1}"}.get(r.weight_bits, "2-bit")
             plan.notes.append(

@@ -5,9 +5,11 @@
 ``Σ (|w - c| - α)²`` is least at ``α = mean |w - c|`` (Rastegari et al. 2016, "XNOR-Net", eq. 3).
 ``c`` is 0, or with ``centred`` the unit's mean: the signs then split each channel into two halves
 around its mean (the balanced weights of Qin et al. 2020, "IR-Net", Libra-PB); the mean itself is
-not stored (the codes stay ±1), which costs its square per weight and pays off where the weights'
-mean is small against their spread and their signs were lopsided.  A weight exactly at ``c`` takes
-the sign of ``w`` (``+1`` at 0).
+not stored (the codes stay ±1).  Post-training that never lowers a unit's squared error: for any
+``α > 0`` each term ``(w - α b)²`` is least at ``b = sign(w)`` (``(|w| - α)² <= (|w| + α)²``), and then
+at ``α = mean |w|``, which is the plain fit (``centring_cost`` measures it per model: the tiny conv net
+of the tests 1.77 -> -1.27 dB output SQNR).  IR-Net balances signs while training (QAT), where the
+network adapts to them.  A weight exactly at ``c`` takes the sign of ``w`` (``+1`` at 0).
 
 **Ternary** (``QuantSpec.ternary``: 2 bits, symmetric, narrow range): codes {-1, 0, +1}.  For a
 threshold ``Δ`` the best scale is the mean ``|w|`` above it (Li & Liu 2016, "Ternary Weight
@@ -86,6 +88,18 @@ def _floored(alpha: np.ndarray) -> np.ndarray:
     top = float(np.max(alpha)) if alpha.size else 0.0
     floor = max(top * FLOOR, 1e-12)
     return np.maximum(alpha, floor).astype(np.float32)
+
+
+def centring_cost(w: np.ndarray, spec: QuantSpec) -> tuple[float, float, float]:
+    """Squared errors of binary ``w`` under ``spec`` with and without centring, and ``Σ w²``: the
+    first is never below the second (module docstring)."""
+    w64 = np.asarray(w, np.float64)
+    plain = QuantSpec(**{**spec.to_dict(), "centred": False})
+    errs = [
+        float(np.sum((w64 - _expand(binary_scale(w64, sp), w64.shape, sp) * binary_codes(w64, sp)) ** 2))
+        for sp in (QuantSpec(**{**spec.to_dict(), "centred": True}), plain)
+    ]
+    return errs[0], errs[1], float(np.sum(w64**2))
 
 
 def is_lowbit(spec: QuantSpec) -> bool:
