@@ -69,6 +69,14 @@ def test_static_recurrent_weights_are_integer_and_the_note_says_what_runs_float(
     note = next(n for n in r.plan.notes if f"{op} 'rec'" in n)
     assert "ORT has no integer one" in note and "gates" in note
     assert "Y" in r.plan.tensors  # the output sequence feeds the quantized head: its Q/DQ is planned
+    assert f"every call: --exclude rec (or --exclude {op}) keeps its weights float" in note
+    # following the note: the node's weights stay float initializers read directly, the head stays int8
+    kept = edgequant.quantize(_recurrent(op, head=True), _data(), method="static", exclude=["rec"])
+    inits = {t.name: t.data_type for t in kept.model.graph.initializer}
+    assert inits.get("W") == T.FLOAT and inits.get("R") == T.FLOAT and "W_q" not in inits
+    rec = next(n for n in kept.model.graph.node if n.op_type == op)
+    assert rec.input[1:3] == ["W", "R"]
+    assert inits.get("Wh_q") == T.INT8 and not any(f"{op} 'rec'" in n for n in kept.plan.notes)
 
 
 def test_weight_only_gru_note_counts_the_node_once_and_claims_no_integer_kernel() -> None:
