@@ -354,8 +354,9 @@ class Planner:
 def with_default_passes(model: onnx.ModelProto, recipe: Recipe, cpu: CpuFeatures) -> Recipe:
     """The recipe with ``smoothquant`` first among its passes when the transformer placement is on by
     default (placement "auto" on a transformer) and the user listed no pass that runs before the ranges
-    (``cle``, ``cle_bounds``, ``smoothquant``, ``adaround``: listing one of them, e.g. ``cle`` alone, opts out)."""
-    before = {"cle", "cle_bounds", "smoothquant", "adaround"}
+    (``cle``, ``cle_bounds``, ``smoothquant``, ``adaround``, ``brecq``: listing one of them, e.g. ``cle``
+    alone, opts out)."""
+    before = {"cle", "cle_bounds", "smoothquant", "adaround", "brecq"}
     if before & set(recipe.algorithms) or recipe.placement != "auto":
         return recipe
     if not Planner(model, recipe, cpu).matmul_inputs_only:

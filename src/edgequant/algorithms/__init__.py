@@ -11,7 +11,7 @@ Conv/Gemm/MatMul output goes into the float bias; sequential by default, ``bias_
 stay float until ``recipe.target_sqnr_db`` is met).
 """
 
-from edgequant.algorithms import adaround, block_clip, cle, cle_bounds, gptq, smoothquant  # noqa: F401  (each registers its pass)
+from edgequant.algorithms import adaround, block_clip, brecq, cle, cle_bounds, gptq, smoothquant  # noqa: F401  (each registers its pass)
 from edgequant.algorithms.base import (
     Context,
     Quantized,

@@ -198,12 +198,14 @@ class AdaRound:
         current = dict(floats)
         as_inputs = _weights_as_inputs(out, layers)
         changed: list[str] = []
+        self._begin(out, layers)
         for layer in layers:
             gather = LayerInputs(stats.runtime, as_inputs, layer.node.input[0])
             try:
                 changed.append(self._round(layer, gather, stats, floats, current, plan))
             finally:
                 gather.close()
+            changed.extend(self._after(layer, as_inputs, stats, floats, current, plan))
         for name, w in current.items():
             inits[name].CopyFrom(numpy_helper.from_array(w.astype(np.float32), name))
         return (
@@ -211,6 +213,21 @@ class AdaRound:
             plan,
             PassOutcome(changed=changed, skipped=skipped, details={"iterations": self.iterations}),
         )
+
+    def _begin(self, model: onnx.ModelProto, layers: list[Layer]) -> None:
+        """Hook before the first layer (``brecq`` finds its blocks here)."""
+
+    def _after(
+        self,
+        layer: Layer,
+        model: onnx.ModelProto,
+        stats: Stats,
+        floats: dict[str, np.ndarray],
+        current: dict[str, np.ndarray],
+        plan: QuantPlan,
+    ) -> list[str]:
+        """Hook after ``layer`` is rounded (``brecq`` refines a block after its last layer); report lines."""
+        return []
 
     def _round(
         self,

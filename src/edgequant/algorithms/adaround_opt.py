@@ -38,7 +38,7 @@ def iterations_for(w: np.ndarray, wanted: int) -> int:
     return int(min(wanted, max(MIN_ITERATIONS, MAC_BUDGET // max(per, 1.0))))
 
 
-def _rect_sigmoid(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def rect_sigmoid(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """h(V) and dh/dV (0 where h is clipped)."""
     sig = 1.0 / (1.0 + np.exp(-v))
     raw = sig * (ZETA - GAMMA) + GAMMA
@@ -93,7 +93,7 @@ def _optimize(
     c_out = c_out or w.shape[0] * w.shape[1]  # the loss is the mean over the layer's output channels
     warm = int(WARMUP * iterations)
     for it in range(iterations):
-        h, dh = _rect_sigmoid(v)
+        h, dh = rect_sigmoid(v)
         qv = base + h
         inside = (qv >= lo) & (qv <= hi)
         wq = np.clip(qv, lo, hi) * s + offset
@@ -106,7 +106,7 @@ def _optimize(
         m1 = b1 * m1 + (1 - b1) * grad
         m2 = b2 * m2 + (1 - b2) * grad * grad
         v -= lr * (m1 / (1 - b1 ** (it + 1))) / (np.sqrt(m2 / (1 - b2 ** (it + 1))) + eps)
-    h, _ = _rect_sigmoid(v)
+    h, _ = rect_sigmoid(v)
     return np.clip(base + (h >= 0.5), lo, hi)
 
 

@@ -26,7 +26,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from edgequant.schemes.qparams import dequantize, expand_params, qparams_from_range, weight_ranges
+from edgequant.schemes.qparams import (
+    dequantize,
+    fake_quant,
+    floor_dead_channels,
+    qparams_from_range,
+    weight_ranges,
+)
 from edgequant.schemes.spec import Granularity, QuantSpec, ScaleRule
 
 RATIOS = tuple(round(1.0 - 0.05 * i, 2) for i in range(15))  # 1.0, 0.95, ..., 0.3 of the min-max range
@@ -76,14 +82,8 @@ def grid_by_output_error(
     best_z: np.ndarray | None = None
     best_e = np.full(n_rows if _per_row(lo, n_rows) else 1, np.inf)
     for r in RATIOS:
-        scale, zero = qparams_from_range(lo * r, hi * r, spec)
-        if spec.granularity is Granularity.PER_CHANNEL:
-            amax = np.maximum(np.abs(scale), 0.0)
-            floor = float(amax.max()) * 2.0**-16  # dead channels, as quantize_weight
-            scale = np.where(amax < floor, floor, scale).astype(np.float32)
-        s = expand_params(scale, w.shape, spec)
-        z = expand_params(zero, w.shape, spec)
-        wq = ((np.clip(np.rint(w / s) + z, spec.qmin, spec.qmax) - z) * s).astype(np.float32)
+        scale, zero = qparams_from_range(*floor_dead_channels(lo * r, hi * r, spec), spec)
+        wq = fake_quant(w, scale, zero, spec)  # round-to-nearest as exported (half to even, in float64)
         e = row_errors(groups(wq), wg, a, b)
         if best_e.size == 1:
             e = np.asarray([e.sum()])

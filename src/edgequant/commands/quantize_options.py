@@ -195,7 +195,8 @@ Algorithm = Annotated[
     list[str] | None,
     typer.Option(
         metavar="NAME",
-        help="Run a pass, in order: cle, cle_bounds, smoothquant, adaround, bias_correction, mixed_precision (static); "
+        help="Run a pass, in order: cle, cle_bounds, smoothquant, adaround, brecq, bias_correction, mixed_precision "
+        "(static); "
         "block_clip, gptq (weight-only blocked 4-bit MatMuls). Repeatable. [default: none]",
     ),
 ]

@@ -38,7 +38,7 @@ CALIB_METHODS: tuple[str, ...] = get_args(CalibMethod)
 # passes (edgequant.algorithms registers one per name), in the order they may run: on float weights first,
 # then (bias_correction, mixed_precision) on the calibrated QDQ model
 ALGORITHMS: tuple[str, ...] = (
-    "cle", "cle_bounds", "smoothquant", "adaround", "block_clip", "gptq", "bias_correction", "mixed_precision"
+    "cle", "cle_bounds", "smoothquant", "adaround", "brecq", "block_clip", "gptq", "bias_correction", "mixed_precision"
 )  # fmt: skip
 WEIGHT_ONLY_PASSES: tuple[str, ...] = ("block_clip", "gptq")  # passes that choose weight ranges only
 PREPROCESS_PRESETS: tuple[str, ...] = ("imagenet",)  # data.preprocess.PRESETS' names

@@ -166,6 +166,17 @@ def mse_weight_ranges(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.nd
     return lo * best, hi * best
 
 
+def floor_dead_channels(lo: np.ndarray, hi: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel, ranges below 2^-16 of the widest channel's become ±(widest · 2^-16)
+    (``quantize_weight``'s docstring says why); other granularities unchanged."""
+    if spec.granularity is not Granularity.PER_CHANNEL:
+        return lo, hi
+    amax = np.maximum(np.abs(lo), np.abs(hi))
+    floor = float(amax.max()) * 2.0**-16
+    dead = amax < floor
+    return np.where(dead, -floor, lo), np.where(dead, floor, hi)
+
+
 def quantize_weight(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(q, scale, zero) for a constant weight under ``spec``.
 
@@ -186,12 +197,7 @@ def quantize_weight(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndar
             scale = pow2_for_weight(w, scale, zero, spec).astype(np.float32)
         return quantize(w, scale, zero, spec), scale, zero
     lo, hi = mse_weight_ranges(w, spec) if spec.bits <= 4 else weight_ranges(w, spec)
-    if spec.granularity is Granularity.PER_CHANNEL:
-        amax = np.maximum(np.abs(lo), np.abs(hi))
-        floor = float(amax.max()) * 2.0**-16
-        dead = amax < floor
-        lo, hi = np.where(dead, -floor, lo), np.where(dead, floor, hi)
-    scale, zero = qparams_from_range(lo, hi, spec)
+    scale, zero = qparams_from_range(*floor_dead_channels(lo, hi, spec), spec)
     if spec.scale_rule is ScaleRule.POWER_OF_TWO and spec.granularity is not Granularity.PER_BLOCK:
         scale = pow2_for_weight(w, scale, zero, spec).astype(np.float32)  # least squared error on w
     return quantize(w, scale, zero, spec), scale, zero
