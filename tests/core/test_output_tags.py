@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from tinymodels import conv_net, images
 from typer.testing import CliRunner
 
@@ -100,3 +101,25 @@ def test_accurate_at_low_bits_is_one_recipe_and_one_name_everywhere() -> None:
         rest = build_recipe({"weight_bits": bits}, "accurate", None)
         assert (api.default_tag, list(api.algorithms)) == (expect, passes)
         assert (rest["tag"], rest["algorithms"]) == (expect, passes), rest
+
+
+def test_a_rest_body_refines_a_preset_as_cli_flags_do_and_a_conflicting_method_is_refused() -> None:
+    """A REST body key under ?method=PRESET was overwritten by the preset's value (method=accurate with
+    calib_method=minmax ran the range search, tagged accurate): the body now wins, as --method accurate
+    --calib-method minmax does on the CLI, and a body method that contradicts ?method=static is a 422."""
+    from edgequant.errors import RecipeError
+    from edgequant.service.routes_jobs import build_recipe
+
+    body = {"calib_method": "minmax", "percentile": None}
+    cli = preset("accurate", calib_method="minmax")
+    rest = build_recipe(body, "accurate", None)
+    assert rest["calib_method"] == cli.calib_method == "minmax"
+    assert (rest["tag"], rest["algorithms"]) == (cli.default_tag, list(cli.algorithms)), rest
+    assert rest["tag"] != "accurate"  # the preset's name would claim the range search
+    no_bc = build_recipe({"bias_correction": False}, "accurate", None)
+    assert no_bc["algorithms"] == list(preset("accurate", bias_correction=False).algorithms) == ["cle"]
+    own = build_recipe({"algorithms": ["cle"], "weight_bits": 4}, "accurate", None)
+    assert own["algorithms"] == ["cle"]  # the body's own pass list: no AdaRound added, as preset()
+    assert build_recipe({"method": "static"}, "static", None)["method"] == "static"
+    with pytest.raises(RecipeError, match="method=static and the body says method=dynamic"):
+        build_recipe({"method": "dynamic"}, "static", None)

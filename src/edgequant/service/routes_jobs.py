@@ -1,9 +1,10 @@
 """Submitting, polling, cancelling jobs, and downloading their artifacts.
 
 ``POST /model/{name}/quantize?target=&method=&dataset=`` takes an optional JSON body, the typed
-``Recipe`` schema (``schemas.RecipeBody``; unknown keys: 422).  Query parameters win over the body:
-``method`` is a preset name (``int8-static``, ``w4a8``, ... see ``PRESETS``) whose keys are applied
-over the body, or a plain recipe method (``static``, ``dynamic``, ``fp16``, ``weight-only``).
+``Recipe`` schema (``schemas.RecipeBody``; unknown keys: 422).  ``method`` is a preset name
+(``int8-static``, ``w4a8``, ... see ``PRESETS``) whose keys the body's keys refine, as CLI flags refine
+``--method PRESET`` (a body key is never overwritten), or a plain recipe method (``static``, ``dynamic``,
+``fp16``, ``weight-only``); a body ``method`` that differs from the query's is refused (422).
 What a request may ask of the server (no paths, bounded counts) is checked by ``limits``.
 
 Compatibility with the old edge-models service: ``name`` may carry ``.onnx``; ``?wait=true``
@@ -32,7 +33,7 @@ from edgequant.data.declared import refuse_array_preprocess
 from edgequant.errors import RecipeError
 from edgequant.recipe import METHODS, PRESETS, from_dict, to_dict
 from edgequant.recipe.applies import normalized_keys, refuse_ignored
-from edgequant.recipe.presets import low_bit_passes, own_tag
+from edgequant.recipe.presets import low_bit_passes, own_tag, without_disabled
 from edgequant.recipe.schema import FLAG_KEYS
 from edgequant.service.config import (
     BadRequest,
@@ -116,9 +117,15 @@ def build_recipe(
     data = canonical_keys(data)
     given = normalized_keys(data)  # the client's keys: an option the method does not read is refused
     if method:
-        if method in PRESETS:
-            data.update(PRESETS[method])
+        if method in PRESETS:  # the body refines the preset, as CLI flags do (presets.preset)
+            body = {k: v for k, v in data.items() if v is not None}  # null: unset, the preset's value
+            data = without_disabled({**PRESETS[method], **body}, body)
         elif method in METHODS:
+            if data.get("method") not in (None, method):
+                raise RecipeError(
+                    f"the query says method={method} and the body says method={data['method']}.",
+                    "keep one of them.",
+                )
             data["method"] = method
         else:
             raise RecipeError(
@@ -129,7 +136,9 @@ def build_recipe(
     data["target"] = resolve_target(target if target is not None else data.get("target"))
     if config is not None:
         check_request(data, config, has_dataset=has_dataset)
-    recipe = low_bit_passes(method, from_dict(data)) if method in PRESETS else from_dict(data)  # as preset()
+    recipe = from_dict(data)
+    if method in PRESETS and "algorithms" not in given:  # as preset()
+        recipe = low_bit_passes(method, recipe)
     if method in PRESETS and "tag" not in given:  # a preset's tag names the preset's settings only
         recipe = own_tag(method, recipe)
     refuse_ignored(recipe, given)
