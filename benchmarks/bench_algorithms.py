@@ -19,6 +19,7 @@ and score its range search; ORT's tool reads the first 128 of the file):
     ort-static         onnxruntime.quantization.quantize_static(QDQ, MinMax, per_channel=True,
                        QUInt8 activations, QInt8 weights): ORT's default static setting
     (on request, --settings)  weight-only-int4 (the preset), default+adaround (AdaRound at 8 bits),
+                       w4a8+brecq (AdaRound, then each block's roundings jointly: algorithms/brecq.py),
                        ort-static-entropy, ort-static-percentile
 
 ``--latency RUNS,ROUNDS`` then times float and every model written at batch 1 on one intra-op thread
@@ -66,6 +67,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # not in the default --settings (run on effnet_lite0): weight-only int4, ORT's other calibrations
     "weight-only-int4": {"preset": "weight-only-int4"},
     "default+adaround": {"algorithms": ["adaround"]},  # AdaRound at 8 bits
+    "w4a8+brecq": {"weight_bits": 4, "algorithms": ["brecq"]},  # AdaRound, then block reconstruction
     "ort-static-entropy": {"ort": "entropy"},
     "ort-static-percentile": {"ort": "percentile"},
     # per-tensor weights with the recovery passes (issue 17 §2, run on effnet_lite0)
