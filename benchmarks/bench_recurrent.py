@@ -12,6 +12,8 @@ evaluation audio (seed 777) is streamed by every model with its own state).  Var
     eq-w8                weight-only int8
     eq-dynamic           dynamic int8
     eq-static-adaround   default static + AdaRound (8-bit weights, the same 160 calibration frames)
+    eq-streaming-recipe  examples/recipe_streaming.yaml (16-bit activations + AdaRound, kept) on 800
+                         calibration frames (seed 0); vad_recipes.py measures it on four calibration draws
     ort-static-*         quantize_static(QDQ, QUInt8/QInt8, per-channel): MinMax, Percentile 99.99, and
                          MinMax after quant_pre_process; "best" = highest frame agreement of the three
 Analysis (vad_analysis.py, each on four clips): the default plan with one tensor, or a whole group, kept
@@ -59,6 +61,7 @@ from edgequant.planning import recurrent as plan_recurrent
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MORE_SEEDS = (778, 779, 780)  # VAD: audio beyond vad.py's evaluation set, for a second agreement figure
+STREAMING = Path(__file__).resolve().parents[1] / "examples" / "recipe_streaming.yaml"
 CALIB_SEEDS = (1, 2, 3)  # VAD: the default recipe calibrated on other audio (vad.py's calibration is seed 0)
 Feeds = dict[str, np.ndarray]
 
@@ -146,6 +149,8 @@ def vad_bench(tmp: Path, runs: int, analysis: bool) -> dict[str, Any]:
     cal = vad._calib(160, 0)
     feeds = [{"input": cal["input"][i], "state": cal["state"][i]} for i in range(160)]
     zero = [{"input": f["input"], "state": np.zeros_like(f["state"])} for f in feeds]
+    c800 = vad._calib(800, 0)  # the streaming recipe's AdaRound needs more frames than the others get
+    feeds800 = [{"input": c800["input"][i], "state": c800["state"][i]} for i in range(800)]
     src = vad.model_path()
     ref = vad._predict(vad._float_run())
 
@@ -174,6 +179,7 @@ def vad_bench(tmp: Path, runs: int, analysis: bool) -> dict[str, Any]:
         "eq-static": (feeds, {}), "eq-static-zerostate": (zero, {}), "eq-static-pt": (feeds, {"per_channel": False}),
         "eq-w8": (feeds, {"method": "weight-only"}), "eq-dynamic": (feeds, {"method": "dynamic"}),
         "eq-static-adaround": (feeds, {"algorithms": ["adaround"]}),
+        "eq-streaming-recipe": (feeds800, {"recipe": str(STREAMING)}),
     }  # fmt: skip
     rows: dict[str, dict[str, Any]] = {"float": {"path": src, "seconds": 0.0}}
     results: dict[str, Any] = {}
@@ -181,7 +187,14 @@ def vad_bench(tmp: Path, runs: int, analysis: bool) -> dict[str, Any]:
         ctx = rules_off() if name == "eq-static-before" else contextlib.nullcontext()
         try:
             with ctx:
-                res, sec = timed(lambda d=data, k=kw: edgequant.quantize(str(src), d, "int8-static", **k))  # type: ignore[misc]
+                res, sec = timed(
+                    lambda d=data, k=kw: edgequant.quantize(  # type: ignore[misc]
+                        str(src),
+                        d,
+                        k.get("recipe", "int8-static"),
+                        **{a: b for a, b in k.items() if a != "recipe"},
+                    )
+                )
         except EdgeQuantError as exc:
             rows[name] = {"error": f"{type(exc).__name__}: {exc}"}
             continue
