@@ -63,7 +63,7 @@ def load(name: str, tmp: Path) -> Any:
     return load_model(name, tmp)
 
 
-def bench_model(name: str, methods: list[str], repeats: int) -> dict[str, Any]:
+def bench_model(name: str, methods: list[str], repeats: int, options: dict[str, Any]) -> dict[str, Any]:
     import onnxruntime as ort
     from models.common import DataFiles, sqnr_db
 
@@ -108,6 +108,7 @@ def bench_model(name: str, methods: list[str], repeats: int) -> dict[str, Any]:
     ref = bm.predict(runner(str(bm.path)))
     ref_held = None if name in OWN_EVAL_SET else outputs(str(bm.path))
     out: dict[str, Any] = {"title": bm.title, "source": bm.source, "eval_samples": EVAL[name], "methods": {}}
+    out["options"] = options
     out["load_average"] = [round(os.getloadavg()[0], 1)]
     with tempfile.TemporaryDirectory(prefix="edgequant-calib-choice-") as tmp:
         data = DataFiles.write(Path(tmp), bm.make_calib(CALIB + HELD, 0), bm.unbatched)
@@ -115,7 +116,7 @@ def bench_model(name: str, methods: list[str], repeats: int) -> dict[str, Any]:
             for method in methods:
                 res = edgequant.quantize(
                     str(bm.path), lambda: data.batches(bm.calib_batch), calib_method=method,
-                    calib_samples=CALIB, batch_size=bm.calib_batch,
+                    calib_samples=CALIB, batch_size=bm.calib_batch, **options,
                 )  # fmt: skip
                 secs = float(res.report["seconds"]["calibration"])
                 row = out["methods"].setdefault(method, {"calibration_s": [], "calibration_cpu_s": []})
@@ -129,6 +130,7 @@ def bench_model(name: str, methods: list[str], repeats: int) -> dict[str, Any]:
                         row["eval_set"]["sqnr_db"] if ref_held is None else sqnr_db(ref_held, outputs(blob))
                     )
                     row["sqnr_db"] = round(held_db, 3)
+                    row["act16"] = [t["tensor"] for t in res.report.get("act16", {}).get("tensors", [])]
                 print(f"# {name} {method} rep {rep}: {secs:.2f} s {row.get('sqnr_db')} dB", file=sys.stderr)
     out["load_average"].append(round(os.getloadavg()[0], 1))
     keep.cleanup()
@@ -164,7 +166,11 @@ def markdown(results: dict[str, Any], methods: list[str], repeats: int) -> str:
         f"interpreter, on a shared 2-core machine with 1-minute load averages of {load} (start and end of "
         "each model) while this ran: wall times are mostly waiting, so the ratio against min-max is taken on "
         "CPU seconds. `auto` is the default (`calib_method: auto`: entropy at up to 11 activation bits; under "
-        "the transformer placement min-max on MatMul/Gemm inputs and percentile on the conv side). The "
+        "the transformer placement min-max on MatMul/Gemm inputs and percentile on the conv side). Every column "
+        "runs the rest of the default recipe: on a transformer that includes smoothquant and act16_below_db auto "
+        "(16 bits on the MatMul/Gemm inputs whose own 8-bit SQNR is below 25 dB; the JSON lists them per "
+        "method as `act16`; minilm and ocr_rec re-run with it: ocr_rec has no MatMul input below 25 dB and the same "
+        "SQNRs; the other models are not under the transformer placement, where auto is off). The "
         "goal (issue #17 §5): within 0.5 dB of the best of minmax/percentile/entropy, at most 2x minmax's "
         "time. Task metrics on each model's own evaluation set are in the JSON file (`eval_set`).",
         "",
@@ -191,17 +197,23 @@ def main() -> None:
     p.add_argument("--methods", default="minmax,percentile,entropy,mse,auto")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", default=str(RESULTS / "bench_calibration_choice"))
+    p.add_argument(
+        "--options",
+        default="{}",
+        help='extra quantize options for every method, JSON: \'{"act16_below_db": "off"}\'',
+    )
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args()
     methods = a.methods.split(",")
     if a.worker:
-        print(json.dumps(bench_model(a.worker, methods, a.repeats)))
+        print(json.dumps(bench_model(a.worker, methods, a.repeats, json.loads(a.options))))
         return
     path = Path(a.out + ".json")
     results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     for name in a.models.split(","):
         proc = subprocess.run(
-            [sys.executable, __file__, "--worker", name, "--methods", a.methods, "--repeats", str(a.repeats)],
+            [sys.executable, __file__, "--worker", name, "--methods", a.methods, "--repeats", str(a.repeats),
+             "--options", a.options],
             stdout=subprocess.PIPE, text=True, check=True,
         )  # fmt: skip
         results[name] = json.loads(proc.stdout.strip().splitlines()[-1])

