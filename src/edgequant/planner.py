@@ -113,6 +113,7 @@ class Planner:
             else:
                 plan.decide(node.name, node.op_type, False, "no float tensor to quantize on this node.")
         record_subgraphs(g, plan)
+        plan.notes.extend(recurrent.float_weights_notes(plan))
         if self.matmul_inputs_only:
             plan.notes.append(placement.plan_note(r))
         if not plan.quantized_nodes:
@@ -178,7 +179,7 @@ class Planner:
                 return ""
             return "weight-only: only the weights of Conv/MatMul/Gemm/LSTM/GRU/Gather are quantized."
         if node.op_type in RECURRENT_OPS:
-            return ""
+            return recurrent.float_weights_reason(node, self.recipe)  # static int8 on the CPU: float weights
         if node.name in self._layernorms:
             return (
                 "part of a written-out layer normalization: kept float as one unit, which ORT fuses into a "

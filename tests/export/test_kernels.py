@@ -109,13 +109,16 @@ def test_static_counts_integer_kernels_and_lists_storage_only_recurrent_nodes(tm
     # listed apart (it computes nothing in integers)
     assert quantized == integer_in_ort and graph["flat"] == "Flatten"
     assert [(d["node"], d["kernel"]) for d in nodes["moves_integer"]] == [("flat", "Flatten")]
-    # LSTM and GRU run ORT's float kernels, reading DequantizeLinear outputs of their int8 weights
+    # LSTM and GRU run ORT's float kernels on their float weights (static int8 keeps them float: int8 storage
+    # would be dequantized on every call); they are skipped with that reason, not counted as stored integers
     assert graph["lstm"] == "LSTM" and graph["gru"] == "GRU"
-    assert {"lstm", "gru"} <= {d["node"] for d in nodes["storage_only"]}
-    assert {"lstm", "gru"}.isdisjoint(quantized)
+    skipped = {d["node"]: d["reason"] for d in nodes["skipped"]}
+    assert all(skipped[n].startswith("weights W, R, B kept float") for n in ("lstm", "gru"))
+    assert {"lstm", "gru"}.isdisjoint({d["node"] for d in nodes["storage_only"]} | quantized)
     assert "relu" not in graph and [d["node"] for d in nodes["folded"]] == ["relu"]
-    assert len(nodes["planned"]) == 8 > len(nodes["quantized"])  # the plan's count is not claimed
-    assert report["integer_weights"] == _stored_int_weights(path) == 6 == report["planned_weights"]
+    assert len(nodes["planned"]) == 6 > len(nodes["quantized"])  # the plan's count is not claimed
+    assert report["integer_weights"] == _stored_int_weights(path) == 2 == report["planned_weights"]
+    assert {"W", "R", "Wg", "Rg"} <= set(report["float_weights"])
 
 
 def test_dynamic_counts_its_kernels_and_weights_from_the_file(tmp_path: Path) -> None:

@@ -86,7 +86,7 @@ def _dq_inputs(model: onnx.ModelProto) -> dict[str, tuple[np.ndarray, np.ndarray
     return out
 
 
-@pytest.mark.parametrize(("kind", "bits"), [("gru", 4), ("lstm", 2), ("gru", 8)])
+@pytest.mark.parametrize(("kind", "bits"), [("gru", 4), ("lstm", 2)])
 def test_recurrent_weights_quantized_as_the_onnx_path_does(
     digit_rows, tmp_path, kind: str, bits: int
 ) -> None:
@@ -118,6 +118,29 @@ def test_recurrent_weights_quantized_as_the_onnx_path_does(
         np.testing.assert_allclose(s, np.asarray(s_ref, np.float32).reshape(-1), rtol=1e-6)
         assert np.array_equal(q.astype(np.int64), q_ref) and np.array_equal(z.reshape(-1), z_ref.reshape(-1))
         assert q.min() >= -(2 ** (bits - 1)) and q.max() <= 2 ** (bits - 1) - 1
+
+
+def test_eight_bits_keep_recurrent_weights_float_and_the_pth_carries_them(digit_rows, tmp_path) -> None:
+    """Static int8 on the CPU target keeps GRU W/R float (the ONNX plan's rule: ORT has no integer GRU kernel,
+    int8 storage would be dequantized on every call): the export reads the float model's W/R directly, and the
+    .pth holds them, so a factory with fresh random weights loads the same module."""
+    x, _y, xt, _yt = digit_rows
+    torch.manual_seed(0)
+    ptq = _ptq(SeqNet("gru", hidden=8, bidirectional=True), x, 8)
+    result = ptq.export(x[:4], tmp_path / "seq_w8.onnx")
+    qdq, flt = onnx.load(str(tmp_path / "seq_w8.onnx")), onnx.load(str(tmp_path / "seq_w8_float.onnx"))
+    q_inits = {t.name: numpy_helper.to_array(t) for t in qdq.graph.initializer}
+    f_inits = {t.name: numpy_helper.to_array(t) for t in flt.graph.initializer}
+    gru_q = next(n for n in qdq.graph.node if n.op_type == "GRU")
+    gru_f = next(n for n in flt.graph.node if n.op_type == "GRU")
+    for slot in (1, 2):
+        assert gru_f.input[slot] not in result.plan.tensors
+        assert np.array_equal(q_inits[gru_q.input[slot]], f_inits[gru_f.input[slot]])
+    assert any(n.op_type == "DequantizeLinear" for n in qdq.graph.node)  # the Linear head stays int8
+    conv = ptq.convert()
+    back = load(ptq.save(tmp_path / "seq_w8.pth"), lambda: SeqNet("gru", hidden=8, bidirectional=True))
+    with torch.no_grad():
+        assert torch.equal(back(xt), conv(xt))
 
 
 def _ort(path: str, x: np.ndarray, extra: list[str], fused: bool) -> list[np.ndarray]:

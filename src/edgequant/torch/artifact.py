@@ -10,7 +10,8 @@ at 1 LSB.
 
 The ``.pth`` file is a plain dict of tensors, numbers and strings, so ``torch.load(weights_only=True)``
 reads it: ``{"format": "edgequant.torch/2", "layers": {target: {...}}, "acts": {fx node: {...}}}``; a GRU/LSTM/RNN
-layer's entry (``kind`` gru|lstm|rnn) holds its W/R codes and float biases (``torch.recurrent.IntRecurrent``).
+layer's entry (``kind`` gru|lstm|rnn) holds its W/R codes and float biases (``torch.recurrent.IntRecurrent``), or,
+for a layer the plan keeps float, its float weights under ``float`` (so ``load`` needs no checkpoint).
 ``load(path, factory)`` traces ``factory()`` the same way (fx + BN fusion), which gives the same
 targets and node names, and puts the integer layers and quantizers in.
 """
@@ -201,7 +202,8 @@ def _recurrent_parts(
     inits: dict[str, onnx.TensorProto],
     plan: QuantPlan,
 ) -> None:
-    """``layers[target]`` for each bound GRU/LSTM/RNN: its W/R codes in torch row order (``recurrent``)."""
+    """``layers[target]`` for each bound GRU/LSTM/RNN: its W/R codes in torch row order (``recurrent``); for
+    each one the plan keeps float (static int8 on the CPU target), its float weights (key ``float``)."""
     for wname, (target, key) in binding.recurrent.items():
         m = modules[target]
         rnn = m.rnn if isinstance(m, QuantRecurrent) else m
@@ -217,6 +219,11 @@ def _recurrent_parts(
             "axis": entry.spec.axis,
             "bits": entry.spec.bits,
         }
+    for target, m in modules.items():  # a GRU/LSTM/RNN the plan keeps float: its weights go in the file too
+        parent = modules.get(target.rsplit(".", 1)[0]) if "." in target else None
+        if isinstance(m, RNN_TYPES) and target not in layers and not isinstance(parent, QuantRecurrent):
+            floats = {n: p.detach().clone() for n, p in m.named_parameters() if n.startswith("weight")}
+            layers[target] = {**int_info(m), "float": floats}
 
 
 def build_int_module(

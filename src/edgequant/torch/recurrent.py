@@ -114,7 +114,8 @@ class QuantRecurrent(nn.Module):
 
 class IntRecurrent(nn.Module):
     """``rnn`` run on integer weights: ``info = {"kind", "weights": {key: {q, scale, zero, axis, bits}},
-    "biases": {name: tensor}}`` (codes ``[directions, G·H, in]`` in torch row order, int8/int16)."""
+    "biases": {name: tensor}, "float": {name: tensor}}`` (codes ``[directions, G·H, in]`` in torch row order,
+    int8/int16; ``float``, optional: weights the plan kept float, copied in as the biases are)."""
 
     def __init__(self, rnn: nn.Module, info: dict[str, Any]) -> None:
         super().__init__()
@@ -126,7 +127,7 @@ class IntRecurrent(nn.Module):
             self.register_buffer(f"{key}_scale", w["scale"].float())
             self.register_buffer(f"{key}_zero", w["zero"].float())
             self.axes[key] = w.get("axis")
-        for name, b in info["biases"].items():
+        for name, b in {**info["biases"], **info.get("float", {})}.items():  # float: W/R the plan kept float
             getattr(self.rnn, name).data.copy_(b)
 
     def weights(self) -> dict[str, torch.Tensor]:
