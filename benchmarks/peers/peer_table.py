@@ -69,7 +69,7 @@ def markdown(results: dict[str, Any]) -> str:
                 continue
             vals = " | ".join(_fmt(r.get(k), 4) for k in keys)
             lines.append(
-                f"| {label} | {vals} | {_fmt(r.get('sqnr_db'), 1)} | {_fmt(r.get('ms'), 2)} | "
+                f"| {label} | {vals} | {_fmt(r.get('sqnr_db'), 1)} | {_fmt(r.get('ms'), 3 if (r.get('ms') or 1) < 1 else 2)} | "
                 f"{_fmt(r.get('speedup'), 2)}x | {_fmt(r.get('mib'), 2)} | {_fmt(r.get('seconds'), 1)} | "
                 f"{_fmt(r.get('peak_mib'), 0)} |"
             )
