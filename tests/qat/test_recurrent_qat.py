@@ -203,7 +203,7 @@ def test_pth_round_trip_recurrent(digit_rows, tmp_path) -> None:
     with torch.no_grad():
         assert torch.equal(back(xt), conv(xt))
     raw = torch.load(str(path), weights_only=True)
-    assert raw["format"] == "edgequant.torch/2" and raw["layers"]["rnn"]["kind"] == "lstm"
+    assert raw["format"] == "edgequant.torch/3" and raw["layers"]["rnn"]["kind"] == "lstm"
     codes = raw["layers"]["rnn"]["weights"]["ih_l0"]["q"]
     assert codes.dtype == torch.int8 and codes.shape == (2, 32, 8) and int(codes.abs().max()) <= 8
     # a factory with a GRU where the file has an LSTM is refused

@@ -161,7 +161,7 @@ def test_pth_round_trip(trained, tmp_path) -> None:
         assert torch.equal(back(xt), conv(xt))
     # weights_only loading: the file is plain tensors and numbers
     raw = torch.load(str(path), weights_only=True)
-    assert raw["format"] == "edgequant.torch/2"
+    assert raw["format"] == "edgequant.torch/3"
     assert any(v["q"].dtype == torch.int8 for v in raw["layers"].values())
 
 
@@ -266,3 +266,47 @@ def test_ptq_forward_with_gradients_enabled(trained) -> None:
     with torch.no_grad():
         outside(x[:8] * 0.0)  # inside the range: nothing widens, nothing else changed by the refusals
     assert ranges(outside) == before
+
+
+def _ln_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(72, 16), nn.LayerNorm(16), nn.Linear(16, 4)
+    )
+
+
+def test_pth_holds_the_float_tensors_outside_integer_layers(tmp_path) -> None:
+    """A trained LayerNorm is no Conv/Linear: the .pth held no copy of it, so load(path, factory) with a
+    fresh factory ran the factory's LayerNorm (max |diff| 3.1 on outputs of ~4.5). Now the file holds
+    it; the loaded module equals convert() and matches the exported ONNX model in ORT, and a file
+    loaded on another architecture is refused."""
+    torch.manual_seed(0)
+    net = _ln_net()
+    with torch.no_grad():
+        net[4].weight.mul_(3.0)
+        net[4].bias.add_(0.5)
+    x = torch.randn(64, 3, 5, 5)
+    ptq = PTQModule(net, x[:4])
+    with torch.no_grad():
+        ptq(x)
+    path = ptq.save(tmp_path / "ln_int8.pth")
+    back = load(path, _ln_net)  # fresh weights: every float tensor must come from the file
+    ptq.export(x[:4], tmp_path / "ln_int8.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "ln_int8.onnx"), providers=["CPUExecutionProvider"])
+    ref = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        got = back(x).numpy()
+        assert torch.equal(back(x), ptq.convert()(x))
+    err = got - ref
+    sqnr = 10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / np.sum(err.astype(np.float64) ** 2))
+    assert sqnr > 60.0, sqnr  # measured 141.6 dB: both dequantize as ONNX does
+    raw = torch.load(str(path), weights_only=True)
+    assert torch.equal(raw["float"]["4.weight"], net[4].weight.detach())
+    assert not any(k.startswith(("0.", "3.", "5.")) for k in raw["float"])  # integer layers: codes only
+
+    def other() -> nn.Module:
+        m = _ln_net()
+        m[4] = nn.LayerNorm(16, elementwise_affine=False)
+        return m
+
+    with pytest.raises(EdgeQuantError, match="float tensor"):
+        load(path, other)

@@ -9,7 +9,11 @@ arithmetic; ORT's integer kernels round their requantization on their own, which
 at 1 LSB.
 
 The ``.pth`` file is a plain dict of tensors, numbers and strings, so ``torch.load(weights_only=True)``
-reads it: ``{"format": "edgequant.torch/2", "layers": {target: {...}}, "acts": {fx node: {...}}}``; a GRU/LSTM/RNN
+reads it: ``{"format": "edgequant.torch/3", "layers": {target: {...}}, "acts": {fx node: {...}},
+"float": {state key: tensor}}``; ``float`` holds every parameter and buffer outside the integer layers
+and quantizers (LayerNorm, embeddings, layers kept float by the plan, ...), so the module ``load`` builds
+has the trained values even when the factory returns fresh weights (/1 and /2 files have no ``float``:
+those tensors come from the factory's module, as before); a GRU/LSTM/RNN
 layer's entry (``kind`` gru|lstm|rnn) holds its W/R codes and float biases (``torch.recurrent.IntRecurrent``), or,
 for a layer the plan keeps float, its float weights under ``float`` (so ``load`` needs no checkpoint).
 ``load(path, factory)`` traces ``factory()`` the same way (fx + BN fusion), which gives the same
@@ -32,6 +36,7 @@ from torch import fx, nn
 from edgequant.errors import ModelError, UnsupportedError
 from edgequant.plan import QuantPlan, TensorEntry
 from edgequant.schemes.qparams import quantize
+from edgequant.torch.fake_quant import ActQuantizer, WeightQuantizer
 from edgequant.torch.graph import Binding, fuse_layers, set_module, trace
 from edgequant.torch.layers import QuantLayer
 from edgequant.torch.recurrent import (
@@ -43,10 +48,8 @@ from edgequant.torch.recurrent import (
     kind_of,
 )
 
-FORMAT = (
-    "edgequant.torch/2"  # /2: GRU/LSTM/RNN entries (kind gru|lstm|rnn); /1 files (Conv/Linear) still load
-)
-READS = ("edgequant.torch/1", FORMAT)
+FORMAT = "edgequant.torch/3"  # /3: float state; /2: GRU/LSTM/RNN entries; /1 files (Conv/Linear) still load
+READS = ("edgequant.torch/1", "edgequant.torch/2", FORMAT)
 
 
 class FixedQuant(nn.Module):
@@ -265,11 +268,39 @@ def build_int_module(
     return gm.eval()
 
 
-def save(path: str | Path, layers: dict[str, dict[str, Any]], acts: dict[str, dict[str, Any]]) -> Path:
-    """Write the ``.pth`` (atomically: temporary file, then rename)."""
+def float_state(gm: nn.Module, layers: dict[str, dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """The parameters and buffers of ``gm`` (the fused model the integer layers were taken from) outside
+    the integer layers ``layers`` and the fake quantizers: every float tensor the integer module still
+    computes with (LayerNorm, embeddings, layers the plan keeps float), copied."""
+    quant = [n + "." for n, m in gm.named_modules() if isinstance(m, WeightQuantizer | ActQuantizer)]
+    skip = tuple(f"{t}." for t in layers) + tuple(quant)
+    return {k: v.detach().clone() for k, v in gm.state_dict().items() if not k.startswith(skip)}
+
+
+def restore_float_state(gm: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a file's ``float`` tensors into ``gm`` (the factory's fused model); ModelError when one is
+    missing there or has another shape (another architecture)."""
+    own = gm.state_dict()
+    bad = [k for k, v in state.items() if k not in own or tuple(own[k].shape) != tuple(v.shape)]
+    if bad:
+        raise ModelError(
+            f"the integer model holds float tensor(s) {', '.join(bad[:3])} that the PyTorch model does not "
+            "have (or with another shape).",
+            "load it with the factory of the architecture it was made from.",
+        )
+    gm.load_state_dict(state, strict=False)
+
+
+def save(
+    path: str | Path,
+    layers: dict[str, dict[str, Any]],
+    acts: dict[str, dict[str, Any]],
+    floats: dict[str, torch.Tensor],
+) -> Path:
+    """Write the ``.pth`` (atomically: temporary file, then rename); ``floats``: :func:`float_state`."""
     p = Path(path)
     tmp = p.with_name(p.name + ".tmp")
-    torch.save({"format": FORMAT, "layers": layers, "acts": acts}, str(tmp))
+    torch.save({"format": FORMAT, "layers": layers, "acts": acts, "float": floats}, str(tmp))
     tmp.replace(p)
     return p
 
@@ -313,4 +344,6 @@ def load(path: str | Path, model_factory: Callable[[], nn.Module] | nn.Module) -
 
         model = to_fx(model, tuple(torch.zeros(1, *s) for s in ts["input_shapes"]))
     gm = fuse_layers(trace(model.eval()))
+    if isinstance(obj.get("float"), dict):
+        restore_float_state(gm, obj["float"])
     return build_int_module(gm, obj["layers"], obj["acts"])

@@ -165,6 +165,7 @@ def _integer(
     layers, acts = artifact.int_parts(
         gm, binding, _qdq_weights(result.float_model, result.model), result.plan
     )
+    floats = artifact.float_state(gm, layers)  # before build_int_module swaps gm's layers in place
     int_module = artifact.build_int_module(gm, layers, acts)
     worst_db, worst_diff = float("inf"), 0.0
     outs = [o.name for o in result.model.graph.output]
@@ -183,7 +184,7 @@ def _integer(
         )
         return
     buf = io.BytesIO()
-    content: dict[str, Any] = {"format": artifact.FORMAT, "layers": layers, "acts": acts}
+    content: dict[str, Any] = {"format": artifact.FORMAT, "layers": layers, "acts": acts, "float": floats}
     if "torchscript" in section:  # load(path, torch.jit.load(archive)) converts the archive the same way
         content["torchscript"] = section["torchscript"]
     torch.save(content, buf)

@@ -278,7 +278,7 @@ class QATModule(nn.Module):
         """Write the integer model as ``.pth`` (load with ``edgequant.torch.load(path, factory)``)."""
         float_model, _q, plan, binding, _n, _c = self._exported()
         layers, acts = artifact.int_parts(self.model, binding, float_model, plan)
-        return artifact.save(path, layers, acts)
+        return artifact.save(path, layers, acts, artifact.float_state(self.model, layers))
 
     def export(
         self,
