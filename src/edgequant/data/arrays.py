@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from edgequant.data.conform import LABEL_KEYS
+from edgequant.data.base import InputSpec
+from edgequant.data.conform import LABEL_KEYS, stacked_feeds
 from edgequant.data.source import Chunk, Reader
 from edgequant.errors import DataError
 
@@ -51,17 +52,22 @@ class ArrayReader(Reader):
                 f"{description} holds only labels ({sorted(arrays)}), no model input.",
                 "add the input arrays next to the labels.",
             )
-        sizes = {k: (v.shape[0] if len(v.shape) else None) for k, v in arrays.items()}
-        if None in sizes.values() or len(set(sizes.values())) != 1:
-            raise DataError(
-                f"{description}: the arrays disagree on the number of samples (axis 0): {sizes}.",
-                "save every array with the samples on axis 0 and the same count.",
-            )
-        self.n = int(next(iter(sizes.values())) or 0)
+        self.shapes = {k: tuple(int(d) for d in v.shape) for k, v in arrays.items()}
+        sizes = {k: (s[0] if s else None) for k, s in self.shapes.items()}
+        # checked by check_layout once the model inputs are known (conform.stacked_feeds):
+        self.counts_agree = None not in sizes.values() and len(set(sizes.values())) == 1
+        self.n = int(next(iter(sizes.values())) or 0) if self.counts_agree else 0
         self.fields = tuple(self.arrays)
 
     def __len__(self) -> int:
         return self.n
+
+    def check_layout(self, inputs: list[InputSpec], input_map: Mapping[str, str] | None) -> bool:
+        """True when the arrays hold stacked feed dicts (``conform.stacked_feeds``); raises DataError
+        when the layouts mix or the arrays disagree on the count along axis 0."""
+        if not self.arrays:  # per-trial HDF5 groups: one sample per group, never stacked
+            return False
+        return stacked_feeds(self.shapes, self.fields, inputs, input_map, self.counts_agree, self.description)
 
     def read(self, indices: np.ndarray) -> Chunk:
         fields = {k: _take(v, indices) for k, v in self.arrays.items()}

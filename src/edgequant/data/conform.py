@@ -13,11 +13,17 @@ recorded in the source's description.  Every other dtype mismatch is a DataError
 
 Batch size: axis 0 is the batch.  If the model fixes it (e.g. ``1x3x224x224``), batches have that
 size whatever ``batch_size`` says, and the change is recorded.
+
+Stacked feed dicts (``stacked_feeds``): arrays whose rank is their input's rank + 1, with the
+input's fixed dims after axis 0 (Silero VAD: ``input`` ``Nx1x576``, ``state`` ``Nx2x1x128``), hold
+N whole feed dicts on axis 0; each slice is fed as it is, as a list of feed dicts would be.  This is
+how array files feed a model whose inputs fix different first axes (recurrent state).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -119,10 +125,70 @@ def fixed_batch(
         raise DataError(
             f"the model inputs fix different batch sizes {sorted(fixed)} "
             f"({[(i.name, i.shape) for i in inputs]}).",
-            "pass the data as a list of feed dicts (each batch is then used whole, as for recurrent "
-            "state inputs), or re-export the model with one batch size (or a dynamic batch axis).",
+            f"stack whole feed dicts on a new axis 0 ({_stacked_example(inputs)} in one .npz: each "
+            "slice is fed whole; from Python, a list of feed dicts), or re-export the model with one "
+            "batch size (or a dynamic batch axis).",
         )
     b = fixed.pop()
     if b != batch_size:
         notes.append(f"batch size {b} (fixed by the model; {batch_size} was asked)")
     return b, True
+
+
+def _fmt(shape: Sequence[Any]) -> str:
+    return "x".join("?" if d is None else str(d) for d in shape)
+
+
+def _stacked_example(inputs: list[InputSpec]) -> str:
+    return ", ".join(f"{i.name} Nx{_fmt(i.shape)}" for i in inputs)
+
+
+def stacked_feeds(
+    shapes: Mapping[str, tuple[int, ...]],
+    fields: Sequence[str],
+    inputs: list[InputSpec],
+    input_map: Mapping[str, str] | None,
+    counts_agree: bool,
+    where: str,
+) -> bool:
+    """Whether array fields hold N stacked feed dicts (module doc) rather than batch-first samples.
+
+    ``shapes``: every array's shape (labels included); ``counts_agree``: their axis-0 sizes agree.
+    Stacked when every array feeding an input has rank = input rank + 1 and, after axis 0, the
+    input's fixed dims (None = any).  Raises DataError when some arrays are stacked and others not,
+    or when the arrays disagree on the count along axis 0 (naming each array's shape and the fix).
+    """
+    try:
+        mapping = map_fields(fields, inputs, input_map, where)
+    except DataError:
+        if counts_agree:
+            raise
+        mapping = {}  # the count error below is the first thing to fix
+    specs = {i.name: i for i in inputs}
+
+    def fits(shape: tuple[int, ...], spec: InputSpec) -> bool:
+        return len(shape) == len(spec.shape) + 1 and all(
+            want is None or want == got for want, got in zip(spec.shape, shape[1:], strict=True)
+        )
+
+    stacked = {name: fits(shapes[f], specs[name]) for name, f in mapping.items()}
+    listed = ", ".join(f"'{k}' {_fmt(s)}" for k, s in shapes.items())
+    expect = f"model inputs {', '.join(f'{i.name} {_fmt(i.shape)}' for i in inputs)}"
+    if any(stacked.values()) and not all(stacked.values()):
+        raise DataError(
+            f"{where} mixes stacked feed dicts ({[mapping[n] for n, s in stacked.items() if s]}: the "
+            f"model's shape after axis 0) with other arrays ({[mapping[n] for n, s in stacked.items() if not s]}): "
+            f"{listed}; {expect}.",
+            f"save every input stacked ({_stacked_example(inputs)}) or every input batch-first along "
+            "the model's own first axis.",
+        )
+    if not counts_agree:
+        layout = "stacked feed dicts" if stacked and all(stacked.values()) else "arrays"
+        fix = "save every array (labels too) with the same number of samples / feed dicts on axis 0."
+        if len({i.shape[0] for i in inputs if i.shape and i.shape[0] is not None}) > 1:
+            fix = (
+                f"the {expect} fix different first axes: stack whole feed dicts on a new axis 0 "
+                f"({_stacked_example(inputs)}), labels with N rows."
+            )
+        raise DataError(f"{where}: the {layout} disagree on the count along axis 0: {listed}.", fix)
+    return bool(stacked) and all(stacked.values())

@@ -3,7 +3,8 @@
 =====================  ===========================================================================
 ``None``               synthetic data (``stats.synthetic`` is True), ``max_samples`` (default 32) samples
 ``.npy`` / ndarray     one input, samples on axis 0 (memory-mapped)
-``.npz`` / dict        keys = input names (one key suffices for a one-input model); labels/label/y = labels
+``.npz`` / dict        keys = input names (one key suffices for a one-input model); labels/label/y = labels;
+                       or N stacked feed dicts (``input`` Nx1x576, ``state`` Nx2x1x128; conform.stacked_feeds)
 iterable of dicts      batches passed through in order, unpadded (variable lengths keep their shapes)
 folder of images       jpg/png/bmp/webp, recursive; class subfolders are labels; field "image"
 video / folder of them mp4/avi/mkv/mov/webm via PyAV; each frame is a sample; field "image"
@@ -210,6 +211,9 @@ def _indexed(
     holding: tuple[int, Part] = (0, "all"),
 ) -> IndexedSource:
     notes: list[str] = list(getattr(reader, "notes", []))
+    stacked = isinstance(reader, ArrayReader) and reader.check_layout(inputs, input_map)
+    if stacked:
+        notes.append(f"{len(reader)} stacked feed dicts on axis 0, each fed whole")
     if opts.metadata_csv is not None:
         from edgequant.data.metadata import apply_metadata
 
@@ -226,7 +230,7 @@ def _indexed(
     if getattr(reader, "max_batch", None) == 1:  # variable-length trials without a mask: one by one
         batch_size = 1
     available = len(indices)
-    size, drop_last = fixed_batch(inputs, batch_size, notes)
+    size, drop_last = (1, False) if stacked else fixed_batch(inputs, batch_size, notes)
     indices = hold_out(indices, *holding, unit=size if drop_last else 1)
     held = available - len(indices) if holding[1] == "rest" else len(indices)
     order = sample_order(indices, sampling, seed)
@@ -240,6 +244,7 @@ def _indexed(
         input_map=input_map,
         prefetch=opts.prefetch,
         notes=notes,
+        stacked=stacked,
     )
     if holding[1] != "all":
         source.stats.available, source.stats.held_out = available, held

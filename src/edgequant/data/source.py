@@ -102,8 +102,12 @@ class IndexedSource:
         input_map: Mapping[str, str] | None,
         prefetch: bool,
         notes: list[str],
+        stacked: bool = False,
     ) -> None:
+        """``stacked``: the reader's axis 0 indexes whole feed dicts (``conform.stacked_feeds``);
+        ``batch_size`` is then 1 and each one is fed without its axis 0, counted as one sample."""
         self.reader = reader
+        self.stacked = stacked
         self.inputs = inputs
         self.where = reader.description
         self.mapping = map_fields(reader.fields, inputs, input_map, self.where)
@@ -134,11 +138,14 @@ class IndexedSource:
             yield batch
 
     def _emit(self, fields: dict[str, np.ndarray], labels: np.ndarray | None) -> Labeled:
+        if self.stacked:  # one feed dict: drop the stacking axis; it counts as a unit (StreamSource)
+            fields = {f: fields[f][0] for f in self.mapping.values()}
         batch = {name: np.ascontiguousarray(fields[f]) for name, f in self.mapping.items()}
         batch = self._caster(batch, self.where)
         check_batch(batch, self.inputs, self.where)
-        check_finite(batch, self.where, self.stats.samples, None if self.reader.may_skip else self.order)
-        self.stats.samples += len(next(iter(batch.values())))
+        rows = {k: v[None] for k, v in batch.items()} if self.stacked else batch  # a feed dict is one row
+        check_finite(rows, self.where, self.stats.samples, None if self.reader.may_skip else self.order)
+        self.stats.samples += 1 if self.stacked else len(next(iter(batch.values())))
         for arr in batch.values():
             if arr.dtype.kind in "fiu" and arr.size:
                 lo, hi = float(arr.min()), float(arr.max())

@@ -25,11 +25,13 @@ def sample_hashes(batches: Iterable[Batch]) -> list[bytes]:
     out: list[bytes] = []
     for b in batches:
         keys = sorted(b)
-        n = len(np.asarray(b[keys[0]]))
+        sizes = {np.asarray(b[k]).shape[:1] for k in keys}
+        whole = len(sizes) != 1 or () in sizes  # a feed dict whose inputs disagree on axis 0: one sample
+        n = 1 if whole else len(np.asarray(b[keys[0]]))
         for i in range(n):
             h = hashlib.blake2b(digest_size=16)
             for k in keys:
-                a = np.ascontiguousarray(np.asarray(b[k])[i])
+                a = np.ascontiguousarray(np.asarray(b[k]) if whole else np.asarray(b[k])[i])
                 h.update(f"{k}|{a.dtype.str}|{a.shape}|".encode())
                 h.update(a.tobytes())
             out.append(h.digest())
@@ -50,10 +52,10 @@ def calibration_part(
     """The calibration part (``split="calib"``, at most ``cap`` samples) of one file, in memory."""
     from edgequant.data import open_source
 
-    parts = list(
-        open_source(data, specs, batch_size=32, max_samples=cap, split="calib", options=options or None)
-    )
-    return {k: np.concatenate([np.asarray(b[k]) for b in parts]) for k in parts[0]}
+    source = open_source(data, specs, batch_size=32, max_samples=cap, split="calib", options=options or None)
+    parts = list(source)
+    join = np.stack if getattr(source, "stacked", False) else np.concatenate  # stacked feed dicts stay so
+    return {k: join([np.asarray(b[k]) for b in parts]) for k in parts[0]}
 
 
 def check_no_leakage(
