@@ -136,8 +136,15 @@ def synthetic(
     disjoint samples from one seed.
     """
     notes: list[str] = []
-    shapes = sample_shapes(inputs, shape_hints, notes)
-    size, drop_last = fixed_batch(inputs, batch_size, notes)
+    firsts = {i.shape[0] for i in inputs if i.shape and i.shape[0] is not None}
+    stacked = len(firsts) > 1  # e.g. input [1, 576] and state [2, 1, 128]: no common batch axis
+    if stacked:  # each sample is one whole feed dict (as stacked feed dicts in an .npz)
+        shapes = {i.name: tuple(DEFAULT_DIM if d is None else d for d in i.shape) for i in inputs}
+        notes.append(f"inputs fix different first axes {sorted(firsts)}: each sample is one whole feed dict")
+        size, drop_last = 1, False
+    else:
+        shapes = sample_shapes(inputs, shape_hints, notes)
+        size, drop_last = fixed_batch(inputs, batch_size, notes)
     if drop_last and samples < size:
         notes.append(f"{size} samples (one batch of the model's fixed size; {samples} were asked)")
         samples = size
@@ -152,6 +159,7 @@ def synthetic(
         input_map=None,
         prefetch=False,
         notes=notes,
+        stacked=stacked,
     )
     source.stats.synthetic = True
     return source
