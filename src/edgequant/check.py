@@ -103,14 +103,17 @@ def run_check(
 
 
 def mean_output_sqnr(refs: list[dict[str, np.ndarray]], got: list[dict[str, np.ndarray]]) -> dict[str, float]:
-    """Per float output of ``refs``: the mean over batches of ``sqnr_db(ref, got)`` (dB; inf when
-    identical).  Outputs missing from ``got`` are left out."""
-    per_output: dict[str, list[float]] = {}
+    """Per float output of ``refs``: ``10 log10(sum y^2 / sum (y - y_q)^2)`` over every value of every batch
+    (dB; inf when identical), as ``docs/report.md`` defines it and ``evaluate`` computes it, so it does not
+    depend on how the samples were batched.  Outputs missing from ``got`` are left out."""
+    refs_of: dict[str, list[np.ndarray]] = {}
+    got_of: dict[str, list[np.ndarray]] = {}
     for r, q in zip(refs, got, strict=True):
         for k, v in r.items():
             if k in q and np.issubdtype(v.dtype, np.floating):
-                per_output.setdefault(k, []).append(sqnr_db(v, q[k]))
-    return {k: float(np.mean(v)) for k, v in per_output.items()}
+                refs_of.setdefault(k, []).append(np.asarray(v).ravel())
+                got_of.setdefault(k, []).append(np.asarray(q[k]).ravel())
+    return {k: float(sqnr_db(np.concatenate(v), np.concatenate(got_of[k]))) for k, v in refs_of.items()}
 
 
 def check_batches(

@@ -29,7 +29,6 @@ from edgequant.check import mean_output_sqnr
 from edgequant.evaluate.perf import measure_latency
 from edgequant.model.io import save_model
 from edgequant.runtime import OrtRuntime
-from edgequant.schemes import sqnr_db
 from edgequant.toolchains.runner import run_driver
 from edgequant.toolchains.tvm_prepare import fold_reshape_shapes, name_unknown_dims
 
@@ -176,16 +175,8 @@ def _sqnr(
         refs = [session.run(b) for b in batches]
     finally:
         session.close()
-    means = mean_output_sqnr(refs, got)
-    out: dict[str, float | None] = {}
-    for k, v in means.items():
-        if v == float("inf") and not all(np.array_equal(r[k], g[k]) for r, g in zip(refs, got, strict=True)):
-            # some batches identical, others not: the mean over those that differ (never "identical")
-            v = float(
-                np.mean([d for r, g in zip(refs, got, strict=True) if np.isfinite(d := sqnr_db(r[k], g[k]))])
-            )
-        out[k] = None if v == float("inf") else round(v, 2)  # None: every batch identical (inf dB)
-    return out
+    means = mean_output_sqnr(refs, got)  # pooled over every batch: inf only when every batch is identical
+    return {k: None if v == float("inf") else round(v, 2) for k, v in means.items()}
 
 
 def run_tvm(
