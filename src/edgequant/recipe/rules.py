@@ -83,6 +83,13 @@ def check_ignored(r: Recipe) -> None:
             "16 bits, and every activation is 16-bit already, so the option would be ignored.",
             "drop --act16-below-db, or use --act-bits 8 with it.",
         )
+    if r.keep_worse_passes and not r.algorithms:
+        raise RecipeError(
+            "keep_worse_passes is set but the recipe runs no pass (algorithms is empty), and it only "
+            "keeps a pass whose held-out SQNR fell, so the option would be ignored.",
+            "add the passes with --algorithm (e.g. --algorithm adaround; a transformer's default "
+            "smoothquant counts when listed), or drop --keep-worse-passes.",
+        )
     if m == "dynamic" and r.calib_data is not None:
         raise RecipeError(
             "calib_data is set but method 'dynamic' computes activation ranges at run time and "
