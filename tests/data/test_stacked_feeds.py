@@ -125,8 +125,7 @@ def test_stacked_npz_quantizes_and_evaluates_from_the_cli(tmp_path: Path) -> Non
         assert res.exit_code == 0, res.output
         got = json.loads(js.read_text())
         want = _sqnr_db(np.stack([r[k] for r in ref]), np.stack([q[k] for q in quant]))
-        rows = N if name == "p" else 2 * N  # evaluate counts output rows: state_out is [2, 1, 8] per feed
-        assert got["samples"] == rows
+        assert got["samples"] == N  # feeds, not output rows (state_out is [2, 1, 8] per feed: 2N rows)
         assert got["agreement"]["sqnr_db"] == pytest.approx(want, abs=0.01), (name, want, got["agreement"])
         assert want > 20.0, (name, want)
 
@@ -199,6 +198,8 @@ def test_compare_splits_one_stacked_file_into_whole_feed_dicts(tmp_path: Path) -
     assert f"no overlap between {n_eval} evaluation and {N - n_eval} calibration samples" in text
     cal = json.loads((out / "m_int8.json").read_text())["calibration"]
     assert cal["samples"] + cal["held_out_for_check"] == N - n_eval, cal
+    rows = json.loads(text)["methods"]
+    assert [r["evaluation"]["samples"] for r in rows] == [n_eval], rows  # feed dicts, not output rows
 
 
 def test_dynamic_without_data_checks_on_whole_synthetic_feed_dicts(tmp_path: Path) -> None:

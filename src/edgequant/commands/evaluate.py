@@ -84,7 +84,9 @@ def run_evaluate(
     lay = core.ev_layout(task, layout)
     ref = core.join(core.run_outputs(fm, ev.batches, name, rt, "the float model"), task, lay, ev.steps)
     got = core.join(core.run_outputs(qm, ev.batches, name, rt, "the quantized model"), task, lay, ev.steps)
-    result = core.score_outputs(task, ref, got, ev.labels, name, metric=metric, blank=blank)
+    result = core.score_outputs(
+        task, ref, got, ev.labels, name, metric=metric, blank=blank, samples=ev.scored
+    )
     out: dict[str, Any] = {"kind": "evaluate", "float_model": _name(float_model), "quant_model": str(quant_model),
                            "data": ev.description, "providers": rt.providers, **result.to_dict()}  # fmt: skip
     rows = result.rows()

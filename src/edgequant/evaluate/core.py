@@ -45,6 +45,12 @@ class EvalData:
     description: str = ""
     steps: list[np.ndarray] | None = None  # per batch [B, T] bool: the real time steps (per-step scoring)
 
+    @property
+    def scored(self) -> int | None:
+        """The sample count a result reports: the feeds, or None when scored per real time step (the
+        scored rows are then the steps)."""
+        return self.samples if self.steps is None else None
+
 
 @dataclass
 class EvalResult:
@@ -146,6 +152,7 @@ def load_eval_data(
     batch = fixed if isinstance(fixed, int) else batch_size
     found_labels: Any | None = None
     steps: list[np.ndarray] | None = None
+    whole = False
     if isinstance(data, str | Path):
         from edgequant import data as data_mod  # the data layer owns file formats
 
@@ -159,6 +166,7 @@ def load_eval_data(
             preprocess=pre,
         )  # fmt: skip
         batches, label_parts = [], []
+        whole = bool(getattr(source, "stacked", False))  # stacked feed dicts: one sample per batch
         for b, lab in source.iter_labeled():  # one pass: inputs and their labels together
             batches.append(dict(b))
             label_parts.append(lab)
@@ -220,7 +228,7 @@ def load_eval_data(
         )
     for b in batches:
         check_batch(b, specs, where="evaluation data")
-    samples = sum(len(next(iter(b.values()))) for b in batches)
+    samples = sum(_feed_samples(b, whole) for b in batches)
     if samples == 0:
         raise DataError(f"the evaluation data ({description}) holds no samples.", "give at least one sample.")
     if fixed is not None and any(len(next(iter(b.values()))) != fixed for b in batches):
@@ -358,7 +366,14 @@ def evaluate(
     lay = ev_layout(task, layout)
     ref = join(run_outputs(fm, ev.batches, name, rt, "the float model"), task, lay, ev.steps)
     out = join(run_outputs(qm, ev.batches, name, rt, "the quantized model"), task, lay, ev.steps)
-    return score_outputs(task, ref, out, ev.labels, name, metric=metric, blank=blank)
+    return score_outputs(task, ref, out, ev.labels, name, metric=metric, blank=blank, samples=ev.scored)
+
+
+def _feed_samples(batch: Mapping[str, np.ndarray], whole: bool) -> int:
+    """Samples in one batch: its axis-0 length, or 1 for a whole feed dict (stacked feeds, or inputs
+    that disagree on axis 0, e.g. ``x [1, 16]`` with a state ``[2, 1, 8]``: as the leakage check counts)."""
+    lengths = {len(v) for v in batch.values()}
+    return 1 if whole or len(lengths) > 1 else lengths.pop()
 
 
 def ev_layout(task: str, layout: str) -> str:
@@ -374,7 +389,10 @@ def score_outputs(
     *,
     metric: str | tasks.MetricFn | None = None,
     blank: int = 0,
+    samples: int | None = None,
 ) -> EvalResult:
+    """``samples``: the evaluation samples (feeds) scored; default: rows of ``ref`` (one per sample,
+    except outputs such as a recurrent state ``[layers, batch, hidden]`` whose axis 0 is not the sample)."""
     s = tasks.score(task, ref, out, labels, blank=blank)
     custom: dict[str, float] = {}
     if metric is not None:
@@ -382,7 +400,7 @@ def score_outputs(
         custom = tasks.run_metric(fn_name, fn, ref, out, labels)
     return EvalResult(
         task=task,
-        samples=int(ref.shape[0]),
+        samples=int(ref.shape[0]) if samples is None else samples,
         labeled=labels is not None,
         output=name,
         float_metrics=s.float_metrics,

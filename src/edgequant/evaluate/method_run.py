@@ -113,6 +113,7 @@ class MethodJob:
     warmup: int = 3
     threads: int = 1
     batch_size: int = 1
+    samples: int | None = None  # evaluation samples (feeds) behind ``ref``; None: its rows
     measure_memory: bool = True
     energy_profile: dict[str, Any] | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -204,7 +205,9 @@ def run_method(
                 core.run_outputs(qmodel, job.batches, job.out_name, rt, name), job.task, job.layout, job.steps
             )
         )
-        e = core.score_outputs(job.task, job.ref, got, job.labels, job.out_name, blank=job.blank)
+        e = core.score_outputs(
+            job.task, job.ref, got, job.labels, job.out_name, blank=job.blank, samples=job.samples
+        )
         primary = e.primary
         r.evaluation, r.score, r.drop, r.drop_unit = e.to_dict(), e.quant_score, e.drop, e.drop_unit
         r.latency = perf.measure_latency(

@@ -103,5 +103,6 @@ def prepare_job(
         data_options=opts, allow_synthetic=allow_synthetic, target=target, latency_runs=latency_runs,
         warmup=warmup, threads=threads, batch_size=batch_size, measure_memory=measure_memory,
         energy_profile=dict(energy_profile) if energy_profile is not None else None, steps=ev.steps,
+        samples=ev.scored,
     )  # fmt: skip
     return Prepared(job, ev, rt, profile, leak, float_model)

@@ -116,7 +116,13 @@ def target_row(
         size = perf.model_size(paths.model)
         result.file_bytes, result.packed_bytes = size.file_bytes, size.packed_bytes
         e = core.score_outputs(
-            task, ref, core.join(got, task, layout, ev.steps), ev.labels, out_name, blank=blank
+            task,
+            ref,
+            core.join(got, task, layout, ev.steps),
+            ev.labels,
+            out_name,
+            blank=blank,
+            samples=ev.scored,
         )
         result.evaluation, result.score, result.drop = e.to_dict(), e.quant_score, e.drop
         result.drop_unit = e.drop_unit
