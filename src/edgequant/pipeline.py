@@ -44,6 +44,7 @@ from edgequant.model import prepare
 from edgequant.model.io import serialized_size
 from edgequant.model.stream_calib import carry_states
 from edgequant.plan import QuantPlan
+from edgequant.planning.mixed import named as named_8bit
 from edgequant.recipe import Recipe
 from edgequant.result import QuantResult, build_report
 from edgequant.runtime import OrtRuntime, detect
@@ -193,8 +194,9 @@ def _static(
         run.float_model, fixes = apply_fixes(run.float_model, get_target(run.recipe.target))
     plan = planner.resolve(run.float_model, run.recipe, run.cpu)
     plan = int8_gather_tables(run.float_model, plan) if run.recipe.method == "weight-only" else plan
-    if run.recipe.weight_8bit and not weight_8bit.is_auto(run.recipe.weight_8bit):  # mixed 4/8, named
-        plan = eight_bit_weights(run.float_model, plan, run.recipe.weight_8bit)
+    w8 = run.recipe.weight_8bit  # mixed 4/8, named; static plans them in the planner (planning/mixed.py)
+    if w8 and run.recipe.method == "weight-only" and not weight_8bit.is_auto(w8):
+        plan = eight_bit_weights(run.float_model, plan, named_8bit(run.float_model, w8))
     run.recipe = recipe = planner.with_default_passes(run.float_model, run.recipe, run.cpu)  # transformers
     plan.notes.extend(fixes)
     unblocked = [e.name for e in plan.tensors.values() if e.note.startswith(planner.UNBLOCKED)]

@@ -22,7 +22,7 @@ from edgequant.model.einsum import why_not as einsum_why_not
 from edgequant.model.gru_hoist import is_selection
 from edgequant.model.patterns import RECURRENT_OPS
 from edgequant.plan import QuantPlan, TensorEntry
-from edgequant.planning import placement, recurrent, specs
+from edgequant.planning import mixed, placement, recurrent, specs
 from edgequant.planning.constants import (
     CONSTANT_MAX_REL_ERROR,
     CONSTANT_MIN_SQNR_DB,
@@ -118,6 +118,8 @@ class Planner:
             plan.notes.append(placement.plan_note(r))
         if not plan.quantized_nodes:
             self._refuse_empty(plan)
+        if r.weight_8bit and r.method == "static":  # mixed 4/8: named layers' weights at 8 bits
+            mixed.apply(self.model, plan, r, self.target, self.cpu)
         plan.opset = self.required_opset(plan)
         if act is not None and not act.signed:
             plan.notes.append(

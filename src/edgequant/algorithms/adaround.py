@@ -315,8 +315,8 @@ class AdaRound:
         per_out = const / rows / (wg.shape[0] * wg.shape[1])  # E||W x||^2 per output channel
         err = (err[0] + per_out, err[1] + per_out)
         return (
-            f"{node.name}: {flipped}/{w.size} weights differ from round-to-nearest; layer output error "
-            f"{err[0]:.3g} -> {err[1]:.3g} (mean squared, calibration inputs: {rows} rows from {batches} "
+            f"{node.name} ({spec.bits}-bit): {flipped}/{w.size} weights differ from round-to-nearest; layer "
+            f"output error {err[0]:.3g} -> {err[1]:.3g} (mean squared, calibration inputs: {rows} rows from {batches} "
             f"batch(es); {iterations} iterations){picked}{shift}"
         )
 

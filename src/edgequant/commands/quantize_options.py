@@ -107,9 +107,10 @@ Weight8bit = Annotated[
     list[str] | None,
     typer.Option(
         "--weight-8bit",
-        help="Weight-only 4-bit with --block-size: a MatMul (name, or re:REGEX) kept 8-bit (MatMulNBits bits=8). "
-        "Repeatable. 'auto': EdgeQuant chooses them by measured output-SQNR gain on held-out samples. "
-        "[default: none]",
+        help="A layer kept 8-bit among low-bit weights (mixed 4/8): a node name, re:REGEX, 'first' or 'last' "
+        "(compute layer). Static with --weight-bits 4/2/1/ternary: its Conv/Gemm/MatMul weight 8-bit. Weight-only "
+        "4-bit with --block-size: a MatMul as MatMulNBits bits=8, or 'auto' (chosen by measured output-SQNR gain "
+        "on held-out samples). Repeatable. [default: none]",
     ),
 ]
 SkipFirst = Annotated[

@@ -49,7 +49,7 @@ APPLIES: dict[str, tuple[tuple[str, ...], str]] = {
     "nbits_accuracy_level": (("weight-only",), "the MatMulNBits kernels' accuracy level"),
     "gptq_act_order": (("weight-only",), "the gptq pass's row order"),
     "token_mask": (("weight-only",), "the tokens block_clip/gptq fit"),
-    "weight_8bit": (("weight-only",), "MatMuls kept 8-bit in a 4-bit weight-only model"),
+    "weight_8bit": (("static", "weight-only"), "layers kept 8-bit among low-bit weights (mixed 4/8)"),
 }
 
 # the flag that sets each field, when it differs from --field-name

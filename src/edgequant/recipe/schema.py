@@ -144,7 +144,7 @@ class Recipe:
     token_mask: str = "auto"  # "auto" (an attention_mask input), "none", or a [batch, tokens] input name
     weight_8bit: tuple[
         str, ...
-    ] = ()  # weight-only 4-bit: MatMuls (names / re: patterns) kept 8-bit (mixed 4/8)
+    ] = ()  # layers (names / re: / first / last) kept 8-bit: static low-bit or weight-only 4-bit (mixed 4/8)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -188,14 +188,18 @@ class Recipe:
             raise RecipeError(
                 f"block size {self.block_size} is not a power of two >= 16.", "use 32, 64 or 128."
             )
-        if self.weight_8bit and (
-            self.method != "weight-only" or self.weight_bits != 4 or not self.block_size
-        ):
+        blocked4 = self.method == "weight-only" and self.weight_bits == 4 and bool(self.block_size)
+        lowbit_static = (
+            self.method == "static" and self.weight_int_bits < 8 and "auto" not in self.weight_8bit
+        )
+        if self.weight_8bit and not (blocked4 or lowbit_static):
             raise RecipeError(
                 f"weight_8bit {list(self.weight_8bit)} is set with method '{self.method}', weight_bits "
-                f"{self.weight_bits}, block_size {self.block_size}; it keeps some MatMuls 8-bit in a blocked "
-                "4-bit weight-only model.",
-                "use method weight-only with weight_bits 4 and a block_size, or drop weight_8bit.",
+                f"{self.weight_bits}, block_size {self.block_size}; it keeps some layers 8-bit in a blocked "
+                "4-bit weight-only model (names, re:, first, last, or auto) or in a static model with weights "
+                "below 8 bits (names, re:, first, last).",
+                "use method static with weight_bits 4 (or weight-only 4-bit with a block_size), or drop "
+                "weight_8bit.",
             )
         if self.nbits_accuracy_level not in (0, 1, 2, 3, 4):
             raise RecipeError(
