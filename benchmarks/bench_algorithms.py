@@ -68,6 +68,18 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "weight-only-int4": {"preset": "weight-only-int4"},
     "default+adaround": {"algorithms": ["adaround"]},  # AdaRound at 8 bits
     "w4a8+brecq": {"weight_bits": 4, "algorithms": ["brecq"]},  # AdaRound, then block reconstruction
+    # mixed 4/8, not pure W4A8 (weight_8bit under static, planning/mixed.py): the first and last compute
+    # layers' weights 8-bit, as the PTQ papers' W4A8 results keep them; then also blocks.0's depthwise conv
+    "w4a8+adaround+w8-first-last": {
+        "weight_bits": 4,
+        "algorithms": ["adaround"],
+        "weight_8bit": ["first", "last"],
+    },
+    "w4a8+adaround+w8-first-last-dw0": {
+        "weight_bits": 4,
+        "algorithms": ["adaround"],
+        "weight_8bit": ["first", "last", "re:/_blocks\\.0/_depthwise_conv/.*"],
+    },
     "ort-static-entropy": {"ort": "entropy"},
     "ort-static-percentile": {"ort": "percentile"},
     # per-tensor weights with the recovery passes (issue 17 §2, run on effnet_lite0)
@@ -152,6 +164,10 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
             {k: r.get(k) for k in ("pass", "seconds", "sqnr_before_db", "sqnr_after_db", "reverted")}
             for r in res.report.get("algorithms", [])
         ]
+        out["file_kib"] = round(Path(spec["out"]).stat().st_size / 1024, 1)
+        mixed = [n for n in res.plan.notes if n.startswith("mixed ")]
+        if mixed:  # which weights are 8-bit, their share, and the file size (weights dominate it)
+            out["note"] = f"{mixed[0]} File {Path(spec['out']).stat().st_size / 1024:.0f} KiB"
         search = (res.report.get("calibration") or {}).get("search")
         if search:
             out["search"] = search
