@@ -59,6 +59,16 @@ def resolve_recipe(
     return resolved
 
 
+def require_pass_data(recipe: Recipe, recipe_arg: Any, overrides: dict[str, Any], data: Any) -> None:
+    """Before any work: a pass that learns from real calibration inputs (``rules.DATA_PASSES``) with no
+    data (``data`` None and no ``recipe.calib_data``) is refused, naming the preset that added it when
+    ``recipe_arg`` is a preset name and ``overrides`` do not list ``algorithms`` (DataError)."""
+    from edgequant.recipe.rules import check_pass_data
+
+    named = isinstance(recipe_arg, str) and recipe_arg in PRESETS and "algorithms" not in overrides
+    check_pass_data(recipe, data is not None or recipe.calib_data is not None, recipe_arg if named else None)
+
+
 def load_input_model(
     model: ModelLike, example_inputs: Any = None, dynamic_axes: dict[str, list[int]] | None = None
 ) -> tuple[onnx.ModelProto, str, dict[str, Any] | None]:

@@ -50,7 +50,12 @@ def require_change(plan: QuantPlan) -> None:
     raise UnsupportedError(
         f"{plan.method} quantization changes no node of this model, so its output would be a copy of "
         "the float model; reasons: " + " | ".join(reasons),
-        "use --method static for conv nets (or weight-only), or check --exclude.",
+        (
+            "use --method weight-only (integer storage of any constant weight, a GRU's too) or static"
+            if plan.method == "dynamic"
+            else "use --method static or weight-only"
+        )
+        + ", or check --exclude.",
     )
 
 

@@ -38,6 +38,7 @@ from edgequant.intake import (
     named_passes,
     require_batch_first,
     require_loadable,
+    require_pass_data,
     resolve_recipe,
 )
 from edgequant.model import prepare
@@ -137,6 +138,7 @@ def _start(
     """Recipe, runtime and the repaired float model; refusals that need no work come first."""
     recipe_notes: list[str] = []  # e.g. a TI config naming a device without an NPU
     asked = resolve_recipe(recipe_arg, overrides, recipe_notes)
+    require_pass_data(asked, recipe_arg, overrides, calibration)  # adaround without data: before any work
     toolchains.check_source(asked.target, model)  # the input a vendor route needs: the first refusal
     recipe, target_notes = adapt_to_target(asked)
     target_notes = recipe_notes + target_notes

@@ -208,8 +208,8 @@ def test_default_cap_is_ten_percent_of_quantized_compute_nodes() -> None:
             "max_float_nodes (3) is set but target_sqnr_db is not; the cap limits the nodes that "
             "--target-sqnr keeps float.",
         ),
-        ({"target_sqnr_db": "high"}, "target_sqnr_db: target_sqnr_db must be a number, got 'high'."),
-        ({"max_float_nodes": 2.5}, "max_float_nodes: max_float_nodes must be an integer, got 2.5."),
+        ({"target_sqnr_db": "high"}, "target_sqnr_db must be a number, got 'high'."),
+        ({"max_float_nodes": 2.5}, "max_float_nodes must be an integer, got 2.5."),
     ],
 )
 def test_recipe_keys_are_validated(data: dict[str, object], message: str) -> None:

@@ -215,3 +215,39 @@ def check_sensitivity(r: Recipe) -> None:
             "that --target-sqnr keeps float.",
             "add --target-sqnr DB, or drop --max-float-nodes.",
         )
+
+
+# passes that learn from real calibration inputs (random ones would fit them to noise): what each learns
+DATA_PASSES = {
+    "adaround": "learns each weight's rounding",
+    "brecq": "learns each block's weight rounding",
+    "block_clip": "weighs each weight block's error",
+    "gptq": "fits each weight's rounding",
+}
+
+
+def check_pass_data(r: Recipe, has_data: bool, preset: str | None = None) -> None:
+    """Refuse, before any work, a pass of ``DATA_PASSES`` when no real calibration data is given
+    (``has_data`` False; synthetic data does not count).  ``preset``: the preset the recipe came from
+    when the user did not list ``algorithms``, so a pass the preset added at low bits
+    (``presets.LOW_BIT_PASSES``) is named as the preset's, not as one the user listed.  Raises DataError
+    (the REST service answers it 422 at submission)."""
+    from edgequant.errors import DataError
+    from edgequant.recipe.presets import LOW_BIT_PASSES
+
+    needs = [a for a in r.algorithms if a in DATA_PASSES]
+    if has_data or not needs:
+        return
+    name = needs[0]
+    added, bits = LOW_BIT_PASSES.get(preset or "", ("", 0))
+    if added == name:
+        raise DataError(
+            f"the {preset} preset runs {name} at {bits} bits and below (weight_bits {r.weight_bits} here), "
+            f"which {DATA_PASSES[name]} from real calibration inputs, and no calibration data was given.",
+            f"give --calib-data PATH, or use a preset without {name} (e.g. --recipe w4a8).",
+        )
+    raise DataError(
+        f"algorithm {name} {DATA_PASSES[name]} from real calibration inputs, and no calibration data was "
+        "given (random inputs would fit it to noise).",
+        f"give --calib-data PATH, or drop --algorithm {name}.",
+    )

@@ -30,17 +30,22 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         options = get_args(hint)
         if value is None and type(None) in options:
             return None
-        errors = []
-        for opt in options:
-            if opt is type(None):
-                continue
+        errors: list[RecipeError] = []
+        kinds = [o for o in options if o is not type(None)]
+        for opt in kinds:
             try:
                 return _coerce(value, opt, where)
             except RecipeError as exc:
-                errors.append(exc.detail)
+                errors.append(exc)
+        if len(errors) == 1:  # X | None: X's own message
+            raise errors[0]
+        named = [_kind(o) for o in kinds]
+        close = next(
+            (suggest(str(value), map(str, get_args(o))) for o in kinds if get_origin(o) is Literal), ""
+        )
         raise RecipeError(
-            f"{where}: {'; or '.join(e.rstrip('.') for e in errors) + '.' if errors else 'bad value'}",
-            "see 'edgequant quantize --help'.",
+            f"{where} is {value!r}, which is neither {' nor '.join(named)}.",
+            f"write {' or '.join(named)}{close}.",
         )
     if origin is Literal:
         allowed = get_args(hint)
@@ -96,6 +101,20 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise RecipeError(f"{where} must be a string, got {value!r}.", "quote the value.")
         return value
     raise RecipeError(f"{where}: unsupported type {hint}.", "report this as a bug.")
+
+
+def _kind(hint: Any) -> str:
+    """What a value of type ``hint`` is, in words (``a number``, ``one of auto, off``)."""
+    origin = get_origin(hint)
+    if origin is Literal:
+        allowed = get_args(hint)
+        return f"'{allowed[0]}'" if len(allowed) == 1 else "one of " + ", ".join(map(str, allowed))
+    if origin in (tuple, list):
+        return "a list"
+    if origin is dict or dataclasses.is_dataclass(hint):
+        return "a mapping"
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return words.get(hint, str(hint))
 
 
 def _plain(value: Any, where: str) -> Any:
