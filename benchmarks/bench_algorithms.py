@@ -80,6 +80,19 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "algorithms": ["adaround"],
         "weight_8bit": ["first", "last", "re:/_blocks\\.0/_depthwise_conv/.*"],
     },
+    # mixed 4/8 by hand from the README's per-layer numbers (each layer alone rounded to nearest at 4 bits):
+    # the stem, the depthwise convs of blocks 0-2, the project convs that end a stage without a residual
+    "w4a8+adaround+w8-sensitive": {
+        "weight_bits": 4,
+        "algorithms": ["adaround"],
+        "weight_8bit": [
+            "first",
+            "re:/_blocks\\.[0-2]/_depthwise_conv/.*",
+            "re:/_blocks\\.(0|1|3|5|8|11)/_project_conv/.*",
+        ],
+    },
+    # mixed 4/8 chosen by EdgeQuant (weight_8bit auto: at most 5 of the 50 layers, by measured output-SQNR gain)
+    "w4a8+adaround+w8-auto": {"weight_bits": 4, "algorithms": ["adaround"], "weight_8bit": ["auto"]},
     "ort-static-entropy": {"ort": "entropy"},
     "ort-static-percentile": {"ort": "percentile"},
     # per-tensor weights with the recovery passes (issue 17 §2, run on effnet_lite0)
@@ -166,6 +179,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         ]
         out["file_kib"] = round(Path(spec["out"]).stat().st_size / 1024, 1)
         mixed = [n for n in res.plan.notes if n.startswith("mixed ")]
+        if "weight_8bit" in res.report:  # the automatic choice: every candidate's gain, bits and why
+            out["weight_8bit"] = res.report["weight_8bit"]
         if mixed:  # which weights are 8-bit, their share, and the file size (weights dominate it)
             out["note"] = f"{mixed[0]} File {Path(spec['out']).stat().st_size / 1024:.0f} KiB"
         search = (res.report.get("calibration") or {}).get("search")

@@ -46,6 +46,7 @@ from edgequant.model.io import serialized_size
 from edgequant.model.stream_calib import carry_states
 from edgequant.plan import QuantPlan
 from edgequant.planning.mixed import named as named_8bit
+from edgequant.planning.mixed import to_eight
 from edgequant.recipe import Recipe
 from edgequant.result import QuantResult, build_report
 from edgequant.runtime import OrtRuntime, detect
@@ -221,10 +222,16 @@ def _static(
         run.calibration is None,
         named_passes(recipe_arg, overrides) if recipe.algorithms else (),
     )  # fmt: skip  (the passes are judged on samples neither calibration nor the check reads)
+    auto8 = weight_8bit.is_auto(recipe.weight_8bit)  # mixed 4/8 by measured sensitivity
+    if auto8 and recipe.method == "static":  # before AdaRound & co., which round each layer on its grid
+        run.float_model, plan, passes.sections["weight_8bit"] = weight_8bit.choose(
+            run.result_float, run.float_model, plan, passes, to_eight(recipe, run.cpu)
+        )
+        run.seconds["weight_8bit"] = passes.sections["weight_8bit"]["seconds"]
     # each pass asks for statistics, then applies them (algorithms/); before ranges, on float weights
     for step in algorithms.steps(recipe, "before_ranges"):
         run.float_model, plan = algorithms.run_pass(step, run.float_model, plan, passes)
-    if weight_8bit.is_auto(recipe.weight_8bit):  # mixed 4/8 by measured sensitivity, after GPTQ & co.
+    if auto8 and recipe.method == "weight-only":  # after GPTQ & co.
         run.float_model, plan, passes.sections["weight_8bit"] = weight_8bit.choose(
             run.result_float, run.float_model, plan, passes
         )

@@ -118,7 +118,7 @@ class Planner:
             plan.notes.append(placement.plan_note(r))
         if not plan.quantized_nodes:
             self._refuse_empty(plan)
-        if r.weight_8bit and r.method == "static":  # mixed 4/8: named layers' weights at 8 bits
+        if r.weight_8bit and r.method == "static" and tuple(r.weight_8bit) != ("auto",):  # mixed 4/8, named
             mixed.apply(self.model, plan, r, self.target, self.cpu)
         plan.opset = self.required_opset(plan)
         if act is not None and not act.signed:

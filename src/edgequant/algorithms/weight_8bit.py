@@ -17,6 +17,13 @@ sensitivity, one MatMul at a time (no combinatorial search):
    all-4-bit 0.9871): in gain order, 4 FFN-1 MatMuls, 0.9902; per value, 3 FFN-1 and 4 attention
    value/output MatMuls (22.2 % of the values), 0.9935; with a 15 % cap 0.9884 / 0.9916.
 
+Static low-bit weights (W4A8 and below, ``planning.mixed``): the same rule over every Conv/ConvTranspose/
+Gemm/MatMul with a low-bit weight, run *before* the passes (AdaRound then rounds each layer on its chosen
+grid), measured with float activations and round-to-nearest weights, and capped at ``STATIC_MAX_LAYERS``
+of the candidate layers (k = max(1, ceil(0.1 x candidates)); the share of weight values is reported, not
+capped: a CNN's most sensitive layers are its small early ones); a chosen weight gets the spec static
+int8 gives it (``planning.mixed.eight_bit_spec``).
+
 Samples: the first ``JUDGE_SAMPLES`` of the passes' held-out samples (``algorithms.context``: after
 the calibration ones, never those the pipeline's check holds back, so the check's SQNR stays an
 unbiased measure of this choice).  Cost: one ORT session (the candidate weights are fed as inputs),
@@ -30,6 +37,7 @@ and the SQNRs before and after, the rule, the samples and the seconds.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -44,7 +52,7 @@ from edgequant.algorithms.judge import real_positions, weight_quantized
 from edgequant.errors import DataError
 from edgequant.plan import QuantPlan
 from edgequant.schemes.qparams import dequantize, quantize_weight, sqnr_db
-from edgequant.schemes.spec import Granularity
+from edgequant.schemes.spec import Granularity, QuantSpec
 
 if TYPE_CHECKING:
     from edgequant.algorithms.base import Context
@@ -52,6 +60,7 @@ if TYPE_CHECKING:
 AUTO = "auto"
 TARGET_DB = 25.0  # output SQNR (dB, judge samples) at which promotion stops
 MAX_SHARE = 0.25  # at most this share of the MatMul weight values 8-bit
+STATIC_MAX_LAYERS = 0.1  # static low-bit weights: at most this share of the candidate layers (at least 1)
 MIN_GAIN_DB = 0.1  # a smaller one-at-a-time gain is not promoted
 JUDGE_SAMPLES = 8  # one batch: 41 runs took 94 s with 16 on all-MiniLM-L6-v2 (load 11 on 2 cores)
 
@@ -61,14 +70,18 @@ def is_auto(entries: tuple[str, ...]) -> bool:
     return tuple(entries) == (AUTO,)
 
 
-def candidates(model: onnx.ModelProto, plan: QuantPlan) -> dict[str, list[str]]:
-    """Weight name -> the MatMul nodes reading it, for every 4-bit weight planned in blocks."""
+def candidates(model: onnx.ModelProto, plan: QuantPlan, static: bool = False) -> dict[str, list[str]]:
+    """Weight name -> the nodes reading it: every 4-bit weight planned in blocks (MatMul), or with ``static``
+    every weight below 8 bits of a Conv/ConvTranspose/Gemm/MatMul."""
+    ops = ("Conv", "ConvTranspose", "Gemm", "MatMul") if static else ("MatMul",)
     out: dict[str, list[str]] = {}
     for n in model.graph.node:
-        if n.op_type != "MatMul" or len(n.input) < 2 or n.input[1] not in plan.tensors:
+        if n.op_type not in ops or len(n.input) < 2 or n.input[1] not in plan.tensors:
             continue
         e = plan.tensors[n.input[1]]
-        if e.role == "weight" and e.spec.bits == 4 and e.spec.granularity is Granularity.PER_BLOCK:
+        if e.role != "weight":
+            continue
+        if (static and e.spec.bits < 8) or (e.spec.bits == 4 and e.spec.granularity is Granularity.PER_BLOCK):
             out.setdefault(n.input[1], []).append(n.name)
     return out
 
@@ -92,16 +105,25 @@ def choose(
     model: onnx.ModelProto,
     plan: QuantPlan,
     ctx: Context,
+    eight: Callable[[QuantSpec], QuantSpec] | None = None,
 ) -> tuple[onnx.ModelProto, QuantPlan, dict[str, Any]]:
-    """(model, plan, report section): the MatMuls whose weights go 8-bit (module docstring).
+    """(model, plan, report section): the layers whose weights go 8-bit (module docstring).
 
     ``float_model`` holds the original weights (before any pass), ``model``/``plan`` the state after
-    the passes.  Raises DataError when there are no held-out samples to measure on.
+    the passes (static: before them).  ``eight`` maps a static low-bit weight's spec to its 8-bit one
+    (``None``: weight-only blocked MatMuls, the same blocks at 8 bits).  Raises DataError when there are
+    no held-out samples to measure on.
     """
     t0 = time.perf_counter()
-    cands = candidates(model, plan)
+    static = eight is not None
+    cands = candidates(model, plan, static)
+    cap, count_cap = (1.0, max(1, math.ceil(STATIC_MAX_LAYERS * len(cands)))) if static else (MAX_SHARE, None)
     if not cands:
-        none = "no MatMul has a blocked 4-bit weight (MatMulNBits), so there is nothing to keep 8-bit"
+        none = (
+            "no Conv/Gemm/MatMul has a weight below 8 bits"
+            if static
+            else "no MatMul has a blocked 4-bit weight (MatMulNBits)"
+        ) + ", so there is nothing to keep 8-bit"
         plan.notes.append(f"weight_8bit auto: {none}.")
         section: dict[str, Any] = {
             "target_db": TARGET_DB, "samples": 0, "stopped": none, "share_8bit": 0.0, "matmuls": [],
@@ -125,12 +147,15 @@ def choose(
     quant = weight_quantized(model, plan)
     inits = {t.name: t for t in quant.graph.initializer}
     four = {w: numpy_helper.to_array(inits[w]).astype(np.float32) for w in cands}
-    eight: dict[str, np.ndarray] = {}
+    w8: dict[str, np.ndarray] = {}
+    specs8 = {
+        w: (eight(plan.tensors[w].spec) if eight else replace(plan.tensors[w].spec, bits=8)) for w in cands
+    }
     for w in cands:
-        spec = replace(plan.tensors[w].spec, bits=8)
+        spec = specs8[w]
         x = numpy_helper.to_array(floats[w]).astype(np.float32)
         q, s, z = quantize_weight(x, spec)
-        eight[w] = dequantize(q, s, z, spec).astype(np.float32)
+        w8[w] = dequantize(q, s, z, spec).astype(np.float32)
     sess = ctx.runtime.session(_as_inputs(quant, list(cands)), "the weight-only model (weight_8bit auto)")
     ref_sess = ctx.runtime.session(float_model, "the float model (weight_8bit auto)")
     out = float_model.graph.output[0].name
@@ -138,7 +163,7 @@ def choose(
         refs = [ref_sess.run(b, [out])[out] for b in batches]
 
         def measure(promoted: set[str]) -> float:
-            weights = {w: (eight[w] if w in promoted else four[w]) for w in cands}
+            weights = {w: (w8[w] if w in promoted else four[w]) for w in cands}
             pairs = [
                 real_positions(b, r, sess.run({**b, **weights}, [out])[out])
                 for b, r in zip(batches, refs, strict=True)
@@ -154,7 +179,7 @@ def choose(
             gains[w] = measure({w}) - base
             took[w] = time.perf_counter() - t1
         sizes = {w: int(np.prod(floats[w].dims)) for w in cands}
-        chosen, sqnr, why, stopped = _promote(gains, sizes, base, TARGET_DB, measure)
+        chosen, sqnr, why, stopped = _promote(gains, sizes, base, TARGET_DB, measure, cap, count_cap)
     finally:
         sess.close()
         ref_sess.close()
@@ -167,22 +192,31 @@ def choose(
     for w in cands:
         e = plan.tensors[w]
         if w in chosen:
-            e.spec, e.scale, e.zero_point = replace(e.spec, bits=8), None, None
+            e.spec, e.scale, e.zero_point = specs8[w], None, None
+            form = "per channel, as static int8" if static else "MatMulNBits bits=8 in the same blocks"
             e.note = (
                 f"kept 8-bit (weight_8bit auto): +{gains[w]:.2f} dB output SQNR alone, measured on "
-                f"{count} held-out samples; MatMulNBits bits=8 in the same blocks (mixed 4/8)."
+                f"{count} held-out samples; {form} (mixed 4/8)."
             )
     share = sum(sizes[w] for w in chosen) / max(sum(sizes.values()), 1)
     if chosen:
         plan.notes.append(
-            f"mixed 4/8 (weight_8bit auto): {len(chosen)} of {len(cands)} blocked MatMul weights 8-bit "
-            f"({share:.1%} of their values), output SQNR {base:.2f} -> {sqnr:.2f} dB on the judge samples."
+            f"mixed 4/8 (weight_8bit auto): {len(chosen)} of {len(cands)} "
+            f"{'low-bit' if static else 'blocked MatMul'} weights 8-bit ({share:.2%} of their values), output "
+            f"SQNR {base:.2f} -> {sqnr:.2f} dB on the judge samples (weights only, activations float): "
+            + ", ".join(cands[w][0] for w in chosen[:8])
+            + (", ..." if len(chosen) > 8 else "")
+            + "."
         )
     section = {
         "rule": (
-            f"promote MatMuls in decreasing one-at-a-time output-SQNR gain per weight value until the output "
-            f"SQNR reaches {TARGET_DB} dB; skip a MatMul whose gain is below {MIN_GAIN_DB} dB or that would "
-            f"put more than {MAX_SHARE:.0%} of the MatMul weight values at 8 bits"
+            f"promote {'layers' if static else 'MatMuls'} in decreasing one-at-a-time output-SQNR gain per weight "
+            f"value until the output SQNR reaches {TARGET_DB} dB; skip one whose gain is below {MIN_GAIN_DB} dB"
+            + (
+                f"; at most {count_cap} of the {len(cands)} layers"
+                if count_cap
+                else f" or that would put more than {cap:.0%} of the candidate weight values at 8 bits"
+            )
         ),
         "target_db": TARGET_DB,
         "samples": count,
@@ -214,6 +248,8 @@ def _promote(
     base: float,
     target: float,
     measure: Callable[[set[str]], float],
+    cap: float = MAX_SHARE,
+    count_cap: int | None = None,
 ) -> tuple[list[str], float, dict[str, str], str]:
     """(chosen, output SQNR with them 8-bit, why per candidate, why promotion stopped): candidates in
     decreasing gain per weight value (the greedy order for a budget of 8-bit values), each re-measured
@@ -225,10 +261,12 @@ def _promote(
     for w in sorted(gains, key=lambda v: -gains[v] / max(sizes[v], 1)):
         if sqnr >= target:
             why[w] = f"not needed: the output SQNR reached {target} dB"
+        elif count_cap is not None and len(chosen) >= count_cap:
+            why[w] = f"over the cap: {count_cap} layer(s) already 8-bit"
         elif gains[w] < MIN_GAIN_DB:
             why[w] = f"gain below {MIN_GAIN_DB} dB"
-        elif (sum(sizes[c] for c in chosen) + sizes[w]) / total > MAX_SHARE:
-            why[w] = f"over the cap: more than {MAX_SHARE:.0%} of the MatMul weight values would be 8-bit"
+        elif (sum(sizes[c] for c in chosen) + sizes[w]) / total > cap:
+            why[w] = f"over the cap: more than {cap:.0%} of the candidate weight values would be 8-bit"
         else:
             chosen.append(w)
             sqnr = measure(set(chosen))
@@ -236,10 +274,8 @@ def _promote(
     if sqnr >= target:
         stopped = f"target {target} dB met" + ("" if chosen else " by 4 bits alone")
     else:
-        stopped = (
-            f"target {target} dB not met: every other MatMul is over the cap or gains under {MIN_GAIN_DB} dB"
-        )
+        stopped = f"target {target} dB not met: every other candidate is over the cap or gains under {MIN_GAIN_DB} dB"
     return chosen, sqnr, why, stopped
 
 
-__all__ = ["AUTO", "candidates", "choose", "is_auto"]
+__all__ = ["AUTO", "STATIC_MAX_LAYERS", "candidates", "choose", "is_auto"]

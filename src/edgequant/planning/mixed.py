@@ -7,7 +7,8 @@ per channel as the recipe asks, so a model is "mixed 4/8", not pure W4A8.  Entri
 * ``first`` / ``last``: the first / last compute node in graph order (Conv, ConvTranspose, MatMul, Gemm;
   the nodes ``skip_first`` / ``skip_last`` keep float).  The PTQ papers' W4A8 results keep these at
   8 bits: AdaRound (Nagel et al. 2020) and BRECQ (Li et al. 2021), see README, issue 17.
-* a node name, an op type, or ``re:PATTERN`` (a whole node name), as ``exclude``.
+* a node name, an op type, or ``re:PATTERN`` (a whole node name), as ``exclude``;
+* ``auto`` alone: chosen by measured output-SQNR gain (``algorithms.weight_8bit``, before the passes).
 
 An 8-bit weight gets the spec a plain static int8 plan would give it (same granularity and axis;
 reduce_range on a CPU without VNNI; the target's 8-bit scale rule; the recipe's symmetry), and a note
@@ -23,6 +24,7 @@ the entry, what it matched, and why that node has no low-bit weight).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -66,6 +68,12 @@ def eight_bit_spec(spec: QuantSpec, recipe: Recipe, target: targets.Profile, cpu
         ternary=False,
         centred=False,
     )
+
+
+def to_eight(recipe: Recipe, cpu: CpuFeatures) -> Callable[[QuantSpec], QuantSpec]:
+    """``eight_bit_spec`` for this recipe's target and this CPU (``algorithms.weight_8bit``'s auto choice)."""
+    target = targets.get(recipe.target)
+    return lambda spec: eight_bit_spec(spec, recipe, target, cpu)
 
 
 def apply(
@@ -129,4 +137,4 @@ def apply(
     )
 
 
-__all__ = ["KEYWORDS", "apply", "eight_bit_spec", "keyword_nodes", "named"]
+__all__ = ["KEYWORDS", "apply", "eight_bit_spec", "keyword_nodes", "named", "to_eight"]

@@ -189,15 +189,13 @@ class Recipe:
                 f"block size {self.block_size} is not a power of two >= 16.", "use 32, 64 or 128."
             )
         blocked4 = self.method == "weight-only" and self.weight_bits == 4 and bool(self.block_size)
-        lowbit_static = (
-            self.method == "static" and self.weight_int_bits < 8 and "auto" not in self.weight_8bit
-        )
+        lowbit_static = self.method == "static" and self.weight_int_bits < 8
         if self.weight_8bit and not (blocked4 or lowbit_static):
             raise RecipeError(
                 f"weight_8bit {list(self.weight_8bit)} is set with method '{self.method}', weight_bits "
                 f"{self.weight_bits}, block_size {self.block_size}; it keeps some layers 8-bit in a blocked "
                 "4-bit weight-only model (names, re:, first, last, or auto) or in a static model with weights "
-                "below 8 bits (names, re:, first, last).",
+                "below 8 bits (the same entries).",
                 "use method static with weight_bits 4 (or weight-only 4-bit with a block_size), or drop "
                 "weight_8bit.",
             )
