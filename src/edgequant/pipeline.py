@@ -45,6 +45,7 @@ from edgequant.model import prepare
 from edgequant.model.io import serialized_size
 from edgequant.model.stream_calib import carry_states
 from edgequant.plan import QuantPlan
+from edgequant.planning import specs
 from edgequant.planning.mixed import named as named_8bit
 from edgequant.planning.mixed import to_eight
 from edgequant.recipe import Recipe
@@ -254,7 +255,8 @@ def _static(
                 run.float_model, plan, batch, run.runtime, below_db, auto
             )
             run.float_model, plan = raise_for_plan(run.float_model, plan, run.notes)
-            run.notes += [run.act16["note"]] if auto and run.act16["tensors"] else []  # said on screen
+            # the Convs now next to 16-bit tensors run float: the plan note names them (issue #16 section 5)
+            specs.refresh_float_kernel_note(run.float_model, plan, recipe)
         run.seconds["calibration"] = time.perf_counter() - t1
         log.info("calibration (%s): %d activation ranges in %.3f s", recipe.calib_method,
                  len(plan.activations()), run.seconds["calibration"])  # fmt: skip

@@ -34,6 +34,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgequant.plan import QuantPlan
+from edgequant.planning import int_kernels
 from edgequant.schemes.spec import Granularity
 
 MS_DOMAIN = "com.microsoft"
@@ -144,8 +145,11 @@ def to_matmul_nbits(
 # what runs the node kinds faster than a weight-only form, said only where it is true of ORT's CPU kernels
 _FASTER = {
     "Conv": " Static int8 runs integer kernels instead (QLinearConv).",
-    "Gemm": " Static int8 runs integer kernels instead (QGemm).",
-    "MatMul": " Static int8 runs integer kernels instead (QLinearMatMul).",
+    "Gemm": " ORT fuses a weight-only Gemm into MatMulNBits only with transA = transB = 0, alpha = beta = 1, "
+    "an unshared weight and no Relu/Clip reading it alone; static int8 runs integer kernels instead (QGemm).",
+    "MatMul": " ORT fuses a weight-only MatMul into MatMulNBits itself only with an unshared 2-D weight and no "
+    "Relu/Clip reading it (or its bias Add) alone; --block-size 32 (or 64, 128) writes 2-D MatMul weights as "
+    "MatMulNBits directly, and static int8 runs integer kernels (QLinearMatMul).",
     "LSTM": " Dynamic int8 runs ORT's integer DynamicQuantizeLSTM instead.",
     "GRU": " ORT has no integer GRU kernel in any method: --exclude GRU leaves GRU weights float (float speed).",
     "RNN": " ORT has no integer RNN kernel in any method: --exclude RNN leaves RNN weights float (float speed).",
@@ -155,30 +159,47 @@ _FASTER = {
 def weight_only_kernels(
     model: onnx.ModelProto, plan: QuantPlan, accuracy_level: int = ACCURACY_LEVEL
 ) -> tuple[onnx.ModelProto, QuantPlan]:
-    """After a weight-only export: MatMulNBits where it applies, and a plan note for every weight that
-    ORT dequantizes on each run (slower than float: the float kernel runs after the dequantization)."""
+    """After a weight-only export: MatMulNBits where it applies, a plan note on the MatMul/Gemm nodes ONNX Runtime
+    fuses into MatMulNBits itself, and one for every other node whose weight ORT dequantizes on each run (slower
+    than float: the float kernel runs after the dequantization).  Which is which follows
+    ``planning.int_kernels.weight_only_matmul_nbits`` (ORT 1.32's DQ -> MatMulNBits rules)."""
     model, replaced = to_matmul_nbits(model, plan, accuracy_level)
     if replaced:
         plan.notes.append(
             f"{replaced} MatMul(s) run as ONNX Runtime's MatMulNBits (blocks unpacked in the kernel, "
             f"accuracy_level {accuracy_level})."
         )
-    readers = {i: n for n in model.graph.node for i in n.input}
+    graph = int_kernels.ModelGraph(model)
     slow: dict[str, list[str]] = {}
+    fused: list[str] = []  # MatMul/Gemm that ORT itself fuses into MatMulNBits when it loads the model
     for e in plan.tensors.values():
-        dq = readers.get(f"{e.name}_dq")
-        if e.role != "weight" or dq is None:
+        if e.role != "weight":
             continue
-        if dq.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN", "Gather"):
-            nodes = slow.setdefault(dq.op_type, [])
-            if dq.name not in nodes:  # a GRU reads W and R: one node, counted once
-                nodes.append(dq.name)
-    for op, nodes in sorted(slow.items()):
-        hint = (
-            " Set --block-size 32 (or 64, 128) with 4-bit weights for MatMulNBits."
-            if op == "MatMul" and plan.tensors and any(e.spec.bits == 4 for e in plan.tensors.values())
-            else _FASTER.get(op, f" --exclude {op} leaves {op} weights float (float speed).")
+        for node in graph.consumers.get(f"{e.name}_dq", []):
+            if node.op_type not in (
+                "Conv",
+                "ConvTranspose",
+                "Gemm",
+                "MatMul",
+                "LSTM",
+                "GRU",
+                "RNN",
+                "Gather",
+            ):
+                continue
+            if int_kernels.weight_only_matmul_nbits(node, e, graph):
+                fused.append(node.name)
+                continue
+            nodes = slow.setdefault(node.op_type, [])
+            if node.name not in nodes:  # a GRU reads W and R: one node, counted once
+                nodes.append(node.name)
+    if fused:
+        plan.notes.append(
+            f"{len(fused)} MatMul/Gemm(s) ({', '.join(fused[:3])}{', ...' if len(fused) > 3 else ''}) are fused by "
+            "ONNX Runtime into MatMulNBits when it loads the model (integer weights unpacked in the kernel)."
         )
+    for op, nodes in sorted(slow.items()):
+        hint = _FASTER.get(op, f" --exclude {op} leaves {op} weights float (float speed).")
         plan.notes.append(
             f"slower than float: {len(nodes)} {op}(s) ({', '.join(nodes[:3])}{', ...' if len(nodes) > 3 else ''}) "
             f"read a weight dequantized on every run, then run ORT's float {op} kernel (ORT has no weight-only "

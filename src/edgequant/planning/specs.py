@@ -16,6 +16,7 @@ from edgequant import targets
 from edgequant.errors import UnsupportedError
 from edgequant.model.patterns import RECURRENT_OPS
 from edgequant.plan import QuantPlan
+from edgequant.planning import int_kernels
 from edgequant.recipe import Recipe
 from edgequant.runtime.cpu import CpuFeatures
 from edgequant.schemes.spec import Granularity, QuantSpec, ScaleRule
@@ -140,47 +141,44 @@ FLOAT_KERNEL = "float speed or slower"  # the start of the note on static forms 
 
 
 def float_kernel_note(model: onnx.ModelProto, plan: QuantPlan, recipe: Recipe) -> str:
-    """Static on the CPU target: the planned nodes ONNX Runtime runs in float after DequantizeLinear ('' when
-    none is so planned).  Its CPU integer kernels take 8-bit weights and activations only: QLinearConv /
-    QGemm / QLinearMatMul / MatMulIntegerToFloat.  Counted: Conv/ConvTranspose/Gemm/MatMul with a weight
-    below 8 bits (per-channel 4-bit weights are not fused into MatMulNBits either), Conv/ConvTranspose/Gemm
-    with a 16-bit data input, and MatMul with 16-bit inputs and no constant weight.  Not counted: MatMul
-    with an 8-bit constant weight and a 16-bit input, which ORT fuses into MatMulNBits (8-bit weights,
-    activations quantized per block inside: faster than float).  Checked on ORT 1.32's optimized graphs;
-    measured (1 thread, batch 1): the demo conv net W4A8 0.28 ms, W8A16 0.23 ms, float 0.097 ms; an MLP
+    """Static on the CPU target: the planned Conv/ConvTranspose/Gemm/MatMul nodes that ONNX Runtime runs in
+    float after DequantizeLinear, grouped by why ('' when none).  Which ones is decided by the rules of
+    ``planning.int_kernels`` (ORT 1.32's QDQ fusions, validated against its optimized graphs in
+    tests/core/test_int_kernel_rules.py): 4-bit weights, 16-bit inputs (but a MatMul with an 8-bit weight,
+    which runs MatMulNBits), 16-bit outputs, and a float bias with no quantized output (sub-8-bit weights
+    on a model's last Gemm).  1-bit, ternary and 2-bit weights sit in int8 containers and fuse like int8.
+    Measured (1 thread, batch 1): the demo conv net W4A8 0.28 ms, W8A16 0.23 ms, float 0.097 ms; an MLP
     512-1024-512 W4A8 5.6 ms, W8A16 0.037 ms, int8 0.029 ms, float 0.20 ms (load 7)."""
     if recipe.method != "static" or recipe.target != "cpu":
         return ""
-    planned = {d.node for d in plan.quantized_nodes}
-    low_w: list[onnx.NodeProto] = []
-    a16: list[onnx.NodeProto] = []
-    for node in model.graph.node:
-        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or node.name not in planned:
-            continue
-        ins = [plan.tensors.get(t) for t in node.input[:2]]
-        roles = {(q.role, q.spec.bits) for q in ins if q is not None}
-        weights = [b for role, b in roles if role == "weight"]
-        if any(b < 8 for b in weights):
-            low_w.append(node)
-        elif ("activation", 16) in roles and (node.op_type != "MatMul" or not weights):
-            a16.append(node)
+    groups: dict[str, list[onnx.NodeProto]] = {}
+    for node, why in int_kernels.static_float_nodes(model, plan):
+        groups.setdefault(why, []).append(node)
+    if not groups:
+        return ""
     parts = [
         f"{len(nodes)} {_kinds(nodes)} node(s) ({', '.join(n.name for n in nodes[:3])}"
-        f"{', ...' if len(nodes) > 3 else ''}) {what}"
-        for nodes, what in (
-            (low_w, f"with {recipe.weight_int_bits}-bit weights"),
-            (a16, "with 16-bit inputs"),
-        )
-        if nodes
+        f"{', ...' if len(nodes) > 3 else ''}) with {why}"
+        for why, nodes in groups.items()
     ]
-    if not parts:
-        return ""
+    fix = ["--weight-bits 8"] if any("16-bit" not in why for why in groups) else []
+    if any("16-bit" in why for why in groups):  # 16 bits asked for all activations, or chosen per tensor
+        fix.append("--act-bits 8" if recipe.act_bits == 16 else "--act16-below-db off")
     return (
-        f"{FLOAT_KERNEL}: {' and '.join(parts)}: ONNX Runtime has no integer kernel for them (its QLinearConv, "
-        "QGemm and QLinearMatMul take 8-bit weights and activations) and runs them in float after "
-        "DequantizeLinear, so expect float speed or slower.  --weight-bits 8 --act-bits 8 runs them as integer "
-        "kernels."
+        f"{FLOAT_KERNEL}: {' and '.join(parts)}: ONNX Runtime fuses no integer kernel for them (its QLinearConv, "
+        "QGemm and QLinearMatMul take 8-bit weights, 8-bit inputs and outputs, and an int32 bias) and runs them "
+        f"in float after DequantizeLinear, so expect float speed or slower.  {' '.join(fix)} runs them as "
+        "integer kernels."
     )
+
+
+def refresh_float_kernel_note(model: onnx.ModelProto, plan: QuantPlan, recipe: Recipe) -> None:
+    """Replace ``plan``'s float-kernel note after its specs changed (16-bit activations chosen by
+    ``act16_below_db`` after calibration): the note must name the nodes the final plan runs in float."""
+    plan.notes[:] = [n for n in plan.notes if not n.startswith(FLOAT_KERNEL)]
+    note = float_kernel_note(model, plan, recipe)
+    if note:
+        plan.notes.append(note)
 
 
 def centring_note(model: onnx.ModelProto, plan: QuantPlan) -> str:
