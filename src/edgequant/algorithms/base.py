@@ -12,7 +12,8 @@ The pipeline runs each name of ``recipe.algorithms`` through :func:`run_pass`:
 
 The runner times the pass and measures the output SQNR (dB) against the user's float model before
 and after it on held-out samples, of the QDQ model each state leads to (``judge``: min-max ranges
-from a few calibration samples; a weight-only plan: its weights quantized).  The held-out samples
+from a few calibration samples; a weight-only plan: its weights quantized; a model with carried state:
+consecutive frames streamed, each model on its own state).  The held-out samples
 (``context``) are the ``HELD_OUT`` after the calibration ones in the calibration part of the data:
 no pass and no calibration reads them, and they are never the samples the pipeline holds back for
 its final check (so the check stays an unbiased measure of what the passes chose).  When the data
@@ -207,6 +208,8 @@ class Context:
     # the last state judge.judged_sqnr scored
     judged: tuple[onnx.ModelProto, QuantPlan, float | None] | None = None
     reference: list[np.ndarray] | None = None  # the float model's first output on ``held_out``
+    pairs: list[tuple[str, str]] = field(default_factory=list)  # carried state (input, output); judge
+    carry: list[bool] = field(default_factory=list)  # per held-out batch: fed the previous one's state
     sections: dict[str, Any] = field(default_factory=dict)  # report sections the passes handed over
 
 
@@ -218,9 +221,10 @@ def run_pass(
     t0 = time.perf_counter()
     request = algo.stat_requests(model, plan)
     stats = Stats(ctx.data, request.samples, ctx.runtime, ctx.recipe, ctx.synthetic)
+    from edgequant.algorithms.judge import judged_on, judged_sqnr, set_reference
+
     if ctx.reference is None and ctx.held_out:
-        ctx.reference = _outputs(model, ctx)  # the float model as the passes found it
-    from edgequant.algorithms.judge import judged_on, judged_sqnr
+        set_reference(model, ctx)  # the float model as the passes found it (streamed: judge.py)
 
     before = judged_sqnr(model, plan, ctx)
     saved = QuantPlan.from_dict(plan.to_dict())  # a pass may fix weight scales in the plan in place
@@ -243,7 +247,9 @@ def run_after(name: str, state: Quantized, ctx: Context) -> Quantized:
     request = algo.stat_requests(state)
     stats = Stats(ctx.data, request.samples, ctx.runtime, ctx.recipe, ctx.synthetic)
     if ctx.reference is None and ctx.held_out:
-        ctx.reference = _outputs(state.reference, ctx)
+        from edgequant.algorithms.judge import set_reference
+
+        set_reference(state.reference, ctx)
     before = quantized_sqnr(state.model, ctx)
     new, outcome = algo.apply_quantized(state, stats)
     seconds = time.perf_counter() - t0
@@ -372,17 +378,16 @@ def sample_count(batches: Iterable[Batch]) -> int:
 
 
 def _outputs(model: onnx.ModelProto, ctx: Context) -> list[np.ndarray]:
-    out = model.graph.output[0].name
-    sess = ctx.runtime.session(model, "the model during an algorithm pass")
-    try:
-        return [sess.run(b, [out])[out] for b in ctx.held_out]
-    finally:
-        sess.close()
+    """``model``'s first output per held-out batch; streamed where ``ctx.carry`` says (judge.py)."""
+    from edgequant.algorithms.judge import held_out_outputs
+
+    return held_out_outputs(model, ctx)
 
 
 def quantized_sqnr(model: onnx.ModelProto, ctx: Context) -> float | None:
     """Output SQNR (dB, first output, all held-out samples; padded positions left out:
-    ``judge.real_positions``) of ``model`` against the float model as it was before the first pass;
+    ``judge.real_positions``; a streaming model's runs of consecutive frames streamed with its own state:
+    ``judge.set_reference``) of ``model`` against the float model as it was before the first pass;
     None without held-out samples."""
     if not ctx.held_out or ctx.reference is None:
         return None
