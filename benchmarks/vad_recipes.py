@@ -14,9 +14,12 @@ the judge reverts is reverted here too and said in the table):
     bias correction    + sequential bias correction (``--algorithm bias_correction``)
     accurate           the ``accurate`` preset
     w8a16 ...          ``--act-bits 16`` (every activation 16-bit), alone / + bias correction / + AdaRound
-    ..., kept          the same with ``--keep-worse-passes``: the judge's proxy (SQNR of the outputs on the 32
-                       held-back frames, each fed the float model's state) does not see streaming agreement
-Speed (``speed``): float, the default and examples/recipe_streaming.yaml (w8a16 + AdaRound, kept), ORT CPU,
+    ..., kept          the same with ``--keep-worse-passes`` (a pass the judge would revert is kept).  The judge
+                       streams the 32 held-back frames (runs of consecutive frames, each model on its own
+                       state: algorithms/judge.py); before it did (one step per frame, each fed the float
+                       model's state), it reverted AdaRound where it helps the stream, and the recipe needed
+                       the key
+Speed (``speed``): float, the default and examples/recipe_streaming.yaml (w8a16 + AdaRound), ORT CPU,
 spinning off, interleaved rounds, median ms at 1 and 2 threads.
 
     nice -n 5 .venv/bin/python benchmarks/vad_recipes.py   # -> results/vad_recipes.{md,json}

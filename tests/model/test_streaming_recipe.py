@@ -101,7 +101,7 @@ def _sqnr(ref: np.ndarray, got: np.ndarray) -> float:
 def test_the_recipe_file_is_what_the_benchmark_measured() -> None:
     r = resolve_recipe(str(RECIPE), {}, [])
     assert (r.method, r.weight_bits, r.act_bits, r.per_channel) == ("static", 8, 16, True)
-    assert r.algorithms == ("adaround",) and r.keep_worse_passes and r.calib_samples == 1024
+    assert r.algorithms == ("adaround",) and not r.keep_worse_passes and r.calib_samples == 1024
 
 
 def test_streaming_recipe_keeps_quiet_frames_where_int8_loses_them() -> None:
