@@ -184,13 +184,22 @@ CUT_FOR_QUANTIZE = (
 )
 
 
-def require_batch_first(model: onnx.ModelProto, data: Any, cut: str = CUT_FOR_QUANTIZE) -> None:
-    """Refuse real data for a time-major recurrent input whose first (time) axis is dynamic: the data
-    layer takes axis 0 as the sample axis, so arrays and files (and batch dicts it may split) would be
-    cut along time: calibration on runs of time steps, the check on later steps of the same sequences.
-    Whole batches that the data layer cannot split (another input's axis 0 is fixed, as a recurrent
-    state ``[1, B, H]``) pass.  ``cut``: what the cut would do, for the message (``evaluate`` passes its
-    own).  Raises ``DataError`` naming the input, its node and the fix."""
+def require_batch_first(
+    model: onnx.ModelProto, data: Any, cut: str = CUT_FOR_QUANTIZE, counted: str = "calibration and the check"
+) -> None:
+    """Refuse data for a time-major recurrent input (``[T, B, I]``, ``layout`` 0): the data layer takes
+    axis 0 as the sample axis, so it would cut along time: calibration on runs of time steps, the check on
+    later steps of the same sequences, and with a fixed T every time step counted as a sample.
+
+    * dynamic T: arrays, files and batch dicts are refused; whole batches that the data layer cannot
+      split (an iterable, and another input's axis 0 is fixed, as a recurrent state ``[1, B, H]``) pass;
+    * fixed T > 1: refused in every form (an iterable too: calibration counts axis 0), unless the inputs fix
+      different first axes (a state ``[1, B, H]`` beside ``x`` ``[T, B, I]``): the data layer then feeds
+      every feed dict whole (stacked on a new axis 0 in array files), never cut along time.  T = 1 (one
+      step per call, a streaming model) counts each step as the sample it is.
+
+    ``cut``: what the cut would do, for the message; ``counted``: what would count time steps as samples
+    (``evaluate`` passes its own).  Raises ``DataError`` naming the input, its node and the fix."""
     from edgequant.data.model_inputs import input_specs
     from edgequant.errors import DataError
     from edgequant.model.patterns import time_major_inputs
@@ -198,16 +207,24 @@ def require_batch_first(model: onnx.ModelProto, data: Any, cut: str = CUT_FOR_QU
     if data is None:
         return
     specs = {s.name: s for s in input_specs(model)}
-    timed = {
-        k: n for k, n in time_major_inputs(model).items() if k in specs and specs[k].shape[:1] == (None,)
-    }
+    fixed = {s.shape[0] for s in specs.values() if s.shape and s.shape[0] is not None}
     streamed = not isinstance(data, str | Path | np.ndarray | dict) and not hasattr(data, "keys")
-    if not timed or (streamed and any(s.shape[:1] != (None,) for s in specs.values())):
+    timed: dict[str, tuple[onnx.NodeProto, str]] = {}
+    for k, n in time_major_inputs(model).items():
+        first = specs[k].shape[:1] if k in specs else ()
+        if first == (None,) and not (streamed and fixed):
+            timed[k] = (n, cut)
+        elif first and first[0] not in (None, 1) and len(fixed) == 1:  # T = 1: one step, one sample
+            timed[k] = (
+                n,
+                f"{counted} would count each of its {first[0]} time steps (T is fixed) as a sample",
+            )
+    if not timed:
         return
-    name, node = next(iter(timed.items()))
+    name, (node, why) = next(iter(timed.items()))
     raise DataError(
         f"model input '{name}' is time-major ([T, B, I], ONNX's default layout, read by {node.op_type} "
-        f"'{node.name}') and EdgeQuant's data layer batches along axis 0, so {cut}.",
+        f"'{node.name}') and EdgeQuant's data layer batches along axis 0, so {why}.",
         f"re-export the model with a batch-first input [B, T, I] and a Transpose to [T, B, I] before the "
         f"{node.op_type} (what PyTorch's batch_first=True exports); ONNX Runtime has no layout=1 kernel.",
     )

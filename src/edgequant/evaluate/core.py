@@ -140,13 +140,14 @@ def load_eval_data(
     split (``edgequant.data.select``), the part calibration with ``split="calib"`` never reads.
     Images and video are preprocessed as calibration does: the ``preprocess`` fields the user set, the
     model's declared normalisation in the others (``data.declared.fill_declared``).
-    A path, array or dict for a time-major recurrent input with a dynamic time axis raises
-    ``DataError`` (``intake.require_batch_first``); an iterable of batches is fed batch by batch.
+    A path, array or dict for a time-major recurrent input (dynamic time axis, or a fixed one whose steps
+    would count as samples) raises ``DataError`` (``intake.require_batch_first``); an iterable of batches
+    is fed batch by batch.
     """
     if isinstance(data, str | Path | np.ndarray | Mapping):  # batches given whole are fed whole
         from edgequant.intake import require_batch_first
 
-        require_batch_first(model, data, cut=_CUT)
+        require_batch_first(model, data, cut=_CUT, counted="evaluation")
     specs = input_specs(model)
     fixed = specs[0].shape[0] if specs and specs[0].shape else None
     batch = fixed if isinstance(fixed, int) else batch_size
@@ -228,7 +229,10 @@ def load_eval_data(
         )
     for b in batches:
         check_batch(b, specs, where="evaluation data")
-    samples = sum(_feed_samples(b, whole) for b in batches)
+    from edgequant.model.patterns import time_major_inputs
+
+    timed = set(time_major_inputs(model))  # [T, B, I] batches given whole: B sequences, not T steps
+    samples = sum(_feed_samples(b, whole, timed) for b in batches)
     if samples == 0:
         raise DataError(f"the evaluation data ({description}) holds no samples.", "give at least one sample.")
     if fixed is not None and any(len(next(iter(b.values()))) != fixed for b in batches):
@@ -369,10 +373,11 @@ def evaluate(
     return score_outputs(task, ref, out, ev.labels, name, metric=metric, blank=blank, samples=ev.scored)
 
 
-def _feed_samples(batch: Mapping[str, np.ndarray], whole: bool) -> int:
-    """Samples in one batch: its axis-0 length, or 1 for a whole feed dict (stacked feeds, or inputs
-    that disagree on axis 0, e.g. ``x [1, 16]`` with a state ``[2, 1, 8]``: as the leakage check counts)."""
-    lengths = {len(v) for v in batch.values()}
+def _feed_samples(batch: Mapping[str, np.ndarray], whole: bool, timed: set[str] | None = None) -> int:
+    """Samples in one batch: its axis-0 length (axis 1 of a time-major input in ``timed``), or 1 for a
+    whole feed dict (stacked feeds, or inputs that disagree on axis 0, e.g. ``x [1, 16]`` with a state
+    ``[2, 1, 8]``: as the leakage check counts)."""
+    lengths = {v.shape[1] if k in (timed or ()) and v.ndim > 1 else len(v) for k, v in batch.items()}
     return 1 if whole or len(lengths) > 1 else lengths.pop()
 
 

@@ -74,6 +74,9 @@ def prepare_job(
             "pass --calib-data PATH, or --allow-synthetic to calibrate on random inputs knowingly "
             "(every row then says so).",
         )
+    from edgequant.intake import require_batch_first
+
+    require_batch_first(float_model, calibration)  # time-major recurrent input: data cut along time
     profile = energy_profile_for(energy_profile, target)
     opts = core.eval_options(data_options, eval_split)
     # the most calibration samples any chosen method reads: the leakage check covers all of them
