@@ -24,9 +24,9 @@ def test_preprocess_is_refused_for_npz_datasets_and_unknown_presets_everywhere(s
             r.status_code == 422 and "is arrays, which are fed to the model as they are" in r.json()["detail"]
         )
         r = c.post(url, params=data, json={"preprocess": {"mean": [0.5]}})
-        assert r.status_code == 422 and "--mean given" in r.json()["detail"], r.text
+        assert r.status_code == 422 and "preprocess.mean given" in r.json()["detail"], r.text
         r = c.post(url, params={**data, "method": "fp16"}, json={"per_channel": False})
-        assert r.status_code == 422 and "--per-tensor is given but method 'fp16'" in r.json()["detail"], (
-            r.text
-        )
+        assert (
+            r.status_code == 422 and "per_channel: false is given but method 'fp16'" in r.json()["detail"]
+        ), r.text
         assert c.post(url, params=data, json={}).status_code == 202

@@ -7,6 +7,8 @@ Errors: RecipeError naming the item that does not have the flag's form.
 
 from __future__ import annotations
 
+import re
+from dataclasses import fields
 from typing import Any
 
 import yaml
@@ -38,3 +40,71 @@ def input_axes(items: list[Any] | tuple[Any, ...], where: str = "--dynamic-axis"
             raise RecipeError(f"{where} item {item!r} is not INPUT:AXIS.", f"write e.g. {where} input:1.")
         out.setdefault(name.strip(), []).append(int(axis))
     return out
+
+
+_REST_SPECIAL = {
+    "--symmetric/--asymmetric": "act_symmetric",
+    "--per-tensor": "per_channel: false",
+    "--per-channel": "per_channel: true",
+    "--symmetric": "act_symmetric: true",
+    "--asymmetric": "act_symmetric: false",
+    "--float-scales": "power_of_two: false",
+    "--mean": "preprocess.mean",
+    "--std": "preprocess.std",
+    "--scale": "preprocess.scale",
+    "--layout": "preprocess.layout",
+}
+# "drop " before a flag; the flag (or a pair such as --symmetric/--asymmetric); a placeholder after it
+_FLAG_RE = re.compile(r"(drop )?(--[a-z][a-z0-9-]*(?:/--[a-z][a-z0-9-]*)?)( [A-Z]+\b| )?")
+
+# a CLI command quoted in a message ("run edgequant quantize model.h5 --target akida1 ...; ")
+_COMMAND_RE = re.compile(r"(edgequant [a-z]+(?: [^\s;,']+)*)")
+
+
+def rest_words(text: str) -> str:
+    """``text`` (an error's detail or hint) with the CLI flags of recipe settings written as the REST
+    service's JSON fields: ``--weight-bits 4`` -> ``weight_bits 4``, ``--keep-worse-passes`` ->
+    ``keep_worse_passes: true`` (``drop --keep-worse-passes`` -> ``drop keep_worse_passes``),
+    ``--no-bias-correction`` -> ``bias_correction: false``, ``--per-tensor`` -> ``per_channel: false``,
+    ``--calib-data PATH`` -> ``?dataset=NAME``, ``--recipe w4a8`` -> ``method=w4a8``.  Flags that are not
+    recipe settings (``--help``) and CLI commands quoted whole (``edgequant quantize m.h5 --target
+    akida1``) are left as they are."""
+    from edgequant.recipe.schema import FLAG_KEYS, Recipe
+
+    kinds = {f.name: str(f.type) for f in fields(Recipe)}
+
+    def field(flag: str) -> str | None:
+        key = flag[2:].replace("-", "_")
+        key = FLAG_KEYS.get(key, key)
+        return key if key in kinds else None
+
+    def swap(m: re.Match[str]) -> str:
+        drop, flag, after = m.group(1) or "", m.group(2), m.group(3) or ""
+        space = " " if after else ""  # a placeholder (PATH, DB) or a space after the flag
+        if flag == "--calib-data":
+            return f"{drop}?dataset=NAME" + ("" if after.strip() else after)
+        if flag == "--recipe":
+            return (
+                f"{drop}method="
+                if after == " "
+                else f"{drop}method=PRESET" + ("" if after.strip() else after)
+            )
+        if flag in _REST_SPECIAL:
+            word = _REST_SPECIAL[flag]
+            return drop + (word.split(":")[0] if drop else word) + after
+        negated = flag.startswith("--no-") and field("--" + flag[5:]) is not None
+        name = field("--" + flag[5:]) if negated else field(flag)
+        if name is None:
+            return m.group(0)
+        if kinds[name] == "bool" and not drop:
+            return f"{name}: {'false' if negated else 'true'}{after}"
+        return f"{drop}{name}{after if after.strip() else space}"
+
+    parts = _COMMAND_RE.split(text)  # a CLI command quoted in the text stays as it is typed
+    return "".join(p if i % 2 else _FLAG_RE.sub(swap, p) for i, p in enumerate(parts))
+
+
+def rest_error(body: dict[str, str]) -> dict[str, str]:
+    """An error's ``{"error", "detail", "hint"}`` with its detail and hint in the REST service's words
+    (``rest_words``)."""
+    return {**body, **{k: rest_words(body[k]) for k in ("detail", "hint") if isinstance(body.get(k), str)}}

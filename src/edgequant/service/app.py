@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgequant.errors import EdgeQuantError
+from edgequant.recipe.flags import rest_error
 from edgequant.service.config import ServiceConfig, served_targets, status_of
 from edgequant.service.guard import API, GuardMiddleware, Sessions, error_body
 from edgequant.service.jobs import JobManager
@@ -39,7 +40,7 @@ def _install_handlers(app: FastAPI) -> None:
         status = status_of(exc)
         if status >= 500 and status != 501:
             log.error("%s %s -> %d: %s", request.method, request.url.path, status, exc)
-        return JSONResponse(exc.to_dict(), status_code=status)
+        return JSONResponse(rest_error(exc.to_dict()), status_code=status)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -30,10 +30,11 @@ from fastapi import APIRouter, Body, Request
 from fastapi.responses import FileResponse, JSONResponse
 
 from edgequant.data.declared import refuse_array_preprocess
-from edgequant.errors import RecipeError
-from edgequant.recipe import METHODS, PRESETS, from_dict, to_dict
+from edgequant.errors import DataError, RecipeError
+from edgequant.recipe import METHODS, PRESETS, Recipe, from_dict, to_dict
 from edgequant.recipe.applies import normalized_keys, refuse_ignored
 from edgequant.recipe.presets import low_bit_passes, own_tag, without_disabled
+from edgequant.recipe.rules import check_pass_data
 from edgequant.recipe.schema import FLAG_KEYS
 from edgequant.service.config import (
     BadRequest,
@@ -142,11 +143,29 @@ def build_recipe(
     if method in PRESETS and "tag" not in given:  # a preset's tag names the preset's settings only
         recipe = own_tag(method, recipe)
     refuse_ignored(recipe, given)
+    preflight(recipe, has_dataset, method if method in PRESETS and "algorithms" not in given else None)
     if recipe.tag is None:  # the file names are fixed now, from the recipe as asked (the worker resolves
         recipe = recipe.replace(
             tag=recipe.default_tag
         )  # regex excludes to node names, which would change it)
     return to_dict(recipe)
+
+
+def preflight(recipe: Recipe, has_dataset: bool, preset: str | None) -> None:
+    """The refusals a quantize job would fail with that need no model, raised at submission (422) with
+    the job's own reason: the target's rules (``targets.adapt``: weight_bits 1 on ti-npu), Akida's 8-bit
+    route, and a pass that learns from real data (adaround, also the one ``accurate`` adds at 4 bits)
+    without a dataset (``rules.check_pass_data``, a DataError in the library, a 422 here)."""
+    from edgequant import toolchains
+    from edgequant.targets.adapt import adapt
+
+    adapt(recipe)
+    if recipe.target == "akida":
+        toolchains.check_recipe(recipe.target, recipe.weight_bits, recipe.act_bits)
+    try:
+        check_pass_data(recipe, has_dataset, preset)
+    except DataError as exc:
+        raise RecipeError(exc.detail, exc.hint) from None
 
 
 def resolve_model_name(store: JobStore, name: str) -> str:

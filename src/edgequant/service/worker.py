@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from edgequant.errors import DataError, EdgeQuantError, ModelError, RecipeError, caused_by_memory
+from edgequant.recipe.flags import rest_error
 from edgequant.service.config import ResourceLimit
 from edgequant.service.safety import remove_tree
 from edgequant.service.store import JobStore
@@ -262,7 +263,7 @@ def run_job(store: JobStore, job_id: str, ray_memory_mb: int | None = None) -> N
                 "hint": "this is a bug in EdgeQuant; please report it with the model and data.",
             }
     if error is not None:
-        error = _scrub(error, store.root)
+        error = rest_error(_scrub(error, store.root))  # CLI flags named as the request's JSON fields
         remove_tree(partial)
         store.transition(job_id, ("running",), "failed", error=error, stage="failed", finished=time.time())
         return
