@@ -255,8 +255,6 @@ def _static(
                 run.float_model, plan, batch, run.runtime, below_db, auto
             )
             run.float_model, plan = raise_for_plan(run.float_model, plan, run.notes)
-            # the Convs now next to 16-bit tensors run float: the plan note names them (issue #16 section 5)
-            specs.refresh_float_kernel_note(run.float_model, plan, recipe)
         run.seconds["calibration"] = time.perf_counter() - t1
         log.info("calibration (%s): %d activation ranges in %.3f s", recipe.calib_method,
                  len(plan.activations()), run.seconds["calibration"])  # fmt: skip
@@ -288,6 +286,9 @@ def _static(
 
         quantized, bias_notes = fit_biases(quantized, plan, get_target(recipe.target))
         plan.notes.extend(bias_notes)
+    # the final plan's float-kernel note (issue #16 section 5): 16-bit tensors chosen after calibration put Convs
+    # in float, and a pass (target_sqnr) may have kept nodes float that the planner's note named
+    specs.refresh_float_kernel_note(run.float_model, plan, recipe)
     return quantized, plan
 
 

@@ -100,3 +100,18 @@ def test_the_automatic_16_bit_note_is_printed_once(tmp_path: Path) -> None:
     auto = [n for n in report["notes"] if "applied automatically" in n]
     assert len(auto) == 1, report["notes"]
     assert " ".join(res.output.split()).count("applied automatically") == 1, res.output
+
+
+def test_the_note_follows_nodes_a_pass_kept_float(tmp_path: Path) -> None:
+    """Before: the planner's note was kept after --target-sqnr kept 'fc' float, so it still named 'fc' 'with 4-bit
+    weights' (4 Conv/Gemm nodes).  Now it names the quantized nodes ORT runs in float, and only those."""
+    r = edgequant.quantize(conv_net(), {"x": images(48)}, method="static", calib_samples=24, weight_bits=4,
+                           target_sqnr_db=25)  # fmt: skip
+    planned = {d.node for d in r.plan.quantized_nodes}
+    assert "fc" not in planned and {"conv1", "dwconv", "pwconv"} <= planned, planned
+    ran = ort_ran_ops(r.model, tmp_path)
+    assert ran["Conv"] == 3 and ran["Gemm"] == 1 and ran["QLinearConv"] == 0, ran  # fc: float, not quantized
+    assert (
+        _float_note(r.report["notes"]).split(": ")[1]
+        == "3 Conv node(s) (conv1, dwconv, pwconv) with 4-bit weights"
+    )
