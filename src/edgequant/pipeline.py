@@ -229,9 +229,10 @@ def _static(
             run.result_float, run.float_model, plan, passes, to_eight(recipe, run.cpu)
         )
         run.seconds["weight_8bit"] = passes.sections["weight_8bit"]["seconds"]
-    # each pass asks for statistics, then applies them (algorithms/); before ranges, on float weights
-    for step in algorithms.steps(recipe, "before_ranges"):
-        run.float_model, plan = algorithms.run_pass(step, run.float_model, plan, passes)
+    # each pass asks for statistics, then applies them (algorithms/); before ranges, on float weights;
+    # a reshaping pass (cle) is judged after the rounding pass (adaround) that follows it
+    steps = algorithms.steps(recipe, "before_ranges")
+    run.float_model, plan = algorithms.run_before(steps, run.float_model, plan, passes)
     if auto8 and recipe.method == "weight-only":  # after GPTQ & co.
         run.float_model, plan, passes.sections["weight_8bit"] = weight_8bit.choose(
             run.result_float, run.float_model, plan, passes

@@ -4,7 +4,8 @@ Passes behind a registry (``base``: stat requests, then apply; one report row ea
 order of ``recipe.algorithms``.  Before activation ranges: ``cle`` (cross-layer equalization,
 data-free), ``smoothquant`` (per-channel activation outliers moved into the following MatMul
 weights, folded into LayerNorm / constant Mul producers, α chosen by error) and ``adaround``
-(learned rounding, layer by layer).  After them, on the QDQ model:
+(learned rounding, layer by layer), run by ``judge_after.run_before`` (a reshaping pass judged after the
+rounding pass it feeds).  After them, on the QDQ model:
 ``bias_correction`` (``correct_biases``: the per-channel mean shift that quantization adds to each
 Conv/Gemm/MatMul output goes into the float bias; sequential by default, ``bias_sequential``) and
 ``mixed_precision`` (``sensitivity.keep_sensitive_float``: the nodes that cost the most output SQNR
@@ -25,6 +26,7 @@ from edgequant.algorithms.base import (
     steps,
 )
 from edgequant.algorithms.bias_correction import correct_biases
+from edgequant.algorithms.judge_after import run_before
 from edgequant.algorithms.sensitivity import Candidate, default_cap, keep_sensitive_float
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "known",
     "phase",
     "run_after",
+    "run_before",
     "run_pass",
     "steps",
 ]

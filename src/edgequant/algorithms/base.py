@@ -26,7 +26,9 @@ model and plan (or the QDQ state) return to what they were before it, and its ro
 pass).  ``recipe.keep_worse_passes`` (``--keep-worse-passes``) keeps such a pass, with a note.  A
 pass whose SQNR cannot be measured (no held-out samples) is kept unjudged.  A pass's ``apply`` must
 therefore leave its inputs unchanged (each returns a changed copy); the runner keeps a copy of the
-plan, which ``block_clip``/``gptq`` edit in place.
+plan, which ``block_clip``/``gptq`` edit in place.  A weight-reshaping pass (``cle``) that a rounding
+pass (``adaround``) follows is judged after that pass instead (``judge_after.run_before`` runs the
+``before_ranges`` passes; ``record`` writes the rows and applies the guard).
 
 A pass has a ``phase``.  ``"before_ranges"`` (the default: ``cle``, ``adaround``) refines the float
 model and plan before activation ranges are calibrated, as above.  ``"after_ranges"``
@@ -51,6 +53,7 @@ from typing import Any, ClassVar, Literal, Protocol
 import numpy as np
 import onnx
 
+from edgequant.algorithms.record import record
 from edgequant.data.base import Batch
 from edgequant.errors import DataError, RecipeError
 from edgequant.plan import QuantPlan
@@ -214,9 +217,10 @@ class Context:
 
 
 def run_pass(
-    name: str, model: onnx.ModelProto, plan: QuantPlan, ctx: Context
+    name: str, model: onnx.ModelProto, plan: QuantPlan, ctx: Context, defer: str = ""
 ) -> tuple[onnx.ModelProto, QuantPlan]:
-    """Run one ``before_ranges`` pass: requests, statistics, apply; append its report row to ``ctx.rows``."""
+    """Run one ``before_ranges`` pass: requests, statistics, apply; append its report row to ``ctx.rows``.
+    ``defer``: the later rounding pass that judges this one (``judge_after``); the guard waits for it."""
     algo = create(name, ctx.recipe)
     t0 = time.perf_counter()
     request = algo.stat_requests(model, plan)
@@ -232,7 +236,7 @@ def run_pass(
     seconds = time.perf_counter() - t0
     ctx.judged = None  # a pass may return its inputs changed in place: judge them afresh
     after = judged_sqnr(new_model, new_plan, ctx) if outcome.changed else before
-    if _record(name, request, outcome, seconds, (before, after), judged_on(plan), ctx):
+    if record(name, request, outcome, seconds, (before, after), judged_on(plan), ctx, defer):
         ctx.judged = (model, saved, before)
         return model, saved  # reverted: the model and plan as the pass found them
     return new_model, new_plan
@@ -255,61 +259,10 @@ def run_after(name: str, state: Quantized, ctx: Context) -> Quantized:
     seconds = time.perf_counter() - t0
     after = quantized_sqnr(new.model, ctx) if outcome.changed else before
     what = "the QDQ model (weights and activations quantized)"
-    return state if _record(name, request, outcome, seconds, (before, after), what, ctx) else new
-
-
-def _record(
-    name: str,
-    request: StatRequest,
-    outcome: PassOutcome,
-    seconds: float,
-    sqnr: tuple[float | None, float | None],
-    what: str,
-    ctx: Context,
-) -> bool:
-    """Append a pass's report row (and its report sections) to ``ctx``; True when the pass is to be
-    reverted (its held-out SQNR fell by more than ``TOLERANCE_DB``; module docstring)."""
-    row: dict[str, Any] = {
-        "pass": name,
-        "changed": outcome.changed,
-        "skipped": outcome.skipped,
-        "seconds": round(seconds, 3),
-        "samples": request.samples,
-        "sqnr_measured_on": f"{ctx.held_out_on}, {what}",
-        "sqnr_before_db": sqnr[0],
-        "sqnr_after_db": sqnr[1],
-        **outcome.details,
-    }
-    if not outcome.changed:
-        reason = outcome.nothing_to_do or "no layer changed"
-        row["nothing_to_do"] = reason
-        ctx.notes.append(f"{name}: nothing to do ({reason}).")  # named or not: the screen says it (#17)
-    before, after = sqnr
-    worse = outcome.changed and before is not None and after is not None and after < before - TOLERANCE_DB
-    revert = worse and not ctx.recipe.keep_worse_passes
-    if worse:
-        fell = f"SQNR {before} -> {after} dB on {ctx.held_out_on}"
-        row["reverted" if revert else "kept_worse"] = ("reverted: " if revert else "kept: ") + fell
-        if revert:
-            msg = (
-                f"{name}: reverted: SQNR {before} -> {after} dB (lower by more than {TOLERANCE_DB} dB on "
-                f"{ctx.held_out_on}); the model is as before the pass (--keep-worse-passes keeps it)."
-            )
-            (ctx.warnings if name in ctx.requested else ctx.notes).append(msg)
-        else:
-            ctx.notes.append(
-                f"{name}: kept (keep_worse_passes) although its SQNR fell: {before} -> {after} dB."
-            )
-        for section in outcome.report.values():
-            if isinstance(section, dict):
-                section["reverted" if revert else "kept_worse"] = row["reverted" if revert else "kept_worse"]
-    ctx.rows.append(row)
-    ctx.sections.update(outcome.report)
-    return bool(revert)
+    return state if record(name, request, outcome, seconds, (before, after), what, ctx) else new
 
 
 HELD_OUT = 32  # samples after the calibration ones that judge each pass
-TOLERANCE_DB = 0.05  # a pass that lowers the held-out SQNR by more than this is reverted
 
 
 def context(

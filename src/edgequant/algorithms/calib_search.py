@@ -46,7 +46,7 @@ from edgequant.schemes.qparams import sqnr_db
 
 CANDIDATES = ("minmax", "percentile", "entropy", "mse")
 SEARCH_SAMPLES = 32  # held-out samples the candidates are scored on
-TIE_DB = 0.05  # SQNR differences up to this are ties (the pass guard's tolerance, algorithms.base)
+TIE_DB = 0.05  # SQNR differences up to this are ties (the pass guard's tolerance, algorithms.record)
 BOOTSTRAP = 400  # resamplings of the held-out rows behind a candidate's significance
 SWITCH_DB = 0.5  # the least gain over the current choice (its bootstrap 5th percentile) that replaces it
 
