@@ -20,7 +20,8 @@ and score its range search; ORT's tool reads the first 128 of the file):
                        QUInt8 activations, QInt8 weights): ORT's default static setting
     (on request, --settings)  weight-only-int4 (the preset), default+adaround (AdaRound at 8 bits),
                        w4a8+brecq (AdaRound, then each block's roundings jointly: algorithms/brecq.py),
-                       ort-static-entropy, ort-static-percentile
+                       ort-static-entropy, ort-static-percentile, w4a8+cle+adaround (CLE judged after
+                       AdaRound), accurate-w4 (the preset at 4 bits: AdaRound added)
 
 ``--latency RUNS,ROUNDS`` then times float and every model written at batch 1 on one intra-op thread
 with ORT's thread spinning off, interleaved (every session warmed up, then each round runs each model
@@ -64,6 +65,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "w4a8": {"weight_bits": 4},
     "w4a8+adaround": {"weight_bits": 4, "algorithms": ["adaround"]},
     "ort-static": {"ort": "minmax"},
+    # on request: CLE before AdaRound at 4 bits, judged after AdaRound (algorithms/judge_after.py)
+    "w4a8+cle+adaround": {"weight_bits": 4, "algorithms": ["cle", "adaround"]},
+    "accurate-w4": {"preset": "accurate", "weight_bits": 4},  # CLE, search, AdaRound, bias correction
     # not in the default --settings (run on effnet_lite0): weight-only int4, ORT's other calibrations
     "weight-only-int4": {"preset": "weight-only-int4"},
     "default+adaround": {"algorithms": ["adaround"]},  # AdaRound at 8 bits
@@ -174,7 +178,10 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         Path(spec["out"]).write_bytes(res.model.SerializeToString())
         out["seconds"] = {k: round(v, 2) for k, v in res.report["seconds"].items()}
         out["passes"] = [
-            {k: r.get(k) for k in ("pass", "seconds", "sqnr_before_db", "sqnr_after_db", "reverted")}
+            {
+                k: r.get(k)
+                for k in ("pass", "seconds", "sqnr_before_db", "sqnr_after_db", "reverted", "judged_after")
+            }
             for r in res.report.get("algorithms", [])
         ]
         out["file_kib"] = round(Path(spec["out"]).stat().st_size / 1024, 1)
@@ -305,7 +312,13 @@ def markdown(results: dict[str, Any]) -> str:
                 continue
             passes = "; ".join(
                 f"{p['pass']} {p['seconds']} s, {p['sqnr_before_db']} -> {p['sqnr_after_db']}"
-                + (" reverted" if p.get("reverted") else "")
+                + (
+                    f" ({p['judged_after']})"
+                    if p.get("judged_after")
+                    else " reverted"
+                    if p.get("reverted")
+                    else ""
+                )
                 for p in v.get("passes", [])
             )
             if "search" in v:
