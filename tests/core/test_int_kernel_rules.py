@@ -59,6 +59,26 @@ def _rng_w(rng: np.random.Generator, name: str, *shape: int) -> onnx.TensorProto
     return nh.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
 
 
+def _attention() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """x [B, 8, 16] -> MatMul with a constant weight ('proj') -> MatMul with x transposed ('scores'); x carries
+    one outlier of 40 in every other sample, so act16_below_db promotes some tensors and not others."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        h.make_node("MatMul", ["x", "W"], ["q"], name="proj"),
+        h.make_node("Transpose", ["x"], ["xt"], name="tr", perm=[0, 2, 1]),
+        h.make_node("MatMul", ["q", "xt"], ["y"], name="scores"),
+    ]
+    g = h.make_graph(
+        nodes, "att", [h.make_tensor_value_info("x", T.FLOAT, ["B", 8, 16])],
+        [h.make_tensor_value_info("y", T.FLOAT, ["B", 8, 8])], [_rng_w(rng, "W", 16, 16)],
+    )  # fmt: skip
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 8
+    x = np.random.default_rng(1).standard_normal((24, 8, 16)).astype(np.float32)
+    x[::2, 3, 4] = 40.0
+    return m, {"x": x}
+
+
 def _graph(kind: str) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """Small graphs around one MatMul/Gemm: the contexts that decide ORT's fusions."""
     rng = np.random.default_rng(0)
@@ -106,6 +126,9 @@ CASES = (
     + [("mlp", "static", kw) for kw in STATIC[:7]]
     + [(k, "static", kw) for k in KINDS[:6] for kw in ({"weight_bits": 1}, {"act_bits": 16})]
     + [(k, "weight-only", kw) for k in [CONV, "mlp", *KINDS] for kw in WEIGHT_ONLY]
+    # 16-bit inputs with 8-bit outputs and the reverse (float), 16-bit on both sides (MatMulNBits, 4-bit too)
+    + [("mlp_outlier", "static", {"act16_below_db": db}) for db in (35, 40, 45)]
+    + [("attention", "static", {"act16_below_db": 30, **kw}) for kw in ({}, {"weight_bits": 4})]
 )
 
 
@@ -115,8 +138,11 @@ def test_the_rules_name_exactly_the_nodes_ort_runs_in_float(
 ) -> None:
     if kind == CONV:
         model, data = conv_net(), {"x": images(24)}
-    elif kind == "mlp":
+    elif kind in ("mlp", "mlp_outlier"):
         model, data = mlp(), {"x": np.random.default_rng(1).standard_normal((24, 32)).astype(np.float32)}
+        data["x"][::3, 5] = 30.0 if kind == "mlp_outlier" else data["x"][::3, 5]
+    elif kind == "attention":
+        model, data = _attention()
     else:
         model, data = _graph(kind)
     r = edgequant.quantize(model, data, method=method, calib_samples=12, **kw)

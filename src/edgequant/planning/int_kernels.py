@@ -11,8 +11,11 @@ QGemm, QLinearMatMul, MatMulIntegerToFloat, MatMulNBits) unless:
 
 - its weight is stored in 4 bits: ORT's integer Conv/Gemm/MatMul kernels take 8-bit weights (1-bit, ternary
   and 2-bit weights are stored in int8 containers and fuse like int8);
-- its data input is 16-bit: no 16-bit integer kernel.  Except a MatMul with an 8-bit constant weight, which
-  ORT fuses into MatMulNBits (activations quantized per block inside the kernel: faster than float);
+- its data input is 16-bit: no 16-bit integer kernel.  Except a MatMul (or a Gemm that is one) whose output
+  is 16-bit or not quantized and whose unshared 2-D weight MatMulNBits takes (1/2/4/8 bits, per tensor, per
+  column or in blocks along K): ORT drops the 16-bit QuantizeLinear/DequantizeLinear pairs and fuses
+  MatMulNBits (activations quantized per block inside the kernel: faster than float).  A 16-bit input with
+  an 8-bit output keeps the float MatMul;
 - its output (after a Relu/Clip that the QuantizeLinear makes redundant) is quantized to 16 bits while its
   input is 8-bit: the selectors need the input and output types to match;
 - (Conv, ConvTranspose, Gemm) it has a float bias -- EdgeQuant quantizes a bias to int32 only with 8-bit
@@ -101,13 +104,20 @@ def static_float_reason(node: onnx.NodeProto, plan: QuantPlan, graph: ModelGraph
     ins = [plan.tensors.get(t) for t in node.input[:2]]
     weight = next((e for e in ins if e is not None and e.role == "weight"), None)
     acts = [e for e in ins if e is not None and e.role == "activation"]
+    out = graph.quantized_output(node, plan)
+    a16 = any(e.spec.bits == 16 for e in acts)
+    if a16 and (out is None or out.spec.bits == 16) and weight is not None:
+        init = graph.inits.get(weight.name)
+        if (
+            init is not None
+            and graph.sole_consumer(weight.name) is node
+            and _nbits_weight(node, weight, init)
+        ):
+            return ""  # ORT drops the 16-bit QDQ pairs and fuses MatMulNBits (activations quantized inside)
     if weight is not None and _stored_bits(weight) < 8:
         return f"{weight.spec.bits}-bit weights"
-    if any(e.spec.bits == 16 for e in acts):
-        if _gemm_as_matmul(node) and weight is not None and _stored_bits(weight) == 8:
-            return ""  # MatMulNBits (8-bit weights, activations quantized per block inside)
+    if a16:
         return "16-bit inputs"
-    out = graph.quantized_output(node, plan)
     if out is not None and out.spec.bits == 16:
         return "16-bit outputs"
     bias = node.input[2] if node.op_type != "MatMul" and len(node.input) > 2 else ""
@@ -148,18 +158,12 @@ def weight_only_matmul_nbits(node: onnx.NodeProto, weight: TensorEntry, graph: M
         return False
     dq = graph.producer.get(node.input[1])
     init = graph.inits.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-    if init is None or len(init.dims) != 2 or graph.sole_consumer(node.input[1]) is not node:
-        return False  # not a 2-D weight in the weight slot, or its DequantizeLinear feeds other nodes too
-    if not _gemm_as_matmul(node):
-        return False
-    spec = weight.spec
-    if spec.bits not in (1, 2, 4, 8):
-        return False
-    if spec.granularity is Granularity.PER_BLOCK:
-        if spec.axis != 0 or spec.block_size is None or spec.block_size < 16:
-            return False
-    elif spec.granularity is Granularity.PER_CHANNEL and spec.axis != 1:
-        return False
+    if (
+        init is None
+        or graph.sole_consumer(node.input[1]) is not node
+        or not _nbits_weight(node, weight, init)
+    ):
+        return False  # its DequantizeLinear feeds other nodes too, or MatMulNBits cannot take the weight
     nxt = graph.sole_consumer(node.output[0])
     if (
         node.op_type == "MatMul" and nxt is not None and nxt.op_type == "Add" and graph.rank(node.input[0]) == 2
@@ -167,6 +171,17 @@ def weight_only_matmul_nbits(node: onnx.NodeProto, weight: TensorEntry, graph: M
     ):  # fmt: skip  # a 2-D MatMul + bias Add: ORT fuses them into a Gemm first
         nxt = graph.sole_consumer(nxt.output[0])
     return nxt is None or nxt.op_type not in _CLIPS or graph.sole_consumer(nxt.output[0]) is None
+
+
+def _nbits_weight(node: onnx.NodeProto, weight: TensorEntry, init: onnx.TensorProto) -> bool:
+    """Whether MatMulNBits can take ``weight`` (stored as ``init``) of ``node``: a MatMul or a Gemm that is one,
+    a 2-D weight in 1/2/4/8 bits, per tensor, per column (axis 1) or in blocks of >= 16 along axis 0."""
+    spec = weight.spec
+    if not _gemm_as_matmul(node) or len(init.dims) != 2 or spec.bits not in (1, 2, 4, 8):
+        return False
+    if spec.granularity is Granularity.PER_BLOCK:
+        return spec.axis == 0 and spec.block_size is not None and spec.block_size >= 16
+    return spec.granularity is Granularity.PER_TENSOR or spec.axis == 1
 
 
 def _gemm_as_matmul(node: onnx.NodeProto) -> bool:
