@@ -129,9 +129,11 @@ def calibrate(
     runtime: OrtRuntime,
     progress: Progress | None,
     calibration: DataLike = None,
+    reference: onnx.ModelProto | None = None,
 ) -> tuple[QuantPlan, dict[str, Any]]:
     """``plan`` with the ranges of its activations measured on ``source``, and the report's calibration
-    section.  Raises DataError when the data yields no samples."""
+    section.  The range search scores candidates against ``reference`` (the float model before the
+    passes; ``model`` when None).  Raises DataError when the data yields no samples."""
     from edgequant.observe import collect
 
     act = next(plan.tensors[n].spec for n in plan.activations())
@@ -174,7 +176,7 @@ def calibrate(
         extra = recipe.replace(calib_samples=recipe.calib_samples + SEARCH_SAMPLES, sampling="first")
         held = algorithms.held_out(calib_source(calibration, model, extra), recipe.calib_samples)
         default = observer_method("auto", act.bits, transformer=placement)  # kept on ties (calib_search)
-        ranges, search = search_ranges(model, plan, res, recipe, runtime, held, source, default)
+        ranges, search = search_ranges(model, plan, res, recipe, runtime, held, source, default, reference)
     exact = apply_exact_ranges(model.graph, ranges := dict(ranges))  # tanh/sigmoid/recurrent outputs
     plan = plan.with_ranges(ranges)
     for name, note in exact.items():

@@ -246,7 +246,7 @@ def _static(
                 "activation ranges came from SYNTHETIC random data (--allow-synthetic), not real inputs."
             )
         plan, run.calib_info = _calibrate(
-            run.float_model, plan, source, recipe, run.runtime, progress, run.calibration
+            run.float_model, plan, source, recipe, run.runtime, progress, run.calibration, run.result_float
         )
         below_db = act16.threshold(recipe, run.result_float, run.cpu)  # auto: 25 dB on transformers
         if below_db is not None:  # 16 bits where 8 cannot hold the tensor's outliers

@@ -84,13 +84,15 @@ def choose(
     held_out: Iterable[Batch],
     runtime: OrtRuntime,
     default: str = "minmax",
+    reference: onnx.ModelProto | None = None,
 ) -> tuple[str, dict[str, float], dict[str, float]]:
     """The chosen candidate (module docstring: the ``default`` unless another is significantly better
     on ``held_out``), every SQNR (dB, first output) and every top-1 agreement with float (fraction;
-    empty unless the output holds class or token scores)."""
+    empty unless the output holds class or token scores), against ``reference`` (the user's float
+    model, before passes such as AdaRound changed ``model``'s weights; ``model`` when None)."""
     batches = list(held_out)
     out = model.graph.output[0].name
-    sess = runtime.session(model, "the float model")
+    sess = runtime.session(reference or model, "the float model")
     try:
         refs = [np.asarray(sess.run(b, [out])[out]) for b in batches]
     finally:
@@ -158,9 +160,11 @@ def search_ranges(
     held: list[Batch],
     calibration: Iterable[Batch],
     default: str = "minmax",
+    reference: onnx.ModelProto | None = None,
 ) -> tuple[dict[str, tuple[float, float]], dict[str, Any]]:
     """The chosen method's ranges and what the search saw (scores in dB, agreements, where it measured);
-    ``default`` names the candidate that holds the default recipe's ranges (``entropy`` or ``minmax``)."""
+    ``default`` names the candidate that holds the default recipe's ranges (``entropy`` or ``minmax``);
+    scores against ``reference`` (``choose``)."""
     from edgequant import planner
     from edgequant.model.patterns import bounded_outputs
 
@@ -170,7 +174,7 @@ def search_ranges(
         held = list(itertools.islice(iter(calibration), 2))
         on = "the first calibration batches (the data has no samples beyond the calibration ones)"
     best, scores, agree = choose(
-        model, plan, candidates, planner.tie_activation_ranges, held, runtime, default=default
+        model, plan, candidates, planner.tie_activation_ranges, held, runtime, default, reference
     )
     return {n: candidates[best][n] for n in res.ranges}, {
         "chosen": best,
