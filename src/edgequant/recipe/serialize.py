@@ -34,11 +34,15 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         kinds = [o for o in options if o is not type(None)]
         for opt in kinds:
             try:
-                return _coerce(value, opt, where)
+                out = _coerce(value, opt, where)
             except RecipeError as exc:
                 errors.append(exc)
+                continue
+            errors.clear()  # a kept exception's traceback holds this frame and its callers': no cycle
+            return out
         if len(errors) == 1:  # X | None: X's own message
-            raise errors[0]
+            raise errors.pop()
+        errors.clear()
         named = [_kind(o) for o in kinds]
         close = next(
             (suggest(str(value), map(str, get_args(o))) for o in kinds if get_origin(o) is Literal), ""
