@@ -203,3 +203,41 @@ def test_the_static_summary_counts_only_ops_computing_in_integer(tmp_path: Path)
     out = " ".join(res.output.replace("│", " ").split())
     want = f"{len(kernels)} integer kernels ({', '.join(kernels)}); 1 moving integer data (Flatten);"
     assert want in out, out
+
+
+def test_a_node_ort_renames_under_a_torch_style_name_is_not_called_folded(tmp_path: Path) -> None:
+    """Torch exports name nodes '/l0/MatMul'; ORT's MatMul + scale fusion names its float FusedMatMul
+    '/l0/MatMul/MatMulScaleFusion/'.  Before, the census matched on the text before the first '/' (empty
+    here) and filed the node 'folded' ('fused into a neighbouring kernel'); it runs in float.  Our own ORT
+    session's optimised graph is the reference."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["q"], name="/l0/proj/MatMul"),
+        helper.make_node("Transpose", ["x"], ["xt"], name="/l0/Transpose", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "xt"], ["s"], name="/l0/MatMul"),
+        helper.make_node("Mul", ["s", "c"], ["y"], name="/l0/Mul"),
+    ]
+    g = helper.make_graph(
+        nodes, "att", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 8, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array((rng.standard_normal((16, 16)) * 0.2).astype(np.float32), "W"),
+         numpy_helper.from_array(np.array(0.25, np.float32), "c")],
+    )  # fmt: skip
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    x = rng.standard_normal((24, 8, 16)).astype(np.float32)
+    r = edgequant.quantize(
+        m, {"x": x}, method="static", act_bits=16, calib_samples=12, placement="matmul-inputs"
+    )
+    onnx.save(r.model, str(tmp_path / "q.onnx"))
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    ort.InferenceSession(str(tmp_path / "q.onnx"), so, providers=["CPUExecutionProvider"])
+    ran = {n.name: n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node}
+    assert ran.get("/l0/MatMul/MatMulScaleFusion/") == "FusedMatMul", ran
+    nodes_ = r.report["nodes"]
+    assert [(d["node"], d["kernel"]) for d in nodes_["planned_float"]] == [("/l0/MatMul", "FusedMatMul")], (
+        nodes_
+    )
+    assert not nodes_["folded"], nodes_

@@ -102,7 +102,15 @@ def census(
     by_name: dict[str, onnx.NodeProto] = {}
     for n in optimized.graph.node:
         by_name.setdefault(n.name, n)
-        by_name.setdefault(n.name.split("/", 1)[0], n)
+    fused: dict[
+        str, onnx.NodeProto
+    ] = {}  # 'mm/MatMulAddFusion', '/l0/MatMul/MatMulScaleFusion/': the shortest
+    for n in optimized.graph.node:
+        source = _written_name(n.name, written_names)
+        if source is not None and (source not in fused or len(n.name) < len(fused[source].name)):
+            fused[source] = n
+    for source, n in fused.items():
+        by_name.setdefault(source, n)
     producer = {o: n for n in optimized.graph.node for o in n.output}
     inits = {t.name for t in optimized.graph.initializer}
     integer = _integer_tensors(optimized)
@@ -150,6 +158,18 @@ def census(
                 {**entry, "reason": f"no integer kernel: ONNX Runtime runs {node.op_type} in float"}
             )
     return out
+
+
+def _written_name(name: str, written: set[str]) -> str | None:
+    """The written node an ORT node named ``name`` came from: ORT keeps a fused node's name and appends
+    '/<Fusion>' ('mm/MatMulAddFusion'; '/bert/.../MatMul/MatMulScaleFusion/' for a torch export, whose names
+    themselves hold '/') or prefixes 'fused '; the longest written name that ``name`` extends is the one."""
+    name = name.removeprefix("fused ").rstrip("/")
+    while name and name not in written:
+        if "/" not in name:
+            return None
+        name = name.rsplit("/", 1)[0]
+    return name or None
 
 
 def _integer_tensors(model: onnx.ModelProto) -> set[str]:
