@@ -161,9 +161,9 @@ def test_weight_only_first_and_last_name_the_matmuls() -> None:
 
 
 def test_auto_keeps_the_layer_whose_8bit_weights_buy_most() -> None:
-    """``weight_8bit: [auto]`` under static W4A8 measures each layer's gain with its weights alone 8-bit
-    (float activations, held-out samples) and keeps at most max(1, 10 % of 3) = 1 layer 8-bit: conv1, whose
-    heavy-tailed 4-bit weights cost most; the model then equals the one with weight_8bit [conv1]."""
+    """``weight_8bit: [auto]`` under static W4A8 measures each layer's cost alone at 4 bits among 8-bit
+    layers (float activations, held-out samples) and keeps at most max(1, 20 % of 3) = 1 layer 8-bit: conv1,
+    whose heavy-tailed 4-bit weights cost most; the model then equals the one with weight_8bit [conv1]."""
     model = _net()
     kw = {**KW, "calib_samples": 64, "check_samples": 32, "reduce_range": "on"}  # 8-bit weights on 7 bits
     res = edgequant.quantize(model, X, weight_8bit=["auto"], **kw)
@@ -171,8 +171,8 @@ def test_auto_keeps_the_layer_whose_8bit_weights_buy_most() -> None:
     bits = {r["weight"]: r["bits"] for r in section["matmuls"]}
     assert bits == {"w1": 8, "w2": 4, "w3": 4}
     gains = {r["weight"]: r["gain_db"] for r in section["matmuls"]}
-    assert gains["w1"] > 2.4  # measured 4.40 dB (conv2 0.98, conv3 0.55)
-    assert gains["w1"] > 2 * max(gains["w2"], gains["w3"])
+    # each layer's cost alone at 4 bits among 8-bit ones: measured 22.50 dB (conv2 18.91, conv3 16.44)
+    assert gains["w1"] > max(gains["w2"], gains["w3"]) + 1.5
     named = edgequant.quantize(model, X, weight_8bit=["conv1"], **kw)
     assert np.abs(_ints(res.model, "w1")[0].astype(np.int32)).max() == 63  # the spec static int8 gives it
     for w in ("w1", "w2", "w3"):
