@@ -170,9 +170,12 @@ def test_auto_keeps_the_layer_whose_8bit_weights_buy_most() -> None:
     section = res.report["weight_8bit"]
     bits = {r["weight"]: r["bits"] for r in section["matmuls"]}
     assert bits == {"w1": 8, "w2": 4, "w3": 4}
-    gains = {r["weight"]: r["gain_db"] for r in section["matmuls"]}
+    gains = {r["weight"]: r["cost_db"] for r in section["matmuls"]}
     # each layer's cost alone at 4 bits among 8-bit ones: measured 22.50 dB (conv2 18.91, conv3 16.44)
     assert gains["w1"] > max(gains["w2"], gains["w3"]) + 1.5
+    note = res.plan.tensors["w1"].note  # a cost, not a gain (the review read '+22.50 dB ... alone')
+    assert note.startswith(f"kept 8-bit (weight_8bit auto): cost {gains['w1']:.2f} dB"), note
+    assert "is below" in section["rule"] and "cost is below" in section["rule"], section["rule"]
     named = edgequant.quantize(model, X, weight_8bit=["conv1"], **kw)
     assert np.abs(_ints(res.model, "w1")[0].astype(np.int32)).max() == 63  # the spec static int8 gives it
     for w in ("w1", "w2", "w3"):

@@ -115,3 +115,19 @@ def test_the_note_follows_nodes_a_pass_kept_float(tmp_path: Path) -> None:
         _float_note(r.report["notes"]).split(": ")[1]
         == "3 Conv node(s) (conv1, dwconv, pwconv) with 4-bit weights"
     )
+
+
+def test_weight_only_slowness_is_printed_once(tmp_path: Path) -> None:
+    """Before: 'note: slower than float: 1 MatMul(s) (mm1) ...' and then 'warning: slower than float: ...',
+    the same text twice (the plan's note was also copied into the warnings)."""
+    onnx.save_model(mlp(), tmp_path / "mlp.onnx")
+    np.save(tmp_path / "x.npy", np.random.default_rng(1).standard_normal((24, 32)).astype(np.float32))
+    out = tmp_path / "out"
+    res = CliRunner().invoke(
+        app, ["quantize", str(tmp_path / "mlp.onnx"), "--calib-data", str(tmp_path / "x.npy"),
+              "--method", "weight-only", "-o", str(out)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    screen = " ".join(res.output.split())
+    assert screen.count("slower than float: 1 MatMul(s) (mm1)") == 1, res.output
+    assert "warning: slower than float: 1 MatMul(s) (mm1)" in screen, res.output

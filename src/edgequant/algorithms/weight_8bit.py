@@ -185,8 +185,9 @@ def choose(
             gains[w] = top - measure(set(cands) - {w}) if static else measure({w}) - base
             took[w] = time.perf_counter() - t1
         sizes = {w: int(np.prod(floats[w].dims)) for w in cands}
+        word = "cost" if static else "gain"  # static scores a layer by its cost (module docstring)
         chosen, sqnr, why, stopped = _promote(
-            gains, sizes, base, TARGET_DB, measure, cap, count_cap, per_value=not static
+            gains, sizes, base, TARGET_DB, measure, cap, count_cap, per_value=not static, word=word
         )
     finally:
         sess.close()
@@ -197,14 +198,20 @@ def choose(
     for t in new.graph.initializer:
         if t.name in chosen:
             t.CopyFrom(floats[t.name])
+
+    def score(w: str) -> str:
+        if static:
+            return f"cost {gains[w]:.2f} dB (output SQNR lower by that with it alone 4-bit, the others 8-bit)"
+        return f"+{gains[w]:.2f} dB output SQNR alone"
+
     for w in cands:
         e = plan.tensors[w]
         if w in chosen:
             e.spec, e.scale, e.zero_point = specs8[w], None, None
             form = "per channel, as static int8" if static else "MatMulNBits bits=8 in the same blocks"
             e.note = (
-                f"kept 8-bit (weight_8bit auto): +{gains[w]:.2f} dB output SQNR alone, measured on "
-                f"{count} held-out samples; {form} (mixed 4/8)."
+                f"kept 8-bit (weight_8bit auto): {score(w)}, measured on {count} held-out samples; {form} "
+                "(mixed 4/8)."
             )
     share = sum(sizes[w] for w in chosen) / max(sum(sizes.values()), 1)
     if chosen:
@@ -224,7 +231,7 @@ def choose(
                 if static
                 else "promote MatMuls in decreasing one-at-a-time output-SQNR gain per weight value"
             )
-            + f" until the output SQNR reaches {TARGET_DB} dB; skip one whose gain is below {MIN_GAIN_DB} dB"
+            + f" until the output SQNR reaches {TARGET_DB} dB; skip one whose {word} is below {MIN_GAIN_DB} dB"
             + (
                 f"; at most {count_cap} of the {len(cands)} layers"
                 if count_cap
@@ -244,7 +251,7 @@ def choose(
                 "nodes": cands[w],
                 "weight": w,
                 "values": sizes[w],
-                "gain_db": round(gains[w], 3),
+                f"{word}_db": round(gains[w], 3),
                 "bits": 8 if w in chosen else 4,
                 "why": why[w],
                 "seconds": round(took[w], 3),
@@ -264,6 +271,7 @@ def _promote(
     cap: float = MAX_SHARE,
     count_cap: int | None = None,
     per_value: bool = True,
+    word: str = "gain",
 ) -> tuple[list[str], float, dict[str, str], str]:
     """(chosen, output SQNR with them 8-bit, why per candidate, why promotion stopped): candidates in
     decreasing gain per weight value (the greedy order for a budget of 8-bit values), each re-measured
@@ -278,7 +286,7 @@ def _promote(
         elif count_cap is not None and len(chosen) >= count_cap:
             why[w] = f"over the cap: {count_cap} layer(s) already 8-bit"
         elif gains[w] < MIN_GAIN_DB:
-            why[w] = f"gain below {MIN_GAIN_DB} dB"
+            why[w] = f"{word} below {MIN_GAIN_DB} dB"
         elif (sum(sizes[c] for c in chosen) + sizes[w]) / total > cap:
             why[w] = f"over the cap: more than {cap:.0%} of the candidate weight values would be 8-bit"
         else:
@@ -288,7 +296,10 @@ def _promote(
     if sqnr >= target:
         stopped = f"target {target} dB met" + ("" if chosen else " by 4 bits alone")
     else:
-        stopped = f"target {target} dB not met: every other candidate is over the cap or gains under {MIN_GAIN_DB} dB"
+        stopped = (
+            f"target {target} dB not met: every other candidate is over the cap or its {word} is under "
+            f"{MIN_GAIN_DB} dB"
+        )
     return chosen, sqnr, why, stopped
 
 

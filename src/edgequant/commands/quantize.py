@@ -247,7 +247,8 @@ def print_summary(report: dict[str, Any], model_path: Path, said: str = "") -> N
         console.print(f"calibration data: {calib['source']}", markup=False, highlight=False, soft_wrap=True)
     if not is_quiet():
         for n in report.get("notes", []):
-            err_console.print(f"note: {n}", markup=False, highlight=False)
+            if n not in report["warnings"]:  # printed once, as the warning below
+                err_console.print(f"note: {n}", markup=False, highlight=False)
     for w in report["warnings"]:  # -q hides notes, never a warning (a collapse is not a silent success)
         if w == said:
             continue
