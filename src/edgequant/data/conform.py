@@ -135,6 +135,14 @@ def fixed_batch(
     return b, True
 
 
+def whole_feed(batch: Mapping[str, Any]) -> bool:
+    """True when ``batch`` is one whole feed dict rather than rows on axis 0: its inputs disagree on the
+    length of axis 0 (``x [1, 16]`` with a state ``[2, 1, 8]``), or one of them is a scalar.  Such a batch
+    counts as one sample wherever samples are counted (evaluation, the leakage check)."""
+    sizes = {np.shape(v)[:1] for v in batch.values()}
+    return len(sizes) != 1 or () in sizes
+
+
 def _fmt(shape: Sequence[Any]) -> str:
     return "x".join("?" if d is None else str(d) for d in shape)
 

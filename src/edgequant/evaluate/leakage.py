@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgequant.data.base import Batch, InputSpec
+from edgequant.data.conform import whole_feed
 from edgequant.errors import DataError
 
 
@@ -25,8 +26,7 @@ def sample_hashes(batches: Iterable[Batch]) -> list[bytes]:
     out: list[bytes] = []
     for b in batches:
         keys = sorted(b)
-        sizes = {np.asarray(b[k]).shape[:1] for k in keys}
-        whole = len(sizes) != 1 or () in sizes  # a feed dict whose inputs disagree on axis 0: one sample
+        whole = whole_feed(b)  # a feed dict whose inputs disagree on axis 0: one sample
         n = 1 if whole else len(np.asarray(b[keys[0]]))
         for i in range(n):
             h = hashlib.blake2b(digest_size=16)
