@@ -45,17 +45,23 @@ def output_paths(out: str | Path, name: str, tag: str) -> OutputPaths:
 
 
 def check_writable(
-    folder: Path, existing: list[Path], *, overwrite: bool, inputs: Sequence[Path] = ()
+    folder: Path,
+    existing: list[Path],
+    *,
+    overwrite: bool,
+    inputs: Sequence[Path] = (),
+    clash_fix: str = "pass --overwrite to replace them, or choose another -o (or --tag).",
 ) -> None:
     """Refuse, before any work, an output folder that cannot be made or written, or files that exist.
 
     ``existing`` are the files the run would write; any that exists needs ``overwrite``.  One that is
     an ``inputs`` file (the user's model; same file also through a symlink, ``..`` or a hard link) is
-    refused even with ``overwrite``.  Raises ExportError naming the path and the fix.
+    refused even with ``overwrite``.  Raises ExportError naming the path and the fix (``clash_fix`` for an
+    existing file: the caller's words).
     """
     for out in existing:
         for given in inputs:
-            if _same_file(out, given):
+            if same_file(out, given):
                 raise ExportError(
                     f"output '{out}' is the input model '{given}'; EdgeQuant never writes over its input, "
                     "not even with --overwrite.",
@@ -75,7 +81,7 @@ def check_writable(
             f"'{clash[0]}' already exists"
             + (f" (and {len(clash) - 1} more of this run's files)" if clash[1:] else "")
             + "; EdgeQuant does not replace files unasked.",
-            "pass --overwrite to replace them, or choose another -o (or --tag).",
+            clash_fix,
         )
     probe = real
     while not probe.exists():  # the nearest existing ancestor must accept a new entry
@@ -95,7 +101,7 @@ def check_writable(
         ) from exc
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
     """Whether writing ``a`` would replace ``b`` (same resolved path, or the same inode)."""
     if Path(a).resolve() == Path(b).resolve():
         return True

@@ -1,5 +1,8 @@
 """``edgequant compare MODEL --calib-data C --eval-data E -o OUTDIR``: every method, one report.
 
+Files that exist are not replaced unasked: ``--overwrite`` replaces an earlier compare run in OUTDIR (its
+listed files removed first, ``edgequant.evaluate.compare_files``); without it, exit 2 before any work.
+
 Exit 0 with a recommendation; exit 1 (table and report written) when no method meets the limits,
 the closest one named, or when a row asked for with ``--targets`` failed (each such row's error is
 printed: the target was asked for and not delivered); exit 2 on bad input (nothing written).
@@ -124,6 +127,16 @@ def register(app: typer.Typer) -> None:
         executor: ExecutorName = "local",
         ray_address: Address = None,
         ray_cpus: Cpus = None,
+        overwrite: Annotated[
+            bool,
+            typer.Option(
+                "--overwrite",
+                help="Replace an earlier compare run in OUTDIR: first remove the files its report.json lists "
+                "(only those, only regular files in OUTDIR; links are not followed), then write this run's. "
+                "Without it, any file this run would write that exists refuses the run before any work.",
+                show_default="off",
+            ),
+        ] = False,
     ) -> None:
         """Quantize MODEL with every method, evaluate, and recommend one under the limits."""
         from edgequant.evaluate import compare as run
@@ -157,7 +170,19 @@ def register(app: typer.Typer) -> None:
             opts, rec, notes = recipe_options(recipe, data_option, "compare", used)
             target = target or rec.get("target") or "cpu"
             allow_synthetic = allow_synthetic or bool(rec.get("allow_synthetic"))
-            names.extend(row_name(t) for t in parse_targets(targets, target))
+            extra = parse_targets(targets, target)
+            names.extend(row_name(t) for t in extra)
+            from edgequant.evaluate.compare_files import CLI_FIX, check_outdir, planned_files
+
+            planned = planned_files(  # refused now (a PyTorch model is exported next), not after the work
+                model.stem,
+                resolve_methods(methods),
+                extra,
+                target=target,
+                allow_synthetic=allow_synthetic,
+                report=True,
+            )
+            check_outdir(outdir, planned, overwrite=overwrite, model=model, fix=CLI_FIX)
             first = ("--calib-data", calib_data) if calib_data is not None else ("--eval-data", eval_data)
             source, more = to_onnx(model, factory, checkpoint, input_shape, dynamic_axis, first)
             notes += more
@@ -173,6 +198,7 @@ def register(app: typer.Typer) -> None:
                 device=device, gpu_number=gpu_number, energy_profile=_profile(energy_profile),
                 data_options=opts, eval_split=eval_split,
                 allow_synthetic=allow_synthetic, target=target, targets=targets, executor=ex,
+                overwrite=overwrite,
             )  # fmt: skip
         except EdgeQuantError as exc:
             err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)

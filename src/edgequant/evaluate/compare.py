@@ -31,7 +31,7 @@ import onnx
 from edgequant import targets as target_profiles
 from edgequant import toolchains
 from edgequant.errors import EdgeQuantError, RecipeError
-from edgequant.evaluate import core, energy, layers, perf, target_rows
+from edgequant.evaluate import compare_files, core, energy, layers, perf, target_rows
 from edgequant.evaluate.method_run import MethodResult, energy_of, run_methods
 from edgequant.evaluate.predict import BASIS, no_numbers, predict_latency
 from edgequant.evaluate.prepare import Prepared as Prepared  # re-exported: sweep.run imports it here
@@ -176,6 +176,7 @@ def compare(
     target: str = "cpu",
     targets: str | Sequence[str] | None = None,
     executor: Executor | None = None,
+    overwrite: bool = True,
 ) -> CompareResult:
     """Run, evaluate and rank every method; write the report files into ``outdir`` (see module doc).
 
@@ -201,6 +202,10 @@ def compare(
     these rows run here, after the methods, whatever the executor).
     ``executor`` (default: ``edgequant.executors.current()``, local) runs the methods; on Ray they
     run in parallel and their files come back into ``outdir`` (``method_run.run_methods``).
+    Without ``overwrite`` (the CLI's default; ``--overwrite``), a file this run would write that exists
+    in ``outdir`` is an ExportError before any work; with it (the API's default, as ``QuantResult.save``)
+    the earlier compare run's files there are removed before this run writes, so none is left beside a
+    report that does not list it (``edgequant.evaluate.compare_files``).
     """
     core.tasks.check_task(task)
     limits = Limits(max_drop, max_drop_rel, max_latency_ms, max_size_mb, max_energy_mj, prefer)
@@ -210,6 +215,11 @@ def compare(
         if t in toolchains.TARGETS:
             toolchains.require(toolchains.TARGETS[t])
     out = Path(outdir)
+    stem = Path(model).stem if isinstance(model, str | Path) else (model.graph.name or "model")
+    planned = compare_files.planned_files(
+        stem, names, extra_targets, target=target, allow_synthetic=allow_synthetic, report=report
+    )
+    compare_files.check_outdir(out, planned, overwrite=overwrite, model=model)  # before any work
     prep = prepare_job(
         model, calibration, eval_data, names, task=task, labels=labels, latency_runs=latency_runs,
         warmup=warmup, threads=threads, batch_size=batch_size, measure_memory=measure_memory,
@@ -220,7 +230,9 @@ def compare(
     job, ev, rt, profile, leak = prep.job, prep.ev, prep.rt, prep.profile, prep.leak
     tprof = target_profiles.get(target)
     out_name, batch_size, opts = job.out_name, job.batch_size, job.data_options
-    out.mkdir(parents=True, exist_ok=True)  # only once every input was checked
+    if overwrite:  # only once every input was checked: the earlier run's files, none left stale
+        compare_files.remove_previous(out, compare_files.previous_files(out), model)
+    out.mkdir(parents=True, exist_ok=True)
     results, analysed, primary = run_methods(
         executor, job, names, out, progress, total=len(names) + len(extra_targets)
     )

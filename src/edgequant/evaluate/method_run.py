@@ -28,9 +28,10 @@ from edgequant import pipeline
 from edgequant import targets as target_profiles
 from edgequant.errors import EdgeQuantError
 from edgequant.evaluate import core, energy, opcount, perf
+from edgequant.evaluate.compare_files import saved_names
 from edgequant.evaluate.energy import EnergyProfile
 from edgequant.evaluate.predict import predict_latency, target_energy_profile
-from edgequant.model.io import save_model, write_text_atomic
+from edgequant.model.io import external_data_path, save_model, write_text_atomic
 from edgequant.model.repair import prepare
 from edgequant.names import confined
 from edgequant.recipe import preset
@@ -70,6 +71,7 @@ class MethodResult:
     calibration_data: str = "none"  # "real" | "synthetic" (allowed by the user) | "none" (not calibrated)
     compliance: dict[str, Any] | None = None  # targets.check report of the quantized model
     coverage: str = ""  # which nodes the method changed, when it left some float (e.g. dynamic: the head)
+    files: list[str] = field(default_factory=list)  # every file the row wrote into the output folder
 
     @property
     def ok(self) -> bool:
@@ -182,6 +184,8 @@ def run_method(
             float_model = core.as_model(job.model)
             r.tag, qmodel = "float", float_model
             path = save_model(float_model, out / f"{job.stem}_float.onnx")
+            data = external_data_path(path)
+            r.files = [path.name, *([data.name] if data is not None else [])]
         else:
             recipe = preset(name, allow_synthetic=job.allow_synthetic, target=job.target, **job.overrides)
             q = pipeline.quantize(job.model, job.calibration, recipe, runtime=rt, **extra)
@@ -189,6 +193,7 @@ def run_method(
             r.calibration_data = "none" if not cal else "synthetic" if cal.get("synthetic") else "real"
             r.compliance = q.report.get("compliance")
             paths = q.save(out)
+            r.files = saved_names(q.report["files"])
             r.tag, qmodel, path = q.tag, q.model, paths.model
             r.plan_file = paths.plan.name
             r.coverage = coverage(q.report)

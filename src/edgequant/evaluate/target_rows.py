@@ -31,6 +31,7 @@ import numpy as np
 from edgequant import pipeline, targets, toolchains
 from edgequant.errors import EdgeQuantError, RecipeError
 from edgequant.evaluate import core, perf
+from edgequant.evaluate.compare_files import saved_names
 from edgequant.recipe import preset
 from edgequant.runtime import OrtRuntime
 
@@ -102,6 +103,7 @@ def target_row(
         result.calibration_data = "none" if not cal else "synthetic" if cal.get("synthetic") else "real"
         result.compliance = q.report.get("compliance")
         paths = q.save(out)
+        result.files = saved_names(q.report["files"])
         result.tag, result.plan_file = q.tag, paths.plan.name
         result.quantize_seconds = time.perf_counter() - start
         if target in toolchains.TARGETS:

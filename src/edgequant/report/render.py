@@ -304,7 +304,9 @@ def write_compare_report(outdir: str | Path, data: Mapping[str, Any]) -> dict[st
     from edgequant.report.html import render_html
 
     out = Path(outdir)
-    files = {"json": "report.json", "csv": "results.csv", "markdown": "report.md", "html": "report.html"}
+    from edgequant.evaluate.compare_files import REPORT_FILES
+
+    files = dict(REPORT_FILES)
     full = {**data, "files": files}
     return {
         "json": write_text(out / files["json"], render_json(full)),
