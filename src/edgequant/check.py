@@ -60,7 +60,7 @@ def run_check(
     Raises ExportError (UnsupportedError for 4-bit activations) when ORT cannot load or run the
     quantized model, or crashes on it.
     """
-    batches, kind, note, description = check_batches(float_model, calibration, recipe, calibrated=calibrated)
+    batches, kind, note, description, samples = _check_data(float_model, calibration, recipe, calibrated)
     graphs: list[onnx.ModelProto] = []
     try:
         got = run_isolated(
@@ -84,7 +84,6 @@ def run_check(
     finally:
         f_sess.close()
     per_output = mean_output_sqnr(ref, got)
-    samples = sum(len(next(iter(b.values()))) for b in batches if b)
     out: dict[str, Any] = {
         "loads_in_onnxruntime": True,
         "output_sqnr_db": {k: round(v, 2) for k, v in per_output.items()},
@@ -120,11 +119,23 @@ def check_batches(
     float_model: onnx.ModelProto | Path, calibration: Any, recipe: Recipe, *, calibrated: bool
 ) -> tuple[list[dict[str, np.ndarray]], str, str, str]:
     """The check's samples, chosen as ``run_check`` chooses them: ``(batches, kind, note, description)``."""
-    specs = input_specs(
+    return _check_data(float_model, calibration, recipe, calibrated)[:4]
+
+
+def _check_data(
+    float_model: onnx.ModelProto | Path, calibration: Any, recipe: Recipe, calibrated: bool
+) -> tuple[list[dict[str, np.ndarray]], str, str, str, int]:
+    """``check_batches`` and the sample count, as evaluate counts it (``data.conform.feed_samples``: a
+    whole feed dict is one sample, a time-major input counts its axis 1)."""
+    from edgequant.data.conform import feed_samples
+    from edgequant.model.patterns import time_major_inputs
+
+    proto = (
         float_model
         if isinstance(float_model, onnx.ModelProto)
         else onnx.load(str(float_model), load_external_data=False)
     )
+    specs = input_specs(proto)
     common: dict[str, Any] = {
         "batch_size": recipe.batch_size, "seed": recipe.seed, "preprocess": recipe.preprocess,
         "input_map": recipe.input_map or None, "options": recipe.data_options or None,
@@ -153,7 +164,9 @@ def check_batches(
         kind = "held_out"  # nothing was calibrated: no sample of the data was seen
         source = open_source(calibration, specs, max_samples=recipe.check_samples, **common)
     batches = list(source)
-    return batches, kind, note, source.stats.description
+    whole, timed = bool(getattr(source, "stacked", False)), set(time_major_inputs(proto))
+    samples = sum(feed_samples(b, whole=whole, timed=timed) for b in batches)
+    return batches, kind, note, source.stats.description, samples
 
 
 def _collapse(

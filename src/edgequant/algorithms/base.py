@@ -55,6 +55,7 @@ import onnx
 
 from edgequant.algorithms.record import record
 from edgequant.data.base import Batch
+from edgequant.data.conform import feed_samples
 from edgequant.errors import DataError, RecipeError
 from edgequant.plan import QuantPlan
 from edgequant.recipe.schema import ALGORITHMS, Recipe
@@ -322,11 +323,14 @@ def first_samples(batches: Iterable[Batch], n: int) -> list[Batch]:
 
 
 def _rows(batch: Batch) -> int:
-    return len(next(iter(batch.values())))
+    """Samples in one batch (``data.conform.feed_samples``): a whole feed dict (inputs that disagree on
+    axis 0, e.g. ``x [1, 16]`` with a state ``[2, 1, 8]``) is one, and is never split."""
+    return feed_samples(batch)
 
 
 def sample_count(batches: Iterable[Batch]) -> int:
-    """Samples in ``batches``: the sum of each batch's first-axis length (its first input's)."""
+    """Samples in ``batches``: each batch's common axis-0 length, 1 for a whole feed dict (as the data
+    layer, the check and evaluate count them)."""
     return sum(_rows(b) for b in batches)
 
 

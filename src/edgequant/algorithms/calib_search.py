@@ -166,10 +166,11 @@ def search_ranges(
     ``default`` names the candidate that holds the default recipe's ranges (``entropy`` or ``minmax``);
     scores against ``reference`` (``choose``)."""
     from edgequant import planner
+    from edgequant.algorithms.base import sample_count
     from edgequant.model.patterns import bounded_outputs
 
     candidates = candidate_ranges(res.observers, recipe.percentile, bounded_outputs(model))
-    on = f"{sum(len(next(iter(b.values()))) for b in held)} held-out samples"
+    on = f"{sample_count(held)} held-out samples"
     if not held:  # the data has no samples beyond the calibration ones
         held = list(itertools.islice(iter(calibration), 2))
         on = "the first calibration batches (the data has no samples beyond the calibration ones)"

@@ -22,7 +22,7 @@ how array files feed a model whose inputs fix different first axes (recurrent st
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -141,6 +141,17 @@ def whole_feed(batch: Mapping[str, Any]) -> bool:
     counts as one sample wherever samples are counted (evaluation, the leakage check)."""
     sizes = {np.shape(v)[:1] for v in batch.values()}
     return len(sizes) != 1 or () in sizes
+
+
+def feed_samples(batch: Mapping[str, Any], *, whole: bool = False, timed: Collection[str] = ()) -> int:
+    """Samples in one batch, as every command counts them (calibration passes, the check, evaluate):
+    1 for a whole feed dict (``whole``: a stacked feed dict; or ``whole_feed``, e.g. ``x [1, 16]`` with a
+    state ``[2, 1, 8]``), else the inputs' common axis-0 length.  ``timed`` names time-major recurrent
+    inputs (``[T, B, I]``, ``model.patterns.time_major_inputs``), whose axis 1 is their batch axis."""
+    rows = {k: np.moveaxis(v, 1, 0) if k in timed and np.ndim(v) > 1 else v for k, v in batch.items()}
+    if not rows:
+        return 0
+    return 1 if whole or whole_feed(rows) else len(next(iter(rows.values())))
 
 
 def _fmt(shape: Sequence[Any]) -> str:

@@ -374,13 +374,11 @@ def evaluate(
 
 
 def _feed_samples(batch: Mapping[str, np.ndarray], whole: bool, timed: set[str] | None = None) -> int:
-    """Samples in one batch: its axis-0 length (axis 1 of a time-major input in ``timed``), or 1 for a
-    whole feed dict (stacked feeds, or inputs that disagree on axis 0, e.g. ``x [1, 16]`` with a state
-    ``[2, 1, 8]``: as the leakage check counts)."""
-    from edgequant.data.conform import whole_feed
+    """Samples in one batch (``data.conform.feed_samples``: a whole feed dict counts as one, a time-major
+    input in ``timed`` counts its axis 1)."""
+    from edgequant.data.conform import feed_samples
 
-    rows = {k: np.moveaxis(v, 1, 0) if k in (timed or ()) and v.ndim > 1 else v for k, v in batch.items()}
-    return 1 if whole or whole_feed(rows) else len(next(iter(rows.values())))
+    return feed_samples(batch, whole=whole, timed=timed or ())
 
 
 def ev_layout(task: str, layout: str) -> str:
