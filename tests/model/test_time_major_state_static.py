@@ -26,24 +26,29 @@ from edgequant.evaluate.core import evaluate
 H, IN, STEPS, FEEDS = 8, 4, 10, 64
 
 
-def _gru(t: int | str) -> onnx.ModelProto:
-    """x [t, B, 4], h0 [2, B, 8] -> bidirectional GRU -> Y_h [2, B, 8] -> [B, 16] -> MatMul [16, 3] -> y."""
+def _gru(t: int | str, batch_first: bool = False) -> onnx.ModelProto:
+    """x [t, B, 4], h0 [2, B, 8] -> bidirectional GRU -> Y_h [2, B, 8] -> [B, 16] -> MatMul [16, 3] -> y.
+    ``batch_first``: inputs h0 then x [B, t, 4], transposed to [t, B, 4] before the GRU."""
     rng = np.random.default_rng(0)
     inits = [
         nh.from_array((rng.standard_normal(s) * 0.5).astype(np.float32), n)
         for n, s in (("W", (2, 3 * H, IN)), ("R", (2, 3 * H, H)), ("B", (2, 6 * H)), ("Wo", (2 * H, 3)))
     ]
+    pre = [h.make_node("Transpose", ["x"], ["xt"], name="time_major", perm=[1, 0, 2])] if batch_first else []
+    seq = "xt" if batch_first else "x"
     nodes = [
-        h.make_node("GRU", ["x", "W", "R", "B", "", "h0"], ["ys", "yh"], name="gru", hidden_size=H,
+        *pre,
+        h.make_node("GRU", [seq, "W", "R", "B", "", "h0"], ["ys", "yh"], name="gru", hidden_size=H,
                     direction="bidirectional"),
         h.make_node("Transpose", ["yh"], ["yt"], name="batch_first", perm=[1, 0, 2]),
         h.make_node("Flatten", ["yt"], ["hs"], name="flat", axis=1),
         h.make_node("MatMul", ["hs", "Wo"], ["y"], name="head"),
     ]  # fmt: skip
     inputs = [
-        h.make_tensor_value_info("x", T.FLOAT, [t, "B", IN]),
+        h.make_tensor_value_info("x", T.FLOAT, ["B", t, IN] if batch_first else [t, "B", IN]),
         h.make_tensor_value_info("h0", T.FLOAT, [2, "B", H]),
     ]
+    inputs = inputs[::-1] if batch_first else inputs
     g = h.make_graph(nodes, "gru", inputs, [h.make_tensor_value_info("y", T.FLOAT, ["B", 3])], inits)
     m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
     m.ir_version = 8
@@ -91,6 +96,16 @@ def test_static_on_whole_feed_dicts() -> None:
 def test_check_counts_feed_dicts_not_time_steps() -> None:
     """dynamic reads no calibration data: the check reads the first 32 feed dicts (before: 320 samples)."""
     m, feeds = _gru("T"), _feeds()
+    r = edgequant.quantize(m, feeds, method="dynamic")
+    check = r.report["check"]
+    assert check["samples"] == 32 == evaluate(m, r.model, feeds[:32], task="regression").samples
+    assert abs(check["output_sqnr_db"]["y"] - _sqnr(m, r.model, feeds[:32])) < 0.02, check
+
+
+def test_a_state_first_feed_dict_counts_one() -> None:
+    """h0 [2, 1, 8] is the model's first input: before, the check counted its axis 0 (64 for 32 feed dicts)."""
+    m = _gru("T", batch_first=True)
+    feeds = [{"h0": f["h0"], "x": f["x"].transpose(1, 0, 2)} for f in _feeds()]  # x [1, 10, 4]
     r = edgequant.quantize(m, feeds, method="dynamic")
     check = r.report["check"]
     assert check["samples"] == 32 == evaluate(m, r.model, feeds[:32], task="regression").samples
