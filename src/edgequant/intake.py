@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgequant.errors import InferenceError, ModelError, RecipeError, UnsupportedError
+from edgequant.errors import DataError, InferenceError, ModelError, RecipeError, UnsupportedError
 from edgequant.model import load_model
 from edgequant.recipe import PRESETS, Recipe, from_dict, preset, to_dict
 from edgequant.recipe.applies import normalized_keys, refuse_ignored
@@ -57,6 +57,36 @@ def resolve_recipe(
     resolved = from_dict(without_disabled({**base, **overrides}, overrides))
     refuse_ignored(resolved, given)
     return resolved
+
+
+def require_recipe_calib_data(recipe: Recipe, recipe_arg: Any, overrides: dict[str, Any], data: Any) -> None:
+    """Before any work: the ``calib_data`` of a recipe *file*, when it is the data used (no ``data``, no
+    ``calib_data`` override), must exist.  A relative path there is read from the current directory, as a
+    flag's is (``examples/recipe.yaml`` names ``examples/shapes_calib.npz``, run from the repository), not
+    from the recipe's folder; the DataError names the key, the file and the directory, and the path beside
+    the recipe when that one exists."""
+    if data is not None or "calib_data" in normalized_keys(overrides) or recipe.calib_data is None:
+        return
+    if not isinstance(recipe_arg, str | Path) or not Path(recipe_arg).is_file():
+        return
+    given = Path(recipe.calib_data)
+    if given.exists():
+        return
+    where = (
+        ""
+        if given.is_absolute()
+        else f" (relative to the current directory {Path.cwd()}, not to the recipe's)"
+    )
+    beside = Path(recipe_arg).parent / given
+    raise DataError(
+        f"calib_data '{given}' in recipe file '{recipe_arg}' does not exist{where}.",
+        f"correct calib_data in '{recipe_arg}'"
+        + (
+            f" (the file beside the recipe is '{beside}': write that path)."
+            if not given.is_absolute() and beside.exists()
+            else " (an absolute path, or one relative to the directory you run edgequant from)."
+        ),
+    )
 
 
 def require_pass_data(recipe: Recipe, recipe_arg: Any, overrides: dict[str, Any], data: Any) -> None:

@@ -8,6 +8,7 @@ created or written is refused up front (ExportError), so a long calibration neve
 
 from __future__ import annotations
 
+import errno
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -95,10 +96,52 @@ def check_writable(
         with tempfile.TemporaryFile(dir=probe, prefix=".edgequant-probe-"):
             pass
     except OSError as exc:
+        what = "write to the output folder" if probe == real else "create the output folder"
+        why, fixable = _why_not(probe, exc)
         raise ExportError(
-            f"cannot write to '{probe}' (for output '{folder}'): {exc.strerror or exc}.",
-            "choose a writable -o path, or fix the folder's permissions.",
+            f"cannot {what} '{folder}': {why}.",
+            "choose an -o path in a folder you can write, e.g. -o out/"
+            + (", or fix the folder's permissions." if fixable else "."),
         ) from exc
+
+
+def _why_not(folder: Path, exc: OSError) -> tuple[str, bool]:
+    """Why ``folder`` takes no new file, in words: its file system when that is a virtual one (proc,
+    sysfs: ENOENT/EACCES on create), else the OS error's text; and whether permissions could fix it."""
+    fs = _fs_type(folder)
+    if fs in _VIRTUAL:
+        return f"'{folder}' is on {fs}, a virtual file system of the kernel that holds no user files", False
+    words = {
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.EROFS: f"'{folder}' is on a read-only file system",
+        errno.ENOSPC: "no space left on the device",
+    }
+    why = words.get(exc.errno or 0, f"'{folder}': {exc.strerror or exc}")
+    return why, exc.errno in (errno.EACCES, errno.EPERM)
+
+
+_VIRTUAL = ("proc", "sysfs", "devpts", "cgroup", "cgroup2", "securityfs", "debugfs", "tracefs", "configfs")
+
+
+def _fs_type(path: Path) -> str | None:
+    """The file system type of ``path`` from /proc/self/mounts (the longest mount point above it);
+    None where that file is not readable (not Linux)."""
+    try:
+        lines = Path("/proc/self/mounts").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    best, kind = "", None
+    text = str(path)
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        point = parts[1].replace("\\040", " ")
+        inside = text == point or text.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, parts[2]
+    return kind
 
 
 def same_file(a: Path, b: Path) -> bool:

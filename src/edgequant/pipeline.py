@@ -39,6 +39,7 @@ from edgequant.intake import (
     require_batch_first,
     require_loadable,
     require_pass_data,
+    require_recipe_calib_data,
     resolve_recipe,
 )
 from edgequant.model import prepare
@@ -141,6 +142,7 @@ def _start(
     recipe_notes: list[str] = []  # e.g. a TI config naming a device without an NPU
     asked = resolve_recipe(recipe_arg, overrides, recipe_notes)
     require_pass_data(asked, recipe_arg, overrides, calibration)  # adaround without data: before any work
+    require_recipe_calib_data(asked, recipe_arg, overrides, calibration)  # a recipe's calib_data: exists
     toolchains.check_source(asked.target, model)  # the input a vendor route needs: the first refusal
     recipe, target_notes = adapt_to_target(asked)
     target_notes = recipe_notes + target_notes

@@ -72,8 +72,9 @@ def run_evaluate(
 
     tasks.check_task(task)
     fm, qm = core.as_model(float_model), core.as_model(quant_model)
-    name = core.output_name(fm, output_name)
-    core.output_name(qm, name)
+    option = "--output-name"
+    name = core.output_name(fm, output_name, f"the float model '{float_model}'", option)
+    core.output_name(qm, name, f"the quantized model '{quant_model}'", option)
     from edgequant.runtime.device import runtime_for
 
     rt = runtime_for(device, gpu_number)

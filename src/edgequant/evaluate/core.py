@@ -280,12 +280,19 @@ def eval_options(options: Mapping[str, Any] | None, eval_split: str | None) -> d
     return out or None
 
 
-def output_name(model: onnx.ModelProto, output: str | None) -> str:
+def output_name(
+    model: onnx.ModelProto, output: str | None, what: str = "the model", option: str = "output="
+) -> str:
+    """``output`` (default: the first), an output of ``model``; else ModelError naming ``what`` (the
+    file), its outputs and ``option`` (the caller's word: ``--output-name`` on the CLI)."""
     names = [o.name for o in model.graph.output]
     if output is None:
         return names[0]
     if output not in names:
-        raise ModelError(f"the model has no output '{output}'; outputs: {names}.", "pass one of them.")
+        raise ModelError(
+            f"{what} has no output '{output}'; its outputs: {', '.join(names)}.",
+            f"pass {option} with an output both models have, or check that the files belong together.",
+        )
     return output
 
 
@@ -360,8 +367,9 @@ def evaluate(
     ``preprocess``: image/video fields set by the user (the model's declared ones fill the rest)."""
     tasks.check_task(task)
     fm, qm = as_model(float_model), as_model(quant_model)
-    name = output_name(fm, output)
-    output_name(qm, name)
+    files = [f" '{m}'" if isinstance(m, str | Path) else "" for m in (float_model, quant_model)]
+    name = output_name(fm, output, f"the float model{files[0]}")
+    output_name(qm, name, f"the quantized model{files[1]}")
     rt = runtime or OrtRuntime()
     ev = load_eval_data(
         data, fm, labels=labels, batch_size=batch_size, max_samples=max_samples, options=options,

@@ -191,13 +191,15 @@ class Recipe:
         blocked4 = self.method == "weight-only" and self.weight_bits == 4 and bool(self.block_size)
         lowbit_static = self.method == "static" and self.weight_int_bits < 8
         if self.weight_8bit and not (blocked4 or lowbit_static):
-            raise RecipeError(
-                f"weight_8bit {list(self.weight_8bit)} is set with method '{self.method}', weight_bits "
-                f"{self.weight_bits}, block_size {self.block_size}; it keeps some layers 8-bit in a blocked "
-                "4-bit weight-only model (names, re:, first, last, or auto) or in a static model with weights "
-                "below 8 bits (the same entries).",
-                "use method static with weight_bits 4 (or weight-only 4-bit with a block_size), or drop "
-                "weight_8bit.",
+            given = " ".join(f"--weight-8bit {w}" for w in self.weight_8bit)
+            block = f" --block-size {self.block_size}" if self.block_size else " and no --block-size"
+            block = block if self.method == "weight-only" else ""
+            raise RecipeError(  # in flag words: the REST service names its fields (recipe.flags.rest_words)
+                f"{given} keeps layers 8-bit among lower-bit weights, but this run has --method {self.method} "
+                f"--weight-bits {self.weight_bits}{block}: it applies only to a static model with weights below 8 "
+                "bits, or to a 4-bit weight-only model in blocks.",
+                "add --weight-bits 4 (static), or use --method weight-only --weight-bits 4 --block-size 32, or drop "
+                "--weight-8bit.",
             )
         if self.nbits_accuracy_level not in (0, 1, 2, 3, 4):
             raise RecipeError(
