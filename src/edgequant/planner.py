@@ -46,7 +46,7 @@ from edgequant.planning.placement import PLACEMENT_DEFAULT, PLACEMENT_REASONS, i
 from edgequant.planning.specs import UNBLOCKED, batched_weight_note
 from edgequant.planning.ties import tie_activation_ranges
 from edgequant.recipe import Recipe
-from edgequant.recipe.exclude import match_names
+from edgequant.recipe.exclude import match_names, no_match_detail
 from edgequant.runtime.cpu import CpuFeatures
 from edgequant.schemes.spec import Granularity, QuantSpec
 
@@ -150,7 +150,8 @@ class Planner:
         for pattern, hits in match_names(self.recipe.exclude, nodes).items():
             if not hits:
                 raise RecipeError(
-                    f"exclude '{pattern}' matches no node name or op type in the model.",
+                    f"exclude '{pattern}' matches no node name or op type in the model"
+                    f"{no_match_detail(pattern, nodes)}.",
                     "check the names with 'edgequant inspect MODEL'; regexes are written 're:PATTERN'.",
                 )
             for name in hits:

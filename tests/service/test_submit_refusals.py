@@ -64,3 +64,42 @@ def test_rest_errors_name_json_fields_not_flags(server: Server) -> None:
         assert r.status_code == 202, r.text
         job = wait_job(c, r.json()["job_id"])
         assert job["status"] == "failed" and job["error"]["hint"] == "drop hoist_gru.", job
+
+
+def test_rest_errors_name_the_field_sent_and_quote_no_cli_command(server: Server) -> None:
+    with server.client() as c:
+        url = _setup(c, "sent")
+        for key in ("symmetric", "act_symmetric"):  # two spellings of one field: the one sent is named
+            r = c.post(url, params={"method": "dynamic"}, json={key: True})
+            assert r.status_code == 422, r.text
+            body = r.json()
+            assert body["detail"].startswith(f"{key}: true is given but method 'dynamic' does not read it"), (
+                body
+            )
+            assert body["hint"] == f"drop {key}, or use method static.", body
+        r = c.post(url, params={"dataset": "sent-data", "target": "ti-npu"}, json={"weight_bits": 1})
+        assert r.status_code == 422, r.text
+        assert (
+            r.json()["hint"]
+            == "drop weight_bits or choose another target (GET /health lists the served targets)."
+        )
+        r = c.post(url, params={"dataset": "sent-data"}, json={"weight_8bit": ["first"]})
+        assert r.status_code == 422, r.text
+        body = r.json()
+        assert body["detail"].startswith("weight_8bit first keeps layers 8-bit among lower-bit weights, but this "
+                                         "run has method static weight_bits 8:"), body  # fmt: skip
+        assert body["hint"].endswith("or drop weight_8bit."), body
+        assert not FLAG.search(body["detail"] + body["hint"]) and "edgequant " not in body["hint"], body
+        # job failures: an exclude entry that matches nothing names the closest nodes, no CLI command
+        for entry, op in (("re:zzz", ""), ("nonode", " or op type")):
+            r = c.post(url, params={"dataset": "sent-data"}, json={"exclude": [entry]})
+            assert r.status_code == 202, r.text
+            job = wait_job(c, r.json()["job_id"])
+            err = job["error"]
+            assert job["status"] == "failed" and err["detail"].startswith(
+                f"exclude '{entry}' matches no node name{op} in the model ("
+            ), job
+            assert (
+                err["detail"].endswith("op types: Conv, Flatten, Gemm, Relu).")
+                and "edgequant " not in err["hint"]
+            ), job

@@ -157,3 +157,19 @@ def match_names(
 
 
 __all__ = ["MAX_PATTERN_CHARS", "MAX_REPEAT_COUNT", "check_patterns", "compile_pattern", "match_names"]
+
+
+def no_match_detail(pattern: str, nodes: Sequence[tuple[str, str]], limit: int = 3) -> str:
+    """`` (closest names: 'conv_1', 'conv_2'; op types: Conv, Gemm, Relu)``: what an exclude entry
+    ``pattern`` that matched nothing could have named, from ``nodes`` (name, op type)."""
+    import difflib
+
+    names = [n for n, _ in nodes if n]
+    ops = sorted({op for _, op in nodes})
+    close = difflib.get_close_matches(pattern.removeprefix("re:"), names, n=limit, cutoff=0.4)
+    shown = close or names[:limit]
+    label = "closest names" if close else f"first of {len(names)} names"
+    parts = ([f"{label}: {', '.join(repr(n) for n in shown)}"] if shown else []) + (
+        [f"op types: {', '.join(ops)}"] if ops else []
+    )
+    return f" ({'; '.join(parts)})" if parts else ""

@@ -8,6 +8,7 @@ Errors: RecipeError naming the item that does not have the flag's form.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
@@ -57,18 +58,33 @@ _REST_SPECIAL = {
 # "drop " before a flag; the flag (or a pair such as --symmetric/--asymmetric); a placeholder after it
 _FLAG_RE = re.compile(r"(drop )?(--[a-z][a-z0-9-]*(?:/--[a-z][a-z0-9-]*)?)( [A-Z]+\b| )?")
 
+# CLI commands quoted in shared messages whose answer the REST service gives in its own words
+_REST_PHRASES = (
+    (
+        re.compile(r"\('edgequant targets [^']*' (?:prints its rules|lists them[^)]*)\)"),
+        "(GET /health lists the served targets)",
+    ),
+    (
+        re.compile(r"check the names with 'edgequant inspect MODEL'"),
+        "check the names against the uploaded model's (the closest are listed above)",
+    ),
+)
 # a CLI command quoted in a message ("run edgequant quantize model.h5 --target akida1 ...; ")
 _COMMAND_RE = re.compile(r"(edgequant [a-z]+(?: [^\s;,']+)*)")
 
 
-def rest_words(text: str) -> str:
+def rest_words(text: str, sent: Mapping[str, str] | None = None) -> str:
     """``text`` (an error's detail or hint) with the CLI flags of recipe settings written as the REST
     service's JSON fields: ``--weight-bits 4`` -> ``weight_bits 4``, ``--keep-worse-passes`` ->
     ``keep_worse_passes: true`` (``drop --keep-worse-passes`` -> ``drop keep_worse_passes``),
     ``--no-bias-correction`` -> ``bias_correction: false``, ``--per-tensor`` -> ``per_channel: false``,
-    ``--calib-data PATH`` -> ``?dataset=NAME``, ``--recipe w4a8`` -> ``method=w4a8``.  Flags that are not
+    ``--calib-data PATH`` -> ``?dataset=NAME``, ``--recipe w4a8`` -> ``method=w4a8``; a CLI command that
+    a shared message quotes for what REST answers itself (``'edgequant targets ti-npu' prints its rules``:
+    ``GET /health``) becomes the REST way (``_REST_PHRASES``).  Other flags that are not
     recipe settings (``--help``) and CLI commands quoted whole (``edgequant quantize m.h5 --target
-    akida1``) are left as they are."""
+    akida1``) are left as they are.  ``sent`` (Recipe field -> the key the request used, e.g.
+    ``{"act_symmetric": "symmetric"}``) names a field as the client spelled it: ``--symmetric`` ->
+    ``symmetric: true``."""
     from edgequant.recipe.schema import FLAG_KEYS, Recipe
 
     kinds = {f.name: str(f.type) for f in fields(Recipe)}
@@ -79,6 +95,14 @@ def rest_words(text: str) -> str:
         return key if key in kinds else None
 
     def swap(m: re.Match[str]) -> str:
+        word = fields_word(m)
+        if not sent or word == m.group(0):
+            return word
+        drop = m.group(1) or ""
+        key = re.split(r"[: ]", word[len(drop) :], maxsplit=1)[0]
+        return drop + sent[key] + word[len(drop) + len(key) :] if key in sent else word
+
+    def fields_word(m: re.Match[str]) -> str:
         drop, flag, after = m.group(1) or "", m.group(2), m.group(3) or ""
         space = " " if after else ""  # a placeholder (PATH, DB) or a space after the flag
         if flag == "--calib-data":
@@ -100,11 +124,16 @@ def rest_words(text: str) -> str:
             return f"{name}: {'false' if negated else 'true'}{after}"
         return f"{drop}{name}{after if after.strip() else space}"
 
+    for phrase, words in _REST_PHRASES:
+        text = phrase.sub(words, text)
     parts = _COMMAND_RE.split(text)  # a CLI command quoted in the text stays as it is typed
     return "".join(p if i % 2 else _FLAG_RE.sub(swap, p) for i, p in enumerate(parts))
 
 
-def rest_error(body: dict[str, str]) -> dict[str, str]:
+def rest_error(body: dict[str, str], sent: Mapping[str, str] | None = None) -> dict[str, str]:
     """An error's ``{"error", "detail", "hint"}`` with its detail and hint in the REST service's words
     (``rest_words``)."""
-    return {**body, **{k: rest_words(body[k]) for k in ("detail", "hint") if isinstance(body.get(k), str)}}
+    return {
+        **body,
+        **{k: rest_words(body[k], sent) for k in ("detail", "hint") if isinstance(body.get(k), str)},
+    }

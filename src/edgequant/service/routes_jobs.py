@@ -30,9 +30,10 @@ from fastapi import APIRouter, Body, Request
 from fastapi.responses import FileResponse, JSONResponse
 
 from edgequant.data.declared import refuse_array_preprocess
-from edgequant.errors import DataError, RecipeError
+from edgequant.errors import DataError, EdgeQuantError, RecipeError
 from edgequant.recipe import METHODS, PRESETS, Recipe, from_dict, to_dict
 from edgequant.recipe.applies import normalized_keys, refuse_ignored
+from edgequant.recipe.flags import rest_error
 from edgequant.recipe.presets import low_bit_passes, own_tag, without_disabled
 from edgequant.recipe.rules import check_pass_data
 from edgequant.recipe.schema import FLAG_KEYS
@@ -114,7 +115,24 @@ def build_recipe(
     config: ServiceConfig | None = None,
     has_dataset: bool = True,
 ) -> dict[str, Any]:
-    """The validated recipe mapping of a quantize request (see module doc for precedence)."""
+    """The validated recipe mapping of a quantize request (see module doc for precedence).  A refusal
+    names a field as the body spelled it (``symmetric``, not ``act_symmetric``)."""
+    sent = {FLAG_KEYS[k]: k for k in data if k in FLAG_KEYS}
+    try:
+        return _build_recipe(data, method, target, config, has_dataset)
+    except EdgeQuantError as exc:
+        words = rest_error(exc.to_dict(), sent)
+        exc.detail, exc.hint = words["detail"], words["hint"]
+        raise
+
+
+def _build_recipe(
+    data: dict[str, Any],
+    method: str | None,
+    target: object,
+    config: ServiceConfig | None,
+    has_dataset: bool,
+) -> dict[str, Any]:
     data = canonical_keys(data)
     given = normalized_keys(data)  # the client's keys: an option the method does not read is refused
     if method:

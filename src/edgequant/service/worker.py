@@ -70,7 +70,7 @@ def resolve_regex_excludes(model: Path, exclude: list[str]) -> list[str]:
         return exclude
     import onnx
 
-    from edgequant.recipe.exclude import match_names
+    from edgequant.recipe.exclude import match_names, no_match_detail
 
     patterns = [p for p in exclude if p.startswith("re:")]
     nodes = [(n.name, n.op_type) for n in onnx.load(str(model), load_external_data=False).graph.node]
@@ -85,8 +85,8 @@ def resolve_regex_excludes(model: Path, exclude: list[str]) -> list[str]:
             continue
         if not matched[pattern]:
             raise RecipeError(
-                f"exclude '{pattern}' matches no node name in the model.",
-                "check the names with 'edgequant inspect MODEL'.",
+                f"exclude '{pattern}' matches no node name in the model{no_match_detail(pattern, nodes)}.",
+                "write a pattern that matches node names of the uploaded model (the closest are listed above).",
             )
         out += [e for e in (_exact(h) for h in matched[pattern]) if e not in out]
     return out
