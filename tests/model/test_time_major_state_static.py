@@ -93,6 +93,19 @@ def test_static_on_whole_feed_dicts() -> None:
     assert evaluate(m, r.model, held, task="regression").samples == 32
 
 
+def test_two_steps_beside_a_two_direction_state_are_one_feed() -> None:
+    """x [2, 1, 4] beside h0 [2, 1, 8] agree on axis 0 by chance: each feed dict is still one sample, never
+    cut (before: calibration counted 2 per feed dict and cut the 8th at --calib-samples 15: ORT's
+    "invalid dimensions for input: h0")."""
+    m = _gru("T")
+    feeds = [{"x": f["x"][:2], "h0": f["h0"]} for f in _feeds()]
+    r = edgequant.quantize(m, feeds, calib_samples=15)
+    check, calib = r.report["check"], r.report["calibration"]
+    assert check["samples"] == 32 and calib["samples"] == 15, (check, calib)
+    assert abs(check["output_sqnr_db"]["y"] - _sqnr(m, r.model, feeds[1::2])) < 0.02, check
+    assert r.report["float_effect"]["measured_on"].startswith("the first 16 of the 17 held-out samples")
+
+
 def test_check_counts_feed_dicts_not_time_steps() -> None:
     """dynamic reads no calibration data: the check reads the first 32 feed dicts (before: 320 samples)."""
     m, feeds = _gru("T"), _feeds()

@@ -135,6 +135,12 @@ def fixed_batch(
     return b, True
 
 
+class WholeFeed(dict[str, np.ndarray]):
+    """A feed dict the data layer passes whole (a stacked feed dict; a list item for a model whose inputs
+    share no batch axis 0, e.g. ``x [T, B, 4]`` with a state ``[2, B, 8]``, even where ``T`` happens to be
+    2): one sample wherever samples are counted (``feed_samples``), never cut."""
+
+
 def whole_feed(batch: Mapping[str, Any]) -> bool:
     """True when ``batch`` is one whole feed dict rather than rows on axis 0: its inputs disagree on the
     length of axis 0 (``x [1, 16]`` with a state ``[2, 1, 8]``), or one of them is a scalar.  Such a batch
@@ -145,12 +151,13 @@ def whole_feed(batch: Mapping[str, Any]) -> bool:
 
 def feed_samples(batch: Mapping[str, Any], *, whole: bool = False, timed: Collection[str] = ()) -> int:
     """Samples in one batch, as every command counts them (calibration passes, the check, evaluate):
-    1 for a whole feed dict (``whole``: a stacked feed dict; or ``whole_feed``, e.g. ``x [1, 16]`` with a
+    1 for a whole feed dict (``whole``: a stacked feed dict; a ``WholeFeed``; or ``whole_feed``, e.g. ``x [1, 16]`` with a
     state ``[2, 1, 8]``), else the inputs' common axis-0 length.  ``timed`` names time-major recurrent
     inputs (``[T, B, I]``, ``model.patterns.time_major_inputs``), whose axis 1 is their batch axis."""
     rows = {k: np.moveaxis(v, 1, 0) if k in timed and np.ndim(v) > 1 else v for k, v in batch.items()}
     if not rows:
         return 0
+    whole = whole or isinstance(batch, WholeFeed)
     return 1 if whole or whole_feed(rows) else len(next(iter(rows.values())))
 
 

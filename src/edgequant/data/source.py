@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgequant.data.base import Batch, InputSpec, SourceStats, check_batch, check_finite
-from edgequant.data.conform import LABEL_KEYS, Caster, map_fields
+from edgequant.data.conform import LABEL_KEYS, Caster, WholeFeed, map_fields
 from edgequant.data.prefetch import prefetch
 from edgequant.data.select import StreamHoldOut, StreamSplitter
 from edgequant.errors import DataError
@@ -153,7 +153,7 @@ class IndexedSource:
                     (lo, hi) if self._range is None else (min(lo, self._range[0]), max(hi, self._range[1]))
                 )
         self._refresh_description()
-        return batch, labels
+        return (WholeFeed(batch) if self.stacked else batch), labels
 
     def iter_labeled(self) -> Iterator[Labeled]:
         _reset(self.stats)
@@ -302,9 +302,11 @@ class StreamSource:
                     return
                 piece = self._caster(batch, where)
                 check_batch(piece, self.inputs, where)
-                done += 1 if n is None else n
+                # inputs that agree on axis 0 by chance (x [2, B, 4] beside a state [2, B, 8]) are one feed
+                whole = n is None or any(i.shape[:1] != (n,) for i in self.inputs)
+                done += 1 if whole else n or 0
                 self._update_stats(done)
-                yield piece, labels
+                yield (WholeFeed(piece) if whole else piece), labels
                 continue
             keep = self.splitter.mask(n)
             if keep is not None:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from edgequant.data.conform import WholeFeed
 from edgequant.errors import DataError, ModelError, RecipeError, first_line
 from edgequant.observe.observers import Observer, create_observer
 from edgequant.runtime import OrtRuntime
@@ -250,6 +251,8 @@ def _batch_size(batch: Batch) -> int:
     """
     if not batch:
         raise DataError("a calibration batch holds no arrays.", "map every model input name to an array.")
+    if isinstance(batch, WholeFeed):  # the data layer's whole feed dict (data.conform.WholeFeed)
+        return -1
     sizes = {np.shape(arr)[0] if np.ndim(arr) else None for arr in batch.values()}
     if len(sizes) == 1 and None not in sizes:
         return int(sizes.pop())  # type: ignore[arg-type]
