@@ -92,6 +92,7 @@ def _graph(kind: str) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
         "matmul_relu": [n("MatMul", ["x", "W"], ["m"], name="mm"), n("Relu", ["m"], ["r"], name="relu"),
                         n("Neg", ["r"], ["y"], name="neg")],
         "gemm": [n("Gemm", ["x", "W", "b"], ["a"], name="gemm"), n("Neg", ["a"], ["y"], name="neg")],
+        "gemm_overflow": [n("Gemm", ["x", "W", "b"], ["y"], name="gemm")],
         "gemm_relu": [n("Gemm", ["x", "W", "b"], ["a"], name="gemm"), n("Relu", ["a"], ["r"], name="relu"),
                       n("Neg", ["r"], ["y"], name="neg")],
         "gemm_transb": [n("Gemm", ["x", "Wt", "b"], ["a"], name="gemm", transB=1), n("Neg", ["a"], ["y"], name="neg")],
@@ -104,6 +105,10 @@ def _graph(kind: str) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
         for t in (_rng_w(rng, "W", 32, 64), _rng_w(rng, "Wt", 64, 32), _rng_w(rng, "b", 64))
         if t.name in used
     ]
+    if (
+        kind == "gemm_overflow"
+    ):  # round(b / (s_x * s_w)) beyond int32, binary too: the exporter keeps it float
+        inits = [nh.from_array(nh.to_array(t) * 1e9, "b") if t.name == "b" else t for t in inits]
     shape: list[Any] = ["B", 5, 32] if x3 else ["B", 32]
     g = h.make_graph(
         body, kind, [h.make_tensor_value_info("x", T.FLOAT, shape)], [h.make_tensor_value_info("y", T.FLOAT, None)],
@@ -115,16 +120,51 @@ def _graph(kind: str) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     return m, {"x": x}
 
 
+def _conv_graph(kind: str) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """Conv -> Relu -> (ConvTranspose -> Relu ->) a last Conv or ConvTranspose whose output leaves the graph float
+    (bias or none, then a Relu or not): the contexts that decide ORT's Conv/ConvTranspose fusions."""
+    rng = np.random.default_rng(0)
+    n = h.make_node
+    body = [
+        n("Conv", ["x", "W1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        n("Relu", ["c1"], ["r1"], name="relu1"),
+    ]
+    last = {
+        "conv_last": [n("Conv", ["r1", "W2", "b2"], ["y"], name="conv2")],
+        "conv_last_nobias_relu": [n("Conv", ["r1", "W2"], ["c2"], name="conv2"), n("Relu", ["c2"], ["y"], name="relu2")],
+        "convt_mid": [n("ConvTranspose", ["r1", "Wt", "bt"], ["t"], name="convt", strides=[2, 2]),
+                      n("Relu", ["t"], ["rt"], name="relut"), n("Conv", ["rt", "W3"], ["y"], name="conv3")],
+        "convt_last": [n("ConvTranspose", ["r1", "Wt", "bt"], ["y"], name="convt", strides=[2, 2])],
+    }[kind]  # fmt: skip
+    shapes = {"W1": (8, 3, 3, 3), "b1": (8,), "W2": (4, 8, 1, 1), "b2": (4,), "Wt": (8, 6, 2, 2), "bt": (6,),
+              "W3": (4, 6, 1, 1)}  # fmt: skip
+    used = {i for node in body + last for i in node.input}
+    g = h.make_graph(
+        body + last, kind, [h.make_tensor_value_info("x", T.FLOAT, ["B", 3, 8, 8])],
+        [h.make_tensor_value_info("y", T.FLOAT, None)], [_rng_w(rng, k, *v) for k, v in shapes.items() if k in used],
+    )  # fmt: skip
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m, {"x": rng.standard_normal((24, 3, 8, 8)).astype(np.float32)}
+
+
+CONV_KINDS = ["conv_last", "conv_last_nobias_relu", "convt_mid", "convt_last"]
 CONV = "conv_net"
 STATIC = [{}, {"weight_bits": 1}, {"weight_bits": "ternary"}, {"weight_bits": 2}, {"weight_bits": 4},
           {"act_bits": 16}, {"weight_bits": 1, "act_bits": 16}, {"act16_below_db": 45}, {"act16_below_db": 60},
           {"weight_bits": 4, "weight_8bit": ["first"]}, {"weight_bits": 1, "weight_8bit": ["last"]}]  # fmt: skip
 WEIGHT_ONLY = [{}, {"weight_bits": 4}, {"weight_bits": 4, "block_size": 16}, {"per_channel": False}]
+LOW_BIAS = [{"weight_bits": "ternary"}, {"weight_bits": 2}, {"weight_bits": 1, "per_channel": False},
+            {"weight_bits": 4, "per_channel": False}]  # fmt: skip
 KINDS = ["matmul_add_relu", "rank3", "matmul_relu", "gemm", "gemm_relu", "gemm_transb", "shared"]
 CASES = (
     [(CONV, "static", kw) for kw in STATIC]
     + [("mlp", "static", kw) for kw in STATIC[:7]]
     + [(k, "static", kw) for k in KINDS[:6] for kw in ({"weight_bits": 1}, {"act_bits": 16})]
+    # int32 biases next to ternary / 2-bit / per-tensor binary and 4-bit weights: a last Gemm fuses to QGemm
+    + [(k, "static", kw) for k in (CONV, "gemm", "gemm_transb") for kw in LOW_BIAS]
+    # a last Conv with a float output, a ConvTranspose in the middle or last: float kernels on ORT's CPU provider
+    + [(k, "static", kw) for k in [*CONV_KINDS, "gemm_overflow"] for kw in ({}, {"weight_bits": 1})]
     + [(k, "weight-only", kw) for k in [CONV, "mlp", *KINDS] for kw in WEIGHT_ONLY]
     # 16-bit inputs with 8-bit outputs and the reverse (float), 16-bit on both sides (MatMulNBits, 4-bit too)
     + [("mlp_outlier", "static", {"act16_below_db": db}) for db in (35, 40, 45)]
@@ -143,6 +183,8 @@ def test_the_rules_name_exactly_the_nodes_ort_runs_in_float(
         data["x"][::3, 5] = 30.0 if kind == "mlp_outlier" else data["x"][::3, 5]
     elif kind == "attention":
         model, data = _attention()
+    elif kind in CONV_KINDS:
+        model, data = _conv_graph(kind)
     else:
         model, data = _graph(kind)
     r = edgequant.quantize(model, data, method=method, calib_samples=12, **kw)

@@ -6,8 +6,11 @@
   read ``X_dq``, everything else keeps reading ``X`` -- except after a quantized op that ORT fuses into
   an integer kernel (``_FUSED_OPS``), where every consumer reads ``X_dq`` so the Q is the op's only
   consumer;
-* the bias of a quantized Conv/Gemm becomes int32 with scale ``s_x · s_w`` and zero point 0, the
-  form ORT's QDQ fusion needs to run QLinearConv / integer Gemm.
+* the bias of a quantized Conv/Gemm with an 8-bit input and an 8-bit, binary, ternary or 2-bit weight
+  (int8 containers; per tensor or per channel) becomes int32 with scale ``s_x · s_w`` and zero point 0,
+  the form ORT's QDQ fusion needs to run QLinearConv / QGemm (``planning.int_kernels.writes_int32_bias``:
+  next to 4-bit weights, which ORT runs in float, it stays float); a bias that would overflow int32 stays
+  float, with a note.
 
 The ``_dq`` suffix is a contract: ``evaluate.per_layer`` pairs ``X_dq`` with the float ``X``.
 1- and 2-bit (binary, ternary) weights are stored in int8 containers; the packed size
@@ -29,6 +32,7 @@ from edgequant.export.layout_tail import close_layout_tails
 from edgequant.model.io import opset_of, weightless_copy
 from edgequant.model.patterns import names_read
 from edgequant.plan import QuantPlan, TensorEntry
+from edgequant.planning.int_kernels import writes_int32_bias
 from edgequant.schemes.qparams import qparams_from_range, quantize, quantize_fixed, quantize_weight
 from edgequant.schemes.spec import Granularity, QuantSpec
 
@@ -309,9 +313,8 @@ def _quantize_biases(
         x, w, b = node.input[0], node.input[1], node.input[2]
         if b not in inits or x not in params or w not in params:
             continue
-        w_spec, x_spec = plan.tensors[w].spec, plan.tensors[x].spec
-        if w_spec.bits != 8 or x_spec.bits != 8 or w_spec.granularity is Granularity.PER_BLOCK:
-            continue
+        if not writes_int32_bias(node.op_type, plan.tensors[w].spec, plan.tensors[x].spec):
+            continue  # 16-bit inputs, 4-bit or per-block weights, a ConvTranspose: the bias stays float
         bias = numpy_helper.to_array(inits[b]).astype(np.float64).reshape(-1)
         s_w = params[w][0].astype(np.float64).reshape(-1)
         s_x = float(params[x][0].reshape(-1)[0])
@@ -320,6 +323,7 @@ def _quantize_biases(
         q = np.round(bias / scale)
         if np.any(np.abs(q) > _INT32.max):
             notes.append(f"bias '{b}' of '{node.name}' would overflow int32 at scale s_x·s_w; kept float.")
+            plan.tensors.pop(b, None)  # an int32 entry from an earlier export (int_kernels reads it)
             continue
         shape: tuple[int, ...] = (bias.size,) if per_channel else ()
         q_name, s_name, z_name = names.fresh(f"{b}_q"), names.fresh(f"{b}_scale"), names.fresh(f"{b}_zp")

@@ -6,8 +6,8 @@ those of its QDQ selectors (``qdq_selectors.cc``: Conv, Gemm, MatMul, DQ -> MatM
 ``WeightBiasQuantization`` pass, as they apply to the QDQ graphs EdgeQuant writes; each one is validated
 against ORT's optimized graph on small models built in ``tests/core/test_int_kernel_rules.py``.
 
-Static (QDQ on activations and weights) -- a node runs an integer kernel (QLinearConv, QLinearConvTranspose,
-QGemm, QLinearMatMul, MatMulIntegerToFloat, MatMulNBits) unless:
+Static (QDQ on activations and weights) -- a node runs an integer kernel (QLinearConv, QGemm, QLinearMatMul,
+MatMulIntegerToFloat, MatMulNBits) unless:
 
 - its weight is stored in 4 bits: ORT's integer Conv/Gemm/MatMul kernels take 8-bit weights (1-bit, ternary
   and 2-bit weights are stored in int8 containers and fuse like int8);
@@ -18,10 +18,15 @@ QGemm, QLinearMatMul, MatMulIntegerToFloat, MatMulNBits) unless:
   an 8-bit output keeps the float MatMul;
 - its output (after a Relu/Clip that the QuantizeLinear makes redundant) is quantized to 16 bits while its
   input is 8-bit: the selectors need the input and output types to match;
-- (Conv, ConvTranspose, Gemm) it has a float bias -- EdgeQuant quantizes a bias to int32 only with 8-bit
-  weights -- and its output is not quantized (a model's last Gemm): ORT's ``WeightBiasQuantization`` then
-  leaves the bias float and the selector needs an int32 bias.  With a quantized output ORT quantizes the
-  bias itself and fuses.
+- it is a ConvTranspose: the CPU provider has no integer ConvTranspose kernel (``QLinearConvTranspose`` is
+  the XNNPACK provider's), with or without a quantized output;
+- it is a Conv whose output is not quantized (a model's last Conv): QLinearConv writes 8-bit outputs only;
+- (Gemm) it has a float bias and its output is not quantized (a model's last Gemm; QGemm itself can write
+  float): ORT's ``WeightBiasQuantization`` then leaves the bias float and the selector needs an int32 bias.
+  With a quantized output ORT quantizes the bias itself and fuses.  EdgeQuant writes an int32 bias for a
+  Conv/Gemm with an 8-bit input and an 8-bit, binary, ternary or 2-bit weight per tensor or per channel
+  (``writes_int32_bias``), so this applies only to a bias that would overflow int32 (the exporter notes it;
+  the rule sees it in an exported plan, which has no int32 entry for that bias).
 
 Weight-only (DequantizeLinear on the weight, float activations) -- a MatMul, or a Gemm with ``transA = 0``,
 ``transB = 0`` and ``alpha = beta = 1``, runs ORT's MatMulNBits when its weight is 2-D, stored in 2/4/8 bits
@@ -37,7 +42,7 @@ from __future__ import annotations
 import onnx
 
 from edgequant.plan import QuantPlan, TensorEntry
-from edgequant.schemes.spec import Granularity
+from edgequant.schemes.spec import Granularity, QuantSpec
 
 DOT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _CLIPS = ("Relu", "Clip")
@@ -92,6 +97,21 @@ class ModelGraph:
             tensor = nxt.output[0]
 
 
+def writes_int32_bias(op_type: str, weight: QuantSpec, act: QuantSpec) -> bool:
+    """Whether the QDQ exporter stores the bias of a static ``op_type`` node with weight spec ``weight`` and
+    input activation spec ``act`` as int32 (scale ``s_x * s_w``, zero point 0): a Conv or Gemm with an 8-bit
+    input and a weight stored in 8 bits (8-bit, or binary / ternary / 2-bit in int8 containers) per tensor or
+    per channel, the weights ORT's integer kernels take.  Otherwise the bias stays float: a ConvTranspose's;
+    next to 4-bit weights, which ORT runs in float anyway (an int32 bias there would add a scale and a zero
+    point per channel for no kernel); and a bias for which ``round(b / (s_x * s_w))`` would overflow int32."""
+    return (
+        op_type in ("Conv", "Gemm")
+        and act.bits == 8
+        and (weight.bits == 8 or weight.bits <= 2)
+        and weight.granularity is not Granularity.PER_BLOCK
+    )
+
+
 def _stored_bits(e: TensorEntry) -> int:
     """Bits of a weight's storage type: 1-bit, ternary and 2-bit weights sit in int8 containers."""
     return 8 if e.spec.bits <= 2 else e.spec.bits
@@ -99,8 +119,9 @@ def _stored_bits(e: TensorEntry) -> int:
 
 def static_float_reason(node: onnx.NodeProto, plan: QuantPlan, graph: ModelGraph) -> str:
     """Why ORT runs planned static ``node`` (a DOT_OPS node) in float, as a short phrase ('' when it runs an
-    integer kernel): ``"N-bit weights"``, ``"16-bit inputs"``, ``"16-bit outputs"`` or ``"a float bias and a
-    float output"`` (module docstring)."""
+    integer kernel): ``"N-bit weights"``, ``"16-bit inputs"``, ``"16-bit outputs"``, ``"no integer
+    ConvTranspose kernel"``, ``"a float output"`` or ``"a float bias and no quantized output"`` (module
+    docstring)."""
     ins = [plan.tensors.get(t) for t in node.input[:2]]
     weight = next((e for e in ins if e is not None and e.role == "weight"), None)
     acts = [e for e in ins if e is not None and e.role == "activation"]
@@ -114,6 +135,10 @@ def static_float_reason(node: onnx.NodeProto, plan: QuantPlan, graph: ModelGraph
             and _nbits_weight(node, weight, init)
         ):
             return ""  # ORT drops the 16-bit QDQ pairs and fuses MatMulNBits (activations quantized inside)
+    if node.op_type == "ConvTranspose":  # first: no option fuses these
+        return "no integer ConvTranspose kernel"  # QLinearConvTranspose is XNNPACK's, not the CPU provider's
+    if node.op_type == "Conv" and out is None:
+        return "a float output"  # QLinearConv writes 8-bit outputs only
     if weight is not None and _stored_bits(weight) < 8:
         return f"{weight.spec.bits}-bit weights"
     if a16:
@@ -121,13 +146,18 @@ def static_float_reason(node: onnx.NodeProto, plan: QuantPlan, graph: ModelGraph
     if out is not None and out.spec.bits == 16:
         return "16-bit outputs"
     bias = node.input[2] if node.op_type != "MatMul" and len(node.input) > 2 else ""
-    if weight is None or bias not in graph.inits or weight.spec.bits == 8:
-        return ""  # no float bias: EdgeQuant writes an int32 bias with 8-bit weights
+    x, b = plan.tensors.get(node.input[0]), plan.tensors.get(bias)
+    if weight is None or bias not in graph.inits:
+        return ""
+    exported = weight.scale is not None  # then its int32 biases have entries (not one overflowing int32)
+    if exported and b is not None and b.role == "bias":
+        return ""
+    if not exported and x is not None and writes_int32_bias(node.op_type, weight.spec, x.spec):
+        return ""  # the exporter will write an int32 bias (unless it overflows: the note is rebuilt after export)
     # ORT quantizes the float bias itself when a QuantizeLinear follows (a Gemm's only without a Relu/Clip between)
     direct = plan.tensors.get(node.output[0])
     if out is None or (node.op_type == "Gemm" and direct is None):
-        kind = "ternary" if weight.spec.ternary else f"{weight.spec.bits}-bit"
-        return f"a float bias ({kind} weights: not quantized to int32) and no quantized output"
+        return "a float bias and no quantized output"
     return ""
 
 

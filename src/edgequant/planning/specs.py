@@ -145,8 +145,9 @@ def float_kernel_note(model: onnx.ModelProto, plan: QuantPlan, recipe: Recipe) -
     float after DequantizeLinear, grouped by why ('' when none).  Which ones is decided by the rules of
     ``planning.int_kernels`` (ORT 1.32's QDQ fusions, validated against its optimized graphs in
     tests/core/test_int_kernel_rules.py): 4-bit weights, 16-bit inputs (but a MatMul with an 8-bit weight,
-    which runs MatMulNBits), 16-bit outputs, and a float bias with no quantized output (sub-8-bit weights
-    on a model's last Gemm).  1-bit, ternary and 2-bit weights sit in int8 containers and fuse like int8.
+    which runs MatMulNBits), 16-bit outputs, a ConvTranspose, a Conv whose output is not quantized (a
+    model's last Conv), and a Gemm with a float bias (overflowing int32) and no quantized output.  1-bit,
+    ternary and 2-bit weights sit in int8 containers and fuse like int8.
     Measured (1 thread, batch 1): the demo conv net W4A8 0.28 ms, W8A16 0.23 ms, float 0.097 ms; an MLP
     512-1024-512 W4A8 5.6 ms, W8A16 0.037 ms, int8 0.029 ms, float 0.20 ms (load 7)."""
     if recipe.method != "static" or recipe.target != "cpu":
@@ -161,14 +162,17 @@ def float_kernel_note(model: onnx.ModelProto, plan: QuantPlan, recipe: Recipe) -
         f"{', ...' if len(nodes) > 3 else ''}) with {why}"
         for why, nodes in groups.items()
     ]
-    fix = ["--weight-bits 8"] if any("16-bit" not in why for why in groups) else []
+    fix = ["--weight-bits 8"] if any(why.endswith("-bit weights") for why in groups) else []
     if any("16-bit" in why for why in groups):  # 16 bits asked for all activations, or chosen per tensor
         fix.append("--act-bits 8" if recipe.act_bits == 16 else "--act16-below-db off")
+    # no flag fuses a ConvTranspose, a last Conv or a bias overflowing int32
+    other = any(not why.endswith("-bit weights") and "16-bit" not in why for why in groups)
+    runs = f"  {' '.join(fix)} runs {'the others' if other else 'them'} as integer kernels." if fix else ""
     return (
         f"{FLOAT_KERNEL}: {' and '.join(parts)}: ONNX Runtime fuses no integer kernel for them (its QLinearConv, "
-        "QGemm and QLinearMatMul take 8-bit weights, 8-bit inputs and outputs, and an int32 bias) and runs them "
-        f"in float after DequantizeLinear, so expect float speed or slower.  {' '.join(fix)} runs them as "
-        "integer kernels."
+        "QGemm and QLinearMatMul take 8-bit weights, 8-bit inputs and outputs, and an int32 bias; QLinearConv "
+        "writes no float output, and it has no integer ConvTranspose) and runs them in float after "
+        f"DequantizeLinear, so expect float speed or slower.{runs}"
     )
 
 
