@@ -12,18 +12,21 @@ plan without quantized activations (weight-only) is scored with its weights quan
 else, which is that model exactly.
 
 Streaming models.  A model that carries state between calls (``model.recurrent.state_pairs``: Silero
-VAD's ``state`` -> ``stateN``) runs in deployment on the state it returned itself, so its error
-accumulates over a stream.  Fed the data's state (the float model's) at every held-out frame, the judge
-sees one step of that error only; on Silero VAD it reverted AdaRound (56.26 -> 54.56 dB) on a draw
-where AdaRound lifts the streamed result (worst-clip agreement 0.9788 -> 0.9954).  So ``set_reference``
-first finds which held-out batches continue a stream: batch k+1 does when its state inputs are the
-state the float model returns for batch k (to ``STATE_RTOL`` of their largest magnitude), as they are
-in data recorded streaming (``model.stream_calib.carry_states`` writes them so, and a stacked ``.npz``
-of (frame, state) pairs holds them so).  Each run of consecutive batches is then streamed, the first
-batch of a run fed the data's state and each later one the state the model under judgement returned
-for the one before, the float reference streamed the same way (``held_out_outputs``).  Where no batch
-continues another (frames drawn at random, states from elsewhere), every frame is fed the data's state
-as before, and a note says the judge is a one-step proxy there; the report rows say which.
+VAD's ``state`` -> ``stateN``; where no LSTM/GRU/RNN carries it, as in a Tanh recurrence, a graph input
+and output of one shape that the held-out frames show to be carried: ``same_shape_pairs``) runs in
+deployment on the state it returned itself, so its error accumulates over a stream.  Fed the data's
+state (the float model's) at every held-out frame, the judge sees one step of that error only; on Silero
+VAD it reverted AdaRound (56.26 -> 54.56 dB) on a draw where AdaRound lifts the streamed result
+(worst-clip agreement 0.9788 -> 0.9954).  So ``set_reference`` first finds which held-out batches
+continue a stream: batch k+1 does when its state inputs are the state the float model returns for batch
+k (to ``STATE_RTOL`` of their largest magnitude), as they are in data recorded streaming
+(``model.stream_calib.carry_states`` writes them so, and a stacked ``.npz`` of (frame, state) pairs
+holds them so).  Each run of consecutive batches is then streamed, the first batch of a run fed the
+data's state and each later one the state the model under judgement returned for the one before, the
+float reference streamed the same way (``held_out_outputs``).  Where no batch continues another (frames
+drawn at random, states from elsewhere), every frame is fed the data's state as before, and a note says
+the judge is a one-step proxy there (same-shape pairs that no frame continues are not taken for state:
+no note); the report rows say which.
 
 Cost: per judged state one min-max stream over ``JUDGE_CALIB`` samples, one export and one run over
 the held-out samples; a state judged once is not judged again (the state after one pass is the state
@@ -151,50 +154,84 @@ def set_reference(model: onnx.ModelProto, ctx: Context) -> None:
     docstring), with what that means in ``ctx.held_out_on`` and, for a one-step fallback, a note."""
     from edgequant.model.recurrent import state_pairs
 
-    pairs = state_pairs(model.graph)
+    pairs, found = state_pairs(model.graph), True
+    if not pairs:  # state carried by other ops (a Tanh recurrence): inputs and outputs of one shape
+        pairs, found = same_shape_pairs(model.graph), False
     held = ctx.held_out
     if pairs and held and all(i in b for b in held for i, _ in pairs):
-        ctx.pairs = pairs
-        ctx.carry = continues(model, held, pairs, ctx)
-        runs = ctx.carry.count(False)
-        ins = ", ".join(f"'{i}'" for i, _ in pairs)
-        if runs < len(held):
-            ctx.held_out_on += (
-                f"; streamed as {runs} run(s) of consecutive frames, each model carrying its own state "
-                f"{ins} within a run (a run starts from the data's state)"
-            )
-        else:
-            ctx.held_out_on += f"; one step per frame (each fed the data's state {ins}): not a stream"
-            ctx.notes.append(
-                f"pass judge: no held-out sample's state input ({ins}) is the state the float model "
-                "returned for the one before, so the samples are not consecutive frames of a stream; "
-                "each was fed the data's state, a one-step proxy that does not see the error a quantized "
-                "model accumulates over a stream (give frames in stream order, each with the float "
-                "model's state, as a list of feed dicts or a stacked .npz)."
-            )
+        flags = pair_continues(model, held, pairs, ctx)
+        if not found:  # only what the data shows to be carried state counts as state
+            pairs = [p for p in pairs if any(flags[p])]
+        if pairs:
+            ctx.pairs = pairs
+            ctx.carry = [all(flags[p][k] for p in pairs) for k in range(len(held))]
+            _describe(ctx, [i for i, _ in pairs])
     ctx.reference = held_out_outputs(model, ctx)
 
 
-def continues(
+def _describe(ctx: Context, inputs: list[str]) -> None:
+    """``ctx.held_out_on``'s words for ``ctx.carry``, and the note for a one-step fallback."""
+    runs = ctx.carry.count(False)
+    ins = ", ".join(f"'{i}'" for i in inputs)
+    if runs < len(ctx.carry):
+        ctx.held_out_on += (
+            f"; streamed as {runs} run(s) of consecutive frames, each model carrying its own state "
+            f"{ins} within a run (a run starts from the data's state)"
+        )
+        return
+    ctx.held_out_on += f"; one step per frame (each fed the data's state {ins}): not a stream"
+    ctx.notes.append(
+        f"pass judge: no held-out sample's state input ({ins}) is the state the float model "
+        "returned for the one before, so the samples are not consecutive frames of a stream; "
+        "each was fed the data's state, a one-step proxy that does not see the error a quantized "
+        "model accumulates over a stream (give frames in stream order, each with the float "
+        "model's state, as a list of feed dicts or a stacked .npz)."
+    )
+
+
+def pair_continues(
     model: onnx.ModelProto, held: list[Batch], pairs: list[tuple[str, str]], ctx: Context
-) -> list[bool]:
-    """Per batch of ``held``: True when its state inputs are, to ``STATE_RTOL`` of their largest
-    magnitude, the state outputs of the float ``model`` fed the batch before (first batch: False)."""
+) -> dict[tuple[str, str], list[bool]]:
+    """Per pair, per batch of ``held``: True when the batch's state input is, to ``STATE_RTOL`` of its
+    largest magnitude, the state output of the float ``model`` fed the batch before (first batch: False)."""
     sess = ctx.runtime.session(model, "the float model (finding the held-out frames' streams)")
     try:
-        outs = [sess.run(b, [o for _, o in pairs]) for b in held[:-1]]
+        outs = [sess.run(b, list(dict.fromkeys(o for _, o in pairs))) for b in held[:-1]]
     finally:
         sess.close()
-    flags = [False]
+    flags: dict[tuple[str, str], list[bool]] = {p: [False] for p in pairs}
     for got, nxt in zip(outs, held[1:], strict=True):
-        same = True
         for i, o in pairs:
             want = np.asarray(nxt[i], np.float64)
             have = np.asarray(got[o], np.float64)
             tol = STATE_RTOL * max(float(np.abs(want).max(initial=0.0)), 1e-6)
-            same &= have.size == want.size and float(np.abs(have.reshape(want.shape) - want).max()) <= tol
-        flags.append(bool(same))
+            same = have.size == want.size and float(np.abs(have.reshape(want.shape) - want).max()) <= tol
+            flags[(i, o)].append(bool(same))
     return flags
+
+
+def same_shape_pairs(graph: onnx.GraphProto) -> list[tuple[str, str]]:
+    """Candidate (graph input, graph output) pairs of carried state where no LSTM/GRU/RNN carries it:
+    each float input with the declared shape of a float output, paired in graph order among those of one
+    shape (``s [1, 16]`` -> ``s_new [1, 16]``).  ``set_reference`` keeps a pair only where the data shows
+    it (a held-out frame's input equals the float model's output for the frame before)."""
+    inits = {t.name for t in graph.initializer}
+
+    def key(v: onnx.ValueInfoProto) -> tuple[object, ...]:
+        t = v.type.tensor_type
+        return (t.elem_type, *(d.dim_value or d.dim_param for d in t.shape.dim))
+
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+    outs: dict[tuple[object, ...], list[str]] = {}
+    for o in graph.output:
+        if o.type.tensor_type.elem_type in floats:
+            outs.setdefault(key(o), []).append(o.name)
+    pairs: list[tuple[str, str]] = []
+    for i in graph.input:
+        left = outs.get(key(i), [])
+        if i.name not in inits and i.type.tensor_type.elem_type in floats and left:
+            pairs.append((i.name, left.pop(0)))
+    return pairs
 
 
 def held_out_outputs(model: onnx.ModelProto, ctx: Context) -> list[np.ndarray]:
