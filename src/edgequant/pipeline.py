@@ -26,7 +26,7 @@ from edgequant.calibration import calibrate as _calibrate
 from edgequant.calibration import held_source as _held
 from edgequant.check import run_check
 from edgequant.data.declared import with_declared
-from edgequant.export import export_qdq
+from edgequant.export import export_qdq, round_trips
 from edgequant.export.nbits import eight_bit_weights, int8_gather_tables, weight_only_kernels
 from edgequant.export.opset import raise_for_plan
 from edgequant.export.sizes import disk_bytes
@@ -264,6 +264,11 @@ def _static(
     t2 = time.perf_counter()
     calibrated = plan
     quantized, plan = export_qdq(run.float_model, plan)
+    if recipe.method == "static" and recipe.target == "cpu" and calibrated.activations():
+        calibrated, dropped = round_trips.drop_round_trips(calibrated, quantized, run.runtime.providers)
+        if dropped:  # Q/DQ pairs ORT would run between two float ops (export/round_trips.py)
+            quantized, plan = export_qdq(run.float_model, calibrated)
+            plan.notes.append(round_trips.note(run.float_model, dropped))
     if recipe.method == "weight-only":  # MatMulNBits where it applies; a note where ORT dequantizes per run
         quantized, plan = weight_only_kernels(quantized, plan, recipe.nbits_accuracy_level)
         run.warnings += [n for n in plan.notes if n.startswith("slower than float")]

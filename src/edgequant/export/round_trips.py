@@ -1,0 +1,100 @@
+"""Activations that ONNX Runtime would quantize only to dequantize again: left float.
+
+A static plan puts a Q/DQ pair on the data inputs and outputs of every op ONNX Runtime can fuse or pass
+through in integers (``planning.graph.PASS_OPS``).  Where ORT finds no integer kernel for a group after
+all (a ``ReduceMean`` reading a ``Pow``, a ``Clip`` with a float bound, a ``Reshape`` between two
+different grids), its optimised graph keeps a standalone ``QuantizeLinear`` whose every reader is a
+``DequantizeLinear``: the tensor is rounded to 8 bits and turned back into float between two float ops.
+That round trip computes nothing on integers and saves no time; it only adds rounding error (and two
+nodes).  On SSCD's ResNet-50 the generalized-mean pooling head (``Clip -> Pow(3) -> ReduceMean ->
+Pow(1/3)``) carried two that mattered (``Reshape -> Clip``, ``Pow -> ReduceMean``; the cubed
+activations span 0 to ~2,000, so an 8-bit grid zeroes most of them): the embedding's output SQNR was
+13.0 dB with them against 16.4 dB without (``benchmarks/models/sscd.py``).
+
+``drop_round_trips`` reads ORT's optimised graph of the exported model (level 2, the graph the CPU
+provider runs; loaded in a child process like the check) and returns the plan without those activation
+entries.  Node decisions are left as they are: a node that reads or writes such a tensor keeps its
+quantized neighbours' Q/DQ (a Reshape after a conv still reads the conv's dequantized output, so ORT
+still fuses the conv), and the report's census lists it as planned but run in float.  Left alone: a
+pair nobody reads (the exporter writes it; ORT routes around it), the input of a Conv/Gemm/MatMul that
+ORT runs in float (the plan's float-speed note names it), 16-bit pairs (asked for, or chosen by
+``act16``; they cost next to nothing), and every target but ``cpu`` (a hardware target's compiler may
+need every tensor on a grid).
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from edgequant.plan import QuantPlan
+from edgequant.runtime.isolated import run_isolated
+
+# a Conv/Gemm/MatMul planned integer that ORT runs in float keeps its quantized input: the plan's float-speed
+# note (planning/int_kernels.py) names it, and the cause (a float bias, a 16-bit input) is what to fix
+DOT = {"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul"}
+
+
+def round_trip_tensors(optimized: onnx.ModelProto) -> set[str]:
+    """Inputs of the standalone QuantizeLinear nodes of ORT's optimised graph whose every reader is a
+    DequantizeLinear that some node (or a graph output) reads, none of them a Conv/Gemm/MatMul: tensors
+    quantized only to be dequantized."""
+    g = optimized.graph
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for name in n.input:
+            readers.setdefault(name, []).append(n)
+    outputs = {o.name for o in g.output}
+    out: set[str] = set()
+    for n in g.node:
+        if n.op_type != "QuantizeLinear" or n.output[0] in outputs:
+            continue
+        users = readers.get(n.output[0], [])
+        if not users or any(u.op_type != "DequantizeLinear" for u in users):
+            continue
+        # a pair nobody reads (the exporter writes it, ORT has already routed its readers around it) is
+        # left alone: dropping it changes nothing computed, but can change how ORT fuses the producer
+        after = [r for u in users for r in readers.get(u.output[0], [])]
+        if (after or any(u.output[0] in outputs for u in users)) and not any(r.op_type in DOT for r in after):
+            out.add(n.input[0])
+    return out
+
+
+def drop_round_trips(
+    plan: QuantPlan, quantized: onnx.ModelProto, providers: list[str]
+) -> tuple[QuantPlan, list[str]]:
+    """(``plan`` without the round-trip activations of ``quantized``, their names in plan order).
+
+    ``quantized``: ``export_qdq(float_model, plan)``'s model; ``providers``: ORT's, as the check uses.
+    The plan is not modified (a copy is returned when something is dropped).
+    Raises InferenceError when ORT cannot load ``quantized`` (the check would fail on it too).
+    """
+    graphs: list[onnx.ModelProto] = []
+    run_isolated(quantized, [], what="the quantized model", providers=providers, optimized=graphs)
+    # 8-bit only: a 16-bit pair (asked for, or chosen by act16) costs next to nothing and is the user's choice
+    trips = {
+        t for t in round_trip_tensors(graphs[0]) & set(plan.activations()) if plan.tensors[t].spec.bits == 8
+    }
+    if not trips:
+        return plan, []
+    out = QuantPlan.from_dict(plan.to_dict())
+    dropped = [name for name in out.activations() if name in trips]
+    for name in dropped:
+        del out.tensors[name]
+    return out, dropped
+
+
+def note(float_model: onnx.ModelProto, dropped: list[str]) -> str:
+    """The plan note: how many activations were left float, and their kinds (producer -> readers)."""
+    producer = {o: n.op_type for n in float_model.graph.node for o in n.output}
+    readers: dict[str, set[str]] = {}
+    for n in float_model.graph.node:
+        for name in n.input:
+            readers.setdefault(name, set()).add(n.op_type)
+    kinds = sorted(
+        {f"{producer.get(t, 'input')} -> {'/'.join(sorted(readers.get(t, ()))) or 'output'}" for t in dropped}
+    )
+    return (
+        f"{len(dropped)} activation(s) left float where ONNX Runtime runs the ops on both sides in float "
+        f"({', '.join(kinds[:6])}{', ...' if len(kinds) > 6 else ''}): an 8-bit round trip there would only add "
+        "rounding error, at no gain in speed."
+    )
