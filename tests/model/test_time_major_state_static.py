@@ -87,6 +87,8 @@ def test_static_on_whole_feed_dicts() -> None:
     check, calib, fe = r.report["check"], r.report["calibration"], r.report["float_effect"]
     held = feeds[1::2]  # 32 of 64, evenly spread: positions 2j + 1
     assert check["samples"] == 32 and calib["samples"] == 16 and calib["held_out_for_check"] == 32
+    # before: "batch size 2 (fixed by the model; 8 was asked)", h0's directions taken for the batch
+    assert "axis 0 is fixed in h0 2 and not in x: batches are used whole" in calib["source"], calib
     assert abs(check["output_sqnr_db"]["y"] - _sqnr(m, r.model, held)) < 0.02, check
     assert fe["measured_on"].startswith("the first 16 of the 16 held-out samples"), fe
     assert fe["baseline_sqnr_db"] is not None and fe["kinds"], fe

@@ -111,7 +111,8 @@ def fixed_batch(
     """The batch size to use, and whether the model fixes it (then a short last batch is dropped).
 
     ``whole_batches``: the caller passes ready-made batches through unsplit, so inputs whose first
-    axis is not the batch (recurrent state such as ``[2, 1, 128]``) are fine.
+    axis is not the batch (recurrent state such as ``[2, 1, 128]``) are fine, and a note says the
+    batches are used whole when the inputs do not all fix axis 0 alike.
     """
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}.", "use a positive batch size.")
@@ -120,6 +121,13 @@ def fixed_batch(
         return batch_size, False
     if len(fixed) > 1 and whole_batches:
         notes.append(f"inputs fix different first axes {sorted(fixed)}: batches are used whole")
+        return batch_size, False
+    free = [i.name for i in inputs if not i.shape or i.shape[0] is None]
+    if free and whole_batches:  # e.g. x [T, B, 4] beside a state [1, B, 8]: axis 0 is no shared batch
+        pinned = [f"{i.name} {i.shape[0]}" for i in inputs if i.name not in free]
+        notes.append(
+            f"axis 0 is fixed in {', '.join(pinned)} and not in {', '.join(free)}: batches are used whole"
+        )
         return batch_size, False
     if len(fixed) > 1:
         raise DataError(
