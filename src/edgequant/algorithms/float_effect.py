@@ -10,7 +10,8 @@ Each has a reason in the plan; this module measures what each choice is worth, c
   whole group additionally quantized at 8 bits (one Q/DQ pair after each tensor, every reader and a
   graph output reading its DQ; min-max range over ``judge.JUDGE_CALIB`` calibration samples) is run
   on the first ``SAMPLES`` held-out samples the passes are judged on (never the check's), and its output SQNR
-  (``base.quantized_sqnr``: first output, padded positions left out) is compared with the plan's own
+  (``base.quantized_sqnr``: first output, padded positions left out; a model with carried state streamed
+  over runs of consecutive frames, ``judge.set_reference``) is compared with the plan's own
   QDQ model: ``effect_db = SQNR(group at 8 bits) - SQNR(plan)``, negative when 8 bits would cost;
 - the 16-bit activations, grouped the same way, are exported at 8 bits instead (same range).
 
@@ -34,7 +35,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgequant.algorithms import base
-from edgequant.algorithms.judge import JUDGE_CALIB
+from edgequant.algorithms.judge import JUDGE_CALIB, describe_carry, set_reference
 from edgequant.data.base import Batch
 from edgequant.export._graph import collect_elem_types
 from edgequant.plan import QuantPlan
@@ -196,6 +197,8 @@ def _held_context(
     ``held_out`` empty (and ``held_out_on`` the reason) when there are too few."""
     recipe = ctx.recipe
     held, on = ctx.held_out, ctx.held_out_on
+    for said in ("; streamed as", "; one step per frame"):  # said of all the passes' frames: said afresh
+        on = on.split(said)[0]
     if not held:
         extra = recipe.replace(calib_samples=recipe.calib_samples + base.HELD_OUT)
         held = base.held_out(open_source(extra), recipe.calib_samples)
@@ -215,8 +218,13 @@ def _held_context(
         on = f"the first {first} of the {on}"
     local = base.Context(recipe, ctx.runtime, lambda: open_source(recipe), held)
     local.held_out_on = on
-    if held:
+    if held and ctx.held_out:  # the passes' frames: their streams, found on the float model as given
+        local.pairs, local.carry = ctx.pairs, ctx.carry[: len(held)]
+        if local.pairs:
+            describe_carry(local, [i for i, _ in local.pairs])
         local.reference = base._outputs(model, local)  # the float model the plan exports from
+    elif held:  # a model with carried state streamed (judge.py)
+        set_reference(model, local)
     return local
 
 

@@ -165,11 +165,11 @@ def set_reference(model: onnx.ModelProto, ctx: Context) -> None:
         if pairs:
             ctx.pairs = pairs
             ctx.carry = [all(flags[p][k] for p in pairs) for k in range(len(held))]
-            _describe(ctx, [i for i, _ in pairs])
+            describe_carry(ctx, [i for i, _ in pairs])
     ctx.reference = held_out_outputs(model, ctx)
 
 
-def _describe(ctx: Context, inputs: list[str]) -> None:
+def describe_carry(ctx: Context, inputs: list[str]) -> None:
     """``ctx.held_out_on``'s words for ``ctx.carry``, and the note for a one-step fallback."""
     runs = ctx.carry.count(False)
     ins = ", ".join(f"'{i}'" for i in inputs)
