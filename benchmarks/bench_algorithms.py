@@ -44,6 +44,7 @@ ort-static,ort-static-entropy,ort-static-percentile --timeout 2400
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import resource
 import subprocess
@@ -56,6 +57,19 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def _ada(act_bits: int, drop: float, budget: float = 1.0, w8: list[str] | None = None) -> dict[str, Any]:
+    """W4A8 + AdaRound with its x~ variant set by module constants (algorithms/adaround_acts.py): activations
+    quantized in x~ for weights of at most ``act_bits`` bits (0: float activations), QDrop's ``drop``;
+    ``budget``: MAC_BUDGET and ITERATIONS times this (adaround_opt; 2e10, 1,000); ``w8``: weight_8bit."""
+    acts, opt = "edgequant.algorithms.adaround_acts.", "edgequant.algorithms.adaround_opt."
+    constants: dict[str, float] = {acts + "ACT_QUANT_MAX_BITS": act_bits, acts + "DROP_PROB": drop}
+    constants |= {opt + "MAC_BUDGET": 2e10 * budget, opt + "ITERATIONS": round(1000 * budget)}
+    return {"weight_bits": 4, "algorithms": ["adaround"], "constants": constants} | (
+        {"weight_8bit": w8} if w8 else {}
+    )
+
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "default": {},
@@ -97,6 +111,19 @@ SETTINGS: dict[str, dict[str, Any]] = {
     },
     # mixed 4/8 chosen by EdgeQuant (weight_8bit auto: at most 5 of the 50 layers, by measured output-SQNR gain)
     "w4a8+adaround+w8-auto": {"weight_bits": 4, "algorithms": ["adaround"], "weight_8bit": ["auto"]},
+    # AdaRound's x~ (issue 17 §3, session 11; algorithms/adaround_acts.py): "constants" sets module constants
+    # in the worker before quantizing. float-acts: x~ with float activations (before session 11); act-quant:
+    # x~ with the plan's activations fake-quantized (AIMET-style); qdrop: each element of x~ float with
+    # probability 0.5 (QDrop); x4 / x0.5: MAC_BUDGET and ITERATIONS x4 / x0.5
+    "w4a8+adaround-float-acts": _ada(0, 0.0),
+    "w4a8+adaround-act-quant": _ada(4, 0.0),
+    "w4a8+adaround-qdrop": _ada(4, 0.5),
+    "w4a8+adaround-float-acts-x4": _ada(0, 0.0, budget=4),
+    "w4a8+adaround-float-acts-x0.5": _ada(0, 0.0, budget=0.5),
+    "w4a8+adaround-act-quant-x4": _ada(4, 0.0, budget=4),
+    "w4a8+adaround-qdrop-x4": _ada(4, 0.5, budget=4),
+    "w4a8+adaround-act-quant+w8-first-last": _ada(4, 0.0, w8=["first", "last"]),
+    "w4a8+adaround-qdrop+w8-first-last": _ada(4, 0.5, w8=["first", "last"]),
     "ort-static-entropy": {"ort": "entropy"},
     "ort-static-percentile": {"ort": "percentile"},
     # per-tensor weights with the recovery passes (issue 17 §2, run on effnet_lite0)
@@ -139,6 +166,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     cpu0 = _cpu_s()
     out: dict[str, Any] = {}
+    for key, value in setting.pop("constants", {}).items():  # module constants of a measured variant
+        module, attr = key.rsplit(".", 1)
+        setattr(importlib.import_module(module), attr, value)
     calib = setting.pop("ort", "")
     if calib:
         from onnxruntime.quantization import (
