@@ -67,3 +67,28 @@ def test_object_npz_keeps_the_save_numbers_hint(tmp_path: Path) -> None:
     assert res.exit_code == 2, res.output
     assert "np.savez" in res.output and "damaged" not in res.output, res.output
     assert os.path.exists(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04garbage"])
+@pytest.mark.parametrize("command", ["quantize", "evaluate"])
+def test_damaged_npz_for_a_model_that_declares_normalisation(
+    tmp_path: Path, content: bytes, command: str
+) -> None:
+    """The declared-normalisation range check reads the arrays first: it must give the data layer's
+    "damaged" error too (an empty file was click's "Aborted!", a bad zip a BadZipFile traceback)."""
+    proto = conv_net()
+    onnx.helper.set_model_props(proto, {"normalization": "x = (pixel_0_255 - [127, 128, 128]) / 64"})
+    model = tmp_path / "conv.onnx"
+    onnx.save(proto, model)
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(content)
+    out = tmp_path / "out"
+    if command == "quantize":
+        args = ["quantize", str(model), "-o", str(out), "--calib-data", str(bad)]
+    else:
+        args = ["evaluate", str(model), str(model), "--data", str(bad), "-o", str(out / "r.json")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert "damaged or is not a .npz" in res.output and "re-create or re-download" in res.output, res.output
+    assert "Traceback" not in res.output and "Aborted" not in res.output, res.output
+    assert not out.exists()

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from edgequant.data.arrays import open_npy, open_npz
 from edgequant.errors import DataError, RecipeError
 from edgequant.recipe.schema import Preprocess, Recipe, from_dict, to_dict
 
@@ -117,17 +118,17 @@ def refuse_array_preprocess(pre: Preprocess, where: str) -> None:
 
 
 def _first_array(data: Any, name: str) -> np.ndarray | None:
-    """Up to 64 samples of input ``name`` (or the only array) from .npy/.npz or in-memory data."""
+    """Up to 64 samples of input ``name`` (or the only array) from .npy/.npz or in-memory data.
+
+    DataError (the data layer's own, e.g. "damaged or is not a .npz") for a file the data layer refuses."""
     try:
         if isinstance(data, str | Path):
             p = Path(data)
-            if p.suffix.lower() == ".npy":
-                return np.asarray(np.load(p, mmap_mode="r", allow_pickle=False)[:64])
-            if p.suffix.lower() == ".npz":
-                with np.load(p, allow_pickle=False) as z:
-                    key = name if name in z.files else (z.files[0] if len(z.files) == 1 else None)
-                    return None if key is None else np.asarray(z[key][:64])
-            return None
+            if p.suffix.lower() not in (".npy", ".npz"):
+                return None
+            arrays = (open_npy(p) if p.suffix.lower() == ".npy" else open_npz(p)).arrays
+            key = name if name in arrays else (next(iter(arrays)) if len(arrays) == 1 else None)
+            return None if key is None else np.asarray(arrays[key][:64])
         if isinstance(data, np.ndarray):
             return data[:64]
         if isinstance(data, dict) and isinstance(data.get(name), np.ndarray):
