@@ -153,6 +153,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app.state.commit_lock = threading.Lock()
     app.state.sessions = Sessions()
     _install_handlers(app)
+    from edgequant.service.routes_compare import router as compare_router
     from edgequant.service.routes_files import router as files_router
     from edgequant.service.routes_jobs import router as jobs_router
     from edgequant.service.routes_lifecycle import router as lifecycle_router
@@ -161,6 +162,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app.include_router(files_router, prefix=API)
     app.include_router(lifecycle_router, prefix=API)
     app.include_router(jobs_router, prefix=API)
+    app.include_router(compare_router, prefix=API)
     mount_web(app)
 
     @app.get("/health", summary="Liveness, workers and targets")

@@ -12,10 +12,7 @@ Compatibility with the old edge-models service: ``name`` may carry ``.onnx``; ``
 once the job finished, or 202 as usual when it did not in time.  Sizes there are measured from the
 stored files.
 
-``POST /model/{name}/compare`` runs every method (``edgequant.evaluate.compare``) as one job on the
-dataset (calibration), ``eval_dataset`` (evaluation; without it the one dataset is split, seeded,
-and the report says so), with the CLI's default limits, ``target`` and a JSON body of ``data_options``.
-A submit while ``max_queued`` jobs wait is a 429.
+``POST /model/{name}/compare`` is in ``routes_compare``.
 """
 
 from __future__ import annotations
@@ -50,7 +47,6 @@ from edgequant.service.routes_files import dataset_exists, model_exists
 from edgequant.service.schemas import (
     Accepted,
     Cancelled,
-    CompareBody,
     Job,
     LegacyResult,
     RecipeBody,
@@ -284,60 +280,6 @@ async def submit_quantize(
             return JSONResponse(legacy_result(store, row).model_dump(), status_code=200)
         await asyncio.sleep(0.1)
     return _accepted(job_id)
-
-
-@router.post(
-    "/model/{model_name}/compare", status_code=202, response_model=Accepted, summary="Compare every method"
-)
-def submit_compare(
-    request: Request,
-    model_name: str,
-    dataset: str | None = None,
-    eval_dataset: str | None = None,
-    methods: str = "all",
-    target: str | None = None,
-    max_drop: float | None = 1.0,
-    max_drop_rel: float | None = None,
-    max_latency_ms: float | None = None,
-    max_size_mb: float | None = None,
-    max_energy_mj: float | None = None,
-    prefer: str = "latency",
-    task: str = "classification",
-    body: Annotated[
-        CompareBody | None, Body(description="data_options for both datasets (non-path SourceOptions)")
-    ] = None,
-) -> JSONResponse:
-    from edgequant.data.options import SourceOptions
-    from edgequant.evaluate.compare import resolve_methods
-    from edgequant.evaluate.recommend import Limits
-    from edgequant.evaluate.tasks import check_task
-
-    store = _store(request)
-    name = resolve_model_name(store, model_name)
-    if dataset is None:
-        raise BadRequest(
-            "compare needs ?dataset=NAME (used for calibration and evaluation).", "upload one first."
-        )
-    dataset_exists(store.root, dataset)
-    if eval_dataset is not None:  # else compare splits the one dataset (seeded) and says so
-        dataset_exists(store.root, eval_dataset)
-    data_options = dict(body.data_options or {}) if body is not None else {}
-    check_request({"data_options": data_options}, _config(request), has_dataset=True)
-    SourceOptions.create(data_options)  # unknown names and bad values: 422 before queueing
-    canonical = resolve_target(target)
-    check_task(task)
-    limits = Limits(
-        max_drop, max_drop_rel, max_latency_ms, max_size_mb, max_energy_mj, prefer
-    )  # CLI defaults
-    options = {
-        "methods": resolve_methods(methods),
-        **limits.to_dict(),
-        "task": task,
-        "eval_dataset": eval_dataset,
-        "target": canonical,
-        "data_options": data_options or None,
-    }
-    return _accepted(_queue(request, "compare", name, dataset, options))
 
 
 @router.get("/jobs/{job_id}/artifacts/{file}", summary="Download a file of a finished job")
