@@ -8,9 +8,10 @@ keep ``LR`` 0.01, measured there: EfficientNet-Lite0 at 8 bits KL 0.0040).  Meas
 EfficientNet-Lite0 at 4 bits (output error on calibration inputs): the first depthwise conv 1.54 at
 LR 0.01 x 1,000 iterations, 0.90 at 0.01 x 4,000, 0.16 at 0.01 x 10,000, 0.16 at 0.03 x 1,000, 0.91
 at 0.1 x 1,000; blocks.11's project conv 0.181 at 0.01 x 1,000, 0.120 at 0.03, 0.129 at 0.1.  Whole
-model, W4A8: mean KL 0.148 at 0.01, 0.129 at 0.03 (benchmarks/results/bench_algorithms.md).  More
-optimisation did not help there: ``MAC_BUDGET`` and ``ITERATIONS`` x4 (8e10, 4,000) at 0.03 gave KL 0.177
-for 2.2x the CPU time (session 11, same draw), 10,000 iterations at 0.01 gave 0.143 (session 8).
+model, W4A8: mean KL 0.148 at 0.01, 0.129 at 0.03 (benchmarks/results/bench_algorithms.md).  Neither more
+nor less optimisation helped there: ``MAC_BUDGET`` and ``ITERATIONS`` x4 (8e10, 4,000) at 0.03 gave KL 0.177
+for 2.2x the CPU time and half of both gave 0.182 (session 11, same draw); 10,000 iterations at 0.01
+gave 0.143 (session 8).
 """
 
 from __future__ import annotations
