@@ -57,8 +57,8 @@ def check_writable(
 
     ``existing`` are the files the run would write; any that exists needs ``overwrite``.  One that is
     an ``inputs`` file (the user's model; same file also through a symlink, ``..`` or a hard link) is
-    refused even with ``overwrite``.  Raises ExportError naming the path and the fix (``clash_fix`` for an
-    existing file: the caller's words).
+    refused even with ``overwrite``; so is one that is a symbolic link.  Raises ExportError naming the path
+    and the fix (``clash_fix`` for an existing file: the caller's words).
     """
     for out in existing:
         for given in inputs:
@@ -68,6 +68,13 @@ def check_writable(
                     "not even with --overwrite.",
                     "choose another -o (a folder, or another .onnx file name).",
                 )
+    for out in existing:  # its parent resolved: 'bo/../x/f' is 'x/f'
+        if (Path(out).parent.resolve() / Path(out).name).is_symlink():
+            raise ExportError(
+                f"output '{out}' is a symbolic link; EdgeQuant never writes through a link (its target is "
+                "someone's file), not even with --overwrite.",
+                "remove it or choose another -o.",
+            )
     # resolved as the kernel will once the folder exists: 'bo/../../x' (no bo yet) is '../x', so no
     # 'bo' is made, and the files already in '../x' are seen
     real = Path(folder).resolve()

@@ -61,3 +61,18 @@ def test_dotdot_out_makes_no_folder_and_sees_existing_files(files: dict[str, Pat
     code, text = _q(files["model"], str(tmp / "bo" / ".." / "y"), files["calib"])
     assert code == 0, text
     assert not (tmp / "bo").exists() and (tmp / "y" / "net_int8.onnx").is_file()
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_symlink_at_an_output_path_is_refused(files: dict[str, Path], overwrite: list[str]) -> None:
+    tmp = files["model"].parent / f"link{len(overwrite)}"
+    (tmp / "out").mkdir(parents=True)
+    target = tmp / "mine.onnx"
+    target.write_bytes(b"the user's")
+    (tmp / "out" / "net_int8.onnx").symlink_to(target)  # inside or outside the folder: never written through
+    (tmp / "out" / "net_int8.json").symlink_to("net_int8.onnx")
+    code, text = _q(files["model"], str(tmp / "out"), files["calib"], *overwrite)
+    assert code == 2 and "is a symbolic link" in text and "choose another -o" in text, text
+    assert len([ln for ln in text.splitlines() if ln.strip()]) == 1, text
+    assert target.read_bytes() == b"the user's"
+    assert sorted(p.name for p in (tmp / "out").iterdir()) == ["net_int8.json", "net_int8.onnx"]

@@ -131,3 +131,44 @@ def test_api_refuses_without_overwrite_and_keeps_files_outside(
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["tiny_float.onnx", "report.json", "results.csv", "report.md", "report.html"]
     )
+
+
+def test_every_method_failing_still_renders_the_table(
+    files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No method ran: no primary metric is known, and the table once died on it (IndexError)."""
+    from edgequant import pipeline
+    from edgequant.errors import UnsupportedError
+
+    def off(*a: object, **k: object) -> None:
+        raise UnsupportedError("fp16 is switched off in this test.", "use another method.")
+
+    monkeypatch.setattr(pipeline, "quantize", off)
+    out = tmp_path / "cmp"
+    code, text = _run(files, out, "fp16")
+    assert code == 1, text  # no method meets the limits: exit 1 with the table (it was an IndexError)
+    assert "switched off" in text and "no method ran" in text and "score = the primary metric" in text, text
+    report = json.loads((out / "report.json").read_text())
+    assert [(m["method"], m["status"]) for m in report["methods"]] == [("fp16", "failed")]
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_symlink_at_an_output_path_is_refused_before_any_work(
+    files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overwrite: list[str]
+) -> None:
+    """A link where compare would write is never written through (its target is the user's file)."""
+    out = tmp_path / "cmp"
+    out.mkdir()
+    target = tmp_path / "mine.onnx"
+    target.write_bytes(b"the user's")
+    (out / "tiny_fp16.onnx").symlink_to(target)
+
+    def no_work(*a: object, **k: object) -> None:
+        raise AssertionError("compare started work with a symlink at an output path")
+
+    monkeypatch.setattr(compare_mod, "prepare_job", no_work)
+    code, text = _run(files, out, "fp16", *overwrite)
+    assert code == 2, text
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "is a symbolic link" in lines[0] and "choose another -o" in lines[0], text
+    assert target.read_bytes() == b"the user's" and [p.name for p in out.iterdir()] == ["tiny_fp16.onnx"]

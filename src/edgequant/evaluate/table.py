@@ -50,7 +50,7 @@ def _compare_table(r: CompareResult) -> Table:
     score, score_unit = {
         "top1": ("top-1 %", "top-1 % = top-1 accuracy in percent"),
         "top1_agreement": ("agree %", "agree % = top-1 agreement with float in percent"),
-    }.get(r.primary, (r.primary, f"{r.primary} = the primary metric"))
+    }.get(r.primary or "score", (r.primary or "score", f"{r.primary or 'score'} = the primary metric"))
     target = r.settings.get("target", "")
     predicted = any((m.predicted_latency or {}).get("ms") is not None for m in r.methods)
     on = {(m.predicted_latency or {}).get("target", target) for m in r.methods if m.predicted_latency}
