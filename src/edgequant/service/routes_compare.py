@@ -2,19 +2,22 @@
 
 It runs on ``dataset`` (calibration) and ``eval_dataset`` (evaluation; without it the one dataset is
 split, seeded, and the report says so), with the CLI's default limits, ``target`` and a JSON body of
-``data_options``.  A submit while ``max_queued`` jobs wait is a 429.  A refusal names the query
-parameters (``methods=all``, ``max_drop``), not the CLI's flags (``compare_words``).
+``data_options``; ``targets`` adds an ``int8-static@<target>`` row per target, as the CLI's
+``--targets``.  An unknown query parameter is refused (422, with the closest known one).  A submit
+while ``max_queued`` jobs wait is a 429.  A refusal names the query parameters (``methods=all``,
+``max_drop``), not the CLI's flags (``compare_words``).
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse
 
-from edgequant.errors import EdgeQuantError
+from edgequant.errors import EdgeQuantError, RecipeError
 from edgequant.service.config import BadRequest, resolve_target
 from edgequant.service.limits import check_request
 from edgequant.service.routes_files import dataset_exists
@@ -36,6 +39,7 @@ QUERY = (
     "max_energy_mj",
     "prefer",
     "task",
+    "targets",
 )
 _CLI_COMMAND = re.compile(r"(edgequant [a-z]+(?: [^\s;,']+)*)")  # quoted whole, as it is typed
 _FLAG = re.compile(r"--([a-z][a-z-]*)(?: (?!(?:with|or|and|in|of|to)\b)(?=[\w.]))?")
@@ -56,6 +60,18 @@ def compare_words(text: str) -> str:
     return "".join(p if i % 2 else _FLAG.sub(swap, p) for i, p in enumerate(parts))
 
 
+def refuse_unknown(keys: list[str]) -> None:
+    """RecipeError (422) naming the first query parameter compare does not take, the known ones and
+    the closest (``eval_datset`` -> ``eval_dataset``): a misspelt limit must not be silently dropped."""
+    for key in keys:
+        if key not in QUERY:
+            close = difflib.get_close_matches(key.replace("-", "_"), QUERY, n=1)
+            raise RecipeError(
+                f"unknown query parameter '{key[:64]}' for compare; known: {', '.join(QUERY)}.",
+                f"did you mean '{close[0]}'?" if close else "remove it.",
+            )
+
+
 @router.post(
     "/model/{model_name}/compare", status_code=202, response_model=Accepted, summary="Compare every method"
 )
@@ -73,15 +89,19 @@ def submit_compare(
     max_energy_mj: float | None = None,
     prefer: str = "latency",
     task: str = "classification",
+    targets: str | None = None,
     body: Annotated[
         CompareBody | None, Body(description="data_options for both datasets (non-path SourceOptions)")
     ] = None,
 ) -> JSONResponse:
+    from edgequant import toolchains
     from edgequant.data.options import SourceOptions
     from edgequant.evaluate.compare import resolve_methods
     from edgequant.evaluate.recommend import Limits
+    from edgequant.evaluate.target_rows import parse_targets
     from edgequant.evaluate.tasks import check_task
 
+    refuse_unknown(list(request.query_params))
     store = _store(request)
     name = resolve_model_name(store, model_name)
     if dataset is None:
@@ -99,6 +119,10 @@ def submit_compare(
         check_task(task)
         limits = Limits(max_drop, max_drop_rel, max_latency_ms, max_size_mb, max_energy_mj, prefer)
         chosen = resolve_methods(methods)
+        extra = parse_targets(targets, canonical)  # as the CLI's --targets, before any work
+        for t in extra:
+            if t in toolchains.TARGETS:
+                toolchains.require(toolchains.TARGETS[t])
     except EdgeQuantError as exc:
         exc.detail, exc.hint = compare_words(exc.detail), compare_words(exc.hint)
         raise
@@ -108,9 +132,10 @@ def submit_compare(
         "task": task,
         "eval_dataset": eval_dataset,
         "target": canonical,
+        "targets": extra or None,
         "data_options": data_options or None,
     }
     return _accepted(_queue(request, "compare", name, dataset, options))
 
 
-__all__ = ["QUERY", "compare_words", "router"]
+__all__ = ["QUERY", "compare_words", "refuse_unknown", "router"]

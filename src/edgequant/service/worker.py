@@ -206,6 +206,7 @@ def _run_compare(root: Path, row: dict[str, Any], out: Path, progress: _Progress
         prefer=options.get("prefer", "latency"),
         task=options.get("task", "classification"),
         target=options.get("target") or "cpu",
+        targets=options.get("targets"),
         data_options=options.get("data_options"),
         outdir=out,
         progress=progress,
