@@ -136,3 +136,37 @@ def test_every_limit_flag_reaches_the_rule(files: dict[str, Path], tmp_path: Pat
         assert [f.split(" ")[0] for f in m["limit_failures"]] == ["energy"], m["limit_failures"]
     # fp16 halves the bytes and prices MACs lower (Horowitz): the closest to an energy limit
     assert rep["recommendation"]["closest"] == "fp16"
+
+
+def _evaluate(files: dict[str, Path], *more: str) -> tuple[int, str]:
+    res = CliRunner().invoke(
+        _app(), ["evaluate", str(files["float"]), str(files["quant"]), "--data", str(files["eval"]), *more]
+    )
+    return res.exit_code, res.output
+
+
+@pytest.mark.parametrize("flag,path", [("-o", "/proc/x.json"), ("--output-csv", "/sys/x.csv")])
+def test_evaluate_refuses_an_unwritable_output_before_the_work(
+    files: dict[str, Path], monkeypatch: pytest.MonkeyPatch, flag: str, path: str
+) -> None:
+    def no_work(*a: object, **k: object) -> None:
+        raise AssertionError("evaluate ran with an output it cannot write")
+
+    monkeypatch.setattr(evaluate_cmd, "run_evaluate", no_work)
+    code, text = _evaluate(files, flag, path)
+    assert code == 2, text
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "virtual file system" in lines[0] and "Traceback" not in text, text
+
+
+def test_evaluate_refuses_an_existing_output_without_overwrite(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    mine = tmp_path / "mine.json"
+    mine.write_text("the user's")
+    code, text = _evaluate(files, "-o", str(mine))
+    assert code == 2 and "already exists" in text and "--overwrite" in text, text
+    assert mine.read_text() == "the user's"
+    code, text = _evaluate(files, "-o", str(mine), "--overwrite")
+    assert code == 0, text
+    assert json.loads(mine.read_text())["float"]["top1"] == 1.0  # labels are the float model's own argmax

@@ -28,7 +28,8 @@ from edgequant.commands.shared_options import (
     Threads,
     TopK,
 )
-from edgequant.errors import EdgeQuantError
+from edgequant.errors import EdgeQuantError, ExportError
+from edgequant.outputs import check_writable
 
 
 def _fail(exc: EdgeQuantError) -> None:
@@ -142,6 +143,17 @@ def perf_table(rows: list[dict[str, Any]]) -> Table:
     return t
 
 
+def _check_outputs(paths: list[Path | None], overwrite: bool, inputs: list[Path]) -> None:
+    """``outputs.check_writable`` for each output file given: ExportError (one line) for a folder that
+    cannot be written (/proc, read-only), a directory or a symbolic link at the path, the input model,
+    or an existing file without ``overwrite``."""
+    for path in (p for p in paths if p is not None):
+        if path.is_dir():
+            raise ExportError(f"output '{path}' is a directory.", "give a file path (e.g. -o result.json).")
+        fix = "pass --overwrite to replace it, or choose another output file."
+        check_writable(path.parent, [path], overwrite=overwrite, inputs=inputs, clash_fix=fix)
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def evaluate(
@@ -165,6 +177,14 @@ def register(app: typer.Typer) -> None:
             Path | None, typer.Option("-o", "--output-json", help="Write JSON here.")
         ] = None,
         output_csv: Annotated[Path | None, typer.Option("--output-csv", help="Write CSV here.")] = None,
+        overwrite: Annotated[
+            bool,
+            typer.Option(
+                "--overwrite",
+                help="Replace the -o / --output-csv file if it exists (without it an existing one is refused).",
+                show_default="off",
+            ),
+        ] = False,
         per_layer: Annotated[bool, typer.Option("--per-layer", help="Per-layer SQNR analysis.")] = False,
         top_k: TopK = 10,
         layer_samples: LayerSamples = 8,
@@ -209,6 +229,9 @@ def register(app: typer.Typer) -> None:
             from edgequant.commands.torch_input import to_onnx
             from edgequant.recipe import from_dict
 
+            _check_outputs(
+                [output_json, output_csv], overwrite, [float_model, quant_model]
+            )  # before the work
             opts, rec, notes = recipe_options(recipe, data_option, "evaluate", ("data_options", "preprocess"))
             flags = preprocess_flags(mean, std, scale, image_layout, size)  # field by field over the recipe's
             pre = from_dict({"preprocess": {**(rec.get("preprocess") or {}), **flags}}).preprocess
