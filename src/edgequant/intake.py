@@ -20,7 +20,7 @@ from edgequant.model import load_model
 from edgequant.recipe import PRESETS, Recipe, from_dict, preset, to_dict
 from edgequant.recipe.applies import normalized_keys, refuse_ignored
 from edgequant.recipe.presets import without_disabled
-from edgequant.recipe.schema import read_recipe
+from edgequant.recipe.serialize import from_file_data, read_recipe
 from edgequant.runtime import OrtRuntime
 
 ModelLike = str | Path | onnx.ModelProto | Any
@@ -53,7 +53,7 @@ def resolve_recipe(
     else:
         data = read_recipe(recipe, notes)
         given |= normalized_keys(data)
-        base = to_dict(from_dict(data))
+        base = to_dict(from_file_data(data, recipe))
     resolved = from_dict(without_disabled({**base, **overrides}, overrides))
     refuse_ignored(resolved, given)
     return resolved

@@ -8,6 +8,7 @@ The Recipe itself and its validation live in ``recipe.schema``, which re-exports
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import fields
@@ -213,7 +214,21 @@ def load_recipe(path: str | Path, notes: list[str] | None = None, flow: str = "p
     """Read a YAML recipe file: EdgeQuant keys, or a TI Tensorlab-style config (``recipe.ti_config``),
     whose notes (e.g. a device without an NPU) are appended to ``notes``; ``flow`` "qat" reads a TI
     config for ``edgequant qat`` (``quantization_method: QAT``)."""
-    return from_dict(read_recipe(path, notes, flow))
+    return from_file_data(read_recipe(path, notes, flow), path)
+
+
+def from_file_data(data: dict[str, Any], path: str | Path) -> Recipe:
+    """``from_dict(data)`` for the mapping of recipe file ``path``: a RecipeError names the file and
+    the key it is about (``recipe file 'r.yaml', key algorithms: unknown algorithm 'nope'; ...``)."""
+    try:
+        return from_dict(data)
+    except RecipeError as exc:
+        keys = [k for k in data if re.search(rf"(?<![\w-]){re.escape(str(k))}(?![\w-])", exc.detail)]
+        if not keys and exc.detail.startswith("unknown algorithm"):
+            keys = [k for k in data if str(k) in ("algorithms", "algorithm")]
+        where = f"recipe file '{path}'" + (f", key {keys[0]}" if keys else "")
+        exc.detail = f"{where}: {exc.detail}"
+        raise
 
 
 def read_recipe(path: str | Path, notes: list[str] | None = None, flow: str = "ptq") -> dict[str, Any]:
