@@ -17,7 +17,7 @@ import functools
 import onnx
 
 from edgequant import targets
-from edgequant.errors import RecipeError, UnsupportedError
+from edgequant.errors import UnsupportedError
 from edgequant.model.einsum import why_not as einsum_why_not
 from edgequant.model.gru_hoist import is_selection
 from edgequant.model.patterns import RECURRENT_OPS
@@ -46,7 +46,7 @@ from edgequant.planning.placement import PLACEMENT_DEFAULT, PLACEMENT_REASONS, i
 from edgequant.planning.specs import UNBLOCKED, batched_weight_note
 from edgequant.planning.ties import tie_activation_ranges
 from edgequant.recipe import Recipe
-from edgequant.recipe.exclude import match_names, no_match_detail
+from edgequant.recipe.exclude import match_names, no_match_error
 from edgequant.runtime.cpu import CpuFeatures
 from edgequant.schemes.spec import Granularity, QuantSpec
 
@@ -149,11 +149,7 @@ class Planner:
         nodes = [(n.name, n.op_type) for n in self.model.graph.node]
         for pattern, hits in match_names(self.recipe.exclude, nodes).items():
             if not hits:
-                raise RecipeError(
-                    f"exclude '{pattern}' matches no node name or op type in the model"
-                    f"{no_match_detail(pattern, nodes)}.",
-                    "check the names with 'edgequant inspect MODEL'; regexes are written 're:PATTERN'.",
-                )
+                raise no_match_error(pattern, nodes)
             for name in hits:
                 out.setdefault(name, f"excluded by the user ('{pattern}').")
         return out

@@ -46,6 +46,7 @@ def test_recipe_errors_are_a_422_at_submission(server: Server) -> None:
         # with the dataset, the same adaround request is accepted
         r = c.post(url, params={"dataset": "pre-data"}, json={**ada, "calib_samples": 8})
         assert r.status_code == 202, r.text
+        wait_job(c, r.json()["job_id"], timeout=120)  # finished: later tests see a still job list
 
 
 def test_rest_errors_name_json_fields_not_flags(server: Server) -> None:
@@ -90,16 +91,24 @@ def test_rest_errors_name_the_field_sent_and_quote_no_cli_command(server: Server
                                          "run has method static weight_bits 8:"), body  # fmt: skip
         assert body["hint"].endswith("or drop weight_8bit."), body
         assert not FLAG.search(body["detail"] + body["hint"]) and "edgequant " not in body["hint"], body
-        # job failures: an exclude entry that matches nothing names the closest nodes, no CLI command
+        # an exclude entry that matches nothing names the closest nodes, no CLI command: a plain name at
+        # submission (the model is stored: 422, session 11), a regex in the job (matched under a time bound)
         for entry, op in (("re:zzz", ""), ("nonode", " or op type")):
             r = c.post(url, params={"dataset": "sent-data"}, json={"exclude": [entry]})
-            assert r.status_code == 202, r.text
-            job = wait_job(c, r.json()["job_id"])
-            err = job["error"]
-            assert job["status"] == "failed" and err["detail"].startswith(
-                f"exclude '{entry}' matches no node name{op} in the model ("
-            ), job
+            if entry == "nonode":
+                assert r.status_code == 422, r.text
+                err = r.json()
+            else:
+                assert r.status_code == 202, r.text
+                job = wait_job(c, r.json()["job_id"])
+                err = job["error"]
+                assert job["status"] == "failed", job
+            assert err["detail"].startswith(f"exclude '{entry}' matches no node name{op} in the model ("), err
             assert (
                 err["detail"].endswith("op types: Conv, Flatten, Gemm, Relu).")
                 and "edgequant " not in err["hint"]
-            ), job
+            ), err
+        # an ONNX operator the stored model lacks may appear after the pipeline's rewrites: left to the job
+        r = c.post(url, params={"dataset": "sent-data"}, json={"exclude": ["MatMul"]})
+        assert r.status_code == 202, r.text
+        assert wait_job(c, r.json()["job_id"])["error"]["detail"].startswith("exclude 'MatMul' matches no")

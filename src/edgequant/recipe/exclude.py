@@ -173,3 +173,12 @@ def no_match_detail(pattern: str, nodes: Sequence[tuple[str, str]], limit: int =
         [f"op types: {', '.join(ops)}"] if ops else []
     )
     return f" ({'; '.join(parts)})" if parts else ""
+
+
+def no_match_error(pattern: str, nodes: Sequence[tuple[str, str]]) -> RecipeError:
+    """The refusal of an exclude entry ``pattern`` that matches nothing in ``nodes`` (name, op type):
+    the planner's (CLI, library) and the service's at submission."""
+    return RecipeError(
+        f"exclude '{pattern}' matches no node name or op type in the model{no_match_detail(pattern, nodes)}.",
+        "check the names with 'edgequant inspect MODEL'; regexes are written 're:PATTERN'.",
+    )

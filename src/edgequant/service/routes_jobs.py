@@ -182,6 +182,36 @@ def preflight(recipe: Recipe, has_dataset: bool, preset: str | None) -> None:
         raise RecipeError(exc.detail, exc.hint) from None
 
 
+def refuse_unmatched_excludes(root: Path, model: str, exclude: list[str]) -> None:
+    """The planner's refusal (422, in REST words) of a plain ``exclude`` entry that matches no node
+    name or op type of the stored ONNX model and cannot after the pipeline's rewrites
+    (``surely_unmatched``), at submission instead of in the job.  TorchScript uploads and ``re:``
+    patterns are matched in the job, as before."""
+    from edgequant.recipe.exclude import no_match_error
+    from edgequant.service.worker import model_file
+
+    if not exclude or (path := model_file(root, model)).suffix != ".onnx":
+        return
+    import onnx
+
+    nodes = [(n.name, n.op_type) for n in onnx.load(str(path), load_external_data=False).graph.node]
+    for entry in exclude:
+        if surely_unmatched(entry, nodes):
+            raise no_match_error(entry, nodes)
+
+
+def surely_unmatched(entry: str, nodes: list[tuple[str, str]]) -> bool:
+    """Whether a plain exclude ``entry`` matches nothing in ``nodes`` (a stored model, before the
+    pipeline's rewrites) and cannot come to: it is no node name or op type there, no ONNX operator
+    (an Einsum becomes MatMul, a split Conv gains Slice and Add), and no stored node's name starts it
+    (rewritten nodes are named ``<node>_...``).  ``re:`` entries are matched in the job (time bound)."""
+    import onnx
+
+    if not entry or entry.startswith("re:") or onnx.defs.has(entry):
+        return False
+    return not any(entry in (name, op) or (name and entry.startswith(name)) for name, op in nodes)
+
+
 def resolve_model_name(store: JobStore, name: str) -> str:
     """The stored model ``name`` refers to: itself, or without a trailing ``.onnx`` (old clients).
     When both ``X.onnx`` and ``X`` are stored, ``X.onnx`` is ambiguous: Conflict (409) naming both."""
@@ -270,6 +300,7 @@ async def submit_quantize(
     recipe = build_recipe(recipe_mapping(body), method, target, config, has_dataset=dataset is not None)
     if dataset is not None and (store.dataset_dir(dataset) / "data.npz").is_file():  # arrays: fed as they are
         refuse_array_preprocess(from_dict(recipe).preprocess, f"dataset '{dataset}' (npz)")
+    refuse_unmatched_excludes(store.root, name, recipe.get("exclude") or [])
     job_id = _queue(request, "quantize", name, dataset, recipe)
     if not wait:
         return _accepted(job_id)
