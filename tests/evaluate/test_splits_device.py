@@ -192,7 +192,9 @@ def test_evaluate_and_compare_take_a_recipe_s_data_options(data: dict[str, Path]
     assert json.loads(out.read_text())["samples"] == 6  # the recipe's metadata CSV, its val rows
     assert "evaluate applies only its data_options, preprocess; not method" in res.stderr
     # a --data-option flag wins over the recipe's key
-    res = CliRunner().invoke(_app(), [*args, "--data-option", "eval_type=test", "-o", str(out), "--overwrite"])
+    res = CliRunner().invoke(
+        _app(), [*args, "--data-option", "eval_type=test", "-o", str(out), "--overwrite"]
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(out.read_text())["samples"] == 8
     res = CliRunner().invoke(
