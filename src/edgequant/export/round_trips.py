@@ -16,7 +16,8 @@ provider runs; loaded in a child process like the check) and returns the plan wi
 entries.  Node decisions are left as they are: a node that reads or writes such a tensor keeps its
 quantized neighbours' Q/DQ (a Reshape after a conv still reads the conv's dequantized output, so ORT
 still fuses the conv), and the report's census lists it as planned but run in float.  Left alone: a
-pair nobody reads (the exporter writes it; ORT routes around it), the input of a Conv/Gemm/MatMul that
+pair nobody reads (the exporter writes one where a float reader takes the float tensor; ORT still runs
+it, computing nothing that is used: a cost in time, not in accuracy, left for later), the input of a Conv/Gemm/MatMul that
 ORT runs in float (the plan's float-speed note names it), 16-bit pairs (asked for, or chosen by
 ``act16``; they cost next to nothing), and every target but ``cpu`` (a hardware target's compiler may
 need every tensor on a grid).
@@ -51,8 +52,8 @@ def round_trip_tensors(optimized: onnx.ModelProto) -> set[str]:
         users = readers.get(n.output[0], [])
         if not users or any(u.op_type != "DequantizeLinear" for u in users):
             continue
-        # a pair nobody reads (the exporter writes it, ORT has already routed its readers around it) is
-        # left alone: dropping it changes nothing computed, but can change how ORT fuses the producer
+        # a pair nobody reads (its readers take the float tensor) is left alone: dropping it changes nothing
+        # computed, but can change how ORT fuses the producer (a binary MatMul lost MatMulIntegerToFloat)
         after = [r for u in users for r in readers.get(u.output[0], [])]
         if (after or any(u.output[0] in outputs for u in users)) and not any(r.op_type in DOT for r in after):
             out.add(n.input[0])
