@@ -19,7 +19,9 @@ still fuses the conv), and the report's census lists it as planned but run in fl
 pair nobody reads (the exporter writes one where a float reader takes the float tensor; ORT still runs
 it, computing nothing that is used: a cost in time, not in accuracy, left for later), the input of a Conv/Gemm/MatMul that
 ORT runs in float (the plan's float-speed note names it), 16-bit pairs (asked for, or chosen by
-``act16``; they cost next to nothing), and every target but ``cpu`` (a hardware target's compiler may
+``act16``; they cost next to nothing), a graph input's pair (the PyTorch export's wrappers quantize
+the inputs as the plan says), a plan whose every activation is such a tensor, and every target but
+``cpu`` (a hardware target's compiler may
 need every tensor on a grid).
 """
 
@@ -32,7 +34,19 @@ from edgequant.runtime.isolated import run_isolated
 
 # a Conv/Gemm/MatMul planned integer that ORT runs in float keeps its quantized input: the plan's float-speed
 # note (planning/int_kernels.py) names it, and the cause (a float bias, a 16-bit input) is what to fix
-DOT = {"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul"}
+# (likewise an LSTM/GRU/RNN, whose input the PyTorch export's recurrent wrappers quantize as the plan says)
+DOT = {
+    "Conv",
+    "ConvTranspose",
+    "Gemm",
+    "MatMul",
+    "FusedConv",
+    "FusedGemm",
+    "FusedMatMul",
+    "LSTM",
+    "GRU",
+    "RNN",
+}
 
 
 def round_trip_tensors(optimized: onnx.ModelProto) -> set[str]:
@@ -45,9 +59,12 @@ def round_trip_tensors(optimized: onnx.ModelProto) -> set[str]:
         for name in n.input:
             readers.setdefault(name, []).append(n)
     outputs = {o.name for o in g.output}
+    inputs = {
+        i.name for i in g.input
+    }  # a graph input's pair stays: the PyTorch export quantizes inputs as planned
     out: set[str] = set()
     for n in g.node:
-        if n.op_type != "QuantizeLinear" or n.output[0] in outputs:
+        if n.op_type != "QuantizeLinear" or n.output[0] in outputs or n.input[0] in inputs:
             continue
         users = readers.get(n.output[0], [])
         if not users or any(u.op_type != "DequantizeLinear" for u in users):
@@ -75,7 +92,7 @@ def drop_round_trips(
     trips = {
         t for t in round_trip_tensors(graphs[0]) & set(plan.activations()) if plan.tensors[t].spec.bits == 8
     }
-    if not trips:
+    if not trips or trips >= set(plan.activations()):  # all of them: the plan's static model would be float
         return plan, []
     out = QuantPlan.from_dict(plan.to_dict())
     dropped = [name for name in out.activations() if name in trips]
