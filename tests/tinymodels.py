@@ -136,8 +136,10 @@ def images(n: int = 32, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, 3, 16, 16)).astype(np.float32)
 
 
-def ort_ran_ops(model: onnx.ModelProto, tmp_path: Path, level: str = "ORT_ENABLE_ALL") -> Counter[str]:
-    """Op types of the graph ONNX Runtime actually runs for ``model`` (its optimized model file)."""
+def ort_optimized_graph(
+    model: onnx.ModelProto, tmp_path: Path, level: str = "ORT_ENABLE_ALL"
+) -> onnx.GraphProto:
+    """The graph ONNX Runtime actually runs for ``model`` at optimisation ``level`` (its optimized model file)."""
     import onnxruntime as ort
 
     path, opt = tmp_path / "q.onnx", tmp_path / "opt.onnx"
@@ -146,7 +148,12 @@ def ort_ran_ops(model: onnx.ModelProto, tmp_path: Path, level: str = "ORT_ENABLE
     so.optimized_model_filepath = str(opt)
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return Counter(n.op_type for n in onnx.load(str(opt)).graph.node)
+    return onnx.load(str(opt)).graph
+
+
+def ort_ran_ops(model: onnx.ModelProto, tmp_path: Path, level: str = "ORT_ENABLE_ALL") -> Counter[str]:
+    """Op types of the graph ONNX Runtime actually runs for ``model`` (its optimized model file)."""
+    return Counter(n.op_type for n in ort_optimized_graph(model, tmp_path, level).node)
 
 
 def optional(module: str) -> Any:

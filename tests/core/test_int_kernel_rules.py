@@ -9,12 +9,11 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
-from tinymodels import conv_net, images, mlp
+from tinymodels import conv_net, images, mlp, ort_optimized_graph
 
 import edgequant
 from edgequant.planning import int_kernels
@@ -25,15 +24,9 @@ FLOAT_DOT = {"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm"
 def _ort_float_nodes(model: onnx.ModelProto, tmp_path: Path) -> set[str]:
     """Names (as written) of the nodes ORT's optimized graph runs as a float Conv/Gemm/MatMul kernel: ORT keeps
     a fused node's name, prefixes it ('fused mm') or suffixes it ('mm/MatMulAddFusion', 'conv_token_3')."""
-    path, opt = tmp_path / "q.onnx", tmp_path / "opt.onnx"
-    onnx.save(model, str(path))
-    so = ort.SessionOptions()
-    so.optimized_model_filepath = str(opt)
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     written = [n.name for n in model.graph.node]
     out = set()
-    for n in onnx.load(str(opt)).graph.node:
+    for n in ort_optimized_graph(model, tmp_path, "ORT_ENABLE_EXTENDED").node:
         if n.op_type in FLOAT_DOT:
             name = n.name.removeprefix("fused ")
             hits = [w for w in written if name == w or name.startswith((w + "_token", w + "/"))]

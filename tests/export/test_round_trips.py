@@ -16,6 +16,7 @@ import onnxruntime as ort
 from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
+from tinymodels import ort_optimized_graph
 
 import edgequant
 
@@ -64,17 +65,6 @@ def _sqnr(model: onnx.ModelProto, float_model: onnx.ModelProto, x: np.ndarray) -
     return float(10 * np.log10((ref**2).sum() / ((ref - got) ** 2).sum()))
 
 
-def _optimized(model: onnx.ModelProto, tmp_path: Path) -> onnx.GraphProto:
-    """The graph our own ORT session runs (level 2: Q/DQ groups fused into integer kernels)."""
-    path, opt = tmp_path / "q.onnx", tmp_path / "opt.onnx"
-    onnx.save(model, str(path))
-    so = ort.SessionOptions()
-    so.optimized_model_filepath = str(opt)
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return onnx.load(str(opt)).graph
-
-
 def test_gem_head_round_trips_stay_float(tmp_path: Path) -> None:
     model = _gem_net()
     rng = np.random.default_rng(0)
@@ -93,7 +83,7 @@ def test_gem_head_round_trips_stay_float(tmp_path: Path) -> None:
     # ORT's own optimized graph of the written model: Pow and ReduceMean read float tensors, not dequantized
     # ones (the Reshape moves the conv's integers, as before), and the conv and the Gemm still run integer
     # kernels (no speed lost)
-    g = _optimized(res.model, tmp_path)
+    g = ort_optimized_graph(res.model, tmp_path, "ORT_ENABLE_EXTENDED")
     producer = {o: n.op_type for n in g.node for o in n.output}
     float_ops = [n for n in g.node if n.op_type in ("Pow", "ReduceMean")]
     assert len(float_ops) == 3 and all(producer.get(n.input[0]) != "DequantizeLinear" for n in float_ops)

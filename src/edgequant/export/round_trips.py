@@ -30,49 +30,33 @@ from __future__ import annotations
 import onnx
 
 from edgequant.plan import QuantPlan
+from edgequant.planning.int_kernels import DOT_OPS, ModelGraph
 from edgequant.runtime.isolated import run_isolated
 
 # a Conv/Gemm/MatMul planned integer that ORT runs in float keeps its quantized input: the plan's float-speed
 # note (planning/int_kernels.py) names it, and the cause (a float bias, a 16-bit input) is what to fix
 # (likewise an LSTM/GRU/RNN, whose input the PyTorch export's recurrent wrappers quantize as the plan says)
-DOT = {
-    "Conv",
-    "ConvTranspose",
-    "Gemm",
-    "MatMul",
-    "FusedConv",
-    "FusedGemm",
-    "FusedMatMul",
-    "LSTM",
-    "GRU",
-    "RNN",
-}
+DOT = {*DOT_OPS, "FusedConv", "FusedGemm", "FusedMatMul", "LSTM", "GRU", "RNN"}
 
 
 def round_trip_tensors(optimized: onnx.ModelProto) -> set[str]:
     """Inputs of the standalone QuantizeLinear nodes of ORT's optimised graph whose every reader is a
     DequantizeLinear that some node (or a graph output) reads, none of them a Conv/Gemm/MatMul: tensors
     quantized only to be dequantized."""
-    g = optimized.graph
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for name in n.input:
-            readers.setdefault(name, []).append(n)
-    outputs = {o.name for o in g.output}
-    inputs = {
-        i.name for i in g.input
-    }  # a graph input's pair stays: the PyTorch export quantizes inputs as planned
+    graph = ModelGraph(optimized)
+    inputs = {i.name for i in optimized.graph.input}  # their pairs stay: the PyTorch export quantizes inputs
     out: set[str] = set()
-    for n in g.node:
-        if n.op_type != "QuantizeLinear" or n.output[0] in outputs or n.input[0] in inputs:
+    for n in optimized.graph.node:
+        if n.op_type != "QuantizeLinear" or n.output[0] in graph.outputs or n.input[0] in inputs:
             continue
-        users = readers.get(n.output[0], [])
+        users = graph.consumers.get(n.output[0], [])
         if not users or any(u.op_type != "DequantizeLinear" for u in users):
             continue
         # a pair nobody reads (its readers take the float tensor) is left alone: dropping it changes nothing
         # computed, but can change how ORT fuses the producer (a binary MatMul lost MatMulIntegerToFloat)
-        after = [r for u in users for r in readers.get(u.output[0], [])]
-        if (after or any(u.output[0] in outputs for u in users)) and not any(r.op_type in DOT for r in after):
+        after = [r for u in users for r in graph.consumers.get(u.output[0], [])]
+        read = after or any(u.output[0] in graph.outputs for u in users)
+        if read and not any(r.op_type in DOT for r in after):
             out.add(n.input[0])
     return out
 
