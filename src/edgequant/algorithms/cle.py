@@ -25,8 +25,10 @@ Where it stops (each is a ``skipped`` line with the reason):
   ``S = 1``.  The float output is then unchanged on inputs whose channels stay within ``HEADROOM``
   times their calibration peaks (and the pass is judged on held-out samples like every pass).  A
   ``Clip`` with a lower bound other than 0 stops the pass there;
-* an intermediate tensor read by more than one node (a residual ``Add``, a ``Concat``) or that is a
-  graph output: another reader would see the scaled values;
+* a residual ``Add`` or a ``Concat`` reading the output (after its activation): the join's other
+  operand is not scaled (its line names the node);
+* an intermediate tensor read by more than one node or that is a graph output: another reader
+  would see the scaled values;
 * a weight or bias shared with another node, or not a constant initializer;
 * a pair of different families (Conv into Gemm/MatMul): channels are not the same axis.
 
@@ -195,6 +197,13 @@ def find_pairs(model: onnx.ModelProto, through_clip: bool = False) -> tuple[list
                 continue
             through, feed = "Clip", nxt.output[0]
             nxt = single(feed)
+        join = next((n for n in consumers.get(feed, []) if _is_join(n, inits)), None)
+        if join is not None:
+            kind = ("residual Add", "residual") if join.op_type == "Add" else ("Concat", "Concat")
+            skipped.append(
+                f"{first.name}: output feeds {kind[0]} '{join.name}' (CLE stops at {kind[1]} joins)"
+            )
+            continue
         if nxt is None:
             c = consumers.get(first.output[0], [])
             if len(c) > 1 or first.output[0] in outputs:
@@ -220,6 +229,11 @@ def _dims(g: onnx.GraphProto, name: str) -> list[int]:
         if t.name == name:
             return list(t.dims)
     return []
+
+
+def _is_join(node: onnx.NodeProto, inits: set[str]) -> bool:
+    """A residual ``Add`` (no constant operand, so not a bias) or a ``Concat``."""
+    return node.op_type == "Concat" or (node.op_type == "Add" and not any(i in inits for i in node.input))
 
 
 def _matmul_bias(node: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]], inits: set[str]) -> bool:
