@@ -112,3 +112,26 @@ def test_rest_errors_name_the_field_sent_and_quote_no_cli_command(server: Server
         r = c.post(url, params={"dataset": "sent-data"}, json={"exclude": ["MatMul"]})
         assert r.status_code == 202, r.text
         assert wait_job(c, r.json()["job_id"])["error"]["detail"].startswith("exclude 'MatMul' matches no")
+
+
+def test_quantize_refuses_unknown_query_parameters(server: Server) -> None:
+    """As compare does (c03278f): ``method=dynamic&datset=`` and ``weight_bits=4`` in the query were
+    queued (202) and the parameter dropped (the job ran 8-bit weights)."""
+    with server.client() as c:
+        url = _setup(c, "qq")
+        jobs_before = len(c.get("/api/v1/jobs").json()["jobs"])
+        r = c.post(url, params={"method": "dynamic", "datset": "qq-data"})
+        assert r.status_code == 422, r.text
+        body = r.json()
+        assert body["detail"] == (
+            "unknown query parameter 'datset' for quantize; known: target, method, dataset, wait, wait_timeout."
+        ), body
+        assert body["hint"] == "did you mean 'dataset'?", body
+        r = c.post(url, params={"dataset": "qq-data", "weight_bits": "4"})
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"].startswith("unknown query parameter 'weight_bits' for quantize;"), r.text
+        assert r.json()["hint"] == "send weight_bits in the JSON body (a recipe key), not in the query.", (
+            r.text
+        )
+        assert not FLAG.search(r.json()["detail"] + r.json()["hint"]), r.text
+        assert len(c.get("/api/v1/jobs").json()["jobs"]) == jobs_before  # nothing queued

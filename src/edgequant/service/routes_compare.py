@@ -10,18 +10,24 @@ while ``max_queued`` jobs wait is a 429.  A refusal names the query parameters (
 
 from __future__ import annotations
 
-import difflib
 import re
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse
 
-from edgequant.errors import EdgeQuantError, RecipeError
+from edgequant.errors import EdgeQuantError
 from edgequant.service.config import BadRequest, resolve_target
 from edgequant.service.limits import check_request
 from edgequant.service.routes_files import dataset_exists
-from edgequant.service.routes_jobs import _accepted, _config, _queue, _store, resolve_model_name
+from edgequant.service.routes_jobs import (
+    _accepted,
+    _config,
+    _queue,
+    _store,
+    refuse_unknown,
+    resolve_model_name,
+)
 from edgequant.service.schemas import Accepted, CompareBody
 
 router = APIRouter()
@@ -60,18 +66,6 @@ def compare_words(text: str) -> str:
     return "".join(p if i % 2 else _FLAG.sub(swap, p) for i, p in enumerate(parts))
 
 
-def refuse_unknown(keys: list[str]) -> None:
-    """RecipeError (422) naming the first query parameter compare does not take, the known ones and
-    the closest (``eval_datset`` -> ``eval_dataset``): a misspelt limit must not be silently dropped."""
-    for key in keys:
-        if key not in QUERY:
-            close = difflib.get_close_matches(key.replace("-", "_"), QUERY, n=1)
-            raise RecipeError(
-                f"unknown query parameter '{key[:64]}' for compare; known: {', '.join(QUERY)}.",
-                f"did you mean '{close[0]}'?" if close else "remove it.",
-            )
-
-
 @router.post(
     "/model/{model_name}/compare", status_code=202, response_model=Accepted, summary="Compare every method"
 )
@@ -101,7 +95,7 @@ def submit_compare(
     from edgequant.evaluate.target_rows import parse_targets
     from edgequant.evaluate.tasks import check_task
 
-    refuse_unknown(list(request.query_params))
+    refuse_unknown(list(request.query_params), QUERY, "compare")
     store = _store(request)
     name = resolve_model_name(store, model_name)
     if dataset is None:
@@ -138,4 +132,4 @@ def submit_compare(
     return _accepted(_queue(request, "compare", name, dataset, options))
 
 
-__all__ = ["QUERY", "compare_words", "refuse_unknown", "router"]
+__all__ = ["QUERY", "compare_words", "router"]

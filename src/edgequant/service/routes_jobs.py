@@ -5,7 +5,8 @@
 (``int8-static``, ``w4a8``, ... see ``PRESETS``) whose keys the body's keys refine, as CLI flags refine
 ``--method PRESET`` (a body key is never overwritten), or a plain recipe method (``static``, ``dynamic``,
 ``fp16``, ``weight-only``); a body ``method`` that differs from the query's is refused (422).
-What a request may ask of the server (no paths, bounded counts) is checked by ``limits``.
+What a request may ask of the server (no paths, bounded counts) is checked by ``limits``.  An unknown
+query parameter is refused (422, ``refuse_unknown``, as for compare), a recipe key there included.
 
 Compatibility with the old edge-models service: ``name`` may carry ``.onnx``; ``?wait=true``
 (bounded by ``wait_timeout`` and the server's ``max_wait_s``) answers 200 with ``LegacyResult``
@@ -18,6 +19,8 @@ stored files.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import difflib
 import re
 import time
 from pathlib import Path
@@ -57,6 +60,7 @@ from edgequant.service.store import FINISHED, JobStore, public_job
 router = APIRouter()
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 ARTIFACT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+QUANTIZE_QUERY = ("target", "method", "dataset", "wait", "wait_timeout")  # POST /model/{name}/quantize
 _MEDIA = {".onnx": "application/octet-stream", ".json": "application/json", ".html": "text/html"}
 # an HTML report is shown as a sandboxed document: no script runs, no cookie is readable from it
 REPORT_CSP = "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:"
@@ -273,6 +277,20 @@ def legacy_result(store: JobStore, row: dict[str, Any]) -> LegacyResult:
     )
 
 
+def refuse_unknown(keys: list[str], known: tuple[str, ...], command: str) -> None:
+    """RecipeError (422) naming the first query parameter ``command`` does not take, the known ones and
+    the closest (``eval_datset`` -> ``eval_dataset``; a recipe key sent to quantize: the body): a
+    misspelt option must not be silently dropped."""
+    for key in (k for k in keys if k not in known):
+        close = difflib.get_close_matches(key.replace("-", "_"), known, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "remove it."
+        if command == "quantize" and key in {f.name for f in dataclasses.fields(Recipe)}:
+            hint = f"send {key} in the JSON body (a recipe key), not in the query."
+        raise RecipeError(
+            f"unknown query parameter '{key[:64]}' for {command}; known: {', '.join(known)}.", hint
+        )
+
+
 @router.post(
     "/model/{model_name}/quantize",
     status_code=202,
@@ -293,6 +311,7 @@ async def submit_quantize(
     wait_timeout: float = 300.0,
     body: Annotated[RecipeBody | None, Body(description="recipe keys, see edgequant.recipe.Recipe")] = None,  # type: ignore[valid-type]
 ) -> JSONResponse:
+    refuse_unknown(list(request.query_params), QUANTIZE_QUERY, "quantize")
     store, config = _store(request), _config(request)
     name = resolve_model_name(store, model_name)
     if dataset is not None:
@@ -357,4 +376,12 @@ def get_job(request: Request, job_id: str) -> dict[str, Any]:
     return public_job(job_row(_store(request), job_id))
 
 
-__all__ = ["build_recipe", "job_row", "legacy_result", "resolve_model_name", "router"]
+__all__ = [
+    "QUANTIZE_QUERY",
+    "build_recipe",
+    "job_row",
+    "legacy_result",
+    "refuse_unknown",
+    "resolve_model_name",
+    "router",
+]
