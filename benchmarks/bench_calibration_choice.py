@@ -46,12 +46,14 @@ EVAL = {
     "vad": 1000,
     "effnet_lite0": 416,
     "minilm": 64,
+    "sscd_resnet50": 832,
 }
 # held out by the model's own evaluation set, not by its data maker with another seed: EfficientNet-Lite0's
 # maker crops the calibration photos (its evaluation set: 416 crops of 13 other photos), MiniLM's takes the
 # first even-index sentences whatever the seed (its evaluation set: 64 odd-index ones, mean-pooled
-# embeddings over real tokens)
-OWN_EVAL_SET = ("effnet_lite0", "minilm")
+# embeddings over real tokens), SSCD ResNet-50's crops the calibration photos (its evaluation set: 416 crops
+# of the 13 evaluation photos and an edited copy of each)
+OWN_EVAL_SET = ("effnet_lite0", "minilm", "sscd_resnet50")
 BASELINES = ("minmax", "percentile", "entropy")
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -160,8 +162,9 @@ def markdown(results: dict[str, Any], methods: list[str], repeats: int) -> str:
         "calibration samples; SQNR of the model's main output against float on held-out samples made by "
         f"each model's data maker with seed {EVAL_SEED} ("
         + ", ".join(f"{k} {v}" for k, v in EVAL.items())
-        + "; effnet_lite0 and minilm: their own evaluation sets, 416 crops of 13 photos the calibration "
-        "never sees and 64 odd-index sentences, SQNR of the mean-pooled embedding). Calibration time: the report's wall seconds and, in brackets, the CPU seconds of the process "
+        + "; effnet_lite0, minilm and sscd_resnet50: their own evaluation sets, 416 crops of 13 photos the "
+        "calibration never sees, 64 odd-index sentences (SQNR of the mean-pooled embedding), and 416 crops of "
+        "those 13 photos with an edited copy of each (SQNR of the embedding)). Calibration time: the report's wall seconds and, in brackets, the CPU seconds of the process "
         f"(ORT's threads included), minimum of {runs} run(s) per method, methods alternating in one "
         f"interpreter, on a shared 2-core machine with 1-minute load averages of {load} (start and end of "
         "each model) while this ran: wall times are mostly waiting, so the ratio against min-max is taken on "
