@@ -23,12 +23,19 @@ from edgequant.errors import (
     TargetError,
     UnsupportedError,
 )
-from edgequant.pipeline import quantize
+from edgequant.pipeline import quantize as _quantize
 from edgequant.plan import QuantPlan
-from edgequant.recipe import Recipe, load_recipe
+from edgequant.recipe import Recipe
+from edgequant.recipe import load_recipe as _load_recipe
+from edgequant.recipe.flags import api_refusals
 from edgequant.result import QuantResult, __version__
 
+# refusals name these functions' keyword arguments (weight_bits=4), not the CLI's flags (--weight-bits 4)
+quantize = api_refusals(_quantize)
+load_recipe = api_refusals(_load_recipe, {"--recipe": "load_recipe()"})
 
+
+@api_refusals
 def compare(*args: Any, **kwargs: Any) -> Any:
     """Run every method on one model and pick the best under limits (see ``edgequant.evaluate.compare``)."""
     from edgequant.evaluate import compare as _compare
@@ -36,11 +43,14 @@ def compare(*args: Any, **kwargs: Any) -> Any:
     return _compare(*args, **kwargs)
 
 
-def evaluate(*args: Any, **kwargs: Any) -> Any:
+def _evaluate(*args: Any, **kwargs: Any) -> Any:
     """Float vs quantized task metrics (see ``edgequant.evaluate.evaluate``)."""
-    from edgequant.evaluate import evaluate as _evaluate
+    from edgequant.evaluate import evaluate as _run
 
-    return _evaluate(*args, **kwargs)
+    return _run(*args, **kwargs)
+
+
+evaluate = api_refusals(_evaluate, {"--calib-data": "data=", "--eval-data": "data=", "-o": "output="})
 
 
 __all__ = [

@@ -18,6 +18,7 @@ from edgequant.names import confined
 from edgequant.outputs import check_writable, output_paths
 from edgequant.plan import QuantPlan
 from edgequant.recipe import Recipe, to_dict
+from edgequant.recipe.flags import api_refusals
 from edgequant.runtime import ort_version
 
 __version__ = "0.1.0"
@@ -48,6 +49,7 @@ class QuantResult:
     def stem(self) -> str:
         return f"{self.name}_{self.tag}"
 
+    @api_refusals  # refusals name outdir= and overwrite=True; the CLI checks its -o before the work
     def save(self, outdir: str | Path, *, overwrite: bool = True) -> SavedPaths:
         """Write ``<name>_<tag>.onnx``, ``<name>_<tag>.json`` (report) and ``.plan.json`` into ``outdir``;
         an ``outdir`` ending in ``.onnx`` is the model file itself (sidecars ``<stem>.json``, ``.plan.json``).

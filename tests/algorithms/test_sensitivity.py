@@ -35,6 +35,7 @@ REASON = (
     "(the output's SQNR against float when only this node is quantized)."
 )
 HINT = "Fix: lower --target-sqnr, raise --max-float-nodes, or use --act-bits 16 (or --method fp16)."
+API_HINT = "Fix: lower target_sqnr=, raise max_float_nodes=, or use act_bits=16 (or method='fp16')."
 
 
 def sensitive_net(seed: int = 0) -> onnx.ModelProto:
@@ -142,11 +143,11 @@ def test_unreachable_target_with_cap_1_names_sqnr_nodes_and_fix(met: edgequant.Q
     assert best is not None and best.report["sensitivity"]["met"] is False
     assert ort_sqnr(best.model, CALIB[0::2]) == pytest.approx(sens["sqnr_after_db"], abs=0.01)
     assert str(info.value) == (
-        f"--target-sqnr 200 dB was not reached: the output SQNR is {sens['sqnr_after_db']:.2f} dB "
+        f"target_sqnr=200 dB was not reached: the output SQNR is {sens['sqnr_after_db']:.2f} dB "
         f"(static alone: {sens['sqnr_before_db']:.2f} dB) with 1 node(s) kept float: "
         f"conv1 ({kept['isolated_sqnr_db']:.2f} dB alone); the cap of 1 float node(s) "
-        f"(--max-float-nodes) is reached. {HINT}"
-    )
+        f"(max_float_nodes=) is reached. {API_HINT}"
+    )  # the Python API names its keyword arguments (recipe.flags.api_words)
 
 
 def test_the_last_quantized_compute_node_is_never_kept_float() -> None:

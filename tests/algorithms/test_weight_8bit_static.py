@@ -116,8 +116,8 @@ def test_adaround_rounds_each_layer_on_its_own_grid() -> None:
     [
         ({"weight_8bit": ["first"], "skip_first": True}, "skip_first"),
         ({"weight_8bit": ["nothing_here"]}, "selects no Conv"),
-        ({"weight_8bit": ["first"], "weight_bits": 8}, "--weight-8bit first keeps"),
-        ({"weight_8bit": ["auto"], "weight_bits": 8}, "--weight-8bit auto keeps"),
+        ({"weight_8bit": ["first"], "weight_bits": 8}, r"weight_8bit=\['first'\] keeps"),
+        ({"weight_8bit": ["auto"], "weight_bits": 8}, r"weight_8bit=\['auto'\] keeps"),
     ],
 )
 def test_bad_weight_8bit_is_refused(kw: dict[str, object], needle: str) -> None:

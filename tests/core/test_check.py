@@ -65,7 +65,7 @@ def test_a_single_sample_is_checked_in_sample_and_says_so() -> None:
 
 
 def test_static_without_data_is_refused_unless_synthetic_is_allowed() -> None:
-    with pytest.raises(edgequant.DataError, match="--allow-synthetic"):
+    with pytest.raises(edgequant.DataError, match="allow_synthetic=True"):
         edgequant.quantize(conv_net())
     r = edgequant.quantize(conv_net(), allow_synthetic=True)
     assert r.report["calibration"]["synthetic"] is True

@@ -52,7 +52,7 @@ def test_failed_opset_conversion_is_refused_not_downgraded(monkeypatch: pytest.M
         raise edgequant.UnsupportedError("the version converter failed on node 'x'.", "")
 
     monkeypatch.setattr(opset_module, "ensure_opset", fail)
-    with pytest.raises(edgequant.UnsupportedError, match=r"needs opset 13.*--per-tensor"):
+    with pytest.raises(edgequant.UnsupportedError, match=r"needs opset 13.*per_channel=False"):
         edgequant.quantize(conv_net(opset=11), {"x": images(8)})
 
 

@@ -133,7 +133,7 @@ def test_lstm_with_state_weights_per_channel_state_float() -> None:
 def test_two_bit_activations_are_refused_with_reason() -> None:
     with pytest.raises(
         edgequant.UnsupportedError,
-        match=r"2-bit activations cannot run on the CPU runtime \(ONNX Runtime has no 2-bit QuantizeLinear\)\. Fix: use --act-bits 8",
+        match=r"2-bit activations cannot run on the CPU runtime \(ONNX Runtime has no 2-bit QuantizeLinear\)\. Fix: use act_bits=8",
     ):
         edgequant.quantize(mlp(), None, act_bits=2)
 

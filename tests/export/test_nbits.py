@@ -150,5 +150,7 @@ def test_weight_8bit_that_names_no_blocked_matmul_is_refused() -> None:
         edgequant.quantize(
             _mlp(), {"x": x}, method="weight-only", weight_bits=4, block_size=32, weight_8bit=["relu"]
         )
-    with pytest.raises(edgequant.errors.RecipeError, match=r"--weight-8bit mm1 keeps .* and no --block-size"):
+    with pytest.raises(
+        edgequant.errors.RecipeError, match=r"weight_8bit=\['mm1'\] keeps .* and no block_size="
+    ):
         edgequant.quantize(_mlp(), {"x": x}, method="weight-only", weight_8bit=["mm1"])

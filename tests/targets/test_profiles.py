@@ -114,11 +114,11 @@ def test_bad_profile_names_file_key_and_allowed_values(tmp_path: Path, text: str
 
 
 def test_explicit_settings_that_break_a_rule_are_refused() -> None:
-    with pytest.raises(RecipeError, match=r"--per-tensor \(weights\) conflicts with target 'cmsis-nn'"):
+    with pytest.raises(RecipeError, match=r"per_channel=False \(weights\) conflicts with target 'cmsis-nn'"):
         edgequant.quantize(conv_net(), {"x": images(8)}, target="cmsis-nn", per_channel=False)
-    with pytest.raises(RecipeError, match="--act-bits 16 conflicts with target 'ti-npu'"):
+    with pytest.raises(RecipeError, match="act_bits=16 conflicts with target 'ti-npu'"):
         edgequant.quantize(conv_net(), {"x": images(8)}, target="ti-npu", act_bits=16)
-    with pytest.raises(RecipeError, match="--method dynamic conflicts with target 'vitis-dpu'"):
+    with pytest.raises(RecipeError, match="method='dynamic' conflicts with target 'vitis-dpu'"):
         edgequant.quantize(conv_net(), None, target="vitis-dpu", method="dynamic")
 
 

@@ -50,7 +50,7 @@ def test_a_device_without_npu_runs_generic_with_a_note(tmp_path: Path) -> None:
          "unknown key 'training.quantisation_method'"),
         ("common: {target_device: F99}\ntraining: {quantization: 2}\n", "not a known device"),
         ("common: {target_device: F28P55}\ntraining: {quantization: 2, quantization_activation_bitwidth: 4}\n",
-         "--act-bits 4 conflicts with target 'ti-npu'"),
+         "act_bits=4 conflicts with target 'ti-npu'"),
     ],
 )  # fmt: skip
 def test_refusals(tmp_path: Path, text: str, message: str) -> None:

@@ -7,14 +7,18 @@ Errors: RecipeError naming the item that does not have the flag's form.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import fields
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import yaml
 
-from edgequant.errors import RecipeError
+from edgequant.errors import EdgeQuantError, RecipeError
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def key_values(items: list[Any] | tuple[Any, ...], where: str = "--data-option") -> dict[str, Any]:
@@ -137,3 +141,77 @@ def rest_error(body: dict[str, str], sent: Mapping[str, str] | None = None) -> d
         **body,
         **{k: rest_words(body[k], sent) for k in ("detail", "hint") if isinstance(body.get(k), str)},
     }
+
+
+# flags whose Python API keyword is not the flag's own name, or that stand for one value of it
+_API_SPECIAL = {
+    "--per-tensor": "per_channel=False",
+    "--per-channel": "per_channel=True",
+    "--symmetric/--asymmetric": "act_symmetric=",
+    "--symmetric": "act_symmetric=True",
+    "--asymmetric": "act_symmetric=False",
+    "--float-scales": "power_of_two=False",
+    "--overwrite": "overwrite=True",
+    "--calib-data": "calibration=",
+    "--algorithm": "algorithms=",
+    "--output-name": "output=",
+    "-o": "outdir=",
+}
+# an API word: "drop " before it; the flag (or a pair); a value after it (not a word of the sentence)
+_API_RE = re.compile(
+    r"(drop )?(?<![\w-])(--[a-z][a-z0-9-]*(?:/--[a-z][a-z0-9-]*)?|-o\b)"
+    r"(?: (?!(?:with|or|and|in|of|to|is|are|for|the|a|an|on|from|but|as|if|so|not|path)\b)"
+    r"([\w.][\w./-]*?)(?=[\s,;:)]|\.(?:\s|$)|$))?"
+)
+
+
+def api_words(text: str, words: Mapping[str, str] | None = None) -> str:
+    """``text`` (an error's detail or hint) with the CLI flags written as the Python API's keyword
+    arguments: ``--weight-bits 4`` -> ``weight_bits=4``, ``--method static`` -> ``method='static'``,
+    ``--weight-8bit first`` -> ``weight_8bit=['first']``, ``--keep-worse-passes`` ->
+    ``keep_worse_passes=True``, ``--no-bias-correction`` -> ``bias_correction=False``, ``--per-tensor``
+    -> ``per_channel=False``, ``--overwrite`` -> ``overwrite=True``, ``-o out/`` -> ``outdir='out/'``,
+    ``drop --weight-bits`` -> ``drop weight_bits=``; flags in a row are separated by commas.  ``words``
+    (flag -> keyword, e.g. ``{"--calib-data": "data="}`` for ``evaluate``) overrides ``_API_SPECIAL``.
+    CLI commands quoted whole (``'edgequant inspect MODEL'``) are left as they are."""
+    from edgequant.recipe.schema import FLAG_KEYS, Recipe
+
+    kinds = {f.name: str(f.type) for f in fields(Recipe)}
+    special = {**_API_SPECIAL, **(words or {})}
+
+    def swap(m: re.Match[str]) -> str:
+        drop, flag, value = m.group(1) or "", m.group(2), m.group(3)
+        negated = flag.startswith("--no-")
+        key = (flag[5:] if negated else flag[2:]).replace("-", "_")
+        kind = kinds.get(FLAG_KEYS.get(key, key), "")
+        if kind == "bool" and flag not in special:
+            value_text = " " + value if value else ""
+            return f"{drop}{key}={'False' if negated else 'True'}{value_text}"
+        word = special.get(flag, f"{key}=")
+        if value is None or not word.endswith("="):
+            return drop + word + (" " + value if value else "")
+        if not value.isupper() and not re.fullmatch(r"-?[\d.]+", value):
+            value = repr(value)  # a placeholder (PATH, DB) or a number stays bare
+        is_list = kind.startswith("tuple") or word == "algorithms="
+        return drop + word + (f"[{value}]" if is_list and not value.isupper() else value)
+
+    parts = _COMMAND_RE.split(text)  # a CLI command quoted in the text stays as it is typed
+    out = "".join(p if i % 2 else _API_RE.sub(swap, p) for i, p in enumerate(parts))
+    return re.sub(r"(\w=(?:'[^']*'|\[[^\]]*\]|[\w.]+)) (?=[a-z_]+=)", r"\1, ", out)
+
+
+def api_refusals(fn: Callable[P, R], words: Mapping[str, str] | None = None) -> Callable[P, R]:
+    """``fn`` (a public API function) whose EdgeQuantError names its keyword arguments, not the CLI's
+    flags: the same error, its detail and hint rewritten in place by ``api_words``.  The CLI and the
+    REST service call the functions underneath, so their words stay theirs."""
+
+    @functools.wraps(fn)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except EdgeQuantError as exc:
+            exc.detail, exc.hint = api_words(exc.detail, words), api_words(exc.hint, words)
+            exc.args = (str(exc),)
+            raise
+
+    return call
