@@ -52,28 +52,33 @@ def check_writable(
     overwrite: bool,
     inputs: Sequence[Path] = (),
     clash_fix: str = "pass --overwrite to replace them, or choose another -o (or --tag).",
+    option: str = "-o",
+    example: str = "",
 ) -> None:
     """Refuse, before any work, an output folder that cannot be made or written, or files that exist.
 
     ``existing`` are the files the run would write; any that exists needs ``overwrite``.  One that is
     an ``inputs`` file (the user's model; same file also through a symlink, ``..`` or a hard link) is
     refused even with ``overwrite``; so is one that is a symbolic link.  Raises ExportError naming the path
-    and the fix (``clash_fix`` for an existing file: the caller's words).
+    and the fix (``clash_fix`` for an existing file: the caller's words).  ``option`` is the flag that
+    named the path and ``example`` a path it takes (``--output-csv``, ``out/result.csv``); without an
+    example the fix texts are quantize's (a folder, or a path ending in .onnx).
     """
+    another = f"choose another {option} (e.g. {option} {example})." if example else ""
     for out in existing:
         for given in inputs:
             if same_file(out, given):
                 raise ExportError(
                     f"output '{out}' is the input model '{given}'; EdgeQuant never writes over its input, "
                     "not even with --overwrite.",
-                    "choose another -o (a folder, or another .onnx file name).",
+                    another or "choose another -o (a folder, or another .onnx file name).",
                 )
     for out in existing:  # its parent resolved: 'bo/../x/f' is 'x/f'
         if (Path(out).parent.resolve() / Path(out).name).is_symlink():
             raise ExportError(
                 f"output '{out}' is a symbolic link; EdgeQuant never writes through a link (its target is "
                 "someone's file), not even with --overwrite.",
-                "remove it or choose another -o.",
+                f"remove it or choose another {option}.",
             )
     # resolved as the kernel will once the folder exists: 'bo/../../x' (no bo yet) is '../x', so no
     # 'bo' is made, and the files already in '../x' are seen
@@ -81,7 +86,7 @@ def check_writable(
     if real.exists() and not real.is_dir():
         raise ExportError(
             f"output path '{folder}' exists and is not a directory.",
-            "pass a directory to -o, or a path ending in .onnx for the model file.",
+            another or "pass a directory to -o, or a path ending in .onnx for the model file.",
         )
     clash = [p for p in existing if Path(p).resolve().exists()]
     if clash and not overwrite:
@@ -97,7 +102,7 @@ def check_writable(
     if not probe.is_dir():
         raise ExportError(
             f"cannot create output folder '{folder}': '{probe}' is a file, not a directory.",
-            "choose an -o path under a directory.",
+            another or "choose an -o path under a directory.",
         )
     try:
         with tempfile.TemporaryFile(dir=probe, prefix=".edgequant-probe-"):
@@ -107,7 +112,7 @@ def check_writable(
         why, fixable = _why_not(probe, exc)
         raise ExportError(
             f"cannot {what} '{folder}': {why}.",
-            "choose an -o path in a folder you can write, e.g. -o out/"
+            f"choose an {option} path in a folder you can write, e.g. {option} {example or 'out/'}"
             + (", or fix the folder's permissions." if fixable else "."),
         ) from exc
 

@@ -170,3 +170,29 @@ def test_evaluate_refuses_an_existing_output_without_overwrite(
     code, text = _evaluate(files, "-o", str(mine), "--overwrite")
     assert code == 0, text
     assert json.loads(mine.read_text())["float"]["top1"] == 1.0  # labels are the float model's own argmax
+
+
+@pytest.mark.parametrize("case", ["exists", "proc", "directory", "input", "link", "under_a_file"])
+def test_output_csv_refusals_name_output_csv(
+    files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """Each refusal of a bad --output-csv names --output-csv in its fix; before, five said '-o' ('choose an
+    -o path ..., e.g. -o out/', 'give a file path (e.g. -o result.json)', ...) and one 'output file'."""
+
+    def no_work(*a: object, **k: object) -> None:
+        raise AssertionError("evaluate ran with an output it cannot write")
+
+    monkeypatch.setattr(evaluate_cmd, "run_evaluate", no_work)
+    mine = tmp_path / "mine.csv"
+    mine.write_text("the user's")
+    (tmp_path / "link.csv").symlink_to(mine)
+    path = {
+        "exists": mine, "proc": Path("/proc/x.csv"), "directory": tmp_path, "input": files["quant"],
+        "link": tmp_path / "link.csv", "under_a_file": mine / "x.csv",
+    }[case]  # fmt: skip
+    code, text = _evaluate(files, "--output-csv", str(path))
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1, text
+    fix = " ".join(text.split()).split("Fix: ", 1)[1]
+    assert "--output-csv" in fix and "-o " not in fix and ".onnx" not in fix, text
+    assert mine.read_text() == "the user's"

@@ -143,15 +143,29 @@ def perf_table(rows: list[dict[str, Any]]) -> Table:
     return t
 
 
-def _check_outputs(paths: list[Path | None], overwrite: bool, inputs: list[Path]) -> None:
-    """``outputs.check_writable`` for each output file given: ExportError (one line) for a folder that
-    cannot be written (/proc, read-only), a directory or a symbolic link at the path, the input model,
-    or an existing file without ``overwrite``."""
-    for path in (p for p in paths if p is not None):
+def _check_outputs(paths: dict[str, Path | None], overwrite: bool, inputs: list[Path]) -> None:
+    """``outputs.check_writable`` for each output file given (by its flag: ``-o``, ``--output-csv``):
+    ExportError (one line, its fix naming that flag) for a folder that cannot be written (/proc,
+    read-only), a directory or a symbolic link at the path, the input model, or an existing file
+    without ``overwrite``."""
+    for option, path in paths.items():
+        if path is None:
+            continue
+        example = "result.csv" if option == "--output-csv" else "result.json"
         if path.is_dir():
-            raise ExportError(f"output '{path}' is a directory.", "give a file path (e.g. -o result.json).")
-        fix = "pass --overwrite to replace it, or choose another output file."
-        check_writable(path.parent, [path], overwrite=overwrite, inputs=inputs, clash_fix=fix)
+            raise ExportError(
+                f"output '{path}' is a directory.", f"give a file path (e.g. {option} {example})."
+            )
+        fix = f"pass --overwrite to replace it, or choose another {option} file."
+        check_writable(
+            path.parent,
+            [path],
+            overwrite=overwrite,
+            inputs=inputs,
+            clash_fix=fix,
+            option=option,
+            example=example,
+        )
 
 
 def register(app: typer.Typer) -> None:
@@ -230,7 +244,7 @@ def register(app: typer.Typer) -> None:
             from edgequant.recipe import from_dict
 
             _check_outputs(
-                [output_json, output_csv], overwrite, [float_model, quant_model]
+                {"-o": output_json, "--output-csv": output_csv}, overwrite, [float_model, quant_model]
             )  # before the work
             opts, rec, notes = recipe_options(recipe, data_option, "evaluate", ("data_options", "preprocess"))
             flags = preprocess_flags(mean, std, scale, image_layout, size)  # field by field over the recipe's
