@@ -3,7 +3,8 @@
 One row per (model, method, target, bits) in ``OUT/sweep.{json,csv,html}`` with the Pareto front per
 model; finished cells are cached in ``OUT/.sweep-cache/`` and skipped by a re-run (it says how many).
 Exit 0 when every cell ran (failed cells are rows with their error, listed at the end); exit 2 on
-bad input (nothing written).
+bad input (nothing written), among it an OUT holding files this run would write that is not an earlier
+sweep's, without ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -68,6 +69,15 @@ def register(app: typer.Typer) -> None:
         ray_address: Address = None,
         ray_cpus: Cpus = None,
         ray_shared_dir: Shared = None,
+        overwrite: Annotated[
+            bool,
+            typer.Option(
+                "--overwrite",
+                help="Replace sweep.json/.csv/.html and cell folders in OUT that an earlier sweep did not write "
+                "(an earlier sweep's OUT, with its .sweep-cache/, is resumed without it).",
+                show_default="off",
+            ),
+        ] = False,
     ) -> None:
         """Run models x methods x targets x bits; one report with the Pareto front per model."""
         from edgequant.sweep import run_sweep
@@ -93,7 +103,7 @@ def register(app: typer.Typer) -> None:
                     models, calib_data, eval_data, outdir=outdir, methods=methods, targets=target_list,
                     bits=bit_list, task=task, executor=ex, shared=ray_shared_dir, progress=progress,
                     latency_runs=runs, threads=threads, batch_size=batch_size, measure_memory=memory,
-                    max_eval_samples=max_eval_samples, allow_synthetic=allow_synthetic,
+                    max_eval_samples=max_eval_samples, allow_synthetic=allow_synthetic, overwrite=overwrite,
                 )  # fmt: skip
         except EdgeQuantError as exc:
             err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)

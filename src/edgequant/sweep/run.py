@@ -7,6 +7,10 @@ temporary folder whose files come back as bytes into ``outdir/<model>/<cell fold
 whose method raises ``EdgeQuantError`` is a failed row with its error; a model that cannot be
 prepared (unreadable, no calibration for a static method ...) makes all its cells failed rows with
 that error.  Either way the sweep goes on.  Finished cells are cached as they finish (``cache``).
+
+Before any work, ``outdir`` is checked (``outputs.check_writable``): a report file or a cell folder
+this run would write that exists is refused without ``overwrite``, unless ``outdir`` is an earlier
+sweep's (it has ``.sweep-cache/``): that one is resumed and its report rewritten, by design.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ from edgequant.evaluate.compare import Prepared, prepare_job, resolve_methods
 from edgequant.evaluate.method_run import TIMED, method_task, ship_job
 from edgequant.model.io import write_text_atomic
 from edgequant.names import confined
+from edgequant.outputs import check_writable
 from edgequant.recipe import preset, to_dict
 from edgequant.report.render import jsonable
-from edgequant.sweep.cache import Cache, cell_key, content_hash
+from edgequant.sweep.cache import CACHE_DIR, Cache, cell_key, content_hash
 from edgequant.sweep.cells import Cell, expand
 from edgequant.sweep.pareto import pareto_front
 
@@ -32,6 +37,7 @@ if TYPE_CHECKING:
 
 Progress = Callable[[int, int, str], None]  # (cells done, cells in all, last cell's label)
 ALLOWED_BITS = (2, 4, 8)
+REPORT_FILES = ("sweep.json", "sweep.csv", "sweep.html")
 
 
 @dataclass
@@ -109,11 +115,14 @@ def run_sweep(
     max_eval_samples: int | None = None,
     allow_synthetic: bool = False,
     data_options: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> SweepResult:
     """Run every cell of models x methods x targets x bits (module docstring); write
     ``sweep.json``/``.csv``/``.html`` into ``outdir``.  ``executor`` None: ``executors.current()``.
     ``shared``: a folder every Ray node mounts; inputs under it travel as paths, others as bytes.
-    RecipeError for an unknown method or target or a bit width outside 2, 4, 8 (nothing written)."""
+    RecipeError for an unknown method or target or a bit width outside 2, 4, 8; ExportError for an
+    ``outdir`` that holds files this run would write and is not an earlier sweep's, without
+    ``overwrite`` (module docstring), or that cannot be written (nothing written either way)."""
     from edgequant.executors import current
     from edgequant.targets import get as get_target
 
@@ -131,6 +140,14 @@ def run_sweep(
     out = Path(outdir)
     model_names = _names(models)
     cells = expand(len(models), names, list(targets), list(bits))
+    cache_dir = out / CACHE_DIR
+    resumed = cache_dir.is_dir() and not cache_dir.is_symlink()  # an earlier sweep's folder: resumed
+    planned = [out / f for f in REPORT_FILES] + [out / model_names[c.model] / c.folder for c in cells]
+    check_writable(
+        out, planned, overwrite=overwrite or resumed, inputs=[Path(m) for m in models], option="-o",
+        example="sw/", clash_fix="pass --overwrite to replace them, or choose another -o (a folder that an "
+        "earlier sweep wrote, with its .sweep-cache/, is resumed without it).",
+    )  # fmt: skip
     settings = {
         "task": task, "latency_runs": latency_runs, "threads": threads, "batch_size": batch_size,
         "measure_memory": measure_memory, "max_eval_samples": max_eval_samples, "allow_synthetic": allow_synthetic,
