@@ -148,3 +148,25 @@ def test_cuda_device_is_refused_naming_torch_cuda_and_the_providers(setup) -> No
     assert (torch.version.cuda or "a CPU-only build") in text
     assert all(p in text for p in onnxruntime.get_available_providers())
     assert not (tmp / "gpu").exists()
+
+
+def test_qat_refuses_existing_outputs_before_training(setup, monkeypatch) -> None:
+    """An existing <name>_<tag> file in -o was replaced after the training (fresh-user review, session
+    11, 'any writer without overwrite handling'); now refused before it, one line, exit 2."""
+    import edgequant.torch.train as train
+
+    def no_training(*a, **k):
+        raise AssertionError("trained")
+
+    monkeypatch.setattr(train, "fit", no_training)
+    tmp = setup
+    (tmp / "out").mkdir()
+    (tmp / "out" / "build_w4a8.json").write_text("the user's")
+    res = CliRunner().invoke(app, _args(tmp, "train.npz", "out", "--weight-bits", "4"))
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert "build_w4a8.json' already exists" in lines[0] and "--overwrite" in lines[0], res.output
+    assert sorted(p.name for p in (tmp / "out").iterdir()) == ["build_w4a8.json"]
+    assert (tmp / "out" / "build_w4a8.json").read_text() == "the user's"
+    res = CliRunner().invoke(app, _args(tmp, "train.npz", "out", "--weight-bits", "4", "--overwrite"))
+    assert str(res.exception) == "trained", res.output  # past the check, into the training

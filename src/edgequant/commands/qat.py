@@ -20,6 +20,7 @@ import typer
 
 from edgequant.cli_support import default, is_quiet
 from edgequant.errors import DataError, EdgeQuantError, ModelError, RecipeError
+from edgequant.outputs import check_writable
 
 
 def _labeled(data: str, onnx_model: Any, what: str, max_samples: int | None = None) -> Any:
@@ -59,8 +60,11 @@ def run_qat(
     recipe: Any,
     overrides: dict[str, Any],
     echo: Any = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """The command's work, callable from Python; returns the report written beside the model."""
+    """The command's work, callable from Python; returns the report written beside the model.  The files
+    it would write (``<name>_<tag>.onnx``, ``.json``, ``.plan.json``, ``.pth`` in ``out``) are checked
+    before the training: one that exists needs ``overwrite`` (ExportError, nothing written)."""
     import tempfile
 
     import numpy as np
@@ -96,6 +100,8 @@ def run_qat(
     from edgequant.pipeline import resolve_recipe  # the tag of the recipe as asked, before a target adapts it
 
     tag = resolve_recipe(recipe, {k: v for k, v in overrides.items() if v is not None}).default_tag
+    planned = [out / f"{name}_{tag}{suffix}" for suffix in (".onnx", ".json", ".plan.json", ".pth")]
+    check_writable(out, planned, overwrite=overwrite)  # before the training, as quantize does
     shapes = parse_input_shapes(input_shape)
     model = model.eval()
     with tempfile.TemporaryDirectory(prefix="edgequant-qat-") as tmp:
@@ -203,6 +209,12 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         tag: Annotated[str | None, typer.Option(help="Output name tag (default from the bits).")] = None,
+        overwrite: Annotated[
+            bool,
+            typer.Option(
+                "--overwrite", help="Replace this run's files in OUT if they exist.", show_default="off"
+            ),
+        ] = False,
     ) -> None:
         """Quantization-aware training: write <name>_<tag>.onnx/.pth and a float/PTQ/QAT report into OUT."""
         from edgequant.cli import err_console, fail
@@ -232,7 +244,7 @@ def register(app: typer.Typer) -> None:
             report = run_qat(
                 module, name, train_data, eval_data, input_shape, out, task=task, epochs=epochs, lr=lr,
                 batch_size=batch_size, optimizer=optimizer, schedule=schedule, seed=seed, device=device,
-                recipe=recipe, overrides=overrides,
+                recipe=recipe, overrides=overrides, overwrite=overwrite,
                 echo=lambda s: err_console.print(s, markup=False, highlight=False),
             )  # fmt: skip
         except EdgeQuantError as exc:
