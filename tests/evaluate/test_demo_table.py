@@ -91,3 +91,25 @@ def test_demo_table_off_a_terminal_at_80_columns_shows_every_number_whole(
             assert want in cells, (method, want, line)
     for header in ("method", "top-1 %", "drop pp", "ms", "MiB", "packed", "mJ", "limits"):
         assert header in next(ln for ln in lines if re.match(r"[┃|] method ", ln)), header
+
+
+def test_demo_refuses_an_existing_file_in_o_without_overwrite(tmp_path: Path) -> None:
+    """'demo -o DIR' replaced the user's DIR/report.html (it called compare with the API's default
+    overwrite=True); now refused before any work, as 'compare -o' is (fresh-user review, session 11)."""
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "report.html").write_text("my page")
+    res = CliRunner().invoke(app, ["demo", "--examples", str(EXAMPLES), "-o", str(out), "--methods", "float"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and text.startswith(f"error: '{out / 'report.html'}' already exists"), (
+        res.output
+    )
+    assert "Fix: pass --overwrite to replace the earlier run" in text, res.output
+    assert [p.name for p in out.iterdir()] == ["report.html"] and (
+        out / "report.html"
+    ).read_text() == "my page"
+    res = CliRunner().invoke(
+        app, ["demo", "--examples", str(EXAMPLES), "-o", str(out), "--methods", "float", "--overwrite"]
+    )
+    assert res.exit_code == 0, res.output
+    assert (out / "report.html").read_text() != "my page"

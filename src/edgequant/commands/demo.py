@@ -42,10 +42,20 @@ def register(app: typer.Typer) -> None:
         examples: Annotated[Path | None, typer.Option(help="Folder holding shapes_cnn.onnx.")] = None,
         methods: Annotated[str, typer.Option(help="all, or a comma-separated list of methods.")] = "all",
         max_drop: Annotated[float, typer.Option(help="Allowed top-1 drop, percentage points.")] = 1.0,
+        overwrite: Annotated[
+            bool,
+            typer.Option(
+                "--overwrite",
+                help="Replace an earlier run in -o, as compare --overwrite does (without it, a file this run "
+                "would write that exists refuses the run before any work).",
+                show_default="off",
+            ),
+        ] = False,
     ) -> None:
         """Quantize the built-in example with every method, evaluate each, and print the table."""
         from edgequant.cli import ProgressBar, console, fail
-        from edgequant.evaluate import compare, format_table
+        from edgequant.evaluate import compare, format_table, resolve_methods
+        from edgequant.evaluate.compare_files import CLI_FIX, check_outdir, planned_files
         from edgequant.evaluate.table import print_table
 
         if out is None:  # nothing lands in the working tree unasked
@@ -55,16 +65,29 @@ def register(app: typer.Typer) -> None:
             console.print(f"writing into {out}", markup=False, highlight=False)
         try:
             folder = find_examples(examples)
+            chosen = methods if methods == "all" else [m.strip() for m in methods.split(",")]
+            planned = planned_files(
+                Path(EXAMPLE).stem,
+                resolve_methods(chosen),
+                [],
+                target="cpu",
+                allow_synthetic=False,
+                report=True,
+            )
+            check_outdir(
+                out, planned, overwrite=overwrite, model=folder / EXAMPLE, fix=CLI_FIX
+            )  # before the work
             with ProgressBar() as bar:
                 result = compare(
                     folder / EXAMPLE,
                     folder / "shapes_calib.npz",
                     folder / "shapes_eval.npz",
-                    methods=methods if methods == "all" else [m.strip() for m in methods.split(",")],
+                    methods=chosen,
                     max_drop=max_drop,
                     outdir=out,
                     progress=bar,
                     batch_size=1,
+                    overwrite=overwrite,
                 )
         except EdgeQuantError as exc:
             fail(exc)
