@@ -141,12 +141,17 @@ def sqnr_gain_bounds(better: np.ndarray, worse: np.ndarray) -> tuple[float, floa
 
 def _better(a: str, b: str, noise: dict[str, np.ndarray], agree: dict[str, float]) -> bool:
     """``a`` replaces ``b``: its SQNR gain is significant and large (the 5th percentile of the
-    bootstrap gain above ``SWITCH_DB``) and its top-1 agreement no lower; or the gain is a tie (the
-    95th percentile not below ``-TIE_DB``) and its agreement is higher."""
+    bootstrap gain above ``SWITCH_DB``) and its top-1 agreement no lower; or the gain is a tie (its
+    5-95 % interval reaches into ``[-TIE_DB, TIE_DB]``) and its agreement is higher.  A gain that is
+    certain but below ``SWITCH_DB`` is not a tie: ``b`` stays whatever the agreement says.  (It had
+    let agreement decide: on SSCD ResNet-50, percentile's gain of 0.46-0.76 dB over entropy on 32
+    crops of the calibration photos switched on 25 against 23 rows whose embedding's argmax agreed
+    with float's, and percentile ranges were 1.1-2.6 dB worse on 96 other crops of those photos and
+    on the evaluation photos.)"""
     lo, hi = sqnr_gain_bounds(noise[a], noise[b])
     if lo > SWITCH_DB:
         return agree.get(a, 0.0) >= agree.get(b, 0.0)
-    if hi < -TIE_DB:
+    if lo > TIE_DB or hi < -TIE_DB:
         return False
     return agree.get(a, 0.0) > agree.get(b, 0.0)
 
