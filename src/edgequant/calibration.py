@@ -176,7 +176,10 @@ def calibrate(
         extra = recipe.replace(calib_samples=recipe.calib_samples + SEARCH_SAMPLES, sampling="first")
         held = algorithms.held_out(calib_source(calibration, model, extra), recipe.calib_samples)
         default = observer_method("auto", act.bits, transformer=placement)  # kept on ties (calib_search)
-        ranges, search = search_ranges(model, plan, res, recipe, runtime, held, source, default, reference)
+        trips = recipe.method == "static" and recipe.target == "cpu"  # as the pipeline (export.round_trips)
+        ranges, search = search_ranges(
+            model, plan, res, recipe, runtime, held, source, default, reference, drop_trips=trips
+        )
     exact = apply_exact_ranges(model.graph, ranges := dict(ranges))  # tanh/sigmoid/recurrent outputs
     plan = plan.with_ranges(ranges)
     for name, note in exact.items():

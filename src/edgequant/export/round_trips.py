@@ -78,11 +78,18 @@ def drop_round_trips(
     }
     if not trips or trips >= set(plan.activations()):  # all of them: the plan's static model would be float
         return plan, []
+    dropped = [name for name in plan.activations() if name in trips]
+    return without(plan, dropped), dropped
+
+
+def without(plan: QuantPlan, names: list[str]) -> QuantPlan:
+    """A copy of ``plan`` without the activation entries ``names`` (``plan`` itself when there are none)."""
+    if not names:
+        return plan
     out = QuantPlan.from_dict(plan.to_dict())
-    dropped = [name for name in out.activations() if name in trips]
-    for name in dropped:
-        del out.tensors[name]
-    return out, dropped
+    for name in names:
+        out.tensors.pop(name, None)
+    return out
 
 
 def note(float_model: onnx.ModelProto, dropped: list[str]) -> str:
