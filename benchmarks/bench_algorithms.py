@@ -71,6 +71,12 @@ def _ada(act_bits: int, drop: float, budget: float = 1.0, w8: list[str] | None =
     )
 
 
+def _post(on: bool, fit_bias: bool, only: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Module constants of algorithms/adaround_post.py: POST_ACT, FIT_BIAS and ONLY."""
+    post = "edgequant.algorithms.adaround_post."
+    return {post + "POST_ACT": on, post + "FIT_BIAS": fit_bias, post + "ONLY": only}
+
+
 SETTINGS: dict[str, dict[str, Any]] = {
     "default": {},
     "accurate": {"preset": "accurate"},
@@ -124,6 +130,19 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "w4a8+adaround-qdrop-x4": _ada(4, 0.5, budget=4),
     "w4a8+adaround-act-quant+w8-first-last": _ada(4, 0.0, w8=["first", "last"]),
     "w4a8+adaround-qdrop+w8-first-last": _ada(4, 0.5, w8=["first", "last"]),
+    # AdaRound's error after the activation for layers read only by a Relu/Clip (issue 17 §3, session 12;
+    # algorithms/adaround_post.py): the bias then fitted to that error, or (-mean) the pre-activation mean shift
+    "w4a8+adaround-post": {"weight_bits": 4, "algorithms": ["adaround"], "constants": _post(True, True)},
+    "w4a8+adaround-post-mean": {
+        "weight_bits": 4,
+        "algorithms": ["adaround"],
+        "constants": _post(True, False),
+    },
+    "w4a8+adaround-post-early": {  # only the stem and blocks 0-2 (EfficientNet-Lite0's names)
+        "weight_bits": 4,
+        "algorithms": ["adaround"],
+        "constants": _post(True, True, ("/_conv_stem/", "/_blocks.0/", "/_blocks.1/", "/_blocks.2/")),
+    },
     "ort-static-entropy": {"ort": "entropy"},
     "ort-static-percentile": {"ort": "percentile"},
     # per-tensor weights with the recovery passes (issue 17 §2, run on effnet_lite0)

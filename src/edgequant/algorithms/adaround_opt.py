@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from threadpoolctl import threadpool_limits
 
+from edgequant.algorithms.adaround_post import PostLoss
 from edgequant.algorithms.layer_matrix import from_groups, to_groups
 from edgequant.schemes.qparams import expand_params
 from edgequant.schemes.spec import QuantSpec
@@ -60,18 +61,20 @@ def optimize_rounding(
     offset: np.ndarray | float = 0.0,
     lr: float = LR,
     c_out: int = 0,
+    post: PostLoss | None = None,
 ) -> np.ndarray:
     """Integers (minus zero point) for ``w`` [G, C, K] on scale ``s`` (broadcastable), bounds lo/hi.
 
     The weight is ``q · s + offset`` (``offset`` 0 except for binary weights, whose codes ±1 are
     the 0/1 grid on ``2s`` shifted by ``-s``).
     ``a`` = E[x~ x~^T], ``b`` = E[x~ x^T], both [G, K, K]; returns the rounded ``w / s`` [G, C, K].
+    ``post``: the error after the layer's activation instead (``adaround_post``; ``a``, ``b`` unused).
     Small layers run BLAS on one thread: its threads cost more than they give on a [C, K] x [K, K]
     product below ~16 M multiply-adds (0.1 ms against 10 ms per product on a busy 2-core machine).
     """
     threads = 1 if w.size * a.shape[-1] < 1 << 24 else None
     with threadpool_limits(limits=threads, user_api="blas"):
-        return _optimize(w, s, lo, hi, a, b, iterations, offset, lr, c_out)
+        return _optimize(w, s, lo, hi, a, b, iterations, offset, lr, c_out, post)
 
 
 def _optimize(
@@ -85,12 +88,13 @@ def _optimize(
     offset: np.ndarray | float = 0.0,
     lr: float = LR,
     c_out: int = 0,
+    post: PostLoss | None = None,
 ) -> np.ndarray:
     ws = (w - offset) / s
     base = np.floor(ws)
     rest = np.clip(ws - base, 1e-4, 1 - 1e-4)
     v = -np.log((ZETA - GAMMA) / (rest - GAMMA) - 1.0)  # h(v) == rest
-    target = np.matmul(w, np.swapaxes(b, 1, 2))  # W B^T: [G, C, K]  (B^T = E[x x~^T])
+    target = np.matmul(w, np.swapaxes(b, 1, 2)) if post is None else w  # W B^T: [G, C, K] (B^T = E[x x~^T])
     m1, m2 = np.zeros_like(v), np.zeros_like(v)
     b1, b2, eps = 0.9, 0.999, 1e-8
     c_out = c_out or w.shape[0] * w.shape[1]  # the loss is the mean over the layer's output channels
@@ -100,7 +104,10 @@ def _optimize(
         qv = base + h
         inside = (qv >= lo) & (qv <= hi)
         wq = np.clip(qv, lo, hi) * s + offset
-        grad_w = 2.0 * (np.matmul(wq, a) - target) / c_out
+        if post is None:
+            grad_w = 2.0 * (np.matmul(wq, a) - target) / c_out
+        else:
+            grad_w = post.grad(wq, c_out)
         grad = grad_w * s * inside * dh
         if it >= warm:
             beta = BETA[0] + (BETA[1] - BETA[0]) * (it - warm) / max(iterations - warm - 1, 1)
@@ -125,6 +132,7 @@ def round_on_grid(
     iterations: int,
     rows: np.ndarray | None = None,
     base: np.ndarray | None = None,
+    post: PostLoss | None = None,
 ) -> np.ndarray:
     """AdaRound's integers (with zero point, the weight's shape) on the grid ``scale``/``zero``.
 
@@ -132,7 +140,7 @@ def round_on_grid(
     ``rows``): optimise only those channels and take ``base`` elsewhere.  The same result as optimising
     all (tests/algorithms/test_adaround_scales.py), because channels do not interact: the loss is a sum
     over rows of ``W~`` (shared ``A``, ``B``), still divided by the layer's channel count, and Adam is
-    elementwise.
+    elementwise.  ``post``: fit the error after the activation (``adaround_post``) instead of ``a``, ``b``.
     """
     s_full = expand_params(scale, w.shape, spec).astype(np.float32) * np.ones_like(w)
     z_full = (expand_params(zero, w.shape, spec) * np.ones(w.shape)).astype(np.float32)
@@ -141,7 +149,7 @@ def round_on_grid(
     hi = to_groups(node, spec.qmax - z_full)
     lr = LR_LOWBIT if spec.bits <= 4 else LR
     if spec.bits == 1:  # binary: codes 2u - 1 with u in {0, 1}, i.e. the grid 2s shifted by -s
-        u = optimize_rounding(wg, 2 * s_g, 0 * lo, 0 * lo + 1, a, b, iterations, -s_g, lr)
+        u = optimize_rounding(wg, 2 * s_g, 0 * lo, 0 * lo + 1, a, b, iterations, -s_g, lr, post=post)
         return (from_groups(node, 2 * u - 1, w.shape) + z_full).astype(np.int64)
     g, c = wg.shape[:2]
     if rows is not None and base is not None and (g == 1 or c == 1):
@@ -150,8 +158,9 @@ def round_on_grid(
         a_s, b_s = (a, b) if g == 1 else (a[pick[:, 0]], b[pick[:, 0]])
         out = to_groups(node, base.astype(np.float32) - z_full).copy()
         out[sel] = optimize_rounding(
-            wg[sel], s_g[sel], lo[sel], hi[sel], a_s, b_s, iterations, 0.0, lr, g * c
-        )
+            wg[sel], s_g[sel], lo[sel], hi[sel], a_s, b_s, iterations, 0.0, lr, g * c,
+            None if post is None else post.subset(sel),
+        )  # fmt: skip
         return (from_groups(node, out, w.shape) + z_full).astype(np.int64)
-    rounded = optimize_rounding(wg, s_g, lo, hi, a, b, iterations, 0.0, lr)
+    rounded = optimize_rounding(wg, s_g, lo, hi, a, b, iterations, 0.0, lr, post=post)
     return (from_groups(node, rounded, w.shape) + z_full).astype(np.int64)

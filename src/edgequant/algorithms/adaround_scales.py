@@ -69,11 +69,14 @@ def grid_by_output_error(
     groups: Callable[[np.ndarray], np.ndarray],
     a: np.ndarray,
     b: np.ndarray,
+    errors: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(scale, zero) shaped like ``quantize_weight``'s: per channel the ratio of ``RATIOS`` whose
     round-to-nearest weight has the least output error (per tensor: the least total).
 
     ``groups`` maps a weight-shaped array to ``[G, C, K]`` (``layer_matrix.to_groups`` for the node).
+    ``errors``: per-channel errors of a ``[G, C, K]`` weight in place of ``row_errors`` with ``a``, ``b``
+    (the error after the activation: ``adaround_post.PostLoss.row_errors``).
     """
     lo, hi = weight_ranges(w, spec)
     wg = groups(w)
@@ -84,7 +87,7 @@ def grid_by_output_error(
     for r in RATIOS:
         scale, zero = qparams_from_range(*floor_dead_channels(lo * r, hi * r, spec), spec)
         wq = fake_quant(w, scale, zero, spec)  # round-to-nearest as exported (half to even, in float64)
-        e = row_errors(groups(wq), wg, a, b)
+        e = row_errors(groups(wq), wg, a, b) if errors is None else errors(groups(wq))
         if best_e.size == 1:
             e = np.asarray([e.sum()])
         if best_s is None or best_z is None:
@@ -110,13 +113,16 @@ def pick_rows(
     groups: Callable[[np.ndarray], np.ndarray],
     a: np.ndarray,
     b: np.ndarray,
+    errors: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
     """Of candidates ``(q, scale, zero)`` (integers, grid), per output channel the one with the least
     output error (per tensor: the least total); returns ``(q, scale, zero, how many channels each won)``.
+    ``errors`` as in ``grid_by_output_error``.
     """
     wg = groups(w)
     n_rows = wg.shape[0] * wg.shape[1]
-    errs = np.stack([row_errors(groups(dequantize(q, s, z, spec)), wg, a, b) for q, s, z in candidates])
+    err = errors or (lambda wq: row_errors(wq, wg, a, b))
+    errs = np.stack([err(groups(dequantize(q, s, z, spec))) for q, s, z in candidates])
     per_row = all(_per_row(s, n_rows) for _, s, _ in candidates)
     if not per_row:
         k = int(np.argmin(errs.sum(axis=1)))
