@@ -215,6 +215,7 @@ class Context:
     pairs: list[tuple[str, str]] = field(default_factory=list)  # carried state (input, output); judge
     carry: list[bool] = field(default_factory=list)  # per held-out batch: fed the previous one's state
     sections: dict[str, Any] = field(default_factory=dict)  # report sections the passes handed over
+    trips: list[str] | None = None  # activations the pipeline leaves float as ORT round trips (judge)
 
 
 def run_pass(

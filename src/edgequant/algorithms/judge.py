@@ -6,10 +6,11 @@ float it always looks like a loss; CLE changes activation ranges as well as weig
 runner (``base.run_pass``) scores the model before and after the pass the same cheap way: activation
 ranges by min-max over the first ``JUDGE_CALIB`` calibration samples (the exact ranges of
 tanh/sigmoid/recurrent outputs, mask tensors left float, Relu inputs tied to their outputs, as
-calibration does), the QDQ model exported, its first output's SQNR against the float model measured on
-the held-out samples (``base.quantized_sqnr``; padded positions left out: ``real_positions``).  A
-plan without quantized activations (weight-only) is scored with its weights quantized and nothing
-else, which is that model exactly.
+calibration does; on the ``cpu`` target without the activations the pipeline leaves float as ORT
+round trips, ``export.round_trips``, found once), the QDQ model exported, its first output's SQNR
+against the float model measured on the held-out samples (``base.quantized_sqnr``; padded positions
+left out: ``real_positions``).  A plan without quantized activations (weight-only) is scored with its
+weights quantized and nothing else, which is that model exactly.
 
 Streaming models.  A model that carries state between calls (``model.recurrent.state_pairs``: Silero
 VAD's ``state`` -> ``stateN``; where no LSTM/GRU/RNN carries it, as in a Tanh recurrence, a graph input
@@ -81,6 +82,13 @@ def judged_sqnr(model: onnx.ModelProto, plan: QuantPlan, ctx: Context) -> float 
         ranges = dict(res.ranges)
         apply_exact_ranges(model.graph, ranges)
         ranged = planner.tie_activation_ranges(model, ranged.with_ranges(ranges))
+        if ctx.recipe.method == "static" and ctx.recipe.target == "cpu":  # as the pipeline will write it
+            from edgequant.export import round_trips
+
+            if ctx.trips is None:  # which ops ORT fuses depends on the graph, not on the pass's weights
+                exported = export_qdq(model, ranged)[0]
+                ctx.trips = round_trips.drop_round_trips(ranged, exported, ctx.runtime.providers)[1]
+            ranged = round_trips.without(ranged, ctx.trips)
         value = quantized_sqnr(export_qdq(model, ranged)[0], ctx)
     ctx.judged = (model, plan, value)
     return value
