@@ -22,7 +22,7 @@ from edgequant.model.einsum import why_not as einsum_why_not
 from edgequant.model.gru_hoist import is_selection
 from edgequant.model.patterns import RECURRENT_OPS
 from edgequant.plan import QuantPlan, TensorEntry
-from edgequant.planning import mixed, placement, recurrent, specs
+from edgequant.planning import mixed, ort_4bit, placement, recurrent, specs
 from edgequant.planning.constants import (
     CONSTANT_MAX_REL_ERROR,
     CONSTANT_MIN_SQNR_DB,
@@ -120,6 +120,10 @@ class Planner:
             self._refuse_empty(plan)
         if r.weight_8bit and r.method == "static" and tuple(r.weight_8bit) != ("auto",):  # mixed 4/8, named
             mixed.apply(self.model, plan, r, self.target, self.cpu)
+        if (
+            r.method == "static"
+        ):  # 4-bit activations ORT 1.32 cannot load or computes wrongly: before any work
+            ort_4bit.refuse(self.model, plan, r.target)
         plan.opset = self.required_opset(plan)
         if act is not None and not act.signed:
             plan.notes.append(

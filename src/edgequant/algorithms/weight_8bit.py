@@ -75,11 +75,18 @@ def is_auto(entries: tuple[str, ...]) -> bool:
 
 def candidates(model: onnx.ModelProto, plan: QuantPlan, static: bool = False) -> dict[str, list[str]]:
     """Weight name -> the nodes reading it: every 4-bit weight planned in blocks (MatMul), or with ``static``
-    every weight below 8 bits of a Conv/ConvTranspose/Gemm/MatMul."""
+    every weight below 8 bits of a Conv/ConvTranspose/Gemm/MatMul -- but a Conv between 4-bit activations,
+    which ORT would fuse into a QLinearConv it cannot load at 8 bits (``planning.ort_4bit``)."""
+    from edgequant.planning.int_kernels import ModelGraph
+    from edgequant.planning.ort_4bit import qlinearconv_4bit
+
     ops = ("Conv", "ConvTranspose", "Gemm", "MatMul") if static else ("MatMul",)
     out: dict[str, list[str]] = {}
+    graph = ModelGraph(model)
     for n in model.graph.node:
         if n.op_type not in ops or len(n.input) < 2 or n.input[1] not in plan.tensors:
+            continue
+        if static and qlinearconv_4bit(n, plan, graph, 8):
             continue
         e = plan.tensors[n.input[1]]
         if e.role != "weight":

@@ -11,6 +11,9 @@ MatMulIntegerToFloat, MatMulNBits) unless:
 
 - its weight is stored in 4 bits: ORT's integer Conv/Gemm/MatMul kernels take 8-bit weights (1-bit, ternary
   and 2-bit weights are stored in int8 containers and fuse like int8);
+- its data input is 4-bit (``--act-bits 4``): no 4-bit integer kernel; a Gemm/MatMul runs in float (a Conv
+  with an 8-bit weight and a 4-bit output would be fused into a QLinearConv ORT cannot load: refused by
+  ``planning.ort_4bit``);
 - its data input is 16-bit: no 16-bit integer kernel.  Except a MatMul (or a Gemm that is one) whose output
   is 16-bit or not quantized and whose unshared 2-D weight MatMulNBits takes (1/2/4/8 bits, per tensor, per
   column or in blocks along K): ORT drops the 16-bit QuantizeLinear/DequantizeLinear pairs and fuses
@@ -141,6 +144,8 @@ def static_float_reason(node: onnx.NodeProto, plan: QuantPlan, graph: ModelGraph
         return "a float output"  # QLinearConv writes 8-bit outputs only
     if weight is not None and _stored_bits(weight) < 8:
         return f"{weight.spec.bits}-bit weights"
+    if any(e.spec.bits == 4 for e in acts):
+        return "4-bit inputs"  # no 4-bit integer kernel (a 4-bit Conv that would fuse is refused: ort_4bit)
     if a16:
         return "16-bit inputs"
     if out is not None and out.spec.bits == 16:

@@ -144,7 +144,7 @@ def float_kernel_note(model: onnx.ModelProto, plan: QuantPlan, recipe: Recipe) -
     """Static on the CPU target: the planned Conv/ConvTranspose/Gemm/MatMul nodes that ONNX Runtime runs in
     float after DequantizeLinear, grouped by why ('' when none).  Which ones is decided by the rules of
     ``planning.int_kernels`` (ORT 1.32's QDQ fusions, validated against its optimized graphs in
-    tests/core/test_int_kernel_rules.py): 4-bit weights, 16-bit inputs (but a MatMul with an 8-bit weight,
+    tests/core/test_int_kernel_rules.py): 4-bit weights, 4-bit or 16-bit inputs (but a MatMul with an 8-bit weight,
     which runs MatMulNBits), 16-bit outputs, a ConvTranspose, a Conv whose output is not quantized (a
     model's last Conv), and a Gemm with a float bias (overflowing int32) and no quantized output.  1-bit,
     ternary and 2-bit weights sit in int8 containers and fuse like int8.
@@ -162,11 +162,14 @@ def float_kernel_note(model: onnx.ModelProto, plan: QuantPlan, recipe: Recipe) -
         f"{', ...' if len(nodes) > 3 else ''}) with {why}"
         for why, nodes in groups.items()
     ]
-    fix = ["--weight-bits 8"] if any(why.endswith("-bit weights") for why in groups) else []
+    bits = any(why.endswith("-bit weights") or why == "4-bit inputs" for why in groups)
+    fix = [("--act-bits 8 --weight-bits 8" if recipe.act_bits == 4 else "--weight-bits 8")] if bits else []
     if any("16-bit" in why for why in groups):  # 16 bits asked for all activations, or chosen per tensor
         fix.append("--act-bits 8" if recipe.act_bits == 16 else "--act16-below-db off")
     # no flag fuses a ConvTranspose, a last Conv or a bias overflowing int32
-    other = any(not why.endswith("-bit weights") and "16-bit" not in why for why in groups)
+    other = any(
+        not why.endswith("-bit weights") and why != "4-bit inputs" and "16-bit" not in why for why in groups
+    )
     runs = f"  {' '.join(fix)} runs {'the others' if other else 'them'} as integer kernels." if fix else ""
     return (
         f"{FLOAT_KERNEL}: {' and '.join(parts)}: ONNX Runtime fuses no integer kernel for them (its QLinearConv, "
