@@ -125,7 +125,7 @@ class Planner:
         ):  # 4-bit activations ORT 1.32 cannot load or computes wrongly: before any work
             ort_4bit.refuse(self.model, plan, r.target)
         plan.opset = self.required_opset(plan)
-        if act is not None and not act.signed:
+        if act is not None and not act.signed and act.bits == 8:  # no 4/16-bit integer kernels to speed up
             plan.notes.append(
                 f"activations are unsigned {act.bits}-bit: ORT's x86 u8 kernels are about 2x faster than s8."
             )

@@ -146,6 +146,9 @@ def test_4bit_activations_around_gemm_and_matmul_still_run() -> None:
     x = np.random.default_rng(0).normal(size=(16, 32)).astype(np.float32)
     r = edgequant.quantize(mlp(), x, act_bits=4)
     assert any("MatMul node(s) (mm1, mm2) with 4-bit inputs" in n for n in r.plan.notes), r.plan.notes
+    assert not any("u8 kernels are about 2x faster" in n for n in r.plan.notes), (
+        r.plan.notes
+    )  # none at 4 bits
     db = _sqnr(mlp(), r.model, np.random.default_rng(7).normal(size=(64, 32)).astype(np.float32))
     assert db > 13.5, db  # measured 15.5 dB
 

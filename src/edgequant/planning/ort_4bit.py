@@ -40,11 +40,19 @@ so it is not a fix.  2-bit activations are refused earlier (``specs.activation_s
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import onnx
 
-from edgequant.errors import UnsupportedError
+from edgequant.errors import EdgeQuantError, UnsupportedError
 from edgequant.plan import QuantPlan, TensorEntry
 from edgequant.planning.int_kernels import ModelGraph
+
+if TYPE_CHECKING:
+    from edgequant.recipe import Recipe
+
+REFUSAL = "4-bit activations on target 'cpu': ONNX Runtime 1.32 cannot run the model this plan exports"
 
 # ops ORT 1.32's QDQ propagation moves a QuantizeLinear up through (measured; Flatten, Gather, Resize and
 # DepthToSpace are not among them)
@@ -146,8 +154,30 @@ def refuse(model: onnx.ModelProto, plan: QuantPlan, target: str) -> None:
         fixes.append("--asymmetric")
     fixes.append("a target whose toolchain runs 4-bit activations (--target akida1, Keras .h5 models)")
     raise UnsupportedError(
-        "4-bit activations on target 'cpu': ONNX Runtime 1.32 cannot run the model this plan exports: "
-        + "; ".join(parts)
-        + ".",
+        f"{REFUSAL}: " + "; ".join(parts) + ".",
         "use " + ", or ".join(fixes) + ".",
     )
+
+
+def refuse_file(path: Path, recipe: Recipe) -> None:
+    """``refuse`` for the ONNX model at ``path`` repaired and planned as ``quantize`` plans it, for a caller
+    that checks before queueing a job (the REST service).  Only for static ``act_bits`` 4 on ``cpu`` without
+    ``re:`` excludes (matched in the job under a time budget); any other planning error is left to the job."""
+    r = recipe
+    if (
+        r.act_bits != 4
+        or r.method != "static"
+        or r.target != "cpu"
+        or any(e.startswith("re:") for e in r.exclude)
+    ):
+        return
+    from edgequant import planner
+    from edgequant.model import load_model, prepare
+    from edgequant.runtime import detect
+
+    try:
+        float_model, _ = prepare(load_model(path))
+        planner.resolve(float_model, r, detect())
+    except EdgeQuantError as exc:
+        if exc.detail.startswith(REFUSAL):
+            raise

@@ -204,6 +204,16 @@ def refuse_unmatched_excludes(root: Path, model: str, exclude: list[str]) -> Non
             raise no_match_error(entry, nodes)
 
 
+def refuse_ort_4bit(root: Path, model: str, recipe: dict[str, Any]) -> None:
+    """The planner's refusal of static 4-bit activations ONNX Runtime cannot run on ``cpu``, at submission
+    (422, nothing queued) for an ONNX upload (``planning.ort_4bit.refuse_file``)."""
+    from edgequant.planning.ort_4bit import refuse_file
+    from edgequant.service.worker import model_file
+
+    if (path := model_file(root, model)).suffix == ".onnx":
+        refuse_file(path, from_dict(recipe))
+
+
 def surely_unmatched(entry: str, nodes: list[tuple[str, str]]) -> bool:
     """Whether a plain exclude ``entry`` matches nothing in ``nodes`` (a stored model, before the
     pipeline's rewrites) and cannot come to: it is no node name or op type there, no ONNX operator
@@ -320,6 +330,7 @@ async def submit_quantize(
     if dataset is not None and (store.dataset_dir(dataset) / "data.npz").is_file():  # arrays: fed as they are
         refuse_array_preprocess(from_dict(recipe).preprocess, f"dataset '{dataset}' (npz)")
     refuse_unmatched_excludes(store.root, name, recipe.get("exclude") or [])
+    refuse_ort_4bit(store.root, name, recipe)
     job_id = _queue(request, "quantize", name, dataset, recipe)
     if not wait:
         return _accepted(job_id)
