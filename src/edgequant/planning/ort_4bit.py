@@ -3,20 +3,23 @@ and computes wrongly: refused on the ``cpu`` target when the plan is made, befor
 
 ONNX Runtime (checked on 1.32, opset 21, ``uint4`` and ``int4`` activations, 8-bit and 4-bit weights)
 rewrites a QDQ graph while it creates the session, at ``ORT_ENABLE_EXTENDED`` and above (the default is
-``ORT_ENABLE_ALL``).  Measured on one-op QDQ graphs (``Q -> DQ -> op -> Q -> DQ``), a 4-bit activation
-fails in these places only:
+``ORT_ENABLE_ALL``).  Its QDQ propagation first moves a DequantizeLinear down through MaxPool, Reshape,
+Transpose, Squeeze, Unsqueeze and Slice nodes (whatever else reads it), and a QuantizeLinear up through them
+(when the tensor before has no other reader); Flatten, Gather, Resize and DepthToSpace stop it.  Measured on
+one- and two-op QDQ graphs (``Q -> DQ -> op -> Q -> DQ``; the rules below are checked against ORT in
+tests/core/test_ort_4bit_rules.py), a 4-bit activation fails in these places only:
 
 - a Conv whose weight is stored in 8 bits (8-bit, or binary / ternary / 2-bit in int8 containers), whose
-  input is a 4-bit activation and whose output (after a Relu/Clip that reads it alone) is quantized to
-  4 bits: the QDQ selector fuses them into a QLinearConv, which has no 4-bit kernel
+  input is a 4-bit activation and whose output is quantized to 4 bits (each side directly or through the
+  propagating nodes; the output also past a Relu/Clip that reads it alone): the QDQ selector fuses them into
+  a QLinearConv, which has no 4-bit kernel
   (``Type 'tensor(uint4)' of input parameter ... of operator (QLinearConv) ... is invalid``).  With a
   4-bit weight, a float output, or an 8/16-bit output the Conv is not fused and runs in float: it loads;
-- a Clip whose output reaches a 4-bit QuantizeLinear (directly, or through MaxPool, Reshape, Transpose,
-  Squeeze, Unsqueeze or Slice nodes that read it alone: ORT's QDQ propagation moves the QuantizeLinear up
-  through them): ``ClipQuantFusion`` throws (``Unexpected data type for QuantizeLinear input y_zero_point``)
+- a Clip whose output reaches a 4-bit QuantizeLinear (directly or through propagating nodes):
+  ``ClipQuantFusion`` throws (``Unexpected data type for QuantizeLinear input y_zero_point``)
   -- unless its min and max are given and its input, past a Relu before it, is a graph input, which loaded;
-- a MaxPool that reads or writes a 4-bit activation: ORT moves the DequantizeLinear after it (or the
-  QuantizeLinear before it) and MaxPool has no 4-bit kernel;
+- a MaxPool that reads or writes a 4-bit activation (directly or through propagating nodes): ORT moves the
+  DequantizeLinear after it (or the QuantizeLinear before it) and MaxPool has no 4-bit kernel;
 - (loads, computes wrongly) a Relu whose output reaches, as above, a 4-bit QuantizeLinear with a zero point
   above the type's minimum -- symmetric activations (``uint4`` zero point 8, ``int4`` zero point 0):
   ``ReluQuantFusion`` removes the Relu as if the QuantizeLinear clipped at 0, so negative values pass
@@ -54,24 +57,47 @@ if TYPE_CHECKING:
 
 REFUSAL = "4-bit activations on target 'cpu': ONNX Runtime 1.32 cannot run the model this plan exports"
 
-# ops ORT 1.32's QDQ propagation moves a QuantizeLinear up through (measured; Flatten, Gather, Resize and
-# DepthToSpace are not among them)
+# ops ORT 1.32's QDQ propagation moves a DequantizeLinear down and a QuantizeLinear up through (docstring)
 _PROPAGATES = ("MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice")
 
 
-def _act4(plan: QuantPlan, tensor: str) -> TensorEntry | None:
+def _activation(plan: QuantPlan, tensor: str) -> TensorEntry | None:
     e = plan.tensors.get(tensor)
-    return e if e is not None and e.role == "activation" and e.spec.bits == 4 else None
+    return e if e is not None and e.role == "activation" else None
+
+
+def _input_4bit(tensor: str, plan: QuantPlan, graph: ModelGraph) -> bool:
+    """Whether ``tensor`` is a 4-bit activation, or comes from one through propagating nodes (ORT moves its
+    DequantizeLinear down to the reader)."""
+    while (e := _activation(plan, tensor)) is None:
+        producer = graph.producer.get(tensor)
+        if producer is None or producer.op_type not in _PROPAGATES:
+            return False
+        tensor = producer.input[0]
+    return e.spec.bits == 4
+
+
+def _output_4bit(
+    node: onnx.NodeProto, plan: QuantPlan, graph: ModelGraph, past: tuple[str, ...]
+) -> TensorEntry | None:
+    """The 4-bit activation that quantizes ``node``'s output, directly or past ``past`` nodes that each read
+    the tensor before them alone (ORT moves the QuantizeLinear up to ``node``); None when there is none."""
+    tensor = node.output[0]
+    while (e := _activation(plan, tensor)) is None:
+        nxt = graph.sole_consumer(tensor)
+        if nxt is None or nxt.op_type not in past:
+            return None
+        tensor = nxt.output[0]
+    return e if e.spec.bits == 4 else None
 
 
 def qlinearconv_4bit(node: onnx.NodeProto, plan: QuantPlan, graph: ModelGraph, weight_bits: int) -> bool:
     """Whether Conv ``node`` with a weight of ``weight_bits`` would be fused by ORT into a QLinearConv with
-    4-bit activations (which it cannot load): 4-bit input and 4-bit quantized output, 8-bit weight storage
-    (1-bit, ternary and 2-bit weights sit in int8 containers)."""
-    if node.op_type != "Conv" or weight_bits in (4, 16) or _act4(plan, node.input[0]) is None:
+    4-bit activations (which it cannot load): 4-bit input and 4-bit quantized output (past Relu/Clip and
+    propagating nodes), 8-bit weight storage (1-bit, ternary and 2-bit weights sit in int8 containers)."""
+    if node.op_type != "Conv" or weight_bits in (4, 16) or not _input_4bit(node.input[0], plan, graph):
         return False
-    out = graph.quantized_output(node, plan)
-    return out is not None and out.spec.bits == 4
+    return _output_4bit(node, plan, graph, ("Relu", "Clip", *_PROPAGATES)) is not None
 
 
 def _clip_loads(node: onnx.NodeProto, graph: ModelGraph) -> bool:
@@ -82,19 +108,6 @@ def _clip_loads(node: onnx.NodeProto, graph: ModelGraph) -> bool:
     while src in graph.producer and graph.producer[src].op_type == "Relu":
         src = graph.producer[src].input[0]
     return src not in graph.producer and src not in graph.inits
-
-
-def _reached_q4(node: onnx.NodeProto, plan: QuantPlan, graph: ModelGraph) -> TensorEntry | None:
-    """The 4-bit activation that quantizes ``node``'s output, directly or past propagating nodes that read it alone."""
-    tensor = node.output[0]
-    while True:
-        e = _act4(plan, tensor)
-        if e is not None:
-            return e
-        nxt = graph.sole_consumer(tensor)
-        if nxt is None or nxt.op_type not in _PROPAGATES:
-            return None
-        tensor = nxt.output[0]
 
 
 def problems(model: onnx.ModelProto, plan: QuantPlan) -> dict[str, list[str]]:
@@ -114,15 +127,18 @@ def problems(model: onnx.ModelProto, plan: QuantPlan) -> dict[str, list[str]]:
                     "Conv(s) with 8-bit-stored weights and 4-bit inputs and outputs (ORT fuses QLinearConv, "
                     "which has no 4-bit kernel)"
                 )
-        elif op == "MaxPool" and (_act4(plan, node.input[0]) or _act4(plan, node.output[0])):
+        elif op == "MaxPool" and (
+            _input_4bit(node.input[0], plan, graph)
+            or _output_4bit(node, plan, graph, _PROPAGATES) is not None
+        ):
             why = (
                 "MaxPool(s) reading or writing 4-bit activations (ORT moves the Q/DQ across; MaxPool has no "
                 "4-bit kernel)"
             )
-        elif op == "Clip" and _reached_q4(node, plan, graph) is not None and not _clip_loads(node, graph):
+        elif op == "Clip" and _output_4bit(node, plan, graph, _PROPAGATES) and not _clip_loads(node, graph):
             why = "Clip(s) before a 4-bit QuantizeLinear (ORT's Clip/QuantizeLinear fusion throws on 4-bit zero points)"
         elif op == "Relu":
-            e = _reached_q4(node, plan, graph)
+            e = _output_4bit(node, plan, graph, _PROPAGATES)
             if e is not None and e.spec.symmetric:
                 why = (
                     "Relu(s) before a symmetric 4-bit QuantizeLinear (ORT removes the Relu although the zero point "
