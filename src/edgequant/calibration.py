@@ -176,10 +176,15 @@ def calibrate(
         extra = recipe.replace(calib_samples=recipe.calib_samples + SEARCH_SAMPLES, sampling="first")
         held = algorithms.held_out(calib_source(calibration, model, extra), recipe.calib_samples)
         default = observer_method("auto", act.bits, transformer=placement)  # kept on ties (calib_search)
+        # the default's conv-side split is a candidate of its own ("auto"): the default's ranges exactly
+        side = (
+            conv_side_inputs(model, plan.activations()) if placement and act.bits <= AUTO_MAX_BITS else set()
+        )
         trips = recipe.method == "static" and recipe.target == "cpu"  # as the pipeline (export.round_trips)
         ranges, search = search_ranges(
-            model, plan, res, recipe, runtime, held, source, default, reference, drop_trips=trips
-        )
+            model, plan, res, recipe, runtime, held, source, "auto" if side else default, reference,
+            drop_trips=trips, split=(side, CONV_METHOD),
+        )  # fmt: skip
     exact = apply_exact_ranges(model.graph, ranges := dict(ranges))  # tanh/sigmoid/recurrent outputs
     plan = plan.with_ranges(ranges)
     for name, note in exact.items():
