@@ -71,10 +71,15 @@ def _ada(act_bits: int, drop: float, budget: float = 1.0, w8: list[str] | None =
     )
 
 
-def _post(on: bool, fit_bias: bool, only: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Module constants of algorithms/adaround_post.py: POST_ACT, FIT_BIAS and ONLY."""
+def _post(on: bool, fit_bias: bool, only: tuple[str, ...] = (), batches: int = 1) -> dict[str, Any]:
+    """Module constants of algorithms/adaround_post.py: POST_ACT, FIT_BIAS, ONLY and BATCHES."""
     post = "edgequant.algorithms.adaround_post."
-    return {post + "POST_ACT": on, post + "FIT_BIAS": fit_bias, post + "ONLY": only}
+    return {
+        post + "POST_ACT": on,
+        post + "FIT_BIAS": fit_bias,
+        post + "ONLY": only,
+        post + "BATCHES": batches,
+    }
 
 
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -142,6 +147,18 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "weight_bits": 4,
         "algorithms": ["adaround"],
         "constants": _post(True, True, ("/_conv_stem/", "/_blocks.0/", "/_blocks.1/", "/_blocks.2/")),
+    },
+    # rows from all 16 calibration batches (128 photos' crops), not only the batches the Gram form streams
+    "w4a8+adaround-post-all": {
+        "weight_bits": 4,
+        "algorithms": ["adaround"],
+        "constants": _post(True, True, batches=16),
+    },
+    # the Gram form (no post) with every layer's statistics from all 16 calibration batches (no row cap)
+    "w4a8+adaround-all-rows": {
+        "weight_bits": 4,
+        "algorithms": ["adaround"],
+        "constants": {"edgequant.algorithms.adaround.ROWS_PER_INPUT": 10**9},
     },
     "ort-static-entropy": {"ort": "entropy"},
     "ort-static-percentile": {"ort": "percentile"},

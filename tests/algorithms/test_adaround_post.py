@@ -84,3 +84,8 @@ def test_post_activation_run_on_a_tiny_conv_net(monkeypatch: pytest.MonkeyPatch)
     after = [line.split(" ")[0] for line in lines if "after the activation" in line]
     assert after == ["conv1", "conv2"]  # conv3 has no activation after it: the Gram form
     assert _sqnr(model, res.model) > 15.0
+    assert "from 2 batch(es)" in lines[0]  # conv1: the Gram form's 64 rows per input dimension (27)
+    monkeypatch.setattr(adaround_post, "BATCHES", 4)  # rows drawn from at least 4 batches
+    res = edgequant.quantize(model, X, algorithms=["adaround"], weight_bits=4, calib_samples=64)
+    lines = res.report["algorithms"][0]["changed"]
+    assert "from 4 batch(es)" in lines[0] and "from 1 batch(es)" in lines[2]

@@ -295,7 +295,7 @@ class AdaRound:
             batches += 1
             if kept is not None:
                 kept.add(pq, pf)
-            if rows >= enough:  # the Gram matrices are estimated well enough (see ROWS_PER_INPUT)
+            if rows >= enough and (kept is None or batches >= post_act.BATCHES):  # see ROWS_PER_INPUT
                 break
         if a is None or b is None or rows == 0:
             raise DataError(
