@@ -185,6 +185,11 @@ def calibrate(
             model, plan, res, recipe, runtime, held, source, "auto" if side else default, reference,
             drop_trips=trips, split=(side, CONV_METHOD),
         )  # fmt: skip
+    if search and "in-sample" in search["measured_on"]:
+        plan.notes.append(
+            f"the range search scored its candidates on {search['measured_on']}, not on held-out samples; "
+            f"give the data more samples than calibration reads ({recipe.calib_samples}) for a held-out choice."
+        )
     exact = apply_exact_ranges(model.graph, ranges := dict(ranges))  # tanh/sigmoid/recurrent outputs
     plan = plan.with_ranges(ranges)
     for name, note in exact.items():

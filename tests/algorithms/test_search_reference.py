@@ -43,3 +43,16 @@ def test_the_search_scores_against_the_float_model_after_adaround() -> None:
     held = x[rest[CALIB : CALIB + 32]]
     own = _sqnr(RT.run(model, {"x": held})["y"], RT.run(res.model, {"x": held})["y"])
     assert abs(search["output_sqnr_db"][search["chosen"]] - own) < 0.02, (search, own)
+
+
+def test_the_search_says_when_it_had_no_held_out_samples() -> None:
+    """When calibration reads every sample the check leaves, the search scores its candidates on the
+    first calibration batches (in-sample): a plan note says so, with the count, and the report's
+    ``measured_on`` gives the same count (the data has 64 samples; the check holds back 32 of them, evenly
+    spread, and calibration reads the other 32 at batch 8: the search's 2 batches are 16 samples)."""
+    x = images(64, seed=3)
+    res = edgequant.quantize(conv3(), x, calib_method="search", calib_samples=64, runtime=RT)
+    on = res.report["calibration"]["search"]["measured_on"]
+    assert on.startswith("16 calibration samples") and "in-sample" in on, on
+    notes = [n for n in res.plan.notes if n.startswith("the range search scored its candidates on 16")]
+    assert len(notes) == 1 and "not on held-out samples" in notes[0], res.plan.notes

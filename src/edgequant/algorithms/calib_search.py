@@ -13,8 +13,11 @@ are a candidate: the 5th percentile of its SQNR gain over the current choice, ov
 paired resamplings of the held-out rows, must exceed ``SWITCH_DB`` (0.5 dB, the band within which
 issue #17 counts calibration methods as equal), and its top-1 agreement with the
 float model must be no lower (outputs ``[B, C]`` or ``[B, T, C]`` with ``C > 1``: class or token
-scores).  Where the gain's 5-95 % interval reaches into ``[-TIE_DB, TIE_DB]`` it is a tie, and the
-higher agreement wins; otherwise the default stays.  Why: 32 held-out samples rank methods that are
+scores).  Where the gain is not that large but not a certain loss either (its 95th percentile not
+below ``-TIE_DB``), a higher agreement wins only when McNemar's exact test on the rows where the two
+disagree gives p < ``AGREE_P`` (``agrees_more``; rows of a ``[B, T, C]`` output are its time steps,
+which are not independent, so the p-value is optimistic there); otherwise the default stays.
+Why: 32 held-out samples rank methods that are
 within a dB of each other by chance (below); taking the best SQNR on them, ``accurate`` took percentile
 ranges on Silero VAD (25.48 dB on the evaluation set against the default's 25.91) and PP-OCR cls
 (25.26 dB and 98.3 % agreement against 25.91 dB and 99.2 %).  On the VAD the gain on the judging
@@ -227,7 +230,10 @@ def search_ranges(
     on = f"{sample_count(held)} held-out samples"
     if not held:  # the data has no samples beyond the calibration ones
         held = list(itertools.islice(iter(calibration), 2))
-        on = "the first calibration batches (the data has no samples beyond the calibration ones)"
+        on = (
+            f"{sample_count(held)} calibration samples, the first (the data has no samples beyond the "
+            "calibration ones: in-sample)"
+        )
     best, scores, agree = choose(model, plan, candidates, prepare, held, runtime, default, reference)
     return {n: candidates[best][n] for n in res.ranges}, {
         "chosen": best,
