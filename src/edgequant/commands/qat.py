@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from edgequant.cli_support import default, is_quiet
+from edgequant.commands.quantize_options import WeightBits, weight_bits_value
 from edgequant.errors import DataError, EdgeQuantError, ModelError, RecipeError
 from edgequant.outputs import check_writable
 
@@ -194,7 +195,7 @@ def register(app: typer.Typer) -> None:
         target: Annotated[
             str | None, typer.Option(help="Hardware target, as in quantize " + default("target"))
         ] = None,
-        weight_bits: Annotated[int | None, typer.Option(help="8, 4 or 2 " + default("weight_bits"))] = None,
+        weight_bits: WeightBits = None,
         act_bits: Annotated[int | None, typer.Option(help="8, 16 or 4 " + default("act_bits"))] = None,
         lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
         batch_size: Annotated[int, typer.Option(help="Training batch size (samples).")] = 64,
@@ -236,7 +237,7 @@ def register(app: typer.Typer) -> None:
             name = re.sub(r"[^A-Za-z0-9_.-]", "_", factory.split(":")[1])
             overrides = {
                 "target": target,
-                "weight_bits": weight_bits,
+                "weight_bits": weight_bits_value(weight_bits),
                 "act_bits": act_bits,
                 "tag": tag,
                 "seed": seed,

@@ -108,7 +108,7 @@ def register(app: typer.Typer) -> None:
         from edgequant.pipeline import resolve_recipe
 
         flags = {
-            "method": method, "weight_bits": int(weight_bits) if weight_bits and weight_bits.isdigit() else weight_bits,
+            "method": method, "weight_bits": q.weight_bits_value(weight_bits),
             "weight_centring": weight_centring, "act_bits": act_bits, "per_channel": per_channel,
             "act_symmetric": symmetric, "act_signed": act_signed, "power_of_two": power_of_two,
             "block_size": block_size, "calib_data": calib_data, "calib_method": calib_method,

@@ -41,6 +41,14 @@ WeightBits = Annotated[
     str | None,
     typer.Option(help="8, 4, 2, 1 (binary) or ternary (int8 containers below 4) " + default("weight_bits")),
 ]
+
+
+def weight_bits_value(value: str | None) -> int | str | None:
+    """``--weight-bits`` as the Recipe takes it: digits -> int (``"4"`` -> 4), else the word (``"ternary"``);
+    the Recipe refuses a value outside 8, 4, 2, 1, ternary (RecipeError, one line, exit 2)."""
+    return int(value) if value and value.isdigit() else value
+
+
 WeightCentring = Annotated[
     bool | None,
     typer.Option(
