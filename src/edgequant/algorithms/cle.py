@@ -30,6 +30,8 @@ Where it stops (each is a ``skipped`` line with the reason):
 * an intermediate tensor read by more than one node or that is a graph output: another reader
   would see the scaled values;
 * a weight or bias shared with another node, or not a constant initializer;
+* any other node after the layer (and its activation): a pool, a reshape, a normalization, a
+  non-homogeneous activation (Sigmoid, HardSwish, ...), a MatMul's bias ``Add`` (not handled);
 * a pair of different families (Conv into Gemm/MatMul): channels are not the same axis.
 
 Weights are changed in a copy; BN folded by EdgeQuant's repair is already in the Conv weights, so it
@@ -53,6 +55,8 @@ PEAK_SAMPLES = 64  # calibration samples whose per-channel peaks limit the scale
 HEADROOM = 1.25  # a channel feeding Clip(0, hi) is scaled only while HEADROOM x its calibration peak < hi
 _HOMOGENEOUS = {"Relu", "LeakyRelu", "Identity"}
 _LAYERS = {"Conv", "Gemm", "MatMul"}
+_ACTIVATIONS = {"Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Gelu", "Elu", "Selu", "Celu", "Softplus",
+                "Softsign", "Mish", "PRelu", "ThresholdedRelu", "Swish"}  # fmt: skip
 _EPS = 1e-12
 
 
@@ -159,7 +163,7 @@ def find_pairs(model: onnx.ModelProto, through_clip: bool = False) -> tuple[list
         if n.op_type not in _LAYERS or len(n.input) < 2 or n.input[1] not in inits:
             return "its weight is not a constant initializer"
         if readers.get(n.input[1], 0) > 1:
-            return f"its weight '{n.input[1]}' is shared with another node"
+            return f"its weight '{n.input[1]}' is shared by {readers[n.input[1]]} nodes"
         if len(n.input) > 2 and n.input[2] and (n.input[2] not in inits or readers.get(n.input[2], 0) > 1):
             return "its bias is not a constant of its own"
         if n.op_type == "Gemm" and _attr_i(n, "transA", 0):
@@ -175,10 +179,16 @@ def find_pairs(model: onnx.ModelProto, through_clip: bool = False) -> tuple[list
     pairs: list[Pair] = []
     skipped: list[str] = []
     for first in g.node:
-        if first.op_type not in _LAYERS or layer_ok(first):
+        if first.op_type not in _LAYERS:
+            continue
+        why = layer_ok(first)
+        if why:
+            skipped.append(f"{first.name}: {why}")
             continue
         if first.op_type == "MatMul" and _matmul_bias(first, consumers, inits):
-            continue  # MatMul + Add(bias): the bias sits in the Add; not handled
+            bias = consumers[first.output[0]][0].name
+            skipped.append(f"{first.name}: MatMul followed by an Add bias '{bias}' (not handled)")
+            continue
         feed = first.output[0]
         nxt = single(feed)
         through, bound = "", 0.0
@@ -205,11 +215,17 @@ def find_pairs(model: onnx.ModelProto, through_clip: bool = False) -> tuple[list
             )
             continue
         if nxt is None:
-            c = consumers.get(first.output[0], [])
-            if len(c) > 1 or first.output[0] in outputs:
-                skipped.append(f"{first.name}: its output is read by {len(c)} nodes or is a graph output")
+            c, after = consumers.get(feed, []), f" (after {through})" if through else ""
+            skipped.append(f"{first.name}: its output{after} is read by {len(c)} nodes or is a graph output")
             continue
-        if nxt.op_type not in _LAYERS or nxt.input[0] != feed:
+        if nxt.op_type in _ACTIVATIONS:
+            skipped.append(f"{first.name}: followed by {nxt.op_type} '{nxt.name}' (not positive-homogeneous)")
+            continue
+        if nxt.op_type not in _LAYERS:
+            skipped.append(f"{first.name}: output goes through {nxt.op_type} '{nxt.name}' (CLE stops there)")
+            continue
+        if nxt.input[0] != feed:
+            skipped.append(f"{first.name}: output is not the data input of {nxt.op_type} '{nxt.name}'")
             continue
         why = layer_ok(nxt)
         if why:
