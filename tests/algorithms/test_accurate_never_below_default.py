@@ -127,3 +127,17 @@ def test_a_candidate_must_beat_the_default_significantly_without_losing_agreemen
     assert _better("noisy", "default", noise, {**same, "noisy": 1.0})  # a tie, higher agreement
     assert _better("small", "default", noise, {})  # no agreement (one value per row): SQNR decides
     assert not _better("default", "small", noise, {})
+
+
+def test_agreement_over_time_steps_counts_rows_not_steps() -> None:
+    """``[B, T, C]`` outputs: the steps of one row are not independent, so a higher agreement counts per
+    row.  4 rows of 10 steps: ``a`` agrees with float at 10 more steps, all in one row: one row of 1 won,
+    p = 0.5, not significant (counted per step, McNemar's p = 0.001 would have switched); 8 steps won,
+    one in each of 8 rows of 8: p = 0.0039, significant."""
+    from edgequant.algorithms.calib_search import agrees_more
+
+    one_row = {"b": [np.zeros(10, bool)] + [np.ones(10, bool)] * 3, "a": [np.ones(10, bool)] * 4}
+    assert not agrees_more("a", "b", {"a": 1.0, "b": 0.75}, one_row)
+    step = np.arange(8) == 0
+    spread = {"b": [np.ones(8, bool) & ~step] * 8, "a": [np.ones(8, bool)] * 8}
+    assert agrees_more("a", "b", {"a": 1.0, "b": 0.875}, spread)
