@@ -19,6 +19,7 @@ from edgequant import algorithms, planner
 from edgequant.algorithms.calib_search import SEARCH_SAMPLES, search_ranges
 from edgequant.data import CalibrationSource, input_specs, open_source
 from edgequant.errors import DataError
+from edgequant.export import round_trips
 from edgequant.model.patterns import bounded_outputs
 from edgequant.model.recurrent import apply_exact_ranges
 from edgequant.plan import QuantPlan
@@ -180,16 +181,15 @@ def calibrate(
         side = (
             conv_side_inputs(model, plan.activations()) if placement and act.bits <= AUTO_MAX_BITS else set()
         )
-        trips = recipe.method == "static" and recipe.target == "cpu"  # as the pipeline (export.round_trips)
         ranges, search = search_ranges(
             model, plan, res, recipe, runtime, held, source, "auto" if side else default, reference,
-            drop_trips=trips, split=(side, CONV_METHOD),
+            drop_trips=round_trips.applies(recipe), split=(side, CONV_METHOD),
         )  # fmt: skip
-    if search and "in-sample" in search["measured_on"]:
-        plan.notes.append(
-            f"the range search scored its candidates on {search['measured_on']}, not on held-out samples; "
-            f"give the data more samples than calibration reads ({recipe.calib_samples}) for a held-out choice."
-        )
+        if not held:  # the search scored on the first calibration batches (calib_search.search_ranges)
+            plan.notes.append(
+                f"the range search scored its candidates on {search['measured_on']}, not on held-out samples; "
+                f"give the data more samples than calibration reads ({recipe.calib_samples}) for a held-out choice."
+            )
     exact = apply_exact_ranges(model.graph, ranges := dict(ranges))  # tanh/sigmoid/recurrent outputs
     plan = plan.with_ranges(ranges)
     for name, note in exact.items():

@@ -264,7 +264,7 @@ def _static(
     t2 = time.perf_counter()
     calibrated = plan
     quantized, plan = export_qdq(run.float_model, plan)
-    if recipe.method == "static" and recipe.target == "cpu" and calibrated.activations():
+    if round_trips.applies(recipe) and calibrated.activations():
         calibrated, dropped = round_trips.drop_round_trips(calibrated, quantized, run.runtime.providers)
         if dropped:  # Q/DQ pairs ORT would run between two float ops (export/round_trips.py)
             quantized, plan = export_qdq(run.float_model, calibrated)

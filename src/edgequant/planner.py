@@ -120,9 +120,8 @@ class Planner:
             self._refuse_empty(plan)
         if r.weight_8bit and r.method == "static" and tuple(r.weight_8bit) != ("auto",):  # mixed 4/8, named
             mixed.apply(self.model, plan, r, self.target, self.cpu)
-        if (
-            r.method == "static"
-        ):  # 4-bit activations ORT 1.32 cannot load or computes wrongly: before any work
+        # 4-bit activations ORT 1.32 cannot load or computes wrongly: refused before any work
+        if r.method == "static":
             ort_4bit.refuse(self.model, plan, r.target)
         plan.opset = self.required_opset(plan)
         if act is not None and not act.signed and act.bits == 8:  # no 4/16-bit integer kernels to speed up

@@ -228,7 +228,7 @@ def search_ranges(
             return p
         if not trips:
             first = planner.tie_activation_ranges(m, plan.with_ranges(candidates[default]))
-            trips.append(round_trips.drop_round_trips(first, export_qdq(m, first)[0], runtime.providers)[1])
+            trips.append(round_trips.found(m, first, runtime.providers))
         return round_trips.without(p, trips[0])
 
     candidates = candidate_ranges(res.observers, recipe.percentile, bounded_outputs(model))

@@ -82,12 +82,11 @@ def judged_sqnr(model: onnx.ModelProto, plan: QuantPlan, ctx: Context) -> float 
         ranges = dict(res.ranges)
         apply_exact_ranges(model.graph, ranges)
         ranged = planner.tie_activation_ranges(model, ranged.with_ranges(ranges))
-        if ctx.recipe.method == "static" and ctx.recipe.target == "cpu":  # as the pipeline will write it
-            from edgequant.export import round_trips
+        from edgequant.export import round_trips
 
+        if round_trips.applies(ctx.recipe):  # as the pipeline will write it
             if ctx.trips is None:  # which ops ORT fuses depends on the graph, not on the pass's weights
-                exported = export_qdq(model, ranged)[0]
-                ctx.trips = round_trips.drop_round_trips(ranged, exported, ctx.runtime.providers)[1]
+                ctx.trips = round_trips.found(model, ranged, ctx.runtime.providers)
             ranged = round_trips.without(ranged, ctx.trips)
         value = quantized_sqnr(export_qdq(model, ranged)[0], ctx)
     ctx.judged = (model, plan, value)

@@ -27,16 +27,36 @@ need every tensor on a grid).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import onnx
 
 from edgequant.plan import QuantPlan
 from edgequant.planning.int_kernels import DOT_OPS, ModelGraph
 from edgequant.runtime.isolated import run_isolated
 
+if TYPE_CHECKING:
+    from edgequant.recipe import Recipe
+
 # a Conv/Gemm/MatMul planned integer that ORT runs in float keeps its quantized input: the plan's float-speed
 # note (planning/int_kernels.py) names it, and the cause (a float bias, a 16-bit input) is what to fix
 # (likewise an LSTM/GRU/RNN, whose input the PyTorch export's recurrent wrappers quantize as the plan says)
 DOT = {*DOT_OPS, "FusedConv", "FusedGemm", "FusedMatMul", "LSTM", "GRU", "RNN"}
+
+
+def applies(recipe: Recipe) -> bool:
+    """Whether the pipeline leaves round-trip activations float for ``recipe``: static, ``cpu`` target
+    (module docstring); the range search and the pass judge score candidates the same way."""
+    return recipe.method == "static" and recipe.target == "cpu"
+
+
+def found(model: onnx.ModelProto, plan: QuantPlan, providers: list[str]) -> list[str]:
+    """The activations of ``plan`` that ``drop_round_trips`` would leave float, read from the QDQ export of
+    ``model`` + ``plan`` (one ORT load in a child process); for a caller that drops them from other plans
+    of the same graph (``without``): which ops ORT fuses depends on the graph, not on the range values."""
+    from edgequant.export.qdq import export_qdq
+
+    return drop_round_trips(plan, export_qdq(model, plan)[0], providers)[1]
 
 
 def round_trip_tensors(optimized: onnx.ModelProto) -> set[str]:
