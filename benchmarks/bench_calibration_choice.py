@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 CALIB, HELD = 128, 32
 EVAL_SEED = 99
 EVAL = {
-    "shapes": 1000,
+    "shapes": 4096,
     "ocr_cls": 600,
     "ocr_rec": 160,
     "resnet18": 200,

@@ -32,8 +32,8 @@ def _ranges(res: edgequant.QuantResult) -> dict[str, tuple[float | None, float |
 def test_the_default_is_entropy_at_8_bits_and_minmax_at_16_bits() -> None:
     """On the example CNN: the default's ranges are entropy's at 8 bits and min-max's at 16 bits; its
     output SQNR on the 512 evaluation images, measured in our own session, is 26.98 dB (min-max 28.25,
-    percentile 26.15: on this set entropy is 1.3 dB below min-max, on the benchmark's 1,000 held-out
-    samples 0.3 dB above it; 27.58 dB before the histograms' bulk subsample went from 16,384 to 4,096
+    percentile 26.15: on this set entropy is 1.3 dB below min-max, on 4,096 new pictures from the example's
+    generator 0.2 dB above it, benchmarks/results/bench_example_draws.md; 27.58 dB before the histograms' bulk subsample went from 16,384 to 4,096
     values an update)."""
     assert Recipe().calib_method == "auto"
     model, calib = str(EXAMPLES / "shapes_cnn.onnx"), str(EXAMPLES / "shapes_calib.npz")
