@@ -13,6 +13,7 @@ from tinymodels import conv_net, images
 
 import edgequant
 from edgequant import pipeline
+from edgequant.recipe import from_dict
 from edgequant.recipe.flags import api_words
 
 FLAG = re.compile(r"(?<![\w-])--?[a-z]")
@@ -79,3 +80,18 @@ def test_evaluate_compare_and_load_recipe_refusals(tmp_path: Path) -> None:
     assert "methods='all'" in text, text
     text = _refusal(edgequant.load_recipe, tmp_path / "nope.yaml")
     assert text.endswith("check the path given to load_recipe()."), text
+
+
+def test_recipe_built_directly_names_its_fields() -> None:
+    """``edgequant.Recipe(...)`` built directly named the CLI's flags ("Fix: use --act-bits 8 or 16",
+    session 12's note); ``from_dict``, which the CLI, REST and the API functions build through, keeps them
+    for its caller to word."""
+    text = _refusal(edgequant.Recipe, act_bits=3)
+    assert text == "activation bits 3 is impossible; allowed: 4, 8, 16. Fix: use act_bits=8 or 16.", text
+    text = _refusal(edgequant.Recipe, weight_8bit=("first",))
+    assert text.startswith("weight_8bit=['first'] keeps layers 8-bit"), text
+    assert text.endswith("block_size=32, or drop weight_8bit=."), text
+    text = _refusal(edgequant.Recipe, method="fp16", act_bits=4)
+    assert text.endswith("Fix: drop act_bits=, or use method='static'."), text
+    with pytest.raises(edgequant.RecipeError, match=r"Fix: use --act-bits 8 or 16\.$"):
+        from_dict({"act_bits": 3})

@@ -242,12 +242,15 @@ def register(app: typer.Typer) -> None:
                 "tag": tag,
                 "seed": seed,
             }
-            report = run_qat(
-                module, name, train_data, eval_data, input_shape, out, task=task, epochs=epochs, lr=lr,
-                batch_size=batch_size, optimizer=optimizer, schedule=schedule, seed=seed, device=device,
-                recipe=recipe, overrides=overrides, overwrite=overwrite,
-                echo=lambda s: err_console.print(s, markup=False, highlight=False),
-            )  # fmt: skip
+            from edgequant.recipe.flags import flag_words
+
+            with flag_words():  # QATModule's refusals keep naming this command's flags
+                report = run_qat(
+                    module, name, train_data, eval_data, input_shape, out, task=task, epochs=epochs, lr=lr,
+                    batch_size=batch_size, optimizer=optimizer, schedule=schedule, seed=seed, device=device,
+                    recipe=recipe, overrides=overrides, overwrite=overwrite,
+                    echo=lambda s: err_console.print(s, markup=False, highlight=False),
+                )  # fmt: skip
         except EdgeQuantError as exc:
             fail(exc)
             return

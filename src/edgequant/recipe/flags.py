@@ -7,9 +7,11 @@ Errors: RecipeError naming the item that does not have the flag's form.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import fields
 from typing import Any, ParamSpec, TypeVar
 
@@ -161,7 +163,7 @@ _API_SPECIAL = {
 _API_RE = re.compile(
     r"(drop )?(?<![\w-])(--[a-z][a-z0-9-]*(?:/--[a-z][a-z0-9-]*)?|-o\b)"
     r"(?: (?!(?:with|or|and|in|of|to|is|are|for|the|a|an|on|from|but|as|if|so|not|path)\b)"
-    r"([\w.][\w./-]*?)(?=[\s,;:)]|\.(?:\s|$)|$))?"
+    r"([\w./][\w./-]*?)(?=[\s,;:)]|\.(?:\s|$)|$))?"
 )
 
 
@@ -200,16 +202,35 @@ def api_words(text: str, words: Mapping[str, str] | None = None) -> str:
     return re.sub(r"(\w=(?:'[^']*'|\[[^\]]*\]|[\w.]+)) (?=[a-z_]+=)", r"\1, ", out)
 
 
+# set inside flag_words(): refusals keep the CLI's flags, because the caller words them
+_KEEP_FLAGS: ContextVar[bool] = ContextVar("edgequant_keep_flags", default=False)
+
+
+@contextlib.contextmanager
+def flag_words() -> Iterator[None]:
+    """Inside it, ``api_refusals`` leaves refusals in the CLI's flags: for callers that word them
+    themselves (the CLI; ``recipe.from_dict``, whose callers are the CLI, the REST service with its field
+    words, and the public API functions with theirs)."""
+    token = _KEEP_FLAGS.set(True)
+    try:
+        yield
+    finally:
+        _KEEP_FLAGS.reset(token)
+
+
 def api_refusals(fn: Callable[P, R], words: Mapping[str, str] | None = None) -> Callable[P, R]:
-    """``fn`` (a public API function) whose EdgeQuantError names its keyword arguments, not the CLI's
-    flags: the same error, its detail and hint rewritten in place by ``api_words``.  The CLI and the
-    REST service call the functions underneath, so their words stay theirs."""
+    """``fn`` (a public API function or constructor) whose EdgeQuantError names its keyword arguments,
+    not the CLI's flags: the same error, its detail and hint rewritten in place by ``api_words``, unless
+    it runs inside ``flag_words()``.  The CLI and the REST service call the functions underneath (or
+    hold ``flag_words()``), so their words stay theirs."""
 
     @functools.wraps(fn)
     def call(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except EdgeQuantError as exc:
+            if _KEEP_FLAGS.get():
+                raise
             exc.detail, exc.hint = api_words(exc.detail, words), api_words(exc.hint, words)
             exc.args = (str(exc),)
             raise

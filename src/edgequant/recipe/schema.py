@@ -147,6 +147,14 @@ class Recipe:
     ] = ()  # layers (names / re: / first / last) kept 8-bit: static low-bit or weight-only 4-bit (mixed 4/8)
 
     def __post_init__(self) -> None:
+        from edgequant.recipe.flags import api_refusals
+
+        # built directly (``edgequant.Recipe(act_bits=3)``): refusals name the fields, ``act_bits=8``;
+        # from_dict (the CLI, REST, the API functions) keeps the flags for its caller to word
+        api_refusals(self._check)()
+
+    def _check(self) -> None:
+        """The per-field checks, then ``recipe.rules``; RecipeError in the CLI's flag words."""
         if self.method not in METHODS:
             raise RecipeError(
                 f"unknown method '{self.method}'; allowed: {', '.join(METHODS)}.",

@@ -171,7 +171,10 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
             parse = flags.key_values if key == "data_options" else flags.input_axes
             value = parse(value, f"recipe key '{raw_key}'")
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}" if where != "recipe" else key)
-    return cls(**kwargs)
+    from edgequant.recipe.flags import flag_words
+
+    with flag_words():  # the callers word the refusals (CLI flags, REST fields, API keywords)
+        return cls(**kwargs)
 
 
 def from_dict(data: dict[str, Any]) -> Recipe:

@@ -34,6 +34,7 @@ from torch import nn
 from edgequant.errors import RecipeError, UnsupportedError
 from edgequant.plan import QuantPlan
 from edgequant.recipe import Recipe
+from edgequant.recipe.flags import api_refusals
 from edgequant.torch import artifact
 from edgequant.torch.fake_quant import ActQuantizer, WeightQuantizer
 from edgequant.torch.graph import (
@@ -100,12 +101,13 @@ class QATModule(nn.Module):
     ``target``: a hardware profile name (as ``edgequant quantize --target``).  ``weight_bits`` and
     ``act_bits``: 8/4/2 and 8/16/4 (default 8, or the recipe's).  ``learn_scales``: LSQ step sizes
     (float scales) or TQT exponents (power-of-two scales) are parameters.
-    Raises RecipeError/UnsupportedError for combinations ``quantize`` refuses, ModelError when the model
-    does not trace.
+    Raises RecipeError/UnsupportedError for combinations ``quantize`` refuses (worded in keyword
+    arguments, ``act_bits=8``, as ``edgequant.quantize``), ModelError when the model does not trace.
     """
 
     learn_default = True
 
+    @api_refusals  # refusals name act_bits=8, target='akida1'; the CLI's qat holds flag_words() (--act-bits 8)
     def __init__(
         self,
         model: nn.Module,
@@ -280,6 +282,7 @@ class QATModule(nn.Module):
         layers, acts = artifact.int_parts(self.model, binding, float_model, plan)
         return artifact.save(path, layers, acts, artifact.float_state(self.model, layers))
 
+    @api_refusals  # format='ti-npu-int', target='ti-npu' (the CLI's qat: --format, --target)
     def export(
         self,
         example_inputs: Any,
