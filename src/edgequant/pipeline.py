@@ -294,6 +294,8 @@ def _static(
 
         quantized, bias_notes = fit_biases(quantized, plan, get_target(recipe.target))
         plan.notes.extend(bias_notes)
+    if round_trips.applies(recipe):  # Q/DQ pairs that nothing reads: ORT would run them for nothing
+        plan.notes.extend(round_trips.unread_note(round_trips.drop_unread(quantized)))
     # the final plan's float-kernel note (issue #16 section 5): 16-bit tensors chosen after calibration put Convs
     # in float, and a pass (target_sqnr) may have kept nodes float that the planner's note named
     specs.refresh_float_kernel_note(run.float_model, plan, recipe)

@@ -8,6 +8,7 @@ written model against the float model on held-out inputs.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from onnx import numpy_helper as nh
 from tinymodels import ort_optimized_graph
 
 import edgequant
+import edgequant.export
 
 
 def _gem_net() -> onnx.ModelProto:
@@ -128,3 +130,55 @@ def test_pass_judge_scores_the_model_without_its_round_trips(tmp_path: Path) -> 
     assert own > 38.0
     assert abs(row["sqnr_before_db"] - own) < 0.05, (row, own)
     assert not row.get("reverted") and row["sqnr_after_db"] > own + 2.0
+
+
+def _unread_qdq(model: onnx.ModelProto) -> list[str]:
+    """The QuantizeLinear nodes whose every reader is a DequantizeLinear that nothing reads."""
+    g = model.graph
+    read = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    return [
+        n.input[0]
+        for n in g.node
+        if n.op_type == "QuantizeLinear"
+        and all(
+            u.op_type == "DequantizeLinear" and u.output[0] not in read for u in readers.get(n.output[0], [])
+        )
+    ]
+
+
+def test_pairs_nothing_reads_are_not_written(tmp_path: Path) -> None:
+    """The GeM head's Clip and ReduceMean outputs are planned (the ops pass integers through) but read by
+    float Pows only: export_qdq writes their Q/DQ pairs, unread, and ORT ran them (4 Q and 3 DQ in its
+    optimised graph before, 2 and 1 now).  The pipeline leaves them out; the outputs, in our own ORT
+    session, are bit for bit those of the model with the pairs, and ORT still fuses QLinearConv and QGemm."""
+    model = _gem_net()
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "calib.npy", rng.standard_normal((96, 3, 12, 12)).astype(np.float32))
+    res = edgequant.quantize(model, tmp_path / "calib.npy", calib_samples=64)
+    with_pairs = edgequant.export.export_qdq(res.float_model, res.plan)[0]  # the plan as written before
+    assert sorted(_unread_qdq(with_pairs)) == ["cl", "mean"]
+    assert _unread_qdq(res.model) == [] and {"cl", "mean"} <= set(res.plan.activations())
+    assert any(
+        n.startswith("2 Q/DQ pair(s) that no node reads are not written (cl, mean)") for n in res.plan.notes
+    )
+    x = rng.standard_normal((64, 3, 12, 12)).astype(np.float32)
+    outs = [
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        for m in (with_pairs, res.model)
+    ]
+    assert np.array_equal(outs[0], outs[1])
+    ran = [
+        Counter(n.op_type for n in ort_optimized_graph(m, tmp_path, "ORT_ENABLE_EXTENDED").node)
+        for m in (with_pairs, res.model)
+    ]
+    for op, before, after in (
+        ("QLinearConv", 1, 1),
+        ("QGemm", 1, 1),
+        ("QuantizeLinear", 4, 2),
+        ("DequantizeLinear", 3, 1),
+    ):
+        assert (ran[0][op], ran[1][op]) == (before, after), (op, ran)

@@ -246,7 +246,7 @@ def export_qdq(
     g.node.extend(nodes)
     g.initializer.extend(new_inits)
     plan.notes.extend(close_layout_tails(g, opset_of(out), names.fresh))
-    _drop_unused_initializers(g)
+    drop_unused_initializers(g)
     for t in g.initializer:  # the big float tensors that stay float
         if external_data_helper.uses_external_data(t) and t.name in inits:
             t.CopyFrom(inits[t.name])
@@ -351,7 +351,8 @@ def _quantize_biases(
     return notes
 
 
-def _drop_unused_initializers(g: onnx.GraphProto) -> None:
+def drop_unused_initializers(g: onnx.GraphProto) -> None:
+    """Remove the initializers (and initializer-backed inputs) that no node, subgraph or output reads."""
     used = names_read(g) | {o.name for o in g.output}
     keep = [t for t in g.initializer if t.name in used]
     if len(keep) != len(g.initializer):

@@ -16,8 +16,8 @@ provider runs; loaded in a child process like the check) and returns the plan wi
 entries.  Node decisions are left as they are: a node that reads or writes such a tensor keeps its
 quantized neighbours' Q/DQ (a Reshape after a conv still reads the conv's dequantized output, so ORT
 still fuses the conv), and the report's census lists it as planned but run in float.  Left alone: a
-pair nobody reads (the exporter writes one where a float reader takes the float tensor; ORT still runs
-it, computing nothing that is used: a cost in time, not in accuracy, left for later), the input of a Conv/Gemm/MatMul that
+pair nobody reads (the exporter writes one where every reader takes the float tensor; ``drop_unread``
+removes it from the written model), the input of a Conv/Gemm/MatMul that
 ORT runs in float (the plan's float-speed note names it), 16-bit pairs (asked for, or chosen by
 ``act16``; they cost next to nothing), a graph input's pair (the PyTorch export's wrappers quantize
 the inputs as the plan says), a plan whose every activation is such a tensor, and every target but
@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 import onnx
 
+from edgequant.model.patterns import names_read
 from edgequant.plan import QuantPlan
 from edgequant.planning.int_kernels import DOT_OPS, ModelGraph
 from edgequant.runtime.isolated import run_isolated
@@ -127,3 +128,68 @@ def note(float_model: onnx.ModelProto, dropped: list[str]) -> str:
         f"({', '.join(kinds[:6])}{', ...' if len(kinds) > 6 else ''}): an 8-bit round trip there would only add "
         "rounding error, at no gain in speed."
     )
+
+
+def drop_unread(model: onnx.ModelProto) -> list[str]:
+    """Remove from ``model`` (in place) each QuantizeLinear whose every reader is a DequantizeLinear that no
+    node (in any subgraph) and no graph output reads, with those DequantizeLinears, and each unread
+    DequantizeLinear of an initializer; repeated until none is left.  Returns the quantized tensors' names.
+
+    ORT runs such a pair, computing nothing that is used (the exporter writes one where every reader of
+    the activation takes the float tensor: a Clip or ReduceMean before a float Pow, a graph output), so
+    the outputs stay bit for bit the same.  Kept: a pair on the output of a Conv/Gemm/MatMul (``DOT``)
+    that reads a DequantizeLinear (ORT's QDQ fusion looks at its consumers: a MatMul feeding an unread Q
+    besides float readers runs in float; without the Q it becomes MatMulIntegerToFloat, another kernel
+    that rounds differently; a Gemm becomes QGemm), and a pair whose tensor no other node of the graph
+    reads (only a subgraph, or nothing)."""
+    g = model.graph
+    outputs = {o.name for o in g.output}
+    dequantized = {n.output[0] for n in g.node if n.op_type == "DequantizeLinear"}
+    producer = {o: n for n in g.node for o in n.output}
+    inits = {t.name for t in g.initializer}
+    dropped: list[str] = []
+    removed = 0
+    while True:
+        read = names_read(g) | outputs
+        readers: dict[str, list[onnx.NodeProto]] = {}
+        for n in g.node:
+            for name in n.input:
+                readers.setdefault(name, []).append(n)
+        dead: list[onnx.NodeProto] = []
+        for n in g.node:
+            if n.domain not in ("", "ai.onnx") or n.output[0] in outputs:
+                continue
+            if n.op_type == "DequantizeLinear" and n.input[0] in inits and n.output[0] not in read:
+                dead.append(n)
+            elif n.op_type == "QuantizeLinear":
+                users = readers.get(n.output[0], [])
+                made = producer.get(n.input[0])
+                fused = made is not None and made.op_type in DOT and any(i in dequantized for i in made.input)
+                unread = all(u.op_type == "DequantizeLinear" and u.output[0] not in read for u in users)
+                # the tensor keeps a reader in this graph: a Loop body's outer-scope read alone is not one
+                # (without the Q beside it, ORT 1.32 aborts at load: a Keras GRU's Loop, test_tf_import)
+                kept = n.input[0] in outputs or any(r is not n for r in readers.get(n.input[0], []))
+                if unread and kept and not fused:
+                    dead += [n, *users]
+                    dropped.append(n.input[0])
+        if not dead:
+            break
+        for n in {id(n): n for n in dead}.values():
+            g.node.remove(n)
+            removed += 1
+    if removed:
+        from edgequant.export.qdq import drop_unused_initializers
+
+        drop_unused_initializers(g)
+    return dropped
+
+
+def unread_note(dropped: list[str]) -> list[str]:
+    """The plan note for ``drop_unread``'s tensors (none when there are none)."""
+    if not dropped:
+        return []
+    names = ", ".join(dropped[:6]) + (", ..." if len(dropped) > 6 else "")
+    return [
+        f"{len(dropped)} Q/DQ pair(s) that no node reads are not written ({names}): every reader of those "
+        "tensors runs in float, and ORT would compute the pairs for nothing."
+    ]
