@@ -23,7 +23,6 @@ from edgequant.algorithms import act16, float_effect, weight_8bit
 from edgequant.calibration import DataLike, Progress, require_data
 from edgequant.calibration import calib_source as _source
 from edgequant.calibration import calibrate as _calibrate
-from edgequant.calibration import held_source as _held
 from edgequant.check import run_check
 from edgequant.data.declared import with_declared
 from edgequant.export import export_qdq, round_trips
@@ -55,6 +54,7 @@ from edgequant.runtime import OrtRuntime, detect
 from edgequant.runtime.cpu import CpuFeatures
 from edgequant.targets.adapt import adapt as adapt_to_target
 from edgequant.targets.check import check_model
+from edgequant.toolchains.forms import vendor_forms
 
 __all__ = ["DataLike", "ModelLike", "Progress", "load_input_model", "quantize", "resolve_recipe"]
 
@@ -124,7 +124,11 @@ def quantize(
     check = _check(run, quantized, plan)
     log.info("check: output SQNR %s dB vs float (%s samples), in %.3f s", check.get("output_sqnr_db"),
              check.get("kind"), time.perf_counter() - t2)  # fmt: skip
-    artifacts, ti_int, toolchain = _vendor_forms(run, quantized)
+    artifacts, ti_int, toolchain = vendor_forms(
+        quantized, run.recipe, run.model, run.float_model, run.calibration, run.runtime, run.reference
+    )
+    if toolchain:
+        run.seconds["toolchain"] = sum(toolchain.get("seconds", {}).values())
     run.seconds["total"] = time.perf_counter() - t0
     return _result(run, quantized, plan, check, artifacts, toolchain, compliance, ti_int)
 
@@ -319,30 +323,6 @@ def _check(run: _Run, quantized: onnx.ModelProto, plan: QuantPlan) -> dict[str, 
     return check
 
 
-def _vendor_forms(
-    run: _Run, quantized: onnx.ModelProto
-) -> tuple[dict[str, bytes], dict[str, Any] | None, dict[str, Any] | None]:
-    """Files beside the QDQ model: TI's integer-only form, a vendor toolchain's build (run and checked)."""
-    recipe, calibration, float_model, model = run.recipe, run.calibration, run.float_model, run.model
-    artifacts: dict[str, bytes] = {}
-    toolchain: dict[str, Any] | None = None
-    ti_int: dict[str, Any] | None = None
-    if recipe.format == "ti-npu-int":  # TI's integer-only form beside the QDQ model, checked against it
-        ti_int, artifacts["_ti-npu-int.onnx"] = _ti_npu_int(
-            quantized, run.runtime, _held(calibration, float_model, recipe)
-        )
-    if recipe.target in toolchains.TARGETS:  # compile/convert with the vendor toolchain, then run it
-        suffix, blob, toolchain = toolchains.build(
-            recipe.target, quantized, run.reference, list(_held(calibration, float_model, recipe)),
-            calibration=lambda: list(_source(calibration, float_model, recipe)), tune_trials=recipe.tune_trials,
-            tune_budget_s=recipe.tune_budget_s,
-            source=Path(model) if isinstance(model, str | Path) else None, bits=(recipe.weight_bits, recipe.act_bits),
-        )  # fmt: skip
-        artifacts[suffix] = blob
-        run.seconds["toolchain"] = sum(toolchain.get("seconds", {}).values())
-    return artifacts, ti_int, toolchain
-
-
 def _result(
     run: _Run,
     quantized: onnx.ModelProto,
@@ -406,15 +386,3 @@ def _result(
         result.report["warnings"].append(sensitivity["failure"]["detail"])
         raise TargetNotMetError(**sensitivity["failure"], result=result)
     return result
-
-
-def _ti_npu_int(quantized: onnx.ModelProto, runtime: OrtRuntime, held: Any) -> tuple[dict[str, Any], bytes]:
-    """The report section and bytes of the TI-NPU integer form (``edgequant.export.ti_int``)."""
-    from edgequant.export.ti_int import to_ti_npu_int
-    from edgequant.export.ti_int_report import compare
-    from edgequant.targets import get as get_target
-
-    model, notes, layers = to_ti_npu_int(quantized, get_target("ti-npu"))
-    section = {"file_suffix": "_ti-npu-int.onnx", "layers": layers, "notes": notes}
-    section.update(compare(quantized, model, runtime, list(held)))
-    return section, model.SerializeToString()

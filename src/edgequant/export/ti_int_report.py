@@ -93,3 +93,18 @@ def compare(
     if r.ndim == 2 and r.shape[1] > 1:
         section["end_to_end_top1_agreement"] = round(float(np.mean(r.argmax(1) == g.argmax(1))), 4)
     return section
+
+
+def ti_npu_int_form(
+    quantized: onnx.ModelProto, runtime: OrtRuntime, batches: Any
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """TI's integer-only form of the QDQ model ``quantized`` (``export.ti_int.to_ti_npu_int`` for the
+    ``ti-npu`` target) and its report section: the file suffix, the per-layer rows, the notes, and
+    ``compare``'s agreement with the QDQ model on ``batches`` (feeds dicts of float32 arrays)."""
+    from edgequant.export.ti_int import to_ti_npu_int
+    from edgequant.targets import get as get_target
+
+    model, notes, layers = to_ti_npu_int(quantized, get_target("ti-npu"))
+    section: dict[str, Any] = {"file_suffix": "_ti-npu-int.onnx", "layers": layers, "notes": notes}
+    section.update(compare(quantized, model, runtime, list(batches)))
+    return model, section

@@ -115,17 +115,12 @@ def export_result(
 def _ti_npu_int(
     quantized: onnx.ModelProto, runtime: Any, float_model: onnx.ModelProto, data: Any, recipe: Any
 ) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """TI's integer form of ``quantized`` and its report section (as ``pipeline._ti_npu_int``)."""
+    """TI's integer form of ``quantized`` and its report section, checked on the run check's batches."""
     from edgequant.check import check_batches
-    from edgequant.export.ti_int import to_ti_npu_int
-    from edgequant.export.ti_int_report import compare
-    from edgequant.targets import get as get_target
+    from edgequant.export.ti_int_report import ti_npu_int_form
 
-    model, notes, layers = to_ti_npu_int(quantized, get_target("ti-npu"))
     batches, _kind, _note, _description = check_batches(float_model, data, recipe, calibrated=False)
-    section: dict[str, Any] = {"file_suffix": "_ti-npu-int.onnx", "layers": layers, "notes": notes}
-    section.update(compare(quantized, model, runtime, batches))
-    return model, section
+    return ti_npu_int_form(quantized, runtime, batches)
 
 
 def _save(result: QuantResult, path: Path, ti_int: onnx.ModelProto | None = None) -> None:
