@@ -45,6 +45,12 @@ def load1() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
+def head() -> str:
+    """The worktree's commit: the code a worker started now imports (editable install)."""
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+    return out.stdout.strip() or "unknown"
+
+
 def run_one(
     bm: Any, ref: dict[str, np.ndarray], setting: str, data: Path, tmp: Path, timeout: float
 ) -> dict[str, Any]:
@@ -53,7 +59,11 @@ def run_one(
 
     out = tmp / f"{setting}.onnx"
     spec = {"setting": setting, "model": str(bm.path), "data": str(data), "out": str(out), "input": "image"}
-    row: dict[str, Any] = {"load_before": load1(), "started_utc": time.strftime("%H:%M", time.gmtime())}
+    row: dict[str, Any] = {
+        "load_before": load1(),
+        "started_utc": time.strftime("%H:%M", time.gmtime()),
+        "commit": head(),
+    }
     try:
         proc = subprocess.run(
             [sys.executable, ba.__file__, "--worker", json.dumps(spec)],
@@ -94,25 +104,25 @@ def markdown(res: dict[str, Any]) -> str:
         "it calibrates on 128, the next 32 judge its passes. Scored on the same 416 evaluation crops of 13 other",
         "photos (never seen by calibration) against float: mean KL(float || quantized) of the softmax (nats),",
         "top-1 agreement, output SQNR. One quantization at a time, `nice -n 5`, on 2 cores shared with other",
-        f"jobs (1-minute load before -> after each run). Code: {res['commit']}.",
+        "jobs (1-minute load before -> after each run); `code`: the commit the run's worker imported.",
         "",
     ]
     for setting, block in res["settings"].items():
         cfg = ba.SETTINGS[setting]
         lines += [f"## {setting}", "", f"Setting: `{json.dumps(cfg)}`", ""]
         lines += [
-            "| seed | KL | top-1 agreement | SQNR dB | wall s (CPU s) | peak MiB | AdaRound pass s | load | started UTC |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| seed | KL | top-1 agreement | SQNR dB | wall s (CPU s) | peak MiB | AdaRound pass s | load | started UTC | code |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for seed, r in sorted(block["draws"].items(), key=lambda kv: int(kv[0])):
             if r.get("status") != "ok":
-                lines.append(f"| {seed} | {r.get('status')} | | | | | | | |")
+                lines.append(f"| {seed} | {r.get('status')} | | | | | | | | |")
                 continue
             pass_s = "; ".join(f"{p['seconds']}" for p in r.get("passes", []))
             lines.append(
                 f"| {seed} | {r['kl_mean']:.4f} | {100 * r['top1_agree']:.1f} % | {r['sqnr_db']:.2f} | "
                 f"{r['wall_s']:.0f} ({r['cpu_s']:.0f}) | {r['peak_mib']:.0f} | {pass_s} | "
-                f"{r['load_before']:.1f} -> {r['load_after']:.1f} | {r['started_utc']} |"
+                f"{r['load_before']:.1f} -> {r['load_after']:.1f} | {r['started_utc']} | {r.get('commit', '')} |"
             )
         s = block["summary"]
         if s["n"]:
@@ -124,7 +134,33 @@ def markdown(res: dict[str, Any]) -> str:
             lines += ["", f"Mean ± sample sd (min–max) over {s['n']} draws: " + "; ".join(cells) + ".", ""]
         if block.get("note"):
             lines += [block["note"], ""]
-    return "\n".join(lines)
+    return "\n".join(lines + paired(res))
+
+
+def paired(res: dict[str, Any]) -> list[str]:
+    """KL of each later setting minus the first setting's, draw by draw (same draws), mean +- sample sd."""
+    blocks = list(res["settings"].items())
+    if len(blocks) < 2:
+        return []
+    base, b0 = blocks[0]
+    out = ["## Paired by draw: KL minus " + base, ""]
+    for setting, block in blocks[1:]:
+        seeds = sorted(
+            (
+                k
+                for k, r in block["draws"].items()
+                if r.get("status") == "ok" and b0["draws"].get(k, {}).get("status") == "ok"
+            ),
+            key=int,
+        )
+        d = np.array([block["draws"][k]["kl_mean"] - b0["draws"][k]["kl_mean"] for k in seeds])
+        if len(d) > 1:
+            per = ", ".join(f"seed {k} {v:+.4f}" for k, v in zip(seeds, d, strict=True))
+            out += [
+                f"- {setting}: {per}; mean {d.mean():+.4f} ± {d.std(ddof=1):.4f} over {len(d)} draws.",
+                "",
+            ]
+    return out
 
 
 def main() -> None:
@@ -135,7 +171,11 @@ def main() -> None:
     )
     ap.add_argument("--timeout", type=float, default=3600.0)
     ap.add_argument("--merge", action="store_true", help="keep the other rows of the existing results file")
+    ap.add_argument("--render", action="store_true", help="only rewrite the .md from the existing .json")
     args = ap.parse_args()
+    if args.render:
+        OUT.with_suffix(".md").write_text(markdown(json.loads(OUT.with_suffix(".json").read_text())))
+        return
     settings = args.settings.split(",")
     unknown = [s for s in settings if s not in ba.SETTINGS]
     if unknown:
@@ -147,10 +187,6 @@ def main() -> None:
     res: dict[str, Any] = {"settings": {}}
     if args.merge and OUT.with_suffix(".json").exists():
         res = json.loads(OUT.with_suffix(".json").read_text())
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    )
-    res["commit"] = commit.stdout.strip() or "unknown"
     bm = models.load(MODEL)
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
