@@ -138,9 +138,11 @@ def drop_unread(model: onnx.ModelProto) -> list[str]:
     ORT runs such a pair, computing nothing that is used (the exporter writes one where every reader of
     the activation takes the float tensor: a Clip or ReduceMean before a float Pow, a graph output), so
     the outputs stay bit for bit the same.  Kept: a pair on the output of a Conv/Gemm/MatMul (``DOT``)
-    that reads a DequantizeLinear (ORT's QDQ fusion looks at its consumers: a MatMul feeding an unread Q
-    besides float readers runs in float; without the Q it becomes MatMulIntegerToFloat, another kernel
-    that rounds differently; a Gemm becomes QGemm), and a pair whose tensor no other node of the graph
+    that reads a DequantizeLinear, or of a Relu/Clip after such a node (ORT folds those into the Q;
+    ``test_int_kernel_rules``' matmul_relu and gemm_relu: without the Q the MatMul/Gemm runs in float).
+    ORT's QDQ fusion looks at the consumers: a MatMul feeding an unread Q besides float readers runs in
+    float; without the Q it becomes MatMulIntegerToFloat, another kernel that rounds differently; a Gemm
+    becomes QGemm.  Also kept: a pair whose tensor no other node of the graph
     reads (only a subgraph, or nothing)."""
     g = model.graph
     outputs = {o.name for o in g.output}
@@ -164,6 +166,8 @@ def drop_unread(model: onnx.ModelProto) -> list[str]:
             elif n.op_type == "QuantizeLinear":
                 users = readers.get(n.output[0], [])
                 made = producer.get(n.input[0])
+                while made is not None and made.op_type in ("Relu", "Clip"):  # ORT folds them into the Q
+                    made = producer.get(made.input[0])
                 fused = made is not None and made.op_type in DOT and any(i in dequantized for i in made.input)
                 unread = all(u.op_type == "DequantizeLinear" and u.output[0] not in read for u in users)
                 # the tensor keeps a reader in this graph: a Loop body's outer-scope read alone is not one
