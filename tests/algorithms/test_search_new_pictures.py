@@ -39,7 +39,7 @@ def new_pictures(seeds: range, n: int) -> np.ndarray:
     return make_example.normalise(np.concatenate(parts), (127, 128, 128))
 
 
-def test_search_is_not_worse_than_minmax_on_new_pictures() -> None:
+def test_calibration_search_is_never_worse_than_minmax_on_the_example() -> None:
     model, calib = ROOT / "shapes_cnn.onnx", ROOT / "shapes_calib.npz"
     x = new_pictures(range(101, 105), 512)
     shipped = np.load(calib)["image"]
