@@ -119,7 +119,7 @@ def judged_on(plan: QuantPlan) -> str:
     """What ``judged_sqnr`` measures, for the report row."""
     if not plan.activations():
         return "weights quantized as planned (no activation is quantized)"
-    return f"the QDQ model, activation ranges by min-max over {JUDGE_CALIB} calibration samples"
+    return f"the QDQ model, activation ranges by min-max over the first {JUDGE_CALIB} calibration samples (all, if fewer)"
 
 
 def weight_quantized(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
