@@ -165,7 +165,7 @@ def paired(res: dict[str, Any]) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", default="0,1,2", help="calibration draws (effnet.make_calib seeds)")
+    ap.add_argument("--seeds", default="0,1,2,3,4", help="calibration draws (effnet.make_calib seeds)")
     ap.add_argument(
         "--settings", default=DEFAULT_SETTINGS, help="comma-separated names of bench_algorithms.SETTINGS"
     )
