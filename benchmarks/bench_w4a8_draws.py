@@ -100,7 +100,13 @@ def markdown(res: dict[str, Any]) -> str:
         "# W4A8 + AdaRound on EfficientNet-Lite0 over calibration draws (issue 17 §3)",
         "",
         "Written by `benchmarks/bench_w4a8_draws.py`. Each draw: `effnet.make_calib(192, seed)` (seeded crops",
-        "of the 11 calibration photos; seed 0 is `bench_algorithms.py`'s draw); EdgeQuant's check holds back 32,",
+        "of the 11 calibration photos; seed 0 is `bench_algorithms.py`'s draw)"
+        + (
+            " -- here `effnet_lite0_wide`'s: crops cycling through 42 photos, the 11 and 31 more (models/effnet_wide.py)"
+            if res.get("model") == "effnet_lite0_wide"
+            else ""
+        )
+        + "; EdgeQuant's check holds back 32,",
         "it calibrates on 128, the next 32 judge its passes. Scored on the same 416 evaluation crops of 13 other",
         "photos (never seen by calibration) against float: mean KL(float || quantized) of the softmax (nats),",
         "top-1 agreement, output SQNR. One quantization at a time, `nice -n 5`, on 2 cores shared with other",
@@ -170,11 +176,16 @@ def main() -> None:
         "--settings", default=DEFAULT_SETTINGS, help="comma-separated names of bench_algorithms.SETTINGS"
     )
     ap.add_argument("--timeout", type=float, default=3600.0)
+    ap.add_argument(
+        "--model", default=MODEL, choices=(MODEL, "effnet_lite0_wide"), help="whose make_calib draws"
+    )
+    ap.add_argument("--out", default=str(OUT), help="results path without suffix (.json and .md are written)")
     ap.add_argument("--merge", action="store_true", help="keep the other rows of the existing results file")
     ap.add_argument("--render", action="store_true", help="only rewrite the .md from the existing .json")
     args = ap.parse_args()
+    out = Path(args.out)
     if args.render:
-        OUT.with_suffix(".md").write_text(markdown(json.loads(OUT.with_suffix(".json").read_text())))
+        out.with_suffix(".md").write_text(markdown(json.loads(out.with_suffix(".json").read_text())))
         return
     settings = args.settings.split(",")
     unknown = [s for s in settings if s not in ba.SETTINGS]
@@ -184,10 +195,10 @@ def main() -> None:
     import models
     import onnxruntime as ort
 
-    res: dict[str, Any] = {"settings": {}}
-    if args.merge and OUT.with_suffix(".json").exists():
-        res = json.loads(OUT.with_suffix(".json").read_text())
-    bm = models.load(MODEL)
+    res: dict[str, Any] = {"model": args.model, "settings": {}}
+    if args.merge and out.with_suffix(".json").exists():
+        res = json.loads(out.with_suffix(".json").read_text())
+    bm = models.load(args.model)
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     sess = ort.InferenceSession(str(bm.path), so, providers=["CPUExecutionProvider"])
@@ -196,15 +207,15 @@ def main() -> None:
         for setting in settings:
             block = res["settings"].setdefault(setting, {"draws": {}})
             for seed in seeds:
-                data = Path(tmp) / f"{MODEL}_seed{seed}.npy"
+                data = Path(tmp) / f"{args.model}_seed{seed}.npy"
                 if not data.exists():
                     np.save(data, bm.make_calib(ba.CALIB + ba.HELD + ba.CHECK, seed)["image"])
                 row = run_one(bm, ref, setting, data, Path(tmp), args.timeout)
                 block["draws"][str(seed)] = row
                 block["summary"] = summary(block["draws"])
                 print(setting, seed, {k: row.get(k) for k in ("status", *METRICS)}, flush=True)
-                OUT.with_suffix(".json").write_text(json.dumps(res, indent=1))
-                OUT.with_suffix(".md").write_text(markdown(res))
+                out.with_suffix(".json").write_text(json.dumps(res, indent=1))
+                out.with_suffix(".md").write_text(markdown(res))
 
 
 if __name__ == "__main__":
