@@ -29,7 +29,8 @@ def _fresh(n: int, seed: int) -> Feeds:
     """``n`` new pictures from the example's generator, normalised as the model's metadata says."""
     import onnx
 
-    sys.path.insert(0, str(_EX))
+    if str(_EX) not in sys.path:
+        sys.path.insert(0, str(_EX))
     import make_example
 
     meta = {

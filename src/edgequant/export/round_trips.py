@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 import onnx
 
+from edgequant.export.qdq import drop_unused_initializers, export_qdq
 from edgequant.model.patterns import names_read
 from edgequant.plan import QuantPlan
 from edgequant.planning.int_kernels import DOT_OPS, ModelGraph
@@ -55,8 +56,6 @@ def found(model: onnx.ModelProto, plan: QuantPlan, providers: list[str]) -> list
     """The activations of ``plan`` that ``drop_round_trips`` would leave float, read from the QDQ export of
     ``model`` + ``plan`` (one ORT load in a child process); for a caller that drops them from other plans
     of the same graph (``without``): which ops ORT fuses depends on the graph, not on the range values."""
-    from edgequant.export.qdq import export_qdq
-
     return drop_round_trips(plan, export_qdq(model, plan)[0], providers)[1]
 
 
@@ -182,8 +181,6 @@ def drop_unread(model: onnx.ModelProto) -> list[str]:
             g.node.remove(n)
             removed += 1
     if removed:
-        from edgequant.export.qdq import drop_unused_initializers
-
         drop_unused_initializers(g)
     return dropped
 
